@@ -1,0 +1,198 @@
+"""One typed configuration, from a dict, a JSON or TOML file, or the environment.
+
+Each part of MAIF reads its own section: :class:`StorageConfig`, :class:`SecurityConfig`,
+:class:`AgentConfig`. The seed's flat keys work as documented::
+
+    create_maif_storage({"data_dir": "./maif-data", "batch_size": 1000, "batch_timeout_ms": 5})
+    create_maif_security_manager({"oauth_providers": {"https://issuer": {"client_id": "maif",
+                                                                     "jwks_uri": "https://issuer/jwks"}}})
+
+A file may hold all sections at once (``{"storage": {...}, "security": {...}, "agent": {...}}``) or one
+section's keys flat. Environment variables override files: ``MAIF_STORAGE_BATCH_SIZE=500``,
+``MAIF_AGENT_MAX_RETRIES=5``. Unknown keys are refused (a typo must not silently become a default), and
+every value is type- and range-checked here, once, so the rest of MAIF can trust it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from maif.errors import ConfigError
+
+ConfigSource = Mapping[str, Any] | str | os.PathLike[str] | None
+
+
+class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One trusted OAuth/OIDC issuer. ``jwks_uri`` may be omitted to use OIDC discovery."""
+
+    client_id: str
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Storage engine settings. Every server URL is optional: without them the store is embedded."""
+
+    data_dir: str = "./maif-data"
+    durability: Literal["durable", "bulk_unsafe"] = "durable"
+    batch_size: int = 1000
+    batch_timeout_ms: float = 2.0
+    compression_threshold: int = 4096
+    max_memory_mb: int = 256
+    write_parallelism: int = 2
+    redis_url: str | None = None
+    kafka_brokers: tuple[str, ...] | None = None
+    qdrant_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_bucket: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_range("batch_size", self.batch_size, 1, 1_000_000)
+        _require_range("batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
+        _require_range("compression_threshold", self.compression_threshold, 0, 1 << 30)
+        _require_range("max_memory_mb", self.max_memory_mb, 1, 1 << 20)
+        _require_range("write_parallelism", self.write_parallelism, 1, 1024)
+
+
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Security settings: who is trusted to vouch for identities and hardware, and the trust floors."""
+
+    oauth_providers: dict[str, OAuthProviderConfig] = msgspec.field(default_factory=dict)
+    trusted_tpm_roots: tuple[str, ...] = ()
+    min_trust_level_write: int = 2
+    min_trust_level_read_sensitive: int = 3
+    audience: str = "urn:maif:store"
+
+    def __post_init__(self) -> None:
+        _require_range("min_trust_level_write", self.min_trust_level_write, 0, 5)
+        _require_range("min_trust_level_read_sensitive", self.min_trust_level_read_sensitive, 0, 5)
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Agent runtime settings."""
+
+    task_queue_size: int = 1000
+    processing_threads: int = 2
+    batch_size: int = 32
+    batch_timeout_ms: float = 10.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        _require_range("task_queue_size", self.task_queue_size, 1, 10_000_000)
+        _require_range("processing_threads", self.processing_threads, 1, 1024)
+        _require_range("batch_size", self.batch_size, 1, 100_000)
+        _require_range("batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
+        _require_range("max_retries", self.max_retries, 0, 100)
+
+
+SectionT = TypeVar("SectionT", StorageConfig, SecurityConfig, AgentConfig)
+
+_SECTION_NAMES: dict[type[msgspec.Struct], str] = {
+    StorageConfig: "storage",
+    SecurityConfig: "security",
+    AgentConfig: "agent",
+}
+
+
+def load_section(
+    section: type[SectionT], source: ConfigSource = None, *, environ: Mapping[str, str] | None = None
+) -> SectionT:
+    """Build one validated config section from ``source`` and the environment (which wins)."""
+    name = _SECTION_NAMES[section]
+    raw = dict(_section_mapping(_read_source(source), name))
+    raw.update(_environment_overrides(section, name, os.environ if environ is None else environ))
+    _refuse_unknown_keys(section, raw, name)
+    try:
+        return msgspec.convert(raw, section, strict=False)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"invalid {name} configuration: {error}") from error
+
+
+def _read_source(source: ConfigSource) -> Mapping[str, Any]:
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return source
+    path = Path(source)
+    try:
+        text = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from error
+    try:
+        loaded = tomllib.loads(text.decode()) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"configuration file {path} is not valid {path.suffix or 'JSON'}: {error}"
+        ) from error
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"configuration file {path} must hold a table/object at the top level")
+    return loaded
+
+
+def _section_mapping(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """A file may nest sections ({"storage": {...}}) or hold one section's keys flat."""
+    if name in raw:
+        nested = raw[name]
+        if not isinstance(nested, Mapping):
+            raise ConfigError(f"configuration section {name!r} must be a table/object")
+        return nested
+    return {key: value for key, value in raw.items() if key not in _SECTION_NAMES.values()}
+
+
+def _environment_overrides(
+    section: type[msgspec.Struct], name: str, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    prefix = f"MAIF_{name.upper()}_"
+    overrides: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(prefix):
+            continue
+        field = key[len(prefix) :].lower()
+        if field not in section.__struct_fields__:
+            raise ConfigError(
+                f"environment variable {key} names no {name} setting", hint=_close(section, field)
+            )
+        overrides[field] = _parse_environment_value(value)
+    return overrides
+
+
+def _parse_environment_value(value: str) -> Any:
+    """JSON when it parses (numbers, lists, objects), otherwise the plain string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _refuse_unknown_keys(section: type[msgspec.Struct], raw: Mapping[str, Any], name: str) -> None:
+    for key in raw:
+        if key not in section.__struct_fields__:
+            raise ConfigError(f"unknown {name} setting {key!r}", hint=_close(section, key))
+
+
+def _close(section: type[msgspec.Struct], key: str) -> str | None:
+    matches = difflib.get_close_matches(key, section.__struct_fields__, n=1)
+    return f"did you mean {matches[0]!r}?" if matches else None
+
+
+def _require_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+
+
+__all__ = [
+    "AgentConfig",
+    "ConfigSource",
+    "OAuthProviderConfig",
+    "SecurityConfig",
+    "StorageConfig",
+    "load_section",
+]

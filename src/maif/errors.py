@@ -1,0 +1,181 @@
+"""One error root for everything MAIF raises on purpose.
+
+Every failure the outside world can cause (hostile input, a missing key, a full disk, a forged token)
+surfaces as a subclass of :class:`MAIFError`. Bugs in MAIF itself surface as ``AssertionError``:
+the two are never mixed. Foreign exceptions are converted at the boundary with ``raise ... from``.
+
+    MAIFError
+    ├── ConfigError                 a configuration value is missing, mistyped or out of range
+    ├── LimitExceededError          input larger than a named bound in maif.limits
+    ├── FormatError                 bytes that are not a well-formed .maif container or record
+    │   ├── TruncatedError          the bytes end before a structure does
+    │   └── UnsupportedVersionError a version this reader does not implement
+    ├── IntegrityError              well-formed bytes that fail a digest, chain or Merkle check
+    │   └── SignatureError          a signature that is missing, invalid or not by a trusted key
+    ├── CryptoError                 key material or an AEAD operation failed
+    │   └── DecryptionError         ciphertext, tag or associated data refused, or no usable key
+    ├── StorageError                the store could not do what was asked
+    │   ├── BlockNotFoundError      no block with that id
+    │   ├── DurabilityError         the log could not be made durable; the store refuses writes
+    │   ├── StoreClosedError        the store is closed or closing
+    │   └── BackendError            a storage backend (disk, server) failed
+    ├── SecurityError               a security decision refused the caller
+    │   ├── AuthenticationError     who is asking could not be established
+    │   │   ├── TokenError          an OAuth/OIDC token was refused
+    │   │   └── AttestationError    a TPM quote or credential was refused
+    │   └── AuthorizationError      the caller is known but may not do this to this resource
+    └── AgentError                  the agent runtime could not accept or run a task
+        ├── QueueFullError          a bounded queue is full (backpressure)
+        └── TaskFailedError         a task failed after its retries
+
+Each error carries a one-line message and, where useful, a ``hint`` for the human reading it.
+Messages never contain secrets (tokens, keys, plaintext).
+"""
+
+from __future__ import annotations
+
+
+class MAIFError(Exception):
+    """Root of every error MAIF raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message and the hint, formatted for a person at a terminal."""
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(MAIFError):
+    """A configuration value is missing, mistyped or out of range."""
+
+
+class LimitExceededError(MAIFError):
+    """Input is larger than a named bound in :mod:`maif.limits`."""
+
+    def __init__(self, what: str, size: int, limit: int, *, hint: str | None = None) -> None:
+        super().__init__(f"{what} is {size}, above the limit of {limit}", hint=hint)
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+class FormatError(MAIFError):
+    """Bytes that are not a well-formed .maif container or record."""
+
+    def __init__(self, message: str, *, offset: int | None = None, hint: str | None = None) -> None:
+        where = f" at offset {offset}" if offset is not None else ""
+        super().__init__(f"{message}{where}", hint=hint)
+        self.offset = offset
+
+
+class TruncatedError(FormatError):
+    """The bytes end before a structure does."""
+
+
+class UnsupportedVersionError(FormatError):
+    """A format version this reader does not implement."""
+
+
+class IntegrityError(MAIFError):
+    """Well-formed bytes that fail a digest, chain or Merkle check."""
+
+    def __init__(self, message: str, *, block_index: int | None = None, hint: str | None = None) -> None:
+        where = f" (block {block_index})" if block_index is not None else ""
+        super().__init__(f"{message}{where}", hint=hint)
+        self.block_index = block_index
+
+
+class SignatureError(IntegrityError):
+    """A signature that is missing, invalid, or not made by a trusted key."""
+
+
+class CryptoError(MAIFError):
+    """Key material or an AEAD operation failed."""
+
+
+class DecryptionError(CryptoError):
+    """Ciphertext, tag or associated data refused, or no usable key."""
+
+
+class StorageError(MAIFError):
+    """The store could not do what was asked."""
+
+
+class BlockNotFoundError(StorageError):
+    """No block with that id."""
+
+
+class DurabilityError(StorageError):
+    """The write-ahead log could not be made durable; the store refuses further writes."""
+
+
+class StoreClosedError(StorageError):
+    """The store is closed or closing."""
+
+
+class BackendError(StorageError):
+    """A storage backend (disk, server) failed."""
+
+
+class SecurityError(MAIFError):
+    """A security decision refused the caller."""
+
+
+class AuthenticationError(SecurityError):
+    """Who is asking could not be established."""
+
+
+class TokenError(AuthenticationError):
+    """An OAuth/OIDC token was refused."""
+
+
+class AttestationError(AuthenticationError):
+    """A TPM quote or credential was refused."""
+
+
+class AuthorizationError(SecurityError):
+    """The caller is known but may not do this to this resource."""
+
+
+class AgentError(MAIFError):
+    """The agent runtime could not accept or run a task."""
+
+
+class QueueFullError(AgentError):
+    """A bounded queue is full; the caller should back off."""
+
+
+class TaskFailedError(AgentError):
+    """A task failed after all its retries."""
+
+
+__all__ = [
+    "AgentError",
+    "AttestationError",
+    "AuthenticationError",
+    "AuthorizationError",
+    "BackendError",
+    "BlockNotFoundError",
+    "ConfigError",
+    "CryptoError",
+    "DecryptionError",
+    "DurabilityError",
+    "FormatError",
+    "IntegrityError",
+    "LimitExceededError",
+    "MAIFError",
+    "QueueFullError",
+    "SecurityError",
+    "SignatureError",
+    "StorageError",
+    "StoreClosedError",
+    "TaskFailedError",
+    "TokenError",
+    "TruncatedError",
+    "UnsupportedVersionError",
+]

@@ -1,0 +1,33 @@
+"""The public surface is deliberate: adding or removing a name must change this test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import maif
+
+EXPECTED_PUBLIC_NAMES = sorted(
+    [
+        "MAIFBlock",
+        "MAIFBlockType",
+        "MAIFError",
+        "__version__",
+    ]
+)
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(maif.__all__) == EXPECTED_PUBLIC_NAMES
+
+
+def test_every_public_name_resolves() -> None:
+    for name in maif.__all__:
+        assert getattr(maif, name) is not None
+
+
+def test_import_is_lazy() -> None:
+    # `import maif` must not drag in the heavy layers; the CLI and short scripts rely on it being fast.
+    code = "import sys, maif; print(','.join(m for m in sys.modules if m.startswith('maif.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == ""
