@@ -12,6 +12,17 @@ EXPECTED_PUBLIC_NAMES = sorted(
         "MAIFBlock",
         "MAIFBlockType",
         "MAIFError",
+        "HardwareAttestation",
+        "SecurityContext",
+        "SecurityManager",
+        "TrustLevel",
+        "bootstrap_trust",
+        "create_maif_security_manager",
+        "decrypt_sensitive_data",
+        "encrypt_sensitive_data",
+        "get_audit_log",
+        "sign_maif_block",
+        "verify_maif_block_signature",
         "__version__",
     ]
 )

@@ -17,6 +17,17 @@ _EXPORTS: dict[str, str] = {
     "MAIFBlock": "maif.format.block",
     "MAIFBlockType": "maif.format.block",
     "MAIFError": "maif.errors",
+    "HardwareAttestation": "maif.security.attestation",
+    "SecurityContext": "maif.security.trust",
+    "SecurityManager": "maif.security.manager",
+    "TrustLevel": "maif.security.trust",
+    "bootstrap_trust": "maif.security.manager",
+    "create_maif_security_manager": "maif.security.manager",
+    "decrypt_sensitive_data": "maif.security.manager",
+    "encrypt_sensitive_data": "maif.security.manager",
+    "get_audit_log": "maif.security.manager",
+    "sign_maif_block": "maif.security.manager",
+    "verify_maif_block_signature": "maif.security.manager",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -25,6 +36,17 @@ if TYPE_CHECKING:
     from maif.errors import MAIFError as MAIFError
     from maif.format.block import MAIFBlock as MAIFBlock
     from maif.format.block import MAIFBlockType as MAIFBlockType
+    from maif.security.attestation import HardwareAttestation as HardwareAttestation
+    from maif.security.manager import SecurityManager as SecurityManager
+    from maif.security.manager import bootstrap_trust as bootstrap_trust
+    from maif.security.manager import create_maif_security_manager as create_maif_security_manager
+    from maif.security.manager import decrypt_sensitive_data as decrypt_sensitive_data
+    from maif.security.manager import encrypt_sensitive_data as encrypt_sensitive_data
+    from maif.security.manager import get_audit_log as get_audit_log
+    from maif.security.manager import sign_maif_block as sign_maif_block
+    from maif.security.manager import verify_maif_block_signature as verify_maif_block_signature
+    from maif.security.trust import SecurityContext as SecurityContext
+    from maif.security.trust import TrustLevel as TrustLevel
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,8 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
     ├── LimitExceededError          input larger than a named bound in maif.limits
     ├── FormatError                 bytes that are not a well-formed .maif container or record
     │   ├── TruncatedError          the bytes end before a structure does
-    │   └── UnsupportedVersionError a version this reader does not implement
+    │   ├── UnsupportedVersionError a version this reader does not implement
+    │   └── UnsafePathError         a recorded path that would escape its destination directory
     ├── IntegrityError              well-formed bytes that fail a digest, chain or Merkle check
     │   └── SignatureError          a signature that is missing, invalid or not by a trusted key
     ├── CryptoError                 key material or an AEAD operation failed
@@ -79,6 +80,11 @@ class TruncatedError(FormatError):
 
 class UnsupportedVersionError(FormatError):
     """A format version this reader does not implement."""
+
+
+class UnsafePathError(FormatError):
+    """A path recorded in a container (absolute, with ``..``, or through a symlink) would escape the
+    directory it is being extracted into."""
 
 
 class IntegrityError(MAIFError):
@@ -177,5 +183,6 @@ __all__ = [
     "TaskFailedError",
     "TokenError",
     "TruncatedError",
+    "UnsafePathError",
     "UnsupportedVersionError",
 ]

@@ -46,13 +46,242 @@ manifest_signatures_max: Final = 16
 recipients_max: Final = 64
 """Most recipient keys a container's data key may be wrapped for."""
 
+container_versions_max: Final = 1 << 20
+"""Most versions (signed commits) in one container; bounds the trailer chain a reader walks."""
+
+trailer_candidates_max: Final = 4096
+"""Most trailer-magic matches a reader examines while looking for the last complete version in a torn
+tail (each costs a checksum over a manifest), so a hostile tail cannot make opening slow."""
+
 # --- storage engine ----------------------------------------------------------------------------
+wal_record_bytes_max: Final = block_payload_bytes_max + 4 * MiB
+"""Largest payload of one write-ahead log record: one encoded block (payload + metadata + header)."""
+
+wal_segment_bytes_max: Final = 64 * MiB
+"""A WAL segment is closed and a new one started once it reaches this size (a big record may overshoot)."""
+
+wal_group_bytes_max: Final = 16 * MiB
+"""Most bytes one group commit writes with one write call (a single larger record forms its own group).
+Recovery treats damage within this distance of the end of the last segment as a torn tail."""
+
+wal_group_records_max: Final = 100_000
+"""Most records in one group commit (bounds the per-group futures and index lists)."""
+
+wal_segments_max: Final = 100_000
+"""Most segment files a WAL directory may hold (bounds the directory scan at open)."""
+
+engine_unapplied_bytes_min: Final = 8 * MiB
+"""Floor of the read-your-writes map of acknowledged but not yet applied blocks; above its bound
+(a share of max_memory_mb, at least this) writers wait for the applier (backpressure)."""
+
+engine_apply_batch_records_max: Final = 4096
+"""Most log records the applier takes in one batch (one put_chunks, one index transaction)."""
+
+engine_latency_samples_max: Final = 65_536
+"""Size of the bounded reservoir of ack latencies behind the p50/p99 statistics."""
+
+engine_search_limit_max: Final = 10_000
+"""Most hits one semantic search may ask for."""
+
+engine_list_limit_max: Final = 100_000
+"""Most summaries one list_blocks call may return."""
+
+# --- storage backends: chunks, packs, indexes (E2) ---
+chunk_bytes_max: Final = 8 * MiB
+"""Largest chunk a ChunkStore accepts (FastCDC's max size is far below; callers may pass whole
+payloads up to this size as one chunk)."""
+
+pack_bytes_max: Final = 64 * MiB
+"""A pack file is sealed once it reaches this size (one chunk may overshoot by chunk_bytes_max)."""
+
+packs_max: Final = 1_000_000
+"""Most pack files one store may hold (bounds the directory scan at open)."""
+
+pack_index_entries_max: Final = 1 << 30
+"""Most entries the pack index may hold (bounds what open() reads into memory)."""
+
+vector_dimensions_max: Final = 16_384
+"""Largest embedding dimension the vector index accepts."""
+
+vector_filter_fields_max: Final = 16
+"""Most filterable attributes one vector may carry (and one search may filter on)."""
+
+vector_map_bytes_max: Final = 4 * GiB
+"""Largest persisted id mapping file of the vector index (checked before decoding)."""
+
+object_key_bytes_max: Final = 1024
+"""UTF-8 length of an ObjectStore key."""
 
 # --- security ----------------------------------------------------------------------------------
+# security: identity, trust, policy, the manager (maif.security.identity, credentials, trust, manager)
+token_bytes_max: Final = 8 * KiB
+"""Longest bearer token (compact JWS) accepted; checked before any base64 or JSON decoding."""
+
+token_lifetime_s_max: Final = 24 * 3600
+"""Longest exp - iat an access token may claim; a longer-lived token is refused as mis-issued."""
+
+token_scopes_max: Final = 64
+"""Most scopes one token may carry."""
+
+jwks_document_bytes_max: Final = 256 * KiB
+"""Largest JWKS or OIDC discovery document read from an issuer (read stops one byte past it)."""
+
+jwks_keys_max: Final = 64
+"""Most keys one issuer's JWKS may hold."""
+
+jwk_kid_bytes_max: Final = 256
+"""Longest key id (kid) in a token header or a JWKS."""
+
+revoked_token_ids_max: Final = 1 << 20
+"""Most revoked token ids (jti) remembered at once; entries leave when their token expires."""
+
+password_bytes_max: Final = 1024
+"""Longest password accepted for hashing or verification (argon2id hashes any length; this caps work)."""
+
+api_key_bytes_max: Final = 256
+"""Longest presented API key string."""
+
+credentials_max: Final = 1 << 20
+"""Most passwords plus API keys one credential store holds."""
+
+approvers_max: Final = 64
+"""Most registered approvers (the n of k-of-n multi-party verification)."""
+
+sealed_data_bytes_max: Final = block_payload_bytes_max + 64 * KiB
+"""Largest sealed (encrypt_sensitive_data) envelope accepted for decryption."""
+
+block_signature_envelope_bytes_max: Final = 4 * KiB
+"""Largest block signature envelope (sign_maif_block) accepted for verification."""
+
+gate_batch_resources_max: Final = 100_000
+"""Most resources one Gate.authorize_many call decides (and records as one audit entry)."""
+
+# security: keystore and audit log (maif.security.keys, maif.security.audit)
+keystore_file_bytes_max: Final = 16 * MiB
+"""Largest keystore file read (checked before decrypting or decoding)."""
+
+keystore_keys_max: Final = 16_384
+"""Most keys (all agents, current and retired) one keystore holds."""
+
+master_key_file_bytes_max: Final = 4 * KiB
+"""Largest master key file read (32 raw bytes, or their hex/base64 text)."""
+
+audit_record_bytes_max: Final = 64 * KiB
+"""Largest encoded audit record (one entry or one checkpoint) in an audit log frame."""
+
+audit_event_text_bytes_max: Final = 4 * KiB
+"""UTF-8 length of one text field of an audit event (actor, action, resource, reason, a detail)."""
+
+audit_event_details_max: Final = 64
+"""Most extra (detail) fields one audit event may carry."""
+
+audit_log_entries_max: Final = 1 << 24
+"""Most entries one audit log holds (the writer keeps 32 bytes per entry in memory for proofs)."""
+
+audit_checkpoints_max: Final = 1 << 24
+"""Most signed checkpoints one audit log holds."""
+
+# security: TPM 2.0 attestation (maif.security.tpm, maif.security.attestation)
+tpm_public_bytes_max: Final = 1024
+"""Largest TPMT_PUBLIC accepted (an RSA-4096 key with a SHA-512 policy is about 600 bytes)."""
+
+tpm_digest_bytes_max: Final = 64
+"""Largest TPM2B_DIGEST (sizeof TPMU_HA: SHA-512)."""
+
+tpm_name_bytes_max: Final = 2 + tpm_digest_bytes_max
+"""Largest TPM2B_NAME of an object: nameAlg then its digest."""
+
+tpm_extra_data_bytes_max: Final = 64
+"""Largest TPM2B_DATA extraData in a quote (the qualifying data a TPM accepts)."""
+
+tpm_rsa_modulus_bytes_max: Final = 512
+"""Largest RSA modulus or RSA signature (RSA-4096)."""
+
+tpm_rsa_key_bits_min: Final = 2048
+"""Smallest RSA attestation or endorsement key accepted."""
+
+tpm_ecc_coordinate_bytes_max: Final = 66
+"""Largest ECC coordinate or ECDSA r/s (P-521)."""
+
+tpm_signature_bytes_max: Final = 4 + 2 + tpm_rsa_modulus_bytes_max
+"""Largest TPMT_SIGNATURE (sigAlg, hashAlg, then an RSA TPM2B; ECDSA is smaller)."""
+
+tpm_attest_bytes_max: Final = 1024
+"""Largest TPMS_ATTEST of a quote (a full quote is under 300 bytes)."""
+
+tpm_pcr_banks_max: Final = 4
+"""Most PCR banks one quote may select."""
+
+tpm_pcr_select_bytes_max: Final = 4
+"""Largest PCR selection bitmap (sizeofSelect): 32 PCRs."""
+
+tpm_event_log_events_max: Final = 4096
+"""Most events replay_event_log accepts in one log."""
+
+tpm_event_bytes_max: Final = 64 * KiB
+"""Largest single event (the measured data) in a replayed event log."""
+
+tpm_certificate_bytes_max: Final = 16 * KiB
+"""Largest DER or PEM certificate (EK certificate or CA) accepted."""
+
+tpm_certificate_chain_depth_max: Final = 5
+"""Most certificates between an EK certificate and a trusted root, both included."""
+
+attestation_outstanding_nonces_max: Final = 65536
+"""Most unexpired challenges one verifier holds at once (all agents)."""
+
+attestation_nonces_per_agent_max: Final = 16
+"""Most unexpired challenges one agent may hold; the oldest is dropped when a new one is issued."""
+
+attestation_pending_enrollments_max: Final = 4096
+"""Most enrollments begun and not yet completed that one verifier holds."""
+
+attestation_enrolled_agents_max: Final = 1_000_000
+"""Most agents one verifier keeps an enrolled attestation key for."""
+
 
 # --- agent runtime -----------------------------------------------------------------------------
 
+# --- command line (maif.cli) -------------------------------------------------------------------
+cli_recorded_path_bytes_max: Final = 4096
+"""UTF-8 length of a relative path `maif pack` records and `maif unpack` accepts (Linux PATH_MAX)."""
+
+cli_recorded_path_parts_max: Final = 256
+"""Most components in a recorded path; also the deepest directory `maif pack` descends into."""
+
+cli_jsonld_sniff_bytes_max: Final = 64 * MiB
+"""Largest file `maif pack` parses as JSON to recognise JSON-LD; larger ones are classified without it."""
+
+cli_npy_header_bytes_max: Final = 64 * KiB
+"""Largest .npy header `maif pack` reads to recognise a float32 embedding file."""
+
+cli_key_file_bytes_max: Final = 16 * KiB
+"""Largest key file the CLI reads (a PEM key is under 200 bytes; anything far larger is not one)."""
+
+cli_skipped_rows_max: Final = 1000
+"""Most skipped paths (symlinks, special files) a `pack` result lists; it counts them all."""
+
 # --- sanity relations --------------------------------------------------------------------------
+assert keystore_keys_max * 1024 <= keystore_file_bytes_max  # a key record is under 1 KiB
+assert audit_event_text_bytes_max * 8 <= audit_record_bytes_max and audit_record_bytes_max < (1 << 32)
 assert block_metadata_bytes_max < block_payload_bytes_max
 assert block_parents_max * 16 < block_metadata_bytes_max * 4
 assert manifest_signatures_max <= 255 and recipients_max <= 255
+# The .maif block header stores these in u16/u8/u32 fields (docs/format/SPEC.md section 4.1).
+assert block_id_bytes_max <= 0xFFFF and agent_id_bytes_max <= 0xFFFF and block_parents_max <= 0xFFFF
+assert block_version_bytes_max <= 0xFF and block_payload_bytes_max < (1 << 32)
+assert block_metadata_bytes_max < (1 << 32) and manifest_bytes_max < (1 << 32)
+# Random 96-bit AES-GCM nonces stay safe for at most 2^32 encryptions under one data key (SP 800-38D).
+assert container_blocks_max <= (1 << 32) and container_versions_max < (1 << 32)
+# A recorded path travels in block metadata, so it must fit there with room for the other keys.
+assert cli_recorded_path_bytes_max * 4 <= block_metadata_bytes_max
+assert cli_jsonld_sniff_bytes_max <= block_payload_bytes_max
+assert wal_record_bytes_max < (1 << 32) and wal_group_bytes_max <= wal_segment_bytes_max
+assert engine_apply_batch_records_max <= wal_group_records_max
+assert chunk_bytes_max < pack_bytes_max < (1 << 32)  # pack frames and offsets use u32 lengths
+assert pack_index_entries_max < (1 << 31) and packs_max < (1 << 32)
+assert tpm_extra_data_bytes_max >= 32 and tpm_name_bytes_max == 2 + tpm_digest_bytes_max
+assert tpm_attest_bytes_max <= 0xFFFF and tpm_public_bytes_max <= 0xFFFF  # TPM2B sizes are u16
+assert attestation_nonces_per_agent_max <= attestation_outstanding_nonces_max
+# An agent id is a token subject, and the audit log records it as an actor.
+assert agent_id_bytes_max <= audit_event_text_bytes_max and jwk_kid_bytes_max < token_bytes_max

@@ -102,3 +102,31 @@ def test_malformed_proofs_are_typed_errors() -> None:
         merkle.verify_inclusion(leaves[0], 0, 5, [b"short"], tree_root)
     with pytest.raises(IntegrityError):
         merkle.verify_inclusion(leaves[0], 0, 5, [tree_root] * 65, tree_root)
+
+
+@pytest.mark.parametrize("n", range(0, 70))
+def test_frontier_root_matches_the_tree_root_at_every_size(n: int) -> None:
+    frontier = merkle.Frontier()
+    for leaf in leaves_of(n):
+        frontier.push(leaf)
+    assert frontier.size == n
+    assert frontier.root() == reference_root(leaves_of(n))
+
+
+def test_leaf_hashes_of_matches_hash_leaf() -> None:
+    digests = [bytes([i]) * 32 for i in range(5)]
+    assert merkle.leaf_hashes_of(digests) == [merkle.hash_leaf(d) for d in digests]
+
+
+@pytest.mark.parametrize("chunks", [[0], [1], [5], [1, 1, 1], [3, 5, 8], [64, 1, 2], [7, 0, 9, 33], [100]])
+def test_frontier_extend_matches_push_for_any_chunking(chunks: list[int]) -> None:
+    leaves = leaves_of(sum(chunks))
+    extended, pushed = merkle.Frontier(), merkle.Frontier()
+    position = 0
+    for size in chunks:
+        extended.extend(leaves[position : position + size])
+        for leaf in leaves[position : position + size]:
+            pushed.push(leaf)
+        position += size
+        assert extended.size == pushed.size == position
+        assert extended.root() == pushed.root() == reference_root(leaves[:position])

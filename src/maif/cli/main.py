@@ -1,10 +1,39 @@
-"""Entry point of the `maif` command. Subcommands are registered by their own modules."""
+"""Entry point of the `maif` command: registers every subcommand; the commands live in their own modules.
+
+Each command is a thin shell over maif.format: parse options, call the library, render the result with Rich
+or as one JSON document (``--json``), and end with a documented exit code (maif.cli.exit_codes, listed in
+docs/cli.md). Heavy modules are imported by the command modules, which load only when their command runs.
+"""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="MAIF: provable artifacts for AI agents.")
+from maif.cli.audit import audit_app
+from maif.cli.demo import demo_command
+from maif.cli.inspection import inspect_command
+from maif.cli.keygen import keygen_command
+from maif.cli.packing import append_command, pack_command
+from maif.cli.repairing import repair_command
+from maif.cli.unpacking import unpack_command
+from maif.cli.verification import verify_command
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="MAIF: provable artifacts for AI agents. Exit codes: see `docs/cli.md`.",
+    pretty_exceptions_enable=False,
+)
+
+app.command("keygen")(keygen_command)
+app.command("pack")(pack_command)
+app.command("unpack")(unpack_command)
+app.command("inspect")(inspect_command)
+app.command("verify")(verify_command)
+app.command("append")(append_command)
+app.command("repair")(repair_command)
+app.command("demo")(demo_command)
+app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
 
 
 @app.command()

@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from maif import limits
 from maif.errors import FormatError, LimitExceededError
@@ -95,13 +96,13 @@ class MAIFBlock(msgspec.Struct, frozen=True, kw_only=False):
     parents: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # Frozen structs allow assignment in __post_init__ only through object.__setattr__.
-        object.__setattr__(self, "block_type", normalize_block_type(self.block_type))
+        # Frozen msgspec structs allow normalising assignment in __post_init__ only through force_setattr.
+        force_setattr(self, "block_type", normalize_block_type(self.block_type))
         if isinstance(self.data, bytearray | memoryview):
-            object.__setattr__(self, "data", bytes(self.data))
+            force_setattr(self, "data", bytes(self.data))
         if not isinstance(self.data, bytes):
             raise FormatError(f"block data must be bytes, got {type(self.data).__name__}")
-        object.__setattr__(self, "parents", tuple(self.parents))
+        force_setattr(self, "parents", tuple(self.parents))
         _check_text("block id", self.id, limits.block_id_bytes_max, allow_empty=False)
         _check_text("agent id", self.agent_id, limits.agent_id_bytes_max, allow_empty=True)
         _check_text("version", self.version, limits.block_version_bytes_max, allow_empty=True)
@@ -115,7 +116,7 @@ class MAIFBlock(msgspec.Struct, frozen=True, kw_only=False):
             raise FormatError(f"block metadata must be a dict, got {type(self.metadata).__name__}")
         if not isinstance(self.timestamp, int | float) or not math.isfinite(self.timestamp):
             raise FormatError(f"block timestamp must be a finite number of seconds, got {self.timestamp!r}")
-        object.__setattr__(self, "timestamp", float(self.timestamp))
+        force_setattr(self, "timestamp", float(self.timestamp))
 
     @property
     def fourcc(self) -> bytes:

@@ -42,22 +42,77 @@ def empty_root() -> bytes:
 
 
 def root(leaf_hashes: Sequence[bytes]) -> bytes:
-    """The Merkle tree hash of the leaves, in O(n) time and O(log n) memory."""
+    """The Merkle tree hash of the leaves, in O(n) time.
+
+    Pairs adjacent nodes level by level and carries an odd last node up unchanged, which builds exactly
+    RFC 9162's left-balanced tree; hashing a level in one comprehension keeps the per-node Python cost
+    low (containers hash one leaf per block on every verification).
+    """
     if not leaf_hashes:
         return empty_root()
-    # A stack of (subtree hash, subtree size) with strictly decreasing power-of-two sizes, the same
-    # shape RFC 9162's left-balanced split produces; fold it right to left at the end.
-    stack: list[tuple[bytes, int]] = []
-    for leaf in leaf_hashes:
-        node, size = leaf, 1
-        while stack and stack[-1][1] == size:
-            left, _ = stack.pop()
+    level = list(leaf_hashes)
+    hasher = blake3.blake3
+    while len(level) > 1:
+        carry = [level[-1]] if len(level) & 1 else []
+        level = [
+            hasher(_NODE_PREFIX + left + right).digest()
+            for left, right in zip(level[0::2], level[1::2], strict=False)
+        ] + carry
+    return level[0]
+
+
+def leaf_hashes_of(digests: Sequence[bytes]) -> list[bytes]:
+    """RFC 9162 leaf hashes of many leaves at once."""
+    hasher = blake3.blake3
+    return [hasher(_LEAF_PREFIX + digest).digest() for digest in digests]
+
+
+class Frontier:
+    """The right edge of a growing tree: O(log n) memory, O(1) amortised hashing per appended leaf.
+
+    Holds one perfect subtree per set bit of the leaf count (largest first); the root folds them right
+    to left, the same shape RFC 9162's left-balanced split produces.
+    """
+
+    __slots__ = ("_stack", "size")
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[bytes, int]] = []
+        self.size = 0
+
+    def copy(self) -> Frontier:
+        twin = Frontier()
+        twin._stack, twin.size = list(self._stack), self.size
+        return twin
+
+    def push(self, leaf_hash: bytes) -> None:
+        self._push_subtree(leaf_hash, 1)
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
+        """Append many leaves: hashed as whole perfect subtrees, level by level (much faster than push)."""
+        position = 0
+        while position < len(leaf_hashes):
+            # The next aligned perfect subtree may be as large as the lowest set bit of the current size.
+            aligned = self.size & -self.size if self.size else 1 << 62
+            chunk = 1 << (min(aligned, len(leaf_hashes) - position).bit_length() - 1)
+            self._push_subtree(root(leaf_hashes[position : position + chunk]), chunk)
+            position += chunk
+
+    def _push_subtree(self, node: bytes, size: int) -> None:
+        assert self.size % size == 0  # only aligned perfect subtrees keep the RFC 9162 shape
+        self.size += size
+        while self._stack and self._stack[-1][1] == size:
+            left, _ = self._stack.pop()
             node, size = hash_children(left, node), size * 2
-        stack.append((node, size))
-    node = stack.pop()[0]
-    while stack:
-        node = hash_children(stack.pop()[0], node)
-    return node
+        self._stack.append((node, size))
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return empty_root()
+        node = self._stack[-1][0]
+        for left, _ in reversed(self._stack[:-1]):
+            node = hash_children(left, node)
+        return node
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
@@ -183,11 +238,13 @@ def _largest_power_of_two_below(n: int) -> int:
 
 __all__ = [
     "HASH_SIZE",
+    "Frontier",
     "consistency_proof",
     "empty_root",
     "hash_children",
     "hash_leaf",
     "inclusion_proof",
+    "leaf_hashes_of",
     "root",
     "verify_consistency",
     "verify_inclusion",

@@ -1,0 +1,244 @@
+"""`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
+
+    maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--allow-unsigned-tail] [--json]
+    maif audit show PATH [--start N] [--limit N] [--json]
+    maif audit checkpoint PATH --output FILE [--json]
+
+``--trust`` takes an Ed25519 public key as a PEM file (as `maif keygen` writes) or as 64 hex digits of
+the raw key. `verify` checks every frame digest, every chain link, the Merkle root at every checkpoint
+and every checkpoint signature, and names the first bad entry. `show` lists entries and checkpoints
+after the same structural checks, without signatures (so it needs no keys). `checkpoint` copies the log's
+latest signed checkpoint to a file; an auditor keeps it and later passes it to `verify --witness`, which
+then also refuses a log that was cut back or replaced since (the file alone cannot reveal that).
+
+Exit codes (maif.cli.exit_codes.ExitCode, shared by every `maif` command):
+
+    0  OK                   every check passed and every entry is covered by a trusted signed checkpoint
+    1  INTEGRITY_FAILURE    a frame digest, chain link, entry order or Merkle root failed (the message
+                            names the first bad entry); the log was altered or damaged
+    2  USAGE_ERROR          bad arguments
+    3  SIGNATURE_UNTRUSTED  a checkpoint is not validly signed by a --trust key, or entries at the end are
+                            not yet covered by any signed checkpoint (accepted with --allow-unsigned-tail)
+    4  MALFORMED_FILE       not an audit log, an unsupported version, or the file cannot be read
+    5  KEY_ERROR            a --trust key is unreadable or not an Ed25519 public key
+    7  LIMIT_EXCEEDED       a record or count above a bound in maif.limits
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from maif.cli.exit_codes import ExitCode
+from maif.cli.output import CommandOutput, reporting_errors
+from maif.errors import CryptoError, SignatureError, StorageError
+
+audit_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Verify and read tamper-evident audit logs offline.",
+    pretty_exceptions_enable=False,
+)
+
+_HEX_KEY_LENGTH = 64
+
+
+def load_trust_argument(value: str) -> Ed25519PublicKey:
+    """A --trust value: 64 hex digits of a raw Ed25519 public key, or a PEM public key file."""
+    text = value.strip()
+    if len(text) == _HEX_KEY_LENGTH and all(c in "0123456789abcdefABCDEF" for c in text):
+        try:
+            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text))
+        except ValueError as error:
+            raise CryptoError("--trust value is not a valid Ed25519 public key") from error
+    from maif.cli.keyfiles import load_trusted_keys
+
+    path = Path(value)
+    if not path.is_file():
+        raise CryptoError(f"--trust {value!r} is neither 64 hex digits nor a public key file")
+    return load_trusted_keys([path])[0]
+
+
+def _utc(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _unreadable_as_malformed(output: CommandOutput, error: StorageError) -> typer.Exit:
+    output.error(error, ExitCode.MALFORMED_FILE)
+    return typer.Exit(int(ExitCode.MALFORMED_FILE))
+
+
+@audit_app.command("verify")
+def verify_command(
+    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    trust: Annotated[
+        list[str], typer.Option("--trust", help="A trusted Ed25519 public key: PEM file or 64 hex digits.")
+    ],
+    witness: Annotated[
+        Path | None,
+        typer.Option("--witness", help="A checkpoint file saved earlier with `maif audit checkpoint`."),
+    ] = None,
+    allow_unsigned_tail: Annotated[
+        bool, typer.Option("--allow-unsigned-tail", help="Accept trailing entries no checkpoint covers yet.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Check every frame, chain link, Merkle root and checkpoint signature of an audit log."""
+    from maif.security.audit import verify_audit_log
+
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        trusted = [load_trust_argument(value) for value in trust]
+        witness_checkpoint = None if witness is None else _read_checkpoint_file(witness)
+        try:
+            report = verify_audit_log(
+                path, trusted, witness=witness_checkpoint, allow_unsigned_tail=allow_unsigned_tail
+            )
+        except StorageError as error:
+            raise _unreadable_as_malformed(output, error) from None
+        document: dict[str, Any] = {
+            "ok": True,
+            "path": str(path),
+            "log_id": report.log_id,
+            "entries": report.entries,
+            "checkpoints": report.checkpoints,
+            "signed_entries": report.signed_entries,
+            "unsigned_tail_entries": report.unsigned_tail_entries,
+            "root": report.root,
+            "signing_key_ids": report.signing_key_ids,
+            "torn_tail_bytes": report.torn_tail_bytes,
+        }
+        if report.torn_tail_bytes:
+            output.warn(
+                f"{report.torn_tail_bytes} bytes of an incomplete record at the end (a crash mid-append)"
+            )
+        output.result(document)
+        output.human(
+            f"[green]verified[/green] {path}: {report.entries} entries, {report.checkpoints} signed "
+            f"checkpoints, {report.signed_entries} entries signed, {report.unsigned_tail_entries} unsigned"
+        )
+
+
+@audit_app.command("show")
+def show_command(
+    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    start: Annotated[int, typer.Option("--start", min=0, help="First entry index to list.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Most entries to list.")] = 1000,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """List the entries and checkpoints of an audit log (structure checked, signatures not)."""
+    from maif.security.audit import AuditEntry, read_audit_log
+
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        rows: list[dict[str, Any]] = []
+        try:
+            for record in read_audit_log(path):
+                if isinstance(record, AuditEntry):
+                    if start <= record.index < start + limit:
+                        rows.append(_entry_row(record))
+                elif start < record.tree_size <= start + limit:
+                    rows.append(_checkpoint_row(record))
+        except StorageError as error:
+            raise _unreadable_as_malformed(output, error) from None
+        output.result({"ok": True, "path": str(path), "records": rows})
+        if not json_output:
+            _render_rows(output, rows)
+
+
+@audit_app.command("checkpoint")
+def checkpoint_command(
+    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    output_path: Annotated[Path, typer.Option("--output", "-o", help="Where to write the checkpoint.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Save the log's latest signed checkpoint, to pass to `verify --witness` later."""
+    from maif.security.audit import SignedCheckpoint, encode_checkpoint, read_audit_log
+
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        latest: SignedCheckpoint | None = None
+        try:
+            for record in read_audit_log(path):
+                if isinstance(record, SignedCheckpoint):
+                    latest = record
+        except StorageError as error:
+            raise _unreadable_as_malformed(output, error) from None
+        if latest is None:
+            raise SignatureError(f"audit log {path} holds no signed checkpoint yet")
+        output_path.write_bytes(encode_checkpoint(latest))
+        output.result({"ok": True, "path": str(path), "output": str(output_path), **_checkpoint_row(latest)})
+        output.human(f"saved the checkpoint over {latest.tree_size} entries of {path} to {output_path}")
+
+
+def _read_checkpoint_file(path: Path) -> Any:
+    from maif import limits
+    from maif.errors import LimitExceededError
+    from maif.security.audit import decode_checkpoint
+
+    with path.open("rb") as handle:
+        data = handle.read(limits.audit_record_bytes_max + 1)
+    if len(data) > limits.audit_record_bytes_max:
+        raise LimitExceededError("witness checkpoint file", len(data), limits.audit_record_bytes_max)
+    return decode_checkpoint(data)
+
+
+def _entry_row(entry: Any) -> dict[str, Any]:
+    return {
+        "type": "entry",
+        "index": entry.index,
+        "time": entry.time,
+        "actor": entry.actor,
+        "action": entry.action,
+        "resource": entry.resource,
+        "decision": entry.decision,
+        "reason": entry.reason,
+        "details": entry.details,
+        "hash": entry.hash,
+    }
+
+
+def _checkpoint_row(checkpoint: Any) -> dict[str, Any]:
+    return {
+        "type": "checkpoint",
+        "tree_size": checkpoint.tree_size,
+        "root": checkpoint.root,
+        "time": checkpoint.timestamp,
+        "key_id": checkpoint.key_id,
+    }
+
+
+def _render_rows(output: CommandOutput, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table("#", "time (UTC)", "actor", "action", "resource", "decision", "reason")
+    for row in rows:
+        if row["type"] == "entry":
+            colour = "green" if row["decision"] == "allow" else "red"
+            table.add_row(
+                str(row["index"]),
+                _utc(row["time"]),
+                row["actor"],
+                row["action"],
+                row["resource"],
+                f"[{colour}]{row['decision']}[/{colour}]",
+                row["reason"],
+            )
+        else:
+            table.add_row(
+                "",
+                _utc(row["time"]),
+                "",
+                "[bold]checkpoint[/bold]",
+                f"{row['tree_size']} entries, root {row['root'].hex()[:16]}...",
+                "",
+                f"key {row['key_id'].hex()}",
+            )
+    output.human(table)
+
+
+__all__ = ["audit_app", "load_trust_argument"]

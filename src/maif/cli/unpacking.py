@@ -1,0 +1,169 @@
+"""`maif unpack`: write a container's payloads back to disk under the paths `maif pack` recorded.
+
+Every recorded path is checked before anything is written (:func:`maif.cli.extract.checked_parts`): one
+unsafe path (absolute, ``..``, NUL, too long) refuses the whole container with
+:class:`~maif.errors.UnsafePathError` and writes nothing. While writing, the extractor refuses symlinks in
+the destination, so a planted link cannot redirect a file outside it either.
+
+Blocks without a recorded path (written by the library rather than `maif pack`) are listed as skipped.
+With ``--trust`` the container is verified first and nothing is written unless it verifies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from maif.cli.extract import Extractor, checked_parts
+from maif.cli.keyfiles import load_trusted_keys, load_x25519_private_key
+from maif.cli.output import CommandOutput, plain, reporting_errors
+from maif.cli.packing import MTIME_KEY, PATH_KEY
+from maif.cli.verification import raise_for_report
+from maif.cli.views import reading, recorded_metadata
+from maif.errors import IntegrityError
+from maif.format import merkle
+from maif.format.container import ContainerReader
+from maif.format.verify import VerificationReport, verify_container
+
+
+@dataclass
+class UnpackTally:
+    files_written: int = 0
+    bytes_written: int = 0
+    written: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def unpack_container(
+    container_path: Path,
+    destination: Path,
+    *,
+    decryption_key: X25519PrivateKey | None = None,
+    trusted_keys: list[Ed25519PublicKey] | None = None,
+    force: bool = False,
+    keep_rows: bool = False,
+    on_written: Callable[[int, str, int], None] = lambda index, path, size: None,
+) -> UnpackTally:
+    """Write every block that has a recorded path into ``destination``; the later block wins a path."""
+    tally = UnpackTally()
+    with reading(container_path, decryption_key=decryption_key) as reader:
+        if trusted_keys is not None:
+            report = verify_container(container_path, trusted_keys, full=True, decryption_key=decryption_key)
+            raise_for_report(report)
+            _require_what_was_verified(reader, report)
+        block_count = len(reader)
+        for index in range(block_count):  # first pass: refuse before writing anything
+            recorded = recorded_metadata(reader, index).get(PATH_KEY)
+            if recorded is not None:
+                checked_parts(recorded)
+        with Extractor(destination, overwrite=force) as extractor:
+            for index in range(block_count):
+                block = reader.block(index)
+                recorded = block.metadata.get(PATH_KEY)
+                if recorded is None:
+                    tally.skipped.append({"index": index, "id": block.id, "reason": "no recorded path"})
+                    continue
+                mtime_ns = block.metadata.get(MTIME_KEY)
+                written = extractor.write(
+                    recorded, block.data, mtime_ns=mtime_ns if _is_plain_int(mtime_ns) else None
+                )
+                tally.files_written += 1
+                tally.bytes_written += len(block.data)
+                if keep_rows:
+                    tally.written.append({"index": index, "path": written, "size_bytes": len(block.data)})
+                on_written(index, written, len(block.data))
+    return tally
+
+
+def _require_what_was_verified(reader: ContainerReader, report: VerificationReport) -> None:
+    """The verifier opened the path again: make sure the open reader holds the file it verified.
+
+    Same last manifest, and the reader's own index digests hash to that manifest's Merkle root; every
+    block read afterwards is checked against those digests, so a file swapped in between is refused.
+    """
+    latest = reader.versions[-1] if reader.versions else None
+    verified = report.versions[-1] if report.versions else None
+    if (
+        latest is None
+        or verified is None
+        or latest.manifest_digest != verified.manifest_digest
+        or merkle.root(reader.leaf_hashes()[: latest.block_count]) != latest.merkle_root
+    ):
+        raise IntegrityError("the container changed while it was being verified")
+
+
+def _is_plain_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < (1 << 63)
+
+
+def unpack_command(
+    container: Annotated[Path, typer.Argument(help="The container to unpack.")],
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Destination directory.")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", "--decrypt-key", help="X25519 private key (PEM) of an encrypted container."),
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust",
+            help="Verify under these Ed25519 public keys first; write nothing unless "
+            "everything verifies. Repeat for several.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace files that exist in the destination.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="List every file as it is written.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Write a container's files back under their recorded relative paths, refusing path traversal."""
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        decryption_key = load_x25519_private_key(key) if key is not None else None
+        trusted_keys = load_trusted_keys(trust) if trust else None
+        if trusted_keys is None:
+            output.warn("not verified: pass --trust PUBKEY to refuse a container that does not verify")
+        tally = unpack_container(
+            container,
+            output_dir,
+            decryption_key=decryption_key,
+            trusted_keys=trusted_keys,
+            force=force,
+            keep_rows=json_output,
+            on_written=lambda index, path, size: (
+                output.human(f"  [cyan]{index:>6}[/cyan]  {size:>10,} B  {plain(path)}") if verbose else None
+            ),
+        )
+        output.result(
+            {
+                "ok": True,
+                "container": str(container),
+                "destination": str(output_dir),
+                "verified": trusted_keys is not None,
+                "files_written": tally.files_written,
+                "bytes_written": tally.bytes_written,
+                "files": tally.written,
+                "skipped": tally.skipped,
+            }
+        )
+        for skipped in tally.skipped:
+            output.human(
+                f"  [yellow]skipped[/yellow] block {skipped['index']} ({plain(skipped['id'])}): "
+                f"{skipped['reason']}"
+            )
+        output.human(
+            f"[green]unpacked[/green] {tally.files_written} files ({tally.bytes_written:,} bytes) "
+            f"into {plain(output_dir)}"
+        )
+
+
+__all__ = ["UnpackTally", "unpack_command", "unpack_container"]

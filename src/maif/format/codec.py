@@ -1,0 +1,324 @@
+"""The canonical byte encoding of one :class:`MAIFBlock`, shared by the codec and the container.
+
+A block is encoded as a compact *block header* followed by a *body* (metadata, then payload); see
+docs/format/SPEC.md section 4 for the byte layout. The same header describes a block inside a .maif
+container, where the body may be compressed and encrypted (the ``storage_flags`` byte says so); the
+logical encoding returned by :func:`encode_block` is one codec-version byte followed by that header with
+``storage_flags == 0`` and the plain body.
+
+Optional fields take no space when they hold their default (no agent id, version "1.0", no parents,
+empty metadata), and a block id in canonical UUID form is stored as its 16 raw bytes: the header of a
+typical small block is 18 bytes plus the id.
+
+Decoding treats its input as hostile: every length is checked against :mod:`maif.limits` and against the
+bytes that remain *before* anything is sliced or decoded, reserved bits must be zero, and the input must
+be consumed exactly. Every defect raises a :class:`~maif.errors.FormatError` (or a subclass) or a
+:class:`~maif.errors.LimitExceededError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import blake3
+import msgspec
+
+from maif import limits
+from maif.errors import FormatError, LimitExceededError, TruncatedError, UnsupportedVersionError
+from maif.format.block import MAIFBlock, MAIFBlockType, fourcc_of, normalize_block_type
+
+CODEC_VERSION: Final = 1
+DEFAULT_BLOCK_VERSION: Final = "1.0"
+
+# storage_flags: how the body is stored (only meaningful inside a container)
+STORAGE_COMPRESSED: Final = 0x01
+STORAGE_ENCRYPTED: Final = 0x02
+_STORAGE_KNOWN: Final = STORAGE_COMPRESSED | STORAGE_ENCRYPTED
+
+# field_flags: which optional fields are present
+FIELD_ID_UUID: Final = 0x01
+FIELD_AGENT: Final = 0x02
+FIELD_VERSION: Final = 0x04
+FIELD_PARENTS: Final = 0x08
+FIELD_METADATA: Final = 0x10
+_FIELD_KNOWN: Final = FIELD_ID_UUID | FIELD_AGENT | FIELD_VERSION | FIELD_PARENTS | FIELD_METADATA
+
+# fourcc, storage_flags, field_flags, timestamp (float64 seconds), payload length (plaintext, bytes)
+FIXED_HEADER: Final = struct.Struct("<4sBBdI")
+_U8: Final = struct.Struct("<B")
+_U16: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("<I")
+
+_KNOWN_FOURCCS: Final[dict[object, bytes]] = {member: member.fourcc for member in MAIFBlockType}
+_metadata_encoder: Final = msgspec.msgpack.Encoder(order="deterministic")
+_metadata_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    """A decoded block header; ``body_offset`` is where metadata (then payload) begins in the buffer."""
+
+    block_type: Any
+    storage_flags: int
+    timestamp: float
+    payload_length: int
+    block_id: str
+    agent_id: str
+    version: str
+    parents: tuple[str, ...]
+    metadata_length: int
+    body_offset: int
+
+
+def encode_metadata(metadata: dict[str, Any]) -> bytes:
+    """Deterministic MessagePack of a metadata map (keys sorted), size-capped; empty maps encode to b""."""
+    if not metadata:
+        return b""
+    if not all(isinstance(key, str) for key in metadata):
+        raise FormatError("block metadata keys must be strings")
+    try:
+        encoded = _metadata_encoder.encode(metadata)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as error:
+        raise FormatError(f"block metadata is not MessagePack-encodable: {error}") from error
+    if len(encoded) > limits.block_metadata_bytes_max:
+        raise LimitExceededError("encoded metadata size", len(encoded), limits.block_metadata_bytes_max)
+    return encoded
+
+
+def decode_metadata(data: bytes | memoryview) -> dict[str, Any]:
+    """The metadata map from its MessagePack bytes (already length-checked by the caller)."""
+    if len(data) > limits.block_metadata_bytes_max:
+        raise LimitExceededError("encoded metadata size", len(data), limits.block_metadata_bytes_max)
+    try:
+        decoded: dict[str, Any] = _metadata_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as error:
+        raise FormatError(f"block metadata is not a valid MessagePack map: {error}") from error
+    if not decoded:
+        raise FormatError("block metadata is present but empty (an empty map must be omitted)")
+    # One value, one encoding: keys sorted and every item in its shortest form, as encode_metadata writes.
+    if _metadata_encoder.encode(decoded) != data:
+        raise FormatError("block metadata is not in canonical MessagePack form (sorted keys, shortest items)")
+    return decoded
+
+
+def _uuid_bytes(block_id: str) -> bytes | None:
+    """The 16 raw bytes of a canonical (lowercase, hyphenated) UUID string, else None."""
+    if (
+        len(block_id) != 36
+        or block_id[8] != "-"
+        or block_id[13] != "-"
+        or block_id[18] != "-"
+        or block_id[23] != "-"
+    ):
+        return None
+    hex_digits = block_id[:8] + block_id[9:13] + block_id[14:18] + block_id[19:23] + block_id[24:]
+    try:
+        raw = bytes.fromhex(hex_digits)
+    except ValueError:
+        return None
+    # fromhex also accepts upper case and spaces; only the one canonical spelling maps to raw bytes
+    return raw if len(raw) == 16 and raw.hex() == hex_digits else None
+
+
+def encode_header(block: MAIFBlock, storage_flags: int, metadata_length: int) -> bytes:
+    """The block header: fixed fields, then the optional fields the flags announce."""
+    assert storage_flags & ~_STORAGE_KNOWN == 0
+    parts: list[bytes] = []
+    field_flags = 0
+    raw_id = _uuid_bytes(block.id)
+    if raw_id is not None:
+        field_flags |= FIELD_ID_UUID
+        parts.append(raw_id)
+    else:
+        encoded_id = block.id.encode("utf-8")
+        parts += (_U16.pack(len(encoded_id)), encoded_id)
+    if block.agent_id:
+        field_flags |= FIELD_AGENT
+        agent = block.agent_id.encode("utf-8")
+        parts += (_U16.pack(len(agent)), agent)
+    if block.version != DEFAULT_BLOCK_VERSION:
+        field_flags |= FIELD_VERSION
+        version = block.version.encode("utf-8")
+        parts += (_U8.pack(len(version)), version)
+    if block.parents:
+        field_flags |= FIELD_PARENTS
+        parts.append(_U16.pack(len(block.parents)))
+        for parent in block.parents:
+            encoded_parent = parent.encode("utf-8")
+            parts += (_U16.pack(len(encoded_parent)), encoded_parent)
+    if metadata_length:
+        field_flags |= FIELD_METADATA
+        parts.append(_U32.pack(metadata_length))
+    fourcc = _KNOWN_FOURCCS.get(block.block_type) or fourcc_of(block.block_type)
+    fixed = FIXED_HEADER.pack(fourcc, storage_flags, field_flags, block.timestamp, len(block.data))
+    return fixed + b"".join(parts)
+
+
+class _Cursor:
+    """Reads length-prefixed fields from ``buffer[position:end]``, refusing to run past ``end``."""
+
+    __slots__ = ("buffer", "end", "position")
+
+    def __init__(self, buffer: bytes | memoryview, position: int, end: int) -> None:
+        self.buffer, self.position, self.end = buffer, position, end
+
+    def take(self, size: int, what: str) -> bytes:
+        if size > self.end - self.position:
+            raise TruncatedError(
+                f"{what} needs {size} bytes, {self.end - self.position} remain", offset=self.position
+            )
+        start = self.position
+        self.position += size
+        return bytes(self.buffer[start : self.position])
+
+    def unpack(self, layout: struct.Struct, what: str) -> int:
+        value: int = layout.unpack(self.take(layout.size, what))[0]
+        return value
+
+    def text(self, layout: struct.Struct, what: str, max_bytes: int, *, allow_empty: bool) -> str:
+        size = self.unpack(layout, f"{what} length")
+        if size > max_bytes:
+            raise LimitExceededError(f"{what} length in bytes", size, max_bytes)
+        if size == 0 and not allow_empty:
+            raise FormatError(f"{what} is empty", offset=self.position)
+        raw = self.take(size, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise FormatError(f"{what} is not valid UTF-8", offset=self.position - size) from error
+
+
+def decode_header(buffer: bytes | memoryview, start: int, end: int) -> BlockHeader:
+    """Parse the block header at ``buffer[start:end]`` (``end`` bounds the whole block)."""
+    cursor = _Cursor(buffer, start, end)
+    fourcc, storage_flags, field_flags, timestamp, payload_length = FIXED_HEADER.unpack(
+        cursor.take(FIXED_HEADER.size, "block header")
+    )
+    if storage_flags & ~_STORAGE_KNOWN:
+        raise FormatError(
+            f"block header has reserved storage flag bits set: {storage_flags:#04x}", offset=start + 4
+        )
+    if field_flags & ~_FIELD_KNOWN:
+        raise FormatError(
+            f"block header has reserved field flag bits set: {field_flags:#04x}", offset=start + 5
+        )
+    if timestamp != timestamp or timestamp in (float("inf"), float("-inf")):
+        raise FormatError("block timestamp is not a finite number", offset=start + 6)
+    if payload_length > limits.block_payload_bytes_max:
+        raise LimitExceededError("block payload size", payload_length, limits.block_payload_bytes_max)
+    block_type = normalize_block_type(fourcc)
+    if field_flags & FIELD_ID_UUID:
+        block_id = str(uuid.UUID(bytes=cursor.take(16, "block id")))
+    else:
+        block_id = cursor.text(_U16, "block id", limits.block_id_bytes_max, allow_empty=False)
+        if _uuid_bytes(block_id) is not None:
+            raise FormatError("a canonical UUID block id must be stored as 16 raw bytes", offset=start + 18)
+    agent_id = ""
+    if field_flags & FIELD_AGENT:
+        agent_id = cursor.text(_U16, "agent id", limits.agent_id_bytes_max, allow_empty=False)
+    version = DEFAULT_BLOCK_VERSION
+    if field_flags & FIELD_VERSION:
+        version = cursor.text(_U8, "block version", limits.block_version_bytes_max, allow_empty=True)
+        if version == DEFAULT_BLOCK_VERSION:
+            raise FormatError("block version field holds the default value and must be omitted")
+    parents: tuple[str, ...] = ()
+    if field_flags & FIELD_PARENTS:
+        parents = _decode_parents(cursor)
+    metadata_length = 0
+    if field_flags & FIELD_METADATA:
+        metadata_length = cursor.unpack(_U32, "metadata length")
+        if metadata_length == 0:
+            raise FormatError("metadata flag set with a zero metadata length")
+        if metadata_length > limits.block_metadata_bytes_max:
+            raise LimitExceededError(
+                "encoded metadata size", metadata_length, limits.block_metadata_bytes_max
+            )
+    return BlockHeader(
+        block_type,
+        storage_flags,
+        timestamp,
+        payload_length,
+        block_id,
+        agent_id,
+        version,
+        parents,
+        metadata_length,
+        cursor.position,
+    )
+
+
+def _decode_parents(cursor: _Cursor) -> tuple[str, ...]:
+    count = cursor.unpack(_U16, "parent count")
+    if count == 0:
+        raise FormatError("parents flag set with a zero parent count")
+    if count > limits.block_parents_max:
+        raise LimitExceededError("parent count", count, limits.block_parents_max)
+    return tuple(
+        cursor.text(_U16, "parent id", limits.block_id_bytes_max, allow_empty=False) for _ in range(count)
+    )
+
+
+def block_from_parts(header: BlockHeader, metadata: dict[str, Any], payload: bytes) -> MAIFBlock:
+    """Build the block, converting the model's own validation failures into format errors."""
+    return MAIFBlock(
+        id=header.block_id,
+        block_type=header.block_type,
+        data=payload,
+        metadata=metadata,
+        timestamp=header.timestamp,
+        agent_id=header.agent_id,
+        version=header.version,
+        parents=header.parents,
+    )
+
+
+def encode_block(block: MAIFBlock) -> bytes:
+    """Canonical logical encoding of one block: deterministic for a given block value."""
+    metadata = encode_metadata(block.metadata)
+    header = encode_header(block, 0, len(metadata))
+    return b"".join((_U8.pack(CODEC_VERSION), header, metadata, block.data))
+
+
+def decode_block(data: bytes | memoryview) -> MAIFBlock:
+    """The block encoded in ``data`` (exactly: trailing bytes are an error)."""
+    total = len(data)
+    if total < 1 + FIXED_HEADER.size:
+        raise TruncatedError(f"an encoded block needs at least {1 + FIXED_HEADER.size} bytes, got {total}")
+    if data[0] != CODEC_VERSION:
+        raise UnsupportedVersionError(
+            f"block codec version {data[0]} is not supported (this reader: {CODEC_VERSION})", offset=0
+        )
+    max_total = 1 + limits.block_payload_bytes_max + limits.block_metadata_bytes_max + 64 * 1024 * 1024
+    if total > max_total:
+        raise LimitExceededError("encoded block size", total, max_total)
+    header = decode_header(data, 1, total)
+    if header.storage_flags:
+        raise FormatError("a logical block encoding must not carry storage flags", offset=5)
+    expected = header.body_offset + header.metadata_length + header.payload_length
+    if expected != total:
+        kind = TruncatedError if expected > total else FormatError
+        raise kind(f"encoded block should be {expected} bytes long, got {total}")
+    metadata_end = header.body_offset + header.metadata_length
+    metadata = decode_metadata(data[header.body_offset : metadata_end]) if header.metadata_length else {}
+    return block_from_parts(header, metadata, bytes(data[metadata_end:]))
+
+
+def block_digest(block: MAIFBlock) -> bytes:
+    """32-byte BLAKE3 of :func:`encode_block`: the block's content identity."""
+    return blake3.blake3(encode_block(block)).digest()
+
+
+__all__ = [
+    "CODEC_VERSION",
+    "BlockHeader",
+    "block_digest",
+    "decode_block",
+    "decode_header",
+    "decode_metadata",
+    "encode_block",
+    "encode_header",
+    "encode_metadata",
+]

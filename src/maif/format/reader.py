@@ -1,0 +1,530 @@
+"""The .maif container reader: memory-mapped, O(1) random access, zero-copy raw payloads.
+
+The reader maps the file, finds the last valid trailer (a torn tail leaves the file readable up to its
+last complete version, docs/format/SPEC.md section 10), walks the versions back to the first with every
+link checked, and loads each version's index into flat arrays so any block is reached in O(1). It checks
+structure, and each block's chained digest against the index when it reads that block; whether the index
+itself is authentic is the job of :func:`maif.format.verify.verify_container`, which checks signatures
+against keys the caller trusts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import blake3
+
+from maif import limits
+from maif.errors import (
+    BackendError,
+    BlockNotFoundError,
+    CryptoError,
+    FormatError,
+    IntegrityError,
+    LimitExceededError,
+    MAIFError,
+)
+from maif.format import aead, codec, layout, merkle
+from maif.format.block import MAIFBlock
+from maif.format.compression import decompress_exact
+
+if TYPE_CHECKING:
+    import numpy as np
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+PARALLEL_HASH_BYTES_MIN: Final = 1 << 20
+"""Blocks at least this large are hashed with all cores (blake3 max_threads=AUTO)."""
+_MADV_DONTNEED: Final = getattr(mmap, "MADV_DONTNEED", None)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One committed version: its Merkle root over the first ``block_count`` block digests."""
+
+    number: int
+    block_count: int
+    merkle_root: bytes
+    committed_at_ns: int
+    signer_key_ids: tuple[bytes, ...]
+    """Key ids the manifest *claims* signed it; only verify_container says which signatures hold."""
+    end_offset: int
+    manifest_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEntry:
+    """Where block ``index`` lives: its record's byte range, chained digest and version."""
+
+    index: int
+    offset: int
+    length: int
+    digest: bytes
+    version: int
+
+
+def chained_digest(previous: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
+    """BLAKE3(previous digest || record bytes): the digest each index entry holds."""
+    size = sum(len(part) for part in parts)
+    # Passing max_threads at all costs a lot per call, so small inputs take the plain constructor.
+    hasher = (
+        blake3.blake3(previous, max_threads=blake3.blake3.AUTO)
+        if size >= PARALLEL_HASH_BYTES_MIN
+        else blake3.blake3(previous)
+    )
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
+
+
+def io_error(action: str, path: str | os.PathLike[str], error: OSError) -> BackendError:
+    return BackendError(f"cannot {action} {os.fspath(path)!r}: {error.strerror or error}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    trailer_offset: int
+    trailer: layout.Trailer
+    manifest: layout.Manifest
+    info: VersionInfo
+
+
+class ContainerReader:
+    """Read-only, memory-mapped access to every block of the last complete version of a container."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        handle: Any,
+        mapping: mmap.mmap | None,
+        decryption_key: X25519PrivateKey | None,
+    ) -> None:
+        self._path = path
+        self._handle = handle
+        self._mapping = mapping
+        self._view = memoryview(mapping) if mapping is not None else memoryview(b"")
+        self.file_size = len(self._view)
+        self.file_header = bytes(self._view[: layout.FILE_HEADER.size])
+        self.file_id = layout.decode_file_header(self._view)
+        last = _find_last_trailer(self._view)
+        self._versions = _load_versions(self._view, last) if last is not None else []
+        self.valid_end = self._versions[-1].info.end_offset if self._versions else layout.FILE_HEADER.size
+        self.torn_tail_bytes = self.file_size - self.valid_end
+        self._load_index()
+        self._data_key: bytes | None = None
+        self._key_error: CryptoError | None = None
+        if decryption_key is not None and self._versions:
+            try:
+                self._data_key = aead.unwrap_data_key(
+                    list(self._versions[-1].manifest.key_wraps), decryption_key, self.file_id
+                )
+            except CryptoError as error:  # reported when an encrypted block is read
+                self._key_error = error
+        self._ids: dict[str, int] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        decryption_key: X25519PrivateKey | None = None,
+    ) -> ContainerReader:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (lives with the reader)
+        except OSError as error:
+            raise io_error("open", path, error) from error
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError) as error:
+            handle.close()
+            raise BackendError(f"cannot map {os.fspath(path)!r}: {error}") from error
+        try:
+            return cls(path, handle, mapping, decryption_key)
+        except BaseException:
+            _close_mapping(mapping)
+            handle.close()
+            raise
+
+    # ---- index -----------------------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        """Offsets, ends and digests of every block, plus the entries whose offsets break the layout."""
+        import numpy as np
+
+        offsets, ends, digests, versions = [], [], [], []
+        self.bad_entries: dict[int, str] = {}
+        for number, version in enumerate(self._versions):
+            trailer = version.trailer
+            raw = np.frombuffer(self._view[trailer.index_offset : trailer.manifest_offset], dtype=np.uint8)
+            rows = raw.reshape(-1, layout.INDEX_ENTRY.size)
+            starts = rows[:, :8].copy().view("<u8").reshape(-1).astype(np.int64, copy=False)
+            stops = np.append(starts[1:], np.int64(trailer.index_offset)) if len(starts) else starts
+            first_index = trailer.block_count - len(starts)
+            self._mark_bad_entries(starts, stops, trailer, first_index)
+            offsets.append(starts)
+            ends.append(stops)
+            digests.append(rows[:, 8:].tobytes())
+            versions.append(np.full(len(starts), number, dtype=np.int32))
+        self._offsets: np.ndarray[Any, Any] = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self._ends: np.ndarray[Any, Any] = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        self._version_of: np.ndarray[Any, Any] = (
+            np.concatenate(versions) if versions else np.zeros(0, np.int32)
+        )
+        self._digest_table = b"".join(digests)
+        self._leaf_hashes: list[bytes] | None = None
+
+    def _mark_bad_entries(
+        self,
+        starts: np.ndarray[Any, Any],
+        stops: np.ndarray[Any, Any],
+        trailer: layout.Trailer,
+        first_index: int,
+    ) -> None:
+        import numpy as np
+
+        if not len(starts):
+            return
+        bad = (starts < trailer.segment_start) | (stops > trailer.index_offset) | (stops <= starts)
+        if starts[0] != trailer.segment_start:
+            bad[0] = True
+        for position in np.flatnonzero(bad).tolist():
+            self.bad_entries[first_index + position] = "index entry's offset breaks the no-holes layout"
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    @property
+    def versions(self) -> list[VersionInfo]:
+        return [version.info for version in self._versions]
+
+    @property
+    def manifests(self) -> list[layout.Manifest]:
+        return [version.manifest for version in self._versions]
+
+    def index_region(self, version: int) -> memoryview:
+        trailer = self._versions[version].trailer
+        return self._view[trailer.index_offset : trailer.manifest_offset]
+
+    def digest(self, index: int) -> bytes:
+        return self._digest_table[index * 32 : index * 32 + 32]
+
+    def previous_digest(self, index: int) -> bytes:
+        return self.digest(index - 1) if index else layout.chain_genesis(self.file_id)
+
+    def digests(self) -> list[bytes]:
+        table = self._digest_table
+        return [table[start : start + 32] for start in range(0, len(table), 32)]
+
+    def leaf_hashes(self) -> list[bytes]:
+        if self._leaf_hashes is None:
+            self._leaf_hashes = merkle.leaf_hashes_of(self.digests())
+        return self._leaf_hashes
+
+    def entry(self, index: int) -> BlockEntry:
+        self._check_index(index)
+        offset, end = int(self._offsets[index]), int(self._ends[index])
+        return BlockEntry(index, offset, end - offset, self.digest(index), int(self._version_of[index]))
+
+    def _check_index(self, index: int) -> None:
+        if not isinstance(index, int) or not 0 <= index < len(self._offsets):
+            raise IndexError(f"block index {index!r} outside a container of {len(self._offsets)} blocks")
+
+    def record(self, index: int) -> memoryview:
+        """The stored bytes of block ``index`` (a view of the mapping), after the layout check."""
+        self._check_index(index)
+        problem = self.bad_entries.get(index)
+        if problem is not None:
+            raise FormatError(f"block {index}: {problem}")
+        return self._view[int(self._offsets[index]) : int(self._ends[index])]
+
+    def check_record(self, index: int, record: memoryview) -> None:
+        if chained_digest(self.previous_digest(index), (record,)) != self.digest(index):
+            raise IntegrityError("stored bytes do not match the indexed BLAKE3 digest", block_index=index)
+
+    def digest_mismatches(self) -> list[int]:
+        """Blocks whose stored bytes do not reproduce their indexed chained digest (full verification).
+
+        One tight loop over the mapping: small records are hashed in one call each, large ones with all
+        cores and then released from the mapping so the resident set stays flat.
+        """
+        if self._mapping is None or not len(self):
+            return []
+        offsets, ends, table = self._offsets.tolist(), self._ends.tolist(), self._digest_table
+        mapping, bad, hasher = self._mapping, self.bad_entries, blake3.blake3
+        previous = layout.chain_genesis(self.file_id)
+        mismatches = []
+        for index, (start, end) in enumerate(zip(offsets, ends, strict=True)):
+            expected = table[index * 32 : index * 32 + 32]
+            if index in bad:
+                pass
+            elif end - start < PARALLEL_HASH_BYTES_MIN:
+                if hasher(previous + mapping[start:end]).digest() != expected:
+                    mismatches.append(index)
+            else:
+                if chained_digest(previous, (self._view[start:end],)) != expected:
+                    mismatches.append(index)
+                self.release(index)
+            previous = expected
+        return mismatches
+
+    # ---- blocks ----------------------------------------------------------------------------------
+
+    def _decode_body(
+        self, index: int, *, verify: bool
+    ) -> tuple[codec.BlockHeader, memoryview | bytes, bytes]:
+        """The header, the payload (a view of the mapping when stored raw) and the metadata bytes."""
+        record = self.record(index)
+        if verify:
+            self.check_record(index, record)
+        header = codec.decode_header(record, 0, len(record))
+        body: memoryview | bytes = record[header.body_offset :]
+        if header.storage_flags & codec.STORAGE_ENCRYPTED:
+            body = self._decrypt(index, record[: header.body_offset], record[header.body_offset :])
+        if len(body) < header.metadata_length:
+            raise FormatError(f"block {index}: body is shorter than its metadata")
+        metadata = bytes(body[: header.metadata_length])
+        stored = body[header.metadata_length :]
+        if header.storage_flags & codec.STORAGE_COMPRESSED:
+            return header, decompress_exact(stored, header.payload_length), metadata
+        if len(stored) != header.payload_length:
+            raise FormatError(
+                f"block {index}: payload is {len(stored)} bytes, header says {header.payload_length}"
+            )
+        return header, stored, metadata
+
+    def _decrypt(self, index: int, header_bytes: memoryview, body: memoryview) -> bytes:
+        if self._data_key is None:
+            raise self._key_error or CryptoError(
+                f"block {index} is encrypted and no decryption key was given"
+            )
+        associated = aead.block_associated_data(self.file_id, index, header_bytes)
+        return aead.decrypt_body(self._data_key, body, associated)
+
+    def block(self, index: int, *, verify: bool = True) -> MAIFBlock:
+        """Block ``index``, its stored bytes checked against the indexed digest unless ``verify=False``."""
+        header, payload, metadata = self._decode_body(index, verify=verify)
+        return codec.block_from_parts(
+            header, codec.decode_metadata(metadata) if metadata else {}, bytes(payload)
+        )
+
+    def payload_view(self, index: int, *, verify: bool = True) -> memoryview:
+        """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted."""
+        _, payload, _ = self._decode_body(index, verify=verify)
+        return payload if isinstance(payload, memoryview) else memoryview(payload)
+
+    def iter_payloads(self, *, verify: bool = True) -> Iterator[tuple[int, memoryview]]:
+        """Every payload in order; pages of large blocks already yielded are dropped from the mapping
+        so that streaming a file larger than memory keeps the resident set flat."""
+        for index in range(len(self)):
+            yield index, self.payload_view(index, verify=verify)
+            self.release(index)
+
+    def release(self, index: int) -> None:
+        """Hint that block ``index`` will not be read soon: drop its pages from this process's mapping."""
+        offset, end = int(self._offsets[index]), int(self._ends[index])
+        page = mmap.PAGESIZE
+        start, stop = -(-offset // page) * page, (end // page) * page
+        if (
+            self._mapping is not None
+            and stop - start >= PARALLEL_HASH_BYTES_MIN
+            and _MADV_DONTNEED is not None
+        ):
+            self._mapping.madvise(_MADV_DONTNEED, start, stop - start)
+
+    def find(self, block_id: str) -> int:
+        """Index of the block with ``block_id`` (the latest one if an id was written more than once)."""
+        if self._ids is None:
+            ids: dict[str, int] = {}
+            for index in range(len(self)):
+                try:
+                    record = self.record(index)
+                    ids[codec.decode_header(record, 0, len(record)).block_id] = index
+                except MAIFError:
+                    continue  # a damaged record cannot be found by id; verify_container reports it
+            self._ids = ids
+        found = self._ids.get(block_id)
+        if found is None:
+            raise BlockNotFoundError(f"no block with id {block_id!r} in {os.fspath(self._path)!r}")
+        return found
+
+    # ---- proofs ----------------------------------------------------------------------------------
+
+    def _version(self, version: int) -> _Version:
+        if not self._versions:
+            raise FormatError("the container has no committed version")
+        try:
+            return self._versions[version]
+        except IndexError as error:
+            raise IndexError(f"version {version} outside {len(self._versions)} versions") from error
+
+    def inclusion_proof(self, index: int, version: int = -1) -> list[bytes]:
+        """RFC 9162 audit path of block ``index`` in ``version``'s Merkle tree."""
+        count = self._version(version).info.block_count
+        if not 0 <= index < count:
+            raise IndexError(f"block {index} is not in a version of {count} blocks")
+        return merkle.inclusion_proof(self.leaf_hashes()[:count], index)
+
+    def consistency_proof(self, old_version: int, new_version: int = -1) -> list[bytes]:
+        """RFC 9162 proof that ``old_version``'s tree is a prefix of ``new_version``'s."""
+        old_count = self._version(old_version).info.block_count
+        new_count = self._version(new_version).info.block_count
+        if old_count > new_count:
+            raise IndexError("the old version must not be newer than the new version")
+        return merkle.consistency_proof(self.leaf_hashes()[:new_count], old_count)
+
+    # ---- lifetime --------------------------------------------------------------------------------
+
+    def _append_state(self) -> dict[str, Any]:
+        """What a writer needs to continue this file after its last version."""
+        if self.torn_tail_bytes:
+            raise FormatError(
+                f"{self.torn_tail_bytes} bytes follow the last complete version",
+                hint="run `maif repair` (repair_container) first",
+            )
+        if not self._versions:
+            raise FormatError("the container has no committed version to append to")
+        frontier = merkle.Frontier()
+        frontier.extend(self.leaf_hashes())
+        wraps = self._versions[-1].manifest.key_wraps
+        if wraps and self._key_error is not None:
+            raise self._key_error
+        return {
+            "file_header": self.file_header,
+            "end_offset": self.valid_end,
+            "data_key": self._data_key,
+            "key_wraps": wraps,
+            "last": self._versions[-1].info,
+            "frontier": frontier,
+            "previous_digest": self.previous_digest(len(self)),
+        }
+
+    def close(self) -> None:
+        """Close the file; payload views a caller still holds keep the mapping alive until dropped."""
+        self._view.release()
+        _close_mapping(self._mapping)
+        self._handle.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _close_mapping(mapping: mmap.mmap | None) -> None:
+    if mapping is None:
+        return
+    # Views may still be exported (a caller's payload view): then it is unmapped when the last one goes.
+    with contextlib.suppress(BufferError):
+        mapping.close()
+
+
+def _find_last_trailer(view: memoryview) -> int | None:
+    """Offset of the last trailer that validates: the file's end, or the end of its last complete version."""
+    size = len(view)
+    try:
+        layout.decode_trailer(view, size - layout.TRAILER.size)
+        return size - layout.TRAILER.size
+    except MAIFError:
+        pass
+    data = view.obj if isinstance(view.obj, mmap.mmap) else bytes(view)
+    magic, magic_at = layout.TRAILER_MAGIC, layout.TRAILER.size - len(layout.TRAILER_MAGIC)
+    search_end = size
+    for _ in range(limits.trailer_candidates_max):
+        found = data.rfind(magic, layout.FILE_HEADER.size, search_end)
+        if found < 0:
+            return None
+        try:
+            layout.decode_trailer(view, found - magic_at)
+            return found - magic_at
+        except MAIFError:
+            search_end = found + len(magic) - 1
+    raise LimitExceededError(
+        "trailer candidates scanned in a torn tail",
+        limits.trailer_candidates_max + 1,
+        limits.trailer_candidates_max,
+    )
+
+
+def _load_versions(view: memoryview, last_offset: int) -> list[_Version]:
+    """Every version from the first to the one whose trailer is at ``last_offset``, all links checked."""
+    versions: list[_Version] = []
+    offset = last_offset
+    while True:
+        trailer = layout.decode_trailer(view, offset)
+        manifest = layout.decode_manifest(
+            bytes(view[trailer.manifest_offset : offset]), trailer.manifest_offset
+        )
+        if (manifest.version_number, manifest.block_count, manifest.segment_start) != (
+            trailer.version_number,
+            trailer.block_count,
+            trailer.segment_start,
+        ):
+            raise FormatError(
+                f"version {trailer.version_number}'s manifest disagrees with its trailer",
+                offset=trailer.manifest_offset,
+            )
+        info = VersionInfo(
+            trailer.version_number,
+            trailer.block_count,
+            manifest.merkle_root,
+            manifest.committed_at_ns,
+            tuple(s.key_id for s in manifest.signatures),
+            offset + layout.TRAILER.size,
+            manifest.digest,
+        )
+        versions.append(_Version(offset, trailer, manifest, info))
+        if trailer.version_number == 0:
+            break
+        if len(versions) > limits.container_versions_max:
+            raise LimitExceededError("version count", len(versions), limits.container_versions_max)
+        offset = trailer.segment_start - layout.TRAILER.size
+        try:
+            previous = layout.decode_trailer(view, offset)
+        except MAIFError as error:
+            raise FormatError(
+                f"the trailer of version {trailer.version_number - 1} is damaged: {error}", offset=offset
+            ) from error
+        if previous.version_number != trailer.version_number - 1:
+            raise FormatError(
+                f"version {trailer.version_number} does not follow version {previous.version_number}",
+                offset=offset,
+            )
+    versions.reverse()
+    _check_version_sequence(versions)
+    return versions
+
+
+def _check_version_sequence(versions: list[_Version]) -> None:
+    if versions[0].trailer.segment_start != layout.FILE_HEADER.size:
+        raise FormatError(
+            "the first version does not start right after the file header", offset=versions[0].trailer_offset
+        )
+    previous_count = 0
+    for version in versions:
+        expected = previous_count + version.trailer.new_block_count
+        if version.trailer.block_count != expected:
+            raise FormatError(
+                f"version {version.info.number} claims {version.trailer.block_count} blocks, "
+                f"its index implies {expected}",
+                offset=version.trailer_offset,
+            )
+        previous_count = expected
+
+
+__all__ = [
+    "PARALLEL_HASH_BYTES_MIN",
+    "BlockEntry",
+    "ContainerReader",
+    "VersionInfo",
+    "chained_digest",
+    "io_error",
+]

@@ -1,0 +1,150 @@
+"""Verification of a .maif container against public keys the caller trusts, reporting every problem.
+
+Quick mode checks what a reader relies on without touching block bytes: the file header, every version's
+trailer and manifest, the chain of manifests, each index against its manifest's digest, the Merkle root
+over the indexed block digests, and the signatures. Full mode also recomputes every block's chained
+BLAKE3 digest from its stored bytes (every byte of the file is then covered) and, given the decryption
+key, checks the AES-GCM tag of every encrypted block.
+
+Trust comes only from ``trusted_keys``: a signature by a key the caller did not pass is ignored, and a
+version without a valid signature by a trusted key is a problem. Problems are collected, not raised, so
+one report locates every damaged block (by index) or region (by name).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import blake3
+
+from maif.errors import MAIFError, SignatureError
+from maif.format import merkle, signing
+from maif.format.reader import ContainerReader
+from maif.format.reports import Problem, VerificationReport
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from maif.format.layout import Manifest
+
+
+def verify_container(
+    path: str | os.PathLike[str],
+    trusted_keys: Sequence[Ed25519PublicKey],
+    *,
+    full: bool = True,
+    decryption_key: X25519PrivateKey | None = None,
+) -> VerificationReport:
+    """Check ``path`` against ``trusted_keys``; ``ok`` only if nothing at all is wrong."""
+    try:
+        reader = ContainerReader.open(path, decryption_key=decryption_key)
+    except MAIFError as error:
+        return VerificationReport(False, [Problem(None, error.message, "file")], 0, [])
+    with reader:
+        problems: list[Problem] = []
+        signers = _check_versions(reader, trusted_keys, problems)
+        problems += [Problem(index, reason) for index, reason in sorted(reader.bad_entries.items())]
+        if full:
+            _check_blocks(reader, problems, check_encrypted=decryption_key is not None)
+        return VerificationReport(not problems, problems, len(reader), reader.versions, signers)
+
+
+def _check_versions(
+    reader: ContainerReader, trusted_keys: Sequence[Ed25519PublicKey], problems: list[Problem]
+) -> list[bytes]:
+    if reader.torn_tail_bytes:
+        problems.append(
+            Problem(
+                None,
+                f"{reader.torn_tail_bytes} bytes after the end of the last complete "
+                "version (a torn write, or a damaged trailer)",
+                "tail",
+            )
+        )
+    if not reader.versions:
+        problems.append(Problem(None, "no committed version: nothing in the file is signed", "file"))
+        return []
+    if not trusted_keys:
+        problems.append(Problem(None, "no trusted public keys were given; nothing can be verified", "file"))
+    trusted = {signing.key_id(key): key for key in trusted_keys}
+    signers: list[bytes] = []
+    leaf_hashes = reader.leaf_hashes()
+    frontier = merkle.Frontier()  # grows version by version: every root in O(n) total, not O(n x versions)
+    previous_digest = bytes(32)
+    for number, (manifest, info) in enumerate(zip(reader.manifests, reader.versions, strict=True)):
+        region = f"version {number} manifest"
+        if manifest.previous_manifest_digest != previous_digest:
+            problems.append(Problem(None, "does not link to the previous version's manifest", region))
+        previous_digest = info.manifest_digest
+        if blake3.blake3(reader.index_region(number)).digest() != manifest.index_digest:
+            problems.append(
+                Problem(
+                    None, "index bytes do not match the manifest's index digest", f"version {number} index"
+                )
+            )
+        frontier.extend(leaf_hashes[frontier.size : manifest.block_count])
+        if frontier.root() != manifest.merkle_root:
+            problems.append(Problem(None, "Merkle root over the indexed digests does not match", region))
+        for key_id in _check_signatures(reader.file_header, manifest, trusted, region, problems):
+            if key_id not in signers:
+                signers.append(key_id)
+    return signers
+
+
+def _check_signatures(
+    file_header: bytes,
+    manifest: Manifest,
+    trusted: dict[bytes, Ed25519PublicKey],
+    region: str,
+    problems: list[Problem],
+) -> list[bytes]:
+    body_digest = manifest.body_digest
+    valid: list[bytes] = []
+    for entry in manifest.signatures:
+        key = trusted.get(entry.key_id)
+        if key is None:
+            continue  # not a key the caller trusts: it neither helps nor hurts
+        message = signing.signed_message(
+            file_header,
+            manifest.block_count,
+            manifest.merkle_root,
+            entry.key_id,
+            entry.signed_at_ns,
+            body_digest,
+        )
+        try:
+            signing.verify_signature(key, entry.signature, message)
+            valid.append(entry.key_id)
+        except SignatureError:
+            problems.append(
+                Problem(None, f"signature by trusted key {entry.key_id.hex()} does not verify", region)
+            )
+    if not valid:
+        problems.append(Problem(None, "no valid signature by a trusted key", region))
+    return valid
+
+
+def _check_blocks(reader: ContainerReader, problems: list[Problem], *, check_encrypted: bool) -> None:
+    """Recompute every block's chained digest (and AES-GCM tag when a key was given)."""
+    mismatches = reader.digest_mismatches()
+    problems += [
+        Problem(index, "stored bytes do not match the indexed BLAKE3 digest") for index in mismatches
+    ]
+    if not check_encrypted:
+        return
+    skip = set(mismatches) | set(reader.bad_entries)
+    for index in range(len(reader)):
+        if index in skip:
+            continue
+        try:
+            reader.payload_view(index, verify=False)
+        except MAIFError as error:
+            problems.append(Problem(index, error.message.removesuffix(f" (block {index})")))
+        finally:
+            reader.release(index)
+
+
+__all__ = ["Problem", "VerificationReport", "verify_container"]

@@ -1,0 +1,159 @@
+"""`maif audit verify` and `maif audit show`: offline checks with documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typer.testing import CliRunner
+
+from maif.cli.audit import audit_app
+from maif.cli.exit_codes import ExitCode
+from maif.security.audit import HEADER_BYTES, AuditLog
+from maif.security.keys import key_id_of, raw_public_key
+
+
+class RawSigner:
+    def __init__(self) -> None:
+        self._private_key = Ed25519PrivateKey.generate()
+        self.public_key = self._private_key.public_key()
+        self.key_id = key_id_of(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private_key.sign(data)
+
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def signer() -> RawSigner:
+    return RawSigner()
+
+
+@pytest.fixture
+def log_path(tmp_path: Path, signer: RawSigner) -> Path:
+    path = tmp_path / "audit.log"
+    with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
+        for number in range(7):
+            log.append(
+                {
+                    "actor": "agent-1",
+                    "action": "read",
+                    "resource": f"block/{number}",
+                    "decision": "deny" if number == 4 else "allow",
+                    "reason": "policy",
+                }
+            )
+    return path
+
+
+def _hex_key(signer: RawSigner) -> str:
+    return raw_public_key(signer.public_key).hex()
+
+
+def test_verify_succeeds_with_a_hex_or_pem_trusted_key(
+    tmp_path: Path, log_path: Path, signer: RawSigner
+) -> None:
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json"])
+    assert result.exit_code == ExitCode.OK, result.output
+    document = json.loads(result.stdout)
+    assert document["ok"] and document["entries"] == 7 and document["unsigned_tail_entries"] == 0
+    pem = tmp_path / "auditor.pub"
+    pem.write_bytes(signer.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", str(pem)])
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "verified" in result.stdout
+
+
+def test_verify_names_the_first_bad_entry(tmp_path: Path, log_path: Path, signer: RawSigner) -> None:
+    data = bytearray(log_path.read_bytes())
+    offset = HEADER_BYTES
+    for _ in range(2):  # skip entry 0 and entry 1; entry 2's record starts 40 bytes into its frame
+        (length,) = struct.unpack_from("<I", data, offset)
+        offset += 40 + length
+    data[offset + 45] ^= 0x04
+    log_path.write_bytes(bytes(data))
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json"])
+    assert result.exit_code == ExitCode.INTEGRITY_FAILURE
+    document = json.loads(result.stdout)
+    assert not document["ok"] and "entry 2" in document["error"]["message"]
+
+
+def test_verify_refuses_an_untrusted_signer(log_path: Path) -> None:
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(RawSigner())])
+    assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED
+    assert "not trusted" in result.stderr
+
+
+def test_unsigned_tail_fails_unless_allowed(tmp_path: Path, signer: RawSigner) -> None:
+    path = tmp_path / "open.log"
+    log = AuditLog.open(path, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
+    for number in range(3):
+        log.append({"action": "read", "decision": "allow", "resource": f"r{number}"})
+    result = runner.invoke(audit_app, ["verify", str(path), "--trust", _hex_key(signer)])
+    assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED
+    assert "not covered by a signed checkpoint" in result.stderr
+    result = runner.invoke(
+        audit_app, ["verify", str(path), "--trust", _hex_key(signer), "--allow-unsigned-tail"]
+    )
+    assert result.exit_code == ExitCode.OK
+    log.close()
+    result = runner.invoke(audit_app, ["verify", str(path), "--trust", _hex_key(signer)])
+    assert result.exit_code == ExitCode.OK
+
+
+def test_bad_inputs_have_their_own_exit_codes(tmp_path: Path, log_path: Path, signer: RawSigner) -> None:
+    not_a_log = tmp_path / "x"
+    not_a_log.write_bytes(b"not an audit log" * 10)
+    result = runner.invoke(audit_app, ["verify", str(not_a_log), "--trust", _hex_key(signer)])
+    assert result.exit_code == ExitCode.MALFORMED_FILE
+    result = runner.invoke(audit_app, ["verify", str(tmp_path / "missing"), "--trust", _hex_key(signer)])
+    assert result.exit_code == ExitCode.MALFORMED_FILE
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", "zz" * 32])
+    assert result.exit_code == ExitCode.KEY_ERROR
+    result = runner.invoke(audit_app, ["verify", str(log_path)])
+    assert result.exit_code == ExitCode.USAGE_ERROR
+
+
+def test_show_lists_entries_and_checkpoints(log_path: Path) -> None:
+    result = runner.invoke(audit_app, ["show", str(log_path), "--json"])
+    assert result.exit_code == ExitCode.OK, result.output
+    records = json.loads(result.stdout)["records"]
+    entries = [r for r in records if r["type"] == "entry"]
+    assert [e["index"] for e in entries] == list(range(7))
+    assert entries[4]["decision"] == "deny"
+    assert [r["tree_size"] for r in records if r["type"] == "checkpoint"] == [3, 6, 7]
+    result = runner.invoke(audit_app, ["show", str(log_path), "--start", "5", "--limit", "1", "--json"])
+    assert [r.get("index") for r in json.loads(result.stdout)["records"]] == [5, None]
+    result = runner.invoke(audit_app, ["show", str(log_path)])
+    assert result.exit_code == ExitCode.OK and "checkpoint" in result.stdout
+
+
+def test_saved_checkpoint_catches_a_log_cut_back_later(
+    tmp_path: Path, log_path: Path, signer: RawSigner
+) -> None:
+    saved = tmp_path / "witness.ckpt"
+    result = runner.invoke(audit_app, ["checkpoint", str(log_path), "--output", str(saved), "--json"])
+    assert result.exit_code == ExitCode.OK, result.output
+    assert json.loads(result.stdout)["tree_size"] == 7
+    trust = ["--trust", _hex_key(signer)]
+    assert runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)]).exit_code == 0
+    data = log_path.read_bytes()
+    offset, checkpoints_seen = HEADER_BYTES, 0
+    while checkpoints_seen < 2:  # keep everything up to the second checkpoint (6 entries)
+        (length,) = struct.unpack_from("<I", data, offset)
+        checkpoints_seen += data[offset + 40 : offset + 40 + length].find(b"checkpoint") >= 0
+        offset += 40 + length
+    log_path.write_bytes(data[:offset])
+    assert runner.invoke(audit_app, ["verify", str(log_path), *trust]).exit_code == ExitCode.OK
+    result = runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)])
+    assert result.exit_code == ExitCode.INTEGRITY_FAILURE
+    assert "truncated" in result.stderr
+    saved.write_bytes(b"\x00junk")
+    result = runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)])
+    assert result.exit_code == ExitCode.MALFORMED_FILE

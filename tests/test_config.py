@@ -1,0 +1,113 @@
+"""Configuration: the seed's keys work, typos and bad values are refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from maif.config import AgentConfig, SecurityConfig, StorageConfig, load_section
+from maif.errors import ConfigError
+
+
+def test_defaults_need_no_source() -> None:
+    storage = load_section(StorageConfig, None, environ={})
+    assert storage.data_dir == "./maif-data"
+    assert storage.durability == "durable"
+
+
+def test_seed_storage_keys_are_accepted_flat() -> None:
+    seed = {
+        "redis_url": "redis://127.0.0.1:6379",
+        "kafka_brokers": ["127.0.0.1:9092"],
+        "qdrant_url": "http://127.0.0.1:6333",
+        "s3_endpoint": "http://127.0.0.1:9000",
+        "s3_bucket": "maif-storage",
+        "batch_size": 500,
+        "batch_timeout_ms": 5,
+        "compression_threshold": 1024,
+        "max_memory_mb": 128,
+        "write_parallelism": 4,
+    }
+    storage = load_section(StorageConfig, seed, environ={})
+    assert storage.kafka_brokers == ("127.0.0.1:9092",)
+    assert storage.batch_size == 500
+    assert storage.max_memory_mb == 128
+
+
+def test_seed_security_keys() -> None:
+    security = load_section(
+        SecurityConfig,
+        {
+            "oauth_providers": {"http://127.0.0.1:4400": {"client_id": "maif", "jwks_uri": "http://x/jwks"}},
+            "trusted_tpm_roots": ["/etc/maif/tpm-root.pem"],
+            "min_trust_level_write": 3,
+            "min_trust_level_read_sensitive": 4,
+        },
+        environ={},
+    )
+    assert security.oauth_providers["http://127.0.0.1:4400"].client_id == "maif"
+    assert security.min_trust_level_write == 3
+
+
+def test_seed_agent_keys() -> None:
+    agent = load_section(
+        AgentConfig,
+        {"task_queue_size": 10, "processing_threads": 3, "batch_timeout_ms": 50, "max_retries": 1},
+        environ={},
+    )
+    assert (agent.task_queue_size, agent.processing_threads, agent.max_retries) == (10, 3, 1)
+
+
+def test_unknown_key_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_section(StorageConfig, {"batch_sise": 10}, environ={})
+    assert caught.value.hint == "did you mean 'batch_size'?"
+
+
+@pytest.mark.parametrize(
+    ("section", "raw"),
+    [
+        (StorageConfig, {"batch_size": 0}),
+        (StorageConfig, {"batch_size": "many"}),
+        (StorageConfig, {"durability": "sometimes"}),
+        (SecurityConfig, {"min_trust_level_write": 6}),
+        (AgentConfig, {"max_retries": -1}),
+    ],
+)
+def test_bad_values_are_refused(section: type, raw: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        load_section(section, raw, environ={})
+
+
+def test_files_and_sections(tmp_path: Path) -> None:
+    json_file = tmp_path / "maif.json"
+    json_file.write_text(json.dumps({"storage": {"batch_size": 7}, "agent": {"max_retries": 9}}))
+    assert load_section(StorageConfig, json_file, environ={}).batch_size == 7
+    assert load_section(AgentConfig, str(json_file), environ={}).max_retries == 9
+    toml_file = tmp_path / "maif.toml"
+    toml_file.write_text('[storage]\ndata_dir = "/tmp/x"\nbatch_timeout_ms = 3.5\n')
+    storage = load_section(StorageConfig, toml_file, environ={})
+    assert (storage.data_dir, storage.batch_timeout_ms) == ("/tmp/x", 3.5)
+
+
+def test_broken_files_are_config_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError):
+        load_section(StorageConfig, broken, environ={})
+    with pytest.raises(ConfigError):
+        load_section(StorageConfig, tmp_path / "missing.json", environ={})
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    with pytest.raises(ConfigError):
+        load_section(StorageConfig, listing, environ={})
+
+
+def test_environment_overrides_files() -> None:
+    environ = {"MAIF_STORAGE_BATCH_SIZE": "42", "MAIF_STORAGE_DATA_DIR": "/srv/maif"}
+    storage = load_section(StorageConfig, {"batch_size": 7}, environ=environ)
+    assert (storage.batch_size, storage.data_dir) == (42, "/srv/maif")
+    with pytest.raises(ConfigError):
+        load_section(StorageConfig, None, environ={"MAIF_STORAGE_BATCH_SISE": "1"})
