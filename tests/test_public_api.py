@@ -12,6 +12,8 @@ EXPECTED_PUBLIC_NAMES = sorted(
         "MAIFBlock",
         "MAIFBlockType",
         "MAIFError",
+        "MAIFStorage",
+        "create_maif_storage",
         "HardwareAttestation",
         "SecurityContext",
         "SecurityManager",

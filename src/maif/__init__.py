@@ -17,6 +17,8 @@ _EXPORTS: dict[str, str] = {
     "MAIFBlock": "maif.format.block",
     "MAIFBlockType": "maif.format.block",
     "MAIFError": "maif.errors",
+    "MAIFStorage": "maif.storage.engine",
+    "create_maif_storage": "maif.storage.engine",
     "HardwareAttestation": "maif.security.attestation",
     "SecurityContext": "maif.security.trust",
     "SecurityManager": "maif.security.manager",
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from maif.security.manager import verify_maif_block_signature as verify_maif_block_signature
     from maif.security.trust import SecurityContext as SecurityContext
     from maif.security.trust import TrustLevel as TrustLevel
+    from maif.storage.engine import MAIFStorage as MAIFStorage
+    from maif.storage.engine import create_maif_storage as create_maif_storage
 
 
 def __getattr__(name: str) -> Any:

@@ -241,6 +241,84 @@ attestation_enrolled_agents_max: Final = 1_000_000
 
 
 # --- agent runtime -----------------------------------------------------------------------------
+agent_remembered_task_ids_max: Final = 1_000_000
+"""Most finished task ids one agent remembers for idempotence (oldest forgotten first)."""
+
+agent_dead_letters_max: Final = 10_000
+"""Most dead-letter records one agent keeps in memory (each is also written to the store)."""
+
+agent_latency_samples_max: Final = 4096
+"""Task latency samples one agent keeps for its percentiles (a sliding window)."""
+
+agent_retry_backoff_s_max: Final = 30.0
+"""Longest wait between two attempts of a failing task."""
+
+agent_text_bytes_max: Final = 4 * MiB
+"""Largest text a built-in text handler analyses."""
+
+agent_image_bytes_max: Final = 32 * MiB
+"""Largest encoded image the built-in image handler decodes."""
+
+agent_image_pixels_max: Final = 50_000_000
+"""Most pixels the image handler lets Pillow decode (a decompression bomb is refused first)."""
+
+agent_input_blocks_max: Final = 64
+"""Most stored blocks one task may name as its inputs."""
+
+task_id_chars_max: Final = 128
+"""Longest task id; block ids are ``<agent>:<task>:<n>`` and must fit ``block_id_bytes_max``."""
+
+agent_keywords_max: Final = 20
+"""Most keywords / entities / relations a built-in handler reports per kind per task."""
+
+
+# --- HTTP service (maif.service) --------------------------------------------------------------
+service_json_body_bytes_max: Final = 2 * MiB
+"""Largest JSON request body (a small block's base64 payload, a search, an export selection); larger
+bodies are refused with 413 before they are parsed."""
+
+service_part_bytes_max: Final = 4 * MiB
+"""A raw upload larger than this is stored as parts of exactly this size plus a manifest block, so a
+transfer of any size holds at most two parts in memory."""
+
+service_upload_bytes_max: Final = 64 * GiB
+"""Largest raw (streamed) block upload."""
+
+service_header_metadata_bytes_max: Final = 8 * KiB
+"""Longest X-MAIF-Metadata header (JSON) accepted with a raw upload."""
+
+service_auth_cache_entries_max: Final = 16_384
+"""Most verified bearer tokens whose security context the service caches (LRU, until token expiry)."""
+
+service_sessions_max: Final = 16_384
+"""Most trust sessions (POST /v1/trust/bootstrap) held at once; the oldest is dropped first."""
+
+service_idempotency_entries_max: Final = 16_384
+"""Most remembered Idempotency-Key responses (LRU)."""
+
+service_list_limit_max: Final = 500
+"""Most blocks one GET /v1/blocks page returns."""
+
+service_search_limit_max: Final = 100
+"""Most hits one POST /v1/search returns."""
+
+service_export_blocks_max: Final = 10_000
+"""Most blocks one POST /v1/export selection may name."""
+
+service_audit_page_entries_max: Final = 100
+"""Most audit entries (each with its inclusion proof) one GET /v1/audit page returns."""
+
+service_verify_upload_bytes_max: Final = 4 * GiB
+"""Largest .maif file POST /v1/verify accepts."""
+
+service_trusted_keys_max: Final = 16
+"""Most trusted public keys one POST /v1/verify request may name."""
+
+service_request_id_bytes_max: Final = 64
+"""Longest caller-supplied X-Request-Id kept (others are replaced by a fresh id)."""
+
+service_task_agents_max: Final = 64
+"""Most callers (agent ids) with a running task agent in one service process (POST /v1/tasks)."""
 
 # --- command line (maif.cli) -------------------------------------------------------------------
 cli_recorded_path_bytes_max: Final = 4096
@@ -283,5 +361,12 @@ assert pack_index_entries_max < (1 << 31) and packs_max < (1 << 32)
 assert tpm_extra_data_bytes_max >= 32 and tpm_name_bytes_max == 2 + tpm_digest_bytes_max
 assert tpm_attest_bytes_max <= 0xFFFF and tpm_public_bytes_max <= 0xFFFF  # TPM2B sizes are u16
 assert attestation_nonces_per_agent_max <= attestation_outstanding_nonces_max
+# A streamed upload's part is one block, and its manifest lists every part in its payload.
+assert service_part_bytes_max <= block_payload_bytes_max and service_part_bytes_max <= wal_record_bytes_max
+assert service_upload_bytes_max // service_part_bytes_max * 300 <= block_payload_bytes_max
+assert service_json_body_bytes_max <= service_part_bytes_max
+assert service_list_limit_max <= engine_list_limit_max and service_search_limit_max <= engine_search_limit_max
+assert service_export_blocks_max <= gate_batch_resources_max
+assert service_header_metadata_bytes_max <= block_metadata_bytes_max
 # An agent id is a token subject, and the audit log records it as an actor.
 assert agent_id_bytes_max <= audit_event_text_bytes_max and jwk_kid_bytes_max < token_bytes_max

@@ -1,0 +1,256 @@
+"""The storage backend interfaces: one async ABC per job, each with capability flags.
+
+The engine talks only to these classes; every implementation (memory, local, and later Redis,
+PostgreSQL, S3, ...) passes the shared conformance suite in :mod:`maif.testing.conformance`.
+
+    ChunkStore      content-addressed chunks (BLAKE3 digest -> bytes) in append-only pack files
+    MetadataIndex   one BlockRecord per block, queryable by agent, type, time and parent
+    VectorIndex     embeddings searchable by cosine similarity, with string filters
+    HotCache        an in-process cache bounded in bytes (synchronous: it never waits on I/O)
+    ObjectStore     the cold tier: whole objects by key (a local directory now; S3 later)
+
+Failures of the world (disk, server) raise :class:`maif.errors.BackendError`; corrupted data raises
+:class:`maif.errors.IntegrityError`; use after ``close`` raises :class:`maif.errors.StoreClosedError`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from maif import limits
+from maif.errors import FormatError, LimitExceededError
+from maif.storage.records import BlockRecord
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend promises, so the engine and the tests can adapt without isinstance checks.
+
+    durable                   data survives a process crash once ``flush`` returned
+    shared_between_processes  several processes may open the same store at once
+    filtered_search           the vector index filters natively (else: over-fetch, then filter)
+    """
+
+    durable: bool
+    shared_between_processes: bool
+    filtered_search: bool = False
+
+
+class ChunkStore(ABC):
+    """Content-addressed chunks kept in append-only pack files (never a file per chunk)."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        """Store ``(digest, data)`` pairs where digest = BLAKE3(data).
+
+        Idempotent and deduplicating by digest; compresses with zstd when it pays. Returns the number
+        of NEW stored bytes (after compression). Durable only after :meth:`flush`.
+        """
+
+    @abstractmethod
+    async def get_chunk(self, digest: bytes) -> bytes:
+        """The chunk's bytes, verified against its BLAKE3 digest (IntegrityError if they differ).
+
+        Raises :class:`maif.errors.BlockNotFoundError` when no chunk has that digest.
+        """
+
+    @abstractmethod
+    async def has_chunks(self, digests: Sequence[bytes]) -> set[bytes]:
+        """The subset of ``digests`` this store holds."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Make every stored chunk durable: pack data synced first, then the pack index."""
+
+    @abstractmethod
+    async def scrub(self, read_data_fraction: float) -> list[str]:
+        """Check the store like ``restic check``; returns the problems found (empty when healthy).
+
+        Structure is always checked; ``read_data_fraction`` (0.0 to 1.0) of the chunks are also read
+        back and verified against their digests.
+        """
+
+    @abstractmethod
+    async def stats(self) -> dict[str, int | float]:
+        """Counters: chunks, stored and raw bytes, packs, dedup hits, ..."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources; later calls raise StoreClosedError. Safe to call twice."""
+
+
+class MetadataIndex(ABC):
+    """One :class:`BlockRecord` per block id, with the log position applied so far."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None) -> None:
+        """Upsert records by block_id (idempotent); with ``applied_lsn``, store it in the same transaction."""
+
+    @abstractmethod
+    async def get(self, block_id: str) -> BlockRecord | None:
+        """The record of ``block_id``, or None."""
+
+    @abstractmethod
+    async def query(
+        self,
+        *,
+        agent_id: str | None = None,
+        block_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[BlockRecord]:
+        """Records matching every given filter, ordered by (timestamp, block_id).
+
+        ``since`` is inclusive and ``until`` exclusive (Unix seconds); ``parent`` selects the children
+        of a block; ``after`` is the block_id of the last record of the previous page (keyset paging).
+        """
+
+    @abstractmethod
+    async def applied_lsn(self) -> int:
+        """The highest log sequence number whose records are in this index (0 when empty)."""
+
+    @abstractmethod
+    async def set_applied_lsn(self, lsn: int) -> None:
+        """Record that the log has been applied up to ``lsn``."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Make every put durable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources. Safe to call twice."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Number of records."""
+
+
+class VectorIndex(ABC):
+    """Embeddings (float32) by block id, searchable by cosine similarity with string filters."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def add(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, str]]]) -> None:
+        """Add ``(block_id, vector, filterable attributes)``; re-adding an id replaces it."""
+
+    @abstractmethod
+    async def search(
+        self,
+        query: np.ndarray,
+        limit: int,
+        *,
+        score_threshold: float | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The ``limit`` most similar ``(block_id, cosine similarity)``, best first.
+
+        Only items whose attributes equal every ``filters`` entry, and whose similarity is at least
+        ``score_threshold`` when given.
+        """
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Persist the index (and the id mapping) durably."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release resources. Safe to call twice."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Number of vectors."""
+
+
+class HotCache(ABC):
+    """A cache bounded in BYTES. Synchronous on purpose: it is in-process and never waits on I/O."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The cached value, or None (counts a hit or a miss)."""
+
+    @abstractmethod
+    def put(self, key: str, value: bytes) -> None:
+        """Cache ``value``, evicting least recently used entries to stay within the byte bound."""
+
+    @abstractmethod
+    def discard(self, key: str) -> None:
+        """Forget ``key`` if cached."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, int | float]:
+        """hits, misses, hit_rate, entries, bytes, capacity_bytes, evictions."""
+
+
+class ObjectStore(ABC):
+    """Whole objects by key: the cold tier. Keys are relative, '/'-separated, no '..' segments."""
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically (readers see the old object or the new, never a mix)."""
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes:
+        """The object's bytes; BlockNotFoundError when absent."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object."""
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset`` (fewer at its end). Backends with ranged reads
+        (a local file, S3 Range requests) override this; the default reads the whole object."""
+        data = await self.get(key)
+        return data[offset : offset + length]
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; deleting an absent key is not an error."""
+
+    @abstractmethod
+    async def list(self, prefix: str = "") -> list[str]:
+        """Every key starting with ``prefix``, sorted."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release resources. Safe to call twice."""
+
+
+def check_object_key(key: str) -> str:
+    """An ObjectStore key: non-empty '/'-separated segments of [A-Za-z0-9._-], none '.' or '..'."""
+    if not isinstance(key, str) or not key:
+        raise FormatError("object key must be a non-empty string")
+    if len(key.encode("utf-8")) > limits.object_key_bytes_max:
+        raise LimitExceededError("object key length", len(key.encode("utf-8")), limits.object_key_bytes_max)
+    for segment in key.split("/"):
+        if segment in ("", ".", "..") or not all(
+            c.isascii() and (c.isalnum() or c in "._-") for c in segment
+        ):
+            raise FormatError(f"object key {key[:80]!r} has an invalid segment {segment[:40]!r}")
+    return key
+
+
+__all__ = [
+    "BlockRecord",
+    "Capabilities",
+    "ChunkStore",
+    "HotCache",
+    "MetadataIndex",
+    "ObjectStore",
+    "VectorIndex",
+    "check_object_key",
+]

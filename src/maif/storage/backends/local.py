@@ -1,0 +1,175 @@
+"""The embedded, durable backends on the local filesystem: no server needed.
+
+    data_dir/packs/          LocalChunkStore: append-only pack files + pack index (maif.storage.packs)
+    data_dir/index.sqlite    LocalMetadataIndex: SQLite in WAL mode (maif.storage.index)
+    data_dir/vectors/        LocalVectorIndex: usearch HNSW, persisted on flush (maif.storage.vectors)
+    any directory            LocalObjectStore: the cold tier as files, written atomically
+
+Blocking file work runs in worker threads (``asyncio.to_thread``) so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from maif import limits
+from maif.errors import BackendError, BlockNotFoundError, StoreClosedError
+from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore, check_object_key
+from maif.storage.index import SqliteMetadataIndex
+from maif.storage.packs import PackStore
+from maif.storage.vectors import UsearchVectorIndex
+
+ResultT = TypeVar("ResultT")
+
+LocalMetadataIndex = SqliteMetadataIndex
+LocalVectorIndex = UsearchVectorIndex
+
+
+class LocalChunkStore(ChunkStore):
+    """:class:`ChunkStore` over a :class:`~maif.storage.packs.PackStore` directory."""
+
+    capabilities = Capabilities(durable=True, shared_between_processes=False)
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        compression_threshold: int = 4096,
+        pack_bytes_max: int = limits.pack_bytes_max,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.packs = PackStore(
+            directory, compression_threshold=compression_threshold, pack_bytes_max=pack_bytes_max, clock=clock
+        )
+        self._closed = False
+
+    async def _run(self, function: Callable[..., ResultT], *args: Any) -> ResultT:
+        if self._closed:
+            raise StoreClosedError("chunk store is closed")
+        try:
+            return await asyncio.to_thread(function, *args)
+        except OSError as error:
+            raise BackendError(f"pack store {self.packs.directory} failed: {error.strerror}") from error
+
+    async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> int:
+        return await self._run(self.packs.put_chunks, chunks)
+
+    async def get_chunk(self, digest: bytes) -> bytes:
+        return await self._run(self.packs.get_chunk, digest)
+
+    async def has_chunks(self, digests: Sequence[bytes]) -> set[bytes]:
+        if self._closed:
+            raise StoreClosedError("chunk store is closed")
+        return self.packs.has(digests)
+
+    async def flush(self) -> None:
+        await self._run(self.packs.flush)
+
+    async def scrub(self, read_data_fraction: float) -> list[str]:
+        return await self._run(self.packs.scrub, read_data_fraction)
+
+    async def stats(self) -> dict[str, int | float]:
+        return await self._run(self.packs.stats)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await asyncio.to_thread(self.packs.close)
+        finally:
+            self._closed = True
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files under a root directory; ``put`` is atomic (temporary file, fsync, rename)."""
+
+    capabilities = Capabilities(durable=True, shared_between_processes=True)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._closed = False
+
+    def _path(self, key: str) -> Path:
+        if self._closed:
+            raise StoreClosedError("object store is closed")
+        return self.root / check_object_key(key)
+
+    async def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            await asyncio.to_thread(_atomic_write, path, bytes(data))
+        except OSError as error:
+            raise BackendError(f"cannot store object {key!r}: {error.strerror}") from error
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlockNotFoundError(f"no object {key!r}") from None
+        except OSError as error:
+            raise BackendError(f"cannot read object {key!r}: {error.strerror}") from error
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(_read_range, path, offset, length)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlockNotFoundError(f"no object {key!r}") from None
+        except OSError as error:
+            raise BackendError(f"cannot read object {key!r}: {error.strerror}") from error
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    async def list(self, prefix: str = "") -> list[str]:
+        if self._closed:
+            raise StoreClosedError("object store is closed")
+        keys = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and "~" not in path.name:
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + "~partial")  # "~" never appears in a valid key
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["LocalChunkStore", "LocalMetadataIndex", "LocalObjectStore", "LocalVectorIndex"]

@@ -1,0 +1,514 @@
+"""The storage engine: validate -> write-ahead log (group commit, fdatasync) -> ack -> apply in background.
+
+:func:`create_maif_storage` opens (or creates) a store and returns a :class:`MAIFStorage`::
+
+    async with await create_maif_storage({"data_dir": "./maif-data"}) as storage:
+        receipt = await storage.write_block(MAIFBlock(data=b"hello", agent_id="agent-1"))
+        block = await storage.read_block(receipt.block_id)
+
+Acknowledged means durable: ``write_block`` returns only after the block's log record is on disk
+(``fdatasync``), sharing the sync with every concurrent writer (:class:`maif.storage.wal.GroupCommitter`).
+Applying to the backends (chunks, metadata index, vector index) runs in a background task; until a
+block is applied it is served from a bounded in-memory map (read-your-writes), and writers wait when
+the applier falls behind by more than that bound (backpressure). Opening a store replays the log from
+the last checkpoint, so a crash at any instant loses nothing that was acknowledged.
+
+Writing a block id that already exists replaces it (last writer, by log order, wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgspec
+import numpy as np
+
+from maif import limits
+from maif.config import ConfigSource, StorageConfig, load_section
+from maif.errors import (
+    BackendError,
+    BlockNotFoundError,
+    ConfigError,
+    DurabilityError,
+    IntegrityError,
+    MAIFError,
+    StorageError,
+    StoreClosedError,
+)
+from maif.format.block import MAIFBlock, MAIFBlockType
+from maif.format.codec import decode_block, decode_metadata, encode_block
+from maif.storage.applier import Applier, LogItem, type_name
+from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, VectorIndex
+from maif.storage.engine_stats import LatencyReservoir
+from maif.storage.receipts import BlockSummary, CheckReport, SearchHit, WriteReceipt
+from maif.storage.records import BlockRecord
+from maif.storage.wal import FileOps, GroupCommitter, RecoveryReport, WriteAheadLog
+
+_DISTRIBUTED_KEYS = ("redis_url", "kafka_brokers", "qdrant_url", "s3_endpoint", "s3_bucket")
+_CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
+_CHECKPOINT_INTERVAL_S = 5.0
+_APPLY_LINGER_S = 0.005
+
+
+class Backends:
+    """The four backends one engine drives; defaults are the embedded local ones under data_dir."""
+
+    def __init__(self, chunks: ChunkStore, index: MetadataIndex, vectors: VectorIndex,
+                 cache: HotCache) -> None:
+        self.chunks = chunks
+        self.index = index
+        self.vectors = vectors
+        self.cache = cache
+
+    @property
+    def durable(self) -> bool:
+        return all(backend.capabilities.durable for backend in (self.chunks, self.index, self.vectors))
+
+    async def close(self) -> None:
+        """Close every backend even when one fails; the first failure propagates."""
+        errors: list[BaseException] = []
+        for backend in (self.vectors, self.chunks, self.index):
+            try:
+                await backend.close()
+            except Exception as error:  # noqa: BLE001 - close the others, then re-raise
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+def default_backends(config: StorageConfig) -> Backends:
+    """The embedded defaults: packs, SQLite metadata, usearch vectors, an LRU cache."""
+    from maif.storage.backends import local  # imported here: SQLite/usearch only when used
+    from maif.storage.cache import LRUHotCache
+
+    data_dir = Path(config.data_dir)
+    cache_bytes = max(1, config.max_memory_mb * 1024 * 1024 // 4)
+    return Backends(
+        chunks=local.LocalChunkStore(data_dir / "packs", compression_threshold=config.compression_threshold),
+        index=local.LocalMetadataIndex(data_dir / "index.sqlite"),
+        vectors=local.LocalVectorIndex(data_dir / "vectors"),
+        cache=LRUHotCache(cache_bytes),
+    )
+
+
+async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
+                              backends: Backends | None = None,
+                              wal_file_ops: FileOps | None = None) -> MAIFStorage:
+    """Open the store described by ``config`` (None: embedded default under ./maif-data).
+
+    ``config`` is a dict, a JSON/TOML path, or a :class:`StorageConfig`. ``backends`` and
+    ``wal_file_ops`` replace the defaults (tests inject faults through them).
+    """
+    section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
+    for key in _DISTRIBUTED_KEYS:
+        if getattr(section, key) is not None:
+            raise ConfigError(f"storage setting {key!r} names a distributed backend that is not available "
+                              "yet in this build", hint="remove it to use the embedded store")
+    storage = MAIFStorage(section, backends or default_backends(section), wal_file_ops)
+    try:
+        await storage._open()
+    except BaseException:
+        await storage._abort_open()
+        raise
+    return storage
+
+
+class MAIFStorage:
+    """A durable block store; create it with :func:`create_maif_storage`, use it with ``async with``."""
+
+    wal_segment_bytes_max = limits.wal_segment_bytes_max  # class attribute so tests can rotate often
+
+    def __init__(self, config: StorageConfig, backends: Backends, wal_file_ops: FileOps | None) -> None:
+        self.config = config
+        self._backends = backends
+        self._applier = Applier(backends.chunks, backends.index, backends.vectors)
+        self._file_ops = wal_file_ops
+        self._wal: WriteAheadLog | None = None
+        self._committer: GroupCommitter | None = None
+        self._unapplied: dict[str, LogItem] = {}
+        self._apply_queue: deque[LogItem] = deque()
+        self._inflight_bytes = 0  # queued for the log or waiting to be applied
+        self._inflight_bytes_max = max(limits.engine_unapplied_bytes_min,
+                                       config.max_memory_mb * 1024 * 1024 // 4)
+        self._work_ready = asyncio.Event()
+        self._space_ready = asyncio.Event()
+        self._applied = asyncio.Condition()
+        self._applier_task: asyncio.Task[None] | None = None
+        self._applier_failure: str | None = None
+        self._committed_lsn = 0
+        self._applied_lsn = 0
+        self._checkpoint_lsn = 0
+        self._apply_generation = 0
+        self._closed = False
+        self._closing = False
+        self._latency = LatencyReservoir(limits.engine_latency_samples_max)
+        self._writes_total = 0
+        self._reads_total = 0
+        self._opened_at = time.monotonic()
+        self.recovery = RecoveryReport()
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def _open(self) -> None:
+        data_dir = Path(self.config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._checkpoint_lsn = await self._backends.index.applied_lsn()
+        loop = asyncio.get_running_loop()
+        self._wal, self.recovery = await loop.run_in_executor(None, lambda: WriteAheadLog.open(
+            data_dir / "wal", durable=self.config.durability == "durable",
+            min_next_lsn=self._checkpoint_lsn + 1, file_ops=self._file_ops,
+            segment_bytes_max=self.wal_segment_bytes_max))
+        await self._replay()
+        wal = self._wal
+        assert wal is not None
+        self._committed_lsn = self._applied_lsn = wal.next_lsn - 1
+        self._committer = GroupCommitter(wal, batch_size=self.config.batch_size,
+                                         batch_timeout_ms=self.config.batch_timeout_ms,
+                                         on_commit=self._on_commit)
+        self._committer.start()
+        self._applier_task = loop.create_task(self._apply_loop(), name="maif-applier")
+        self._space_ready.set()
+
+    async def _replay(self) -> None:
+        """Re-apply every logged record after the checkpoint, in bounded batches, then checkpoint."""
+        assert self._wal is not None
+        batch: list[LogItem] = []
+        last = self._checkpoint_lsn
+        for lsn, payload in self._wal.replay(self._checkpoint_lsn):
+            batch.append(_item_of(decode_block(payload), payload, lsn))
+            last = lsn
+            if len(batch) >= limits.engine_apply_batch_records_max:
+                await self._applier.apply(batch)
+                batch = []
+        if batch:
+            await self._applier.apply(batch)
+        if last > self._checkpoint_lsn:
+            await self._checkpoint(last)
+
+    async def _abort_open(self) -> None:
+        if self._committer is not None:
+            await self._committer.close()
+        if self._wal is not None:
+            self._wal.close()
+        await self._backends.close()
+
+    async def close(self) -> None:
+        """Finish queued writes, apply everything, checkpoint, and release every resource."""
+        if self._closed or self._closing:
+            return
+        self._closing = True
+        try:
+            assert self._committer is not None and self._wal is not None
+            await self._committer.close()
+            self._work_ready.set()
+            if self._applier_task is not None:
+                await self._applier_task
+            if self._applier_failure is None and self._applied_lsn > self._checkpoint_lsn:
+                await self._checkpoint(self._applied_lsn)
+        finally:
+            self._closed = True
+            if self._wal is not None:
+                self._wal.close()
+            await self._backends.close()
+
+    async def __aenter__(self) -> MAIFStorage:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- writing ----------------------------------------------------------------------------------
+    async def write_block(self, block: MAIFBlock) -> WriteReceipt:
+        """Make ``block`` durable; returns once its log record is on disk (group-committed)."""
+        return (await self.write_blocks((block,)))[0]
+
+    async def write_blocks(self, blocks: Sequence[MAIFBlock]) -> list[WriteReceipt]:
+        """Make every block durable with one log append and one sync; receipts in the same order."""
+        started_ns = time.perf_counter_ns()
+        self._check_writable()
+        items = [_item_of(block, encode_block(block), 0) for block in blocks]
+        if not items:
+            return []
+        cost = sum(item.cost_bytes for item in items)
+        while self._inflight_bytes and self._inflight_bytes + cost > self._inflight_bytes_max:
+            self._space_ready.clear()
+            await self._space_ready.wait()
+            self._check_writable()
+        assert self._committer is not None
+        self._inflight_bytes += cost
+        try:
+            future = self._committer.append([item.encoded for item in items], items)
+            # Shielded: a cancelled caller does not un-write queued records; if they commit, the
+            # applier releases their bytes like any others.
+            first_lsn = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self._release(cost)  # never committed: nothing will be applied for these bytes
+            raise
+        self._latency.add_ns(time.perf_counter_ns() - started_ns)
+        self._writes_total += len(items)
+        return [WriteReceipt(item.block.id, item.digest, first_lsn + offset)
+                for offset, item in enumerate(items)]
+
+    def _check_writable(self) -> None:
+        if self._closed or self._closing:
+            raise StoreClosedError("the store is closed")
+        if self._wal is not None and self._wal.failure is not None:
+            raise DurabilityError(self._wal.failure, hint="reads still work; reopen the store to recover")
+        if self._applier_failure is not None:
+            raise BackendError(self._applier_failure, hint="reads still work; reopen the store to recover")
+
+    def _on_commit(self, first_lsn: int, last_lsn: int, items: list[LogItem]) -> None:
+        """Runs after the sync, before the writers wake: make the blocks readable and queue them."""
+        for offset, item in enumerate(items):
+            item.lsn = first_lsn + offset
+            self._unapplied[item.block.id] = item
+            self._backends.cache.discard(item.block.id)
+        self._apply_queue.extend(items)
+        self._committed_lsn = last_lsn
+        self._work_ready.set()
+
+    def _release(self, cost: int) -> None:
+        self._inflight_bytes -= cost
+        assert self._inflight_bytes >= 0
+        self._space_ready.set()
+
+    # ---- applying ----------------------------------------------------------------------------------
+    async def _apply_loop(self) -> None:
+        last_checkpoint = time.monotonic()
+        while True:
+            if not self._apply_queue:
+                if self._closing and self._committer_idle():
+                    return
+                self._work_ready.clear()
+                await self._work_ready.wait()
+                continue
+            if len(self._apply_queue) < limits.engine_apply_batch_records_max and not self._closing:
+                # Linger briefly so a trickle of small groups becomes one batch: each backend call
+                # crosses to a worker thread, and fewer, larger crossings keep the GIL with the writers.
+                await asyncio.sleep(_APPLY_LINGER_S)
+            batch = [self._apply_queue.popleft()
+                     for _ in range(min(len(self._apply_queue), limits.engine_apply_batch_records_max))]
+            try:
+                await self._applier.apply(batch)
+                if (batch[-1].lsn - self._checkpoint_lsn >= _CHECKPOINT_RECORDS
+                        or time.monotonic() - last_checkpoint >= _CHECKPOINT_INTERVAL_S):
+                    await self._checkpoint(batch[-1].lsn)
+                    last_checkpoint = time.monotonic()
+            except Exception as error:  # noqa: BLE001 - any failure stops applying; reads go on
+                await self._fail_applier(error)
+                return
+            await self._mark_applied(batch)
+
+    def _committer_idle(self) -> bool:
+        return self._committer is None or self._committer.idle
+
+    async def _mark_applied(self, batch: list[LogItem]) -> None:
+        for item in batch:
+            if self._unapplied.get(item.block.id) is item:
+                del self._unapplied[item.block.id]
+        self._applied_lsn = batch[-1].lsn
+        self._apply_generation += 1
+        self._release(sum(item.cost_bytes for item in batch))
+        async with self._applied:
+            self._applied.notify_all()
+
+    async def _fail_applier(self, error: Exception) -> None:
+        """Keep serving reads (unapplied blocks stay in memory); refuse writes until reopened.
+
+        Never retried here: a failed flush may have lost dirty pages, and a retry could report success
+        for data that is gone. Reopening replays the log from the last good checkpoint instead.
+        """
+        reason = error.message if isinstance(error, MAIFError) else repr(error)
+        self._applier_failure = (f"applying the log to the backends failed ({reason}); the store "
+                                 "refuses writes from now on")
+        self._space_ready.set()
+        async with self._applied:
+            self._applied.notify_all()
+
+    async def _checkpoint(self, lsn: int) -> None:
+        assert self._wal is not None
+        try:
+            await self._applier.checkpoint(lsn)
+        except OSError as error:
+            raise BackendError(f"checkpoint at LSN {lsn} failed: {error.strerror or error}",
+                               hint="the log still holds every record; reopen the store to replay it"
+                               ) from error
+        self._checkpoint_lsn = lsn
+        if self._backends.durable:
+            # The log may forget records only once backends that survive a crash hold them; with
+            # in-memory backends the log is the whole store and is replayed in full on open.
+            wal = self._wal
+            await asyncio.get_running_loop().run_in_executor(None, wal.recycle, lsn)
+
+    async def _wait_applied(self) -> None:
+        """Queries see every acknowledged write: wait until the applier has caught up."""
+        target = self._committed_lsn
+        async with self._applied:
+            while self._applied_lsn < target and self._applier_failure is None:
+                await self._applied.wait()
+        if self._applier_failure is not None and self._applied_lsn < target:
+            raise BackendError(self._applier_failure)
+
+    # ---- reading -----------------------------------------------------------------------------------
+    async def read_block(self, block_id: str) -> MAIFBlock:
+        """The block, bit-exact as written (read-your-writes); BlockNotFoundError when absent."""
+        return (await self.read_block_with_tier(block_id))[0]
+
+    async def read_block_with_tier(self, block_id: str) -> tuple[MAIFBlock, str]:
+        """The block and which tier served it: "log" (not yet applied), "hot", "warm" or "cold"."""
+        self._check_open()
+        self._reads_total += 1
+        item = self._unapplied.get(block_id)
+        if item is not None:
+            return item.block, "log"
+        cached = self._backends.cache.get(block_id)
+        if cached is not None:
+            block = _from_cache(cached)
+            if block is not None and block.id == block_id:
+                return block, "hot"
+            self._backends.cache.discard(block_id)
+        generation = self._apply_generation
+        try:
+            record = await self._backends.index.get(block_id)
+            if record is None:
+                item = self._unapplied.get(block_id)  # applied-then-overwritten while we waited
+                if item is not None:
+                    return item.block, "log"
+                raise BlockNotFoundError(f"no block with id {block_id!r}")
+            block, _ = await self._assemble(record)
+        except OSError as error:
+            raise BackendError(f"reading block {block_id!r} failed: {error.strerror or error}") from error
+        if generation == self._apply_generation and block_id not in self._unapplied:
+            self._backends.cache.put(block_id, _cache_value(block))
+        return block, self._tier_of(record)
+
+    async def _assemble(self, record: BlockRecord) -> tuple[MAIFBlock, bytes]:
+        parts = [await self._backends.chunks.get_chunk(digest) for digest in record.chunks]
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(payload) != record.payload_length:
+            raise IntegrityError(f"block {record.block_id!r}: payload is {len(payload)} bytes, the index "
+                                 f"says {record.payload_length}")
+        block = MAIFBlock(id=record.block_id, block_type=record.block_type, data=payload,
+                          metadata=decode_metadata(record.metadata) if record.metadata else {},
+                          timestamp=record.timestamp, agent_id=record.agent_id, version=record.version,
+                          parents=record.parents)
+        encoded = encode_block(block)
+        if blake3.blake3(encoded).digest() != record.digest:
+            raise IntegrityError(f"block {record.block_id!r} does not match its recorded digest")
+        return block, encoded
+
+    def _tier_of(self, record: BlockRecord) -> str:
+        tier_of = getattr(self._backends.chunks, "last_read_tier", None)
+        if tier_of is None or not record.chunks:
+            return "warm"
+        return str(tier_of(record.chunks[0]))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+
+    async def list_blocks(self, *, agent_id: str | None = None, block_type: MAIFBlockType | str | None = None,
+                          since: float | None = None, until: float | None = None, parent: str | None = None,
+                          limit: int = 100, after: str | None = None) -> list[BlockSummary]:
+        """Summaries of matching blocks ordered by (timestamp, block_id); ``after`` pages on."""
+        self._check_open()
+        if not 1 <= limit <= limits.engine_list_limit_max:
+            raise ConfigError(f"limit must be between 1 and {limits.engine_list_limit_max}, got {limit}")
+        type_name = block_type.value if isinstance(block_type, MAIFBlockType) else block_type
+        await self._wait_applied()
+        records = await self._backends.index.query(agent_id=agent_id, block_type=type_name, since=since,
+                                                   until=until, parent=parent, limit=limit, after=after)
+        return [BlockSummary(r.block_id, r.block_type, r.agent_id, r.timestamp, r.version, r.parents,
+                             r.payload_length, r.digest, r.lsn) for r in records]
+
+    async def semantic_search(self, query_vector: Sequence[float] | np.ndarray, limit: int = 10,
+                              score_threshold: float | None = None,
+                              filters: dict[str, str] | None = None) -> list[SearchHit]:
+        """EMBEDDING blocks most similar (cosine) to ``query_vector``; filters on agent_id/block_type."""
+        self._check_open()
+        if not 1 <= limit <= limits.engine_search_limit_max:
+            raise ConfigError(f"limit must be between 1 and {limits.engine_search_limit_max}, got {limit}")
+        query = np.asarray(query_vector, dtype=np.float32)
+        if query.ndim != 1 or query.size == 0 or not np.all(np.isfinite(query)):
+            raise ConfigError("query_vector must be a non-empty one-dimensional vector of finite numbers")
+        await self._wait_applied()
+        found = await self._backends.vectors.search(query, limit, score_threshold=score_threshold,
+                                                    filters=filters)
+        hits: list[SearchHit] = []
+        for block_id, score in found:
+            record = await self._backends.index.get(block_id)
+            if record is not None:
+                hits.append(SearchHit(block_id, float(score), record.agent_id, record.block_type))
+        return hits
+
+    # ---- statistics, check, export/import ------------------------------------------------------------
+    async def get_stats(self) -> dict[str, Any]:
+        """Counters and gauges (see docs/ARCHITECTURE.md, "storage engine", for each key)."""
+        from maif.storage.engine_stats import collect_stats
+
+        return await collect_stats(self)
+
+    async def check(self, read_data_fraction: float = 0.0) -> CheckReport:
+        """Scrub like ``restic check``: structure always, ``read_data_fraction`` of blocks read back."""
+        from maif.storage.engine_io import check_store
+
+        self._check_open()
+        await self._wait_applied()
+        return await check_store(self, read_data_fraction)
+
+    async def export(self, path: str | os.PathLike[str], selection: Sequence[str] | None,
+                     signing_key: Any) -> Any:
+        """Write the selected blocks (None: all) to a signed .maif container; returns its VersionInfo."""
+        from maif.storage.engine_io import export_blocks
+
+        self._check_open()
+        await self._wait_applied()
+        return await export_blocks(self, Path(path), selection, signing_key)
+
+    async def import_maif(self, path: str | os.PathLike[str], trusted_keys: Sequence[Any]) -> int:
+        """Verify a .maif container against ``trusted_keys`` and write its blocks; returns the count."""
+        from maif.storage.engine_io import import_blocks
+
+        self._check_writable()
+        return await import_blocks(self, Path(path), trusted_keys)
+
+
+_cache_encoder = msgspec.msgpack.Encoder()
+_cache_decoder = msgspec.msgpack.Decoder(tuple[str, str, bytes, dict[str, Any], float, str, str, list[str]])
+
+
+def _cache_value(block: MAIFBlock) -> bytes:
+    """The hot cache's private form of a block: a MessagePack tuple, about 4x cheaper to decode than the
+    canonical codec (whose hostile-input checks the digest-verified block does not need twice)."""
+    return _cache_encoder.encode((block.id, type_name(block), block.data, block.metadata, block.timestamp,
+                                  block.agent_id, block.version, list(block.parents)))
+
+
+def _from_cache(raw: bytes) -> MAIFBlock | None:
+    """The cached block, or None when the entry does not decode (then the backends answer)."""
+    try:
+        block_id, kind, data, metadata, timestamp, agent_id, version, parents = _cache_decoder.decode(raw)
+        return MAIFBlock(id=block_id, block_type=kind, data=data, metadata=metadata, timestamp=timestamp,
+                         agent_id=agent_id, version=version, parents=tuple(parents))
+    except (msgspec.DecodeError, MAIFError):
+        return None
+
+
+def _item_of(block: MAIFBlock, encoded: bytes, lsn: int) -> LogItem:
+    vector = None
+    if block.block_type is MAIFBlockType.EMBEDDING:
+        from maif.storage.vectors import embedding_of
+
+        vector = embedding_of(block)
+    return LogItem(block, encoded, blake3.blake3(encoded).digest(), vector, lsn)
+
+
+__all__ = ["Backends", "MAIFStorage", "StorageError", "create_maif_storage", "default_backends"]

@@ -1,0 +1,93 @@
+"""The engine's statistics: a bounded latency window and the ``get_stats`` dictionary.
+
+Keys of ``get_stats()`` (units last):
+    writes_total, reads_total, writes_per_s (since open), uptime_s,
+    ack_latency_ms_p50 / ack_latency_ms_p99 / ack_latency_samples (the most recent calls, bounded),
+    durability ("durable" | "bulk_unsafe"), wal_fsync (False in bulk_unsafe: NOT crash safe),
+    wal_depth (records acknowledged but not yet applied), wal_last_lsn, wal_applied_lsn,
+    wal_checkpoint_lsn, wal_segments, wal_syncs_total, wal_groups_total, wal_bytes_written_total,
+    wal_failure / applier_failure (None when healthy), unapplied_bytes / unapplied_bytes_max,
+    cache_hit_rate, cache (the HotCache counters), compression_ratio, dedup_ratio,
+    bytes_hot / bytes_warm / bytes_cold, blocks, vectors, chunks (the ChunkStore counters).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from maif.storage.engine import MAIFStorage
+
+
+class LatencyReservoir:
+    """The last ``capacity`` latencies in a fixed ring: O(1) to add, percentiles on demand."""
+
+    def __init__(self, capacity: int) -> None:
+        assert capacity > 0
+        self._samples_ns = [0] * capacity
+        self._capacity = capacity
+        self._count = 0
+
+    def add_ns(self, latency_ns: int) -> None:
+        self._samples_ns[self._count % self._capacity] = latency_ns
+        self._count += 1
+
+    def percentile_ms(self, fraction: float) -> float | None:
+        """The ``fraction`` (0..1) percentile of the window in milliseconds, None when empty."""
+        filled = min(self._count, self._capacity)
+        if filled == 0:
+            return None
+        ordered = sorted(self._samples_ns[:filled])
+        rank = min(filled - 1, max(0, round(fraction * filled + 0.5) - 1))
+        return ordered[rank] / 1e6
+
+    def __len__(self) -> int:
+        return min(self._count, self._capacity)
+
+
+async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
+    backends = storage._backends
+    uptime_s = max(time.monotonic() - storage._opened_at, 1e-9)
+    chunk_stats = dict(await backends.chunks.stats()) if not storage._closed else {}
+    cache_stats = dict(backends.cache.stats())
+    wal = storage._wal
+    committer = storage._committer
+    stats: dict[str, Any] = {
+        "writes_total": storage._writes_total,
+        "reads_total": storage._reads_total,
+        "writes_per_s": storage._writes_total / uptime_s,
+        "uptime_s": uptime_s,
+        "ack_latency_ms_p50": storage._latency.percentile_ms(0.50),
+        "ack_latency_ms_p99": storage._latency.percentile_ms(0.99),
+        "ack_latency_samples": len(storage._latency),
+        "durability": storage.config.durability,
+        "wal_fsync": storage.config.durability == "durable",
+        "wal_depth": storage._committed_lsn - storage._applied_lsn,
+        "wal_last_lsn": storage._committed_lsn,
+        "wal_applied_lsn": storage._applied_lsn,
+        "wal_checkpoint_lsn": storage._checkpoint_lsn,
+        "wal_segments": wal.segment_count() if wal else 0,
+        "wal_syncs_total": wal.syncs_total if wal else 0,
+        "wal_groups_total": committer.groups_total if committer else 0,
+        "wal_bytes_written_total": wal.bytes_written_total if wal else 0,
+        "wal_failure": wal.failure if wal else None,
+        "applier_failure": storage._applier_failure,
+        "unapplied_bytes": storage._inflight_bytes,
+        "unapplied_bytes_max": storage._inflight_bytes_max,
+        "cache_hit_rate": float(cache_stats.get("hit_rate", 0.0)),
+        "cache": cache_stats,
+        "compression_ratio": float(chunk_stats.get("compression_ratio", 1.0)),
+        "dedup_ratio": float(chunk_stats.get("dedup_ratio", 1.0)),
+        "bytes_hot": int(cache_stats.get("bytes", 0)),
+        "bytes_warm": int(chunk_stats.get("bytes_warm", chunk_stats.get("stored_bytes", 0))),
+        "bytes_cold": int(chunk_stats.get("bytes_cold", 0)),
+        "chunks": chunk_stats,
+    }
+    if not storage._closed:
+        stats["blocks"] = await backends.index.count()
+        stats["vectors"] = await backends.vectors.count()
+    return stats
+
+
+__all__ = ["LatencyReservoir", "collect_stats"]

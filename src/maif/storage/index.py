@@ -1,0 +1,255 @@
+"""The metadata index on SQLite: one row per block, queryable by agent, type, time and parent.
+
+SQLite runs in WAL journal mode with ``synchronous=NORMAL``: a commit is atomic but may be lost on power
+failure, which is acceptable because MAIF's own write-ahead log is the source of truth and replay from
+``applied_lsn`` restores the index. The applied LSN lives in the same database and is written in the
+same transaction as the records it covers, so the index never claims more than it holds.
+
+Schema (version 1):
+    blocks(block_id PK, block_type, agent_id, timestamp, version, parents, metadata, chunks,
+           payload_length, digest, lsn)       + indexes (agent_id, timestamp, block_id),
+                                                (block_type, timestamp, block_id), (timestamp, block_id)
+    parents(parent, child) PK (parent, child) the provenance edges, for "children of X"
+    state(key PK, value)                      applied_lsn, schema_version
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from maif import limits
+from maif.errors import BackendError, BlockNotFoundError, FormatError, LimitExceededError, StoreClosedError
+from maif.storage.backends.base import Capabilities, MetadataIndex
+from maif.storage.records import BlockRecord
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    block_id TEXT PRIMARY KEY, block_type TEXT NOT NULL, agent_id TEXT NOT NULL, timestamp REAL NOT NULL,
+    version TEXT NOT NULL, parents BLOB NOT NULL, metadata BLOB NOT NULL, chunks BLOB NOT NULL,
+    payload_length INTEGER NOT NULL, digest BLOB NOT NULL, lsn INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_agent ON blocks (agent_id, timestamp, block_id);
+CREATE INDEX IF NOT EXISTS blocks_by_type ON blocks (block_type, timestamp, block_id);
+CREATE INDEX IF NOT EXISTS blocks_by_time ON blocks (timestamp, block_id);
+CREATE TABLE IF NOT EXISTS parents (
+    parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "block_id, block_type, agent_id, timestamp, version, parents, metadata, chunks, "
+    "payload_length, digest, lsn"
+)
+# Statements are assembled only from the constant column list and fixed clauses; every value is bound
+# as a parameter, never formatted into the SQL.
+_SELECT = "SELECT " + _COLUMNS + " FROM blocks"  # noqa: S608 - constant
+_UPSERT = "INSERT OR REPLACE INTO blocks (" + _COLUMNS + ") VALUES (" + ", ".join("?" * 11) + ")"  # noqa: S608
+
+
+def check_query_limit(limit: int) -> None:
+    """Refuse a page size that is negative or above ``limits.engine_list_limit_max``."""
+    if not isinstance(limit, int) or limit < 0:
+        raise FormatError(f"query limit must be a non-negative integer, got {limit!r}")
+    if limit > limits.engine_list_limit_max:
+        raise LimitExceededError("query limit", limit, limits.engine_list_limit_max)
+
+
+def _row_of(record: BlockRecord) -> tuple[Any, ...]:
+    return (
+        record.block_id,
+        record.block_type,
+        record.agent_id,
+        record.timestamp,
+        record.version,
+        msgspec.msgpack.encode(record.parents),
+        record.metadata,
+        msgspec.msgpack.encode(record.chunks),
+        record.payload_length,
+        record.digest,
+        record.lsn,
+    )
+
+
+def _record_of(row: tuple[Any, ...]) -> BlockRecord:
+    try:
+        parents = msgspec.msgpack.decode(row[5], type=tuple[str, ...])
+        chunks = msgspec.msgpack.decode(row[7], type=tuple[bytes, ...])
+    except msgspec.DecodeError as error:
+        raise BackendError(f"metadata index row for block {row[0]!r} is damaged") from error
+    return BlockRecord(
+        block_id=row[0],
+        block_type=row[1],
+        agent_id=row[2],
+        timestamp=row[3],
+        version=row[4],
+        parents=parents,
+        metadata=bytes(row[6]),
+        chunks=chunks,
+        payload_length=row[8],
+        digest=bytes(row[9]),
+        lsn=row[10],
+    )
+
+
+class SqliteMetadataIndex(MetadataIndex):
+    """:class:`MetadataIndex` in one SQLite file; calls run in a worker thread under one lock."""
+
+    capabilities = Capabilities(durable=True, shared_between_processes=False)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._connection: sqlite3.Connection | None = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None
+            )
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.executescript(_SCHEMA)
+            self._connection.execute(
+                "INSERT OR IGNORE INTO state (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+        except sqlite3.Error as error:
+            raise BackendError(f"cannot open metadata index {self.path}: {error}") from error
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(self._locked, function, *args)
+
+    def _locked(self, function: Any, *args: Any) -> Any:
+        with self._lock:
+            if self._connection is None:
+                raise StoreClosedError("metadata index is closed")
+            try:
+                return function(self._connection, *args)
+            except sqlite3.Error as error:
+                raise BackendError(f"metadata index {self.path} failed: {error}") from error
+
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None) -> None:
+        await self._run(_put, list(records), applied_lsn)
+
+    async def get(self, block_id: str) -> BlockRecord | None:
+        row = await self._run(_fetch_one, _SELECT + " WHERE block_id = ?", (block_id,))
+        return None if row is None else _record_of(row)
+
+    async def query(
+        self,
+        *,
+        agent_id: str | None = None,
+        block_type: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        parent: str | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[BlockRecord]:
+        check_query_limit(limit)
+        sql, parameters = _query_sql(agent_id, block_type, since, until, parent, limit, after)
+        rows = await self._run(_query_rows, sql, parameters, after)
+        return [_record_of(row) for row in rows]
+
+    async def applied_lsn(self) -> int:
+        row = await self._run(_fetch_one, "SELECT value FROM state WHERE key = 'applied_lsn'", ())
+        return 0 if row is None else int(row[0])
+
+    async def set_applied_lsn(self, lsn: int) -> None:
+        await self._run(_put, [], lsn)
+
+    async def flush(self) -> None:
+        # Commits are already atomic; a passive checkpoint moves the WAL into the main file.
+        await self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+
+    async def count(self) -> int:
+        row = await self._run(_fetch_one, "SELECT COUNT(*) FROM blocks", ())
+        return int(row[0])
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                try:
+                    self._connection.close()
+                finally:
+                    self._connection = None
+
+
+def _put(connection: sqlite3.Connection, records: list[BlockRecord], applied_lsn: int | None) -> None:
+    if applied_lsn is not None and (not isinstance(applied_lsn, int) or applied_lsn < 0):
+        raise FormatError(f"applied LSN must be a non-negative integer, got {applied_lsn!r}")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for record in records:
+            connection.execute(_UPSERT, _row_of(record))
+            connection.execute("DELETE FROM parents WHERE child = ?", (record.block_id,))
+            connection.executemany(
+                "INSERT OR IGNORE INTO parents (parent, child) VALUES (?, ?)",
+                [(parent, record.block_id) for parent in record.parents],
+            )
+        if applied_lsn is not None:
+            connection.execute(
+                "INSERT INTO state (key, value) VALUES ('applied_lsn', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+                (applied_lsn,),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
+    return connection.execute(sql, parameters).fetchone()
+
+
+def _query_sql(
+    agent_id: str | None,
+    block_type: str | None,
+    since: float | None,
+    until: float | None,
+    parent: str | None,
+    limit: int,
+    after: str | None,
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    parameters: list[Any] = []
+    for clause, value in (
+        ("agent_id = ?", agent_id),
+        ("block_type = ?", block_type),
+        ("timestamp >= ?", since),
+        ("timestamp < ?", until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            parameters.append(value)
+    if parent is not None:
+        clauses.append("block_id IN (SELECT child FROM parents WHERE parent = ?)")
+        parameters.append(parent)
+    if after is not None:
+        clauses.append("(timestamp, block_id) > (SELECT timestamp, block_id FROM blocks WHERE block_id = ?)")
+        parameters.append(after)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    parameters.append(limit)
+    return _SELECT + " " + where + " ORDER BY timestamp, block_id LIMIT ?", parameters
+
+
+def _query_rows(
+    connection: sqlite3.Connection, sql: str, parameters: list[Any], after: str | None
+) -> list[tuple[Any, ...]]:
+    if (
+        after is not None
+        and connection.execute("SELECT 1 FROM blocks WHERE block_id = ?", (after,)).fetchone() is None
+    ):
+        raise BlockNotFoundError(f"paging cursor {after!r} names no block")
+    return connection.execute(sql, parameters).fetchall()
+
+
+__all__ = ["SqliteMetadataIndex", "check_query_limit"]

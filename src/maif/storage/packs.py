@@ -1,0 +1,751 @@
+"""Append-only pack files of content-addressed chunks, and the durable pack index that locates them.
+
+This is the synchronous core of :class:`maif.storage.backends.local.LocalChunkStore` (which runs it in
+a worker thread). The byte layout is specified in docs/format/PACKS.md; in short:
+
+    packs/pack-00000001.pack   header | frame | frame | ... [| seal trailer]
+    packs/index.log            header | entry | entry | ...      (digest -> pack, offset, lengths)
+    packs/remote.list          (id, size) of sealed packs moved to the cold tier (tiers.py)
+
+Write order is the restic rule: chunk frames are appended to the active pack and synced, and only then
+are their index entries appended to the index and synced (``flush``). A pack reaching
+``limits.pack_bytes_max`` is flushed, then sealed with a trailer holding the BLAKE3 digest of its body,
+so a sealed pack is always fully indexed and never changes again.
+
+Recovery on open: a torn index tail (a partial or failed-checksum last entry) is truncated; damage in
+the middle of the index makes the store rebuild the whole index from the self-describing packs. Each
+unsealed pack is scanned: frames whose header checksum and BLAKE3 data digest verify are (re)indexed,
+and the first frame that does not is where the torn tail starts and the file is truncated. Entries that
+point past the end of a pack (external damage) are reported by :meth:`PackStore.scrub`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import blake3
+import msgspec
+import zstandard
+
+from maif import limits
+from maif.errors import (
+    BackendError,
+    BlockNotFoundError,
+    DurabilityError,
+    FormatError,
+    IntegrityError,
+    LimitExceededError,
+    UnsupportedVersionError,
+)
+
+PACK_MAGIC: Final = b"MAIFPACK"
+SEAL_MAGIC: Final = b"MAIFSEAL"
+INDEX_MAGIC: Final = b"MAIFPIDX"
+FORMAT_VERSION: Final = 1
+DIGEST_BYTES: Final = 32
+FLAG_ZSTD: Final = 0x01
+KNOWN_FLAGS: Final = FLAG_ZSTD
+
+_PACK_HEADER = struct.Struct("<8sHHI")  # magic, version, reserved, pack id
+_FRAME_HEADER = struct.Struct("<32sB3sII4s")  # digest, flags, reserved, raw len, stored len, check
+_SEAL_TRAILER = struct.Struct("<8sQ32s")  # magic, body length, BLAKE3(body)
+_INDEX_HEADER = struct.Struct("<8sH6s")  # magic, version, reserved
+_INDEX_ENTRY = struct.Struct("<32sIB3sQII8s")  # digest, pack, flags, reserved, offset, raw, stored, check
+_PACK_NAME = re.compile(r"^pack-([0-9a-f]{8})\.pack$")
+_ZSTD_LEVEL: Final = 3
+_COMPRESSION_MIN_SAVING: Final = 0.9  # store compressed only when it is at most 90 % of the raw size
+
+assert _FRAME_HEADER.size == 48 and _INDEX_ENTRY.size == 64 and _SEAL_TRAILER.size == 48
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLocation:
+    """Where one chunk's frame lives: pack id, frame offset, and the lengths from its header."""
+
+    pack_id: int
+    offset: int
+    flags: int
+    raw_length: int
+    stored_length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + _FRAME_HEADER.size + self.stored_length
+
+
+def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[int, bytes]:
+    """``(flags, stored bytes)``: zstd only above the threshold and only when it saves at least 10 %."""
+    raw = bytes(data)
+    if len(raw) >= compression_threshold and len(raw) > 0:
+        compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(raw)
+        if len(compressed) <= len(raw) * _COMPRESSION_MIN_SAVING:
+            return FLAG_ZSTD, compressed
+    return 0, raw
+
+
+def decode_chunk(digest: bytes, flags: int, stored: bytes, raw_length: int, where: str) -> bytes:
+    """The raw chunk from its stored form, verified: exact length, then BLAKE3 against ``digest``."""
+    if flags & ~KNOWN_FLAGS:
+        raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} has unknown flags {flags:#x}")
+    if flags & FLAG_ZSTD:
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_length)
+        except zstandard.ZstdError as error:
+            raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} does not decompress") from error
+    else:
+        raw = stored
+    if len(raw) != raw_length or blake3.blake3(raw).digest() != digest:
+        raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} fails its BLAKE3 check")
+    return raw
+
+
+def check_chunk_input(digest: bytes, data: bytes | memoryview) -> None:
+    """Refuse a chunk whose digest is malformed, whose size is over the limit, or that is not BLAKE3(data)."""
+    if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+        raise FormatError("chunk digest must be 32 bytes (BLAKE3)")
+    if len(data) > limits.chunk_bytes_max:
+        raise LimitExceededError("chunk size", len(data), limits.chunk_bytes_max)
+    if blake3.blake3(data).digest() != digest:
+        raise IntegrityError(
+            f"chunk {digest.hex()[:16]} does not match its BLAKE3 digest; refused before writing"
+        )
+
+
+def _check4(body: bytes) -> bytes:
+    return blake3.blake3(body).digest()[:4]
+
+
+def _check8(body: bytes) -> bytes:
+    return blake3.blake3(body).digest()[:8]
+
+
+def frame_header(digest: bytes, flags: int, raw_length: int, stored_length: int) -> bytes:
+    body = _FRAME_HEADER.pack(digest, flags, b"\0\0\0", raw_length, stored_length, b"\0\0\0\0")[:-4]
+    return body + _check4(body)
+
+
+def parse_frame_header(raw: bytes, where: str) -> tuple[bytes, int, int, int]:
+    """``(digest, flags, raw length, stored length)`` of a frame header, checked."""
+    if len(raw) != _FRAME_HEADER.size:
+        raise IntegrityError(f"truncated frame header at {where}")
+    digest, flags, reserved, raw_length, stored_length, check = _FRAME_HEADER.unpack(raw)
+    if check != _check4(raw[:-4]) or reserved != b"\0\0\0":
+        raise IntegrityError(f"frame header at {where} fails its checksum")
+    if stored_length > limits.chunk_bytes_max or raw_length > limits.chunk_bytes_max:
+        raise IntegrityError(f"frame at {where} claims a length above limits.chunk_bytes_max")
+    if not flags & FLAG_ZSTD and stored_length != raw_length:
+        raise IntegrityError(f"uncompressed frame at {where} has different stored and raw lengths")
+    return digest, flags, raw_length, stored_length
+
+
+def _encode_entry(digest: bytes, location: ChunkLocation) -> bytes:
+    body = _INDEX_ENTRY.pack(
+        digest,
+        location.pack_id,
+        location.flags,
+        b"\0\0\0",
+        location.offset,
+        location.raw_length,
+        location.stored_length,
+        b"\0" * 8,
+    )[:-8]
+    return body + _check8(body)
+
+
+def _decode_entry(raw: bytes) -> tuple[bytes, ChunkLocation] | None:
+    digest, pack_id, flags, _reserved, offset, raw_length, stored_length, check = _INDEX_ENTRY.unpack(raw)
+    if check != _check8(raw[:-8]):
+        return None
+    return digest, ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
+
+
+def pack_file_name(pack_id: int) -> str:
+    return f"pack-{pack_id:08x}.pack"
+
+
+class PackStore:
+    """Chunks in append-only packs, located by an in-memory map loaded from the durable pack index.
+
+    Thread-safe: writers serialise on one lock; readers use ``pread`` on their own descriptors.
+    ``remote_reader(pack_id, offset, length)`` serves packs moved to the cold tier.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        compression_threshold: int = 4096,
+        pack_bytes_max: int = limits.pack_bytes_max,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert 0 < pack_bytes_max <= limits.pack_bytes_max
+        self.directory = Path(directory)
+        self.compression_threshold = compression_threshold
+        self.pack_bytes_max = pack_bytes_max
+        self.clock = clock
+        self.remote_reader: Callable[[int, int, int], bytes] | None = None
+        self._lock = threading.RLock()
+        self._locations: dict[bytes, ChunkLocation] = {}
+        self._unindexed: list[tuple[bytes, ChunkLocation]] = []
+        self._pack_sizes: dict[int, int] = {}
+        self._sealed: set[int] = set()
+        self._remote: set[int] = set()
+        self._last_access: dict[int, float] = {}
+        self._active_id = 0
+        self._active_fd = -1
+        self._active_dirty = False
+        self._failure: str | None = None
+        self._open_problems: list[str] = []
+        self.counters = {
+            "dedup_hits": 0,
+            "offered_bytes": 0,
+            "tails_truncated": 0,
+            "index_rebuilds": 0,
+            "raw_bytes": 0,
+            "stored_bytes": 0,
+        }
+        self._open()
+
+    # ---- open and recovery ------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            pack_ids = self._list_pack_ids()
+            self._remote = self._load_remote_list()
+            index_intact = self._load_index()
+            if not index_intact:
+                self._rebuild_index(pack_ids)
+            for pack_id in pack_ids:
+                self._recover_pack(pack_id)
+            if self._unindexed:  # frames recovered from pack tails are indexed before any pack is sealed
+                self._append_index(self._unindexed)
+                self._unindexed = []
+            referenced = {location.pack_id for location in self._locations.values()}
+            self._start_active_pack(max([*pack_ids, *self._remote, *referenced, 0]))
+            self.flush()
+        except OSError as error:
+            raise DurabilityError(f"cannot open pack store {self.directory}: {error.strerror}") from error
+
+    def _list_pack_ids(self) -> list[int]:
+        ids = [int(m.group(1), 16) for name in os.listdir(self.directory) if (m := _PACK_NAME.match(name))]
+        if len(ids) > limits.packs_max:
+            raise LimitExceededError("pack file count", len(ids), limits.packs_max)
+        return sorted(ids)
+
+    def _load_index(self) -> bool:
+        """Load index.log; truncate a torn tail. False when damage in the middle demands a rebuild."""
+        path = self.directory / "index.log"
+        if not path.exists():
+            return True
+        raw = path.read_bytes()
+        if len(raw) < _INDEX_HEADER.size or raw[:8] != INDEX_MAGIC:
+            self._open_problems.append("pack index header damaged; index rebuilt from packs")
+            return False
+        _check_version(_INDEX_HEADER.unpack(raw[: _INDEX_HEADER.size])[1], "pack index")
+        entry_count = (len(raw) - _INDEX_HEADER.size) // _INDEX_ENTRY.size
+        if entry_count > limits.pack_index_entries_max:
+            raise LimitExceededError("pack index entries", entry_count, limits.pack_index_entries_max)
+        good_end = _INDEX_HEADER.size
+        damaged = []
+        for number in range(entry_count):
+            start = _INDEX_HEADER.size + number * _INDEX_ENTRY.size
+            decoded = _decode_entry(raw[start : start + _INDEX_ENTRY.size])
+            if decoded is None:
+                damaged.append(number)
+                continue
+            self._add_location(decoded[0], decoded[1])  # the last entry wins: a re-stored chunk
+            good_end = start + _INDEX_ENTRY.size
+        if any(number < entry_count - 1 for number in damaged):  # not just a torn last entry
+            self._open_problems.append(
+                f"pack index entries {damaged[:5]} damaged; index rebuilt from good entries and packs"
+            )
+            return False
+        if good_end != len(raw):
+            os.truncate(path, good_end)
+            self.counters["tails_truncated"] += 1
+        return True
+
+    def _rebuild_index(self, pack_ids: list[int]) -> None:
+        """Keep the entries that verified, add every valid frame of the local packs, rewrite atomically.
+        (Entries of cold packs survive only through the good entries: cold packs are not rescanned.)"""
+        self.counters["index_rebuilds"] += 1
+        for pack_id in pack_ids:
+            if pack_id in self._remote:
+                continue
+            for digest, location in self._scan_frames(pack_id, verify_data=True):
+                current = self._locations.get(digest)
+                if current is None or current.pack_id not in self._remote:
+                    self._add_location(digest, location)
+        header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
+        entries = b"".join(_encode_entry(digest, location) for digest, location in self._locations.items())
+        _atomic_write(self.directory / "index.log", header + entries)
+
+    def _recover_pack(self, pack_id: int) -> None:
+        """Seal state and size of one pack; for an unsealed pack, index valid frames and cut the torn tail."""
+        path = self.directory / pack_file_name(pack_id)
+        if pack_id in self._remote:  # crashed after recording the move, before deleting the local copy
+            os.unlink(path)
+            return
+        size = path.stat().st_size
+        header = _read_head(path, _PACK_HEADER.size)
+        if size >= _PACK_HEADER.size and header[:8] == PACK_MAGIC:
+            _check_version(_PACK_HEADER.unpack(header)[1], f"pack {pack_id}")
+        if size >= _PACK_HEADER.size and header[:8] != PACK_MAGIC:
+            self._open_problems.append(f"pack {pack_id} has a damaged header; no longer written to")
+            self._sealed.add(pack_id)
+            self._pack_sizes[pack_id] = size
+            return
+        if self._read_seal(pack_id, size) is not None:
+            self._sealed.add(pack_id)
+            self._pack_sizes[pack_id] = size
+            return
+        end = _PACK_HEADER.size
+        for digest, location in self._scan_frames(pack_id, verify_data=True):
+            end = location.end
+            if digest not in self._locations:
+                self._add_location(digest, location)
+                self._unindexed.append((digest, location))
+        if size < _PACK_HEADER.size:
+            self._write_pack_header(pack_id, path)
+        elif end != size:
+            os.truncate(path, end)
+            self.counters["tails_truncated"] += 1
+        self._pack_sizes[pack_id] = max(end, _PACK_HEADER.size)
+
+    def _scan_frames(self, pack_id: int, *, verify_data: bool) -> Iterator[tuple[bytes, ChunkLocation]]:
+        """Valid frames of one pack in order, stopping at the first that does not verify or the seal."""
+        path = self.directory / pack_file_name(pack_id)
+        with open(path, "rb") as handle:
+            header = handle.read(_PACK_HEADER.size)
+            if len(header) < _PACK_HEADER.size or header[:8] != PACK_MAGIC:
+                return
+            offset = _PACK_HEADER.size
+            while True:
+                raw_header = handle.read(_FRAME_HEADER.size)
+                if raw_header[:8] == SEAL_MAGIC:
+                    return
+                try:
+                    digest, flags, raw_length, stored_length = parse_frame_header(raw_header, "scan")
+                except IntegrityError:
+                    return
+                stored = handle.read(stored_length)
+                location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
+                if len(stored) != stored_length:
+                    return
+                if verify_data:
+                    try:
+                        decode_chunk(digest, flags, stored, raw_length, "scan")
+                    except IntegrityError:
+                        return
+                yield digest, location
+                offset = location.end
+
+    def _read_seal(self, pack_id: int, size: int) -> tuple[int, bytes] | None:
+        """``(body length, body digest)`` when the pack ends with a well-formed seal trailer."""
+        if size < _PACK_HEADER.size + _SEAL_TRAILER.size:
+            return None
+        with open(self.directory / pack_file_name(pack_id), "rb") as handle:
+            handle.seek(size - _SEAL_TRAILER.size)
+            magic, body_length, body_digest = _SEAL_TRAILER.unpack(handle.read(_SEAL_TRAILER.size))
+        if magic != SEAL_MAGIC or body_length != size - _SEAL_TRAILER.size:
+            return None
+        return body_length, body_digest
+
+    def _load_remote_list(self) -> set[int]:
+        path = self.directory / "remote.list"
+        if not path.exists():
+            return set()
+        raw = path.read_bytes()
+        if len(raw) > 16 * limits.packs_max:
+            raise LimitExceededError("remote pack list size", len(raw), 16 * limits.packs_max)
+        try:
+            pairs = msgspec.msgpack.decode(raw, type=list[tuple[int, int]])
+        except msgspec.DecodeError as error:
+            raise IntegrityError(f"remote pack list {path} is damaged") from error
+        self._pack_sizes.update(pairs)
+        return {pack_id for pack_id, _ in pairs}
+
+    def _add_location(self, digest: bytes, location: ChunkLocation) -> None:
+        previous = self._locations.get(digest)
+        if previous is not None:
+            self.counters["raw_bytes"] -= previous.raw_length
+            self.counters["stored_bytes"] -= previous.stored_length
+        self._locations[digest] = location
+        self.counters["raw_bytes"] += location.raw_length
+        self.counters["stored_bytes"] += location.stored_length
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def _write_pack_header(self, pack_id: int, path: Path) -> None:
+        with open(path, "wb") as handle:
+            handle.write(_PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0, pack_id))
+            handle.flush()
+            os.fdatasync(handle.fileno())
+        self._pack_sizes[pack_id] = _PACK_HEADER.size
+
+    def _start_active_pack(self, last_id: int) -> None:
+        """Continue the last unsealed pack, or start a new one after the last sealed/remote one."""
+        if last_id and last_id not in self._sealed and last_id not in self._remote:
+            pack_id = last_id
+        else:
+            pack_id = last_id + 1
+            self._write_pack_header(pack_id, self.directory / pack_file_name(pack_id))
+            _fsync_directory(self.directory)
+        for other in list(self._pack_sizes):
+            if other != pack_id and other not in self._sealed and other not in self._remote:
+                self._seal(other)  # an older unsealed pack (after a crash mid-seal) is sealed now
+        self._active_id = pack_id
+        self._active_fd = os.open(self.directory / pack_file_name(pack_id), os.O_WRONLY | os.O_APPEND)
+
+    def put_chunks(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
+        """Append new chunks to the active pack; returns the stored bytes added (0 for duplicates)."""
+        with self._lock:
+            self._refuse_if_failed()
+            new_bytes = 0
+            for digest, data in chunks:
+                check_chunk_input(digest, data)
+                self.counters["offered_bytes"] += len(data)
+                existing = self._locations.get(digest)
+                if existing is not None and self._is_present(existing):
+                    self.counters["dedup_hits"] += 1
+                    continue
+                new_bytes += self._append_frame(digest, data)
+                if self._pack_sizes[self._active_id] >= self.pack_bytes_max:
+                    self._roll_active_pack()
+            return new_bytes
+
+    def _append_frame(self, digest: bytes, data: bytes | memoryview) -> int:
+        flags, stored = encode_chunk(data, self.compression_threshold)
+        offset = self._pack_sizes[self._active_id]
+        frame = frame_header(digest, flags, len(data), len(stored)) + stored
+        try:
+            written = os.write(self._active_fd, frame)
+        except OSError as error:
+            self._fail(f"pack write failed: {error.strerror}")
+            raise DurabilityError(f"cannot append to pack {self._active_id}: {error.strerror}") from error
+        if written != len(frame):
+            self._fail("short write to a pack")
+            raise DurabilityError(f"short write to pack {self._active_id} (disk full?)")
+        location = ChunkLocation(self._active_id, offset, flags, len(data), len(stored))
+        self._pack_sizes[self._active_id] = location.end
+        self._add_location(digest, location)
+        self._unindexed.append((digest, location))
+        self._active_dirty = True
+        return len(stored)
+
+    def _is_present(self, location: ChunkLocation) -> bool:
+        """Whether the indexed frame can exist: its pack is remote, or local and long enough.
+        A chunk whose pack was lost or cut short is stored again instead of being deduplicated away."""
+        if location.pack_id in self._remote:
+            return True
+        size = self._pack_sizes.get(location.pack_id)
+        return size is not None and location.end <= size
+
+    def _roll_active_pack(self) -> None:
+        self.flush()
+        old_id = self._active_id
+        os.close(self._active_fd)
+        self._active_fd = -1
+        self._seal(old_id)
+        self._start_active_pack(old_id)
+
+    def _seal(self, pack_id: int) -> None:
+        """Append the seal trailer (body length and BLAKE3 of the body) to a fully indexed pack."""
+        path = self.directory / pack_file_name(pack_id)
+        body_length = self._pack_sizes[pack_id]
+        hasher = blake3.blake3()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        with open(path, "ab") as handle:
+            handle.write(_SEAL_TRAILER.pack(SEAL_MAGIC, body_length, hasher.digest()))
+            handle.flush()
+            os.fdatasync(handle.fileno())
+        self._sealed.add(pack_id)
+        self._pack_sizes[pack_id] = body_length + _SEAL_TRAILER.size
+
+    def flush(self) -> None:
+        """Sync the active pack, then append and sync the index entries of the newly written chunks."""
+        with self._lock:
+            self._refuse_if_failed()
+            try:
+                if self._active_dirty and self._active_fd >= 0:
+                    os.fdatasync(self._active_fd)
+                    self._active_dirty = False
+                if self._unindexed:
+                    self._append_index(self._unindexed)
+                    self._unindexed = []
+            except OSError as error:
+                # Never retry a failed sync on the same file (fsyncgate): refuse writes from now on.
+                self._fail(f"sync failed: {error.strerror}")
+                raise DurabilityError(f"cannot make packs durable: {error.strerror}") from error
+
+    def _append_index(self, entries: list[tuple[bytes, ChunkLocation]]) -> None:
+        path = self.directory / "index.log"
+        is_new = not path.exists()
+        payload = b"".join(_encode_entry(digest, location) for digest, location in entries)
+        with open(path, "ab") as handle:
+            if is_new or handle.tell() == 0:
+                payload = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + payload
+            handle.write(payload)
+            handle.flush()
+            os.fdatasync(handle.fileno())
+        if is_new:
+            _fsync_directory(self.directory)
+
+    def _fail(self, reason: str) -> None:
+        self._failure = reason
+
+    def _refuse_if_failed(self) -> None:
+        if self._failure is not None:
+            raise DurabilityError(f"pack store refuses writes after an earlier failure ({self._failure})")
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def locate(self, digest: bytes) -> ChunkLocation | None:
+        return self._locations.get(digest)
+
+    def has(self, digests: Sequence[bytes]) -> set[bytes]:
+        return {digest for digest in digests if digest in self._locations}
+
+    def get_chunk(self, digest: bytes) -> bytes:
+        location = self._locations.get(digest)
+        if location is None:
+            raise BlockNotFoundError(f"no chunk {digest.hex()[:16]} in the pack store")
+        frame = self._read_range(location.pack_id, location.offset, location.end - location.offset)
+        return self.verify_frame(digest, location, frame)
+
+    def verify_frame(self, digest: bytes, location: ChunkLocation, frame: bytes) -> bytes:
+        """The chunk from its whole frame as read from wherever the pack lives, fully verified."""
+        where = f"pack {location.pack_id} offset {location.offset}"
+        if len(frame) != location.end - location.offset:
+            raise IntegrityError(
+                f"chunk {digest.hex()[:16]} at {where} is missing (pack shorter than its index)"
+            )
+        header_digest, flags, raw_length, stored_length = parse_frame_header(
+            frame[: _FRAME_HEADER.size], where
+        )
+        if (header_digest, flags, raw_length, stored_length) != (
+            digest,
+            location.flags,
+            location.raw_length,
+            location.stored_length,
+        ):
+            raise IntegrityError(
+                f"frame at {where} does not match the pack index entry for {digest.hex()[:16]}"
+            )
+        self._last_access[location.pack_id] = self.clock()
+        return decode_chunk(digest, flags, frame[_FRAME_HEADER.size :], raw_length, where)
+
+    def _read_range(self, pack_id: int, offset: int, length: int) -> bytes:
+        if pack_id in self._remote:
+            if self.remote_reader is None:
+                raise BackendError(f"pack {pack_id} is in the cold tier; read it through TieredChunkStore")
+            return self.remote_reader(pack_id, offset, length)
+        try:
+            fd = os.open(self.directory / pack_file_name(pack_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return b""
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    # ---- tiers support --------------------------------------------------------------------------
+
+    def sealed_packs(self) -> dict[int, tuple[float, float | None]]:
+        """Local sealed packs: id -> (sealed-at time from the file's mtime, last read time or None)."""
+        with self._lock:
+            result = {}
+            for pack_id in sorted(self._sealed - self._remote):
+                mtime = (self.directory / pack_file_name(pack_id)).stat().st_mtime
+                result[pack_id] = (mtime, self._last_access.get(pack_id))
+            return result
+
+    def pack_path(self, pack_id: int) -> Path:
+        return self.directory / pack_file_name(pack_id)
+
+    def sample_remote(self, read_data_fraction: float) -> list[tuple[bytes, ChunkLocation]]:
+        """A random ``read_data_fraction`` of the chunks that live in cold packs, for scrubbing."""
+        salt = os.urandom(8)
+        threshold = int(read_data_fraction * (1 << 64))
+        return [
+            (digest, location)
+            for digest, location in list(self._locations.items())
+            if location.pack_id in self._remote
+            and (
+                read_data_fraction == 1.0
+                or int.from_bytes(blake3.blake3(salt + digest).digest()[:8], "little") < threshold
+            )
+        ]
+
+    def note_access(self, pack_id: int) -> None:
+        self._last_access[pack_id] = self.clock()
+
+    def remote_pack_ids(self) -> list[int]:
+        return sorted(self._remote)
+
+    def is_remote(self, pack_id: int) -> bool:
+        return pack_id in self._remote
+
+    def mark_remote(self, pack_id: int) -> None:
+        """Record durably that a sealed pack now lives in the cold tier, then drop the local copy."""
+        with self._lock:
+            assert pack_id in self._sealed, "only sealed packs move to the cold tier"
+            remote = [(member, self._pack_sizes[member]) for member in sorted(self._remote | {pack_id})]
+            _atomic_write(self.directory / "remote.list", msgspec.msgpack.encode(remote))
+            self._remote.add(pack_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pack_path(pack_id))
+
+    # ---- checking and stats --------------------------------------------------------------------
+
+    def scrub(
+        self, read_data_fraction: float, remote_exists: Callable[[int], bool] | None = None
+    ) -> list[str]:
+        """Structure (every indexed chunk inside an existing pack, seals intact) and a sample of the data."""
+        if not 0.0 <= read_data_fraction <= 1.0:
+            raise FormatError(f"read_data_fraction must be within [0, 1], got {read_data_fraction}")
+        problems = list(self._open_problems)
+        sizes = self._current_pack_sizes(remote_exists, problems)
+        salt = os.urandom(8)
+        threshold = int(read_data_fraction * (1 << 64))
+        for digest, location in list(self._locations.items()):
+            if location.pack_id not in sizes:
+                continue  # its pack is missing: reported once above
+            size = sizes[location.pack_id]
+            if size is not None and location.end > size:
+                problems.append(
+                    f"chunk {digest.hex()[:16]} indexed in pack {location.pack_id} "
+                    f"at offset {location.offset} but missing from the pack"
+                )
+                continue
+            if location.pack_id in self._remote and self.remote_reader is None:
+                continue  # the tier layer samples cold chunks itself (sample_remote)
+            sample = int.from_bytes(blake3.blake3(salt + digest).digest()[:8], "little")
+            if sample < threshold or read_data_fraction == 1.0:
+                try:
+                    self.get_chunk(digest)
+                except (IntegrityError, BlockNotFoundError) as error:
+                    problems.append(str(error))
+        return problems
+
+    def _current_pack_sizes(
+        self, remote_exists: Callable[[int], bool] | None, problems: list[str]
+    ) -> dict[int, int | None]:
+        """Sizes of the packs the index refers to (None: remote, size unknown); missing packs are problems."""
+        sizes: dict[int, int | None] = {}
+        for pack_id in sorted({location.pack_id for location in self._locations.values()}):
+            if pack_id in self._remote:
+                if remote_exists is not None and not remote_exists(pack_id):
+                    problems.append(f"pack {pack_id} is recorded in the cold tier but missing there")
+                else:
+                    sizes[pack_id] = None
+                continue
+            try:
+                sizes[pack_id] = self.pack_path(pack_id).stat().st_size
+            except FileNotFoundError:
+                problems.append(f"pack {pack_id} is referenced by the index but its file is missing")
+        for pack_id in sorted(self._sealed - self._remote):
+            problems.extend(self._check_seal(pack_id, sizes.get(pack_id)))
+        return sizes
+
+    def _check_seal(self, pack_id: int, size: int | None) -> list[str]:
+        if size is None:
+            return []
+        seal = self._read_seal(pack_id, size)
+        if seal is None:
+            return [f"sealed pack {pack_id} lost its seal trailer"]
+        hasher = blake3.blake3()
+        with open(self.pack_path(pack_id), "rb") as handle:
+            remaining = seal[0]
+            while remaining > 0:
+                block = handle.read(min(1 << 20, remaining))
+                if not block:
+                    break
+                hasher.update(block)
+                remaining -= len(block)
+        if hasher.digest() != seal[1]:
+            return [f"sealed pack {pack_id} fails its BLAKE3 seal (bytes changed since sealing)"]
+        return []
+
+    def stats(self) -> dict[str, int | float]:
+        with self._lock:
+            raw = self.counters["raw_bytes"]
+            stored = self.counters["stored_bytes"]
+            offered = self.counters["offered_bytes"]
+            bytes_cold = sum(self._pack_sizes.get(pack_id, 0) for pack_id in self._remote)
+            return {
+                "bytes_warm": sum(self._pack_sizes.values()) - bytes_cold,
+                "bytes_cold": bytes_cold,
+                "chunks": len(self._locations),
+                "raw_bytes": raw,
+                "stored_bytes": stored,
+                "packs": len(self._pack_sizes),
+                "packs_sealed": len(self._sealed),
+                "packs_remote": len(self._remote),
+                "compression_ratio": raw / stored if stored else 1.0,
+                "dedup_ratio": offered / raw if raw and offered else 1.0,
+                **self.counters,
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                if self._failure is None:
+                    self.flush()
+            finally:
+                if self._active_fd >= 0:
+                    os.close(self._active_fd)
+                    self._active_fd = -1
+
+
+def _check_version(version: int, what: str) -> None:
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{what} has format version {version}; this reader knows {FORMAT_VERSION}"
+        )
+
+
+def _read_head(path: Path, length: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(length)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write a whole file atomically: temporary file, fsync, rename, fsync the directory."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+__all__ = [
+    "ChunkLocation",
+    "PackStore",
+    "check_chunk_input",
+    "decode_chunk",
+    "encode_chunk",
+    "pack_file_name",
+]

@@ -1,0 +1,387 @@
+"""Embeddings: decode them from EMBEDDING blocks, and index them for cosine search with usearch HNSW.
+
+:func:`embedding_of` accepts the two payload forms MAIF has seen: little-endian float32 (optionally
+described by metadata ``{"dtype": "float32", "dim": N}``) and the seed's JSON ``{"vector": [...]}``.
+
+:class:`UsearchVectorIndex` keeps an HNSW graph (cosine metric, float32) whose integer keys map to
+block ids. Filters (agent_id, block_type or any other string attribute) are applied by over-fetching
+candidates and filtering them, widening the candidate set until enough hits match or the whole index
+has been searched exactly, so a rare filter value still finds its vectors. HNSW parameters come from
+``benchmarks/vector_bench.py`` (docs/adr/0032-hnsw-parameters.md).
+
+Persistence: ``flush`` writes a new generation directory ``vectors/gen-<n>/`` holding the usearch
+file and the id mapping, syncs both, then atomically replaces ``vectors/CURRENT`` to name it, so a
+crash leaves either the old or the new generation, never a mix. Older generations are then removed.
+If the directory is missing the index starts empty and the engine's log replay rebuilds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from usearch.index import Index
+
+from maif import limits
+from maif.errors import BackendError, FormatError, LimitExceededError, StoreClosedError
+from maif.format.block import MAIFBlock, MAIFBlockType
+from maif.storage.backends.base import Capabilities, VectorIndex
+
+HNSW_CONNECTIVITY = 24
+HNSW_EXPANSION_ADD = 128
+HNSW_EXPANSION_SEARCH = 64
+_OVERFETCH_FACTOR = 4
+_OVERFETCH_MIN = 32
+_JSON_BYTES_PER_DIMENSION_MAX = 32
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+
+
+def embedding_of(block: MAIFBlock) -> np.ndarray | None:
+    """The block's embedding as a float32 vector; None for a block that is not an EMBEDDING.
+
+    Without ``{"dtype": "float32"}`` metadata, a payload that is all printable text and not JSON is
+    refused rather than read as float32 (``b"not a vector"`` would otherwise be three floats).
+
+    Raises FormatError for an EMBEDDING payload that is neither form, has a dimension above
+    ``limits.vector_dimensions_max``, non-finite values, or zero norm (cosine is undefined).
+    """
+    if block.block_type is not MAIFBlockType.EMBEDDING:
+        return None
+    declared_dim = block.metadata.get("dim")
+    if block.metadata.get("dtype") == "float32":
+        vector = _float32_payload(block.data)
+    elif block.data.lstrip()[:1] != b"{":
+        if _looks_like_text(block.data):
+            raise FormatError(
+                'embedding payload looks like text, not float32 or JSON {"vector": [...]}',
+                hint='set metadata {"dtype": "float32"} if these bytes really are float32',
+            )
+        vector = _float32_payload(block.data)
+    else:
+        try:
+            vector = _json_payload(block.data)
+        except FormatError:
+            if len(block.data) % 4:
+                raise
+            vector = _float32_payload(block.data)  # float32 bytes that happen to start with "{"
+    if declared_dim is not None and declared_dim != vector.shape[0]:
+        raise FormatError(
+            f"embedding has {vector.shape[0]} dimensions but its metadata declares {declared_dim}"
+        )
+    return check_vector(vector)
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """Printable ASCII throughout: real float32 embeddings hold zero, sign and 0x3F/0xBF exponent bytes,
+    so an all-text payload without a declared dtype is almost surely a mistake, not a vector."""
+    return len(data) > 0 and not data.translate(None, _PRINTABLE_ASCII)
+
+
+def _float32_payload(data: bytes) -> np.ndarray:
+    if len(data) % 4:
+        raise FormatError(f"float32 embedding payload length {len(data)} is not a multiple of 4")
+    if len(data) // 4 > limits.vector_dimensions_max:
+        raise LimitExceededError("embedding dimensions", len(data) // 4, limits.vector_dimensions_max)
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+def _json_payload(data: bytes) -> np.ndarray:
+    size_max = limits.vector_dimensions_max * _JSON_BYTES_PER_DIMENSION_MAX
+    if len(data) > size_max:
+        raise LimitExceededError("JSON embedding payload size", len(data), size_max)
+    try:
+        decoded = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise FormatError('embedding payload is neither float32 bytes nor JSON {"vector": [...]}') from error
+    values = decoded.get("vector") if isinstance(decoded, dict) else None
+    if not isinstance(values, list) or not all(
+        isinstance(value, int | float) and not isinstance(value, bool) for value in values
+    ):
+        raise FormatError('JSON embedding must be an object with a "vector" list of numbers')
+    return np.asarray(values, dtype=np.float32)
+
+
+def check_vector(vector: np.ndarray, ndim: int | None = None) -> np.ndarray:
+    """A finite, non-zero, 1-D float32 vector within the dimension limit (and of ``ndim`` if given)."""
+    array = np.asarray(vector, dtype=np.float32)
+    if array.ndim != 1 or array.shape[0] == 0:
+        raise FormatError(f"a vector must be one-dimensional and non-empty, got shape {array.shape}")
+    if array.shape[0] > limits.vector_dimensions_max:
+        raise LimitExceededError("vector dimensions", array.shape[0], limits.vector_dimensions_max)
+    if ndim is not None and array.shape[0] != ndim:
+        raise FormatError(
+            f"vector has {array.shape[0]} dimensions; this index holds {ndim}-dimensional vectors"
+        )
+    if not np.all(np.isfinite(array)):
+        raise FormatError("vector holds NaN or infinite values")
+    norm = float(np.linalg.norm(array.astype(np.float64)))
+    if norm == 0.0:
+        raise FormatError("vector has zero norm; cosine similarity is undefined for it")
+    return array
+
+
+def unit_vector(vector: np.ndarray) -> np.ndarray:
+    """The vector scaled to length 1 (computed in float64), so float32 distance math cannot overflow."""
+    as_float64 = vector.astype(np.float64)
+    return (as_float64 / np.linalg.norm(as_float64)).astype(np.float32)
+
+
+def check_attributes(attributes: Mapping[str, str] | None, what: str) -> dict[str, str]:
+    """String-to-string attributes or filters, at most ``limits.vector_filter_fields_max`` of them."""
+    if attributes is None:
+        return {}
+    if len(attributes) > limits.vector_filter_fields_max:
+        raise LimitExceededError(f"{what} fields", len(attributes), limits.vector_filter_fields_max)
+    if not all(isinstance(key, str) and isinstance(value, str) for key, value in attributes.items()):
+        raise FormatError(f"{what} must map strings to strings")
+    return dict(attributes)
+
+
+def matches(attributes: Mapping[str, str], filters: Mapping[str, str]) -> bool:
+    return all(attributes.get(key) == value for key, value in filters.items())
+
+
+class _VectorMap(msgspec.Struct):
+    """The persisted id mapping of one generation."""
+
+    ndim: int
+    next_key: int
+    connectivity: int
+    expansion_add: int
+    expansion_search: int
+    items: list[tuple[str, int, dict[str, str]]]
+
+
+class UsearchVectorIndex(VectorIndex):
+    """HNSW cosine index (usearch, float32) with block-id keys and string filters, persisted on flush."""
+
+    capabilities = Capabilities(durable=True, shared_between_processes=False, filtered_search=False)
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        connectivity: int = HNSW_CONNECTIVITY,
+        expansion_add: int = HNSW_EXPANSION_ADD,
+        expansion_search: int = HNSW_EXPANSION_SEARCH,
+    ) -> None:
+        self.directory = Path(directory)
+        self.parameters = (connectivity, expansion_add, expansion_search)
+        self._lock = threading.Lock()
+        self._index: Index | None = None
+        self._ndim: int | None = None
+        self._key_of: dict[str, int] = {}
+        self._id_of: dict[int, str] = {}
+        self._attributes: dict[int, dict[str, str]] = {}
+        self._next_key = 1
+        self._generation = 0
+        self._dirty = False
+        self._closed = False
+        try:
+            self._load()
+        except OSError as error:
+            raise BackendError(f"cannot open vector index {self.directory}: {error.strerror}") from error
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        current = self.directory / "CURRENT"
+        if not current.exists():
+            return
+        name = current.read_text().strip()
+        if not name.startswith("gen-") or not name[4:].isdigit():
+            raise BackendError(f"vector index {current} names no generation ({name[:40]!r})")
+        generation = self.directory / name
+        map_path = generation / "map.msgpack"
+        size = map_path.stat().st_size
+        if size > limits.vector_map_bytes_max:
+            raise LimitExceededError("vector map size", size, limits.vector_map_bytes_max)
+        try:
+            mapping = msgspec.msgpack.decode(map_path.read_bytes(), type=_VectorMap)
+        except msgspec.DecodeError as error:
+            raise BackendError(f"vector index map {map_path} is damaged") from error
+        self.parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
+        self._ndim = mapping.ndim
+        self._index = self._new_index(mapping.ndim)
+        self._index.load(str(generation / "index.usearch"))
+        for block_id, key, attributes in mapping.items:
+            self._key_of[block_id] = key
+            self._id_of[key] = block_id
+            self._attributes[key] = attributes
+        if len(self._index) != len(self._key_of):
+            raise BackendError(
+                f"vector index {generation} holds {len(self._index)} vectors "
+                f"but its map names {len(self._key_of)}"
+            )
+        self._next_key = mapping.next_key
+        self._generation = int(name[4:])
+
+    def _new_index(self, ndim: int) -> Index:
+        connectivity, expansion_add, expansion_search = self.parameters
+        return Index(
+            ndim=ndim,
+            metric="cos",
+            dtype="f32",
+            connectivity=connectivity,
+            expansion_add=expansion_add,
+            expansion_search=expansion_search,
+        )
+
+    def _flush_locked(self) -> None:
+        if not self._dirty or self._index is None or self._ndim is None:
+            return
+        generation = self._generation + 1
+        target = self.directory / f"gen-{generation}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        self._index.save(str(target / "index.usearch"))
+        mapping = _VectorMap(
+            self._ndim,
+            self._next_key,
+            *self.parameters,
+            items=[(block_id, key, self._attributes[key]) for block_id, key in self._key_of.items()],
+        )
+        (target / "map.msgpack").write_bytes(msgspec.msgpack.encode(mapping))
+        for path in (target / "index.usearch", target / "map.msgpack"):
+            _fsync_path(path)
+        _fsync_path(target)
+        temporary = self.directory / "CURRENT.tmp"
+        temporary.write_text(f"gen-{generation}\n")
+        _fsync_path(temporary)
+        os.replace(temporary, self.directory / "CURRENT")
+        _fsync_path(self.directory)
+        for old in self.directory.glob("gen-*"):
+            if old.name != target.name:
+                shutil.rmtree(old, ignore_errors=True)
+        self._generation = generation
+        self._dirty = False
+
+    # ---- the VectorIndex API -------------------------------------------------------------------
+
+    async def add(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, str]]]) -> None:
+        checked = [
+            (block_id, unit_vector(check_vector(vector)), check_attributes(attributes, "vector attributes"))
+            for block_id, vector, attributes in items
+        ]
+        if checked:
+            await asyncio.to_thread(self._locked, self._add_locked, checked)
+
+    def _add_locked(self, items: list[tuple[str, np.ndarray, dict[str, str]]]) -> None:
+        if self._ndim is None:
+            self._ndim = items[0][1].shape[0]
+            self._index = self._new_index(self._ndim)
+        for _, vector, _ in items:
+            check_vector(vector, self._ndim)
+        assert self._index is not None
+        keys = []
+        for block_id, _, attributes in items:
+            old_key = self._key_of.pop(block_id, None)
+            if old_key is not None:
+                self._index.remove(old_key)
+                del self._id_of[old_key], self._attributes[old_key]
+            key = self._next_key
+            self._next_key += 1
+            self._key_of[block_id], self._id_of[key], self._attributes[key] = key, block_id, attributes
+            keys.append(key)
+        self._index.add(np.asarray(keys, dtype=np.uint64), np.stack([vector for _, vector, _ in items]))
+        self._dirty = True
+
+    async def search(
+        self,
+        query: np.ndarray,
+        limit: int,
+        *,
+        score_threshold: float | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> list[tuple[str, float]]:
+        if not isinstance(limit, int) or limit < 0:
+            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
+        if limit > limits.engine_search_limit_max:
+            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        wanted = check_attributes(filters, "search filters")
+        vector = unit_vector(check_vector(query))
+        return await asyncio.to_thread(
+            self._locked, self._search_locked, vector, limit, score_threshold, wanted
+        )
+
+    def _search_locked(
+        self, vector: np.ndarray, limit: int, score_threshold: float | None, wanted: dict[str, str]
+    ) -> list[tuple[str, float]]:
+        if self._index is None or limit == 0 or len(self._key_of) == 0:
+            return []
+        check_vector(vector, self._ndim)
+        total = len(self._key_of)
+        fetch = min(total, max(limit * _OVERFETCH_FACTOR if wanted else limit, _OVERFETCH_MIN))
+        while True:
+            exact = fetch >= total
+            found = self._index.search(vector, fetch if not exact else total, exact=exact)
+            hits = self._filter_hits(found.keys, found.distances, limit, score_threshold, wanted)
+            if len(hits) >= limit or exact or (len(found.keys) < fetch):
+                return hits
+            fetch = min(total, fetch * _OVERFETCH_FACTOR)
+
+    def _filter_hits(
+        self,
+        keys: np.ndarray,
+        distances: np.ndarray,
+        limit: int,
+        score_threshold: float | None,
+        wanted: dict[str, str],
+    ) -> list[tuple[str, float]]:
+        hits: list[tuple[str, float]] = []
+        for key, distance in zip(keys.tolist(), distances.tolist(), strict=True):
+            score = 1.0 - float(distance)
+            if score_threshold is not None and score < score_threshold:
+                break  # results come best first
+            block_id = self._id_of.get(int(key))
+            if block_id is None or not matches(self._attributes[int(key)], wanted):
+                continue
+            hits.append((block_id, score))
+            if len(hits) == limit:
+                break
+        return hits
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self._locked, self._flush_locked)
+
+    async def count(self) -> int:
+        return len(self._key_of)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+
+    def _locked(self, function: Any, *args: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError("vector index is closed")
+            try:
+                return function(*args)
+            except OSError as error:
+                raise BackendError(f"vector index {self.directory} failed: {error.strerror}") from error
+            except RuntimeError as error:  # usearch reports its failures as RuntimeError
+                raise BackendError(f"vector index {self.directory} failed: {error}") from error
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["UsearchVectorIndex", "check_attributes", "check_vector", "embedding_of", "matches", "unit_vector"]

@@ -1,0 +1,542 @@
+"""The write-ahead log: the one place a write must reach before MAIF acknowledges it.
+
+Layout (docs/adr/0040-write-ahead-log-format.md has the reasons)::
+
+    data_dir/wal/00000000000000000001.wal     segments, named by the LSN of their first record
+    segment  = header (32 bytes) + records
+    header   = b"MAIF-WAL" | u32 format version (1) | u32 reserved (0) | u64 first LSN
+               | u32 CRC-32 of the previous 24 bytes | u32 reserved (0)
+    record   = b"WREC" | u32 payload length | u64 LSN | u32 CRC-32(length, LSN, payload) | payload
+
+All integers little-endian. LSNs start at 1 and increase by exactly one per record, across segments.
+
+Group commit: :class:`GroupCommitter` gathers the records of concurrent writers, writes them with one
+``write`` and makes them durable with one ``fdatasync`` on a dedicated thread, and only then resolves
+the writers' futures. Any I/O error while writing or syncing puts the log in a failed state for the
+life of the process (never retry fsync on the same file: the kernel may have dropped the dirty pages
+and a second fsync would report success for data that is gone); reopening runs recovery from what is
+really on disk.
+
+Recovery (:meth:`WriteAheadLog.open`) validates every record. Damage within
+``limits.wal_group_bytes_max`` of the end of the LAST segment is a torn tail (the last group write was
+interrupted before its sync, so none of it was acknowledged): it is truncated. Damage anywhere else is
+corruption of acknowledged data and raises :class:`IntegrityError`; it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maif import limits
+from maif.errors import DurabilityError, IntegrityError, LimitExceededError, StoreClosedError
+
+SEGMENT_MAGIC = b"MAIF-WAL"
+SEGMENT_FORMAT_VERSION = 1
+_SEGMENT_HEADER = struct.Struct("<8sIIQ")  # magic, version, reserved, first LSN (+ CRC, reserved)
+SEGMENT_HEADER_BYTES = 32
+RECORD_MAGIC = b"WREC"
+_RECORD_HEADER = struct.Struct("<4sIQI")  # magic, payload length, LSN, CRC-32
+RECORD_HEADER_BYTES = _RECORD_HEADER.size
+_LENGTH_AND_LSN = struct.Struct("<IQ")
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}.wal"
+
+
+def record_checksum(lsn: int, payload: bytes | memoryview) -> int:
+    """CRC-32 over (length, LSN, payload): detects torn and misdirected writes, not attackers."""
+    return zlib.crc32(payload, zlib.crc32(_LENGTH_AND_LSN.pack(len(payload), lsn)))
+
+
+def frame_record(lsn: int, payload: bytes) -> bytes:
+    """One framed record (header + payload) ready to append."""
+    if len(payload) > limits.wal_record_bytes_max:
+        raise LimitExceededError("write-ahead log record size", len(payload), limits.wal_record_bytes_max)
+    return _RECORD_HEADER.pack(RECORD_MAGIC, len(payload), lsn, record_checksum(lsn, payload)) + payload
+
+
+def encode_segment_header(first_lsn: int) -> bytes:
+    head = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_FORMAT_VERSION, 0, first_lsn)
+    return head + struct.pack("<II", zlib.crc32(head), 0)
+
+
+class FileOps:
+    """The system calls the log makes, in one replaceable place so tests can inject faults."""
+
+    def open_segment(self, path: Path, *, create: bool) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return os.open(path, flags, 0o600)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync_directory(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: Path, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+
+@dataclass
+class SegmentInfo:
+    """One segment as recovery found it: where it starts, where it ends, how big it is."""
+
+    path: Path
+    first_lsn: int
+    last_lsn: int  # first_lsn - 1 when the segment holds no record
+    size_bytes: int
+
+
+@dataclass
+class RecoveryReport:
+    segments: int = 0
+    records: int = 0
+    torn_tail_bytes: int = 0
+    last_lsn: int = 0
+
+
+@dataclass
+class _ScanResult:
+    last_lsn: int
+    valid_end: int
+    records: int
+    damage: str | None = None
+
+
+def _scan_records(data: memoryview, first_lsn: int, *, on_record: Callable[[int, memoryview], None] | None
+                  = None) -> _ScanResult:
+    """Walk the records after the header; stop at the first one that does not validate."""
+    offset = SEGMENT_HEADER_BYTES
+    expected = first_lsn
+    size = len(data)
+    count = 0
+    while offset < size:
+        if size - offset < RECORD_HEADER_BYTES:
+            return _ScanResult(expected - 1, offset, count, "record header cut short")
+        magic, length, lsn, checksum = _RECORD_HEADER.unpack_from(data, offset)
+        if magic != RECORD_MAGIC:
+            return _ScanResult(expected - 1, offset, count, "bad record magic")
+        if length > limits.wal_record_bytes_max:
+            return _ScanResult(expected - 1, offset, count, f"record length {length} above the limit")
+        if lsn != expected:
+            return _ScanResult(expected - 1, offset, count, f"LSN {lsn} where {expected} was expected")
+        end = offset + RECORD_HEADER_BYTES + length
+        if end > size:
+            return _ScanResult(expected - 1, offset, count, "record cut short")
+        payload = data[offset + RECORD_HEADER_BYTES : end]
+        if record_checksum(lsn, payload) != checksum:
+            return _ScanResult(expected - 1, offset, count, "record checksum mismatch")
+        if on_record is not None:
+            on_record(lsn, payload)
+        expected += 1
+        count += 1
+        offset = end
+    return _ScanResult(expected - 1, offset, count)
+
+
+def _check_segment_header(data: bytes | memoryview, first_lsn: int) -> str | None:
+    if len(data) < SEGMENT_HEADER_BYTES:
+        return "segment header cut short"
+    magic, version, _reserved, lsn = _SEGMENT_HEADER.unpack_from(data, 0)
+    (checksum,) = struct.unpack_from("<I", data, _SEGMENT_HEADER.size)
+    if magic != SEGMENT_MAGIC:
+        return "bad segment magic"
+    if zlib.crc32(data[: _SEGMENT_HEADER.size]) != checksum:
+        return "segment header checksum mismatch"
+    if version != SEGMENT_FORMAT_VERSION:
+        return f"unsupported segment format version {version}"
+    if lsn != first_lsn:
+        return f"segment header names first LSN {lsn}, file name {first_lsn}"
+    return None
+
+
+class WriteAheadLog:
+    """Segment files plus the synchronous append/sync/recycle operations (run on one writer thread).
+
+    Use :meth:`open`; it recovers the directory before anything is appended.
+    """
+
+    def __init__(self, directory: Path, segments: list[SegmentInfo], *, durable: bool, file_ops: FileOps,
+                 segment_bytes_max: int) -> None:
+        assert segments, "open() always leaves an active segment"
+        self.directory = directory
+        self.durable = durable
+        self.segment_bytes_max = segment_bytes_max
+        self._ops = file_ops
+        self._segments = segments
+        self._lock = threading.Lock()  # recycle (event loop) vs append (writer thread)
+        self.next_lsn = segments[-1].last_lsn + 1
+        self.failure: str | None = None
+        self.syncs_total = 0
+        self.bytes_written_total = 0
+        active = segments[-1]
+        self._fd: int | None = file_ops.open_segment(active.path, create=False)
+
+    # ---- opening and recovery -------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], *, durable: bool = True, min_next_lsn: int = 1,
+             file_ops: FileOps | None = None,
+             segment_bytes_max: int = limits.wal_segment_bytes_max) -> tuple[WriteAheadLog, RecoveryReport]:
+        """Recover ``directory`` (creating it when absent) and return the log ready to append.
+
+        ``min_next_lsn`` keeps LSNs increasing when every segment was recycled (the checkpoint + 1).
+        """
+        ops = file_ops or FileOps()
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        report = RecoveryReport()
+        segments = _recover_segments(path, ops, report)
+        next_lsn = max(min_next_lsn, segments[-1].last_lsn + 1 if segments else 1)
+        if segments and segments[-1].last_lsn + 1 < next_lsn:
+            # The checkpoint is past the end of the log (bulk_unsafe after a power loss): every record
+            # here is applied already. Drop the segments rather than leave a gap before the new one.
+            for segment in segments:
+                segment.path.unlink()
+            ops.fsync_directory(path)
+            segments = []
+        if not segments:
+            segments.append(_create_segment(path, ops, next_lsn))
+        report.last_lsn = segments[-1].last_lsn
+        wal = cls(path, segments, durable=durable, file_ops=ops, segment_bytes_max=segment_bytes_max)
+        return wal, report
+
+    def replay(self, after_lsn: int) -> Iterator[tuple[int, bytes]]:
+        """Every record with LSN > ``after_lsn``, in order (records were validated by :meth:`open`)."""
+        for segment in list(self._segments):
+            if segment.last_lsn <= after_lsn:
+                continue
+            yield from _segment_records(segment, after_lsn)
+
+    # ---- appending (writer thread) --------------------------------------------------------------
+    def append(self, data: bytes, first_lsn: int, last_lsn: int) -> None:
+        """Write framed records ``first_lsn..last_lsn`` with one write and make them durable."""
+        if self.failure is not None:
+            raise DurabilityError(self.failure, hint="reopen the store to recover from what is on disk")
+        assert first_lsn == self.next_lsn, (first_lsn, self.next_lsn)
+        with self._lock:
+            try:
+                self._rotate_if_full(first_lsn)
+                self._write_all(data)
+                if self.durable:
+                    self._ops.fdatasync(self._active_fd())
+                    self.syncs_total += 1
+            except OSError as error:
+                self.failure = (f"write-ahead log {'sync' if self.durable else 'write'} failed "
+                                f"({error.strerror or error}); the store refuses writes from now on")
+                raise DurabilityError(self.failure, hint="free space or fix the disk, then reopen the "
+                                      "store: recovery keeps every acknowledged block") from error
+            active = self._segments[-1]
+            active.last_lsn = last_lsn
+            active.size_bytes += len(data)
+            self.next_lsn = last_lsn + 1
+            self.bytes_written_total += len(data)
+
+    def _active_fd(self) -> int:
+        assert self._fd is not None
+        return self._fd
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._ops.write(self._active_fd(), view)
+            if written <= 0:
+                raise OSError(28, "short write")
+            view = view[written:]
+
+    def _rotate_if_full(self, first_lsn: int) -> None:
+        active = self._segments[-1]
+        if active.size_bytes < self.segment_bytes_max or active.last_lsn < active.first_lsn:
+            return
+        if len(self._segments) >= limits.wal_segments_max:
+            raise OSError(28, f"more than {limits.wal_segments_max} segments: the applier is not keeping up")
+        self._ops.close(self._active_fd())
+        self._fd = None
+        segment = _create_segment(self.directory, self._ops, first_lsn)
+        self._segments.append(segment)
+        self._fd = self._ops.open_segment(segment.path, create=False)
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def recycle(self, checkpoint_lsn: int) -> int:
+        """Delete segments whose every record is at or below ``checkpoint_lsn`` (applied and flushed).
+
+        The active segment is always kept. Returns the number of segments deleted.
+        """
+        with self._lock:
+            doomed = [s for s in self._segments[:-1] if s.last_lsn <= checkpoint_lsn]
+            for segment in doomed:
+                segment.path.unlink(missing_ok=True)
+            self._segments = [s for s in self._segments if s not in doomed]
+            if doomed:
+                self._ops.fsync_directory(self.directory)
+            return len(doomed)
+
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                self._ops.close(self._fd)
+                self._fd = None
+
+
+def _segment_records(segment: SegmentInfo, after_lsn: int) -> list[tuple[int, bytes]]:
+    """The records of one segment above ``after_lsn`` (one segment in memory at a time)."""
+    data = memoryview(segment.path.read_bytes()[: segment.size_bytes])
+    found: list[tuple[int, bytes]] = []
+
+    def keep(lsn: int, payload: memoryview) -> None:
+        if lsn > after_lsn:
+            found.append((lsn, bytes(payload)))
+
+    scan = _scan_records(data, segment.first_lsn, on_record=keep)
+    if scan.last_lsn != segment.last_lsn:
+        raise IntegrityError(f"write-ahead log segment {segment.path.name} changed while replaying")
+    return found
+
+
+def _list_segments(directory: Path) -> list[tuple[int, Path]]:
+    found: list[tuple[int, Path]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _SEGMENT_NAME.match(entry.name)
+            if match:
+                found.append((int(match.group(1)), Path(entry.path)))
+                if len(found) > limits.wal_segments_max:
+                    raise LimitExceededError("write-ahead log segment count", len(found),
+                                             limits.wal_segments_max)
+    return sorted(found)
+
+
+def _recover_segments(directory: Path, ops: FileOps, report: RecoveryReport) -> list[SegmentInfo]:
+    listed = _list_segments(directory)
+    segments: list[SegmentInfo] = []
+    for position, (first_lsn, path) in enumerate(listed):
+        is_last = position == len(listed) - 1
+        if segments and first_lsn != segments[-1].last_lsn + 1:
+            raise IntegrityError(f"write-ahead log gap: segment {path.name} follows one ending at LSN "
+                                 f"{segments[-1].last_lsn}", hint="a segment file is missing")
+        data = path.read_bytes()
+        header_problem = _check_segment_header(data, first_lsn)
+        if header_problem is not None:
+            if is_last and len(data) <= SEGMENT_HEADER_BYTES + limits.wal_group_bytes_max and (
+                    len(data) < SEGMENT_HEADER_BYTES or not any(data[SEGMENT_HEADER_BYTES:])):
+                # Created, then crashed before its header (and any record) was durable: never used.
+                path.unlink()
+                ops.fsync_directory(directory)
+                report.torn_tail_bytes += len(data)
+                continue
+            raise IntegrityError(f"write-ahead log segment {path.name}: {header_problem}")
+        scan = _scan_records(memoryview(data), first_lsn)
+        if scan.damage is not None:
+            tail = len(data) - scan.valid_end
+            if not is_last or tail > limits.wal_group_bytes_max:
+                raise IntegrityError(
+                    f"write-ahead log segment {path.name} is corrupt at offset {scan.valid_end} "
+                    f"({scan.damage}) with {tail} bytes after it: acknowledged records are damaged",
+                    hint="restore the data directory from a backup or export; MAIF will not skip records")
+            ops.truncate(path, scan.valid_end)
+            report.torn_tail_bytes += tail
+        segments.append(SegmentInfo(path, first_lsn, scan.last_lsn, scan.valid_end))
+        report.records += scan.records
+    report.segments = len(segments)
+    return segments
+
+
+def _create_segment(directory: Path, ops: FileOps, first_lsn: int) -> SegmentInfo:
+    path = directory / segment_name(first_lsn)
+    fd = ops.open_segment(path, create=True)
+    try:
+        header = encode_segment_header(first_lsn)
+        ops.write(fd, header)
+        ops.fdatasync(fd)
+    finally:
+        ops.close(fd)
+    ops.fsync_directory(directory)
+    return SegmentInfo(path, first_lsn, first_lsn - 1, SEGMENT_HEADER_BYTES)
+
+
+# ---- group commit ---------------------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    framed: list[bytes]
+    first_lsn: int
+    last_lsn: int
+    context: Any
+    future: asyncio.Future[int]
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+
+class GroupCommitter:
+    """Many writers, one write + one fdatasync per group, acks only after the sync.
+
+    The committer task takes everything queued (up to ``batch_size`` records). When fewer are queued it
+    yields to the event loop so writers that are ready can join, for at most ``batch_timeout_ms`` and
+    only while new records keep arriving: an idle store acks at once, a busy one fills its groups.
+    The sync itself runs on a dedicated thread; while it runs, the next group gathers.
+    ``on_commit(first_lsn, last_lsn, context)`` runs on the event loop after the sync and before the
+    writer is woken, so a block is readable (read-your-writes) by the time its receipt exists.
+    """
+
+    def __init__(self, wal: WriteAheadLog, *, batch_size: int, batch_timeout_ms: float,
+                 on_commit: Callable[[int, int, Any], None]) -> None:
+        self._wal = wal
+        self._batch_size = min(batch_size, limits.wal_group_records_max)
+        self._batch_timeout_s = batch_timeout_ms / 1000.0
+        self._on_commit = on_commit
+        self._queue: deque[_Pending] = deque()
+        self._queued_records = 0
+        self._next_lsn = wal.next_lsn
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maif-wal")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.groups_total = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="maif-wal-committer")
+
+    @property
+    def failure(self) -> str | None:
+        return self._wal.failure
+
+    @property
+    def idle(self) -> bool:
+        """True once the committer task has stopped (after :meth:`close`)."""
+        return self._task is None or self._task.done()
+
+    @property
+    def queued_records(self) -> int:
+        return self._queued_records
+
+    def append(self, payloads: Sequence[bytes], context: Any) -> asyncio.Future[int]:
+        """Queue records; the future resolves to their first LSN once they are durable."""
+        if self._closing:
+            raise StoreClosedError("the store is closing; no new writes")
+        if self._wal.failure is not None:
+            raise DurabilityError(self._wal.failure, hint="reopen the store to recover")
+        first = self._next_lsn
+        frame = frame_record
+        framed = [frame(first + offset, payload) for offset, payload in enumerate(payloads)]
+        last = first + len(payloads) - 1
+        self._next_lsn = last + 1
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(framed, first, last, context, future))
+        self._queued_records += len(payloads)
+        self._wakeup.set()
+        return future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._gather_companions(loop)
+            group = self._take_group()
+            data = b"".join(chunk for pending in group for chunk in pending.framed)
+            try:
+                await loop.run_in_executor(self._executor, self._wal.append, data,
+                                           group[0].first_lsn, group[-1].last_lsn)
+            except BaseException as error:  # noqa: BLE001 - every writer must learn the outcome
+                self._fail_all(group, error)
+                continue
+            self.groups_total += 1
+            for pending in group:
+                self._on_commit(pending.first_lsn, pending.last_lsn, pending.context)
+            for pending in group:
+                if not pending.future.done():
+                    pending.future.set_result(pending.first_lsn)
+
+    async def _gather_companions(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._batch_timeout_s <= 0:
+            return
+        deadline = loop.time() + self._batch_timeout_s
+        while self._queued_records < self._batch_size and loop.time() < deadline:
+            before = self._queued_records
+            await asyncio.sleep(0)
+            if self._queued_records == before:
+                return
+
+    def _take_group(self) -> list[_Pending]:
+        group: list[_Pending] = []
+        records = 0
+        size = 0
+        while self._queue:
+            pending = self._queue[0]
+            count = pending.last_lsn - pending.first_lsn + 1
+            pending_bytes = sum(len(chunk) for chunk in pending.framed)
+            if group and (records + count > self._batch_size or size + pending_bytes
+                          > limits.wal_group_bytes_max):
+                break
+            group.append(self._queue.popleft())
+            records += count
+            size += pending_bytes
+        self._queued_records -= records
+        return group
+
+    def _fail_all(self, group: list[_Pending], error: BaseException) -> None:
+        """A failed group fails every queued writer too: their LSNs follow the lost ones."""
+        failure = error if isinstance(error, DurabilityError) else DurabilityError(
+            f"write-ahead log append failed: {error!r}")
+        everyone = group + list(self._queue)
+        self._queue.clear()
+        self._queued_records = 0
+        for pending in everyone:
+            if not pending.future.done():
+                pending.future.set_exception(failure)
+
+    async def close(self) -> None:
+        """Let queued writes finish (or fail), then stop the committer and its thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+
+__all__ = [
+    "FileOps",
+    "GroupCommitter",
+    "RecoveryReport",
+    "SegmentInfo",
+    "WriteAheadLog",
+    "frame_record",
+    "record_checksum",
+    "segment_name",
+]
