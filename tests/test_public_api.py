@@ -9,6 +9,9 @@ import maif
 
 EXPECTED_PUBLIC_NAMES = sorted(
     [
+        "AgentTask",
+        "MAIFAgent",
+        "maif_agent_cluster",
         "MAIFBlock",
         "MAIFBlockType",
         "MAIFError",

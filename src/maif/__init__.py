@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
+    "AgentTask": "maif.agents.tasks",
+    "MAIFAgent": "maif.agents.agent",
+    "maif_agent_cluster": "maif.agents.cluster",
     "MAIFBlock": "maif.format.block",
     "MAIFBlockType": "maif.format.block",
     "MAIFError": "maif.errors",
@@ -35,6 +38,9 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
+    from maif.agents.agent import MAIFAgent as MAIFAgent
+    from maif.agents.cluster import maif_agent_cluster as maif_agent_cluster
+    from maif.agents.tasks import AgentTask as AgentTask
     from maif.errors import MAIFError as MAIFError
     from maif.format.block import MAIFBlock as MAIFBlock
     from maif.format.block import MAIFBlockType as MAIFBlockType

@@ -415,7 +415,7 @@ def test_append_refuses_an_untrusted_or_tampered_container(tmp_path: Path, packe
 
 
 def test_demo_runs_end_to_end_and_detects_the_flipped_byte(tmp_path: Path) -> None:
-    document = run_json("demo", "--workdir", tmp_path / "demo")
+    document = run_json("format-demo", "--workdir", tmp_path / "demo")
     assert document["ok"] is True
     steps = {step["name"]: step for step in document["steps"]}
     assert list(steps) == ["keygen", "pack", "verify trusted", "verify untrusted", "tamper", "append"]
@@ -431,7 +431,7 @@ def test_demo_runs_end_to_end_and_detects_the_flipped_byte(tmp_path: Path) -> No
 
 
 def test_demo_human_output() -> None:
-    result = run("demo")
+    result = run("format-demo")
     assert result.exit_code == 0, result.stderr
     assert "all 6 checks held" in result.stdout and "✗" not in result.stdout
 
@@ -550,7 +550,7 @@ def test_demo_reports_a_failed_check_with_a_failing_exit_code(monkeypatch: pytes
         return {**facts, "detected": False, "problems": []}
 
     monkeypatch.setattr(demo, "_tamper_and_verify", blind_verifier)
-    document = run_json("demo", code=ExitCode.INTEGRITY_FAILURE)
+    document = run_json("format-demo", code=ExitCode.INTEGRITY_FAILURE)
     assert document["ok"] is False
     assert [step["name"] for step in document["steps"] if not step["passed"]] == ["tamper"]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import typer
 
 from maif.cli.audit import audit_app
-from maif.cli.demo import demo_command
+from maif.cli.demo import demo_command as format_demo_command
+from maif.cli.demo_full import demo_command
 from maif.cli.inspection import inspect_command
 from maif.cli.keygen import keygen_command
 from maif.cli.packing import append_command, pack_command
@@ -33,6 +34,7 @@ app.command("verify")(verify_command)
 app.command("append")(append_command)
 app.command("repair")(repair_command)
 app.command("demo")(demo_command)
+app.command("format-demo")(format_demo_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
 
 

@@ -1,0 +1,479 @@
+"""MAIFAgent: a bounded, prioritised task queue drained in batches into signed, provenance-stamped blocks.
+
+    storage = await create_maif_storage()
+    async with MAIFAgent("my_agent", storage) as agent:
+        await agent.submit_task(AgentTask("task_1", "text_analysis", {"text": "Hello MAIF!"}))
+    # leaving the block drains: every accepted task has run (or been dead-lettered)
+
+Semantics (docs/adr/0051-agent-runtime-semantics.md):
+- ``submit_task`` accepts before or after ``start``. When the queue holds ``task_queue_size`` tasks it
+  raises :class:`QueueFullError` at once (``timeout=None``), or waits up to ``timeout`` seconds for room.
+- Higher ``priority`` runs first; equal priorities run in submission order.
+- A task id already queued, running or finished is not run again (``submit_task`` returns False); the
+  agent remembers the last ``limits.agent_remembered_task_ids_max`` finished ids. Block ids derive from
+  the task id, so a re-run after that window replaces its blocks instead of duplicating them.
+- The dispatcher takes up to ``batch_size`` tasks (waiting at most ``batch_timeout_ms`` for a batch to
+  fill), runs them concurrently (CPU-bound handlers in a pool of ``processing_threads``), and writes every
+  produced block of the batch with one ``write_blocks`` call (one log sync).
+- A failing attempt is retried after 50 ms x 2^(attempt-1) (capped) up to ``max_retries`` retries; then a
+  dead-letter record with the reason is kept and written as a METADATA block ``<agent>:<task>:dead-letter``.
+- ``stop`` drains: it refuses new tasks, waits until every accepted task is done, then stops.
+- If the event loop ends without ``stop`` (``asyncio.run`` returning after ``start``), the cancelled
+  dispatcher stops at once; tasks still queued are NOT run, counted in ``abandoned`` and warned about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from maif import limits
+from maif.agents.handlers.registry import Handler, HandlerRegistry
+from maif.agents.provenance import block_id_for, signature_blocks, stamp
+from maif.agents.tasks import AgentTask, DeadLetter, TaskOutcome
+from maif.config import AgentConfig, ConfigSource, load_section
+from maif.errors import AgentError, LimitExceededError, MAIFError, QueueFullError
+from maif.format.block import MAIFBlock, MAIFBlockType
+
+log = logging.getLogger("maif.agents")
+_BACKOFF_BASE_S = 0.05
+
+
+class MAIFAgent:
+    """One agent: its queue, its dispatcher, its handlers, its key (through the security manager)."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        storage: Any,
+        config: ConfigSource | AgentConfig = None,
+        *,
+        registry: HandlerRegistry | None = None,
+        security_manager: Any = None,
+        security_context: Any = None,
+        executor: ThreadPoolExecutor | None = None,
+        backoff_base_s: float = _BACKOFF_BASE_S,
+    ) -> None:
+        if not isinstance(agent_id, str) or not 0 < len(agent_id.encode("utf-8", "replace")) <= 200:
+            raise AgentError("agent_id must be a non-empty string of at most 200 bytes")
+        if (security_manager is None) != (security_context is None):
+            raise AgentError("give both a security manager and a security context, or neither")
+        if security_context is not None and getattr(security_context, "agent_id", None) != agent_id:
+            raise AgentError(
+                f"the security context is not agent {agent_id!r}'s: an agent signs only as itself"
+            )
+        self.agent_id = agent_id
+        self.storage = storage
+        self.config = config if isinstance(config, AgentConfig) else load_section(AgentConfig, config)
+        self.registry = registry or HandlerRegistry.with_builtins()
+        self.security_manager = security_manager
+        self.security_context = security_context
+        self._own_executor = executor is None
+        self._executor = executor
+        self._backoff_base_s = backoff_base_s
+        self._heap: list[tuple[int, int, AgentTask]] = []
+        self._sequence = itertools.count()
+        self._not_empty = asyncio.Event()
+        self._space = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._states: dict[str, str] = {}  # queued / running
+        self._finished: OrderedDict[str, str] = OrderedDict()  # task id -> "done" | "dead"
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=limits.agent_dead_letters_max)
+        self.outcomes: deque[TaskOutcome] = deque(maxlen=limits.agent_latency_samples_max)
+        self._in_flight = 0
+        self._accepting = True
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._current_batch: list[AgentTask] = []
+        self._counters = dict.fromkeys(
+            (
+                "submitted",
+                "duplicates",
+                "rejected_full",
+                "completed",
+                "retries",
+                "dead_lettered",
+                "blocks_written",
+                "batches",
+                "abandoned",
+            ),
+            0,
+        )
+        self._latencies_ms: deque[float] = deque(maxlen=limits.agent_latency_samples_max)
+        self._enqueued_at: dict[str, float] = {}
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the dispatcher; returns once it is running. Starting twice is a no-op."""
+        if self._dispatcher is not None and not self._dispatcher.done():
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.config.processing_threads, thread_name_prefix=f"maif-agent-{self.agent_id}"
+            )
+        self._accepting = True
+        running = asyncio.Event()
+        self._dispatcher = asyncio.create_task(self._dispatch(running), name=f"maif-agent-{self.agent_id}")
+        await running.wait()
+
+    async def stop(self) -> None:
+        """Refuse new tasks, run every accepted one (retries and dead letters included), then stop."""
+        self._accepting = False
+        if self._heap and (self._dispatcher is None or self._dispatcher.done()):
+            await self.start()
+            self._accepting = False
+        await self.drain()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+        if self._own_executor and self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def drain(self) -> None:
+        """Wait until the queue is empty and nothing is in flight."""
+        if self._heap and (self._dispatcher is None or self._dispatcher.done()):
+            raise AgentError(f"agent {self.agent_id!r} is not running: start() it before drain()")
+        while self._heap or self._in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def __aenter__(self) -> MAIFAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ---- submission -------------------------------------------------------------------------------
+    async def submit_task(self, task: AgentTask, *, timeout: float | None = None) -> bool:
+        """Queue ``task``; False if its id is already queued, running or finished (not run twice).
+
+        Raises QueueFullError when the queue is full (at once, or after waiting ``timeout`` seconds),
+        AgentError when the agent is stopping or no handler serves the task type.
+        """
+        if not isinstance(task, AgentTask):
+            raise AgentError(f"submit_task needs an AgentTask, got {type(task).__name__}")
+        if not self._accepting:
+            raise AgentError(f"agent {self.agent_id!r} is stopping and accepts no new tasks")
+        if task.task_id in self._states or task.task_id in self._finished:
+            self._counters["duplicates"] += 1
+            return False
+        self.registry.get(task.task_type)  # refuse unknown task types now, not after queueing
+        if len(task.input_blocks) > limits.agent_input_blocks_max:
+            raise LimitExceededError(
+                "task input block count", len(task.input_blocks), limits.agent_input_blocks_max
+            )
+        if len(self._heap) >= self.config.task_queue_size:
+            await self._wait_for_space(timeout)
+            if task.task_id in self._states or task.task_id in self._finished:
+                self._counters["duplicates"] += 1
+                return False
+        self._states[task.task_id] = "queued"
+        self._enqueued_at[task.task_id] = time.perf_counter()
+        heapq.heappush(self._heap, (-task.priority, next(self._sequence), task))
+        self._counters["submitted"] += 1
+        self._not_empty.set()
+        return True
+
+    async def _wait_for_space(self, timeout: float | None) -> None:
+        if timeout is None or timeout <= 0:
+            self._counters["rejected_full"] += 1
+            raise QueueFullError(
+                f"agent {self.agent_id!r} queue is full ({self.config.task_queue_size} tasks)",
+                hint="retry later, pass timeout= to wait, or raise task_queue_size",
+            )
+        deadline = time.monotonic() + timeout
+        while len(self._heap) >= self.config.task_queue_size:
+            remaining = deadline - time.monotonic()
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), remaining if remaining > 0 else 0)
+            except TimeoutError:
+                self._counters["rejected_full"] += 1
+                raise QueueFullError(f"agent {self.agent_id!r} queue stayed full for {timeout} s") from None
+            if not self._accepting:
+                raise AgentError(f"agent {self.agent_id!r} is stopping and accepts no new tasks")
+
+    # ---- load and statistics ----------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._heap)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def load(self) -> int:
+        """Queue depth plus in-flight work: what least-loaded balancing compares."""
+        return len(self._heap) + self._in_flight
+
+    async def get_stats(self) -> dict[str, Any]:
+        latencies = sorted(self._latencies_ms)
+        return {
+            "agent_id": self.agent_id,
+            "running": self._dispatcher is not None and not self._dispatcher.done(),
+            "queue_depth": len(self._heap),
+            "in_flight": self._in_flight,
+            **self._counters,
+            "mean_batch_size": round(self._counters["completed"] / self._counters["batches"], 3)
+            if self._counters["batches"]
+            else 0.0,
+            "task_latency_ms_p50": _percentile(latencies, 0.50),
+            "task_latency_ms_p99": _percentile(latencies, 0.99),
+            "dead_letters": [
+                {"task_id": d.task_id, "reason": d.reason, "attempts": d.attempts}
+                for d in list(self.dead_letters)[-10:]
+            ],
+        }
+
+    # ---- dispatching ------------------------------------------------------------------------------
+    async def _dispatch(self, running: asyncio.Event) -> None:
+        running.set()
+        try:
+            while True:
+                self._current_batch = await self._next_batch()  # popped tasks count as in flight
+                try:
+                    await self._run_batch(self._current_batch)
+                except Exception as error:  # a bug must not stop the agent or hang drain()
+                    log.exception("agent %s: batch failed unexpectedly", self.agent_id)
+                    for task in self._current_batch:
+                        if self._states.get(task.task_id) == "running":
+                            await self._dead_letter(
+                                task, f"internal error: {_reason(error)}", 1, write_record=False
+                            )
+                finally:
+                    self._in_flight -= len(self._current_batch)
+                    self._current_batch = []
+                    if not self._heap and not self._in_flight:
+                        self._idle.set()
+        except asyncio.CancelledError:
+            self._abandon_unfinished()
+            raise
+
+    def _abandon_unfinished(self) -> None:
+        """The loop ended without stop(): record (and warn about) every accepted task that did not run."""
+        unfinished = [task for task in self._current_batch if self._states.get(task.task_id) == "running"]
+        unfinished += [entry[2] for entry in self._heap]
+        if unfinished:
+            self._counters["abandoned"] += len(unfinished)
+            log.warning(
+                "agent %s ended without stop(): %d accepted tasks did not run (%s)",
+                self.agent_id,
+                len(unfinished),
+                ", ".join(task.task_id for task in unfinished[:5]),
+            )
+
+    async def _next_batch(self) -> list[AgentTask]:
+        """Up to batch_size tasks: waits for the first, then at most batch_timeout_ms for the rest."""
+        while not self._heap:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        batch = self._current_batch = [self._pop()]
+        deadline = time.monotonic() + self.config.batch_timeout_ms / 1000
+        while len(batch) < self.config.batch_size:
+            if self._heap:
+                batch.append(self._pop())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._not_empty.clear()
+            try:
+                await asyncio.wait_for(self._not_empty.wait(), remaining)
+            except TimeoutError:
+                break
+        return batch
+
+    def _pop(self) -> AgentTask:
+        task = heapq.heappop(self._heap)[2]
+        self._states[task.task_id] = "running"
+        self._in_flight += 1  # from the pop on, so drain() never sees a half-assembled batch as idle
+        self._space.set()
+        return task
+
+    async def _run_batch(self, batch: list[AgentTask]) -> None:
+        self._counters["batches"] += 1
+        results: list[tuple[AgentTask, list[MAIFBlock], int] | None] = []
+        simple = [task for task in batch if self._is_inline(task)]
+        for task in simple:
+            results.append(await self._attempts_inline(task))
+        others = [task for task in batch if not self._is_inline(task)]
+        if len(others) == 1:  # no Task object for the common single-task batch of a busy cluster
+            results.append(await self._attempts(others[0]))
+        elif others:
+            results.extend(await asyncio.gather(*(self._attempts(task) for task in others)))
+        produced = [item for item in results if item is not None]
+        await self._persist(produced)
+
+    def _is_inline(self, task: AgentTask) -> bool:
+        handler = self.registry.get(task.task_type)
+        return not handler.cpu_bound and not handler.is_async and not task.input_blocks
+
+    async def _attempts_inline(self, task: AgentTask) -> tuple[AgentTask, list[MAIFBlock], int] | None:
+        """Fast path for cheap synchronous handlers: no thread hop, no coroutine per task."""
+        handler = self.registry.get(task.task_type)
+        try:
+            drafts = handler.function(task, ())
+            return task, self._stamped(task, handler, drafts, (), 1), 1  # type: ignore[arg-type]
+        except Exception as error:  # noqa: BLE001 - the general path retries and records the reason
+            if self.config.max_retries == 0:
+                await self._dead_letter(task, _reason(error), 1)
+                return None
+            return await self._attempts(task, first_attempt=2)
+
+    async def _attempts(
+        self, task: AgentTask, first_attempt: int = 1
+    ) -> tuple[AgentTask, list[MAIFBlock], int] | None:
+        attempt, reason = first_attempt, ""
+        if first_attempt > 1:
+            self._counters["retries"] += 1
+            await asyncio.sleep(self._backoff(first_attempt - 1))
+        while True:
+            try:
+                return task, await self._attempt(task, attempt), attempt
+            except Exception as error:  # noqa: BLE001 - a handler may raise anything; we record why
+                reason = _reason(error)
+            if attempt > self.config.max_retries:
+                await self._dead_letter(task, reason, attempt)
+                return None
+            self._counters["retries"] += 1
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        return float(min(self._backoff_base_s * (2 ** (attempt - 1)), limits.agent_retry_backoff_s_max))
+
+    async def _attempt(self, task: AgentTask, attempt: int) -> list[MAIFBlock]:
+        handler = self.registry.get(task.task_type)
+        inputs = [await self.storage.read_block(block_id) for block_id in task.input_blocks]
+        if handler.is_async:
+            drafts = await handler.function(task, inputs)  # type: ignore[misc]
+        elif handler.cpu_bound:
+            loop = asyncio.get_running_loop()
+            drafts = await loop.run_in_executor(self._executor, handler.function, task, inputs)
+        else:
+            drafts = handler.function(task, inputs)
+        return self._stamped(task, handler, drafts, inputs, attempt)
+
+    def _stamped(
+        self,
+        task: AgentTask,
+        handler: Handler,
+        drafts: Sequence[Any],
+        inputs: Sequence[MAIFBlock],
+        attempt: int,
+    ) -> list[MAIFBlock]:
+        if not drafts:
+            return []
+        return stamp(self.agent_id, task, handler, drafts, inputs, attempt)
+
+    async def _persist(self, produced: list[tuple[AgentTask, list[MAIFBlock], int]]) -> None:
+        blocks = [block for _, task_blocks, _ in produced for block in task_blocks]
+        if blocks and self.security_manager is not None:
+            try:
+                blocks += await asyncio.to_thread(
+                    signature_blocks, self.security_manager, self.security_context, blocks
+                )
+            except MAIFError as error:  # an expired context or a revoked key: never store unsigned
+                for task, _, attempts in produced:
+                    await self._dead_letter(task, f"signing failed: {_reason(error)}", attempts)
+                return
+        if blocks:
+            await self._write_with_retries(blocks, [task for task, _, _ in produced])
+        now = time.perf_counter()
+        for task, task_blocks, attempts in produced:
+            if self._states.get(task.task_id) != "running":
+                continue  # dead-lettered because the batch write failed
+            latency_ms = (now - self._enqueued_at.pop(task.task_id, now)) * 1000
+            self._latencies_ms.append(latency_ms)
+            ids = tuple(b.id for b in task_blocks)
+            self.outcomes.append(TaskOutcome(task.task_id, ids, attempts, latency_ms))
+            self._finish(task.task_id, "done")
+            self._counters["completed"] += 1
+        self._counters["blocks_written"] += len(blocks)
+
+    async def _write_with_retries(self, blocks: list[MAIFBlock], tasks: list[AgentTask]) -> None:
+        attempt = 1
+        while True:
+            try:
+                await self.storage.write_blocks(blocks)
+                return
+            except MAIFError as error:
+                if attempt > self.config.max_retries:
+                    for task in tasks:
+                        await self._dead_letter(
+                            task, f"storing its blocks failed: {_reason(error)}", attempt, write_record=False
+                        )
+                    log.error("agent %s could not store a batch: %s", self.agent_id, error.message)
+                    return
+                self._counters["retries"] += 1
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+
+    async def _dead_letter(
+        self, task: AgentTask, reason: str, attempts: int, *, write_record: bool = True
+    ) -> None:
+        record_id: str | None = None
+        if write_record and self.storage is not None:
+            record_id = block_id_for(self.agent_id, task.task_id, 0) + ":dead-letter"
+            record = MAIFBlock(
+                id=record_id,
+                block_type=MAIFBlockType.METADATA,
+                agent_id=self.agent_id,
+                metadata={
+                    "dead_letter": {
+                        "task_id": task.task_id,
+                        "task_type": task.task_type,
+                        "reason": reason,
+                        "attempts": attempts,
+                    }
+                },
+            )
+            try:
+                await self.storage.write_block(record)
+            except MAIFError as error:
+                log.error(
+                    "agent %s: dead-letter record for %s not stored: %s",
+                    self.agent_id,
+                    task.task_id,
+                    error.message,
+                )
+                record_id = None
+        self.dead_letters.append(
+            DeadLetter(task.task_id, task.task_type, reason, attempts, time.time(), record_id)
+        )
+        self._enqueued_at.pop(task.task_id, None)
+        self._finish(task.task_id, "dead")
+        self._counters["dead_lettered"] += 1
+
+    def _finish(self, task_id: str, state: str) -> None:
+        self._states.pop(task_id, None)
+        self._finished[task_id] = state
+        if len(self._finished) > limits.agent_remembered_task_ids_max:
+            self._finished.popitem(last=False)
+
+
+def _reason(error: BaseException) -> str:
+    message = error.message if isinstance(error, MAIFError) else str(error)
+    return f"{type(error).__name__}: {message}"[:500]
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+
+__all__ = ["MAIFAgent"]

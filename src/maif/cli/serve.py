@@ -1,0 +1,160 @@
+"""``maif serve``: run the HTTP service on uvicorn over a store and a security manager from one config.
+
+The config file (JSON or TOML) holds the ``storage`` and ``security`` sections and an optional
+``service`` section: ``security_data_dir`` (keystore and audit log; default <data_dir>/security),
+``export_key_file`` (raw 32-byte Ed25519 seed, hex; created owner-only when missing), ``log_level``,
+``graceful_shutdown_s``, ``embedding_dimensions`` (the one vector size the store accepts; 384 is what
+the agent runtime's default embedder makes). The master key comes from MAIF_MASTER_KEY
+(see maif.security.manager).
+
+Shutdown (SIGTERM/SIGINT): uvicorn stops accepting, lets in-flight requests finish (up to
+``graceful_shutdown_s``), then the service waits for every write in flight to be acknowledged, and the
+store and manager close (the store checkpoints).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from maif.config import SecurityConfig, StorageConfig, load_section
+from maif.errors import ConfigError, MAIFError
+
+
+class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    security_data_dir: str | None = None
+    export_key_file: str | None = None
+    log_level: str = "info"
+    graceful_shutdown_s: float = 30.0
+    embedding_dimensions: int = 384
+
+
+def _service_section(path: Path | None) -> ServiceConfig:
+    if path is None:
+        return ServiceConfig()
+    text = path.read_bytes()
+    try:
+        raw = tomllib.loads(text.decode()) if path.suffix == ".toml" else json.loads(text)
+        return msgspec.convert(raw.get("service", {}), ServiceConfig)
+    except (ValueError, UnicodeDecodeError, msgspec.ValidationError, AttributeError) as error:
+        raise ConfigError(f"invalid service section in {path}: {error}") from error
+
+
+def load_export_key(path: Path) -> Ed25519PrivateKey:
+    """The export signing key from ``path`` (hex seed), created owner-only when missing."""
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+        seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(descriptor, seed.hex().encode() + b"\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return key
+    if path.stat().st_size > 256:
+        raise ConfigError(f"export key file {path} is too large to be a key")
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
+    except ValueError as error:
+        raise ConfigError(f"export key file {path} does not hold a 32-byte hex Ed25519 seed") from error
+
+
+async def run_service(host: str, port: int, config: Path | None) -> None:
+    """Open the store and the manager, serve until a signal, drain writes, close everything."""
+    import uvicorn
+
+    from maif.security.manager import create_maif_security_manager
+    from maif.service.app import create_app
+    from maif.service.middleware import configure_json_logging
+    from maif.storage.engine import create_maif_storage
+
+    storage_config = load_section(StorageConfig, config)
+    security_config = load_section(SecurityConfig, config)
+    service_config = _service_section(config)
+    configure_json_logging(service_config.log_level)
+    data_dir = Path(storage_config.data_dir)
+    security_dir = Path(service_config.security_data_dir or data_dir / "security")
+    storage = await create_maif_storage(storage_config)
+    manager = None
+    try:
+        manager = create_maif_security_manager(security_config, data_dir=security_dir)
+        key_file = Path(service_config.export_key_file or security_dir / "export.key")
+        app = create_app(
+            storage,
+            manager,
+            export_signing_key=load_export_key(key_file),
+            embedding_dimensions=service_config.embedding_dimensions,
+        )
+        server = _draining_server_class()(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=int(service_config.graceful_shutdown_s),
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, server.request_exit)
+        await server.serve()
+        await app.state.service.drain()
+    finally:
+        try:
+            await storage.close()
+        finally:
+            if manager is not None:
+                manager.close()
+
+
+def _draining_server_class() -> type:
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, except that a signal only asks it to stop: uvicorn's own handlers re-raise the
+        signal once serving ends, which would kill the process before the store closes."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+        def request_exit(self) -> None:
+            self.should_exit = True
+
+    return DrainingServer
+
+
+def serve_command(
+    host: Annotated[
+        str, typer.Option(help="Address to bind (127.0.0.1 unless you mean to expose it).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8080,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON or TOML config (storage, security, service).")
+    ] = None,
+) -> None:
+    """Serve the authenticated HTTP API (/v1), /metrics, /healthz and /readyz."""
+    try:
+        asyncio.run(run_service(host, port, config))
+    except MAIFError as error:
+        typer.echo(f"maif serve: {error.diagnostics()}", err=True)
+        raise typer.Exit(2) from error
+
+
+__all__ = ["ServiceConfig", "load_export_key", "run_service", "serve_command"]

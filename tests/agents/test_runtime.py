@@ -1,0 +1,233 @@
+"""The runtime's promises: Quick Start terminates, drain loses nothing, retries, dead letters,
+backpressure, priorities, batching, idempotence and load balancing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maif.agents import AgentTask, BlockDraft, HandlerRegistry, MAIFAgent, maif_agent_cluster
+from maif.errors import AgentError, QueueFullError
+from maif.format.block import MAIFBlockType
+
+FAST = {"batch_timeout_ms": 1.0, "max_retries": 2}
+
+
+def recording_registry(
+    log: list[str], *, fail_times: dict[str, int] | None = None, gate: asyncio.Event | None = None
+) -> HandlerRegistry:
+    failures = dict(fail_times or {})
+
+    async def note(task: AgentTask, inputs: Any) -> list[BlockDraft]:
+        if gate is not None:
+            await gate.wait()
+        if failures.get(task.task_id, 0) > 0:
+            failures[task.task_id] -= 1
+            raise RuntimeError(f"planned failure of {task.task_id}")
+        log.append(task.task_id)
+        return [BlockDraft(MAIFBlockType.TEXT, task.task_id.encode(), {"n": len(log)})]
+
+    registry = HandlerRegistry()
+    registry.register("note", note, name="test.note", version="7")
+    return registry
+
+
+def test_seed_quick_start_runs_as_written_and_terminates(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import asyncio
+        from maif.storage import create_maif_storage
+        from maif.agents import MAIFAgent, AgentTask
+
+        async def main():
+            storage = await create_maif_storage()
+            agent = MAIFAgent("my_agent", storage)
+            task = AgentTask("task_1", "text_analysis", {"text": "Hello MAIF!"})
+            await agent.submit_task(task)
+            await agent.start()
+
+        asyncio.run(main())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "maif-data").is_dir()
+    # Documented (ADR 0051): the loop ended without stop(), so the accepted task is reported, not lost
+    # silently. Use `async with agent` or `await agent.stop()` to have it run.
+    assert "1 accepted tasks did not run (task_1)" in done.stderr
+
+
+def test_stop_drains_every_accepted_task(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        agent = MAIFAgent("drainer", storage, {**FAST, "batch_size": 7}, registry=recording_registry(log))
+        for index in range(50):
+            assert await agent.submit_task(AgentTask(f"t{index}", "note", {}))
+        await agent.start()
+        await agent.stop()
+        assert sorted(log) == sorted(f"t{index}" for index in range(50))
+        stored = await storage.list_blocks(agent_id="drainer", limit=100)
+        assert len(stored) == 50
+        with pytest.raises(AgentError):
+            await agent.submit_task(AgentTask("late", "note", {}))
+        stats = await agent.get_stats()
+        assert stats["completed"] == 50 and stats["batches"] >= 8  # batch_size 7 bounds every batch
+
+    with_store(body)
+
+
+def test_retries_then_success_and_dead_letter_with_reason(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        registry = recording_registry(log, fail_times={"flaky": 2, "doomed": 99})
+        async with MAIFAgent("retrier", storage, FAST, registry=registry, backoff_base_s=0.001) as agent:
+            await agent.submit_task(AgentTask("flaky", "note", {}))
+            await agent.submit_task(AgentTask("doomed", "note", {}))
+        assert log == ["flaky"]
+        [dead] = list(agent.dead_letters)
+        assert dead.task_id == "doomed" and dead.attempts == 3 and "planned failure of doomed" in dead.reason
+        record = await storage.read_block(dead.record_block_id)
+        assert record.metadata["dead_letter"]["reason"] == dead.reason
+        flaky = await storage.read_block("retrier:flaky:0")
+        assert flaky.metadata["provenance"]["attempt"] == 3
+        stats = await agent.get_stats()
+        assert stats["retries"] == 4 and stats["dead_lettered"] == 1 and stats["completed"] == 1
+
+    with_store(body)
+
+
+def test_backpressure_refuses_or_waits(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        gate = asyncio.Event()
+        agent = MAIFAgent(
+            "bp", storage, {**FAST, "task_queue_size": 3}, registry=recording_registry(log, gate=gate)
+        )
+        for index in range(3):
+            await agent.submit_task(AgentTask(f"q{index}", "note", {}))
+        with pytest.raises(QueueFullError):
+            await agent.submit_task(AgentTask("over", "note", {}))
+        with pytest.raises(QueueFullError):
+            await agent.submit_task(AgentTask("over", "note", {}), timeout=0.05)
+        await agent.start()  # the dispatcher takes a batch off the queue, making room
+        assert await agent.submit_task(AgentTask("waited", "note", {}), timeout=5)
+        gate.set()
+        await agent.stop()
+        assert sorted(log) == ["q0", "q1", "q2", "waited"]
+        assert (await agent.get_stats())["rejected_full"] == 2
+
+    with_store(body)
+
+
+def test_priorities_and_idempotent_ids(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        agent = MAIFAgent("prio", storage, {**FAST, "batch_size": 1}, registry=recording_registry(log))
+        await agent.submit_task(AgentTask("low", "note", {}, priority=1))
+        await agent.submit_task(AgentTask("high", "note", {}, priority=9))
+        await agent.submit_task(AgentTask("mid", "note", {}, priority=5))
+        assert not await agent.submit_task(AgentTask("high", "note", {}, priority=9))  # queued: not twice
+        await agent.start()
+        await agent.drain()
+        assert not await agent.submit_task(AgentTask("low", "note", {}))  # finished: not twice
+        await agent.stop()
+        assert log == ["high", "mid", "low"]
+        assert (await agent.get_stats())["duplicates"] == 2
+
+    with_store(body)
+
+
+def test_unknown_task_type_is_refused_at_submit(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        agent = MAIFAgent("x", storage, registry=HandlerRegistry())
+        with pytest.raises(AgentError, match="no handler"):
+            await agent.submit_task(AgentTask("t", "nothing", {}))
+
+    with_store(body)
+
+
+def test_round_robin_and_least_loaded_distribution(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        gate = asyncio.Event()
+        registry = recording_registry(log, gate=gate)
+        async with maif_agent_cluster(storage, 4, FAST, registry=registry) as cluster:
+            chosen = [await cluster.submit_task_round_robin(AgentTask(f"r{i}", "note", {})) for i in range(8)]
+            assert chosen == [f"agent-{i % 4}" for i in range(8)]
+            # Load agent-0 heavily; least-loaded must avoid it until the others catch up.
+            for index in range(6):
+                await cluster.agent("agent-0").submit_task(AgentTask(f"heavy{index}", "note", {}))
+            picks = [await cluster.submit_task_least_loaded(AgentTask(f"l{i}", "note", {})) for i in range(9)]
+            assert "agent-0" not in picks[:9]
+            loads = {agent.agent_id: agent.load for agent in cluster.agents}
+            assert loads["agent-1"] == loads["agent-2"] == loads["agent-3"] == 5
+            gate.set()
+        stats = await cluster.get_cluster_stats()
+        assert stats["completed"] == 8 + 6 + 9 and stats["queue_depth"] == 0
+
+    with_store(body)
+
+
+def test_no_retries_means_one_attempt_then_dead_letter(with_store: Any) -> None:
+    def broken(task: AgentTask, inputs: Any) -> list[BlockDraft]:
+        calls.append(task.task_id)
+        raise ValueError("bad input")
+
+    calls: list[str] = []
+    registry = HandlerRegistry()
+    registry.register("broken", broken, cpu_bound=False)
+
+    async def body(storage: Any) -> None:
+        async with MAIFAgent("once", storage, {**FAST, "max_retries": 0}, registry=registry) as agent:
+            await agent.submit_task(AgentTask("b", "broken", {}))
+        assert calls == ["b"]
+        [dead] = list(agent.dead_letters)
+        assert dead.attempts == 1 and dead.reason == "ValueError: bad input"
+
+    with_store(body)
+
+
+def test_unencodable_input_is_dead_lettered_not_crashing(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        log: list[str] = []
+        async with MAIFAgent(
+            "enc", storage, {**FAST, "max_retries": 1}, registry=recording_registry(log), backoff_base_s=0.001
+        ) as agent:
+            await agent.submit_task(AgentTask("weird", "note", {"x": object()}))
+            await agent.submit_task(AgentTask("fine", "note", {}))
+        assert [d.task_id for d in agent.dead_letters] == ["weird"]
+        assert "not MessagePack-encodable" in agent.dead_letters[0].reason
+        assert (await agent.get_stats())["completed"] == 1
+
+    with_store(body)
+
+
+def test_malformed_tasks_are_refused_with_agent_errors() -> None:
+    with pytest.raises(AgentError):
+        AgentTask("", "note", {})
+    with pytest.raises(AgentError):
+        AgentTask("t", "note", "not a dict")  # type: ignore[arg-type]
+    with pytest.raises(AgentError):
+        AgentTask("t", "note", {}, priority="high")  # type: ignore[arg-type]
+    with pytest.raises(AgentError):
+        AgentTask("t" * 129, "note", {})
+
+
+def test_drain_before_start_is_refused_not_hung(with_store: Any) -> None:
+    async def body(storage: Any) -> None:
+        agent = MAIFAgent("idle", storage, registry=recording_registry([]))
+        await agent.submit_task(AgentTask("t", "note", {}))
+        with pytest.raises(AgentError, match="not running"):
+            await agent.drain()
+        await agent.stop()  # stop() starts the dispatcher to drain what was accepted
+        assert (await agent.get_stats())["completed"] == 1
+
+    with_store(body)
