@@ -209,6 +209,26 @@ def test_malformed_embedding_is_refused_before_it_reaches_the_log(tmp_path: Path
     with_store(tmp_path, body)
 
 
+@pytest.mark.parametrize("local", [False, True])
+def test_an_embedding_of_another_dimension_is_refused_and_the_store_keeps_working(
+    tmp_path: Path, local: bool
+) -> None:
+    async def main() -> None:
+        async with await open_store(tmp_path, local=local) as storage:
+            await storage.write_block(MAIFBlock(id="e4", block_type="EMBD", data=embedding(1, 0, 0, 0)))
+            with pytest.raises(FormatError, match="4-dimensional"):
+                await storage.write_block(MAIFBlock(id="e3", block_type="EMBD", data=embedding(1, 2, 3)))
+            await storage.write_block(MAIFBlock(id="after", data=b"still writable"))
+            assert (await storage.read_block("after")).data == b"still writable"
+            assert [hit.block_id for hit in await storage.semantic_search([1, 0, 0, 0], limit=1)] == ["e4"]
+        if local:  # the dimension is remembered across a reopen
+            async with await open_store(tmp_path, local=True) as storage:
+                with pytest.raises(FormatError, match="4-dimensional"):
+                    await storage.write_block(MAIFBlock(id="e2", block_type="EMBD", data=embedding(1, 2)))
+
+    run(main())
+
+
 def test_stats_report_the_documented_keys(tmp_path: Path) -> None:
     async def body(storage: MAIFStorage) -> dict[str, Any]:
         await storage.write_blocks([MAIFBlock(id=f"s{i}", data=b"a" * 5000) for i in range(10)])

@@ -16,6 +16,7 @@ from maif.cli.inspection import inspect_command
 from maif.cli.keygen import keygen_command
 from maif.cli.packing import append_command, pack_command
 from maif.cli.repairing import repair_command
+from maif.cli.serve import serve_command
 from maif.cli.unpacking import unpack_command
 from maif.cli.verification import verify_command
 
@@ -35,6 +36,7 @@ app.command("append")(append_command)
 app.command("repair")(repair_command)
 app.command("demo")(demo_command)
 app.command("format-demo")(format_demo_command)
+app.command("serve")(serve_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
 
 

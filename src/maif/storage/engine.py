@@ -37,6 +37,7 @@ from maif.errors import (
     BlockNotFoundError,
     ConfigError,
     DurabilityError,
+    FormatError,
     IntegrityError,
     MAIFError,
     StorageError,
@@ -149,6 +150,7 @@ class MAIFStorage:
         self._closed = False
         self._closing = False
         self._latency = LatencyReservoir(limits.engine_latency_samples_max)
+        self._vector_dimensions: int | None = None  # every EMBEDDING block must match, once known
         self._writes_total = 0
         self._reads_total = 0
         self._opened_at = time.monotonic()
@@ -165,6 +167,7 @@ class MAIFStorage:
             min_next_lsn=self._checkpoint_lsn + 1, file_ops=self._file_ops,
             segment_bytes_max=self.wal_segment_bytes_max))
         await self._replay()
+        self._vector_dimensions = self._backends.vectors.dimensions
         wal = self._wal
         assert wal is not None
         self._committed_lsn = self._applied_lsn = wal.next_lsn - 1
@@ -235,6 +238,7 @@ class MAIFStorage:
         items = [_item_of(block, encode_block(block), 0) for block in blocks]
         if not items:
             return []
+        self._check_vector_dimensions(items)
         cost = sum(item.cost_bytes for item in items)
         while self._inflight_bytes and self._inflight_bytes + cost > self._inflight_bytes_max:
             self._space_ready.clear()
@@ -256,6 +260,25 @@ class MAIFStorage:
         self._writes_total += len(items)
         return [WriteReceipt(item.block.id, item.digest, first_lsn + offset)
                 for offset, item in enumerate(items)]
+
+    def _check_vector_dimensions(self, items: Sequence[LogItem]) -> None:
+        """Refuse, before the log, an embedding the vector index could not hold.
+
+        The index takes its dimension from the first vector; a later vector of another dimension
+        would fail in the background applier, after the ack, and stop the store for every writer.
+        """
+        for item in items:
+            if item.vector is None:
+                continue
+            dimensions = int(item.vector.shape[0])
+            if self._vector_dimensions is None:
+                self._vector_dimensions = dimensions
+            elif dimensions != self._vector_dimensions:
+                raise FormatError(
+                    f"embedding block {item.block.id!r} has {dimensions} dimensions; this store's vector "
+                    f"index holds {self._vector_dimensions}-dimensional vectors",
+                    hint="use one embedding model per store",
+                )
 
     def _check_writable(self) -> None:
         if self._closed or self._closing:

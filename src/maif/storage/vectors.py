@@ -356,6 +356,10 @@ class UsearchVectorIndex(VectorIndex):
     async def count(self) -> int:
         return len(self._key_of)
 
+    @property
+    def dimensions(self) -> int | None:
+        return self._ndim
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -173,6 +173,11 @@ class VectorIndex(ABC):
     async def count(self) -> int:
         """Number of vectors."""
 
+    @property
+    def dimensions(self) -> int | None:
+        """The dimension every vector in the index has, or None while the index is empty."""
+        return None
+
 
 class HotCache(ABC):
     """A cache bounded in BYTES. Synchronous on purpose: it is in-process and never waits on I/O."""

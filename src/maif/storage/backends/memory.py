@@ -241,6 +241,10 @@ class MemoryVectorIndex(_Closable, VectorIndex):
     async def count(self) -> int:
         return len(self.items)
 
+    @property
+    def dimensions(self) -> int | None:
+        return self._ndim
+
 
 class MemoryObjectStore(_Closable, ObjectStore):
     """Objects in a dict; the reference ObjectStore."""

@@ -1,0 +1,1046 @@
+"""The HTTP service: FastAPI routes under /v1 over one store and one security manager.
+
+    app = create_app(storage, security_manager)          # then serve with uvicorn (maif serve)
+
+Every /v1 route authenticates the bearer token (:mod:`maif.service.auth`) and asks the gate
+(:meth:`SecurityManager.authorize`, audited) about the resource it touches; refusals are RFC 9457
+problem+json (:mod:`maif.service.problems`). /healthz, /readyz and /metrics are unauthenticated: they
+carry no block data, no ids and no secrets. The app never owns the store or the manager: whoever created
+them closes them after the server stops (``maif serve`` does, after draining in-flight writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from maif import limits
+from maif.errors import FormatError, LimitExceededError, MAIFError
+from maif.format.block import MAIFBlock
+from maif.security.attestation import HardwareAttestation
+from maif.security.manager import SecurityManager
+from maif.security.policy import Action, Resource
+from maif.security.trust import Approval, KeyPossessionProof, SecurityContext
+from maif.service import schemas
+from maif.service.auth import SESSION_HEADER, Authenticator
+from maif.service.blocks import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
+    BlockService,
+    IdempotencyCache,
+    Written,
+    digest_hex,
+    resource_of_block,
+    streamed_info,
+)
+from maif.service.metrics import ServiceMetrics
+from maif.service.middleware import ObservabilityMiddleware
+from maif.service.problems import (
+    PROBLEM_MEDIA_TYPE,
+    ServiceProblem,
+    on_client_disconnect,
+    on_http_exception,
+    on_maif_error,
+    on_service_problem,
+    on_unexpected,
+    on_validation_error,
+)
+from maif.service.tasks import TaskRunner
+from maif.storage.engine import MAIFStorage
+
+API_VERSION = "1.0.0"
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+_bearer_scheme = HTTPBearer(
+    auto_error=False, description="An OAuth 2.0 access token (JWT) from a trusted issuer."
+)
+
+_PROBLEM = {"content": {PROBLEM_MEDIA_TYPE: {"schema": {"type": "object"}}}}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, **_PROBLEM}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing, forged or expired token"),
+        (403, "The gate refused this caller on this resource"),
+        (413, "Too large"),
+        (422, "Invalid request"),
+        (503, "Unavailable"),
+    )
+}
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes share; one per app."""
+
+    storage: MAIFStorage
+    manager: SecurityManager
+    metrics: ServiceMetrics
+    authenticator: Authenticator
+    blocks: BlockService
+    export_key: Ed25519PrivateKey
+    spool_dir: Path
+    tasks: TaskRunner
+    idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
+    draining: bool = False
+
+    @property
+    def export_public_key_hex(self) -> str:
+        return self.export_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    async def drain(self) -> None:
+        """Refuse new work (readyz says so) and wait for every write in flight to be acknowledged."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        await self.blocks.wait_writes_drained()
+        await self.tasks.stop()
+
+
+def create_app(
+    storage: MAIFStorage,
+    security_manager: SecurityManager,
+    *,
+    export_signing_key: Ed25519PrivateKey | None = None,
+    spool_dir: str | os.PathLike[str] | None = None,
+    embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
+) -> FastAPI:
+    """The service over ``storage`` and ``security_manager``. ``export_signing_key`` signs exported
+    .maif files (a fresh key when None: exports are then verifiable with the key GET /v1/stats names);
+    ``spool_dir`` holds export and verify files while they stream (default: <data_dir>/service-spool);
+    EMBEDDING blocks of another dimension than ``embedding_dimensions`` are refused (see blocks.py)."""
+    metrics = ServiceMetrics()
+    blocks = BlockService(storage, security_manager, metrics, embedding_dimensions)
+    state = ServiceState(
+        storage=storage,
+        manager=security_manager,
+        metrics=metrics,
+        authenticator=Authenticator(security_manager),
+        blocks=blocks,
+        tasks=TaskRunner(storage, blocks),
+        export_key=export_signing_key or Ed25519PrivateKey.generate(),
+        spool_dir=Path(spool_dir)
+        if spool_dir is not None
+        else Path(storage.config.data_dir) / "service-spool",
+    )
+    state.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    metrics.ready.set(1)
+    app = _build_app()
+    app.state.service = state
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+def _build_app() -> FastAPI:
+    app = FastAPI(
+        title="MAIF",
+        version=API_VERSION,
+        summary="Authenticated block store for what AI agents produce.",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(MAIFError, on_maif_error)
+    app.add_exception_handler(ServiceProblem, on_service_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)
+    app.add_exception_handler(Exception, on_unexpected)
+    app.include_router(_routes())
+    _install_openapi(app)
+    return app
+
+
+def _state(request: Request) -> ServiceState:
+    state = request.app.state.service
+    assert isinstance(state, ServiceState)
+    return state
+
+
+async def _caller(request: Request, _: Annotated[Any, Depends(_bearer_scheme)] = None) -> SecurityContext:
+    state = _state(request)
+    if state.draining:
+        raise ServiceProblem(503, "draining", "the service is shutting down", {"Retry-After": "1"})
+    try:
+        context = await state.authenticator.context_for(
+            request.headers.get("authorization"), request.headers.get(SESSION_HEADER)
+        )
+    except MAIFError:
+        state.metrics.auth_outcomes.labels("authenticate", "deny").inc()
+        raise
+    state.metrics.auth_outcomes.labels("authenticate", "allow").inc()
+    request.scope["maif.agent_id"] = context.agent_id
+    return context
+
+
+Caller = Annotated[SecurityContext, Depends(_caller)]
+
+
+def _routes() -> APIRouter:
+
+    router = APIRouter()
+    _block_routes(router)
+    _query_routes(router)
+    _trust_routes(router)
+    _container_routes(router)
+    _task_routes(router)
+    _operations_routes(router)
+    return router
+
+
+# ---- blocks ----------------------------------------------------------------------------------------
+
+_WRITE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/BlockCreate"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _block_routes(router: APIRouter) -> None:
+    @router.post(
+        "/v1/blocks",
+        status_code=201,
+        response_model=schemas.WriteReceiptOut,
+        openapi_extra=_WRITE_BODY,
+        responses={
+            **_REFUSALS,
+            409: {"description": "Block id exists or is being written", **_PROBLEM},
+            415: {"description": "Unsupported media type", **_PROBLEM},
+        },
+    )
+    async def write_block(
+        request: Request,
+        context: Caller,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        x_maif_block_id: Annotated[str | None, Header(max_length=limits.block_id_bytes_max)] = None,
+        x_maif_block_type: Annotated[str, Header(min_length=4, max_length=4)] = "BDAT",
+        x_maif_agent_id: Annotated[str | None, Header(max_length=limits.agent_id_bytes_max)] = None,
+        x_maif_metadata: Annotated[
+            str | None, Header(max_length=limits.service_header_metadata_bytes_max)
+        ] = None,
+        x_maif_parents: Annotated[
+            str | None, Header(max_length=limits.service_header_metadata_bytes_max)
+        ] = None,
+        content_digest: Annotated[str | None, Header(max_length=1024)] = None,
+    ) -> Response:
+        """Write a block: JSON (``BlockCreate``, payload in base64) for small ones, or the raw payload as
+        application/octet-stream with the block's fields in X-MAIF-* headers, streamed to the store."""
+        state = _state(request)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "application/json":
+            body = await _read_capped(request, limits.service_json_body_bytes_max)
+            created = _parse_block_create(body)
+            write = state.blocks.write_request(
+                context,
+                block_id=created.id,
+                block_type=created.block_type,
+                agent_id=created.agent_id,
+                metadata=created.metadata,
+                version=created.version,
+                parents=created.parents,
+                timestamp=created.timestamp,
+            )
+            payload = _b64decode(created.payload_base64, "payload_base64")
+            fingerprint = blake3.blake3(body).digest()
+            written = await _idempotent(
+                state,
+                context,
+                idempotency_key,
+                fingerprint,
+                write,
+                lambda: state.blocks.write_whole(write, payload),
+            )
+        elif media == "application/octet-stream":
+            write = state.blocks.write_request(
+                context,
+                block_id=x_maif_block_id,
+                block_type=x_maif_block_type,
+                agent_id=x_maif_agent_id,
+                metadata=_header_json(x_maif_metadata, dict, "X-MAIF-Metadata") or {},
+                version="1.0",
+                parents=_header_json(x_maif_parents, list, "X-MAIF-Parents") or [],
+                timestamp=None,
+            )
+            expected = _sha256_of_content_digest(content_digest)
+            fingerprint = blake3.blake3(
+                repr(
+                    (
+                        x_maif_block_id,
+                        x_maif_block_type,
+                        x_maif_agent_id,
+                        x_maif_metadata,
+                        x_maif_parents,
+                        content_digest,
+                        request.headers.get("content-length"),
+                    )
+                ).encode()
+            ).digest()
+            written = await _idempotent(
+                state,
+                context,
+                idempotency_key,
+                fingerprint,
+                write,
+                lambda: state.blocks.write_stream(write, request.stream(), expected),
+            )
+        else:
+            raise ServiceProblem(
+                415,
+                "unsupported-media-type",
+                "send application/json (small blocks) or application/octet-stream (raw payload)",
+            )
+        return _receipt_response(written)
+
+    @router.get(
+        "/v1/blocks/{block_id}",
+        responses={
+            **_REFUSALS,
+            404: {"description": "No such block", **_PROBLEM},
+            200: {
+                "description": "The payload (raw), or the block as JSON with view=json",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/BlockOut"}},
+                },
+            },
+            206: {
+                "description": "A byte range of the payload",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            304: {"description": "Not modified (If-None-Match)"},
+            416: {"description": "Range not satisfiable", **_PROBLEM},
+        },
+    )
+    async def read_block(
+        request: Request,
+        context: Caller,
+        block_id: str,
+        view: Annotated[str, Query(pattern="^(raw|json)$")] = "raw",
+        range_header: Annotated[str | None, Header(alias="range", max_length=256)] = None,
+        if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
+    ) -> Response:
+        """Read a block: the raw payload (Range requests, ETag = block digest, RFC 9530 digests) or JSON."""
+        state = _state(request)
+        block = await state.blocks.read_authorized(context, block_id)
+        etag = f'"{digest_hex(block)}"'
+        if if_none_match is not None and etag in [tag.strip() for tag in if_none_match.split(",")]:
+            return Response(status_code=304, headers={"ETag": etag})
+        if view == "json":
+            return _json_view(state, block)
+        return _raw_view(state, block, etag, range_header)
+
+
+def _receipt_response(written: Written) -> Response:
+    body = schemas.WriteReceiptOut(
+        block_id=written.block_id,
+        digest=written.digest.hex(),
+        lsn=written.lsn,
+        payload_length=written.payload_length,
+        parts=written.parts,
+    )
+    return JSONResponse(
+        body.model_dump(),
+        status_code=201,
+        headers={"Location": f"/v1/blocks/{written.block_id}", "ETag": f'"{written.digest.hex()}"'},
+    )
+
+
+async def _idempotent(
+    state: ServiceState,
+    context: SecurityContext,
+    key: str | None,
+    fingerprint: bytes,
+    write: Any,
+    perform: Any,
+) -> Written:
+    """Authorise, then write, replaying the first result of a repeated Idempotency-Key."""
+    await state.blocks.authorize_write(context, write)
+    if key is None:
+        return await perform()  # type: ignore[no-any-return]
+    stored = state.idempotency.begin(context.agent_id, key, fingerprint)
+    if stored is not None:
+        return stored
+    result: Written | None = None
+    try:
+        result = await perform()
+        return result
+    finally:
+        state.idempotency.finish(context.agent_id, key, fingerprint, result)
+
+
+def _parse_block_create(body: bytes) -> schemas.BlockCreate:
+    from pydantic import ValidationError
+
+    try:
+        return schemas.BlockCreate.model_validate_json(body)
+    except ValidationError as error:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors()[:10]
+        )
+        raise ServiceProblem(422, "invalid-request", reasons or "invalid block") from None
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise FormatError(f"{what} is not valid base64") from error
+
+
+def _header_json(text: str | None, kind: type, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise FormatError(f"{what} is not valid JSON") from error
+    if not isinstance(value, kind) or (
+        isinstance(value, list) and not all(isinstance(item, str) for item in value)
+    ):
+        raise FormatError(f"{what} must be a JSON {'object' if kind is dict else 'array of strings'}")
+    return value
+
+
+def _sha256_of_content_digest(header: str | None) -> bytes | None:
+    """The sha-256 member of an RFC 9530 Content-Digest field (other algorithms are ignored)."""
+    if header is None:
+        return None
+    for member in header.split(","):
+        name, _, value = member.strip().partition("=")
+        if name.strip().lower() == "sha-256":
+            value = value.strip()
+            if not (value.startswith(":") and value.endswith(":")):
+                raise FormatError("Content-Digest sha-256 must be a byte sequence (:base64:)")
+            digest = _b64decode(value[1:-1], "Content-Digest sha-256")
+            if len(digest) != 32:
+                raise FormatError("Content-Digest sha-256 must be 32 bytes")
+            return digest
+    return None
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise LimitExceededError("request body size", int(declared), cap)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise LimitExceededError("request body size", len(body), cap)
+    return bytes(body)
+
+
+def _digest_field(digest: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(digest).decode("ascii") + ":"
+
+
+def _json_view(state: ServiceState, block: MAIFBlock) -> Response:
+    streamed = streamed_info(block)
+    if streamed is None and len(block.data) > limits.service_json_body_bytes_max:
+        raise ServiceProblem(
+            406, "too-large-for-json", "this payload is too large for view=json; read it raw"
+        )
+    out = schemas.BlockOut(
+        id=block.id,
+        block_type=block.type_name,
+        agent_id=block.agent_id,
+        timestamp=block.timestamp,
+        version=block.version,
+        parents=list(block.parents),
+        metadata=_jsonable(block.metadata),
+        payload_length=int(streamed["length"]) if streamed else len(block.data),
+        digest=digest_hex(block),
+        payload_base64=None if streamed else base64.b64encode(block.data).decode("ascii"),
+    )
+    if streamed is None:
+        state.metrics.block_bytes_read.inc(len(block.data))
+    return JSONResponse(out.model_dump())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _raw_view(state: ServiceState, block: MAIFBlock, etag: str, range_header: str | None) -> Response:
+    streamed = streamed_info(block)
+    length = int(streamed["length"]) if streamed else len(block.data)
+    full_digest = bytes.fromhex(streamed["sha256"]) if streamed else hashlib.sha256(block.data).digest()
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Repr-Digest": _digest_field(full_digest),
+        "X-MAIF-Block-Type": block.type_name,
+        "X-MAIF-Agent-Id": block.agent_id,
+    }
+    selected = _parse_range(range_header, length)
+    if selected is None:
+        start, stop, status = 0, length, 200
+        headers["Content-Digest"] = headers["Repr-Digest"]
+    else:
+        start, stop = selected
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{length}"
+        if streamed is None:
+            headers["Content-Digest"] = _digest_field(hashlib.sha256(block.data[start:stop]).digest())
+    headers["Content-Length"] = str(stop - start)
+    if streamed is None:
+        state.metrics.block_bytes_read.inc(stop - start)
+        return Response(
+            block.data[start:stop], status_code=status, headers=headers, media_type="application/octet-stream"
+        )
+    return StreamingResponse(
+        state.blocks.stream_range(block, start, stop),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+def _parse_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """(start, stop) of a single ``bytes=`` range; None for no range (or a multi-range: served whole,
+    as RFC 9110 allows); ServiceProblem 416 when it cannot be satisfied."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    unsatisfiable = ServiceProblem(
+        416,
+        "range-not-satisfiable",
+        "the requested range is outside the payload",
+        {"Content-Range": f"bytes */{length}"},
+    )
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        raise unsatisfiable
+    if first == "":
+        if last == "" or int(last) == 0 or length == 0:
+            raise unsatisfiable
+        return max(0, length - int(last)), length
+    start = int(first)
+    stop = length if last == "" else min(length, int(last) + 1)
+    if start >= length or stop <= start:
+        raise unsatisfiable
+    return start, stop
+
+
+# ---- listing, search, stats --------------------------------------------------------------------------
+
+
+def _query_routes(router: APIRouter) -> None:
+    @router.get("/v1/blocks", response_model=schemas.BlockList, responses=_REFUSALS)
+    async def list_blocks(
+        request: Request,
+        context: Caller,
+        agent_id: Annotated[str | None, Query(min_length=1, max_length=limits.agent_id_bytes_max)] = None,
+        block_type: Annotated[str | None, Query(min_length=4, max_length=4)] = None,
+        since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        until: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+        parent: Annotated[str | None, Query(min_length=1, max_length=limits.block_id_bytes_max)] = None,
+        limit: Annotated[int, Query(ge=1, le=limits.service_list_limit_max)] = 100,
+        after: Annotated[str | None, Query(min_length=1, max_length=limits.block_id_bytes_max)] = None,
+    ) -> schemas.BlockList:
+        """Blocks the caller may read, filtered; parts of streamed blocks are not listed."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource("blocks", owner=context.agent_id, tenant=context.tenant, kind="block-list"),
+        )
+        page = await state.storage.list_blocks(
+            agent_id=agent_id,
+            block_type=block_type,
+            since=since,
+            until=until,
+            parent=parent,
+            limit=limit,
+            after=after,
+        )
+        visible = []
+        for summary in page:
+            if summary.block_type == "PART":
+                continue
+            try:
+                block = await state.storage.read_block(summary.block_id)
+            except MAIFError:
+                continue  # removed or unreadable since the listing: not shown
+            if state.blocks.may_read(context, block):
+                visible.append(
+                    schemas.BlockSummaryOut(
+                        block_id=summary.block_id,
+                        block_type=summary.block_type,
+                        agent_id=summary.agent_id,
+                        timestamp=summary.timestamp,
+                        version=summary.version,
+                        parents=list(summary.parents),
+                        payload_length=summary.payload_length,
+                        digest=summary.digest.hex(),
+                        lsn=summary.lsn,
+                    )
+                )
+        next_after = page[-1].block_id if len(page) == limit else None
+        return schemas.BlockList(blocks=visible, next_after=next_after)
+
+    @router.post("/v1/search", response_model=schemas.SearchResult, responses=_REFUSALS)
+    async def search(request: Request, context: Caller, query: schemas.SearchRequest) -> schemas.SearchResult:
+        """Semantic search over EMBEDDING blocks the caller may read (cosine similarity)."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource("search", owner=context.agent_id, tenant=context.tenant, kind="search"),
+        )
+        filters = {"agent_id": query.agent_id} if query.agent_id else None
+        try:
+            found = await state.storage.semantic_search(
+                query.vector, limit=query.limit, score_threshold=query.score_threshold, filters=filters
+            )
+        except MAIFError as error:
+            raise ServiceProblem(400, "invalid-request", error.message) from None
+        hits = []
+        for hit in found:
+            with contextlib.suppress(MAIFError):
+                if state.blocks.may_read(context, await state.storage.read_block(hit.block_id)):
+                    hits.append(
+                        schemas.SearchHitOut(
+                            block_id=hit.block_id,
+                            score=hit.score,
+                            agent_id=hit.agent_id,
+                            block_type=hit.block_type,
+                        )
+                    )
+        return schemas.SearchResult(hits=hits)
+
+    @router.get("/v1/stats", responses=_REFUSALS)
+    async def stats(request: Request, context: Caller) -> dict[str, Any]:
+        """The store's statistics (see docs/ARCHITECTURE.md) and the service's export signing key."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource("stats", owner=context.agent_id, tenant=context.tenant, kind="stats"),
+        )
+        figures = await state.storage.get_stats()
+        state.metrics.observe_storage(figures)
+        return {
+            "storage": _jsonable(figures),
+            "export_public_key": state.export_public_key_hex,
+            "auth_cache_entries": state.authenticator.cached_contexts,
+        }
+
+
+# ---- trust -------------------------------------------------------------------------------------------
+
+
+def _trust_routes(router: APIRouter) -> None:
+    @router.post(
+        "/v1/attestation/challenge",
+        response_model=schemas.ChallengeOut,
+        responses={**_REFUSALS, 404: {"description": "Attestation not configured", **_PROBLEM}},
+    )
+    async def challenge(request: Request, context: Caller) -> schemas.ChallengeOut:
+        """A single-use nonce for the caller's TPM quote (then POST /v1/trust/bootstrap)."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource(
+                f"agent:{context.agent_id}",
+                owner=context.agent_id,
+                tenant=context.tenant,
+                kind="attestation-challenge",
+            ),
+        )
+        if state.manager.attestation_verifier is None:
+            raise ServiceProblem(
+                404, "attestation-not-configured", "hardware attestation is not configured on this server"
+            )
+        nonce = state.manager.new_challenge(context.agent_id)
+        return schemas.ChallengeOut(
+            nonce_base64=base64.b64encode(nonce).decode("ascii"), agent_id=context.agent_id
+        )
+
+    @router.post("/v1/trust/bootstrap", response_model=schemas.SessionOut, responses=_REFUSALS)
+    async def bootstrap(
+        request: Request, _: Caller, evidence: schemas.BootstrapRequest
+    ) -> schemas.SessionOut:
+        """Bootstrap trust from the bearer token plus optional TPM quote, key proof and approvals; the
+        session id, sent as MAIF-Session with the same token, selects the resulting context."""
+        state = _state(request)
+        session_id, context = await state.authenticator.open_session(
+            request.headers.get("authorization"), **_evidence(evidence)
+        )
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource(
+                f"agent:{context.agent_id}",
+                owner=context.agent_id,
+                tenant=context.tenant,
+                kind="trust-session",
+            ),
+        )
+        return schemas.SessionOut(
+            session_id=session_id,
+            agent_id=context.agent_id,
+            trust_level=int(context.trust_level),
+            trust_level_name=context.trust_level.name,
+            permissions=sorted(context.permissions),
+            scopes=sorted(context.scopes),
+            expires_at=context.expires_at,
+        )
+
+
+def _evidence(request: schemas.BootstrapRequest) -> dict[str, Any]:
+    evidence: dict[str, Any] = {}
+    if request.attestation is not None:
+        given = request.attestation
+        try:
+            pcrs = {
+                bank: {int(index): bytes.fromhex(value) for index, value in values.items()}
+                for bank, values in given.pcr_values.items()
+            }
+        except ValueError as error:
+            raise FormatError("pcr_values must map banks to {index: hex digest}") from error
+        evidence["hardware_attestation"] = HardwareAttestation(
+            quote=_b64decode(given.quote_base64, "quote"),
+            signature=_b64decode(given.signature_base64, "signature"),
+            pcr_values=pcrs,
+            ak_public=_b64decode(given.ak_public_base64, "ak_public"),
+            nonce=_b64decode(given.nonce_base64, "nonce"),
+            platform_id=given.platform_id,
+        )
+    if request.key_proof is not None:
+        try:
+            key_id = bytes.fromhex(request.key_proof.key_id_hex)
+        except ValueError as error:
+            raise FormatError("key_id_hex is not hex") from error
+        evidence["key_proof"] = KeyPossessionProof(
+            key_id, _b64decode(request.key_proof.signature_base64, "signature")
+        )
+    if request.approvals:
+        evidence["approvals"] = tuple(
+            Approval(item.approver_id, _b64decode(item.signature_base64, "signature"))
+            for item in request.approvals
+        )
+    return evidence
+
+
+# ---- audit, export, verify ---------------------------------------------------------------------------
+
+
+def _container_routes(router: APIRouter) -> None:
+    @router.get("/v1/audit", response_model=schemas.AuditPage, responses=_REFUSALS)
+    async def audit(
+        request: Request,
+        context: Caller,
+        start: Annotated[int, Query(ge=0, le=limits.audit_log_entries_max)] = 0,
+        limit: Annotated[int, Query(ge=1, le=limits.service_audit_page_entries_max)] = 50,
+        old_size: Annotated[int | None, Query(ge=0, le=limits.audit_log_entries_max)] = None,
+    ) -> schemas.AuditPage:
+        """The caller's own audit entries in [start, start+limit), each with an RFC 9162 inclusion proof
+        in the current tree, the latest signed checkpoint, and a consistency proof from it (or old_size)."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource("audit-log", owner=context.agent_id, tenant=context.tenant, kind="audit-log"),
+        )
+        return await asyncio.to_thread(_audit_page, state.manager, context.agent_id, start, limit, old_size)
+
+    @router.post(
+        "/v1/export",
+        responses={
+            **_REFUSALS,
+            404: {"description": "A selected block does not exist", **_PROBLEM},
+            200: {
+                "description": "A signed .maif container",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+        },
+    )
+    async def export(request: Request, context: Caller, selection: schemas.ExportRequest) -> Response:
+        """Export the selected blocks (and the parts of streamed ones) as a signed .maif, streamed. Signed
+        with the service's export key (X-MAIF-Signer-Public-Key); every block needs read permission."""
+        state = _state(request)
+        ids = list(dict.fromkeys(selection.block_ids))
+        await state.blocks.require_read_scope(context, ids[0])
+        blocks = [await state.storage.read_block(block_id) for block_id in ids]
+        await asyncio.to_thread(
+            state.manager.authorize_many, context, Action.READ, [resource_of_block(block) for block in blocks]
+        )
+        state.metrics.auth_outcomes.labels("authorize", "allow").inc()
+        for block in blocks:
+            if streamed_info(block) is not None:
+                ids.extend(part_id for part_id, _ in state.blocks.parts_of(block))
+        path = state.spool_dir / f"export-{secrets.token_hex(12)}.maif"
+        try:
+            await state.storage.export(path, ids, state.export_key)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return StreamingResponse(
+            _file_chunks(path, remove=True),
+            media_type="application/octet-stream",
+            headers={
+                "Content-Length": str(path.stat().st_size),
+                "X-MAIF-Signer-Public-Key": state.export_public_key_hex,
+                "Content-Disposition": 'attachment; filename="export.maif"',
+            },
+        )
+
+    @router.post(
+        "/v1/verify",
+        response_model=schemas.VerifyReport,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+        responses=_REFUSALS,
+    )
+    async def verify(
+        request: Request,
+        context: Caller,
+        trusted_key: Annotated[list[str] | None, Query(max_length=limits.service_trusted_keys_max)] = None,
+    ) -> schemas.VerifyReport:
+        """Verify an uploaded .maif against the given trusted Ed25519 public keys (hex, raw 32 bytes) and
+        the service's export key; the report lists every problem found."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.READ,
+            Resource("verification", owner=context.agent_id, tenant=context.tenant, kind="verification"),
+        )
+        keys = [_public_key(text) for text in trusted_key or []] + [state.export_key.public_key()]
+        path = state.spool_dir / f"verify-{secrets.token_hex(12)}.maif"
+        try:
+            await _spool(request, path, limits.service_verify_upload_bytes_max)
+            from maif.format.container import verify_container
+
+            report = await asyncio.to_thread(verify_container, path, keys)
+        finally:
+            path.unlink(missing_ok=True)
+        return schemas.VerifyReport(
+            ok=report.ok,
+            block_count=report.block_count,
+            versions=len(report.versions),
+            problems=[
+                schemas.VerifyProblem(block_index=p.block_index, region=p.region, reason=p.reason)
+                for p in report.problems[:1000]
+            ],
+            signer_key_ids=[key_id.hex() for key_id in report.signer_key_ids],
+        )
+
+
+def _audit_page(
+    manager: SecurityManager, agent_id: str, start: int, limit: int, old_size: int | None
+) -> schemas.AuditPage:
+    log = manager.audit_log
+    tree_size = log.size
+    if old_size is not None and old_size > tree_size:
+        raise ServiceProblem(
+            400, "invalid-request", f"old_size {old_size} is beyond the log's {tree_size} entries"
+        )
+    stop = min(tree_size, start + limit)
+    entries = []
+    for entry in manager.get_audit_log(start, stop) if start < stop else []:
+        if entry.actor != agent_id:
+            continue
+        entries.append(
+            schemas.AuditEntryOut(
+                index=entry.index,
+                time=entry.time,
+                actor=entry.actor,
+                action=entry.action,
+                resource=entry.resource,
+                decision=entry.decision,
+                reason=entry.reason,
+                details=dict(entry.details),
+                prev_hash=entry.prev_hash.hex(),
+                leaf_hash=entry.hash.hex(),
+                inclusion_proof=[node.hex() for node in log.inclusion_proof(entry.index, tree_size)],
+            )
+        )
+    checkpoint = log.latest_checkpoint
+    base = old_size if old_size is not None else (checkpoint.tree_size if checkpoint is not None else None)
+    consistency = [node.hex() for node in log.consistency_proof(base, tree_size)] if base else []
+    return schemas.AuditPage(
+        tree_size=tree_size,
+        root=log.root(tree_size).hex(),
+        entries=entries,
+        next_start=stop if stop < tree_size else None,
+        checkpoint=None
+        if checkpoint is None
+        else schemas.CheckpointOut(
+            log_id=checkpoint.log_id.hex(),
+            tree_size=checkpoint.tree_size,
+            root=checkpoint.root.hex(),
+            timestamp=checkpoint.timestamp,
+            key_id=checkpoint.key_id.hex(),
+            signature=checkpoint.signature.hex(),
+        ),
+        consistency_proof=consistency,
+    )
+
+
+def _public_key(text: str) -> Ed25519PublicKey:
+    try:
+        raw = bytes.fromhex(text)
+        if len(raw) != 32:
+            raise ValueError
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as error:
+        raise FormatError("trusted_key must be a raw Ed25519 public key as 64 hex digits") from error
+
+
+async def _spool(request: Request, path: Path, cap: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise LimitExceededError("upload size", int(declared), cap)
+    total = 0
+    with path.open("wb") as handle:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                raise LimitExceededError("upload size", total, cap)
+            await asyncio.to_thread(handle.write, chunk) if len(chunk) > 65536 else handle.write(chunk)
+
+
+async def _file_chunks(path: Path, *, remove: bool) -> AsyncIterator[bytes]:
+    try:
+        with path.open("rb") as handle:
+            while chunk := await asyncio.to_thread(handle.read, _DOWNLOAD_CHUNK_BYTES):
+                yield chunk
+    finally:
+        if remove:
+            path.unlink(missing_ok=True)
+
+
+# ---- agent tasks -------------------------------------------------------------------------------------
+
+
+def _task_routes(router: APIRouter) -> None:
+    @router.post("/v1/tasks", status_code=202, response_model=schemas.TaskAccepted, responses=_REFUSALS)
+    async def submit_task(request: Request, context: Caller, given: schemas.TaskIn) -> schemas.TaskAccepted:
+        """Queue a task for the caller's agent (built-in task types: text_analysis, image_processing,
+        multimodal_fusion, knowledge_extraction). The blocks it produces are owned by the caller."""
+        from maif.agents.tasks import AgentTask
+        from maif.format.block import new_block_id
+
+        state = _state(request)
+        task_id = given.task_id or new_block_id()
+        try:
+            task = AgentTask(
+                task_id, given.task_type, given.input_data, given.priority, tuple(given.input_blocks)
+            )
+        except (TypeError, MAIFError) as error:
+            raise ServiceProblem(400, "invalid-task", str(error)) from None
+        accepted = await state.tasks.submit(context, task)
+        return schemas.TaskAccepted(task_id=task_id, accepted=accepted)
+
+    @router.get("/v1/tasks/{task_id}", response_model=schemas.TaskStatus, responses=_REFUSALS)
+    async def task_status(request: Request, context: Caller, task_id: str) -> schemas.TaskStatus:
+        """The status of one of the caller's tasks, with the ids of the blocks it produced."""
+        return schemas.TaskStatus(**await _state(request).tasks.status(context, task_id))
+
+
+# ---- operations --------------------------------------------------------------------------------------
+
+
+def _operations_routes(router: APIRouter) -> None:
+    @router.get("/healthz", response_model=schemas.Health, tags=["operations"])
+    async def healthz() -> schemas.Health:
+        """Liveness: the process answers."""
+        return schemas.Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=schemas.Health,
+        tags=["operations"],
+        responses={503: {"description": "Not ready", **_PROBLEM}},
+    )
+    async def readyz(request: Request) -> schemas.Health:
+        """Readiness: not draining, and the store answers and accepts writes."""
+        state = _state(request)
+        if state.draining:
+            raise ServiceProblem(503, "draining", "the service is shutting down")
+        figures = await state.storage.get_stats()
+        failure = figures.get("wal_failure") or figures.get("applier_failure")
+        if failure:
+            raise ServiceProblem(503, "storage-failed", "the store refuses writes; see the server log")
+        return schemas.Health(status="ready")
+
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        responses={
+            200: {
+                "description": "Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text exposition format 0.0.4)."""
+        state = _state(request)
+        with contextlib.suppress(MAIFError):
+            state.metrics.observe_storage(await state.storage.get_stats())
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the service (what docs/openapi.json holds)."""
+    return _build_app().openapi()
+
+
+def _install_openapi(app: FastAPI) -> None:
+    def custom() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _with_components_raw(app)
+        return app.openapi_schema
+
+    app.openapi = custom  # type: ignore[method-assign]
+
+
+def _with_components_raw(app: FastAPI) -> dict[str, Any]:
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(
+        "BlockCreate", schemas.BlockCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    return document
+
+
+__all__ = ["API_VERSION", "ServiceState", "create_app", "openapi_document"]

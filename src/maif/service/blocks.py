@@ -1,0 +1,476 @@
+"""Writing and reading blocks for the HTTP service: authorisation against the block, streamed parts.
+
+A raw upload no larger than ``service_part_bytes_max`` is stored as one block. A larger one is stored as
+parts of exactly that size (block type ``PART``, ids ``<id>~p000000``...) written as the body arrives,
+then a manifest block under the requested id whose payload lists the parts (MessagePack) and whose
+metadata records ``maif:streamed`` {length, sha256, parts}. The service holds at most one part being
+received and one being made durable, so memory stays flat for a transfer of any size (docs/adr/0060).
+
+Resources: a block's owner is its ``agent_id``, its tenant the ``maif:tenant`` the service recorded at
+write time, its sensitivity and sharing the ``sensitivity`` ("public"|"sensitive") and ``shared`` (bool)
+metadata keys. Metadata keys starting with ``maif:`` are the service's own and refused from callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from maif import limits
+from maif.errors import BlockNotFoundError, FormatError, IntegrityError, LimitExceededError
+from maif.format.block import MAIFBlock, MAIFBlockType, new_block_id, normalize_block_type
+from maif.format.codec import block_digest
+from maif.security.manager import SecurityManager
+from maif.security.policy import Action, Resource, Sensitivity
+from maif.security.trust import SecurityContext
+from maif.service.metrics import ServiceMetrics
+from maif.service.problems import ServiceProblem
+from maif.storage.engine import MAIFStorage
+
+PART_TYPE = "PART"
+DEFAULT_EMBEDDING_DIMENSIONS = 384  # what the agent runtime's default embedder produces
+STREAMED_KEY = "maif:streamed"
+TENANT_KEY = "maif:tenant"
+RESERVED_PREFIX = "maif:"
+_PART_SUFFIX_BYTES = 10  # "~p" + 6 digits + margin
+_parts_encoder = msgspec.msgpack.Encoder()
+_parts_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """What a caller asks to write, before the payload: everything authorisation needs."""
+
+    block_id: str
+    block_type: str
+    owner: str
+    metadata: dict[str, Any]
+    version: str
+    parents: tuple[str, ...]
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    block_id: str
+    digest: bytes
+    lsn: int
+    payload_length: int
+    parts: int
+
+
+def check_caller_metadata(metadata: Mapping[str, Any]) -> tuple[Sensitivity, bool]:
+    if not isinstance(metadata, Mapping):
+        raise FormatError("metadata must be an object")
+    reserved = [key for key in metadata if not isinstance(key, str) or key.startswith(RESERVED_PREFIX)]
+    if reserved:
+        raise FormatError(f"metadata keys starting with {RESERVED_PREFIX!r} are reserved for MAIF")
+    return _sensitivity_of(metadata)
+
+
+def _sensitivity_of(metadata: Mapping[str, Any]) -> tuple[Sensitivity, bool]:
+    sensitivity = metadata.get("sensitivity", "public")
+    shared = metadata.get("shared", False)
+    if sensitivity not in ("public", "sensitive") or not isinstance(shared, bool):
+        raise FormatError('metadata "sensitivity" must be "public" or "sensitive" and "shared" a boolean')
+    return Sensitivity(sensitivity), shared
+
+
+def resource_of_block(block: MAIFBlock) -> Resource:
+    """The resource a stored block is: its owner, tenant, sensitivity and sharing (see module docstring)."""
+    tenant = block.metadata.get(TENANT_KEY, "")
+    try:
+        sensitivity, shared = _sensitivity_of(block.metadata)
+    except FormatError:
+        sensitivity, shared = Sensitivity.SENSITIVE, False  # unreadable labels: fail closed
+    return Resource(
+        block.id,
+        owner=block.agent_id,
+        tenant=tenant if isinstance(tenant, str) else "?",
+        sensitivity=sensitivity,
+        shared=shared,
+    )
+
+
+def streamed_info(block: MAIFBlock) -> dict[str, Any] | None:
+    info = block.metadata.get(STREAMED_KEY)
+    return info if isinstance(info, dict) else None
+
+
+class IdempotencyCache:
+    """Responses of completed writes by (agent, Idempotency-Key), bounded LRU; in-progress keys conflict."""
+
+    def __init__(self, entries_max: int = limits.service_idempotency_entries_max) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[bytes, Written | None]] = OrderedDict()
+        self._entries_max = entries_max
+
+    def begin(self, agent_id: str, key: str, fingerprint: bytes) -> Written | None:
+        """A stored result to replay, or None after marking the key in progress; raises on misuse."""
+        if not 1 <= len(key) <= 255 or not key.isascii():
+            raise ServiceProblem(400, "invalid-request", "Idempotency-Key must be 1 to 255 ASCII characters")
+        entry = self._entries.get((agent_id, key))
+        if entry is not None:
+            stored_fingerprint, result = entry
+            if stored_fingerprint != fingerprint:
+                raise ServiceProblem(
+                    422, "idempotency-key-reused", "this Idempotency-Key was used with a different request"
+                )
+            if result is None:
+                raise ServiceProblem(
+                    409,
+                    "idempotency-in-progress",
+                    "a request with this Idempotency-Key is still being processed",
+                )
+            self._entries.move_to_end((agent_id, key))
+            return result
+        self._entries[(agent_id, key)] = (fingerprint, None)
+        while len(self._entries) > self._entries_max:
+            self._entries.popitem(last=False)
+        return None
+
+    def finish(self, agent_id: str, key: str, fingerprint: bytes, result: Written | None) -> None:
+        if result is None:
+            self._entries.pop((agent_id, key), None)  # failed: the caller may retry with the same key
+        else:
+            self._entries[(agent_id, key)] = (fingerprint, result)
+
+
+class BlockService:
+    """Authorised block writes and reads over one store."""
+
+    def __init__(
+        self,
+        storage: MAIFStorage,
+        manager: SecurityManager,
+        metrics: ServiceMetrics,
+        embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
+    ) -> None:
+        self.storage = storage
+        self.embedding_dimensions = embedding_dimensions
+        self.manager = manager
+        self.metrics = metrics
+        self._ids_in_flight: set[str] = set()
+        self.writes_in_flight = 0
+        self._writes_idle = asyncio.Event()
+        self._writes_idle.set()
+
+    # ---- authorisation ------------------------------------------------------------------------------
+    async def authorize(self, context: SecurityContext, action: Action, resource: Resource) -> None:
+        """The gate's decision (audited, so a durable append: run in a worker thread)."""
+        try:
+            await asyncio.to_thread(self.manager.authorize, context, action, resource)
+        except Exception:
+            self.metrics.auth_outcomes.labels("authorize", "deny").inc()
+            raise
+        self.metrics.auth_outcomes.labels("authorize", "allow").inc()
+
+    def may_read(self, context: SecurityContext, block: MAIFBlock) -> bool:
+        """The policy's answer for one item of a listing (not audited individually; the listing is)."""
+        try:
+            self.manager.gate.evaluate(context, Action.READ, resource_of_block(block))
+        except Exception:  # noqa: BLE001 - any refusal hides the item
+            return False
+        return True
+
+    def write_request(
+        self,
+        context: SecurityContext,
+        *,
+        block_id: str | None,
+        block_type: str,
+        agent_id: str | None,
+        metadata: dict[str, Any],
+        version: str,
+        parents: list[str] | tuple[str, ...],
+        timestamp: float | None,
+    ) -> WriteRequest:
+        check_caller_metadata(metadata)
+        block_id = block_id or new_block_id()
+        if len(block_id.encode("utf-8", "replace")) > limits.block_id_bytes_max - _PART_SUFFIX_BYTES:
+            raise FormatError(
+                f"block id must be at most {limits.block_id_bytes_max - _PART_SUFFIX_BYTES} bytes"
+            )
+        if "~" in block_id:
+            raise FormatError("block ids may not contain '~' (reserved for the parts of streamed blocks)")
+        labelled = {**metadata, TENANT_KEY: context.tenant}
+        request = WriteRequest(
+            block_id,
+            block_type,
+            agent_id or context.agent_id,
+            labelled,
+            version,
+            tuple(parents),
+            time.time() if timestamp is None else timestamp,
+        )
+        MAIFBlock(
+            id=request.block_id,
+            block_type=block_type,
+            data=b"",
+            metadata=labelled,
+            timestamp=request.timestamp,
+            agent_id=request.owner,
+            version=version,
+            parents=request.parents,
+        )  # validates every field before anything is authorised
+        return request
+
+    async def authorize_write(self, context: SecurityContext, request: WriteRequest) -> None:
+        sensitivity, shared = _sensitivity_of(request.metadata)
+        await self.authorize(
+            context,
+            Action.WRITE,
+            Resource(
+                request.block_id,
+                owner=request.owner,
+                tenant=context.tenant,
+                sensitivity=sensitivity,
+                shared=shared,
+            ),
+        )
+
+    # ---- writing ------------------------------------------------------------------------------------
+    async def write_whole(self, request: WriteRequest, payload: bytes) -> Written:
+        async with self._claim(request.block_id):
+            receipt = await self._write(self._block(request, payload), "whole")
+            return Written(receipt.block_id, receipt.digest, receipt.lsn, len(payload), 0)
+
+    async def write_stream(
+        self, request: WriteRequest, body: AsyncIterator[bytes], expected_sha256: bytes | None
+    ) -> Written:
+        """Store a raw body as one block, or as parts plus a manifest when it is larger than a part."""
+        async with self._claim(request.block_id):
+            part_bytes = limits.service_part_bytes_max
+            buffer, hasher, total = bytearray(), hashlib.sha256(), 0
+            parts: list[tuple[str, int]] = []
+            pending: asyncio.Task[Any] | None = None
+            try:
+                async for chunk in body:
+                    total += len(chunk)
+                    if total > limits.service_upload_bytes_max:
+                        raise LimitExceededError("upload size", total, limits.service_upload_bytes_max)
+                    hasher.update(chunk)
+                    buffer += chunk
+                    while len(buffer) > part_bytes:  # strictly more: a body of exactly one part stays whole
+                        pending = await self._next_part(request, parts, bytes(buffer[:part_bytes]), pending)
+                        del buffer[:part_bytes]
+                if pending is not None:
+                    await pending
+                    pending = None
+            finally:
+                if pending is not None:
+                    pending.cancel()
+            _check_digest(hasher.digest(), expected_sha256)
+            if not parts:
+                receipt = await self._write(self._block(request, bytes(buffer)), "whole")
+                return Written(receipt.block_id, receipt.digest, receipt.lsn, total, 0)
+            if buffer:
+                await self._write_part(request, parts, bytes(buffer))
+            return await self._write_manifest(request, parts, total, hasher.hexdigest())
+
+    async def _next_part(
+        self,
+        request: WriteRequest,
+        parts: list[tuple[str, int]],
+        data: bytes,
+        pending: asyncio.Task[Any] | None,
+    ) -> asyncio.Task[Any]:
+        # One part is made durable while the next one is received: at most two parts in memory.
+        if pending is not None:
+            await pending
+        return asyncio.ensure_future(self._write_part(request, parts, data))
+
+    async def _write_part(self, request: WriteRequest, parts: list[tuple[str, int]], data: bytes) -> None:
+        index = len(parts)
+        part_id = f"{request.block_id}~p{index:06d}"
+        parts.append((part_id, len(data)))
+        metadata = {
+            key: request.metadata[key]
+            for key in ("sensitivity", "shared", TENANT_KEY)
+            if key in request.metadata
+        }
+        metadata["maif:part_of"] = request.block_id
+        await self._write(
+            MAIFBlock(
+                id=part_id,
+                block_type=PART_TYPE,
+                data=data,
+                metadata=metadata,
+                timestamp=request.timestamp,
+                agent_id=request.owner,
+            ),
+            "part",
+        )
+
+    async def _write_manifest(
+        self, request: WriteRequest, parts: list[tuple[str, int]], total: int, sha256_hex: str
+    ) -> Written:
+        if normalize_block_type(request.block_type) is MAIFBlockType.EMBEDDING:
+            raise LimitExceededError("embedding payload size", total, limits.service_part_bytes_max)
+        info = {
+            "length": total,
+            "sha256": sha256_hex,
+            "parts": len(parts),
+            "part_bytes": limits.service_part_bytes_max,
+        }
+        manifest = MAIFBlock(
+            id=request.block_id,
+            block_type=request.block_type,
+            data=_parts_encoder.encode(parts),
+            metadata={**request.metadata, STREAMED_KEY: info},
+            timestamp=request.timestamp,
+            agent_id=request.owner,
+            version=request.version,
+            parents=request.parents,
+        )
+        receipt = await self._write(manifest, "manifest")
+        return Written(receipt.block_id, receipt.digest, receipt.lsn, total, len(parts))
+
+    def _block(self, request: WriteRequest, payload: bytes) -> MAIFBlock:
+        block = MAIFBlock(
+            id=request.block_id,
+            block_type=request.block_type,
+            data=payload,
+            metadata=request.metadata,
+            timestamp=request.timestamp,
+            agent_id=request.owner,
+            version=request.version,
+            parents=request.parents,
+        )
+        self._check_embedding(block)
+        return block
+
+    def _check_embedding(self, block: MAIFBlock) -> None:
+        """Refuse an EMBEDDING whose dimension differs from the store's: the engine's vector index holds
+        one dimension, and a vector of another fails its background applier, after which the WHOLE store
+        refuses writes. One caller must not be able to do that to everyone (docs/adr/0060)."""
+        from maif.storage.vectors import embedding_of
+
+        vector = embedding_of(block)
+        if vector is not None and vector.shape[0] != self.embedding_dimensions:
+            raise ServiceProblem(
+                422,
+                "embedding-dimension",
+                f"this store holds {self.embedding_dimensions}-dimensional embeddings; "
+                f"the block has {vector.shape[0]}",
+            )
+
+    async def _write(self, block: MAIFBlock, kind: str) -> Any:
+        started = time.perf_counter()
+        receipt = await self.storage.write_block(block)
+        self.metrics.write_latency.observe(time.perf_counter() - started)
+        self.metrics.blocks_written.labels(kind).inc()
+        self.metrics.block_bytes_written.inc(len(block.data))
+        return receipt
+
+    def _claim(self, block_id: str) -> _Claim:
+        return _Claim(self, block_id)
+
+    async def wait_writes_drained(self) -> None:
+        await self._writes_idle.wait()
+
+    # ---- reading ------------------------------------------------------------------------------------
+    async def require_read_scope(self, context: SecurityContext, block_id: str) -> None:
+        """Refuse (audited) a caller who may not read even public blocks BEFORE looking the block up, so
+        404 versus 403 tells such a caller nothing about which ids exist."""
+        if "read_public" not in context.permissions:
+            await self.authorize(context, Action.READ, Resource(block_id, owner="", tenant=context.tenant))
+
+    async def read_authorized(self, context: SecurityContext, block_id: str) -> MAIFBlock:
+        await self.require_read_scope(context, block_id)
+        block = await self.storage.read_block(block_id)
+        await self.authorize(context, Action.READ, resource_of_block(block))
+        return block
+
+    async def exists(self, block_id: str) -> bool:
+        try:
+            await self.storage.read_block(block_id)
+        except BlockNotFoundError:
+            return False
+        return True
+
+    def parts_of(self, manifest: MAIFBlock) -> list[tuple[str, int]]:
+        try:
+            parts = _parts_decoder.decode(manifest.data)
+        except msgspec.DecodeError as error:
+            raise IntegrityError(f"block {manifest.id!r}: its part list does not decode") from error
+        return parts
+
+    async def stream_range(self, manifest: MAIFBlock, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes [start, stop) of a streamed block, one part in memory at a time."""
+        offset = 0
+        for part_id, length in self.parts_of(manifest):
+            part_start, part_stop = offset, offset + length
+            offset = part_stop
+            if part_stop <= start or part_start >= stop:
+                continue
+            part = await self.storage.read_block(part_id)
+            if len(part.data) != length or part.metadata.get("maif:part_of") != manifest.id:
+                raise IntegrityError(f"part {part_id!r} of block {manifest.id!r} does not match its manifest")
+            piece = part.data[max(start, part_start) - part_start : min(stop, part_stop) - part_start]
+            self.metrics.block_bytes_read.inc(len(piece))
+            yield piece
+
+
+class _Claim:
+    """One write of a block id at a time; an id that exists already is refused (blocks are immutable
+    through the service: the engine would replace it, and the old owner's data with it)."""
+
+    def __init__(self, service: BlockService, block_id: str) -> None:
+        self._service = service
+        self._block_id = block_id
+
+    async def __aenter__(self) -> None:
+        service = self._service
+        if self._block_id in service._ids_in_flight:
+            raise ServiceProblem(409, "conflict", "a write of this block id is in progress")
+        service._ids_in_flight.add(self._block_id)
+        service.writes_in_flight += 1
+        service.metrics.writes_in_flight.inc()
+        service._writes_idle.clear()
+        try:
+            if await service.exists(self._block_id):
+                raise ServiceProblem(409, "conflict", "a block with this id exists already")
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        service = self._service
+        service._ids_in_flight.discard(self._block_id)
+        service.writes_in_flight -= 1
+        service.metrics.writes_in_flight.dec()
+        assert service.writes_in_flight >= 0
+        if service.writes_in_flight == 0:
+            service._writes_idle.set()
+
+
+def _check_digest(actual: bytes, expected: bytes | None) -> None:
+    if expected is not None and actual != expected:
+        raise ServiceProblem(400, "digest-mismatch", "the body does not match its Content-Digest (sha-256)")
+
+
+def digest_hex(block: MAIFBlock) -> str:
+    return block_digest(block).hex()
+
+
+__all__ = [
+    "PART_TYPE",
+    "BlockService",
+    "IdempotencyCache",
+    "WriteRequest",
+    "Written",
+    "check_caller_metadata",
+    "digest_hex",
+    "resource_of_block",
+    "streamed_info",
+]

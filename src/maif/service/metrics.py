@@ -1,0 +1,119 @@
+"""Prometheus metrics of the HTTP service and its store (``maif_`` prefix, base units, no per-id labels).
+
+Each app owns a :class:`ServiceMetrics` with its own registry (several apps in one process, as in the
+tests, never share counters). Request metrics are labelled by the route TEMPLATE (``/v1/blocks/{block_id}``),
+never by a concrete path, so cardinality is bounded by the number of routes. Storage figures come from
+``storage.get_stats()`` when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+# get_stats() key -> (metric name, help); counters in the store are exported as gauges named for what
+# they are (a *_total from another process's view is still monotonic, but we only mirror its value).
+_STORAGE_GAUGES = {
+    "wal_depth": ("maif_storage_wal_depth_records", "Acknowledged log records not yet applied."),
+    "unapplied_bytes": ("maif_storage_unapplied_bytes", "Bytes acknowledged or queued but not applied."),
+    "cache_hit_rate": ("maif_storage_cache_hit_ratio", "Hot cache hit ratio (0..1)."),
+    "compression_ratio": ("maif_storage_compression_ratio", "Stored bytes over raw bytes."),
+    "dedup_ratio": ("maif_storage_dedup_ratio", "Deduplication ratio of stored chunks."),
+    "bytes_hot": ("maif_storage_hot_bytes", "Bytes in the hot cache."),
+    "bytes_warm": ("maif_storage_warm_bytes", "Bytes in the warm tier (local packs)."),
+    "bytes_cold": ("maif_storage_cold_bytes", "Bytes in the cold tier."),
+    "blocks": ("maif_storage_blocks", "Blocks in the metadata index."),
+    "writes_total": ("maif_storage_writes", "Blocks written since the store opened."),
+    "wal_syncs_total": ("maif_storage_wal_syncs", "Log syncs (fdatasync) since the store opened."),
+}
+
+
+class ServiceMetrics:
+    """The service's Prometheus collectors, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.requests = Counter(
+            "maif_http_requests", "HTTP requests answered.", ("method", "route", "status"), registry=registry
+        )
+        self.request_duration = Histogram(
+            "maif_http_request_duration_seconds",
+            "Time from request start to the end of the response body.",
+            ("method", "route"),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.in_flight = Gauge("maif_http_requests_in_flight", "Requests being served.", registry=registry)
+        self.request_bytes = Counter(
+            "maif_http_request_body_bytes", "Request body bytes received.", ("route",), registry=registry
+        )
+        self.response_bytes = Counter(
+            "maif_http_response_body_bytes", "Response body bytes sent.", ("route",), registry=registry
+        )
+        self.auth_outcomes = Counter(
+            "maif_auth_decisions",
+            "Authentication and authorisation outcomes.",
+            ("stage", "outcome"),
+            registry=registry,
+        )
+        self.auth_cache_lookups = Counter(
+            "maif_auth_cache_lookups", "Token context cache lookups.", ("result",), registry=registry
+        )
+        self.blocks_written = Counter(
+            "maif_service_blocks_written",
+            "Blocks written through the service (parts included).",
+            ("kind",),
+            registry=registry,
+        )
+        self.block_bytes_written = Counter(
+            "maif_service_block_bytes_written", "Payload bytes written.", registry=registry
+        )
+        self.block_bytes_read = Counter(
+            "maif_service_block_bytes_read", "Payload bytes served.", registry=registry
+        )
+        self.writes_in_flight = Gauge(
+            "maif_service_writes_in_flight", "Block writes being received or made durable.", registry=registry
+        )
+        self.write_latency = Histogram(
+            "maif_service_write_duration_seconds",
+            "Time for the store to acknowledge one block write (durable).",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.storage = {
+            key: Gauge(name, help_text, registry=registry)
+            for key, (name, help_text) in _STORAGE_GAUGES.items()
+        }
+        self.ready = Gauge("maif_service_ready", "1 while the service accepts requests.", registry=registry)
+
+    def observe_storage(self, stats: dict[str, Any]) -> None:
+        for key, gauge in self.storage.items():
+            value = stats.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                gauge.set(float(value))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["ServiceMetrics"]

@@ -1,0 +1,203 @@
+"""Pure ASGI middleware: request ids, JSON access logs, request metrics, and the JSON body cap.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so streamed request and response bodies pass through chunk by
+chunk: the middleware counts bytes, it never buffers them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from maif import limits
+from maif.service.metrics import ServiceMetrics
+from maif.service.problems import PROBLEM_MEDIA_TYPE
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_LOG = logging.getLogger("maif.service.access")
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._-]{{1,{limits.service_request_id_bytes_max}}}$")
+
+# (method, path) pairs whose handlers stream the body and enforce their own caps.
+STREAMING_ENDPOINTS = frozenset({("POST", "/v1/blocks"), ("POST", "/v1/verify")})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ObservabilityMiddleware:
+    """Assigns a request id, caps JSON bodies, and records metrics and one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id_of(scope)
+        scope["maif.request_id"] = request_id
+        state: dict[str, Any] = {"status": 500, "bytes_in": 0, "bytes_out": 0, "started": False}
+        body_cap = (
+            None
+            if (scope["method"], scope["path"]) in STREAMING_ENDPOINTS
+            else (limits.service_json_body_bytes_max)
+        )
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            if body_cap is not None and _declared_length(scope) > body_cap:
+                await _send_too_large(send, request_id, body_cap, state)
+                return
+            await self.app(
+                scope, _counting_receive(receive, state, body_cap), _tracking_send(send, state, request_id)
+            )
+        except BodyTooLarge:
+            if not state["started"]:
+                await _send_too_large(send, request_id, body_cap or 0, state)
+        finally:
+            self.metrics.in_flight.dec()
+            self._record(scope, state, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: Scope, state: dict[str, Any], elapsed_s: float, request_id: str) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(method, route, str(state["status"])).inc()
+        self.metrics.request_duration.labels(method, route).observe(elapsed_s)
+        self.metrics.request_bytes.labels(route).inc(state["bytes_in"])
+        self.metrics.response_bytes.labels(route).inc(state["bytes_out"])
+        _LOG.info(
+            json.dumps(
+                {
+                    "event": "request",
+                    "time": time.time(),
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": state["status"],
+                    "duration_s": round(elapsed_s, 6),
+                    "bytes_in": state["bytes_in"],
+                    "bytes_out": state["bytes_out"],
+                    "agent_id": scope.get("maif.agent_id"),
+                },
+                separators=(",", ":"),
+            )
+        )
+
+
+def _request_id_of(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = bytes(value).decode("latin-1")
+            if _REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _counting_receive(receive: Receive, state: dict[str, Any], cap: int | None) -> Receive:
+    async def counted() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            state["bytes_in"] += len(message.get("body", b""))
+            if cap is not None and state["bytes_in"] > cap:
+                raise BodyTooLarge()
+        return message
+
+    return counted
+
+
+def _tracking_send(send: Send, state: dict[str, Any], request_id: str) -> Send:
+    async def tracked(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            state["status"] = message["status"]
+            state["started"] = True
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", request_id.encode("ascii")))
+            message["headers"] = headers
+        elif message["type"] == "http.response.body":
+            state["bytes_out"] += len(message.get("body", b""))
+        await send(message)
+
+    return tracked
+
+
+async def _send_too_large(send: Send, request_id: str, cap: int, state: dict[str, Any]) -> None:
+    body = json.dumps(
+        {
+            "type": "urn:maif:problem:too-large",
+            "title": "Content Too Large",
+            "status": 413,
+            "detail": f"request body is larger than {cap} bytes",
+            "instance": f"urn:maif:request:{request_id}",
+        }
+    ).encode()
+    state["status"], state["started"] = 413, True
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                (b"x-request-id", request_id.encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+    state["bytes_out"] += len(body)
+
+
+def configure_json_logging(level: str = "INFO") -> None:
+    """One JSON object per line on stderr for the service's loggers (access log and errors)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JSONFormatter())
+    for name in ("maif.service", "maif.service.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.name == "maif.service.access" and message.startswith("{"):
+            return message
+        entry: dict[str, Any] = {
+            "event": "log",
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+__all__ = ["STREAMING_ENDPOINTS", "ObservabilityMiddleware", "configure_json_logging"]
