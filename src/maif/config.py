@@ -39,7 +39,12 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Storage engine settings. Every server URL is optional: without them the store is embedded."""
+    """Storage engine settings. Every server URL is optional: without them the store is embedded.
+
+    Tiers: sealed packs sealed at least ``cold_after_age_s`` ago and unread for ``cold_after_idle_s``
+    move from ``data_dir/packs`` (warm) to ``data_dir/cold`` (cold) every ``tier_interval_s`` seconds
+    (0 turns the background move off; :meth:`MAIFStorage.migrate_tiers` still runs it on demand).
+    """
 
     data_dir: str = "./maif-data"
     durability: Literal["durable", "bulk_unsafe"] = "durable"
@@ -53,8 +58,14 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     qdrant_url: str | None = None
     s3_endpoint: str | None = None
     s3_bucket: str | None = None
+    cold_after_age_s: float = 7 * 24 * 3600.0
+    cold_after_idle_s: float = 24 * 3600.0
+    tier_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
+        _require_range("cold_after_age_s", self.cold_after_age_s, 0, 10 * 365 * 24 * 3600)
+        _require_range("cold_after_idle_s", self.cold_after_idle_s, 0, 10 * 365 * 24 * 3600)
+        _require_range("tier_interval_s", self.tier_interval_s, 0, 7 * 24 * 3600)
         _require_range("batch_size", self.batch_size, 1, 1_000_000)
         _require_range("batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
         _require_range("compression_threshold", self.compression_threshold, 0, 1 << 30)

@@ -339,6 +339,9 @@ cli_key_file_bytes_max: Final = 16 * KiB
 cli_skipped_rows_max: Final = 1000
 """Most skipped paths (symlinks, special files) a `pack` result lists; it counts them all."""
 
+cli_query_vector_bytes_max: Final = 1 * MiB
+"""Largest query vector `maif search` reads: the --vector JSON text or the --vector-file .npy file."""
+
 # --- sanity relations --------------------------------------------------------------------------
 assert keystore_keys_max * 1024 <= keystore_file_bytes_max  # a key record is under 1 KiB
 assert audit_event_text_bytes_max * 8 <= audit_record_bytes_max and audit_record_bytes_max < (1 << 32)
@@ -354,6 +357,9 @@ assert container_blocks_max <= (1 << 32) and container_versions_max < (1 << 32)
 # A recorded path travels in block metadata, so it must fit there with room for the other keys.
 assert cli_recorded_path_bytes_max * 4 <= block_metadata_bytes_max
 assert cli_jsonld_sniff_bytes_max <= block_payload_bytes_max
+# A query of the largest dimension fits as JSON (<= 32 bytes a number) and as float64 .npy.
+assert vector_dimensions_max * 32 <= cli_query_vector_bytes_max
+assert cli_npy_header_bytes_max + vector_dimensions_max * 8 <= cli_query_vector_bytes_max
 assert wal_record_bytes_max < (1 << 32) and wal_group_bytes_max <= wal_segment_bytes_max
 assert engine_apply_batch_records_max <= wal_group_records_max
 assert chunk_bytes_max < pack_bytes_max < (1 << 32)  # pack frames and offsets use u32 lengths

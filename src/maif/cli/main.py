@@ -17,6 +17,13 @@ from maif.cli.keygen import keygen_command
 from maif.cli.packing import append_command, pack_command
 from maif.cli.repairing import repair_command
 from maif.cli.serve import serve_command
+from maif.cli.store_commands import (
+    check_command,
+    export_command,
+    import_command,
+    search_command,
+    stats_command,
+)
 from maif.cli.unpacking import unpack_command
 from maif.cli.verification import verify_command
 
@@ -37,6 +44,11 @@ app.command("repair")(repair_command)
 app.command("demo")(demo_command)
 app.command("format-demo")(format_demo_command)
 app.command("serve")(serve_command)
+app.command("export")(export_command)
+app.command("import")(import_command)
+app.command("search")(search_command)
+app.command("stats")(stats_command)
+app.command("check")(check_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
 
 

@@ -19,6 +19,8 @@ Writing a block id that already exists replaces it (last writer, by log order, w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -58,6 +60,8 @@ _CHECKPOINT_INTERVAL_S = 5.0
 _APPLY_LINGER_S = 0.005
 
 
+_log = logging.getLogger(__name__)
+
 class Backends:
     """The four backends one engine drives; defaults are the embedded local ones under data_dir."""
 
@@ -85,14 +89,19 @@ class Backends:
 
 
 def default_backends(config: StorageConfig) -> Backends:
-    """The embedded defaults: packs, SQLite metadata, usearch vectors, an LRU cache."""
+    """The embedded defaults: packs (warm) migrating to a local cold directory, SQLite metadata, usearch
+    vectors, an LRU cache."""
     from maif.storage.backends import local  # imported here: SQLite/usearch only when used
     from maif.storage.cache import LRUHotCache
 
     data_dir = Path(config.data_dir)
     cache_bytes = max(1, config.max_memory_mb * 1024 * 1024 // 4)
+    from maif.storage.tiers import TieredChunkStore, TierPolicy
+
+    warm = local.LocalChunkStore(data_dir / "packs", compression_threshold=config.compression_threshold)
+    policy = TierPolicy(cold_after_age_s=config.cold_after_age_s, cold_after_idle_s=config.cold_after_idle_s)
     return Backends(
-        chunks=local.LocalChunkStore(data_dir / "packs", compression_threshold=config.compression_threshold),
+        chunks=TieredChunkStore(warm, local.LocalObjectStore(data_dir / "cold"), policy),
         index=local.LocalMetadataIndex(data_dir / "index.sqlite"),
         vectors=local.LocalVectorIndex(data_dir / "vectors"),
         cache=LRUHotCache(cache_bytes),
@@ -142,6 +151,9 @@ class MAIFStorage:
         self._space_ready = asyncio.Event()
         self._applied = asyncio.Condition()
         self._applier_task: asyncio.Task[None] | None = None
+        self._tier_task: asyncio.Task[None] | None = None
+        self._tier_failure: str | None = None
+        self._packs_moved_cold = 0
         self._applier_failure: str | None = None
         self._committed_lsn = 0
         self._applied_lsn = 0
@@ -176,6 +188,8 @@ class MAIFStorage:
                                          on_commit=self._on_commit)
         self._committer.start()
         self._applier_task = loop.create_task(self._apply_loop(), name="maif-applier")
+        if self.config.tier_interval_s > 0 and hasattr(self._backends.chunks, "migrate"):
+            self._tier_task = loop.create_task(self._tier_loop(), name="maif-tiers")
         self._space_ready.set()
 
     async def _replay(self) -> None:
@@ -206,6 +220,10 @@ class MAIFStorage:
         if self._closed or self._closing:
             return
         self._closing = True
+        if self._tier_task is not None:
+            self._tier_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tier_task
         try:
             assert self._committer is not None and self._wal is not None
             await self._committer.close()
@@ -478,6 +496,31 @@ class MAIFStorage:
         from maif.storage.engine_stats import collect_stats
 
         return await collect_stats(self)
+
+    async def migrate_tiers(self) -> list[int]:
+        """Move the sealed packs the tier policy selects to the cold tier now; returns their ids.
+
+        The background task does this every ``tier_interval_s``; reads stay transparent either way and
+        :meth:`read_block_with_tier` says which tier served a block.
+        """
+        self._check_open()
+        migrate = getattr(self._backends.chunks, "migrate", None)
+        if migrate is None:
+            return []
+        moved: list[int] = await migrate()
+        self._packs_moved_cold += len(moved)
+        return moved
+
+    async def _tier_loop(self) -> None:
+        """Run the tier policy periodically; a failure is reported in stats, never stops the store."""
+        while True:
+            await asyncio.sleep(self.config.tier_interval_s)
+            try:
+                await self.migrate_tiers()
+                self._tier_failure = None
+            except MAIFError as error:
+                self._tier_failure = error.message
+                _log.warning("moving packs to the cold tier failed (will retry): %s", error.message)
 
     async def check(self, read_data_fraction: float = 0.0) -> CheckReport:
         """Scrub like ``restic check``: structure always, ``read_data_fraction`` of blocks read back."""

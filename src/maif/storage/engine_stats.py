@@ -82,6 +82,8 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
         "bytes_hot": int(cache_stats.get("bytes", 0)),
         "bytes_warm": int(chunk_stats.get("bytes_warm", chunk_stats.get("stored_bytes", 0))),
         "bytes_cold": int(chunk_stats.get("bytes_cold", 0)),
+        "packs_moved_cold_total": storage._packs_moved_cold,
+        "tier_failure": storage._tier_failure,
         "chunks": chunk_stats,
     }
     if not storage._closed:

@@ -1,0 +1,460 @@
+"""`maif export|import|search|stats|check` over a real store directory: happy paths, JSON, exit codes.
+
+The store is built with the engine itself (create_maif_storage) in tmp_path; the commands run through
+Click's runner on a Typer app of their own, since main.py wires them separately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+import typer
+import typer.main
+import typer.testing
+from typer.testing import CliRunner, Result
+
+from maif.agents.embeddings import HashingEmbedder
+from maif.cli import store_commands
+from maif.cli.exit_codes import ExitCode
+from maif.format import codec, signing
+from maif.format.block import MAIFBlock, MAIFBlockType
+from maif.format.container import ContainerReader
+from maif.format.verify import verify_container
+from maif.storage import create_maif_storage
+from maif.storage.packs import pack_file_name
+from maif.testing.conformance import flip_byte
+
+app = typer.Typer(pretty_exceptions_enable=False)
+app.command("export")(store_commands.export_command)
+app.command("import")(store_commands.import_command)
+app.command("search")(store_commands.search_command)
+app.command("stats")(store_commands.stats_command)
+app.command("check")(store_commands.check_command)
+_COMMAND = typer.main.get_command(app)  # built once: Typer rebuilds it from type hints on every invoke
+runner = CliRunner()
+
+TEXT_IDS = ["t0", "t1", "t2"]
+EMBEDDING_IDS = ["e0", "e1", "e2", "e3"]
+OTHER_EMBEDDING_ID = "o0"
+FRAME_HEADER_BYTES = 48  # a pack frame's header (docs/format/PACKS.md)
+
+
+def run(*args: str | Path) -> Result:
+    with mock.patch.object(typer.testing, "_get_command", lambda _app: _COMMAND):
+        return runner.invoke(app, [str(arg) for arg in args])
+
+
+def run_json(*args: str | Path, code: int = 0) -> dict[str, Any]:
+    result = run(*args, "--json")
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def unit(index: int, dimensions: int = 4) -> np.ndarray:
+    vector = np.full(dimensions, 0.05, dtype=np.float32)
+    vector[index] = 1.0
+    return vector
+
+
+def embedding_block(block_id: str, vector: np.ndarray, agent_id: str) -> MAIFBlock:
+    return MAIFBlock(
+        id=block_id,
+        block_type=MAIFBlockType.EMBEDDING,
+        data=vector.astype(np.float32).tobytes(),
+        metadata={"dtype": "float32"},
+        agent_id=agent_id,
+    )
+
+
+def build_store(directory: Path, blocks: list[MAIFBlock]) -> None:
+    async def scenario() -> None:
+        async with await create_maif_storage({"data_dir": str(directory)}) as storage:
+            await storage.write_blocks(blocks)
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for name in ("signer", "stranger"):
+        key = signing.generate_signing_key()
+        paths[f"{name}.key"] = tmp_path / f"{name}.key"
+        paths[f"{name}.pub"] = tmp_path / f"{name}.pub"
+        signing.save_private_key(key, paths[f"{name}.key"])
+        signing.save_public_key(key.public_key(), paths[f"{name}.pub"])
+    return paths
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """Three TEXT blocks by `writer`, four 4-dim embeddings by `embedder`, one by `other`."""
+    directory = tmp_path / "store"
+    blocks = [
+        MAIFBlock(id=block_id, data=f"note {block_id} ".encode() * 40, agent_id="writer")
+        for block_id in TEXT_IDS
+    ]
+    blocks += [embedding_block(block_id, unit(i), "embedder") for i, block_id in enumerate(EMBEDDING_IDS)]
+    blocks.append(embedding_block(OTHER_EMBEDDING_ID, unit(0), "other"))
+    build_store(directory, blocks)
+    return directory
+
+
+def container_ids(path: Path) -> list[str]:
+    with ContainerReader.open(path) as reader:
+        return [reader.block(index).id for index in range(len(reader))]
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def test_export_writes_every_block_to_a_container_that_verifies(
+    tmp_path: Path, store: Path, keys: dict[str, Path]
+) -> None:
+    output = tmp_path / "all.maif"
+    document = run_json("export", "--store", store, "-o", output, "--key", keys["signer.key"])
+    everything = TEXT_IDS + EMBEDDING_IDS + [OTHER_EMBEDDING_ID]
+    assert document["ok"] and document["blocks_exported"] == len(everything)
+    assert sorted(container_ids(output)) == sorted(everything)
+    signer = signing.load_public_key(keys["signer.pub"])
+    assert document["version"]["signer_key_ids"] == [signing.key_id(signer).hex()]
+    assert verify_container(output, [signer]).ok
+    assert not verify_container(output, [signing.load_public_key(keys["stranger.pub"])]).ok
+
+
+def test_export_selects_by_agent_and_type_paging_through_the_list(
+    tmp_path: Path, store: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_commands, "_PAGE_BLOCKS", 2)  # four embeddings span three pages
+    by_agent = tmp_path / "embedder.maif"
+    document = run_json(
+        "export", "--store", store, "-o", by_agent, "--key", keys["signer.key"], "--agent", "embedder"
+    )
+    assert document["blocks_exported"] == 4 and sorted(container_ids(by_agent)) == EMBEDDING_IDS
+    by_type = tmp_path / "text.maif"
+    result = run("export", "--store", store, "-o", by_type, "--key", keys["signer.key"], "--type", "TEXT")
+    assert result.exit_code == 0 and "exported 3 blocks" in result.stdout
+    assert sorted(container_ids(by_type)) == TEXT_IDS
+    both = tmp_path / "both.maif"
+    document = run_json(
+        "export",
+        "--store",
+        store,
+        "-o",
+        both,
+        "--key",
+        keys["signer.key"],
+        "--agent",
+        "other",
+        "--type",
+        "EMBD",
+    )
+    assert container_ids(both) == [OTHER_EMBEDDING_ID]
+
+
+def test_export_of_explicit_ids_keeps_their_order_once_each(
+    tmp_path: Path, store: Path, keys: dict[str, Path]
+) -> None:
+    output = tmp_path / "picked.maif"
+    run_json(
+        "export",
+        "--store",
+        store,
+        "-o",
+        output,
+        "--key",
+        keys["signer.key"],
+        "--id",
+        "e2",
+        "--id",
+        "t1",
+        "--id",
+        "e2",
+    )
+    assert container_ids(output) == ["e2", "t1"]
+
+
+def test_export_refusals_leave_no_file_behind(tmp_path: Path, store: Path, keys: dict[str, Path]) -> None:
+    output = tmp_path / "out.maif"
+    key = keys["signer.key"]
+    missing = run_json(
+        "export", "--store", store, "-o", output, "--key", key, "--id", "nope", code=ExitCode.OTHER_ERROR
+    )
+    assert "nope" in missing["error"]["message"]
+    run_json(
+        "export", "--store", store, "-o", output, "--key", key, "--agent", "nobody", code=ExitCode.USAGE_ERROR
+    )
+    run_json(
+        "export",
+        "--store",
+        store,
+        "-o",
+        output,
+        "--key",
+        key,
+        "--id",
+        "t0",
+        "--agent",
+        "writer",
+        code=ExitCode.USAGE_ERROR,
+    )
+    run_json(
+        "export", "--store", store, "-o", output, "--key", key, "--type", "TOOLONG", code=ExitCode.USAGE_ERROR
+    )
+    run_json("export", "--store", store, "-o", output, "--key", keys["signer.pub"], code=ExitCode.KEY_ERROR)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["store", *keys_names(keys)])
+    output.write_bytes(b"precious")
+    run_json("export", "--store", store, "-o", output, "--key", key, code=ExitCode.USAGE_ERROR)
+    assert output.read_bytes() == b"precious"
+    run_json("export", "--store", store, "-o", output, "--key", key, "--force")
+    assert len(container_ids(output)) == 8
+
+
+def test_export_of_an_empty_store_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+    empty = tmp_path / "empty"
+    build_store(empty, [])
+    document = run_json(
+        "export", "--store", empty, "-o", tmp_path / "none.maif", "--key", keys["signer.key"], code=2
+    )
+    assert "no blocks" in document["error"]["message"] and not (tmp_path / "none.maif").exists()
+
+
+def keys_names(keys: dict[str, Path]) -> list[str]:
+    return [path.name for path in keys.values()]
+
+
+def test_store_commands_refuse_a_directory_that_holds_no_store(tmp_path: Path, keys: dict[str, Path]) -> None:
+    missing = tmp_path / "typo"
+    document = run_json("stats", "--store", missing, code=ExitCode.MALFORMED_FILE)
+    assert "no MAIF store" in document["error"]["message"]
+    assert not missing.exists()  # a mistyped --store never becomes a fresh empty store
+    other = tmp_path / "documents"
+    other.mkdir()
+    (other / "letter.txt").write_text("keep me")
+    run_json("check", "--store", other, code=ExitCode.MALFORMED_FILE)
+    run_json("search", "--store", other, "--vector", "[1, 0]", code=ExitCode.MALFORMED_FILE)
+    assert sorted(path.name for path in other.iterdir()) == ["letter.txt"]
+
+
+# --- import ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def exported(tmp_path: Path, store: Path, keys: dict[str, Path]) -> Path:
+    output = tmp_path / "exported.maif"
+    run_json("export", "--store", store, "-o", output, "--key", keys["signer.key"])
+    return output
+
+
+def test_import_into_a_new_store_under_a_trusted_key(
+    tmp_path: Path, exported: Path, keys: dict[str, Path]
+) -> None:
+    target = tmp_path / "imported"
+    document = run_json(
+        "import", exported, "--store", target, "--trust", keys["stranger.pub"], "--trust", keys["signer.pub"]
+    )
+    assert document["ok"] and document["blocks_imported"] == 8
+    signer_id = signing.key_id(signing.load_public_key(keys["signer.pub"])).hex()
+    assert document["signer_key_ids"] == [signer_id]
+    stats = run_json("stats", "--store", target)["stats"]
+    assert stats["blocks"] == 8 and stats["vectors"] == 5
+    hits = run_json("search", "--store", target, "--vector", "[0, 0, 1, 0]", "--limit", "1")["hits"]
+    assert [hit["block_id"] for hit in hits] == ["e2"]
+    again = run("import", exported, "--store", target, "--trust", keys["signer.pub"])
+    assert again.exit_code == 0 and "imported 8 blocks" in again.stdout
+    assert run_json("stats", "--store", target)["stats"]["blocks"] == 8  # same ids: replaced, not doubled
+
+
+def test_import_refuses_a_container_signed_by_an_untrusted_key(
+    tmp_path: Path, exported: Path, keys: dict[str, Path]
+) -> None:
+    target = tmp_path / "never-created"
+    document = run_json(
+        "import",
+        exported,
+        "--store",
+        target,
+        "--trust",
+        keys["stranger.pub"],
+        code=ExitCode.SIGNATURE_UNTRUSTED,
+    )
+    assert document["error"]["exit_name"] == "signature_untrusted"
+    assert not target.exists()
+
+
+def payload_offset(container: Path, block_id: str) -> int:
+    """The file offset of the middle of one block's stored payload (a raw helper for tampering)."""
+    with ContainerReader.open(container) as reader:
+        index = next(i for i in range(len(reader)) if reader.block(i).id == block_id)
+        entry = reader.entry(index)
+        record = reader.record(index)
+        header = codec.decode_header(record, 0, len(record))
+        del record  # a view of the reader's map: must not outlive it
+    start = entry.offset + header.body_offset + header.metadata_length
+    return (start + entry.offset + entry.length) // 2
+
+
+def test_import_refuses_a_tampered_payload_as_an_integrity_failure(
+    tmp_path: Path, exported: Path, keys: dict[str, Path]
+) -> None:
+    flip_byte(exported, payload_offset(exported, "t1"))  # signatures still hold: only a full check sees it
+    target = tmp_path / "target"
+    document = run_json(
+        "import", exported, "--store", target, "--trust", keys["signer.pub"], code=ExitCode.INTEGRITY_FAILURE
+    )
+    assert document["error"]["type"] == "IntegrityError"
+    assert run_json("stats", "--store", target)["stats"]["blocks"] == 0  # refused before any block
+
+
+def test_import_refuses_garbage_and_a_foreign_directory(
+    tmp_path: Path, exported: Path, keys: dict[str, Path]
+) -> None:
+    garbage = tmp_path / "garbage.maif"
+    garbage.write_bytes(b"not a container at all" * 10)
+    run_json(
+        "import",
+        garbage,
+        "--store",
+        tmp_path / "s",
+        "--trust",
+        keys["signer.pub"],
+        code=ExitCode.MALFORMED_FILE,
+    )
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a store")
+    run_json(
+        "import", exported, "--store", foreign, "--trust", keys["signer.pub"], code=ExitCode.MALFORMED_FILE
+    )
+    run_json(
+        "import", exported, "--store", tmp_path / "s", "--trust", keys["signer.key"], code=ExitCode.KEY_ERROR
+    )
+
+
+# --- search ---------------------------------------------------------------------------------------
+
+
+def test_search_with_a_vector_ranks_by_cosine_and_filters(store: Path) -> None:
+    document = run_json("search", "--store", store, "--vector", "[0.0, 1.0, 0.0, 0.0]", "--limit", "3")
+    hits = document["hits"]
+    assert len(hits) == 3 and hits[0]["block_id"] == "e1"
+    assert hits[0]["score"] == pytest.approx(
+        float(np.dot(unit(1), [0, 1, 0, 0]) / np.linalg.norm(unit(1))), abs=1e-4
+    )
+    assert hits[0]["agent_id"] == "embedder" and hits[0]["block_type"] == "EMBD"
+    assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
+    assert document["query"] == {"dimensions": 4, "embedder": None}
+    only_other = run_json("search", "--store", store, "--vector", "[1, 0, 0, 0]", "--agent", "other")["hits"]
+    assert [hit["block_id"] for hit in only_other] == [OTHER_EMBEDDING_ID]
+    close = run_json("search", "--store", store, "--vector", "[1, 0, 0, 0]", "--threshold", "0.9")["hits"]
+    assert sorted(hit["block_id"] for hit in close) == ["e0", OTHER_EMBEDDING_ID]
+    human = run("search", "--store", store, "--vector", "[0, 0, 0, 1]", "--limit", "1")
+    assert human.exit_code == 0 and "e3" in human.stdout and "embedder" in human.stdout
+
+
+def test_search_with_a_vector_file(tmp_path: Path, store: Path) -> None:
+    query = tmp_path / "query.npy"
+    np.save(query, np.array([[0.0, 0.0, 2.0, 0.0]]))  # a (1, n) float64 row is one query too
+    hits = run_json("search", "--store", store, "--vector-file", query, "--limit", "1")["hits"]
+    assert [hit["block_id"] for hit in hits] == ["e2"]
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    run_json("search", "--store", store, "--vector-file", pickled, code=ExitCode.MALFORMED_FILE)
+    huge = tmp_path / "huge.npy"
+    np.save(huge, np.ones(200_000))
+    run_json("search", "--store", store, "--vector-file", huge, code=ExitCode.USAGE_ERROR)
+
+
+def test_search_with_text_embeds_the_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIF_EMBEDDINGS", "hashing")  # the built-in embedder: fast and deterministic
+    texts = {
+        "tyger": "Tyger Tyger, burning bright, in the forests of the night",
+        "hope": "Hope is the thing with feathers that perches in the soul",
+        "sand": "Round the decay of that colossal wreck, boundless and bare, the lone and level sands",
+    }
+    embedder = HashingEmbedder()
+    vectors = embedder.embed(list(texts.values()))
+    directory = tmp_path / "poems"
+    build_store(
+        directory,
+        [embedding_block(name, vector, "reader") for name, vector in zip(texts, vectors, strict=True)],
+    )
+    document = run_json(
+        "search", "--store", directory, "--text", "a bird with feathers, hope", "--limit", "3"
+    )
+    assert document["hits"][0]["block_id"] == "hope"
+    assert document["query"] == {"dimensions": embedder.dimension, "embedder": "feature-hashing-v1"}
+
+
+def test_search_refuses_bad_queries(tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIF_EMBEDDINGS", "hashing")
+    usage = ExitCode.USAGE_ERROR
+    run_json("search", "--store", store, code=usage)  # no query at all
+    run_json("search", "--store", store, "--vector", "[1, 0, 0, 0]", "--text", "both", code=usage)
+    for bad in ("[1, 0", '["a"]', "[]", "[0, 0, 0, 0]", "[[1, 2]]", "[1e999, 0, 0, 0]", "7"):
+        document = run_json("search", "--store", store, "--vector", bad, code=usage)
+        assert document["error"]["exit_name"] == "usage_error"
+    mismatch = run_json("search", "--store", store, "--vector", "[1, 0, 0]", code=usage)
+    assert "dimensions" in mismatch["error"]["message"]
+    run_json("search", "--store", store, "--text", "384 dimensions against 4", code=usage)
+    assert run("search", "--store", store, "--vector", "[1,0,0,0]", "--limit", "0").exit_code == usage
+
+
+# --- stats and check ------------------------------------------------------------------------------
+
+
+def test_stats_reports_the_store(store: Path) -> None:
+    document = run_json("stats", "--store", store)
+    stats = document["stats"]
+    assert document["ok"] and stats["blocks"] == 8 and stats["vectors"] == 5
+    assert stats["wal_depth"] == 0 and stats["durability"] == "durable" and isinstance(stats["chunks"], dict)
+    human = run("stats", "--store", store)
+    assert human.exit_code == 0 and "blocks" in human.stdout and "chunks." in human.stdout
+
+
+def test_check_passes_on_a_healthy_store(store: Path) -> None:
+    document = run_json("check", "--store", store, "--read-data-fraction", "1")
+    assert document["ok"] and document["verdict"] == "ok" and document["problems"] == []
+    assert document["blocks_checked"] == 8 and document["blocks_read"] == 8
+    human = run("check", "--store", store)
+    assert human.exit_code == 0 and "no problems found" in human.stdout
+    assert run("check", "--store", store, "--read-data-fraction", "1.5").exit_code == ExitCode.USAGE_ERROR
+
+
+def chunk_location(directory: Path, block_id: str) -> tuple[Path, int]:
+    """The pack file and offset of the middle of a block's first chunk (raw, behind the API)."""
+
+    async def scenario() -> tuple[Path, int]:
+        async with await create_maif_storage({"data_dir": str(directory)}) as storage:
+            record = await storage._backends.index.get(block_id)
+            assert record is not None
+            chunks = storage._backends.chunks
+            warm: Any = getattr(
+                chunks, "warm", chunks
+            )  # the default store tiers its pack store (warm) to cold
+            location = warm.packs.locate(record.chunks[0])
+            assert location is not None
+            pack = directory / "packs" / pack_file_name(location.pack_id)
+            return pack, location.offset + FRAME_HEADER_BYTES + location.stored_length // 2
+
+    return asyncio.run(scenario())
+
+
+def test_check_finds_a_corrupted_pack_chunk(store: Path) -> None:
+    pack, offset = chunk_location(store, "t2")
+    flip_byte(pack, offset)
+    document = run_json(
+        "check", "--store", store, "--read-data-fraction", "1", code=ExitCode.INTEGRITY_FAILURE
+    )
+    assert not document["ok"] and document["verdict"] == "integrity_failure"
+    assert any("'t2'" in problem for problem in document["problems"])
+    human = run("check", "--store", store)
+    assert human.exit_code == ExitCode.INTEGRITY_FAILURE
+    assert "PROBLEMS FOUND" in human.stdout and "failed check" in human.stderr
