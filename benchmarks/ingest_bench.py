@@ -205,7 +205,7 @@ async def maif_reads(directory: Path, count: int) -> dict[str, float]:
 
 
 _RSS_CHILD = """
-import asyncio, resource, sys
+import asyncio, sys
 from maif.format.block import MAIFBlock
 from maif.storage.engine import create_maif_storage
 async def main(data_dir, count):
@@ -214,7 +214,9 @@ async def main(data_dir, count):
         for start in range(0, count, 1000):
             await storage.write_blocks([MAIFBlock(id=f"m{i}", data=i.to_bytes(8, "little") * 12,
                                         timestamp=float(i)) for i in range(start, start + 1000)])
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across (v)fork and exec.
+    status = open("/proc/self/status").read()
+    print(int(status.split("VmHWM:")[1].split()[0]) * 1024)
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 

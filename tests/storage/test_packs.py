@@ -66,6 +66,28 @@ def test_flushed_chunks_survive_a_crash(tmp_path: Path) -> None:
     assert all(reopened.get_chunk(digest) == data for digest, data in chunks)
 
 
+def test_damage_before_indexed_frames_is_reported_never_truncated(tmp_path: Path) -> None:
+    chunks = chunks_of(6)
+    store = PackStore(tmp_path)
+    store.put_chunks(chunks)
+    store.flush()
+    store.close()
+    pack = tmp_path / pack_file_name(1)
+    size = pack.stat().st_size
+    first_data_byte = 16 + FRAME_HEADER_BYTES + 100
+    flip_byte(pack, first_data_byte)
+    reopened = PackStore(tmp_path)
+    assert pack.stat().st_size == size  # every healthy chunk after the damage is still there
+    assert all(reopened.get_chunk(digest) == data for digest, data in chunks[1:])
+    with pytest.raises(IntegrityError):
+        reopened.get_chunk(chunks[0][0])
+    assert any("damaged" in problem for problem in reopened.scrub(1.0))
+    reopened.put_chunks(chunks_of(1, seed=9))  # writing goes on, into a new pack
+    reopened.flush()
+    assert pack.stat().st_size == size
+    reopened.close()
+
+
 def test_chunks_in_the_pack_but_not_yet_indexed_are_recovered(tmp_path: Path) -> None:
     """Crash after the pack write, before the index write: the tail scan re-indexes the frames."""
     chunks = chunks_of(6)

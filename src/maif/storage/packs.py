@@ -15,7 +15,9 @@ so a sealed pack is always fully indexed and never changes again.
 Recovery on open: a torn index tail (a partial or failed-checksum last entry) is truncated; damage in
 the middle of the index makes the store rebuild the whole index from the self-describing packs. Each
 unsealed pack is scanned: frames whose header checksum and BLAKE3 data digest verify are (re)indexed,
-and the first frame that does not is where the torn tail starts and the file is truncated. Entries that
+and the first frame that does not is where the torn tail starts and the file is truncated, unless the
+index holds synced frames beyond it: then it is damage, the pack is kept whole and no longer written to,
+and the damaged chunk is refused on read and reported by scrub. Entries that
 point past the end of a pack (external damage) are reported by :meth:`PackStore.scrub`.
 """
 
@@ -309,6 +311,10 @@ class PackStore:
             self._sealed.add(pack_id)
             self._pack_sizes[pack_id] = size
             return
+        indexed_end = max(
+            (location.end for location in self._locations.values() if location.pack_id == pack_id),
+            default=_PACK_HEADER.size,
+        )
         end = _PACK_HEADER.size
         for digest, location in self._scan_frames(pack_id, verify_data=True):
             end = location.end
@@ -317,6 +323,17 @@ class PackStore:
                 self._unindexed.append((digest, location))
         if size < _PACK_HEADER.size:
             self._write_pack_header(pack_id, path)
+        elif end < indexed_end:
+            # The index holds synced frames beyond the first bad one: this is damage, not a torn tail.
+            # Truncating would destroy healthy chunks; keep every byte, stop writing to this pack, and
+            # let reads and scrub name the damaged chunk.
+            self._open_problems.append(
+                f"pack {pack_id}: the frame at offset {end} is damaged but indexed frames follow it; "
+                "the pack is kept as it is and no longer written to"
+            )
+            self._sealed.add(pack_id)
+            self._pack_sizes[pack_id] = size
+            return
         elif end != size:
             os.truncate(path, end)
             self.counters["tails_truncated"] += 1
