@@ -182,7 +182,7 @@ def _tamper_and_verify(
 ) -> dict[str, Any]:
     target = next(row for row in rows if row["type"] == "IMAG")
     shutil.copyfile(container, tampered)
-    payload_start, payload_end = _payload_range(tampered, target["index"])
+    payload_start, payload_end = payload_range(tampered, target["index"])
     offset = (payload_start + payload_end) // 2  # the middle of the stored payload
     with open(tampered, "r+b") as handle:
         handle.seek(offset)
@@ -205,7 +205,7 @@ def _tamper_and_verify(
     }
 
 
-def _payload_range(container: Path, index: int) -> tuple[int, int]:
+def payload_range(container: Path, index: int) -> tuple[int, int]:
     """File offsets [start, end) of block ``index``'s stored payload: its record minus header and metadata."""
     with reading(container) as reader:
         entry = reader.entry(index)

@@ -35,6 +35,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from maif.cli.demo import DemoRun, DemoStep, payload_range
 from maif.cli.exit_codes import ExitCode
 from maif.cli.output import CommandOutput, plain, reporting_errors
 
@@ -64,23 +65,10 @@ QUERY_HITS_REQUIRED = 6
 
 
 @dataclass
-class DemoStep:
-    name: str
-    passed: bool
-    detail: str
-    elapsed_ms: float
-    facts: dict[str, Any] = field(default_factory=dict)
+class FullDemoRun(DemoRun):
+    """The format demo's run record plus the store's statistics."""
 
-
-@dataclass
-class FullDemoRun:
-    workdir: Path
-    steps: list[DemoStep] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.steps) and all(step.passed for step in self.steps)
 
 
 def corpus_texts() -> dict[str, str]:
@@ -337,14 +325,13 @@ async def _export_verify_tamper(run: FullDemoRun, storage: Any, manager: Any, wo
             "block_signatures_checked": signatures_checked,
         }
     with _timed(run, "tamper detection") as step:
-        from maif.cli.demo import _payload_range
 
         with ContainerReader.open(container) as reader:
             index = next(i for i in range(len(reader)) if reader.block(i).type_name == "IMAG")
             target_id = reader.block(index).id
         tampered = workdir / f"{EXPORTED_AGENT}.tampered.maif"
         shutil.copyfile(container, tampered)
-        start, end = _payload_range(tampered, index)
+        start, end = payload_range(tampered, index)
         offset = (start + end) // 2
         with open(tampered, "r+b") as handle:
             handle.seek(offset)
