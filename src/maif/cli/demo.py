@@ -263,7 +263,7 @@ def demo_command(
 ) -> None:
     """Show the format working: keys, pack, verify, refuse an untrusted key, catch a flipped byte, append."""
     output = CommandOutput(json_output=json_output)
-    with reporting_errors(output), _work_directory(workdir) as directory:
+    with reporting_errors(output), work_directory(workdir) as directory:
         run = run_demo(directory)
         output.result(_summary(run, kept=workdir is not None))
         if not json_output:
@@ -294,7 +294,7 @@ def _render(output: CommandOutput, run: DemoRun, *, kept: bool) -> None:
 
 
 @contextmanager
-def _work_directory(workdir: Path | None) -> Iterator[Path]:
+def work_directory(workdir: Path | None) -> Iterator[Path]:
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         yield workdir

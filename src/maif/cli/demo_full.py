@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from maif.cli.demo import DemoRun, DemoStep, payload_range
+from maif.cli.demo import DemoRun, DemoStep, payload_range, work_directory
 from maif.cli.exit_codes import ExitCode
 from maif.cli.output import CommandOutput, plain, reporting_errors
 
@@ -392,7 +391,7 @@ def demo_command(
 ) -> None:
     """Run agents over a corpus into a signed store; search, export, verify and catch tampering."""
     output = CommandOutput(json_output=json_output)
-    with reporting_errors(output), _work_directory(workdir) as directory:
+    with reporting_errors(output), work_directory(workdir) as directory:
         run = asyncio.run(run_full_demo(directory, show_progress=not json_output))
         output.result(summary(run, kept=workdir is not None))
         if not json_output:
@@ -463,15 +462,6 @@ def _render(output: CommandOutput, run: FullDemoRun, *, kept: bool) -> None:
     )
     output.human(f"{verdict} in {sum(s.elapsed_ms for s in run.steps):.0f} ms")
 
-
-@contextmanager
-def _work_directory(workdir: Path | None) -> Iterator[Path]:
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        yield workdir
-        return
-    with tempfile.TemporaryDirectory(prefix="maif-demo-") as temporary:
-        yield Path(temporary)
 
 
 __all__ = ["FullDemoRun", "demo_command", "run_full_demo", "summary"]
