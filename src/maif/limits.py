@@ -278,11 +278,21 @@ service_json_body_bytes_max: Final = 2 * MiB
 bodies are refused with 413 before they are parsed."""
 
 service_part_bytes_max: Final = 4 * MiB
-"""A raw upload larger than this is stored as parts of exactly this size plus a manifest block, so a
-transfer of any size holds at most two parts in memory."""
+"""A raw upload larger than this is spooled to disk, then stored as parts of exactly this size plus a
+manifest block, so a transfer of any size holds at most about two parts in memory."""
 
 service_upload_bytes_max: Final = 64 * GiB
 """Largest raw (streamed) block upload."""
+
+service_spool_bytes_max: Final = 128 * GiB
+"""Most bytes of request bodies spooled to local disk at once, over all uploads in progress (then 503)."""
+
+service_spool_free_bytes_min: Final = 1 * GiB
+"""Free space a spooled upload must leave on the spool's file system (else 507): uploads never fill the
+disk the store lives on."""
+
+service_spool_write_bytes_min: Final = 1 * MiB
+"""Spooled bodies are written to disk in pieces of at least this size (one thread hop per piece)."""
 
 service_header_metadata_bytes_max: Final = 8 * KiB
 """Longest X-MAIF-Metadata header (JSON) accepted with a raw upload."""
@@ -371,6 +381,9 @@ assert attestation_nonces_per_agent_max <= attestation_outstanding_nonces_max
 assert service_part_bytes_max <= block_payload_bytes_max and service_part_bytes_max <= wal_record_bytes_max
 assert service_upload_bytes_max // service_part_bytes_max * 300 <= block_payload_bytes_max
 assert service_json_body_bytes_max <= service_part_bytes_max
+assert service_upload_bytes_max <= service_spool_bytes_max
+assert service_verify_upload_bytes_max <= service_spool_bytes_max
+assert service_spool_write_bytes_min <= service_part_bytes_max
 assert service_list_limit_max <= engine_list_limit_max and service_search_limit_max <= engine_search_limit_max
 assert service_export_blocks_max <= gate_batch_resources_max
 assert service_header_metadata_bytes_max <= block_metadata_bytes_max

@@ -78,12 +78,14 @@ def start_server(
     master_key: str | None = None,
     port: int | None = None,
     max_memory_mb: int = 64,
+    service: dict[str, Any] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> Server:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "storage": {"data_dir": str(directory / "data"), "max_memory_mb": max_memory_mb},
         "security": issuer.config(),
-        "service": {"log_level": "warning", "graceful_shutdown_s": 30},
+        "service": {"log_level": "warning", "graceful_shutdown_s": 30, **(service or {})},
     }
     config_file = directory / "maif.json"
     config_file.write_text(json.dumps(config))
@@ -102,7 +104,7 @@ def start_server(
             "--config",
             str(config_file),
         ],
-        env={**os.environ, "MAIF_MASTER_KEY": master_key},
+        env={**os.environ, "MAIF_MASTER_KEY": master_key, **(environment or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=directory,

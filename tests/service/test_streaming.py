@@ -1,8 +1,13 @@
-"""Large streamed uploads and downloads keep the server's memory bounded; shutdown drains writes."""
+"""Large streamed uploads and downloads keep the server's memory bounded; shutdown drains writes; an
+upload that is refused, abandoned or cut short by a crash leaves nothing in the store or the spool."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
+import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +20,10 @@ import pytest
 from conftest import start_server as start_server_for
 
 MiB = 1024 * 1024
-UPLOAD_BYTES = 256 * MiB
-RSS_GROWTH_BYTES_MAX = 96 * MiB  # well under the 256 MiB moved: the body is never held whole
+UPLOAD_BYTES = 1024 * MiB
+# An eighth of the 1 GiB moved each way: the store's 64 MiB memory budget (the hot cache fills with the
+# parts), about two 4 MiB parts in flight, and allocator slack. Holding the body would cost 1 GiB.
+RSS_GROWTH_BYTES_MAX = 128 * MiB
 
 
 def _chunk(index: int) -> bytes:
@@ -45,13 +52,13 @@ def own_server(oidc_issuer: Any, tmp_path_factory: pytest.TempPathFactory) -> It
         server.stop()
 
 
-def test_256_mib_upload_and_download_stream_with_bounded_memory(
+def test_1_gib_upload_and_download_stream_with_bounded_memory(
     own_server: Any, tokens: dict[str, str]
 ) -> None:
     auth = {"Authorization": f"Bearer {tokens['agent-1']}"}
     baseline = own_server.rss_bytes("VmHWM")
     sent = hashlib.sha256()
-    with httpx.Client(base_url=own_server.url, headers=auth, timeout=300) as client:
+    with httpx.Client(base_url=own_server.url, headers=auth, timeout=600) as client:
         response = client.post(
             "/v1/blocks",
             content=_body(UPLOAD_BYTES, sent),
@@ -117,5 +124,107 @@ def test_sigterm_drains_an_in_flight_streamed_write(
     try:
         read = httpx.get(f"{restarted.url}/v1/blocks/drained", headers=auth, timeout=60)
         assert read.status_code == 200 and hashlib.sha256(read.content).digest() == sent.digest()
+    finally:
+        restarted.stop()
+
+
+def _spool_files_open(server: Any) -> list[str]:
+    """Files in the server's spool directory that the server process holds open (anonymous ones too)."""
+    spool = str(server.directory / "data" / "service-spool")
+    found = []
+    for descriptor in Path(f"/proc/{server.process.pid}/fd").iterdir():
+        try:
+            target = os.readlink(descriptor)
+        except OSError:
+            continue
+        if target.startswith(spool):
+            found.append(target)
+    return found
+
+
+def _raw_upload_start(server: Any, token: str, block_id: str, declared: int, sent: int) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port))
+    connection.sendall(
+        b"POST /v1/blocks HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        + f"X-MAIF-Block-Id: {block_id}\r\nContent-Length: {declared}\r\n".encode()
+        + f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    for index in range(sent // MiB):
+        connection.sendall(_chunk(index))
+    return connection
+
+
+def _assert_nothing_stored(client: httpx.Client, block_id: str, parts: int) -> None:
+    for index in range(parts):
+        part = client.get(f"/v1/blocks/{block_id}~p{index:06d}")
+        assert part.status_code == 404, f"part {index} of {block_id} was stored: {part.status_code}"
+    assert client.get(f"/v1/blocks/{block_id}").status_code == 404
+
+
+def test_refused_and_abandoned_uploads_store_nothing_and_release_the_spool(
+    own_server: Any, tokens: dict[str, str]
+) -> None:
+    auth = {"Authorization": f"Bearer {tokens['agent-1']}"}
+    with httpx.Client(base_url=own_server.url, headers=auth, timeout=120) as client:
+        blocks_before = client.get("/v1/stats").json()["storage"]["blocks"]
+        # 1. A 12 MiB body whose Content-Digest does not match: refused after it arrived, nothing stored.
+        wrong = "sha-256=:" + base64.b64encode(hashlib.sha256(b"something else").digest()).decode() + ":"
+        refused = client.post(
+            "/v1/blocks",
+            content=_body(12 * MiB, hashlib.sha256()),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "X-MAIF-Block-Id": "wrong-digest",
+                "Content-Digest": wrong,
+            },
+        )
+        assert refused.status_code == 400 and refused.json()["type"].endswith("digest-mismatch")
+        _assert_nothing_stored(client, "wrong-digest", 3)
+        # 2. A client that sends 20 of a declared 40 MiB and goes away.
+        connection = _raw_upload_start(own_server, tokens["agent-1"], "walked-away", 40 * MiB, 20 * MiB)
+        deadline = time.monotonic() + 10
+        while not _spool_files_open(own_server) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _spool_files_open(own_server), "a 20 MiB partial body should be spooled to disk"
+        connection.close()
+        deadline = time.monotonic() + 30
+        while _spool_files_open(own_server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _spool_files_open(own_server) == [], "the abandoned upload's spool file was not released"
+        _assert_nothing_stored(client, "walked-away", 10)
+        # 3. A declared length over the upload cap is refused before any byte is read.
+        with _raw_upload_start(own_server, tokens["agent-1"], "too-big", 2**40, 0) as raw:
+            raw.settimeout(30)
+            status_line = raw.recv(4096).split(b"\r\n", 1)[0]
+        assert status_line.startswith(b"HTTP/1.1 413"), status_line
+        assert client.get("/v1/stats").json()["storage"]["blocks"] == blocks_before
+        assert os.listdir(own_server.directory / "data" / "service-spool") == []
+
+
+def test_a_server_killed_mid_upload_leaves_no_parts_and_no_spool_file(
+    oidc_issuer: Any, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    server = start_server_for(tmp_path / "killed", oidc_issuer)
+    try:
+        connection = _raw_upload_start(server, tokens["agent-1"], "cut-short", 64 * MiB, 32 * MiB)
+        deadline = time.monotonic() + 10
+        while not _spool_files_open(server) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _spool_files_open(server)
+        server.process.send_signal(signal.SIGKILL)
+        assert server.process.wait(30) == -signal.SIGKILL
+        connection.close()
+    finally:
+        server.stop()
+    assert (
+        os.listdir(tmp_path / "killed" / "data" / "service-spool") == []
+    )  # anonymous: gone with the process
+    restarted = start_server_for(tmp_path / "killed", oidc_issuer, master_key=server.master_key)
+    try:
+        with httpx.Client(
+            base_url=restarted.url, headers={"Authorization": f"Bearer {tokens['agent-1']}"}, timeout=60
+        ) as client:
+            _assert_nothing_stored(client, "cut-short", 16)
+            assert client.get("/v1/stats").json()["storage"]["blocks"] == 0
     finally:
         restarted.stop()

@@ -4,8 +4,10 @@ The config file (JSON or TOML) holds the ``storage`` and ``security`` sections a
 ``service`` section: ``security_data_dir`` (keystore and audit log; default <data_dir>/security),
 ``export_key_file`` (raw 32-byte Ed25519 seed, hex; created owner-only when missing), ``log_level``,
 ``graceful_shutdown_s``, ``embedding_dimensions`` (the one vector size the store accepts; 384 is what
-the agent runtime's default embedder makes). The master key comes from MAIF_MASTER_KEY
-(see maif.security.manager).
+the agent runtime's default embedder makes), and ``tracing`` (OpenTelemetry over OTLP/HTTP, see
+maif.service.tracing; the standard OTEL_EXPORTER_OTLP_* variables turn it on too). The master key comes
+from MAIF_MASTER_KEY (see maif.security.manager); MAIF_METRICS_TOKEN, when set, is the bearer token
+GET /metrics requires.
 
 Shutdown (SIGTERM/SIGINT): uvicorn stops accepting, lets in-flight requests finish (up to
 ``graceful_shutdown_s``), then the service waits for every write in flight to be acknowledged, and the
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from maif.config import SecurityConfig, StorageConfig, load_section
 from maif.errors import ConfigError, MAIFError
+from maif.service.tracing import TracingConfig, build_tracer_provider
 
 
 class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -38,6 +41,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: str = "info"
     graceful_shutdown_s: float = 30.0
     embedding_dimensions: int = 384
+    tracing: TracingConfig | None = None
 
 
 def _service_section(path: Path | None) -> ServiceConfig:
@@ -88,6 +92,7 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
     configure_json_logging(service_config.log_level)
     data_dir = Path(storage_config.data_dir)
     security_dir = Path(service_config.security_data_dir or data_dir / "security")
+    tracer_provider = build_tracer_provider(service_config.tracing)
     storage = await create_maif_storage(storage_config)
     manager = None
     try:
@@ -98,6 +103,8 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
             manager,
             export_signing_key=load_export_key(key_file),
             embedding_dimensions=service_config.embedding_dimensions,
+            tracer_provider=tracer_provider,
+            metrics_token=os.environ.get("MAIF_METRICS_TOKEN") or None,
         )
         server = _draining_server_class()(
             uvicorn.Config(
@@ -121,6 +128,8 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
         finally:
             if manager is not None:
                 manager.close()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # exports the spans still queued
 
 
 def _draining_server_class() -> type:

@@ -4,9 +4,13 @@
 
 Every /v1 route authenticates the bearer token (:mod:`maif.service.auth`) and asks the gate
 (:meth:`SecurityManager.authorize`, audited) about the resource it touches; refusals are RFC 9457
-problem+json (:mod:`maif.service.problems`). /healthz, /readyz and /metrics are unauthenticated: they
-carry no block data, no ids and no secrets. The app never owns the store or the manager: whoever created
-them closes them after the server stops (``maif serve`` does, after draining in-flight writes).
+problem+json (:mod:`maif.service.problems`). /healthz and /readyz are unauthenticated (probes); they and
+/metrics carry no block data, no ids and no secrets, and /metrics asks for its own bearer token when one
+is configured (``metrics_token``; ``maif serve`` reads MAIF_METRICS_TOKEN). Request bodies that are not
+small JSON go through the upload spool (:mod:`maif.service.spool`); requests are traced when a tracer
+provider is configured (:mod:`maif.service.tracing`). The app never owns the store, the manager or the
+tracer provider: whoever created them closes them after the server stops (``maif serve`` does, after
+draining in-flight writes).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import json
 import os
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +34,17 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
+from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from maif import limits
-from maif.errors import FormatError, LimitExceededError, MAIFError
+from maif.errors import ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
 from maif.security.manager import SecurityManager
-from maif.security.policy import Action, Resource
+from maif.security.policy import Action
 from maif.security.trust import Approval, KeyPossessionProof, SecurityContext
 from maif.service import schemas
 from maif.service.auth import SESSION_HEADER, Authenticator
@@ -64,7 +69,9 @@ from maif.service.problems import (
     on_unexpected,
     on_validation_error,
 )
+from maif.service.spool import Spool
 from maif.service.tasks import TaskRunner
+from maif.service.tracing import decision_span, service_tracer
 from maif.storage.engine import MAIFStorage
 
 API_VERSION = "1.0.0"
@@ -85,6 +92,11 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
         (503, "Unavailable"),
     )
 }
+_UPLOAD_REFUSALS: dict[int | str, dict[str, Any]] = {
+    **_REFUSALS,
+    503: {"description": "Unavailable, or too many uploads spooled at once (Retry-After)", **_PROBLEM},
+    507: {"description": "Too little free disk space to spool this upload", **_PROBLEM},
+}
 
 
 @dataclass
@@ -97,8 +109,10 @@ class ServiceState:
     authenticator: Authenticator
     blocks: BlockService
     export_key: Ed25519PrivateKey
-    spool_dir: Path
+    spool: Spool
     tasks: TaskRunner
+    tracer: trace.Tracer
+    metrics_token: str | None = None
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
     draining: bool = False
 
@@ -121,13 +135,25 @@ def create_app(
     export_signing_key: Ed25519PrivateKey | None = None,
     spool_dir: str | os.PathLike[str] | None = None,
     embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
+    tracer_provider: trace.TracerProvider | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The service over ``storage`` and ``security_manager``. ``export_signing_key`` signs exported
     .maif files (a fresh key when None: exports are then verifiable with the key GET /v1/stats names);
-    ``spool_dir`` holds export and verify files while they stream (default: <data_dir>/service-spool);
-    EMBEDDING blocks of another dimension than ``embedding_dimensions`` are refused (see blocks.py)."""
+    ``spool_dir`` holds upload and export spool files (default: <data_dir>/service-spool; one app per
+    directory: files a previous process left there are removed); EMBEDDING blocks of another dimension
+    than ``embedding_dimensions`` are refused (see blocks.py); spans go to ``tracer_provider`` (the
+    process's global provider when None: no-op unless an OpenTelemetry SDK was installed there);
+    ``metrics_token``, when set, is the bearer token GET /metrics requires."""
+    if metrics_token is not None and len(metrics_token) < 16:
+        raise ConfigError("the metrics token must be at least 16 characters")
     metrics = ServiceMetrics()
-    blocks = BlockService(storage, security_manager, metrics, embedding_dimensions)
+    tracer = service_tracer(tracer_provider)
+    spool = Spool(
+        Path(spool_dir) if spool_dir is not None else Path(storage.config.data_dir) / "service-spool"
+    )
+    spool.sweep()
+    blocks = BlockService(storage, security_manager, metrics, spool, tracer, embedding_dimensions)
     state = ServiceState(
         storage=storage,
         manager=security_manager,
@@ -136,15 +162,14 @@ def create_app(
         blocks=blocks,
         tasks=TaskRunner(storage, blocks),
         export_key=export_signing_key or Ed25519PrivateKey.generate(),
-        spool_dir=Path(spool_dir)
-        if spool_dir is not None
-        else Path(storage.config.data_dir) / "service-spool",
+        spool=spool,
+        tracer=tracer,
+        metrics_token=metrics_token,
     )
-    state.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
     return app
 
 
@@ -178,14 +203,11 @@ async def _caller(request: Request, _: Annotated[Any, Depends(_bearer_scheme)] =
     state = _state(request)
     if state.draining:
         raise ServiceProblem(503, "draining", "the service is shutting down", {"Retry-After": "1"})
-    try:
+    with decision_span(state.tracer, state.metrics.auth_outcomes, "authenticate") as span:
         context = await state.authenticator.context_for(
             request.headers.get("authorization"), request.headers.get(SESSION_HEADER)
         )
-    except MAIFError:
-        state.metrics.auth_outcomes.labels("authenticate", "deny").inc()
-        raise
-    state.metrics.auth_outcomes.labels("authenticate", "allow").inc()
+        span.set_attribute("maif.trust_level", int(context.trust_level))
     request.scope["maif.agent_id"] = context.agent_id
     return context
 
@@ -225,7 +247,7 @@ def _block_routes(router: APIRouter) -> None:
         response_model=schemas.WriteReceiptOut,
         openapi_extra=_WRITE_BODY,
         responses={
-            **_REFUSALS,
+            **_UPLOAD_REFUSALS,
             409: {"description": "Block id exists or is being written", **_PROBLEM},
             415: {"description": "Unsupported media type", **_PROBLEM},
         },
@@ -303,7 +325,9 @@ def _block_routes(router: APIRouter) -> None:
                 idempotency_key,
                 fingerprint,
                 write,
-                lambda: state.blocks.write_stream(write, request.stream(), expected),
+                lambda: state.blocks.write_stream(
+                    write, request.stream(), expected, _declared_length(request)
+                ),
             )
         else:
             raise ServiceProblem(
@@ -440,10 +464,15 @@ def _sha256_of_content_digest(header: str | None) -> bytes | None:
     return None
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise LimitExceededError("request body size", int(declared), cap)
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    declared = _declared_length(request)
+    if declared is not None and declared > cap:
+        raise LimitExceededError("request body size", declared, cap)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -570,11 +599,7 @@ def _query_routes(router: APIRouter) -> None:
     ) -> schemas.BlockList:
         """Blocks the caller may read, filtered; parts of streamed blocks are not listed."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource("blocks", owner=context.agent_id, tenant=context.tenant, kind="block-list"),
-        )
+        await state.blocks.authorize_own(context, "blocks", "block-list")
         page = await state.storage.list_blocks(
             agent_id=agent_id,
             block_type=block_type,
@@ -613,11 +638,7 @@ def _query_routes(router: APIRouter) -> None:
     async def search(request: Request, context: Caller, query: schemas.SearchRequest) -> schemas.SearchResult:
         """Semantic search over EMBEDDING blocks the caller may read (cosine similarity)."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource("search", owner=context.agent_id, tenant=context.tenant, kind="search"),
-        )
+        await state.blocks.authorize_own(context, "search", "search")
         filters = {"agent_id": query.agent_id} if query.agent_id else None
         try:
             found = await state.storage.semantic_search(
@@ -643,11 +664,7 @@ def _query_routes(router: APIRouter) -> None:
     async def stats(request: Request, context: Caller) -> dict[str, Any]:
         """The store's statistics (see docs/ARCHITECTURE.md) and the service's export signing key."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource("stats", owner=context.agent_id, tenant=context.tenant, kind="stats"),
-        )
+        await state.blocks.authorize_own(context, "stats", "stats")
         figures = await state.storage.get_stats()
         state.metrics.observe_storage(figures)
         return {
@@ -669,16 +686,7 @@ def _trust_routes(router: APIRouter) -> None:
     async def challenge(request: Request, context: Caller) -> schemas.ChallengeOut:
         """A single-use nonce for the caller's TPM quote (then POST /v1/trust/bootstrap)."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource(
-                f"agent:{context.agent_id}",
-                owner=context.agent_id,
-                tenant=context.tenant,
-                kind="attestation-challenge",
-            ),
-        )
+        await state.blocks.authorize_own(context, f"agent:{context.agent_id}", "attestation-challenge")
         if state.manager.attestation_verifier is None:
             raise ServiceProblem(
                 404, "attestation-not-configured", "hardware attestation is not configured on this server"
@@ -698,16 +706,7 @@ def _trust_routes(router: APIRouter) -> None:
         session_id, context = await state.authenticator.open_session(
             request.headers.get("authorization"), **_evidence(evidence)
         )
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource(
-                f"agent:{context.agent_id}",
-                owner=context.agent_id,
-                tenant=context.tenant,
-                kind="trust-session",
-            ),
-        )
+        await state.blocks.authorize_own(context, f"agent:{context.agent_id}", "trust-session")
         return schemas.SessionOut(
             session_id=session_id,
             agent_id=context.agent_id,
@@ -769,11 +768,7 @@ def _container_routes(router: APIRouter) -> None:
         """The caller's own audit entries in [start, start+limit), each with an RFC 9162 inclusion proof
         in the current tree, the latest signed checkpoint, and a consistency proof from it (or old_size)."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource("audit-log", owner=context.agent_id, tenant=context.tenant, kind="audit-log"),
-        )
+        await state.blocks.authorize_own(context, "audit-log", "audit-log")
         return await asyncio.to_thread(_audit_page, state.manager, context.agent_id, start, limit, old_size)
 
     @router.post(
@@ -801,9 +796,11 @@ def _container_routes(router: APIRouter) -> None:
         for block in blocks:
             if streamed_info(block) is not None:
                 ids.extend(part_id for part_id, _ in state.blocks.parts_of(block))
-        path = state.spool_dir / f"export-{secrets.token_hex(12)}.maif"
+        path = state.spool.named_path("export")
         try:
-            await state.storage.export(path, ids, state.export_key)
+            with state.tracer.start_as_current_span("maif.storage.export") as span:
+                span.set_attribute("maif.blocks", len(ids))
+                await state.storage.export(path, ids, state.export_key)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -826,7 +823,7 @@ def _container_routes(router: APIRouter) -> None:
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             }
         },
-        responses=_REFUSALS,
+        responses=_UPLOAD_REFUSALS,
     )
     async def verify(
         request: Request,
@@ -836,20 +833,21 @@ def _container_routes(router: APIRouter) -> None:
         """Verify an uploaded .maif against the given trusted Ed25519 public keys (hex, raw 32 bytes) and
         the service's export key; the report lists every problem found."""
         state = _state(request)
-        await state.blocks.authorize(
-            context,
-            Action.READ,
-            Resource("verification", owner=context.agent_id, tenant=context.tenant, kind="verification"),
-        )
+        await state.blocks.authorize_own(context, "verification", "verification")
         keys = [_public_key(text) for text in trusted_key or []] + [state.export_key.public_key()]
-        path = state.spool_dir / f"verify-{secrets.token_hex(12)}.maif"
-        try:
-            await _spool(request, path, limits.service_verify_upload_bytes_max)
-            from maif.format.container import verify_container
+        from maif.format.container import verify_container
 
-            report = await asyncio.to_thread(verify_container, path, keys)
-        finally:
-            path.unlink(missing_ok=True)
+        cap = limits.service_verify_upload_bytes_max
+        state.spool.admit(_declared_length(request), cap)
+        async with contextlib.AsyncExitStack() as stack:
+            received = await state.spool.receive(
+                request.stream(), cap=cap, keep_in_memory_bytes=0, stack=stack
+            )
+            assert received.file is not None  # keep_in_memory_bytes=0: always spooled, even when empty
+            with state.tracer.start_as_current_span("maif.verify") as span:
+                span.set_attribute("maif.upload.bytes", received.length)
+                report = await asyncio.to_thread(verify_container, received.file.proc_path, keys)
+                span.set_attribute("maif.verify.ok", report.ok)
         return schemas.VerifyReport(
             ok=report.ok,
             block_count=report.block_count,
@@ -923,19 +921,6 @@ def _public_key(text: str) -> Ed25519PublicKey:
         raise FormatError("trusted_key must be a raw Ed25519 public key as 64 hex digits") from error
 
 
-async def _spool(request: Request, path: Path, cap: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise LimitExceededError("upload size", int(declared), cap)
-    total = 0
-    with path.open("wb") as handle:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > cap:
-                raise LimitExceededError("upload size", total, cap)
-            await asyncio.to_thread(handle.write, chunk) if len(chunk) > 65536 else handle.write(chunk)
-
-
 async def _file_chunks(path: Path, *, remove: bool) -> AsyncIterator[bytes]:
     try:
         with path.open("rb") as handle:
@@ -1007,15 +992,27 @@ def _operations_routes(router: APIRouter) -> None:
             200: {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
-            }
+            },
+            401: {"description": "A metrics token is configured and was not presented", **_PROBLEM},
         },
     )
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics (text exposition format 0.0.4)."""
+        """Prometheus metrics (text exposition format 0.0.4); with a configured metrics token, only for
+        ``Authorization: Bearer <that token>`` (the API's OAuth tokens are not accepted here)."""
         state = _state(request)
+        if state.metrics_token is not None:
+            _require_metrics_token(request.headers.get("authorization"), state.metrics_token)
         with contextlib.suppress(MAIFError):
             state.metrics.observe_storage(await state.storage.get_stats())
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _require_metrics_token(header: str | None, expected: str) -> None:
+    scheme, _, given = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise ServiceProblem(
+            401, "unauthorized", "GET /metrics needs the metrics token", {"WWW-Authenticate": "Bearer"}
+        )
 
 
 def openapi_document() -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Writing and reading blocks for the HTTP service: authorisation against the block, streamed parts.
 
-A raw upload no larger than ``service_part_bytes_max`` is stored as one block. A larger one is stored as
-parts of exactly that size (block type ``PART``, ids ``<id>~p000000``...) written as the body arrives,
-then a manifest block under the requested id whose payload lists the parts (MessagePack) and whose
-metadata records ``maif:streamed`` {length, sha256, parts}. The service holds at most one part being
-received and one being made durable, so memory stays flat for a transfer of any size (docs/adr/0060).
+A raw upload no larger than ``service_part_bytes_max`` is stored as one block. A larger one is received
+into the upload spool first (:mod:`maif.service.spool`: anonymous disk files, bounded), its length and
+Content-Digest checked, and only then stored as parts of exactly that size (block type ``PART``, ids
+``<id>~p000000``...) and a manifest block under the requested id whose payload lists the parts
+(MessagePack) and whose metadata records ``maif:streamed`` {length, sha256, parts}. Memory stays flat for
+a transfer of any size, and an abandoned or refused upload stores nothing (docs/adr/0060, 0061).
 
 Resources: a block's owner is its ``agent_id``, its tenant the ``maif:tenant`` the service recorded at
 write time, its sensitivity and sharing the ``sensitivity`` ("public"|"sensitive") and ``shared`` (bool)
@@ -14,7 +15,7 @@ metadata keys. Metadata keys starting with ``maif:`` are the service's own and r
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
 
 from maif import limits
 from maif.errors import BlockNotFoundError, FormatError, IntegrityError, LimitExceededError
@@ -32,6 +34,8 @@ from maif.security.policy import Action, Resource, Sensitivity
 from maif.security.trust import SecurityContext
 from maif.service.metrics import ServiceMetrics
 from maif.service.problems import ServiceProblem
+from maif.service.spool import Spool
+from maif.service.tracing import decision_span
 from maif.storage.engine import MAIFStorage
 
 PART_TYPE = "PART"
@@ -150,9 +154,13 @@ class BlockService:
         storage: MAIFStorage,
         manager: SecurityManager,
         metrics: ServiceMetrics,
+        spool: Spool,
+        tracer: trace.Tracer,
         embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
     ) -> None:
         self.storage = storage
+        self.spool = spool
+        self.tracer = tracer
         self.embedding_dimensions = embedding_dimensions
         self.manager = manager
         self.metrics = metrics
@@ -164,12 +172,16 @@ class BlockService:
     # ---- authorisation ------------------------------------------------------------------------------
     async def authorize(self, context: SecurityContext, action: Action, resource: Resource) -> None:
         """The gate's decision (audited, so a durable append: run in a worker thread)."""
-        try:
+        attributes = {"maif.action": action.value, "maif.resource_kind": resource.kind}
+        with decision_span(self.tracer, self.metrics.auth_outcomes, "authorize", attributes):
             await asyncio.to_thread(self.manager.authorize, context, action, resource)
-        except Exception:
-            self.metrics.auth_outcomes.labels("authorize", "deny").inc()
-            raise
-        self.metrics.auth_outcomes.labels("authorize", "allow").inc()
+
+    async def authorize_own(self, context: SecurityContext, name: str, kind: str) -> None:
+        """Authorise reading one of the caller's own non-block resources (its listing, search, stats,
+        audit entries, sessions...): owner and tenant are the caller's, ``kind`` selects the policy row."""
+        await self.authorize(
+            context, Action.READ, Resource(name, owner=context.agent_id, tenant=context.tenant, kind=kind)
+        )
 
     def may_read(self, context: SecurityContext, block: MAIFBlock) -> bool:
         """The policy's answer for one item of a listing (not audited individually; the listing is)."""
@@ -242,49 +254,50 @@ class BlockService:
             return Written(receipt.block_id, receipt.digest, receipt.lsn, len(payload), 0)
 
     async def write_stream(
-        self, request: WriteRequest, body: AsyncIterator[bytes], expected_sha256: bytes | None
-    ) -> Written:
-        """Store a raw body as one block, or as parts plus a manifest when it is larger than a part."""
-        async with self._claim(request.block_id):
-            part_bytes = limits.service_part_bytes_max
-            buffer, hasher, total = bytearray(), hashlib.sha256(), 0
-            parts: list[tuple[str, int]] = []
-            pending: asyncio.Task[Any] | None = None
-            try:
-                async for chunk in body:
-                    total += len(chunk)
-                    if total > limits.service_upload_bytes_max:
-                        raise LimitExceededError("upload size", total, limits.service_upload_bytes_max)
-                    hasher.update(chunk)
-                    buffer += chunk
-                    while len(buffer) > part_bytes:  # strictly more: a body of exactly one part stays whole
-                        pending = await self._next_part(request, parts, bytes(buffer[:part_bytes]), pending)
-                        del buffer[:part_bytes]
-                if pending is not None:
-                    await pending
-                    pending = None
-            finally:
-                if pending is not None:
-                    pending.cancel()
-            _check_digest(hasher.digest(), expected_sha256)
-            if not parts:
-                receipt = await self._write(self._block(request, bytes(buffer)), "whole")
-                return Written(receipt.block_id, receipt.digest, receipt.lsn, total, 0)
-            if buffer:
-                await self._write_part(request, parts, bytes(buffer))
-            return await self._write_manifest(request, parts, total, hasher.hexdigest())
-
-    async def _next_part(
         self,
         request: WriteRequest,
-        parts: list[tuple[str, int]],
-        data: bytes,
-        pending: asyncio.Task[Any] | None,
-    ) -> asyncio.Task[Any]:
-        # One part is made durable while the next one is received: at most two parts in memory.
-        if pending is not None:
-            await pending
-        return asyncio.ensure_future(self._write_part(request, parts, data))
+        body: AsyncIterator[bytes],
+        expected_sha256: bytes | None,
+        declared_length: int | None = None,
+    ) -> Written:
+        """Store a raw body as one block, or as parts plus a manifest when it is larger than a part. The
+        body is received whole (spooled to disk past one part) and its digest checked BEFORE anything is
+        written, so a refused or abandoned upload leaves nothing in the store (docs/adr/0061)."""
+        part_bytes = limits.service_part_bytes_max
+        self.spool.admit(declared_length, limits.service_upload_bytes_max)
+        if (
+            declared_length is not None
+            and declared_length > part_bytes
+            and normalize_block_type(request.block_type) is MAIFBlockType.EMBEDDING
+        ):
+            raise LimitExceededError("embedding payload size", declared_length, part_bytes)
+        async with self._claim(request.block_id), contextlib.AsyncExitStack() as stack:
+            with self.tracer.start_as_current_span("maif.upload.receive") as span:
+                received = await self.spool.receive(
+                    body, cap=limits.service_upload_bytes_max, keep_in_memory_bytes=part_bytes, stack=stack
+                )
+                span.set_attribute("maif.upload.bytes", received.length)
+                span.set_attribute("maif.upload.spooled", received.file is not None)
+            _check_digest(received.sha256, expected_sha256)
+            if received.length <= part_bytes:
+                payload = await received.read(0, received.length)
+                receipt = await self._write(self._block(request, payload), "whole")
+                return Written(receipt.block_id, receipt.digest, receipt.lsn, received.length, 0)
+            if normalize_block_type(request.block_type) is MAIFBlockType.EMBEDDING:
+                raise LimitExceededError("embedding payload size", received.length, part_bytes)
+            parts: list[tuple[str, int]] = []
+            offsets = range(0, received.length, part_bytes)
+            # The next part is read from the spool while the current one is made durable.
+            upcoming = asyncio.ensure_future(received.read(0, part_bytes))
+            try:
+                for offset in offsets:
+                    data = await upcoming
+                    if offset + part_bytes < received.length:
+                        upcoming = asyncio.ensure_future(received.read(offset + part_bytes, part_bytes))
+                    await self._write_part(request, parts, data)
+            finally:
+                upcoming.cancel()
+            return await self._write_manifest(request, parts, received.length, received.sha256.hex())
 
     async def _write_part(self, request: WriteRequest, parts: list[tuple[str, int]], data: bytes) -> None:
         index = len(parts)
@@ -311,8 +324,6 @@ class BlockService:
     async def _write_manifest(
         self, request: WriteRequest, parts: list[tuple[str, int]], total: int, sha256_hex: str
     ) -> Written:
-        if normalize_block_type(request.block_type) is MAIFBlockType.EMBEDDING:
-            raise LimitExceededError("embedding payload size", total, limits.service_part_bytes_max)
         info = {
             "length": total,
             "sha256": sha256_hex,
@@ -363,7 +374,12 @@ class BlockService:
 
     async def _write(self, block: MAIFBlock, kind: str) -> Any:
         started = time.perf_counter()
-        receipt = await self.storage.write_block(block)
+        with self.tracer.start_as_current_span("maif.storage.write") as span:
+            span.set_attribute("maif.block_type", block.type_name)
+            span.set_attribute("maif.write_kind", kind)
+            span.set_attribute("maif.bytes", len(block.data))
+            receipt = await self.storage.write_block(block)
+            span.set_attribute("maif.lsn", receipt.lsn)
         self.metrics.write_latency.observe(time.perf_counter() - started)
         self.metrics.blocks_written.labels(kind).inc()
         self.metrics.block_bytes_written.inc(len(block.data))
@@ -384,7 +400,10 @@ class BlockService:
 
     async def read_authorized(self, context: SecurityContext, block_id: str) -> MAIFBlock:
         await self.require_read_scope(context, block_id)
-        block = await self.storage.read_block(block_id)
+        with self.tracer.start_as_current_span("maif.storage.read") as span:
+            block = await self.storage.read_block(block_id)
+            span.set_attribute("maif.block_type", block.type_name)
+            span.set_attribute("maif.bytes", len(block.data))
         await self.authorize(context, Action.READ, resource_of_block(block))
         return block
 

@@ -1,4 +1,6 @@
-"""Pure ASGI middleware: request ids, JSON access logs, request metrics, and the JSON body cap.
+"""Pure ASGI middleware: request ids, JSON access logs, request metrics, the JSON body cap, and the
+request's SERVER span (OpenTelemetry, continued from the caller's ``traceparent``; a no-op unless
+tracing is configured, see :mod:`maif.service.tracing`).
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streamed request and response bodies pass through chunk by
 chunk: the middleware counts bytes, it never buffers them.
@@ -13,6 +15,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from maif import limits
 from maif.service.metrics import ServiceMetrics
@@ -29,6 +34,7 @@ _REQUEST_ID = re.compile(rf"^[A-Za-z0-9._-]{{1,{limits.service_request_id_bytes_
 
 # (method, path) pairs whose handlers stream the body and enforce their own caps.
 STREAMING_ENDPOINTS = frozenset({("POST", "/v1/blocks"), ("POST", "/v1/verify")})
+_PROPAGATION_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
 
 class BodyTooLarge(Exception):
@@ -38,9 +44,10 @@ class BodyTooLarge(Exception):
 class ObservabilityMiddleware:
     """Assigns a request id, caps JSON bodies, and records metrics and one JSON log line per request."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,21 +63,38 @@ class ObservabilityMiddleware:
         )
         started = time.perf_counter()
         self.metrics.in_flight.inc()
-        try:
-            if body_cap is not None and _declared_length(scope) > body_cap:
-                await _send_too_large(send, request_id, body_cap, state)
-                return
-            await self.app(
-                scope, _counting_receive(receive, state, body_cap), _tracking_send(send, state, request_id)
-            )
-        except BodyTooLarge:
-            if not state["started"]:
-                await _send_too_large(send, request_id, body_cap or 0, state)
-        finally:
-            self.metrics.in_flight.dec()
-            self._record(scope, state, time.perf_counter() - started, request_id)
+        with self.tracer.start_as_current_span(
+            f"{scope['method']} request",
+            context=propagate.extract(_propagation_carrier(scope)),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": scope["method"],
+                "url.path": scope["path"],
+                "maif.request_id": request_id,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                if body_cap is not None and _declared_length(scope) > body_cap:
+                    await _send_too_large(send, request_id, body_cap, state)
+                    return
+                await self.app(
+                    scope,
+                    _counting_receive(receive, state, body_cap),
+                    _tracking_send(send, state, request_id),
+                )
+            except BodyTooLarge:
+                if not state["started"]:
+                    await _send_too_large(send, request_id, body_cap or 0, state)
+            finally:
+                self.metrics.in_flight.dec()
+                _finish_span(span, scope, state)
+                self._record(scope, state, time.perf_counter() - started, request_id, span)
 
-    def _record(self, scope: Scope, state: dict[str, Any], elapsed_s: float, request_id: str) -> None:
+    def _record(
+        self, scope: Scope, state: dict[str, Any], elapsed_s: float, request_id: str, span: trace.Span
+    ) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
         self.metrics.requests.labels(method, route, str(state["status"])).inc()
@@ -90,10 +114,43 @@ class ObservabilityMiddleware:
                     "bytes_in": state["bytes_in"],
                     "bytes_out": state["bytes_out"],
                     "agent_id": scope.get("maif.agent_id"),
+                    **_trace_ids(span),
                 },
                 separators=(",", ":"),
             )
         )
+
+
+def _propagation_carrier(scope: Scope) -> dict[str, str]:
+    return {
+        name.decode("latin-1"): bytes(value).decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name in _PROPAGATION_HEADERS
+    }
+
+
+def _finish_span(span: trace.Span, scope: Scope, state: dict[str, Any]) -> None:
+    if not span.is_recording():
+        return
+    route = getattr(scope.get("route"), "path", None)
+    span.update_name(f"{scope['method']} {route}" if route else f"{scope['method']} unmatched")
+    if route:
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", state["status"])
+    span.set_attribute("http.request.body.size", state["bytes_in"])
+    span.set_attribute("http.response.body.size", state["bytes_out"])
+    agent_id = scope.get("maif.agent_id")
+    if agent_id is not None:
+        span.set_attribute("maif.agent_id", agent_id)
+    if state["status"] >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+
+
+def _trace_ids(span: trace.Span) -> dict[str, str]:
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
 
 
 def _request_id_of(scope: Scope) -> str:
