@@ -12,10 +12,14 @@
   reads_1mib          GET of the 1 MiB blocks by 8 concurrent clients: MiB/s.
   big_stream          one --big-gib GiB streamed upload then download: MiB/s each way.
   rss                 the server's RSS sampled every 0.25 s in every phase (max and median per phase).
+  soak                with --soak-s S (600 for the 10-minute run): a steady mixed load for S seconds,
+                      small writes at --soak-rate per second plus reads of earlier blocks at half that
+                      rate, open loop, reported per --soak-window-s window (achieved rates, p50/p99,
+                      errors, RSS median/max) with the RSS trend over the second half (MiB per minute,
+                      least squares) and the store's own growth (blocks, chunk-index entries) beside it.
 
 Each run starts its own issuer and server on 127.0.0.1 (free ports) and writes
-benchmarks/results/service.json. The issue asks for a 10-minute run; the default here is shorter
-(about 2 minutes): pass --phase-s 60 for a longer one.
+benchmarks/results/service.json (the soak alone, with --soak-only, writes service_soak.json).
 """
 
 from __future__ import annotations
@@ -232,6 +236,77 @@ async def _big(url: str, token: str, size_bytes: int) -> dict[str, Any]:
     }
 
 
+async def _soak(url: str, token: str, seconds: float, rate_per_s: float, window_s: float) -> dict[str, Any]:
+    """Small writes at ``rate_per_s`` and reads of written blocks at half that, open loop, per window."""
+    import collections
+    import random
+
+    host, port = url.removeprefix("http://").split(":")
+    written: collections.deque[str] = collections.deque(maxlen=10_000)
+    events: list[tuple[float, str, float | None]] = []  # (scheduled offset s, kind, latency ms or None)
+    payload = os.urandom(256)
+    write_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    read_headers = {"Authorization": f"Bearer {token}"}
+    schedule: asyncio.Queue[tuple[float, str, int]] = asyncio.Queue()
+    writes, reads = int(rate_per_s * seconds), int(rate_per_s / 2 * seconds)
+    merged = sorted(
+        [(index / rate_per_s, "write", index) for index in range(writes)]
+        + [(index / (rate_per_s / 2), "read", index) for index in range(reads)]
+    )
+    for item in merged:
+        schedule.put_nowait(item)
+    start = time.perf_counter()
+    chooser = random.Random(7)
+
+    async def worker() -> None:
+        connection = _Connection(host, int(port))
+        while not schedule.empty():
+            offset, kind, index = schedule.get_nowait()
+            scheduled = start + offset
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            if kind == "write":
+                data = payload[:-8] + index.to_bytes(8, "little")
+                body = json.dumps({"payload_base64": base64.b64encode(data).decode()}).encode()
+                request = ("POST", "/v1/blocks", write_headers, body)
+            elif written:
+                request = ("GET", f"/v1/blocks/{written[chooser.randrange(len(written))]}", read_headers, b"")
+            else:
+                continue
+            try:
+                status, answer = await connection.request(*request)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                events.append((offset, kind, None))
+                connection = _Connection(host, int(port))
+                continue
+            if status not in (200, 201):
+                events.append((offset, kind, None))
+                continue
+            events.append((offset, kind, (time.perf_counter() - scheduled) * 1000))
+            if kind == "write":
+                written.append(json.loads(answer)["block_id"])
+
+    await asyncio.gather(*(worker() for _ in range(64)))
+    windows = []
+    for window in range(int(seconds // window_s)):
+        low, high = window * window_s, (window + 1) * window_s
+        row: dict[str, Any] = {"window": window, "from_s": low}
+        for kind in ("write", "read"):
+            chosen = [latency for offset, name, latency in events if name == kind and low <= offset < high]
+            ok = sorted(latency for latency in chosen if latency is not None)
+            row[f"{kind}s_per_s"] = round(len(ok) / window_s, 1)
+            row[f"{kind}_errors"] = len(chosen) - len(ok)
+            row[f"{kind}_ms_p50"] = _percentile(ok, 0.50)
+            row[f"{kind}_ms_p99"] = _percentile(ok, 0.99)
+        windows.append(row)
+    return {
+        "seconds": seconds,
+        "offered_writes_per_s": rate_per_s,
+        "offered_reads_per_s": rate_per_s / 2,
+        "elapsed_s": round(time.perf_counter() - start, 1),
+        "windows": windows,
+    }
+
+
 def load_process(job: dict[str, Any], results: Any) -> None:
     """The load generator's entry point (a separate process, so the client's CPU is not the server's)."""
     kind = job["kind"]
@@ -243,6 +318,8 @@ def load_process(job: dict[str, Any], results: Any) -> None:
         outcome["ids"] = ids
     elif kind == "reads":
         outcome = asyncio.run(_reads(job["url"], job["token"], job["ids"], job["seconds"]))
+    elif kind == "soak":
+        outcome = asyncio.run(_soak(job["url"], job["token"], job["seconds"], job["rate"], job["window_s"]))
     else:
         outcome = asyncio.run(_big(job["url"], job["token"], job["bytes"]))
     results.put(outcome)
@@ -255,6 +332,7 @@ class RssSampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.samples: list[int] = []
+        self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -263,6 +341,7 @@ class RssSampler:
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     self.samples.append(int(line.split()[1]) * 1024)
+                    self.times.append(time.perf_counter())
             self._stop.wait(0.25)
 
     def __enter__(self) -> RssSampler:
@@ -279,17 +358,51 @@ class RssSampler:
             "rss_mib_median": round(statistics.median(self.samples) / MiB, 1),
         }
 
+    def trend_mib_per_min(self, from_fraction: float = 0.5) -> float:
+        """Least-squares slope of RSS over the samples after ``from_fraction`` of the run."""
+        first = int(len(self.samples) * from_fraction)
+        times, values = self.times[first:], [value / MiB for value in self.samples[first:]]
+        return round(statistics.linear_regression(times, values).slope * 60, 3)
+
+    def windows(self, start: float, window_s: float) -> list[dict[str, float]]:
+        rows: dict[int, list[int]] = {}
+        for moment, value in zip(self.times, self.samples, strict=True):
+            rows.setdefault(int((moment - start) // window_s), []).append(value)
+        return [
+            {
+                "rss_mib_median": round(statistics.median(values) / MiB, 1),
+                "rss_mib_max": round(max(values) / MiB, 1),
+            }
+            for _, values in sorted(rows.items())
+        ]
+
 
 def run_job(job: dict[str, Any], pid: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     with RssSampler(pid) as sampler:
+        started = time.perf_counter()
         process = context.Process(target=load_process, args=(job, queue))
         process.start()
         outcome = queue.get(timeout=3600)
         process.join()
     outcome.update(sampler.summary())
+    if job["kind"] == "soak":
+        outcome["rss_trend_mib_per_min_second_half"] = sampler.trend_mib_per_min()
+        outcome["rss_mib_first_sample"] = round(sampler.samples[0] / MiB, 1)
+        outcome["rss_mib_last_sample"] = round(sampler.samples[-1] / MiB, 1)
+        for row, rss in zip(outcome["windows"], sampler.windows(started, job["window_s"]), strict=False):
+            row.update(rss)
     return outcome
+
+
+def _store_growth(server: Any, token: str) -> dict[str, Any]:
+    import httpx
+
+    figures = httpx.get(
+        f"{server.url}/v1/stats", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ).json()["storage"]
+    return {key: figures.get(key) for key in ("blocks", "chunks", "bytes_warm", "bytes_hot", "wal_depth")}
 
 
 def main() -> None:
@@ -298,8 +411,17 @@ def main() -> None:
     )
     parser.add_argument("--phase-s", type=float, default=10.0)
     parser.add_argument("--big-gib", type=float, default=1.0)
+    parser.add_argument(
+        "--soak-s", type=float, default=0.0, help="steady mixed load for this long (600: 10 min)"
+    )
+    parser.add_argument("--soak-rate", type=float, default=300.0, help="small writes per second in the soak")
+    parser.add_argument("--soak-window-s", type=float, default=60.0)
+    parser.add_argument("--soak-only", action="store_true", help="skip the phases; write service_soak.json")
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "service.json")
     arguments = parser.parse_args()
+    if arguments.soak_only and arguments.output.name == "service.json":
+        arguments.output = arguments.output.with_name("service_soak.json")
+    sys.path.insert(0, str(REPO / "tests" / "service"))  # the conftest imports server_process
     fixtures = _load("maif_service_bench_fixtures", REPO / "tests" / "service" / "conftest.py")
     issuer = fixtures.security_fixtures.start_issuer(TOKEN_TTL="3600")
     results: dict[str, Any] = {
@@ -319,48 +441,22 @@ def main() -> None:
             try:
                 url = server.url
                 results["rss_mib_idle"] = round(server.rss_bytes() / MiB, 1)
-                results["writes_small"] = [
-                    run_job(
+                if not arguments.soak_only:
+                    _phases(results, arguments, url, token, server)
+                if arguments.soak_s > 0:
+                    results["soak_store_before"] = _store_growth(server, token)
+                    results["soak"] = run_job(
                         {
-                            "kind": "writes",
+                            "kind": "soak",
                             "url": url,
                             "token": token,
-                            "rate": rate,
-                            "seconds": arguments.phase_s,
-                            "bytes": 256,
-                            "raw": False,
+                            "seconds": arguments.soak_s,
+                            "rate": arguments.soak_rate,
+                            "window_s": arguments.soak_window_s,
                         },
                         server.process.pid,
                     )
-                    for rate in SMALL_LOADS_PER_S
-                ]
-                large = [
-                    run_job(
-                        {
-                            "kind": "writes",
-                            "url": url,
-                            "token": token,
-                            "rate": rate,
-                            "seconds": arguments.phase_s,
-                            "bytes": MiB,
-                            "raw": True,
-                        },
-                        server.process.pid,
-                    )
-                    for rate in LARGE_LOADS_PER_S
-                ]
-                ids = [block_id for phase in large for block_id in phase.pop("ids")]
-                for phase in results["writes_small"]:
-                    phase.pop("ids")
-                results["writes_1mib"] = large
-                results["reads_1mib"] = run_job(
-                    {"kind": "reads", "url": url, "token": token, "ids": ids, "seconds": arguments.phase_s},
-                    server.process.pid,
-                )
-                results["big_stream"] = run_job(
-                    {"kind": "big", "url": url, "token": token, "bytes": int(arguments.big_gib * 1024) * MiB},
-                    server.process.pid,
-                )
+                    results["soak_store_after"] = _store_growth(server, token)
                 results["rss_mib_end"] = round(server.rss_bytes() / MiB, 1)
                 results["rss_mib_peak_whole_run"] = round(server.rss_bytes("VmHWM") / MiB, 1)
             finally:
@@ -370,6 +466,51 @@ def main() -> None:
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def _phases(results: dict[str, Any], arguments: Any, url: str, token: str, server: Any) -> None:
+    results["writes_small"] = [
+        run_job(
+            {
+                "kind": "writes",
+                "url": url,
+                "token": token,
+                "rate": rate,
+                "seconds": arguments.phase_s,
+                "bytes": 256,
+                "raw": False,
+            },
+            server.process.pid,
+        )
+        for rate in SMALL_LOADS_PER_S
+    ]
+    large = [
+        run_job(
+            {
+                "kind": "writes",
+                "url": url,
+                "token": token,
+                "rate": rate,
+                "seconds": arguments.phase_s,
+                "bytes": MiB,
+                "raw": True,
+            },
+            server.process.pid,
+        )
+        for rate in LARGE_LOADS_PER_S
+    ]
+    ids = [block_id for phase in large for block_id in phase.pop("ids")]
+    for phase in results["writes_small"]:
+        phase.pop("ids")
+    results["writes_1mib"] = large
+    results["reads_1mib"] = run_job(
+        {"kind": "reads", "url": url, "token": token, "ids": ids, "seconds": arguments.phase_s},
+        server.process.pid,
+    )
+    results["big_stream"] = run_job(
+        {"kind": "big", "url": url, "token": token, "bytes": int(arguments.big_gib * 1024) * MiB},
+        server.process.pid,
+    )
 
 
 if __name__ == "__main__":

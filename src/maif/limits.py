@@ -294,6 +294,11 @@ disk the store lives on."""
 service_spool_write_bytes_min: Final = 1 * MiB
 """Spooled bodies are written to disk in pieces of at least this size (one thread hop per piece)."""
 
+service_concurrent_requests_max: Final = 1024
+"""Most connections and requests one ``maif serve`` process handles at once; more are answered 503 by
+uvicorn (``limit_concurrency``) instead of queueing without bound. ``service.max_concurrent_requests``
+may lower it."""
+
 service_header_metadata_bytes_max: Final = 8 * KiB
 """Longest X-MAIF-Metadata header (JSON) accepted with a raw upload."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tpm_fixtures
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -1190,3 +1191,21 @@ def test_swtpm_script_starts_once_and_stops_only_its_own_process(
     assert not Path(f"/proc/{pid}").exists()
     assert run_script("status", software_tpm.workdir, check=False).returncode != 0
     assert not (software_tpm.workdir / "swtpm.pid").exists()
+
+
+def test_a_tpm_left_by_a_killed_test_run_is_reaped_and_a_live_runs_tpm_is_not(
+    tmp_path: Path, swtpm_installed: None
+) -> None:
+    orphan, live = SoftwareTpm(tmp_path / "orphan"), SoftwareTpm(tmp_path / "live")
+    orphan.start()
+    live.start()
+    try:
+        orphan_pid = int((orphan.workdir / "swtpm.pid").read_text())
+        live_pid = int((live.workdir / "swtpm.pid").read_text())
+        (orphan.workdir / "owner").write_text("999999999 1")  # as if its pytest had been killed
+        assert tpm_fixtures.reap_orphaned_tpms(tmp_path / "next") == 1
+        assert not Path(f"/proc/{orphan_pid}").exists()
+        assert Path(f"/proc/{live_pid}").exists()
+    finally:
+        orphan.stop()
+        live.stop()

@@ -870,3 +870,68 @@ def test_reading_entries_rechecks_the_disk(tmp_path: Path, signer: RawSigner) ->
         with pytest.raises(IntegrityError):
             list(log.entries())
         path.write_bytes(data)
+
+
+# ---- appends from an event loop ---------------------------------------------------------------------
+
+
+def test_async_appends_share_syncs_and_never_need_the_shared_worker_pool(
+    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import concurrent.futures
+
+    import maif.security.audit as audit_module
+
+    syncs = []
+    real_fdatasync = os.fdatasync
+
+    def counting_fdatasync(descriptor: int) -> None:
+        syncs.append(descriptor)
+        time.sleep(0.002)  # a slow disk: appends arriving meanwhile must join the next sync
+        real_fdatasync(descriptor)
+
+    monkeypatch.setattr(audit_module.os, "fdatasync", counting_fdatasync)
+    path = tmp_path / "async.log"
+
+    async def scenario() -> list[AuditEntry]:
+        loop = asyncio.get_running_loop()
+        shared_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        loop.set_default_executor(shared_pool)
+        blocker = threading.Event()
+        occupied = loop.run_in_executor(None, blocker.wait)  # the shared pool is now fully busy
+        with AuditLog.open(path, signer, checkpoint_every_entries=64) as log:
+            entries = await asyncio.wait_for(
+                asyncio.gather(*(log.append_async(event(number)) for number in range(300))), timeout=60
+            )
+        blocker.set()
+        await occupied
+        return entries
+
+    entries = asyncio.run(scenario())
+    assert sorted(entry.index for entry in entries) == list(range(300))
+    assert len(syncs) < 300 / 4, f"{len(syncs)} syncs for 300 concurrent appends: no group commit"
+    report = verify_audit_log(path, [signer.public_key])
+    assert report.entries == 300 and report.fully_signed  # verify_audit_log raises on any damage
+
+
+def test_an_async_append_after_a_failed_sync_is_refused(
+    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import maif.security.audit as audit_module
+
+    def failing_fdatasync(descriptor: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def scenario() -> None:
+        with AuditLog.open(tmp_path / "failing.log", signer) as log:
+            monkeypatch.setattr(audit_module.os, "fdatasync", failing_fdatasync)
+            with pytest.raises(DurabilityError):
+                await log.append_async(event(1))
+            with pytest.raises(DurabilityError):
+                await log.append_async(event(2))  # the log stays failed: never acknowledged
+            monkeypatch.undo()
+
+    asyncio.run(scenario())

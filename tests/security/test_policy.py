@@ -369,3 +369,28 @@ def test_a_batch_is_all_or_nothing_and_one_audit_entry(sealer: ContextSealer, au
     for empty_or_huge in ([], [own[0]] * 100_001):
         with pytest.raises(AuthorizationError, match="batch"):
             gate.authorize_many(context, Action.WRITE, empty_or_huge)
+
+
+def test_the_async_gate_decides_and_records_exactly_like_the_sync_one(
+    sealer: ContextSealer, audit: RecordingAudit
+) -> None:
+    import asyncio
+
+    gate = gate_for(sealer, audit)
+    context = context_for(sealer, TrustLevel.OAUTH_VERIFIED)
+    allowed, refused = resource_for(Sensitivity.PUBLIC, "own"), resource_for(Sensitivity.SENSITIVE, "own")
+
+    async def scenario() -> None:
+        grant = await gate.authorize_async(context, Action.READ, allowed)
+        grant.require(Action.READ, allowed.resource_id, now=NOW)
+        with pytest.raises(AuthorizationError):
+            await gate.authorize_async(context, Action.READ, refused)
+
+    asyncio.run(scenario())
+    gate.authorize(context, Action.READ, allowed)
+    with pytest.raises(AuthorizationError):
+        gate.authorize(context, Action.READ, refused)
+    assert audit.events[:2] == audit.events[2:]  # same records, sync or async (fixed clock)
+    failing = gate_for(sealer, RecordingAudit(fail=True))
+    with pytest.raises(AuthorizationError, match="could not record"):
+        asyncio.run(failing.authorize_async(context, Action.READ, allowed))  # no record, no grant

@@ -7,6 +7,7 @@ verifier under test never calls these tools; only the "agent side" of the tests 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import subprocess
@@ -74,6 +75,35 @@ class Endorsement:
     intermediate_pem: bytes
 
 
+def _process_identity(pid: int) -> str:
+    """pid and start time (clock ticks since boot): a reused pid does not match."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return ""
+    return f"{pid} {fields[19]}"
+
+
+def reap_orphaned_tpms(workdir: Path) -> int:
+    """Stop the swtpm processes that test runs killed before their teardown (SIGKILL, a lost session)
+    left behind: only those whose work directory, under the same pytest temp root, names an owner
+    process that is gone. Another live test run's TPMs are left alone. Returns how many were stopped."""
+    root = next((parent for parent in workdir.parents if parent.name.startswith("pytest-of-")), None)
+    if root is None:
+        return 0
+    stopped = 0
+    for pid_file in [*root.glob("pytest-*/*/swtpm.pid"), *root.glob("pytest-*/*/*/swtpm.pid")]:
+        directory = pid_file.parent
+        owner = (directory / "owner").read_text() if (directory / "owner").exists() else ""
+        owner_pid = owner.split()[0] if owner else ""
+        if owner and owner_pid.isdigit() and _process_identity(int(owner_pid)) == owner:
+            continue  # its test run is still alive
+        if run_script("status", directory, check=False).returncode == 0:
+            run_script("stop", directory, check=False)
+            stopped += 1
+    return stopped
+
+
 class SoftwareTpm:
     """One swtpm process in its own work directory and port pair."""
 
@@ -83,6 +113,9 @@ class SoftwareTpm:
         self._ak_count = 0
 
     def start(self) -> None:
+        reap_orphaned_tpms(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "owner").write_text(_process_identity(os.getpid()))
         run_script("start", self.workdir, self.port)
 
     def stop(self) -> None:

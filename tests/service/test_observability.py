@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import start_server
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from server_process import start_server
 
 from maif.errors import ConfigError
 from maif.service.tracing import TracingConfig, build_tracer_provider, tracing_requested
@@ -263,3 +263,59 @@ def test_a_short_metrics_token_is_refused(tmp_path: Path) -> None:
             await storage.close()
 
     asyncio.run(attempt())
+
+
+def test_connections_beyond_the_limit_get_503_instead_of_queueing(oidc_issuer: Any, tmp_path: Path) -> None:
+    import socket
+    import time
+
+    server = start_server(tmp_path / "limited", oidc_issuer, service={"max_concurrent_requests": 4})
+    held: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            held.append(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(0.2)  # let the server register them
+        assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 503
+        for connection in held:
+            connection.close()
+        held.clear()
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{server.url}/healthz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the server did not recover once the connections closed"
+            time.sleep(0.05)
+    finally:
+        for connection in held:
+            connection.close()
+        server.stop()
+
+
+def test_an_out_of_range_concurrency_limit_is_a_config_error(tmp_path: Path) -> None:
+    from maif.cli.serve import _service_section
+
+    config = tmp_path / "maif.json"
+    config.write_text(json.dumps({"service": {"max_concurrent_requests": 0}}))
+    with pytest.raises(ConfigError, match="max_concurrent_requests"):
+        _service_section(config)
+
+
+def test_without_a_provider_spans_are_free_no_ops_and_with_one_they_record() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from maif.service.tracing import DisabledTracer, service_tracer
+
+    disabled = service_tracer(None)  # no SDK installed globally in this process
+    assert isinstance(disabled, DisabledTracer)
+    with disabled.start_as_current_span("anything") as span:
+        span.set_attribute("ignored", 1)
+        assert span is trace.INVALID_SPAN and not span.is_recording()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with service_tracer(provider).start_as_current_span("recorded") as span:
+        span.set_attribute("kept", 1)
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name == "recorded" and finished.attributes == {"kept": 1}
+    provider.shutdown()

@@ -17,7 +17,7 @@ from typing import Any
 import blake3
 import httpx
 import pytest
-from conftest import start_server as start_server_for
+from server_process import start_server as start_server_for
 
 MiB = 1024 * 1024
 UPLOAD_BYTES = 1024 * MiB

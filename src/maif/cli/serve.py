@@ -4,7 +4,8 @@ The config file (JSON or TOML) holds the ``storage`` and ``security`` sections a
 ``service`` section: ``security_data_dir`` (keystore and audit log; default <data_dir>/security),
 ``export_key_file`` (raw 32-byte Ed25519 seed, hex; created owner-only when missing), ``log_level``,
 ``graceful_shutdown_s``, ``embedding_dimensions`` (the one vector size the store accepts; 384 is what
-the agent runtime's default embedder makes), and ``tracing`` (OpenTelemetry over OTLP/HTTP, see
+the agent runtime's default embedder makes), ``max_concurrent_requests`` (more get 503; at most
+``limits.service_concurrent_requests_max``), and ``tracing`` (OpenTelemetry over OTLP/HTTP, see
 maif.service.tracing; the standard OTEL_EXPORTER_OTLP_* variables turn it on too). The master key comes
 from MAIF_MASTER_KEY (see maif.security.manager); MAIF_METRICS_TOKEN, when set, is the bearer token
 GET /metrics requires.
@@ -30,6 +31,7 @@ import msgspec
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from maif import limits
 from maif.config import SecurityConfig, StorageConfig, load_section
 from maif.errors import ConfigError, MAIFError
 from maif.service.tracing import TracingConfig, build_tracer_provider
@@ -41,6 +43,7 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: str = "info"
     graceful_shutdown_s: float = 30.0
     embedding_dimensions: int = 384
+    max_concurrent_requests: int = limits.service_concurrent_requests_max
     tracing: TracingConfig | None = None
 
 
@@ -50,9 +53,14 @@ def _service_section(path: Path | None) -> ServiceConfig:
     text = path.read_bytes()
     try:
         raw = tomllib.loads(text.decode()) if path.suffix == ".toml" else json.loads(text)
-        return msgspec.convert(raw.get("service", {}), ServiceConfig)
+        section = msgspec.convert(raw.get("service", {}), ServiceConfig)
     except (ValueError, UnicodeDecodeError, msgspec.ValidationError, AttributeError) as error:
         raise ConfigError(f"invalid service section in {path}: {error}") from error
+    if not 1 <= section.max_concurrent_requests <= limits.service_concurrent_requests_max:
+        raise ConfigError(
+            f"service.max_concurrent_requests must be 1 to {limits.service_concurrent_requests_max}"
+        )
+    return section
 
 
 def load_export_key(path: Path) -> Ed25519PrivateKey:
@@ -115,6 +123,7 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
                 log_config=None,
                 access_log=False,
                 timeout_graceful_shutdown=int(service_config.graceful_shutdown_s),
+                limit_concurrency=service_config.max_concurrent_requests,
             )
         )
         loop = asyncio.get_running_loop()

@@ -34,6 +34,8 @@ the decision is still recorded.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import fcntl
@@ -524,6 +526,7 @@ class AuditLog:
         self._last_checkpoint_clock = clock()
         self._written_offset = 0
         self._synced_offset = 0
+        self._sync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.recovered_tail_bytes = 0
         """Bytes of a torn tail (a crash mid-append) cut off when the log was opened."""
 
@@ -624,6 +627,42 @@ class AuditLog:
         the entry is still made durable and then the signer's error is raised: the caller learns that
         the log is no longer being signed (fail closed) and must not append the entry again.
         """
+        entry, target, checkpoint_error = self._write_entry(event)
+        self._sync_to(target)
+        if checkpoint_error is not None:
+            raise checkpoint_error
+        return entry
+
+    async def append_async(self, event: Mapping[str, Any]) -> AuditEntry:
+        """:meth:`append` for an event loop: the frame is written on the calling thread (a page-cache
+        write of a few hundred bytes) and the wait for durability runs on the log's own sync thread, so
+        callers never hold a thread of a shared pool while a sync is in progress. Concurrent callers
+        share syncs (group commit) exactly as with :meth:`append`."""
+        entry, target, checkpoint_error = self._write_entry(event)
+        if self._synced_offset < target:
+            try:
+                waiting = asyncio.get_running_loop().run_in_executor(
+                    self._sync_executor(), self._sync_to, target
+                )
+            except RuntimeError as error:  # the log closed between the write and the wait
+                raise StoreClosedError(f"audit log {self._path} closed while appending") from error
+            await waiting
+        if checkpoint_error is not None:
+            raise checkpoint_error
+        return entry
+
+    def _sync_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            self._require_writable()
+            if self._sync_thread is None:
+                self._sync_thread = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="maif-audit-sync"
+                )
+            return self._sync_thread
+
+    def _write_entry(self, event: Mapping[str, Any]) -> tuple[AuditEntry, int, MAIFError | None]:
+        """Frame and write one entry (not yet synced): the entry, the offset to sync to, and a signer
+        error from a checkpoint that fell due (raised by the caller once the entry is durable)."""
         fields = sanitize_event(event, self._clock)
         checkpoint_error: MAIFError | None = None
         with self._lock:
@@ -650,11 +689,7 @@ class AuditLog:
                     raise
                 except MAIFError as error:
                     checkpoint_error = error
-            target = self._written_offset
-        self._sync_to(target)
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+            return entry, self._written_offset, checkpoint_error
 
     def checkpoint(self) -> SignedCheckpoint:
         """Sign and durably record a checkpoint over every entry so far (reuses one if none were added)."""
@@ -676,6 +711,10 @@ class AuditLog:
             if self._failure is None and self._unsigned_entries() > 0:
                 self.checkpoint()
         finally:
+            with self._lock:
+                sync_thread, self._sync_thread = self._sync_thread, None
+            if sync_thread is not None:
+                sync_thread.shutdown(wait=True)  # its queued waits return (synced) or raise
             with self._sync_condition:
                 while self._syncing:  # let an appender's sync finish before the descriptor goes
                     self._sync_condition.wait()

@@ -13,6 +13,7 @@ worse than an unavailable one.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -147,6 +148,19 @@ class Gate:
         self._record(context, action, resource, "allow", str(operation), now)
         return self._grant(context, action, resource, operation, now)
 
+    async def authorize_async(self, context: SecurityContext, action: Action, resource: Resource) -> Grant:
+        """:meth:`authorize` for an event loop: the decision and the audit frame are made on the calling
+        thread (microseconds); only the wait for the audit record's durability is awaited, on the
+        log's own sync thread (:meth:`AuditLog.append_async`), or in a worker thread for other sinks."""
+        now = self._clock()
+        try:
+            operation = self.evaluate(context, action, resource)
+        except AuthorizationError as error:
+            await self._record_async(context, action, resource, "deny", error.message, now)
+            raise
+        await self._record_async(context, action, resource, "allow", str(operation), now)
+        return self._grant(context, action, resource, operation, now)
+
     def authorize_many(
         self, context: SecurityContext, action: Action, resources: Sequence[Resource]
     ) -> list[Grant]:
@@ -201,17 +215,45 @@ class Gate:
         now: float,
         batch: Mapping[str, Any] | None = None,
     ) -> None:
-        valid = isinstance(resource, Resource)
-        target = f"{resource.kind}:{resource.resource_id}" if valid else "<invalid resource>"
-        event = audit_event(context, str(action), target, decision, reason, now)
-        event["tenant"] = resource.tenant if valid else ""
-        event.update(batch or {})
+        event = _decision_event(context, action, resource, decision, reason, now, batch)
         try:
             self._audit.append(event)
         except MAIFError as error:
-            raise AuthorizationError(
-                "the audit log could not record this decision; refusing", hint=error.message
-            ) from error
+            raise _unrecorded(error) from error
+
+    async def _record_async(
+        self, context: object, action: Action, resource: Resource, decision: str, reason: str, now: float
+    ) -> None:
+        event = _decision_event(context, action, resource, decision, reason, now, None)
+        append_async = getattr(self._audit, "append_async", None)
+        try:
+            if append_async is not None:
+                await append_async(event)
+            else:
+                await asyncio.to_thread(self._audit.append, event)
+        except MAIFError as error:
+            raise _unrecorded(error) from error
+
+
+def _decision_event(
+    context: object,
+    action: Action,
+    resource: Resource,
+    decision: str,
+    reason: str,
+    now: float,
+    batch: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    valid = isinstance(resource, Resource)
+    target = f"{resource.kind}:{resource.resource_id}" if valid else "<invalid resource>"
+    event = audit_event(context, str(action), target, decision, reason, now)
+    event["tenant"] = resource.tenant if valid else ""
+    event.update(batch or {})
+    return event
+
+
+def _unrecorded(error: MAIFError) -> AuthorizationError:
+    return AuthorizationError("the audit log could not record this decision; refusing", hint=error.message)
 
 
 def _batch_details(resources: Sequence[Resource]) -> dict[str, Any]:

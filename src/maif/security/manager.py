@@ -326,6 +326,11 @@ class SecurityManager:
         """The gate's decision: a :class:`Grant`, or :class:`~maif.errors.AuthorizationError`. Audited."""
         return self.gate.authorize(context, action, resource)
 
+    async def authorize_async(self, context: SecurityContext, action: Action, resource: Resource) -> Grant:
+        """:meth:`authorize` for an event loop (see Gate.authorize_async): no worker thread is held while
+        the audit record is made durable."""
+        return await self.gate.authorize_async(context, action, resource)
+
     def authorize_many(
         self, context: SecurityContext, action: Action, resources: Sequence[Resource]
     ) -> list[Grant]:

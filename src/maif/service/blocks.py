@@ -171,10 +171,10 @@ class BlockService:
 
     # ---- authorisation ------------------------------------------------------------------------------
     async def authorize(self, context: SecurityContext, action: Action, resource: Resource) -> None:
-        """The gate's decision (audited, so a durable append: run in a worker thread)."""
+        """The gate's decision, audited: the durable append is awaited without holding a worker thread."""
         attributes = {"maif.action": action.value, "maif.resource_kind": resource.kind}
         with decision_span(self.tracer, self.metrics.auth_outcomes, "authorize", attributes):
-            await asyncio.to_thread(self.manager.authorize, context, action, resource)
+            await self.manager.authorize_async(context, action, resource)
 
     async def authorize_own(self, context: SecurityContext, name: str, kind: str) -> None:
         """Authorise reading one of the caller's own non-block resources (its listing, search, stats,
@@ -296,7 +296,10 @@ class BlockService:
                         upcoming = asyncio.ensure_future(received.read(offset + part_bytes, part_bytes))
                     await self._write_part(request, parts, data)
             finally:
-                upcoming.cancel()
+                # Never close the spool (leaving this block) while a read of it is still running.
+                await asyncio.wait([upcoming])
+                if not upcoming.cancelled():
+                    upcoming.exception()  # retrieved: an unused read's failure is not worth a warning
             return await self._write_manifest(request, parts, received.length, received.sha256.hex())
 
     async def _write_part(self, request: WriteRequest, parts: list[tuple[str, int]], data: bytes) -> None:

@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from maif import limits
 from maif.service.metrics import ServiceMetrics
 from maif.service.problems import PROBLEM_MEDIA_TYPE
+from maif.service.tracing import DisabledTracer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +49,7 @@ class ObservabilityMiddleware:
         self.app = app
         self.metrics = metrics
         self.tracer = tracer
+        self.tracing = not isinstance(tracer, DisabledTracer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +67,7 @@ class ObservabilityMiddleware:
         self.metrics.in_flight.inc()
         with self.tracer.start_as_current_span(
             f"{scope['method']} request",
-            context=propagate.extract(_propagation_carrier(scope)),
+            context=propagate.extract(_propagation_carrier(scope)) if self.tracing else None,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": scope["method"],

@@ -109,17 +109,43 @@ def decision_span(
     outcomes.labels(stage, "allow").inc()
 
 
+class _Disabled:
+    """The span context of a request when tracing is off: entering it returns the invalid span, whose
+    setters are no-ops. (The API's own no-op tracer still costs several microseconds per span through
+    its proxy and context-manager layers: about a tenth of the service's event-loop time.)"""
+
+    def __enter__(self) -> trace.Span:
+        return trace.INVALID_SPAN
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_DISABLED = _Disabled()
+
+
+class DisabledTracer(trace.NoOpTracer):
+    """The tracer used when no tracer provider is configured: spans cost one method call."""
+
+    def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+        return _DISABLED
+
+
 def service_tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
-    """The service's tracer from ``provider``, or from the process's global provider when None."""
+    """The service's tracer from ``provider``; when None, from the process's global provider if an SDK
+    was installed there by the time the app is created, else a :class:`DisabledTracer`."""
     from maif import __version__
 
     if provider is None:
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            return DisabledTracer()
         return trace.get_tracer(TRACER_NAME, __version__)
     return provider.get_tracer(TRACER_NAME, __version__)
 
 
 __all__ = [
     "TRACER_NAME",
+    "DisabledTracer",
     "TracingConfig",
     "build_tracer_provider",
     "decision_span",
