@@ -468,37 +468,30 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
+def _write_phases(
+    url: str, token: str, seconds: float, payload_bytes: int, raw: bool, rates: tuple[int, ...], pid: int
+) -> list[dict[str, Any]]:
+    return [
+        run_job(
+            {
+                "kind": "writes",
+                "url": url,
+                "token": token,
+                "rate": rate,
+                "seconds": seconds,
+                "bytes": payload_bytes,
+                "raw": raw,
+            },
+            pid,
+        )
+        for rate in rates
+    ]
+
+
 def _phases(results: dict[str, Any], arguments: Any, url: str, token: str, server: Any) -> None:
-    results["writes_small"] = [
-        run_job(
-            {
-                "kind": "writes",
-                "url": url,
-                "token": token,
-                "rate": rate,
-                "seconds": arguments.phase_s,
-                "bytes": 256,
-                "raw": False,
-            },
-            server.process.pid,
-        )
-        for rate in SMALL_LOADS_PER_S
-    ]
-    large = [
-        run_job(
-            {
-                "kind": "writes",
-                "url": url,
-                "token": token,
-                "rate": rate,
-                "seconds": arguments.phase_s,
-                "bytes": MiB,
-                "raw": True,
-            },
-            server.process.pid,
-        )
-        for rate in LARGE_LOADS_PER_S
-    ]
+    pid = server.process.pid
+    results["writes_small"] = _write_phases(url, token, arguments.phase_s, 256, False, SMALL_LOADS_PER_S, pid)
+    large = _write_phases(url, token, arguments.phase_s, MiB, True, LARGE_LOADS_PER_S, pid)
     ids = [block_id for phase in large for block_id in phase.pop("ids")]
     for phase in results["writes_small"]:
         phase.pop("ids")

@@ -77,6 +77,11 @@ engine_unapplied_bytes_min: Final = 8 * MiB
 engine_apply_batch_records_max: Final = 4096
 """Most log records the applier takes in one batch (one put_chunks, one index transaction)."""
 
+engine_inline_read_bytes_max: Final = 256 * KiB
+"""A warm block no larger than this is read on the event loop itself (index lookup on a read-only SQLite
+connection, pread of local pack frames: microseconds from the page cache) instead of through worker
+threads; larger blocks, cold packs and wrapped backends take the threaded path."""
+
 engine_latency_samples_max: Final = 65_536
 """Size of the bounded reservoir of ack latencies behind the p50/p99 statistics."""
 

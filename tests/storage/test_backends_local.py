@@ -67,6 +67,26 @@ class TestLocalMetadataIndex(MetadataIndexTests):
     def reopen(self, index: MetadataIndex, directory: Path) -> MetadataIndex | None:
         return self.make_index(directory)
 
+    def test_the_loop_thread_reader_sees_exactly_what_get_sees(self, tmp_path: Path) -> None:
+        import asyncio
+
+        from maif.errors import StoreClosedError
+        from maif.testing.conformance import make_record
+
+        async def scenario() -> None:
+            index = LocalMetadataIndex(tmp_path / "index.sqlite")
+            assert index.get_nowait("block-0001") is None  # the reader opens before anything was written
+            await index.put([make_record(1), make_record(2)])
+            assert index.get_nowait("block-0001") == await index.get("block-0001") is not None
+            await index.put([make_record(1, agent_id="someone-else")])  # committed writes are visible
+            assert index.get_nowait("block-0001") == await index.get("block-0001")
+            assert index.get_nowait("block-0001").agent_id == "someone-else"  # type: ignore[union-attr]
+            await index.close()
+            with pytest.raises(StoreClosedError):
+                index.get_nowait("block-0002")
+
+        asyncio.run(scenario())
+
 
 class TestLocalVectorIndex(VectorIndexTests):
     def make_index(self, directory: Path) -> VectorIndex:

@@ -557,3 +557,45 @@ def test_checkpoints_recycle_applied_segments_and_lsns_continue(
         assert len(await storage.list_blocks(limit=100)) == 40
 
     with_store(tmp_path / "volatile", memory_reopen)
+
+
+def test_small_warm_reads_run_on_the_loop_and_large_or_cold_ones_in_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from maif import limits
+    from maif.storage.backends.local import LocalChunkStore, LocalMetadataIndex, LocalObjectStore
+    from maif.storage.tiers import TieredChunkStore, TierPolicy
+
+    hops: list[str] = []
+    real_to_thread = asyncio.to_thread
+
+    async def counting_to_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await real_to_thread(function, *args, **kwargs)
+
+    async def main() -> None:
+        chunks = TieredChunkStore(LocalChunkStore(tmp_path / "packs", pack_bytes_max=64 * 1024),
+                                  LocalObjectStore(tmp_path / "cold"), TierPolicy(0.0, 0.0))
+        backends = Backends(chunks, LocalMetadataIndex(tmp_path / "index.sqlite"), MemoryVectorIndex(),
+                            LRUHotCache(1))  # no hot cache: every read below goes to the backends
+        async with await create_maif_storage({"data_dir": str(tmp_path)}, backends=backends) as storage:
+            small = [MAIFBlock(id=f"s{i}", data=os.urandom(2000 + i)) for i in range(50)]
+            large = MAIFBlock(id="large", data=os.urandom(limits.engine_inline_read_bytes_max + 1))
+            await storage.write_blocks([*small, large])
+            await storage.list_blocks()  # applied: reads now come from the index and the packs
+            monkeypatch.setattr(asyncio, "to_thread", counting_to_thread)
+            for block in small:
+                assert await storage.read_block_with_tier(block.id) == (block, "warm")
+            assert hops == [], f"small warm reads hopped to threads: {hops}"
+            assert await storage.read_block_with_tier(large.id) == (large, "warm")
+            assert hops, "a block above the inline bound is read through worker threads"
+            monkeypatch.setattr(asyncio, "to_thread", real_to_thread)
+            await chunks.flush()
+            assert await chunks.migrate(now=time.time() + 60)
+            cold = [await storage.read_block_with_tier(block.id) for block in small[:5]]
+            assert {tier for _, tier in cold} <= {"cold", "warm"} and [b for b, _ in cold] == small[:5]
+            assert "cold" in {tier for _, tier in cold}  # cold packs are read by the async path
+
+    run(main())

@@ -118,7 +118,7 @@ class TestStackedWrappersConform(ChunkStoreTests):
         return store
 
     def raw_corrupt(self, store: ChunkStore, digest: bytes) -> None:
-        from tests.storage.test_backends_local import TestLocalChunkStore
+        from test_backends_local import TestLocalChunkStore  # tests/storage is on sys.path
 
         TestLocalChunkStore().raw_corrupt(self._local(store), digest)
 

@@ -143,9 +143,9 @@ class Gate:
         try:
             operation = self.evaluate(context, action, resource)
         except AuthorizationError as error:
-            self._record(context, action, resource, "deny", error.message, now)
+            self._record(_decision_event(context, action, resource, "deny", error.message, now))
             raise
-        self._record(context, action, resource, "allow", str(operation), now)
+        self._record(_decision_event(context, action, resource, "allow", str(operation), now))
         return self._grant(context, action, resource, operation, now)
 
     async def authorize_async(self, context: SecurityContext, action: Action, resource: Resource) -> Grant:
@@ -156,9 +156,9 @@ class Gate:
         try:
             operation = self.evaluate(context, action, resource)
         except AuthorizationError as error:
-            await self._record_async(context, action, resource, "deny", error.message, now)
+            await self._record_async(_decision_event(context, action, resource, "deny", error.message, now))
             raise
-        await self._record_async(context, action, resource, "allow", str(operation), now)
+        await self._record_async(_decision_event(context, action, resource, "allow", str(operation), now))
         return self._grant(context, action, resource, operation, now)
 
     def authorize_many(
@@ -175,16 +175,18 @@ class Gate:
             try:
                 operations.append(self.evaluate(context, action, resource))
             except AuthorizationError as error:
-                self._record(context, action, resource, "deny", error.message, now)
+                self._record(_decision_event(context, action, resource, "deny", error.message, now))
                 raise
         self._record(
-            context,
-            action,
-            resources[0],
-            "allow",
-            f"{operations[0]} (batch)",
-            now,
-            batch=_batch_details(resources),
+            _decision_event(
+                context,
+                action,
+                resources[0],
+                "allow",
+                f"{operations[0]} (batch)",
+                now,
+                batch=_batch_details(resources),
+            )
         )
         return [
             self._grant(context, action, resource, operation, now)
@@ -205,26 +207,13 @@ class Gate:
             expires_at=min(context.expires_at, now + self._grant_lifetime_s),
         )
 
-    def _record(
-        self,
-        context: object,
-        action: Action,
-        resource: Resource,
-        decision: str,
-        reason: str,
-        now: float,
-        batch: Mapping[str, Any] | None = None,
-    ) -> None:
-        event = _decision_event(context, action, resource, decision, reason, now, batch)
+    def _record(self, event: dict[str, Any]) -> None:
         try:
             self._audit.append(event)
         except MAIFError as error:
             raise _unrecorded(error) from error
 
-    async def _record_async(
-        self, context: object, action: Action, resource: Resource, decision: str, reason: str, now: float
-    ) -> None:
-        event = _decision_event(context, action, resource, decision, reason, now, None)
+    async def _record_async(self, event: dict[str, Any]) -> None:
         append_async = getattr(self._audit, "append_async", None)
         try:
             if append_async is not None:
@@ -242,7 +231,7 @@ def _decision_event(
     decision: str,
     reason: str,
     now: float,
-    batch: Mapping[str, Any] | None,
+    batch: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     valid = isinstance(resource, Resource)
     target = f"{resource.kind}:{resource.resource_id}" if valid else "<invalid resource>"

@@ -417,8 +417,12 @@ class MAIFStorage:
                 return block, "hot"
             self._backends.cache.discard(block_id)
         generation = self._apply_generation
+        index_nowait = getattr(self._backends.index, "get_nowait", None)
         try:
-            record = await self._backends.index.get(block_id)
+            if index_nowait is not None:  # on this thread: nothing can be applied meanwhile
+                record = index_nowait(block_id)
+            else:
+                record = await self._backends.index.get(block_id)
             if record is None:
                 item = self._unapplied.get(block_id)  # applied-then-overwritten while we waited
                 if item is not None:
@@ -432,7 +436,16 @@ class MAIFStorage:
         return block, self._tier_of(record)
 
     async def _assemble(self, record: BlockRecord) -> tuple[MAIFBlock, bytes]:
-        parts = [await self._backends.chunks.get_chunk(digest) for digest in record.chunks]
+        """The block from its chunks, verified against its digest. A small block's local chunks are read
+        on this thread (limits.engine_inline_read_bytes_max); anything else through the backend."""
+        chunks = self._backends.chunks
+        nowait = getattr(chunks, "get_chunk_nowait", None)
+        if record.payload_length > limits.engine_inline_read_bytes_max:
+            nowait = None
+        parts = []
+        for digest in record.chunks:
+            piece = nowait(digest) if nowait is not None else None
+            parts.append(piece if piece is not None else await chunks.get_chunk(digest))
         payload = parts[0] if len(parts) == 1 else b"".join(parts)
         if len(payload) != record.payload_length:
             raise IntegrityError(f"block {record.block_id!r}: payload is {len(payload)} bytes, the index "

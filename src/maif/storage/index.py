@@ -109,6 +109,7 @@ class SqliteMetadataIndex(MetadataIndex):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connection: sqlite3.Connection | None = sqlite3.connect(
@@ -140,6 +141,27 @@ class SqliteMetadataIndex(MetadataIndex):
 
     async def get(self, block_id: str) -> BlockRecord | None:
         row = await self._run(_fetch_one, _SELECT + " WHERE block_id = ?", (block_id,))
+        return None if row is None else _record_of(row)
+
+    def get_nowait(self, block_id: str) -> BlockRecord | None:
+        """:meth:`get` on the calling thread, through a read-only connection of its own (WAL mode: it
+        sees every committed write and never waits for the writer). For ONE thread only: the engine's
+        event loop, where a primary-key lookup costs microseconds and a thread hop costs more."""
+        reader = self._reader
+        if reader is None:
+            if self._connection is None:
+                raise StoreClosedError("metadata index is closed")
+            try:
+                reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+            except sqlite3.Error as error:
+                raise BackendError(f"cannot open metadata index {self.path} for reading: {error}") from error
+            self._reader = reader
+        try:
+            row = _fetch_one(reader, _SELECT + " WHERE block_id = ?", (block_id,))
+        except sqlite3.Error as error:
+            raise BackendError(f"metadata index {self.path} failed: {error}") from error
         return None if row is None else _record_of(row)
 
     async def query(
@@ -174,6 +196,9 @@ class SqliteMetadataIndex(MetadataIndex):
         return int(row[0])
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         with self._lock:
             if self._connection is not None:
                 try:

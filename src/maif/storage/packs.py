@@ -191,6 +191,7 @@ class PackStore:
     ) -> None:
         assert 0 < pack_bytes_max <= limits.pack_bytes_max
         self.directory = Path(directory)
+        self._directory_prefix = os.path.join(os.fspath(self.directory), "")  # for the read path: no pathlib
         self.compression_threshold = compression_threshold
         self.pack_bytes_max = pack_bytes_max
         self.clock = clock
@@ -535,6 +536,11 @@ class PackStore:
     def has(self, digests: Sequence[bytes]) -> set[bytes]:
         return {digest for digest in digests if digest in self._locations}
 
+    def is_local(self, digest: bytes) -> bool:
+        """Whether ``digest`` is stored in a pack on this disk (not in the cold tier, not unknown)."""
+        location = self._locations.get(digest)
+        return location is not None and location.pack_id not in self._remote
+
     def get_chunk(self, digest: bytes) -> bytes:
         location = self._locations.get(digest)
         if location is None:
@@ -570,7 +576,7 @@ class PackStore:
                 raise BackendError(f"pack {pack_id} is in the cold tier; read it through TieredChunkStore")
             return self.remote_reader(pack_id, offset, length)
         try:
-            fd = os.open(self.directory / pack_file_name(pack_id), os.O_RDONLY)
+            fd = os.open(self._directory_prefix + pack_file_name(pack_id), os.O_RDONLY)
         except FileNotFoundError:
             return b""
         try:

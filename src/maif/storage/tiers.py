@@ -100,6 +100,14 @@ class TieredChunkStore(ChunkStore):
             self._record_served(digest, "cold")
         return data
 
+    def get_chunk_nowait(self, digest: bytes) -> bytes | None:
+        """A warm chunk read on the calling thread (see LocalChunkStore.get_chunk_nowait); None for a
+        chunk in the cold tier, which only the async path reads."""
+        data = self.warm.get_chunk_nowait(digest)
+        if data is not None:
+            self._record_served(digest, "warm")
+        return data
+
     def _record_served(self, digest: bytes, tier: str) -> None:
         self._served_by[digest] = tier
         self._served_by.move_to_end(digest)

@@ -63,6 +63,18 @@ class LocalChunkStore(ChunkStore):
     async def get_chunk(self, digest: bytes) -> bytes:
         return await self._run(self.packs.get_chunk, digest)
 
+    def get_chunk_nowait(self, digest: bytes) -> bytes | None:
+        """The chunk read on the calling thread when it lies in a local pack (a pread, from the page
+        cache in the common case), else None: the caller then uses :meth:`get_chunk`."""
+        if self._closed:
+            raise StoreClosedError("chunk store is closed")
+        if not self.packs.is_local(digest):
+            return None
+        try:
+            return self.packs.get_chunk(digest)
+        except OSError as error:
+            raise BackendError(f"pack store {self.packs.directory} failed: {error.strerror}") from error
+
     async def has_chunks(self, digests: Sequence[bytes]) -> set[bytes]:
         if self._closed:
             raise StoreClosedError("chunk store is closed")
