@@ -17,6 +17,8 @@
                       rate, open loop, reported per --soak-window-s window (achieved rates, p50/p99,
                       errors, RSS median/max) with the RSS trend over the second half (MiB per minute,
                       least squares) and the store's own growth (blocks, chunk-index entries) beside it.
+                      --soak-reads-only: 5,000 blocks first, then only reads at --soak-rate, so the
+                      store does not grow and RSS growth left would be the service's own.
 
 Each run starts its own issuer and server on 127.0.0.1 (free ports) and writes
 benchmarks/results/service.json (the soak alone, with --soak-only, writes service_soak.json).
@@ -236,8 +238,12 @@ async def _big(url: str, token: str, size_bytes: int) -> dict[str, Any]:
     }
 
 
-async def _soak(url: str, token: str, seconds: float, rate_per_s: float, window_s: float) -> dict[str, Any]:
-    """Small writes at ``rate_per_s`` and reads of written blocks at half that, open loop, per window."""
+async def _soak(
+    url: str, token: str, seconds: float, rate_per_s: float, window_s: float, reads_only: bool = False
+) -> dict[str, Any]:
+    """Small writes at ``rate_per_s`` and reads of written blocks at half that, open loop, per window;
+    with ``reads_only``, 5,000 blocks are written first (not measured) and then only read, at
+    ``rate_per_s``: the store stops growing, so any RSS growth left is the service's own."""
     import collections
     import random
 
@@ -248,11 +254,15 @@ async def _soak(url: str, token: str, seconds: float, rate_per_s: float, window_
     write_headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     read_headers = {"Authorization": f"Bearer {token}"}
     schedule: asyncio.Queue[tuple[float, str, int]] = asyncio.Queue()
-    writes, reads = int(rate_per_s * seconds), int(rate_per_s / 2 * seconds)
-    merged = sorted(
-        [(index / rate_per_s, "write", index) for index in range(writes)]
-        + [(index / (rate_per_s / 2), "read", index) for index in range(reads)]
-    )
+    if reads_only:
+        await _prefill(host, int(port), write_headers, payload, written)
+        merged = [(index / rate_per_s, "read", index) for index in range(int(rate_per_s * seconds))]
+    else:
+        writes, reads = int(rate_per_s * seconds), int(rate_per_s / 2 * seconds)
+        merged = sorted(
+            [(index / rate_per_s, "write", index) for index in range(writes)]
+            + [(index / (rate_per_s / 2), "read", index) for index in range(reads)]
+        )
     for item in merged:
         schedule.put_nowait(item)
     start = time.perf_counter()
@@ -300,11 +310,30 @@ async def _soak(url: str, token: str, seconds: float, rate_per_s: float, window_
         windows.append(row)
     return {
         "seconds": seconds,
-        "offered_writes_per_s": rate_per_s,
-        "offered_reads_per_s": rate_per_s / 2,
+        "reads_only": reads_only,
+        "offered_writes_per_s": 0 if reads_only else rate_per_s,
+        "offered_reads_per_s": rate_per_s if reads_only else rate_per_s / 2,
         "elapsed_s": round(time.perf_counter() - start, 1),
         "windows": windows,
     }
+
+
+async def _prefill(host: str, port: int, headers: dict[str, str], payload: bytes, written: Any) -> None:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(5000):
+        queue.put_nowait(index)
+
+    async def worker() -> None:
+        connection = _Connection(host, port)
+        while not queue.empty():
+            index = queue.get_nowait()
+            data = payload[:-8] + (10**9 + index).to_bytes(8, "little")
+            body = json.dumps({"payload_base64": base64.b64encode(data).decode()}).encode()
+            status, answer = await connection.request("POST", "/v1/blocks", headers, body)
+            assert status == 201, answer
+            written.append(json.loads(answer)["block_id"])
+
+    await asyncio.gather(*(worker() for _ in range(16)))
 
 
 def load_process(job: dict[str, Any], results: Any) -> None:
@@ -319,7 +348,9 @@ def load_process(job: dict[str, Any], results: Any) -> None:
     elif kind == "reads":
         outcome = asyncio.run(_reads(job["url"], job["token"], job["ids"], job["seconds"]))
     elif kind == "soak":
-        outcome = asyncio.run(_soak(job["url"], job["token"], job["seconds"], job["rate"], job["window_s"]))
+        outcome = asyncio.run(
+            _soak(job["url"], job["token"], job["seconds"], job["rate"], job["window_s"], job["reads_only"])
+        )
     else:
         outcome = asyncio.run(_big(job["url"], job["token"], job["bytes"]))
     results.put(outcome)
@@ -417,10 +448,14 @@ def main() -> None:
     parser.add_argument("--soak-rate", type=float, default=300.0, help="small writes per second in the soak")
     parser.add_argument("--soak-window-s", type=float, default=60.0)
     parser.add_argument("--soak-only", action="store_true", help="skip the phases; write service_soak.json")
+    parser.add_argument(
+        "--soak-reads-only", action="store_true", help="the soak only reads (5,000 blocks written first)"
+    )
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "service.json")
     arguments = parser.parse_args()
     if arguments.soak_only and arguments.output.name == "service.json":
-        arguments.output = arguments.output.with_name("service_soak.json")
+        suffix = "_reads_only" if arguments.soak_reads_only else ""
+        arguments.output = arguments.output.with_name(f"service_soak{suffix}.json")
     sys.path.insert(0, str(REPO / "tests" / "service"))  # the conftest imports server_process
     fixtures = _load("maif_service_bench_fixtures", REPO / "tests" / "service" / "conftest.py")
     issuer = fixtures.security_fixtures.start_issuer(TOKEN_TTL="3600")
@@ -453,6 +488,7 @@ def main() -> None:
                             "seconds": arguments.soak_s,
                             "rate": arguments.soak_rate,
                             "window_s": arguments.soak_window_s,
+                            "reads_only": arguments.soak_reads_only,
                         },
                         server.process.pid,
                     )

@@ -192,6 +192,9 @@ def test_metrics_reflect_the_traffic(client: httpx.Client, server: Any) -> None:
     whole = r'maif_service_blocks_written_total\{kind="whole"\}'
     assert counter(after, whole) - counter(before, whole) == 5
     assert "maif_http_request_duration_seconds_bucket" in after and "maif_storage_blocks" in after
+    audited = r"maif_audit_log_entries"
+    assert counter(after, audited) - counter(before, audited) >= 5  # one gate decision per write at least
+    assert counter(after, "maif_audit_log_entries_max") == 1 << 24
     # No per-id labels: neither block ids nor agent ids become label values.
     assert all(response.json()["block_id"] not in after for response in written) and "agent-1" not in after
 

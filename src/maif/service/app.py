@@ -1004,6 +1004,7 @@ def _operations_routes(router: APIRouter) -> None:
             _require_metrics_token(request.headers.get("authorization"), state.metrics_token)
         with contextlib.suppress(MAIFError):
             state.metrics.observe_storage(await state.storage.get_stats())
+        state.metrics.audit_entries.set(state.manager.audit_log.size)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

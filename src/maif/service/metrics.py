@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from maif import limits
+
 _LATENCY_BUCKETS_S = (
     0.0005,
     0.001,
@@ -105,6 +107,15 @@ class ServiceMetrics:
             for key, (name, help_text) in _STORAGE_GAUGES.items()
         }
         self.ready = Gauge("maif_service_ready", "1 while the service accepts requests.", registry=registry)
+        self.audit_entries = Gauge(
+            "maif_audit_log_entries", "Entries in the audit log (one per gate decision).", registry=registry
+        )
+        self.audit_entries_max = Gauge(
+            "maif_audit_log_entries_max",
+            "Entries one audit log may hold; at that size every gate decision is refused.",
+            registry=registry,
+        )
+        self.audit_entries_max.set(limits.audit_log_entries_max)
 
     def observe_storage(self, stats: dict[str, Any]) -> None:
         for key, gauge in self.storage.items():
