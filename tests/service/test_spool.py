@@ -104,6 +104,7 @@ def test_an_upload_that_would_eat_the_free_space_is_refused_with_507(tmp_path: P
         with pytest.raises(ServiceProblem) as declared:
             spool.admit(64 * MiB, cap=1 << 40)
         assert declared.value.status == 507
+        spool.admit(64 * MiB, cap=1 << 40, keep_in_memory_bytes=64 * MiB)  # kept in memory: no disk needed
         with pytest.raises(ServiceProblem) as streamed:
             async with contextlib.AsyncExitStack() as stack:
                 await spool.receive(_body(64 * MiB), cap=1 << 40, keep_in_memory_bytes=0, stack=stack)

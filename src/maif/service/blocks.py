@@ -264,7 +264,7 @@ class BlockService:
         body is received whole (spooled to disk past one part) and its digest checked BEFORE anything is
         written, so a refused or abandoned upload leaves nothing in the store (docs/adr/0061)."""
         part_bytes = limits.service_part_bytes_max
-        self.spool.admit(declared_length, limits.service_upload_bytes_max)
+        self.spool.admit(declared_length, limits.service_upload_bytes_max, keep_in_memory_bytes=part_bytes)
         if (
             declared_length is not None
             and declared_length > part_bytes

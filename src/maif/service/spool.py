@@ -84,13 +84,15 @@ class Spool:
                 removed += 1
         return removed
 
-    def admit(self, declared_length: int | None, cap: int) -> None:
-        """Refuse before reading a body whose declared length exceeds ``cap`` or the free space."""
+    def admit(self, declared_length: int | None, cap: int, keep_in_memory_bytes: int = 0) -> None:
+        """Refuse before reading a body whose declared length exceeds ``cap``, or, when it will be
+        spooled (longer than ``keep_in_memory_bytes``), the free space."""
         if declared_length is None:
             return
         if declared_length > cap:
             raise LimitExceededError("upload size", declared_length, cap)
-        self._check_free(declared_length)
+        if declared_length > keep_in_memory_bytes:
+            self._check_free(declared_length)
 
     @contextlib.asynccontextmanager
     async def anonymous(self) -> AsyncIterator[SpoolFile]:
