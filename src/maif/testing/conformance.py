@@ -48,6 +48,22 @@ def run(coroutine: Awaitable[ResultT]) -> ResultT:
     return asyncio.run(_wrapper())
 
 
+BackendT = TypeVar("BackendT", ChunkStore, MetadataIndex, VectorIndex, ObjectStore)
+
+
+def run_with(backend: Callable[[], BackendT], body: Callable[[BackendT], Awaitable[Any]]) -> Any:
+    """Make a backend with ``backend()``, run ``body`` on it in a fresh event loop, and close it."""
+
+    async def scenario() -> Any:
+        opened = backend()
+        try:
+            return await body(opened)
+        finally:
+            await opened.close()
+
+    return run(scenario())
+
+
 def chunk(data: bytes) -> tuple[bytes, bytes]:
     """A ``(BLAKE3 digest, data)`` pair ready for ``put_chunks``."""
     return blake3.blake3(data).digest(), data
@@ -82,14 +98,7 @@ class ChunkStoreTests:
         raise NotImplementedError
 
     def _with_store(self, tmp_path: Path, body: Callable[[ChunkStore], Awaitable[Any]]) -> Any:
-        async def scenario() -> Any:
-            store = self.make_store(tmp_path)
-            try:
-                return await body(store)
-            finally:
-                await store.close()
-
-        return run(scenario())
+        return run_with(lambda: self.make_store(tmp_path), body)
 
     def test_round_trip_of_varied_chunks(self, tmp_path: Path) -> None:
         chunks = [chunk(b""), chunk(b"x"), chunk(b"text " * 5000), chunk(random_bytes(300_000, 1))]
@@ -288,14 +297,7 @@ class MetadataIndexTests:
         return None
 
     def _with_index(self, tmp_path: Path, body: Callable[[MetadataIndex], Awaitable[Any]]) -> Any:
-        async def scenario() -> Any:
-            index = self.make_index(tmp_path)
-            try:
-                return await body(index)
-            finally:
-                await index.close()
-
-        return run(scenario())
+        return run_with(lambda: self.make_index(tmp_path), body)
 
     def test_records_round_trip_exactly(self, tmp_path: Path) -> None:
         records = [make_record(n) for n in range(5)] + [
@@ -433,14 +435,7 @@ class VectorIndexTests:
         return None
 
     def _with_index(self, tmp_path: Path, body: Callable[[VectorIndex], Awaitable[Any]]) -> Any:
-        async def scenario() -> Any:
-            index = self.make_index(tmp_path)
-            try:
-                return await body(index)
-            finally:
-                await index.close()
-
-        return run(scenario())
+        return run_with(lambda: self.make_index(tmp_path), body)
 
     @staticmethod
     def _items(vectors: np.ndarray) -> list[tuple[str, np.ndarray, dict[str, str]]]:
@@ -645,14 +640,7 @@ class ObjectStoreTests:
         raise NotImplementedError
 
     def _with_store(self, tmp_path: Path, body: Callable[[ObjectStore], Awaitable[Any]]) -> Any:
-        async def scenario() -> Any:
-            store = self.make_store(tmp_path)
-            try:
-                return await body(store)
-            finally:
-                await store.close()
-
-        return run(scenario())
+        return run_with(lambda: self.make_store(tmp_path), body)
 
     def test_put_get_exists_delete(self, tmp_path: Path) -> None:
         data = random_bytes(100_000, 9)
