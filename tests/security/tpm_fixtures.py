@@ -96,8 +96,8 @@ def reap_orphaned_tpms(workdir: Path) -> int:
         directory = pid_file.parent
         owner = (directory / "owner").read_text() if (directory / "owner").exists() else ""
         owner_pid = owner.split()[0] if owner else ""
-        if owner and owner_pid.isdigit() and _process_identity(int(owner_pid)) == owner:
-            continue  # its test run is still alive
+        if not owner_pid.isdigit() or _process_identity(int(owner_pid)) == owner:
+            continue  # its test run is still alive, or nothing proves it is gone: not ours to stop
         if run_script("status", directory, check=False).returncode == 0:
             run_script("stop", directory, check=False)
             stopped += 1
