@@ -138,6 +138,9 @@ class MAIFStorage:
     def __init__(self, config: StorageConfig, backends: Backends, wal_file_ops: FileOps | None) -> None:
         self.config = config
         self._backends = backends
+        # The backends' same-thread read paths, when they have them (see read_block_with_tier).
+        self._index_get_nowait = getattr(backends.index, "get_nowait", None)
+        self._chunk_get_nowait = getattr(backends.chunks, "get_chunk_nowait", None)
         self._applier = Applier(backends.chunks, backends.index, backends.vectors)
         self._file_ops = wal_file_ops
         self._wal: WriteAheadLog | None = None
@@ -417,10 +420,9 @@ class MAIFStorage:
                 return block, "hot"
             self._backends.cache.discard(block_id)
         generation = self._apply_generation
-        index_nowait = getattr(self._backends.index, "get_nowait", None)
         try:
-            if index_nowait is not None:  # on this thread: nothing can be applied meanwhile
-                record = index_nowait(block_id)
+            if self._index_get_nowait is not None:  # on this thread: nothing can be applied meanwhile
+                record = self._index_get_nowait(block_id)
             else:
                 record = await self._backends.index.get(block_id)
             if record is None:
@@ -439,9 +441,8 @@ class MAIFStorage:
         """The block from its chunks, verified against its digest. A small block's local chunks are read
         on this thread (limits.engine_inline_read_bytes_max); anything else through the backend."""
         chunks = self._backends.chunks
-        nowait = getattr(chunks, "get_chunk_nowait", None)
-        if record.payload_length > limits.engine_inline_read_bytes_max:
-            nowait = None
+        small = record.payload_length <= limits.engine_inline_read_bytes_max
+        nowait = self._chunk_get_nowait if small else None
         parts = []
         for digest in record.chunks:
             piece = nowait(digest) if nowait is not None else None
