@@ -20,12 +20,12 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from maif.errors import ConfigError
+from maif.errors import ArgumentTypeError, ConfigError
+from maif.validation import require_path, type_of
 
 ConfigSource = Mapping[str, Any] | str | os.PathLike[str] | None
 
@@ -132,7 +132,9 @@ def _read_source(source: ConfigSource) -> Mapping[str, Any]:
         return {}
     if isinstance(source, Mapping):
         return source
-    path = Path(source)
+    if not isinstance(source, str | os.PathLike):
+        raise ArgumentTypeError(f"configuration must be a mapping, a path or None, got {type_of(source)}")
+    path = require_path("configuration file path", source)
     try:
         text = path.read_bytes()
     except OSError as error:

@@ -6,19 +6,23 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
 
     MAIFError
     ├── ConfigError                 a configuration value is missing, mistyped or out of range
-    ├── LimitExceededError          input larger than a named bound in maif.limits
-    ├── FormatError                 bytes that are not a well-formed .maif container or record
+    │   ├── ArgumentTypeError       an argument to a public call has the wrong type         [TypeError]
+    │   └── ArgumentValueError      an argument of the right type holds a refused value    [ValueError]
+    ├── LimitExceededError          input larger than a named bound in maif.limits         [ValueError]
+    ├── FormatError                 bytes that are not a well-formed container or record   [ValueError]
     │   ├── TruncatedError          the bytes end before a structure does
     │   ├── UnsupportedVersionError a version this reader does not implement
     │   └── UnsafePathError         a recorded path that would escape its destination directory
     ├── IntegrityError              well-formed bytes that fail a digest, chain or Merkle check
-    │   └── SignatureError          a signature that is missing, invalid or not by a trusted key
+    │   ├── SignatureError          a signature that is missing, invalid or not by a trusted key
+    │   └── WALCorruptionError      acknowledged log records are damaged; opening needs a repair
     ├── CryptoError                 key material or an AEAD operation failed
     │   └── DecryptionError         ciphertext, tag or associated data refused, or no usable key
     ├── StorageError                the store could not do what was asked
     │   ├── BlockNotFoundError      no block with that id
     │   ├── DurabilityError         the log could not be made durable; the store refuses writes
     │   ├── StoreClosedError        the store is closed or closing
+    │   ├── StoreLockedError        another open store (any process, or this one) holds the directory
     │   └── BackendError            a storage backend (disk, server) failed
     ├── SecurityError               a security decision refused the caller
     │   ├── AuthenticationError     who is asking could not be established
@@ -31,6 +35,16 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
 
 Each error carries a one-line message and, where useful, a ``hint`` for the human reading it.
 Messages never contain secrets (tokens, keys, plaintext).
+
+Errors about a wrong *value* or *type* also subclass the builtin in brackets (as zarr's errors do), so
+``except ValueError`` / ``except TypeError`` written for the standard library keeps working (a
+subclass inherits its parent's builtin: ``TruncatedError`` is a ``ValueError`` too).
+
+Every public entry point checks its arguments (:mod:`maif.validation`) before it acts: a wrong type
+raises ``ArgumentTypeError``; a value it may not take (NaN, a lone surrogate, an empty id, a number out
+of range) ``ArgumentValueError``; a size above a named bound ``LimitExceededError``; a malformed FourCC
+or EMBEDDING payload ``FormatError``. Both argument errors are ``ConfigError`` subclasses, so code that
+caught ``ConfigError`` for a bad ``limit`` still does.
 """
 
 from __future__ import annotations
@@ -55,8 +69,18 @@ class ConfigError(MAIFError):
     """A configuration value is missing, mistyped or out of range."""
 
 
-class LimitExceededError(MAIFError):
-    """Input is larger than a named bound in :mod:`maif.limits`."""
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument to a public call has the wrong type (a ``str`` where a list of ids belongs, ``None``
+    for a block, a ``bool`` for a number). Also a :class:`TypeError`."""
+
+
+class ArgumentValueError(ConfigError, ValueError):
+    """An argument to a public call has the right type but a value it may not take (NaN, a lone
+    surrogate, an empty id, a number out of range). Also a :class:`ValueError`."""
+
+
+class LimitExceededError(MAIFError, ValueError):
+    """Input is larger than a named bound in :mod:`maif.limits`. Also a :class:`ValueError`."""
 
     def __init__(self, what: str, size: int, limit: int, *, hint: str | None = None) -> None:
         super().__init__(f"{what} is {size}, above the limit of {limit}", hint=hint)
@@ -65,8 +89,8 @@ class LimitExceededError(MAIFError):
         self.limit = limit
 
 
-class FormatError(MAIFError):
-    """Bytes that are not a well-formed .maif container or record."""
+class FormatError(MAIFError, ValueError):
+    """Bytes that are not a well-formed .maif container or record. Also a :class:`ValueError`."""
 
     def __init__(self, message: str, *, offset: int | None = None, hint: str | None = None) -> None:
         where = f" at offset {offset}" if offset is not None else ""
@@ -100,6 +124,28 @@ class SignatureError(IntegrityError):
     """A signature that is missing, invalid, or not made by a trusted key."""
 
 
+class WALCorruptionError(IntegrityError):
+    """Acknowledged write-ahead log records are damaged (not a torn tail): the store refuses to open
+    until a repair is asked for explicitly.
+
+    ``segment`` is the file name and ``offset`` the byte offset of the damage; ``first_lost_lsn`` is the
+    LSN expected there; ``salvageable_lsns`` (first, last) and ``salvageable_count`` describe the records
+    after the damage that still validate (None and 0 when none does); ``lost_lsns`` lists the LSN ranges
+    known to be unreadable.
+    """
+
+    def __init__(self, message: str, *, segment: str, offset: int, first_lost_lsn: int,
+                 salvageable_lsns: tuple[int, int] | None, salvageable_count: int,
+                 lost_lsns: list[tuple[int, int]], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.segment = segment
+        self.offset = offset
+        self.first_lost_lsn = first_lost_lsn
+        self.salvageable_lsns = salvageable_lsns
+        self.salvageable_count = salvageable_count
+        self.lost_lsns = lost_lsns
+
+
 class CryptoError(MAIFError):
     """Key material or an AEAD operation failed."""
 
@@ -122,6 +168,14 @@ class DurabilityError(StorageError):
 
 class StoreClosedError(StorageError):
     """The store is closed or closing."""
+
+
+class StoreLockedError(StorageError):
+    """Another open store holds the data directory's lock; ``holder_pid`` names its process when known."""
+
+    def __init__(self, message: str, *, holder_pid: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.holder_pid = holder_pid
 
 
 class BackendError(StorageError):
@@ -162,6 +216,8 @@ class TaskFailedError(AgentError):
 
 __all__ = [
     "AgentError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
     "AttestationError",
     "AuthenticationError",
     "AuthorizationError",
@@ -180,9 +236,11 @@ __all__ = [
     "SignatureError",
     "StorageError",
     "StoreClosedError",
+    "StoreLockedError",
     "TaskFailedError",
     "TokenError",
     "TruncatedError",
     "UnsafePathError",
     "UnsupportedVersionError",
+    "WALCorruptionError",
 ]

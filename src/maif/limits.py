@@ -70,6 +70,11 @@ wal_group_records_max: Final = 100_000
 wal_segments_max: Final = 100_000
 """Most segment files a WAL directory may hold (bounds the directory scan at open)."""
 
+wal_resync_candidates_max: Final = 4 * 1024 * 1024
+"""Most positions recovery tries (each found by searching for the record magic) while it looks for
+records that still validate after a damaged one: bounds the work of opening a damaged log. When it
+runs out, the damage counts as corruption (the log is never truncated for want of searching)."""
+
 engine_unapplied_bytes_min: Final = 8 * MiB
 """Floor of the read-your-writes map of acknowledged but not yet applied blocks; above its bound
 (a share of max_memory_mb, at least this) writers wait for the applier (backpressure)."""
@@ -110,6 +115,10 @@ vector_dimensions_max: Final = 16_384
 
 vector_filter_fields_max: Final = 16
 """Most filterable attributes one vector may carry (and one search may filter on)."""
+
+vector_filter_text_bytes_max: Final = 256
+"""UTF-8 length of one search filter's name or value (the filterable attributes are agent_id and
+block_type, so no longer value can match anything)."""
 
 vector_map_bytes_max: Final = 4 * GiB
 """Largest persisted id mapping file of the vector index (checked before decoding)."""
@@ -252,6 +261,10 @@ agent_remembered_task_ids_max: Final = 1_000_000
 agent_dead_letters_max: Final = 10_000
 """Most dead-letter records one agent keeps in memory (each is also written to the store)."""
 
+agent_results_max: Final = 4096
+"""Most finished tasks whose outcome one agent keeps for ``MAIFAgent.result`` (oldest forgotten first;
+their ids stay remembered for idempotence, their blocks stay in the store)."""
+
 agent_latency_samples_max: Final = 4096
 """Task latency samples one agent keeps for its percentiles (a sliding window)."""
 
@@ -381,6 +394,8 @@ assert cli_jsonld_sniff_bytes_max <= block_payload_bytes_max
 assert vector_dimensions_max * 32 <= cli_query_vector_bytes_max
 assert cli_npy_header_bytes_max + vector_dimensions_max * 8 <= cli_query_vector_bytes_max
 assert wal_record_bytes_max < (1 << 32) and wal_group_bytes_max <= wal_segment_bytes_max
+# Recovery can search a whole torn group (every 4-byte record magic in it) before it runs out.
+assert wal_resync_candidates_max * 4 >= wal_group_bytes_max
 assert engine_apply_batch_records_max <= wal_group_records_max
 assert chunk_bytes_max < pack_bytes_max < (1 << 32)  # pack frames and offsets use u32 lengths
 assert pack_index_entries_max < (1 << 31) and packs_max < (1 << 32)
@@ -397,5 +412,9 @@ assert service_spool_write_bytes_min <= service_part_bytes_max
 assert service_list_limit_max <= engine_list_limit_max and service_search_limit_max <= engine_search_limit_max
 assert service_export_blocks_max <= gate_batch_resources_max
 assert service_header_metadata_bytes_max <= block_metadata_bytes_max
+# An agent forgets a task's outcome before its id, so result() can tell "forgotten" from "never accepted".
+assert agent_results_max <= agent_remembered_task_ids_max
 # An agent id is a token subject, and the audit log records it as an actor.
 assert agent_id_bytes_max <= audit_event_text_bytes_max and jwk_kid_bytes_max < token_bytes_max
+# A search may filter on any agent id a block can carry.
+assert agent_id_bytes_max <= vector_filter_text_bytes_max

@@ -446,6 +446,7 @@ def test_exit_codes_are_pinned() -> None:
         "KEY_ERROR": 5,
         "UNSAFE_PATH": 6,
         "LIMIT_EXCEEDED": 7,
+        "STORE_LOCKED": 8,
         "OTHER_ERROR": 9,
         "INTERNAL_ERROR": 70,
         "INTERRUPTED": 130,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -241,6 +244,62 @@ def test_store_commands_refuse_a_directory_that_holds_no_store(tmp_path: Path, k
     run_json("check", "--store", other, code=ExitCode.MALFORMED_FILE)
     run_json("search", "--store", other, "--vector", "[1, 0]", code=ExitCode.MALFORMED_FILE)
     assert sorted(path.name for path in other.iterdir()) == ["letter.txt"]
+
+
+HOLDER = """
+import asyncio, sys
+from maif.storage import create_maif_storage
+
+async def main():
+    async with await create_maif_storage({"data_dir": sys.argv[1]}):
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+def test_a_store_open_in_another_process_is_refused_with_its_pid(
+    tmp_path: Path, store: Path, keys: dict[str, Path], exported: Path
+) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(store)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "ready\n"
+        for command in (["stats"], ["check"], ["search", "--vector", "[1, 0, 0, 0]"],
+                        ["export", "-o", tmp_path / "out.maif", "--key", keys["signer.key"]],
+                        ["import", exported, "--trust", keys["signer.pub"]]):
+            document = run_json(*command, "--store", store, code=ExitCode.STORE_LOCKED)
+            assert document["error"]["type"] == "StoreLockedError"
+            assert document["error"]["exit_name"] == "store_locked"
+            assert f"process {holder.pid}" in document["error"]["message"]
+        human = run("stats", "--store", store)
+        assert human.exit_code == ExitCode.STORE_LOCKED
+        assert human.stderr.startswith("error: the store") and "Traceback" not in human.stderr
+        assert not (tmp_path / "out.maif").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert run_json("stats", "--store", store)["stats"]["blocks"] == len(TEXT_IDS + EMBEDDING_IDS) + 1
+
+
+def test_maif_serve_refuses_a_store_another_process_holds(tmp_path: Path) -> None:
+    from maif.storage.lock import acquire_store_lock
+
+    data_dir = tmp_path / "store"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"storage": {"data_dir": str(data_dir)}}))
+    lock = acquire_store_lock(data_dir)  # this test process is the other holder
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "maif", "serve", "--port", "0", "--config", str(config)],
+            capture_output=True, text=True, timeout=120,
+            env={**os.environ, "MAIF_MASTER_KEY": "00" * 32},
+        )
+    finally:
+        lock.release()
+    assert completed.returncode == ExitCode.STORE_LOCKED, completed.stderr
+    assert f"process {os.getpid()}" in completed.stderr and "Traceback" not in completed.stderr
 
 
 # --- import ---------------------------------------------------------------------------------------

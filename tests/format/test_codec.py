@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maif.errors import FormatError, LimitExceededError, MAIFError, TruncatedError, UnsupportedVersionError
+from maif.errors import (
+    ArgumentTypeError,
+    FormatError,
+    LimitExceededError,
+    MAIFError,
+    TruncatedError,
+    UnsupportedVersionError,
+)
 from maif.format import codec
 from maif.format.block import MAIFBlock, MAIFBlockType
 
@@ -151,9 +158,14 @@ def test_mutated_encodings_never_raise_an_untyped_error(block: MAIFBlock, data: 
         codec.decode_block(bytes(encoded))
 
 
+def test_metadata_with_a_non_str_key_is_refused_when_the_block_is_made() -> None:
+    with pytest.raises(ArgumentTypeError, match="metadata keys"):
+        MAIFBlock("a", metadata={1: "int key"})
+
+
 @pytest.mark.parametrize(
     "metadata",
-    [{1: "int key"}, {"x": object()}, {"big": "x" * (65 * 1024)}, {"deep": [[[[[]]]]] * 1}],
+    [{"x": object()}, {"big": "x" * (65 * 1024)}, {"deep": [[[[[]]]]] * 1}],
 )
 def test_unencodable_or_oversized_metadata_is_refused_at_encode(metadata: dict[Any, Any]) -> None:
     block = MAIFBlock("a", metadata=metadata)

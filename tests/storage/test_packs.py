@@ -48,7 +48,7 @@ def test_pack_starts_with_its_header_and_frames_follow(tmp_path: Path) -> None:
     store.close()
     raw = (tmp_path / pack_file_name(1)).read_bytes()
     assert raw[:8] == b"MAIFPACK"
-    assert struct.unpack_from("<HHI", raw, 8) == (1, 0, 1)
+    assert struct.unpack_from("<HHI", raw, 8) == (2, 0, 1)
     assert raw[16:48] == digest
     assert struct.unpack_from("<B3sII", raw, 48) == (0, b"\0\0\0", len(data), len(data))
     assert raw[16 + FRAME_HEADER_BYTES :] == data
@@ -156,7 +156,8 @@ def test_damage_in_the_middle_of_the_index_rebuilds_it_from_the_packs(tmp_path: 
     reopened = PackStore(tmp_path, pack_bytes_max=100_000)
     assert reopened.counters["index_rebuilds"] == 1
     assert all(reopened.get_chunk(digest) == data for digest, data in chunks)
-    assert any("rebuilt" in problem for problem in reopened.scrub(0.0))
+    assert any("rebuilt" in repair for repair in reopened.repairs)
+    assert reopened.scrub(0.0) == []  # repaired from the packs: nothing is lost
 
 
 def test_packs_roll_over_and_sealed_packs_carry_a_verified_trailer(tmp_path: Path) -> None:
@@ -261,7 +262,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path, file_name: str, versi
     store.close()
     with open(tmp_path / file_name, "r+b") as handle:
         handle.seek(version_offset)
-        handle.write(struct.pack("<H", 2))
+        handle.write(struct.pack("<H", 3))
     with pytest.raises(UnsupportedVersionError):
         PackStore(tmp_path)
 

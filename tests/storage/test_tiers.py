@@ -202,3 +202,223 @@ def test_object_store_ignores_a_partial_write_left_by_a_crash(tmp_path: Path) ->
         await store.close()
 
     run(scenario())
+
+
+# ---- issue 12: concurrent migrations ------------------------------------------------------------------
+
+
+class SlowObjectStore(LocalObjectStore):
+    """A local cold tier whose puts take a while (so a migration can be caught mid-move), and that can
+    be told to fail every put with a given exception."""
+
+    def __init__(self, root: Path, delay_s: float = 0.0) -> None:
+        super().__init__(root)
+        self.delay_s = delay_s
+        self.failure: BaseException | None = None
+        self.puts = 0
+
+    async def put(self, key: str, data: bytes) -> None:
+        import asyncio
+
+        self.puts += 1
+        await asyncio.sleep(self.delay_s)
+        if self.failure is not None:
+            raise self.failure
+        await super().put(key, data)
+
+
+def test_concurrent_migrations_move_each_pack_once_without_failing(tmp_path: Path) -> None:
+    import asyncio
+
+    clock = FakeClock(os.path.getmtime(tmp_path) + 10_000)
+
+    async def scenario() -> None:
+        store = make_tiered(tmp_path, clock, TierPolicy(0, 0))
+        await store.put_chunks(CHUNKS)
+        await store.flush()
+        sealed = set(store.warm.packs.sealed_packs())
+        assert len(sealed) >= 2
+        results = await asyncio.gather(*(store.migrate() for _ in range(4)))
+        moved = [pack_id for result in results for pack_id in result]
+        assert sorted(moved) == sorted(sealed)  # each pack once, by whichever migration got it first
+        assert await store.migrate() == []
+        for digest, data in CHUNKS:
+            assert await store.get_chunk(digest) == data
+        assert not [path for path in (tmp_path / "cold").rglob("*") if "~" in path.name]
+        await store.close()
+
+    run(scenario())
+
+
+def test_concurrent_puts_of_one_key_never_fail_or_leave_a_torn_object(tmp_path: Path) -> None:
+    import asyncio
+
+    async def scenario() -> None:
+        store = LocalObjectStore(tmp_path / "cold")
+        versions = [bytes([n]) * (50_000 + n) for n in range(8)]
+        for _ in range(5):
+            await asyncio.gather(*(store.put("packs/same", version) for version in versions))
+            assert await store.get("packs/same") in versions
+        assert await store.list() == ["packs/same"]
+        assert not [path for path in (tmp_path / "cold").rglob("*") if "~" in path.name]
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_cancelled_migration_finishes_the_pack_it_was_moving(tmp_path: Path) -> None:
+    import asyncio
+
+    clock = FakeClock(os.path.getmtime(tmp_path) + 10_000)
+
+    async def scenario() -> None:
+        warm = LocalChunkStore(tmp_path / "packs", pack_bytes_max=PACK_BYTES, clock=clock)
+        cold = SlowObjectStore(tmp_path / "cold", delay_s=0.3)
+        store = TieredChunkStore(warm, cold, TierPolicy(0, 0), clock=clock)
+        await store.put_chunks(CHUNKS)
+        await store.flush()
+        first = min(warm.packs.sealed_packs())
+        migration = asyncio.ensure_future(store.migrate())
+        await asyncio.sleep(0.1)  # inside the first pack's upload
+        migration.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await migration
+        cold.delay_s = 0.0
+        moved_later = await store.migrate()  # waits for the cancelled move, then moves the rest
+        assert warm.packs.is_remote(first) and first not in moved_later
+        assert not (tmp_path / "packs" / pack_file_name(first)).exists()
+        for digest, data in CHUNKS:
+            assert await store.get_chunk(digest) == data
+        await store.close()
+
+    run(scenario())
+
+
+def test_close_waits_for_a_pack_move_in_progress(tmp_path: Path) -> None:
+    import asyncio
+
+    clock = FakeClock(os.path.getmtime(tmp_path) + 10_000)
+
+    async def scenario() -> None:
+        warm = LocalChunkStore(tmp_path / "packs", pack_bytes_max=PACK_BYTES, clock=clock)
+        store = TieredChunkStore(warm, SlowObjectStore(tmp_path / "cold", delay_s=0.3), TierPolicy(0, 0),
+                                 clock=clock)
+        await store.put_chunks(CHUNKS)
+        await store.flush()
+        first = min(warm.packs.sealed_packs())
+        migration = asyncio.ensure_future(store.migrate())
+        await asyncio.sleep(0.1)
+        migration.cancel()
+        await store.close()  # must not close the pack store beneath the upload still running
+        assert migration.cancelled()
+        reopened = make_tiered(tmp_path, clock, TierPolicy(0, 0))
+        assert reopened.warm.packs.is_remote(first)
+        assert (tmp_path / "cold" / cold_key(first)).exists()
+        assert not (tmp_path / "packs" / pack_file_name(first)).exists()
+        for digest, data in CHUNKS:
+            assert await reopened.get_chunk(digest) == data
+        await reopened.close()
+
+    run(scenario())
+
+
+def _tiered_engine_backends(tmp_path: Path, cold: LocalObjectStore) -> object:
+    from maif.storage.backends.local import LocalMetadataIndex
+    from maif.storage.backends.memory import MemoryVectorIndex
+    from maif.storage.cache import LRUHotCache
+    from maif.storage.engine import Backends
+
+    chunks = TieredChunkStore(LocalChunkStore(tmp_path / "packs", pack_bytes_max=64 * 1024), cold,
+                              TierPolicy(0.0, 0.0))
+    return Backends(chunks, LocalMetadataIndex(tmp_path / "index.sqlite"), MemoryVectorIndex(),
+                    LRUHotCache(1 << 16))
+
+
+def test_migrations_racing_the_tier_loop_and_writers_lose_nothing(tmp_path: Path) -> None:
+    """Two migrate_tiers() at once, again and again, while the background loop migrates every 10 ms and
+    writers and readers run: no failure anywhere, every acknowledged block readable, cold reads work."""
+    import asyncio
+
+    from maif.format.block import MAIFBlock
+    from maif.storage.engine import create_maif_storage
+
+    written: list[MAIFBlock] = []
+
+    async def scenario() -> None:
+        backends = _tiered_engine_backends(tmp_path, LocalObjectStore(tmp_path / "cold"))
+        config = {"data_dir": str(tmp_path), "tier_interval_s": 0.01}
+        async with await create_maif_storage(config, backends=backends) as storage:  # type: ignore[arg-type]
+            writing = True
+
+            async def writer(number: int) -> None:
+                for i in range(60):
+                    block = MAIFBlock(id=f"w{number}-{i}", data=os.urandom(12_000) * 2)
+                    await storage.write_block(block)
+                    written.append(block)
+
+            async def reader() -> None:
+                while writing:
+                    for block in written[-20:]:
+                        assert await storage.read_block(block.id) == block
+                    await asyncio.sleep(0)
+
+            async def migrator() -> None:
+                while writing:
+                    await asyncio.gather(storage.migrate_tiers(), storage.migrate_tiers())
+                    await asyncio.sleep(0.002)
+
+            tasks = [asyncio.ensure_future(task) for task in (reader(), migrator())]
+            await asyncio.gather(*(writer(number) for number in range(4)))
+            writing = False
+            await asyncio.gather(*tasks)
+            await asyncio.gather(storage.migrate_tiers(), storage.migrate_tiers())
+            stats = await storage.get_stats()
+            assert stats["tier_failure"] is None and stats["packs_moved_cold_total"] > 3
+            tiers = [(await storage.read_block_with_tier(block.id))[1] for block in written]
+            assert "cold" in tiers
+            for block in written:
+                assert await storage.read_block(block.id) == block
+        backends = _tiered_engine_backends(tmp_path, LocalObjectStore(tmp_path / "cold"))
+        async with await create_maif_storage({"data_dir": str(tmp_path)}, backends=backends) as storage:  # type: ignore[arg-type]
+            for block in written:
+                assert await storage.read_block(block.id) == block
+            assert (await storage.check(read_data_fraction=1.0)).ok
+
+    run(scenario())
+    assert len(written) == 240
+
+
+@pytest.mark.parametrize("failure", [BackendError("the cold tier is down"), OSError(5, "I/O error")])
+def test_a_failing_migration_never_stops_writers_the_applier_or_close(
+    tmp_path: Path, failure: BaseException
+) -> None:
+    import asyncio
+
+    from maif.format.block import MAIFBlock
+    from maif.storage.engine import create_maif_storage
+
+    async def scenario() -> None:
+        cold = SlowObjectStore(tmp_path / "cold")
+        cold.failure = failure
+        backends = _tiered_engine_backends(tmp_path, cold)
+        config = {"data_dir": str(tmp_path), "tier_interval_s": 0.01}
+        storage = await create_maif_storage(config, backends=backends)  # type: ignore[arg-type]
+        blocks = [MAIFBlock(id=f"b{i}", data=os.urandom(30_000)) for i in range(40)]
+        for block in blocks:
+            await storage.write_block(block)
+            await asyncio.sleep(0.002)
+        with pytest.raises((BackendError, OSError)):
+            await storage.migrate_tiers()
+        for _ in range(100):
+            if cold.puts >= 3:
+                break
+            await asyncio.sleep(0.01)
+        stats = await storage.get_stats()
+        assert stats["tier_failure"] is not None and stats["packs_moved_cold_total"] == 0
+        await storage.write_block(MAIFBlock(id="after", data=b"still writable"))
+        for block in blocks:
+            assert await storage.read_block(block.id) == block
+        await storage.close()  # the tier task's failures never escape from close
+        assert storage._tier_task is not None and storage._tier_task.done()
+
+    run(scenario())

@@ -3,11 +3,17 @@
     storage = await create_maif_storage()
     async with MAIFAgent("my_agent", storage) as agent:
         await agent.submit_task(AgentTask("task_1", "text_analysis", {"text": "Hello MAIF!"}))
+        outcome = await agent.result("task_1")   # optional: its stored blocks, durable by now
     # leaving the block drains: every accepted task has run (or been dead-lettered)
 
 Semantics (docs/adr/0051-agent-runtime-semantics.md):
 - ``submit_task`` accepts before or after ``start``. When the queue holds ``task_queue_size`` tasks it
   raises :class:`QueueFullError` at once (``timeout=None``), or waits up to ``timeout`` seconds for room.
+- ``start`` runs the tasks accepted before it: it returns once each of them has finished (its blocks
+  durable, or dead-lettered: then it raises :class:`TaskFailedError`), with the dispatcher left running
+  for later tasks. So the seed's Quick Start (submit, ``await agent.start()``, end) stores its block.
+- ``result(task_id)`` waits for a task and returns its :class:`TaskOutcome` (block ids and write
+  receipts), or raises :class:`TaskFailedError` if it was dead-lettered.
 - Higher ``priority`` runs first; equal priorities run in submission order.
 - A task id already queued, running or finished is not run again (``submit_task`` returns False); the
   agent remembers the last ``limits.agent_remembered_task_ids_max`` finished ids. Block ids derive from
@@ -18,8 +24,10 @@ Semantics (docs/adr/0051-agent-runtime-semantics.md):
 - A failing attempt is retried after 50 ms x 2^(attempt-1) (capped) up to ``max_retries`` retries; then a
   dead-letter record with the reason is kept and written as a METADATA block ``<agent>:<task>:dead-letter``.
 - ``stop`` drains: it refuses new tasks, waits until every accepted task is done, then stops.
-- If the event loop ends without ``stop`` (``asyncio.run`` returning after ``start``), the cancelled
-  dispatcher stops at once; tasks still queued are NOT run, counted in ``abandoned`` and warned about.
+- An accepted task is never dropped quietly: while an agent holds unfinished tasks, a watcher task lives
+  on the loop. If the loop shuts down first (``asyncio.run`` returning with tasks still queued, Ctrl-C),
+  the watcher logs them, counts them in ``abandoned`` and, unless the program is already failing, makes
+  ``asyncio.run`` raise ``SystemExit`` naming them (exit status 1).
 """
 
 from __future__ import annotations
@@ -30,21 +38,26 @@ import heapq
 import itertools
 import logging
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from maif import limits
+from maif import limits, validation
 from maif.agents.handlers.registry import Handler, HandlerRegistry
 from maif.agents.provenance import block_id_for, signature_blocks, stamp
 from maif.agents.tasks import AgentTask, DeadLetter, TaskOutcome
 from maif.config import AgentConfig, ConfigSource, load_section
-from maif.errors import AgentError, LimitExceededError, MAIFError, QueueFullError
+from maif.errors import AgentError, LimitExceededError, MAIFError, QueueFullError, TaskFailedError
 from maif.format.block import MAIFBlock, MAIFBlockType
 
 log = logging.getLogger("maif.agents")
 _BACKOFF_BASE_S = 0.05
+# Every live watcher (see MAIFAgent._watch): at loop shutdown a watcher waits for the other tasks to
+# finish their own cancellation, but not for the other watchers, which are waiting too.
+_WATCHERS: weakref.WeakSet[asyncio.Task[None]] = weakref.WeakSet()
+_lost_task_reports: list[str] = []  # what the SystemExit at the end of asyncio.run will name
 
 
 class MAIFAgent:
@@ -87,11 +100,16 @@ class MAIFAgent:
         self._idle.set()
         self._states: dict[str, str] = {}  # queued / running
         self._finished: OrderedDict[str, str] = OrderedDict()  # task id -> "done" | "dead"
+        # What result() answers from once a task has finished (the last agent_results_max tasks), and
+        # the futures result()/start() wait on for unfinished ones (only ids someone waits for).
+        self._results: OrderedDict[str, TaskOutcome | DeadLetter] = OrderedDict()
+        self._waiters: dict[str, asyncio.Future[TaskOutcome | DeadLetter]] = {}
         self.dead_letters: deque[DeadLetter] = deque(maxlen=limits.agent_dead_letters_max)
         self.outcomes: deque[TaskOutcome] = deque(maxlen=limits.agent_latency_samples_max)
         self._in_flight = 0
         self._accepting = True
         self._dispatcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._current_batch: list[AgentTask] = []
         self._counters = dict.fromkeys(
             (
@@ -112,9 +130,26 @@ class MAIFAgent:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the dispatcher; returns once it is running. Starting twice is a no-op."""
-        if self._dispatcher is not None and not self._dispatcher.done():
+        """Start the dispatcher and run the tasks accepted before this call.
+
+        Returns once each task that was queued when ``start`` was called has finished: its blocks are
+        durable, or it was dead-lettered, in which case this raises :class:`TaskFailedError` naming it
+        (the agent keeps running). With nothing queued it returns as soon as the dispatcher runs; tasks
+        submitted afterwards run in the background. Starting a running agent is a no-op.
+        """
+        if self._running:
             return
+        backlog = [self._future_for(entry[2].task_id) for entry in self._heap]  # before any can finish
+        await self._launch()
+        if backlog:
+            await self._finish_backlog(backlog)
+
+    @property
+    def _running(self) -> bool:
+        return self._dispatcher is not None and not self._dispatcher.done()
+
+    async def _launch(self) -> None:
+        """Start the dispatcher (and the thread pool); returns once the dispatcher runs."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 self.config.processing_threads, thread_name_prefix=f"maif-agent-{self.agent_id}"
@@ -124,11 +159,24 @@ class MAIFAgent:
         self._dispatcher = asyncio.create_task(self._dispatch(running), name=f"maif-agent-{self.agent_id}")
         await running.wait()
 
+    async def _finish_backlog(self, backlog: list[asyncio.Future[TaskOutcome | DeadLetter]]) -> None:
+        """Wait until every task of the backlog has finished; raise if any was dead-lettered."""
+        await asyncio.wait(backlog)  # unlike gather, never cancels the (shared) futures
+        failed = [record for future in backlog if isinstance(record := future.result(), DeadLetter)]
+        if failed:
+            first = failed[0]
+            raise TaskFailedError(
+                f"{len(failed)} of the {len(backlog)} tasks accepted before start() failed after their "
+                f"retries; first: task {first.task_id!r} after {first.attempts} attempts: {first.reason}",
+                hint=f"agent {self.agent_id!r} keeps running; agent.dead_letters has every reason and "
+                "each dead-letter record is stored",
+            )
+
     async def stop(self) -> None:
         """Refuse new tasks, run every accepted one (retries and dead letters included), then stop."""
         self._accepting = False
-        if self._heap and (self._dispatcher is None or self._dispatcher.done()):
-            await self.start()
+        if self._heap and not self._running:
+            await self._launch()
             self._accepting = False
         await self.drain()
         if self._dispatcher is not None:
@@ -142,14 +190,16 @@ class MAIFAgent:
 
     async def drain(self) -> None:
         """Wait until the queue is empty and nothing is in flight."""
-        if self._heap and (self._dispatcher is None or self._dispatcher.done()):
+        if self._heap and not self._running:
             raise AgentError(f"agent {self.agent_id!r} is not running: start() it before drain()")
         while self._heap or self._in_flight:
             self._idle.clear()
             await self._idle.wait()
 
     async def __aenter__(self) -> MAIFAgent:
-        await self.start()
+        """Start the dispatcher (tasks queued before run in the background); leaving the block drains."""
+        if not self._running:
+            await self._launch()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -184,7 +234,107 @@ class MAIFAgent:
         heapq.heappush(self._heap, (-task.priority, next(self._sequence), task))
         self._counters["submitted"] += 1
         self._not_empty.set()
+        if self._watcher is None or self._watcher.done():
+            self._watch()
         return True
+
+    async def result(self, task_id: str, *, timeout: float | None = None) -> TaskOutcome:
+        """Wait until task ``task_id`` has finished and return its :class:`TaskOutcome`: the ids of the
+        blocks it stored and their write receipts (durable when this returns).
+
+        Raises TaskFailedError when the task was dead-lettered (the reason is in the message),
+        TimeoutError when it has not finished after ``timeout`` seconds (it keeps running), and
+        AgentError when this agent never accepted the id, has forgotten its outcome (it keeps the last
+        ``limits.agent_results_max``), or holds it queued without running (start() it first).
+        """
+        validation.require_str("task_id", task_id, limits.task_id_chars_max * 4, allow_empty=False)
+        timeout = validation.optional_float("timeout", timeout, 0.0)
+        record = self._results.get(task_id)
+        if record is None:
+            record = await self._wait_for_result(task_id, timeout)
+        if isinstance(record, DeadLetter):
+            raise TaskFailedError(
+                f"task {task_id!r} of agent {self.agent_id!r} failed after {record.attempts} attempts: "
+                f"{record.reason}",
+                hint=f"its dead-letter record is block {record.record_block_id!r}"
+                if record.record_block_id
+                else "its dead-letter record could not be stored; agent.dead_letters has it",
+            )
+        return record
+
+    async def _wait_for_result(self, task_id: str, timeout: float | None) -> TaskOutcome | DeadLetter:
+        if self._states.get(task_id) == "queued" and not self._running:
+            await asyncio.sleep(0)  # a start() just scheduled (asyncio.create_task) launches in this turn
+            if (record := self._results.get(task_id)) is not None:
+                return record
+        if task_id not in self._states:
+            if task_id in self._finished:
+                first_block = block_id_for(self.agent_id, task_id, 0)
+                raise AgentError(
+                    f"agent {self.agent_id!r} no longer keeps the outcome of task {task_id!r}",
+                    hint=f"it keeps the last {limits.agent_results_max}; its blocks are in the store "
+                    f"({first_block!r}, then :1, ...)",
+                )
+            raise AgentError(f"agent {self.agent_id!r} never accepted task {task_id!r}")
+        if self._states[task_id] == "queued" and not self._running:
+            raise AgentError(
+                f"agent {self.agent_id!r} is not running, so task {task_id!r} cannot finish",
+                hint="await agent.start() (or use `async with agent`) first",
+            )
+        future = self._future_for(task_id)
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        if not done:
+            raise TimeoutError(f"task {task_id!r} of agent {self.agent_id!r} did not finish in {timeout} s")
+        return future.result()
+
+    def _future_for(self, task_id: str) -> asyncio.Future[TaskOutcome | DeadLetter]:
+        """The one future that resolves when ``task_id`` (queued or running) finishes."""
+        future = self._waiters.get(task_id)
+        if future is None or future.cancelled():
+            future = self._waiters[task_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    # ---- never dropping accepted work quietly (ADR 0051) ------------------------------------------
+    def _watch(self) -> None:
+        """Keep a watcher on the loop while this agent holds unfinished tasks."""
+        watcher = asyncio.get_running_loop().create_task(
+            self._watch_until_idle(asyncio.current_task()), name=f"maif-agent-{self.agent_id}-watcher"
+        )
+        self._watcher = watcher
+        _WATCHERS.add(watcher)
+
+    async def _watch_until_idle(self, owner: asyncio.Task[Any] | None) -> None:
+        """Return once every accepted task has finished. Cancelled before (the loop is shutting down:
+        ``asyncio.run`` returned or was interrupted), report the unfinished tasks loudly."""
+        try:
+            while self._states:
+                self._idle.clear()
+                await self._idle.wait()
+        except asyncio.CancelledError:
+            if self._states:
+                await self._report_lost_tasks(owner)
+            raise
+        finally:
+            self._watcher = None
+
+    async def _report_lost_tasks(self, owner: asyncio.Task[Any] | None) -> None:
+        lost = list(self._states)
+        self._counters["abandoned"] += len(lost)
+        message = (
+            f"agent {self.agent_id!r}: the event loop ended before {len(lost)} accepted "
+            f"task{'s' if len(lost) != 1 else ''} completed ({', '.join(lost[:5])}"
+            f"{', ...' if len(lost) > 5 else ''}); their results are not (all) stored"
+        )
+        if owner is not None and owner.done() and (owner.cancelled() or owner.exception() is not None):
+            log.error("%s", message)  # the program is already failing (an exception, Ctrl-C): its own
+            return  # error sets the exit status, and a SystemExit here would hide its traceback
+        _lost_task_reports.append(message)
+        me = asyncio.current_task()
+        others = {task for task in asyncio.all_tasks() if task is not me and task not in _WATCHERS}
+        if others:
+            await asyncio.wait(others)  # the store's own tasks finish their cancellation first
+        # Raised from a plain callback, SystemExit leaves asyncio.run (a task would only record it).
+        asyncio.get_running_loop().call_soon(_exit_for_lost_tasks)
 
     async def _wait_for_space(self, timeout: float | None) -> None:
         if timeout is None or timeout <= 0:
@@ -240,40 +390,24 @@ class MAIFAgent:
 
     # ---- dispatching ------------------------------------------------------------------------------
     async def _dispatch(self, running: asyncio.Event) -> None:
+        """Run batches until cancelled (by stop(), or by the loop shutting down: then the watcher
+        reports whatever was left unfinished)."""
         running.set()
-        try:
-            while True:
-                self._current_batch = await self._next_batch()  # popped tasks count as in flight
-                try:
-                    await self._run_batch(self._current_batch)
-                except Exception as error:  # a bug must not stop the agent or hang drain()
-                    log.exception("agent %s: batch failed unexpectedly", self.agent_id)
-                    for task in self._current_batch:
-                        if self._states.get(task.task_id) == "running":
-                            await self._dead_letter(
-                                task, f"internal error: {_reason(error)}", 1, write_record=False
-                            )
-                finally:
-                    self._in_flight -= len(self._current_batch)
-                    self._current_batch = []
-                    if not self._heap and not self._in_flight:
-                        self._idle.set()
-        except asyncio.CancelledError:
-            self._abandon_unfinished()
-            raise
-
-    def _abandon_unfinished(self) -> None:
-        """The loop ended without stop(): record (and warn about) every accepted task that did not run."""
-        unfinished = [task for task in self._current_batch if self._states.get(task.task_id) == "running"]
-        unfinished += [entry[2] for entry in self._heap]
-        if unfinished:
-            self._counters["abandoned"] += len(unfinished)
-            log.warning(
-                "agent %s ended without stop(): %d accepted tasks did not run (%s)",
-                self.agent_id,
-                len(unfinished),
-                ", ".join(task.task_id for task in unfinished[:5]),
-            )
+        while True:
+            self._current_batch = await self._next_batch()  # popped tasks count as in flight
+            try:
+                await self._run_batch(self._current_batch)
+            except Exception as error:  # a bug must not stop the agent or hang drain()
+                log.exception("agent %s: batch failed unexpectedly", self.agent_id)
+                for task in self._current_batch:
+                    if self._states.get(task.task_id) == "running":
+                        reason = f"internal error: {_reason(error)}"
+                        await self._dead_letter(task, reason, 1, write_record=False)
+            finally:
+                self._in_flight -= len(self._current_batch)
+                self._current_batch = []
+                if not self._heap and not self._in_flight:
+                    self._idle.set()
 
     async def _next_batch(self) -> list[AgentTask]:
         """Up to batch_size tasks: waits for the first, then at most batch_timeout_ms for the rest."""
@@ -390,8 +524,9 @@ class MAIFAgent:
                 for task, _, attempts in produced:
                     await self._dead_letter(task, f"signing failed: {_reason(error)}", attempts)
                 return
+        receipts: dict[str, Any] = {}
         if blocks:
-            await self._write_with_retries(blocks, [task for task, _, _ in produced])
+            receipts = await self._write_with_retries(blocks, [task for task, _, _ in produced])
         now = time.perf_counter()
         for task, task_blocks, attempts in produced:
             if self._states.get(task.task_id) != "running":
@@ -399,17 +534,18 @@ class MAIFAgent:
             latency_ms = (now - self._enqueued_at.pop(task.task_id, now)) * 1000
             self._latencies_ms.append(latency_ms)
             ids = tuple(b.id for b in task_blocks)
-            self.outcomes.append(TaskOutcome(task.task_id, ids, attempts, latency_ms))
-            self._finish(task.task_id, "done")
+            outcome = TaskOutcome(task.task_id, ids, attempts, latency_ms, tuple(receipts[i] for i in ids))
+            self.outcomes.append(outcome)
+            self._finish(task.task_id, outcome)
             self._counters["completed"] += 1
         self._counters["blocks_written"] += len(blocks)
 
-    async def _write_with_retries(self, blocks: list[MAIFBlock], tasks: list[AgentTask]) -> None:
+    async def _write_with_retries(self, blocks: list[MAIFBlock], tasks: list[AgentTask]) -> dict[str, Any]:
+        """The write receipts by block id; empty when the write failed for good (tasks dead-lettered)."""
         attempt = 1
         while True:
             try:
-                await self.storage.write_blocks(blocks)
-                return
+                return {receipt.block_id: receipt for receipt in await self.storage.write_blocks(blocks)}
             except MAIFError as error:
                 if attempt > self.config.max_retries:
                     for task in tasks:
@@ -417,7 +553,7 @@ class MAIFAgent:
                             task, f"storing its blocks failed: {_reason(error)}", attempt, write_record=False
                         )
                     log.error("agent %s could not store a batch: %s", self.agent_id, error.message)
-                    return
+                    return {}
                 self._counters["retries"] += 1
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
@@ -451,18 +587,40 @@ class MAIFAgent:
                     error.message,
                 )
                 record_id = None
-        self.dead_letters.append(
-            DeadLetter(task.task_id, task.task_type, reason, attempts, time.time(), record_id)
+        dead = DeadLetter(task.task_id, task.task_type, reason, attempts, time.time(), record_id)
+        self.dead_letters.append(dead)
+        log.warning(
+            "agent %s: task %s dead-lettered after %d attempts: %s", self.agent_id, task.task_id, attempts,
+            reason,
         )
         self._enqueued_at.pop(task.task_id, None)
-        self._finish(task.task_id, "dead")
+        self._finish(task.task_id, dead)
         self._counters["dead_lettered"] += 1
 
-    def _finish(self, task_id: str, state: str) -> None:
+    def _finish(self, task_id: str, record: TaskOutcome | DeadLetter) -> None:
         self._states.pop(task_id, None)
-        self._finished[task_id] = state
+        self._finished[task_id] = "dead" if isinstance(record, DeadLetter) else "done"
         if len(self._finished) > limits.agent_remembered_task_ids_max:
             self._finished.popitem(last=False)
+        self._results[task_id] = record
+        if len(self._results) > limits.agent_results_max:
+            self._results.popitem(last=False)
+        if self._waiters:
+            future = self._waiters.pop(task_id, None)
+            if future is not None and not future.done():
+                future.set_result(record)
+
+
+def _exit_for_lost_tasks() -> None:
+    """End ``asyncio.run`` with exit status 1, naming every agent's lost tasks (once for them all)."""
+    if not _lost_task_reports:
+        return
+    reports = "\n".join(f"maif: {report}" for report in _lost_task_reports)
+    _lost_task_reports.clear()
+    raise SystemExit(
+        f"{reports}\n  hint: before the program ends, await agent.stop() (or leave "
+        "`async with MAIFAgent(...)`), or await agent.result(task_id) for each task"
+    )
 
 
 def _reason(error: BaseException) -> str:

@@ -37,6 +37,9 @@ class AgentTask:
             raise AgentError(f"input_data must be a dict, got {type(self.input_data).__name__}")
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):
             raise AgentError(f"priority must be an int, got {type(self.priority).__name__}")
+        if not isinstance(self.input_blocks, list | tuple):  # a str would become its letters
+            raise AgentError(f"input_blocks must be a list or tuple of block ids, got "
+                             f"{type(self.input_blocks).__name__}")
         object.__setattr__(self, "input_blocks", tuple(self.input_blocks))
         if not all(isinstance(block_id, str) for block_id in self.input_blocks):
             raise AgentError("input_blocks must be block id strings")
@@ -71,12 +74,15 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutcome:
-    """What a finished task produced: the ids of its stored blocks (signature blocks included)."""
+    """What a finished task produced: the ids of its stored blocks and, in the same order, the store's
+    write receipts for them (id, digest, log position: each block was durable before the task counted
+    as done). A signed block's signature is stored as the block ``<id>:sig``."""
 
     task_id: str
     block_ids: tuple[str, ...]
     attempts: int
     latency_ms: float
+    receipts: tuple[Any, ...] = ()
 
 
 __all__ = ["AgentTask", "BlockDraft", "DeadLetter", "TaskOutcome"]

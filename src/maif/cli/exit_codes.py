@@ -17,6 +17,7 @@ from maif.errors import (
     LimitExceededError,
     MAIFError,
     SignatureError,
+    StoreLockedError,
     UnsafePathError,
 )
 
@@ -40,6 +41,8 @@ class ExitCode(enum.IntEnum):
     """`unpack` refused a recorded path that would escape the destination directory."""
     LIMIT_EXCEEDED = 7
     """An input is larger than a named bound in maif.limits."""
+    STORE_LOCKED = 8
+    """The store is open in another process (e.g. `maif serve`): its lock names the holder's PID."""
     OTHER_ERROR = 9
     """Any other MAIF error (reported with its message)."""
     INTERNAL_ERROR = 70
@@ -56,6 +59,7 @@ _CODE_BY_ERROR: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (FormatError, ExitCode.MALFORMED_FILE),
     (CryptoError, ExitCode.KEY_ERROR),
     (LimitExceededError, ExitCode.LIMIT_EXCEEDED),
+    (StoreLockedError, ExitCode.STORE_LOCKED),
     (ConfigError, ExitCode.USAGE_ERROR),
     (OSError, ExitCode.MALFORMED_FILE),
     (BackendError, ExitCode.MALFORMED_FILE),  # the format reports file I/O failures as BackendError

@@ -32,8 +32,9 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from maif import limits
+from maif.cli.exit_codes import ExitCode
 from maif.config import SecurityConfig, StorageConfig, load_section
-from maif.errors import ConfigError, MAIFError
+from maif.errors import ConfigError, MAIFError, StoreLockedError
 from maif.service.tracing import TracingConfig, build_tracer_provider
 
 
@@ -172,7 +173,8 @@ def serve_command(
         asyncio.run(run_service(host, port, config))
     except MAIFError as error:
         typer.echo(f"maif serve: {error.diagnostics()}", err=True)
-        raise typer.Exit(2) from error
+        code = ExitCode.STORE_LOCKED if isinstance(error, StoreLockedError) else ExitCode.USAGE_ERROR
+        raise typer.Exit(int(code)) from error
 
 
 __all__ = ["ServiceConfig", "load_export_key", "run_service", "serve_command"]

@@ -12,7 +12,6 @@ agent_id)`` works as the seed README showed, and validates every field once, her
 from __future__ import annotations
 
 import enum
-import math
 import os
 import time
 import uuid
@@ -22,7 +21,8 @@ import msgspec
 from msgspec.structs import force_setattr
 
 from maif import limits
-from maif.errors import FormatError, LimitExceededError
+from maif.errors import ArgumentTypeError, FormatError
+from maif.validation import require_bytes, require_float, require_str, require_str_sequence, type_of
 
 
 class MAIFBlockType(enum.Enum):
@@ -97,26 +97,25 @@ class MAIFBlock(msgspec.Struct, frozen=True, kw_only=False):
 
     def __post_init__(self) -> None:
         # Frozen msgspec structs allow normalising assignment in __post_init__ only through force_setattr.
+        # Errors: maif.validation (ArgumentTypeError for a wrong type, e.g. parents="abc" or timestamp=True).
+        if not isinstance(self.block_type, MAIFBlockType | str | bytes):
+            raise ArgumentTypeError(f"block type must be a MAIFBlockType or a FourCC str, got "
+                                    f"{type_of(self.block_type)}")
         force_setattr(self, "block_type", normalize_block_type(self.block_type))
-        if isinstance(self.data, bytearray | memoryview):
-            force_setattr(self, "data", bytes(self.data))
-        if not isinstance(self.data, bytes):
-            raise FormatError(f"block data must be bytes, got {type(self.data).__name__}")
-        force_setattr(self, "parents", tuple(self.parents))
-        _check_text("block id", self.id, limits.block_id_bytes_max, allow_empty=False)
-        _check_text("agent id", self.agent_id, limits.agent_id_bytes_max, allow_empty=True)
-        _check_text("version", self.version, limits.block_version_bytes_max, allow_empty=True)
-        if len(self.data) > limits.block_payload_bytes_max:
-            raise LimitExceededError("block payload size", len(self.data), limits.block_payload_bytes_max)
-        if len(self.parents) > limits.block_parents_max:
-            raise LimitExceededError("parent count", len(self.parents), limits.block_parents_max)
-        for parent in self.parents:
-            _check_text("parent id", parent, limits.block_id_bytes_max, allow_empty=False)
+        data = require_bytes("block data", self.data, limits.block_payload_bytes_max)
+        if data is not self.data:
+            force_setattr(self, "data", data)
+        force_setattr(self, "parents", require_str_sequence(
+            "block parents", self.parents, limits.block_id_bytes_max, max_items=limits.block_parents_max))
+        require_str("block id", self.id, limits.block_id_bytes_max, allow_empty=False)
+        require_str("agent id", self.agent_id, limits.agent_id_bytes_max)
+        require_str("block version", self.version, limits.block_version_bytes_max)
         if not isinstance(self.metadata, dict):
-            raise FormatError(f"block metadata must be a dict, got {type(self.metadata).__name__}")
-        if not isinstance(self.timestamp, int | float) or not math.isfinite(self.timestamp):
-            raise FormatError(f"block timestamp must be a finite number of seconds, got {self.timestamp!r}")
-        force_setattr(self, "timestamp", float(self.timestamp))
+            raise ArgumentTypeError(f"block metadata must be a dict, got {type_of(self.metadata)}")
+        for key in self.metadata:
+            if not isinstance(key, str):
+                raise ArgumentTypeError(f"block metadata keys must be str, got {type_of(key)}")
+        force_setattr(self, "timestamp", require_float("block timestamp", self.timestamp))
 
     @property
     def fourcc(self) -> bytes:
@@ -125,19 +124,6 @@ class MAIFBlock(msgspec.Struct, frozen=True, kw_only=False):
     @property
     def type_name(self) -> str:
         return self.fourcc.decode("ascii")
-
-
-def _check_text(what: str, value: object, max_bytes: int, *, allow_empty: bool) -> None:
-    if not isinstance(value, str):
-        raise FormatError(f"{what} must be a string, got {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError as error:
-        raise FormatError(f"{what} is not valid Unicode text (lone surrogate)") from error
-    if size > max_bytes:
-        raise LimitExceededError(f"{what} length in bytes", size, max_bytes)
-    if not allow_empty and size == 0:
-        raise FormatError(f"{what} must not be empty")
 
 
 __all__ = ["MAIFBlock", "MAIFBlockType", "fourcc_of", "new_block_id", "normalize_block_type"]

@@ -1,8 +1,11 @@
 """Applying committed log records to the backends, off the acknowledgement path.
 
 A write is acknowledged once its log record is durable; everything else happens here, later, in batches:
-split the payload into content-defined chunks -> ``ChunkStore.put_chunks`` -> ``MetadataIndex.put`` ->
-``VectorIndex.add`` for embeddings. A *checkpoint* then makes the applied state durable in the order
+split the payload into content-defined chunks -> ``ChunkStore.put_chunks`` -> the block's record,
+the authoritative copy, beside them (``ChunkStore.put_records``) -> ``MetadataIndex.put``
+(derived: rebuildable from those records, see :mod:`maif.storage.rebuild`) -> ``VectorIndex.add``
+for embeddings (``remove`` when a block id that held one is overwritten by another type).
+A *checkpoint* then makes the applied state durable in the order
 recovery relies on (chunks, vectors, then the index with the applied LSN) before the log may forget
 the records: so ``MetadataIndex.applied_lsn`` never names a record whose chunks could be lost, and
 replaying from it is always enough (every step is idempotent).
@@ -20,7 +23,7 @@ from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import encode_metadata
 from maif.storage.backends.base import ChunkStore, MetadataIndex, VectorIndex
 from maif.storage.chunking import split_payload
-from maif.storage.records import BlockRecord
+from maif.storage.records import BlockRecord, encode_record, tombstone_record
 
 # Fixed bookkeeping cost charged per block in memory accounting, on top of its encoded size.
 ITEM_OVERHEAD_BYTES = 512
@@ -35,6 +38,7 @@ class LogItem:
     digest: bytes
     vector: np.ndarray | None
     lsn: int = 0
+    deleted: bool = False  # a tombstone: ``block`` carries only the id of the block deleted
 
     @property
     def cost_bytes(self) -> int:
@@ -75,8 +79,12 @@ class Applier:
         assert all(a.lsn < b.lsn for a, b in itertools.pairwise(items)), "items out of order"
         chunk_pairs: list[tuple[bytes, bytes]] = []
         records: list[BlockRecord] = []
-        embeddings: list[tuple[str, np.ndarray, dict[str, str]]] = []
+        last_of: dict[str, LogItem] = {}  # the last write of each block id in this batch decides its vector
         for item in items:
+            last_of[item.block.id] = item
+            if item.deleted:
+                records.append(tombstone_record(item.block.id, item.lsn))
+                continue
             data = item.block.data
             pieces = split_payload(data)
             if len(pieces) == 1:
@@ -85,11 +93,17 @@ class Applier:
                 chunk_pairs.extend((digest, bytes(view)) for digest, view in pieces)
             records.append(record_of(item, tuple(digest for digest, _ in pieces)))
             self.raw_payload_bytes_total += len(data)
-            if item.vector is not None:
-                embeddings.append((item.block.id, item.vector, vector_attributes(item.block)))
         if chunk_pairs:
             self.new_chunk_bytes_total += await self.chunks.put_chunks(chunk_pairs)
+        # The authoritative copy of each record goes beside the chunks (durable with them at the
+        # checkpoint, before the log forgets the records): the index below is derived from it.
+        await self.chunks.put_records([encode_record(record) for record in records])
         await self.index.put(records)
+        embeddings = [(block_id, item.vector, vector_attributes(item.block))
+                      for block_id, item in last_of.items() if item.vector is not None]
+        replaced = [block_id for block_id, item in last_of.items() if item.vector is None]
+        if replaced:  # a block id that held an embedding and now holds another type loses its vector
+            await self.vectors.remove(replaced)
         if embeddings:
             await self.vectors.add(embeddings)
 

@@ -24,9 +24,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgspec
@@ -46,13 +46,25 @@ from maif.errors import (
     StoreClosedError,
 )
 from maif.format.block import MAIFBlock, MAIFBlockType
-from maif.format.codec import decode_block, decode_metadata, encode_block
+from maif.format.codec import CODEC_VERSION, decode_block, decode_metadata, encode_block
+from maif.storage import arguments
 from maif.storage.applier import Applier, LogItem, type_name
 from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, VectorIndex
 from maif.storage.engine_stats import LatencyReservoir
-from maif.storage.receipts import BlockSummary, CheckReport, SearchHit, WriteReceipt
+from maif.storage.lock import StoreLock, acquire_store_lock
+from maif.storage.receipts import BlockSummary, CheckReport, DeleteReceipt, SearchHit, WriteReceipt
 from maif.storage.records import BlockRecord
-from maif.storage.wal import FileOps, GroupCommitter, RecoveryReport, WriteAheadLog
+from maif.storage.wal import (
+    FileOps,
+    GroupCommitter,
+    RecoveryReport,
+    WriteAheadLog,
+    oldest_segment_lsn,
+)
+from maif.validation import require_instance
+
+if TYPE_CHECKING:
+    from maif.storage.compaction import CompactionReport
 
 _DISTRIBUTED_KEYS = ("redis_url", "kafka_brokers", "qdrant_url", "s3_endpoint", "s3_bucket")
 _CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
@@ -98,30 +110,58 @@ def default_backends(config: StorageConfig) -> Backends:
     cache_bytes = max(1, config.max_memory_mb * 1024 * 1024 // 4)
     from maif.storage.tiers import TieredChunkStore, TierPolicy
 
-    warm = local.LocalChunkStore(data_dir / "packs", compression_threshold=config.compression_threshold)
     policy = TierPolicy(cold_after_age_s=config.cold_after_age_s, cold_after_idle_s=config.cold_after_idle_s)
-    return Backends(
-        chunks=TieredChunkStore(warm, local.LocalObjectStore(data_dir / "cold"), policy),
-        index=local.LocalMetadataIndex(data_dir / "index.sqlite"),
-        vectors=local.LocalVectorIndex(data_dir / "vectors"),
-        cache=LRUHotCache(cache_bytes),
-    )
+    warm = local.LocalChunkStore(data_dir / "packs", compression_threshold=config.compression_threshold)
+    try:
+        # Built in this order so that a failure leaves only the pack store's descriptors to release:
+        # the object store and the vector index hold none, and the SQLite index is built last.
+        cold = local.LocalObjectStore(data_dir / "cold")
+        vectors = local.LocalVectorIndex(data_dir / "vectors")
+        index = local.LocalMetadataIndex(data_dir / "index.sqlite")
+    except BaseException:
+        with contextlib.suppress(Exception):  # its descriptors are closed even when its final flush fails
+            warm.packs.close()
+        raise
+    return Backends(chunks=TieredChunkStore(warm, cold, policy), index=index, vectors=vectors,
+                    cache=LRUHotCache(cache_bytes))
 
 
 async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
                               backends: Backends | None = None,
-                              wal_file_ops: FileOps | None = None) -> MAIFStorage:
+                              wal_file_ops: FileOps | None = None, repair: bool = False) -> MAIFStorage:
     """Open the store described by ``config`` (None: embedded default under ./maif-data).
 
     ``config`` is a dict, a JSON/TOML path, or a :class:`StorageConfig`. ``backends`` and
     ``wal_file_ops`` replace the defaults (tests inject faults through them).
+
+    A damaged write-ahead log (not a torn tail) makes this raise WALCorruptionError. ``repair=True`` is
+    the explicit decision to go on: the damaged segments are copied to ``wal/quarantine/``, the log is
+    cut at the damage, every record after it that still validates is written again (new LSNs, in its
+    old order, durable before this returns), and ``storage.recovery`` says what was lost and kept
+    (``check()`` reports it too). It also rebuilds every derived state.
+
+    The data directory is locked first (:mod:`maif.storage.lock`; another open store on it, in any
+    process or in this one, makes this raise StoreLockedError), before any backend is built: the local
+    chunk store recovers pack tails as it opens, and the log lives in data_dir whatever the backends.
+    The store owns ``backends`` from this call on: a failed open closes them, like the ones it builds,
+    and releases the lock.
     """
-    section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
-    for key in _DISTRIBUTED_KEYS:
-        if getattr(section, key) is not None:
-            raise ConfigError(f"storage setting {key!r} names a distributed backend that is not available "
-                              "yet in this build", hint="remove it to use the embedded store")
-    storage = MAIFStorage(section, backends or default_backends(section), wal_file_ops)
+    arguments.open_options(backends, wal_file_ops)  # config is checked where it is read (load_section)
+    require_instance("repair", repair, bool)
+    store_lock: StoreLock | None = None
+    try:
+        section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
+        for key in _DISTRIBUTED_KEYS:
+            if getattr(section, key) is not None:
+                raise ConfigError(f"storage setting {key!r} names a distributed backend that is not "
+                                  "available yet in this build", hint="remove it to use the embedded store")
+        store_lock = await asyncio.to_thread(acquire_store_lock, section.data_dir)
+        if backends is None:
+            backends = default_backends(section)
+        storage = MAIFStorage(section, backends, wal_file_ops, store_lock=store_lock, repair=repair)
+    except BaseException:
+        await _release_failed_open(backends, store_lock)
+        raise
     try:
         await storage._open()
     except BaseException:
@@ -130,14 +170,29 @@ async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
     return storage
 
 
+async def _release_failed_open(backends: Backends | None, store_lock: StoreLock | None) -> None:
+    """Close what an open that failed before the engine existed had acquired; the open's own error is
+    the one that propagates (a failure here is logged)."""
+    try:
+        if backends is not None:
+            await backends.close()
+    except Exception as error:  # noqa: BLE001 - the open's error matters more
+        _log.warning("closing the backends of a failed open failed: %r", error)
+    finally:
+        if store_lock is not None:
+            store_lock.release()
+
+
 class MAIFStorage:
     """A durable block store; create it with :func:`create_maif_storage`, use it with ``async with``."""
 
     wal_segment_bytes_max = limits.wal_segment_bytes_max  # class attribute so tests can rotate often
 
-    def __init__(self, config: StorageConfig, backends: Backends, wal_file_ops: FileOps | None) -> None:
+    def __init__(self, config: StorageConfig, backends: Backends, wal_file_ops: FileOps | None, *,
+                 store_lock: StoreLock | None = None, repair: bool = False) -> None:
         self.config = config
         self._backends = backends
+        self._store_lock = store_lock  # the data directory's lock; released once the backends are closed
         # The backends' same-thread read paths, when they have them (see read_block_with_tier).
         self._index_get_nowait = getattr(backends.index, "get_nowait", None)
         self._chunk_get_nowait = getattr(backends.chunks, "get_chunk_nowait", None)
@@ -167,21 +222,36 @@ class MAIFStorage:
         self._latency = LatencyReservoir(limits.engine_latency_samples_max)
         self._vector_dimensions: int | None = None  # every EMBEDDING block must match, once known
         self._writes_total = 0
+        self._deletes_total = 0
+        self._compactions_total = 0
+        self._bytes_reclaimed_total = 0
         self._reads_total = 0
         self._opened_at = time.monotonic()
         self.recovery = RecoveryReport()
+        self.repairs: list[str] = []  # what opening (or repair()) rebuilt or found lost, one line each
+        # An explicit repair at open (create_maif_storage(repair=True)): of a corrupt write-ahead log
+        # (quarantine, salvage), and a rebuild of every derived state.
+        self._repair = repair
+        self._maintenance = asyncio.Lock()  # the applier and repair() never run at once
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def _open(self) -> None:
         data_dir = Path(self.config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint_lsn = await self._backends.index.applied_lsn()
+        from maif.storage import rebuild
+
+        await rebuild.heal_before_replay(self, force=self._repair,
+                                         oldest_logged=oldest_segment_lsn(data_dir / "wal"))
         loop = asyncio.get_running_loop()
         self._wal, self.recovery = await loop.run_in_executor(None, lambda: WriteAheadLog.open(
             data_dir / "wal", durable=self.config.durability == "durable",
             min_next_lsn=self._checkpoint_lsn + 1, file_ops=self._file_ops,
-            segment_bytes_max=self.wal_segment_bytes_max))
+            segment_bytes_max=self.wal_segment_bytes_max, repair=self._repair))
         await self._replay()
+        await rebuild.heal_after_replay(self, force=self._repair)
+        for line in self.repairs:
+            _log.warning("store %s repaired at open: %s", self.config.data_dir, line)
         self._vector_dimensions = self._backends.vectors.dimensions
         wal = self._wal
         assert wal is not None
@@ -194,6 +264,41 @@ class MAIFStorage:
         if self.config.tier_interval_s > 0 and hasattr(self._backends.chunks, "migrate"):
             self._tier_task = loop.create_task(self._tier_loop(), name="maif-tiers")
         self._space_ready.set()
+        if self.recovery.corruption is not None:
+            await self._finish_wal_repair()
+
+    async def _finish_wal_repair(self) -> None:
+        """Write again what a repair of the log salvaged: new records (new LSNs) in their old order,
+        durable before the open returns; then the log may forget its salvage file."""
+        report, wal = self.recovery, self._wal
+        assert wal is not None
+        new_lsns: list[int] = []  # the first and last LSN of each append
+        unusable: list[tuple[int, int]] = []
+        batch: list[LogItem] = []
+        batch_bytes = 0
+        for old_lsn, payload in [*report.salvaged, (0, b"")]:  # (0, b""): the end, append the rest
+            if batch and (not old_lsn or len(batch) >= limits.engine_apply_batch_records_max
+                          or batch_bytes + len(payload) > limits.wal_group_bytes_max // 2):
+                first_lsn = await self._append_items(batch)  # one group, within the torn-tail bound
+                new_lsns += [first_lsn, first_lsn + len(batch) - 1]
+                batch, batch_bytes = [], 0
+            if not old_lsn:
+                break
+            try:
+                item = log_item(payload, 0)
+                self._check_vector_dimensions([item])
+            except MAIFError as error:  # validated by its CRC, yet not a record this store can apply
+                _log.warning("salvaged log record %d dropped: %s", old_lsn, error.message)
+                unusable.append((old_lsn, old_lsn))
+                continue
+            batch.append(item)
+            batch_bytes += len(payload)
+        await asyncio.get_running_loop().run_in_executor(None, wal.salvage_reappended)
+        if new_lsns:
+            report.reappended_lsns = (new_lsns[0], new_lsns[-1])
+        report.lost_lsns = sorted(report.lost_lsns + unusable)
+        report.salvaged = []  # durable in the log again: not kept in memory for the life of the store
+        _log.warning("store %s: %s", self.config.data_dir, report.repair_summary() or report.corruption)
 
     async def _replay(self) -> None:
         """Re-apply every logged record after the checkpoint, in bounded batches, then checkpoint."""
@@ -201,7 +306,7 @@ class MAIFStorage:
         batch: list[LogItem] = []
         last = self._checkpoint_lsn
         for lsn, payload in self._wal.replay(self._checkpoint_lsn):
-            batch.append(_item_of(decode_block(payload), payload, lsn))
+            batch.append(log_item(payload, lsn))
             last = lsn
             if len(batch) >= limits.engine_apply_batch_records_max:
                 await self._applier.apply(batch)
@@ -212,11 +317,33 @@ class MAIFStorage:
             await self._checkpoint(last)
 
     async def _abort_open(self) -> None:
-        if self._committer is not None:
-            await self._committer.close()
-        if self._wal is not None:
-            self._wal.close()
-        await self._backends.close()
+        """Release everything a failed open acquired, each step even when an earlier one fails; the
+        open's own error is the one that propagates (a failure here is logged)."""
+        steps: list[Any] = [self._committer.close if self._committer is not None else None,
+                            self._wal.close if self._wal is not None else None,
+                            self._backends.close]
+        for task in (self._tier_task, self._applier_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        try:
+            for step in steps:
+                if step is None:
+                    continue
+                try:
+                    result = step()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception as error:  # noqa: BLE001 - release the rest, keep the open's error
+                    _log.warning("releasing a failed open of %s: %r", self.config.data_dir, error)
+        finally:
+            self._release_store_lock()
+
+    def _release_store_lock(self) -> None:
+        lock, self._store_lock = self._store_lock, None
+        if lock is not None:
+            lock.release()
 
     async def close(self) -> None:
         """Finish queued writes, apply everything, checkpoint, and release every resource."""
@@ -225,8 +352,9 @@ class MAIFStorage:
         self._closing = True
         if self._tier_task is not None:
             self._tier_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tier_task
+            await asyncio.wait([self._tier_task])  # raises nothing: a tier failure never stops the close
+            if not self._tier_task.cancelled():
+                self._tier_task.exception()
         try:
             assert self._committer is not None and self._wal is not None
             await self._committer.close()
@@ -237,9 +365,12 @@ class MAIFStorage:
                 await self._checkpoint(self._applied_lsn)
         finally:
             self._closed = True
-            if self._wal is not None:
-                self._wal.close()
-            await self._backends.close()
+            try:
+                if self._wal is not None:
+                    self._wal.close()
+                await self._backends.close()
+            finally:
+                self._release_store_lock()  # last: no other opener may start while the backends flush
 
     async def __aenter__(self) -> MAIFStorage:
         return self
@@ -250,16 +381,49 @@ class MAIFStorage:
     # ---- writing ----------------------------------------------------------------------------------
     async def write_block(self, block: MAIFBlock) -> WriteReceipt:
         """Make ``block`` durable; returns once its log record is on disk (group-committed)."""
+        block = arguments.block(block)
         return (await self.write_blocks((block,)))[0]
 
     async def write_blocks(self, blocks: Sequence[MAIFBlock]) -> list[WriteReceipt]:
         """Make every block durable with one log append and one sync; receipts in the same order."""
+        blocks = arguments.blocks(blocks)
         started_ns = time.perf_counter_ns()
         self._check_writable()
         items = [_item_of(block, encode_block(block), 0) for block in blocks]
         if not items:
             return []
         self._check_vector_dimensions(items)
+        first_lsn = await self._append_items(items)
+        self._latency.add_ns(time.perf_counter_ns() - started_ns)
+        self._writes_total += len(items)
+        return [WriteReceipt(item.block.id, item.digest, first_lsn + offset)
+                for offset, item in enumerate(items)]
+
+    async def delete_block(self, block_id: str) -> DeleteReceipt:
+        """Delete a block: a tombstone goes through the log like a write (durable when this returns);
+        reads then raise BlockNotFoundError, listings and search leave it out, and its chunks become
+        garbage for :meth:`compact` once no other block shares them. BlockNotFoundError when absent."""
+        block_id = arguments.block_id(block_id)
+        self._check_writable()
+        if not await self._exists(block_id):
+            raise BlockNotFoundError(f"no block with id {block_id!r}")
+        payload = encode_tombstone(block_id)
+        item = LogItem(MAIFBlock(id=block_id, data=b""), payload, blake3.blake3(payload).digest(), None,
+                       deleted=True)
+        lsn = await self._append_items([item])
+        self._deletes_total += 1
+        return DeleteReceipt(block_id, lsn)
+
+    async def _exists(self, block_id: str) -> bool:
+        item = self._unapplied.get(block_id)
+        if item is not None:
+            return not item.deleted
+        if self._index_get_nowait is not None:
+            return self._index_get_nowait(block_id) is not None
+        return await self._backends.index.get(block_id) is not None
+
+    async def _append_items(self, items: list[LogItem]) -> int:
+        """Log ``items`` with one append (group-committed), waiting for room first; their first LSN."""
         cost = sum(item.cost_bytes for item in items)
         while self._inflight_bytes and self._inflight_bytes + cost > self._inflight_bytes_max:
             self._space_ready.clear()
@@ -277,10 +441,7 @@ class MAIFStorage:
         except BaseException:
             self._release(cost)  # never committed: nothing will be applied for these bytes
             raise
-        self._latency.add_ns(time.perf_counter_ns() - started_ns)
-        self._writes_total += len(items)
-        return [WriteReceipt(item.block.id, item.digest, first_lsn + offset)
-                for offset, item in enumerate(items)]
+        return first_lsn
 
     def _check_vector_dimensions(self, items: Sequence[LogItem]) -> None:
         """Refuse, before the log, an embedding the vector index could not hold.
@@ -341,7 +502,8 @@ class MAIFStorage:
             batch = [self._apply_queue.popleft()
                      for _ in range(min(len(self._apply_queue), limits.engine_apply_batch_records_max))]
             try:
-                await self._applier.apply(batch)
+                async with self._maintenance:
+                    await self._applier.apply(batch)
                 if (batch[-1].lsn - self._checkpoint_lsn >= _CHECKPOINT_RECORDS
                         or time.monotonic() - last_checkpoint >= _CHECKPOINT_INTERVAL_S):
                     await self._checkpoint(batch[-1].lsn)
@@ -404,14 +566,18 @@ class MAIFStorage:
     # ---- reading -----------------------------------------------------------------------------------
     async def read_block(self, block_id: str) -> MAIFBlock:
         """The block, bit-exact as written (read-your-writes); BlockNotFoundError when absent."""
+        block_id = arguments.block_id(block_id)
         return (await self.read_block_with_tier(block_id))[0]
 
     async def read_block_with_tier(self, block_id: str) -> tuple[MAIFBlock, str]:
         """The block and which tier served it: "log" (not yet applied), "hot", "warm" or "cold"."""
+        block_id = arguments.block_id(block_id)
         self._check_open()
         self._reads_total += 1
         item = self._unapplied.get(block_id)
         if item is not None:
+            if item.deleted:
+                raise BlockNotFoundError(f"no block with id {block_id!r} (deleted)")
             return item.block, "log"
         cached = self._backends.cache.get(block_id)
         if cached is not None:
@@ -427,7 +593,7 @@ class MAIFStorage:
                 record = await self._backends.index.get(block_id)
             if record is None:
                 item = self._unapplied.get(block_id)  # applied-then-overwritten while we waited
-                if item is not None:
+                if item is not None and not item.deleted:
                     return item.block, "log"
                 raise BlockNotFoundError(f"no block with id {block_id!r}")
             block, _ = await self._assemble(record)
@@ -474,10 +640,9 @@ class MAIFStorage:
                           since: float | None = None, until: float | None = None, parent: str | None = None,
                           limit: int = 100, after: str | None = None) -> list[BlockSummary]:
         """Summaries of matching blocks ordered by (timestamp, block_id); ``after`` pages on."""
+        agent_id, type_name, since, until, parent, limit, after = arguments.list_query(
+            agent_id, block_type, since, until, parent, limit, after)
         self._check_open()
-        if not 1 <= limit <= limits.engine_list_limit_max:
-            raise ConfigError(f"limit must be between 1 and {limits.engine_list_limit_max}, got {limit}")
-        type_name = block_type.value if isinstance(block_type, MAIFBlockType) else block_type
         await self._wait_applied()
         records = await self._backends.index.query(agent_id=agent_id, block_type=type_name, since=since,
                                                    until=until, parent=parent, limit=limit, after=after)
@@ -488,19 +653,16 @@ class MAIFStorage:
                               score_threshold: float | None = None,
                               filters: dict[str, str] | None = None) -> list[SearchHit]:
         """EMBEDDING blocks most similar (cosine) to ``query_vector``; filters on agent_id/block_type."""
+        query, limit, score_threshold, filters = arguments.search(query_vector, limit, score_threshold,
+                                                                  filters)
         self._check_open()
-        if not 1 <= limit <= limits.engine_search_limit_max:
-            raise ConfigError(f"limit must be between 1 and {limits.engine_search_limit_max}, got {limit}")
-        query = np.asarray(query_vector, dtype=np.float32)
-        if query.ndim != 1 or query.size == 0 or not np.all(np.isfinite(query)):
-            raise ConfigError("query_vector must be a non-empty one-dimensional vector of finite numbers")
         await self._wait_applied()
         found = await self._backends.vectors.search(query, limit, score_threshold=score_threshold,
                                                     filters=filters)
         hits: list[SearchHit] = []
         for block_id, score in found:
             record = await self._backends.index.get(block_id)
-            if record is not None:
+            if record is not None and record.block_type == MAIFBlockType.EMBEDDING.value:
                 hits.append(SearchHit(block_id, float(score), record.agent_id, record.block_type))
         return hits
 
@@ -532,23 +694,63 @@ class MAIFStorage:
             try:
                 await self.migrate_tiers()
                 self._tier_failure = None
-            except MAIFError as error:
-                self._tier_failure = error.message
-                _log.warning("moving packs to the cold tier failed (will retry): %s", error.message)
+            except Exception as error:  # noqa: BLE001 - whatever fails, the loop (and the store) go on
+                self._tier_failure = error.message if isinstance(error, MAIFError) else repr(error)
+                _log.warning("moving packs to the cold tier failed (will retry): %s", self._tier_failure)
 
     async def check(self, read_data_fraction: float = 0.0) -> CheckReport:
         """Scrub like ``restic check``: structure always, ``read_data_fraction`` of blocks read back."""
         from maif.storage.engine_io import check_store
 
+        read_data_fraction = arguments.read_data_fraction(read_data_fraction)
         self._check_open()
         await self._wait_applied()
         return await check_store(self, read_data_fraction)
+
+    async def compact(self, garbage_fraction_min: float = 0.2, *,
+                      on_step: Callable[[str], None] | None = None) -> CompactionReport:
+        """Reclaim the space of deleted and overwritten blocks (mark and sweep, :mod:`.compaction`):
+        every sealed local pack whose dead bytes are at least ``garbage_fraction_min`` of it is
+        rewritten without them. Crash-safe at every step; ``on_step`` names each step (tests)."""
+        from maif.storage.compaction import compact_store
+
+        self._check_writable()
+        await self._wait_applied()
+        async with self._maintenance:
+            report = await compact_store(self, garbage_fraction_min, on_step)
+        self._compactions_total += 1
+        self._bytes_reclaimed_total += report.bytes_reclaimed
+        return report
+
+    async def repair(self) -> CheckReport:
+        """Rebuild every piece of derived state from the authoritative data, then :meth:`check`.
+
+        Writes the record of every indexed block the chunk store lacks, re-indexes every stored record
+        (the highest LSN of each block wins), rebuilds the vector index; ``maif store check --repair``.
+        What it did is in the report's ``repaired`` lines. Writes wait while it runs.
+        """
+        from maif.storage import rebuild
+
+        self._check_writable()
+        await self._wait_applied()
+        async with self._maintenance:
+            written = await rebuild.backfill_records(self._backends)
+            if written:
+                self.repairs.append(f"{written} block record(s) restored from the metadata index")
+            read, _, problems = await rebuild.rebuild_index(self._backends)
+            self.repairs.append(f"metadata index re-checked against {read} stored block record(s)")
+            self.repairs.extend(problems)
+            added, problems = await rebuild.rebuild_vectors(self)
+            self.repairs.append(f"vector index rebuilt with {added} vector(s)")
+            self.repairs.extend(problems)
+        return await self.check()
 
     async def export(self, path: str | os.PathLike[str], selection: Sequence[str] | None,
                      signing_key: Any) -> Any:
         """Write the selected blocks (None: all) to a signed .maif container; returns its VersionInfo."""
         from maif.storage.engine_io import export_blocks
 
+        path, selection, signing_key = arguments.export(path, selection, signing_key)
         self._check_open()
         await self._wait_applied()
         return await export_blocks(self, Path(path), selection, signing_key)
@@ -557,6 +759,7 @@ class MAIFStorage:
         """Verify a .maif container against ``trusted_keys`` and write its blocks; returns the count."""
         from maif.storage.engine_io import import_blocks
 
+        path, trusted_keys = arguments.import_maif(path, trusted_keys)
         self._check_writable()
         return await import_blocks(self, Path(path), trusted_keys)
 
@@ -580,6 +783,29 @@ def _from_cache(raw: bytes) -> MAIFBlock | None:
                          agent_id=agent_id, version=version, parents=tuple(parents))
     except (msgspec.DecodeError, MAIFError):
         return None
+
+
+_TOMBSTONE_TAG = 0xD7  # first byte of a deletion's log record; a block's record starts with its codec version
+assert _TOMBSTONE_TAG != CODEC_VERSION
+_tombstone_encoder = msgspec.msgpack.Encoder()
+_tombstone_decoder = msgspec.msgpack.Decoder(tuple[str, float])
+
+
+def encode_tombstone(block_id: str) -> bytes:
+    """The log record of a deletion: the tag byte, then MessagePack (block id, time of deletion)."""
+    return bytes([_TOMBSTONE_TAG]) + _tombstone_encoder.encode((block_id, time.time()))
+
+
+def log_item(payload: bytes, lsn: int) -> LogItem:
+    """The log item a record of the write-ahead log holds: a block, or a deletion."""
+    if payload[:1] == bytes([_TOMBSTONE_TAG]):
+        try:
+            block_id, _ = _tombstone_decoder.decode(payload[1:])
+        except msgspec.DecodeError as error:
+            raise FormatError(f"log record {lsn}: a deletion record that does not decode") from error
+        return LogItem(MAIFBlock(id=block_id, data=b""), payload, blake3.blake3(payload).digest(), None,
+                       lsn, deleted=True)
+    return _item_of(decode_block(payload), payload, lsn)
 
 
 def _item_of(block: MAIFBlock, encoded: bytes, lsn: int) -> LogItem:

@@ -111,8 +111,15 @@ async def check_store(storage: MAIFStorage, read_data_fraction: float) -> CheckR
         after = page[-1].block_id
         if len(page) < _PAGE_RECORDS:
             break
+    from maif.storage.rebuild import audit
+
+    problems.extend(await audit(storage, lookup=getattr(backends.index, "get_nowait", None)))
+    wal_repair = storage.recovery.repair_summary()  # records lost or salvaged by this open's repair
+    if wal_repair is not None:
+        problems.append(wal_repair)
     return CheckReport(ok=not problems, problems=problems, blocks_checked=checked, blocks_read=read,
-                       wal_records_unapplied=storage._committed_lsn - storage._applied_lsn)
+                       wal_records_unapplied=storage._committed_lsn - storage._applied_lsn,
+                       repaired=list(storage.repairs))
 
 
 async def _verify_block(storage: MAIFStorage, record: Any) -> list[str]:

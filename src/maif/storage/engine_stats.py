@@ -1,7 +1,8 @@
 """The engine's statistics: a bounded latency window and the ``get_stats`` dictionary.
 
 Keys of ``get_stats()`` (units last):
-    writes_total, reads_total, writes_per_s (since open), uptime_s,
+    writes_total, reads_total, deletes_total, writes_per_s (since open), uptime_s,
+    compactions_total, compaction_bytes_reclaimed_total, repairs (what open or repair() rebuilt),
     ack_latency_ms_p50 / ack_latency_ms_p99 / ack_latency_samples (the most recent calls, bounded),
     durability ("durable" | "bulk_unsafe"), wal_fsync (False in bulk_unsafe: NOT crash safe),
     wal_depth (records acknowledged but not yet applied), wal_last_lsn, wal_applied_lsn,
@@ -56,6 +57,10 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
     stats: dict[str, Any] = {
         "writes_total": storage._writes_total,
         "reads_total": storage._reads_total,
+        "deletes_total": storage._deletes_total,
+        "compactions_total": storage._compactions_total,
+        "compaction_bytes_reclaimed_total": storage._bytes_reclaimed_total,
+        "repairs": list(storage.repairs),
         "writes_per_s": storage._writes_total / uptime_s,
         "uptime_s": uptime_s,
         "ack_latency_ms_p50": storage._latency.percentile_ms(0.50),

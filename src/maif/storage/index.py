@@ -11,13 +11,18 @@ Schema (version 1):
                                                 (block_type, timestamp, block_id), (timestamp, block_id)
     parents(parent, child) PK (parent, child) the provenance edges, for "children of X"
     state(key PK, value)                      applied_lsn, schema_version
+    tombstones(block_id PK, lsn)              deletions, so no older record can come back in a rebuild
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,7 @@ CREATE TABLE IF NOT EXISTS parents (
     parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tombstones (block_id TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 _COLUMNS = (
@@ -54,6 +60,12 @@ _COLUMNS = (
 # as a parameter, never formatted into the SQL.
 _SELECT = "SELECT " + _COLUMNS + " FROM blocks"  # noqa: S608 - constant
 _UPSERT = "INSERT OR REPLACE INTO blocks (" + _COLUMNS + ") VALUES (" + ", ".join("?" * 11) + ")"  # noqa: S608
+_UPSERT_NEWER = (
+    "INSERT INTO blocks (" + _COLUMNS + ") VALUES (" + ", ".join("?" * 11) + ") "  # noqa: S608 - constant
+    "ON CONFLICT(block_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS.split(", ")[1:])
+    + " WHERE excluded.lsn > blocks.lsn"
+)
 
 
 def check_query_limit(limit: int) -> None:
@@ -110,19 +122,39 @@ class SqliteMetadataIndex(MetadataIndex):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        self._connection: sqlite3.Connection | None = None
+        self.damage: str | None = None  # set when a damaged file was quarantined at open (rebuilt then)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection: sqlite3.Connection | None = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None
-            )
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._connection.executescript(_SCHEMA)
-            self._connection.execute(
-                "INSERT OR IGNORE INTO state (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-            )
+            try:
+                self._connection = _open_database(self.path)
+            except sqlite3.DatabaseError as error:
+                if getattr(error, "sqlite_errorname", "") not in _DAMAGE_ERRORS:
+                    raise
+                self.damage = f"{error} ({getattr(error, 'sqlite_errorname', '')})"
+                self._quarantine()
+                self._connection = _open_database(self.path)
         except sqlite3.Error as error:
             raise BackendError(f"cannot open metadata index {self.path}: {error}") from error
+        except OSError as error:
+            raise BackendError(f"cannot open metadata index {self.path}: {error.strerror}") from error
+
+    def _quarantine(self) -> None:
+        """Move the damaged database (and its -wal/-shm files) aside as evidence; the engine rebuilds
+        the index from the stored block records."""
+        folder = self.path.parent / "quarantine"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        for suffix in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + suffix)
+            if source.exists():
+                os.replace(source, folder / f"{source.name}.{stamp}")
+
+    async def integrity_problems(self) -> list[str]:
+        """SQLite's own ``PRAGMA quick_check`` (structure of every page): empty when healthy."""
+        rows = await self._run(lambda connection: connection.execute("PRAGMA quick_check").fetchall())
+        found = [str(row[0]) for row in rows if row[0] != "ok"]
+        return [f"metadata index {self.path}: {line}" for line in found[:20]]
 
     async def _run(self, function: Any, *args: Any) -> Any:
         return await asyncio.to_thread(self._locked, function, *args)
@@ -133,11 +165,13 @@ class SqliteMetadataIndex(MetadataIndex):
                 raise StoreClosedError("metadata index is closed")
             try:
                 return function(self._connection, *args)
-            except sqlite3.Error as error:
-                raise BackendError(f"metadata index {self.path} failed: {error}") from error
+            except (sqlite3.Error, OSError) as error:
+                raise _disk_full(self.path, error) or BackendError(
+                    f"metadata index {self.path} failed: {error}") from error
 
-    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None) -> None:
-        await self._run(_put, list(records), applied_lsn)
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None,
+                  newer_only: bool = False) -> None:
+        await self._run(_put, list(records), applied_lsn, newer_only)
 
     async def get(self, block_id: str) -> BlockRecord | None:
         row = await self._run(_fetch_one, _SELECT + " WHERE block_id = ?", (block_id,))
@@ -189,10 +223,16 @@ class SqliteMetadataIndex(MetadataIndex):
 
     async def flush(self) -> None:
         # Commits are already atomic; a passive checkpoint moves the WAL into the main file.
-        await self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)"))
+        # Stepped to completion here: a cursor left open would keep its statement active, and the next
+        # transaction's COMMIT would fail with "SQL statements in progress".
+        await self._run(lambda connection: connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
-    async def count(self) -> int:
-        row = await self._run(_fetch_one, "SELECT COUNT(*) FROM blocks", ())
+    async def count(self, block_type: str | None = None) -> int:
+        if block_type is None:
+            row = await self._run(_fetch_one, "SELECT COUNT(*) FROM blocks", ())
+        else:
+            row = await self._run(_fetch_one, "SELECT COUNT(*) FROM blocks WHERE block_type = ?",
+                                  (block_type,))
         return int(row[0])
 
     async def close(self) -> None:
@@ -207,13 +247,44 @@ class SqliteMetadataIndex(MetadataIndex):
                     self._connection = None
 
 
-def _put(connection: sqlite3.Connection, records: list[BlockRecord], applied_lsn: int | None) -> None:
+_DAMAGE_ERRORS = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+
+def _open_database(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.executescript(_SCHEMA)
+        connection.execute(
+            "INSERT OR IGNORE INTO state (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+        connection.execute("SELECT COUNT(*) FROM state").fetchone()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _put(connection: sqlite3.Connection, records: list[BlockRecord], applied_lsn: int | None,
+         newer_only: bool = False) -> None:
     if applied_lsn is not None and (not isinstance(applied_lsn, int) or applied_lsn < 0):
         raise FormatError(f"applied LSN must be a non-negative integer, got {applied_lsn!r}")
     connection.execute("BEGIN IMMEDIATE")
     try:
         for record in records:
-            connection.execute(_UPSERT, _row_of(record))
+            if record.deleted:
+                _delete(connection, record, newer_only)
+                continue
+            if newer_only:
+                buried = connection.execute("SELECT lsn FROM tombstones WHERE block_id = ?",
+                                            (record.block_id,)).fetchone()
+                if buried is not None and buried[0] >= record.lsn:
+                    continue  # deleted after this record was written
+                if connection.execute(_UPSERT_NEWER, _row_of(record)).rowcount == 0:
+                    continue  # an equal or newer record of this block is already indexed
+            else:
+                connection.execute(_UPSERT, _row_of(record))
             connection.execute("DELETE FROM parents WHERE child = ?", (record.block_id,))
             connection.executemany(
                 "INSERT OR IGNORE INTO parents (parent, child) VALUES (?, ?)",
@@ -227,8 +298,39 @@ def _put(connection: sqlite3.Connection, records: list[BlockRecord], applied_lsn
             )
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        # SQLite may already have rolled back (it does on a full disk): then ROLLBACK fails with "no
+        # transaction is active", and that follow-on error must not replace the cause raised here.
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
         raise
+
+
+def _disk_full(path: Path, error: BaseException) -> BackendError | None:
+    """The BackendError to raise when ``error`` means the disk holding the database is full (SQLite's
+    SQLITE_FULL, or ENOSPC), naming where; None for any other failure."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if not ((isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL)
+            or "database or disk is full" in str(error)
+            or (isinstance(error, OSError) and error.errno == errno.ENOSPC)):
+        return None
+    return BackendError(f"metadata index {path}: the disk is full ({error})",
+                        hint=f"free space on the file system holding {path.parent}, then reopen the store "
+                        "(its log still holds every acknowledged block)")
+
+
+def _delete(connection: sqlite3.Connection, tombstone: BlockRecord, newer_only: bool) -> None:
+    """Apply a deletion: drop the block's row (unless ``newer_only`` and the row is newer) and remember
+    the tombstone's LSN."""
+    row = connection.execute("SELECT lsn FROM blocks WHERE block_id = ?", (tombstone.block_id,)).fetchone()
+    if row is not None and (not newer_only or row[0] < tombstone.lsn):
+        connection.execute("DELETE FROM blocks WHERE block_id = ?", (tombstone.block_id,))
+        connection.execute("DELETE FROM parents WHERE child = ?", (tombstone.block_id,))
+    connection.execute(
+        "INSERT INTO tombstones (block_id, lsn) VALUES (?, ?) "
+        "ON CONFLICT(block_id) DO UPDATE SET lsn = MAX(lsn, excluded.lsn)",
+        (tombstone.block_id, tombstone.lsn),
+    )
 
 
 def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:

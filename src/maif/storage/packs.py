@@ -23,6 +23,7 @@ point past the end of a pack (external damage) are reported by :meth:`PackStore.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
@@ -52,10 +53,13 @@ from maif.errors import (
 PACK_MAGIC: Final = b"MAIFPACK"
 SEAL_MAGIC: Final = b"MAIFSEAL"
 INDEX_MAGIC: Final = b"MAIFPIDX"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # version 2 added block-record frames (FLAG_RECORD); version 1 is read
+READABLE_VERSIONS: Final = frozenset({1, FORMAT_VERSION})
 DIGEST_BYTES: Final = 32
 FLAG_ZSTD: Final = 0x01
-KNOWN_FLAGS: Final = FLAG_ZSTD
+FLAG_RECORD: Final = 0x02
+KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_RECORD
+RECORD_DIGEST_CONTEXT: Final = "MAIF 2026-12 pack block record v1"
 
 _PACK_HEADER = struct.Struct("<8sHHI")  # magic, version, reserved, pack id
 _FRAME_HEADER = struct.Struct("<32sB3sII4s")  # digest, flags, reserved, raw len, stored len, check
@@ -94,8 +98,23 @@ def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[
     return 0, raw
 
 
+def record_digest(raw: bytes | memoryview) -> bytes:
+    """The address of a block-record frame: BLAKE3 in derive-key mode with :data:`RECORD_DIGEST_CONTEXT`.
+
+    Domain-separated from payload chunks (plain BLAKE3), so no payload a caller stores can ever share
+    an address with a block record: a record frame can neither be forged by writing its bytes as a
+    payload nor be deduplicated away by an earlier payload with the same bytes."""
+    return blake3.blake3(raw, derive_key_context=RECORD_DIGEST_CONTEXT).digest()
+
+
+def content_digest(flags: int, raw: bytes | memoryview) -> bytes:
+    """The digest a frame with ``flags`` must carry for ``raw``: a record address or plain BLAKE3."""
+    return record_digest(raw) if flags & FLAG_RECORD else blake3.blake3(raw).digest()
+
+
 def decode_chunk(digest: bytes, flags: int, stored: bytes, raw_length: int, where: str) -> bytes:
-    """The raw chunk from its stored form, verified: exact length, then BLAKE3 against ``digest``."""
+    """The raw chunk from its stored form, verified: exact length, then its digest (plain BLAKE3, or the
+    record address for a block-record frame)."""
     if flags & ~KNOWN_FLAGS:
         raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} has unknown flags {flags:#x}")
     if flags & FLAG_ZSTD:
@@ -105,7 +124,7 @@ def decode_chunk(digest: bytes, flags: int, stored: bytes, raw_length: int, wher
             raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} does not decompress") from error
     else:
         raw = stored
-    if len(raw) != raw_length or blake3.blake3(raw).digest() != digest:
+    if len(raw) != raw_length or content_digest(flags, raw) != digest:
         raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} fails its BLAKE3 check")
     return raw
 
@@ -120,6 +139,13 @@ def check_chunk_input(digest: bytes, data: bytes | memoryview) -> None:
         raise IntegrityError(
             f"chunk {digest.hex()[:16]} does not match its BLAKE3 digest; refused before writing"
         )
+
+
+def check_record_input(raw: bytes) -> bytes:
+    """The address of a block record about to be stored; LimitExceededError when it is too large."""
+    if len(raw) > limits.chunk_bytes_max:
+        raise LimitExceededError("block record size", len(raw), limits.chunk_bytes_max)
+    return record_digest(raw)
 
 
 def _check4(body: bytes) -> bytes:
@@ -170,6 +196,22 @@ def _decode_entry(raw: bytes) -> tuple[bytes, ChunkLocation] | None:
     return digest, ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
 
 
+@dataclass
+class CompactionResult:
+    """What one compaction did, in frames and bytes."""
+
+    packs_examined: int = 0
+    packs_rewritten: int = 0
+    bytes_before: int = 0
+    live_frames_copied: int = 0
+    live_bytes_copied: int = 0
+    garbage_frames_dropped: int = 0
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return self.bytes_before - self.live_bytes_copied
+
+
 def pack_file_name(pack_id: int) -> str:
     return f"pack-{pack_id:08x}.pack"
 
@@ -202,12 +244,14 @@ class PackStore:
         self._pack_sizes: dict[int, int] = {}
         self._sealed: set[int] = set()
         self._remote: set[int] = set()
+        self._missing: set[int] = set()  # named by the index, absent from the disk (found at open)
         self._last_access: dict[int, float] = {}
         self._active_id = 0
         self._active_fd = -1
         self._active_dirty = False
         self._failure: str | None = None
-        self._open_problems: list[str] = []
+        self._open_problems: list[str] = []  # damage found at open, reported by scrub
+        self.repairs: list[str] = []  # what open rebuilt (nothing lost), for the engine's report
         self.counters = {
             "dedup_hits": 0,
             "offered_bytes": 0,
@@ -234,10 +278,26 @@ class PackStore:
                 self._append_index(self._unindexed)
                 self._unindexed = []
             referenced = {location.pack_id for location in self._locations.values()}
+            self._note_missing_packs(referenced - set(pack_ids) - self._remote)
             self._start_active_pack(max([*pack_ids, *self._remote, *referenced, 0]))
             self.flush()
-        except OSError as error:
-            raise DurabilityError(f"cannot open pack store {self.directory}: {error.strerror}") from error
+        except BaseException as error:
+            if self._active_fd >= 0:  # a failed open keeps no descriptor (the caller never gets close())
+                os.close(self._active_fd)
+                self._active_fd = -1
+            if not isinstance(error, OSError):
+                raise
+            where = f" ({error.filename})" if error.filename else ""
+            raise DurabilityError(
+                f"cannot open pack store {self.directory}: {error.strerror}{where}") from error
+
+    def _note_missing_packs(self, missing: set[int]) -> None:
+        """Packs the index names but the disk lacks: their chunks are lost; everything else is served."""
+        for pack_id in sorted(missing):
+            lost = sum(1 for location in self._locations.values() if location.pack_id == pack_id)
+            self._open_problems.append(
+                f"pack {pack_id} ({pack_file_name(pack_id)}) is missing: {lost} chunk(s) in it are lost")
+            self._missing.add(pack_id)
 
     def _list_pack_ids(self) -> list[int]:
         ids = [int(m.group(1), 16) for name in os.listdir(self.directory) if (m := _PACK_NAME.match(name))]
@@ -249,12 +309,19 @@ class PackStore:
         """Load index.log; truncate a torn tail. False when damage in the middle demands a rebuild."""
         path = self.directory / "index.log"
         if not path.exists():
+            if self._list_pack_ids() or self._remote:
+                self.repairs.append("pack index missing; rebuilt from the packs")
+                return False
             return True
         raw = path.read_bytes()
         if len(raw) < _INDEX_HEADER.size or raw[:8] != INDEX_MAGIC:
-            self._open_problems.append("pack index header damaged; index rebuilt from packs")
+            self.repairs.append("pack index header damaged; index rebuilt from packs")
             return False
-        _check_version(_INDEX_HEADER.unpack(raw[: _INDEX_HEADER.size])[1], "pack index")
+        index_version = _INDEX_HEADER.unpack(raw[: _INDEX_HEADER.size])[1]
+        _check_version(index_version, "pack index")
+        if index_version != FORMAT_VERSION:  # upgraded in place, once: the entries are the same
+            raw = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + raw[_INDEX_HEADER.size :]
+            _atomic_write(path, raw)
         entry_count = (len(raw) - _INDEX_HEADER.size) // _INDEX_ENTRY.size
         if entry_count > limits.pack_index_entries_max:
             raise LimitExceededError("pack index entries", entry_count, limits.pack_index_entries_max)
@@ -269,7 +336,7 @@ class PackStore:
             self._add_location(decoded[0], decoded[1])  # the last entry wins: a re-stored chunk
             good_end = start + _INDEX_ENTRY.size
         if any(number < entry_count - 1 for number in damaged):  # not just a torn last entry
-            self._open_problems.append(
+            self.repairs.append(
                 f"pack index entries {damaged[:5]} damaged; index rebuilt from good entries and packs"
             )
             return False
@@ -411,9 +478,14 @@ class PackStore:
             os.fdatasync(handle.fileno())
         self._pack_sizes[pack_id] = _PACK_HEADER.size
 
+    def _pack_version(self, pack_id: int) -> int | None:
+        header = _read_head(self.directory / pack_file_name(pack_id), _PACK_HEADER.size)
+        return _PACK_HEADER.unpack(header)[1] if len(header) == _PACK_HEADER.size else None
+
     def _start_active_pack(self, last_id: int) -> None:
         """Continue the last unsealed pack, or start a new one after the last sealed/remote one."""
-        if last_id and last_id not in self._sealed and last_id not in self._remote:
+        if (last_id and last_id not in self._sealed and last_id not in self._remote
+                and last_id not in self._missing and self._pack_version(last_id) == FORMAT_VERSION):
             pack_id = last_id
         else:
             pack_id = last_id + 1
@@ -421,7 +493,7 @@ class PackStore:
             _fsync_directory(self.directory)
         for other in list(self._pack_sizes):
             if other != pack_id and other not in self._sealed and other not in self._remote:
-                self._seal(other)  # an older unsealed pack (after a crash mid-seal) is sealed now
+                self._seal(other)  # an older unsealed (or version 1) pack is sealed now
         self._active_id = pack_id
         self._active_fd = os.open(self.directory / pack_file_name(pack_id), os.O_WRONLY | os.O_APPEND)
 
@@ -442,10 +514,83 @@ class PackStore:
                     self._roll_active_pack()
             return new_bytes
 
-    def _append_frame(self, digest: bytes, data: bytes | memoryview) -> int:
+    def put_records(self, records: Sequence[bytes]) -> int:
+        """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
+        authoritative copy of each block's record, from which the metadata index can be rebuilt.
+        Returns the stored bytes added (0 for a record already stored)."""
+        with self._lock:
+            self._refuse_if_failed()
+            new_bytes = 0
+            for raw in records:
+                digest = check_record_input(raw)
+                existing = self._locations.get(digest)
+                if existing is not None and self._is_present(existing):
+                    continue
+                new_bytes += self._append_frame(digest, raw, FLAG_RECORD)
+                if self._pack_sizes[self._active_id] >= self.pack_bytes_max:
+                    self._roll_active_pack()
+            return new_bytes
+
+    def record_count(self) -> int:
+        """How many block-record frames the pack index locates (0 in a store written before them)."""
+        return sum(1 for location in self._locations.values() if location.flags & FLAG_RECORD)
+
+    def local_record_packs(self) -> list[int]:
+        """Ids of the packs on this disk, in order (the cold tier scans its own)."""
+        with self._lock:
+            return sorted(pack_id for pack_id in self._pack_sizes if pack_id not in self._remote)
+
+    def records_in_pack(self, pack_id: int) -> tuple[list[bytes], list[str]]:
+        """Every verified block record in one local pack, and the problems met reading it."""
+        with self._lock:
+            size = self._pack_sizes.get(pack_id)
+            if pack_id == self._active_id and self._active_dirty and self._active_fd >= 0:
+                os.fdatasync(self._active_fd)
+                self._active_dirty = False
+        try:
+            data = self.pack_path(pack_id).read_bytes()
+        except FileNotFoundError:
+            return [], [f"pack {pack_id} is missing: the block records in it are lost"]
+        if size is not None:
+            data = data[:size]
+        return self.records_in_bytes(pack_id, data)
+
+    def records_in_bytes(self, pack_id: int, data: bytes) -> tuple[list[bytes], list[str]]:
+        """The verified block records of one pack's bytes (local or fetched from the cold tier).
+
+        A damaged frame is skipped: the scan resynchronises at the next frame the pack index knows,
+        so one bad frame never hides the records after it."""
+        known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
+        records: list[bytes] = []
+        problems: list[str] = []
+        for location, frame_problem in _walk_frames(pack_id, data, known):
+            if frame_problem is not None:
+                problems.append(frame_problem)
+                continue
+            assert location is not None
+            if not location.flags & FLAG_RECORD:
+                continue
+            where = f"pack {pack_id} offset {location.offset}"
+            header = data[location.offset : location.offset + _FRAME_HEADER.size]
+            try:
+                records.append(decode_chunk(header[:DIGEST_BYTES], location.flags,
+                                            data[location.offset + _FRAME_HEADER.size : location.end],
+                                            location.raw_length, where))
+            except IntegrityError as error:
+                problems.append(f"block record {error.message}")
+        return records, problems
+
+    def _append_frame(self, digest: bytes, data: bytes | memoryview, extra_flags: int = 0) -> int:
         flags, stored = encode_chunk(data, self.compression_threshold)
-        offset = self._pack_sizes[self._active_id]
+        flags |= extra_flags
         frame = frame_header(digest, flags, len(data), len(stored)) + stored
+        self._write_frame(digest, frame, flags, len(data), len(stored))
+        return len(stored)
+
+    def _write_frame(self, digest: bytes, frame: bytes, flags: int, raw_length: int,
+                     stored_length: int) -> None:
+        """Append one whole frame to the active pack and locate ``digest`` there (indexed at flush)."""
+        offset = self._pack_sizes[self._active_id]
         try:
             written = os.write(self._active_fd, frame)
         except OSError as error:
@@ -454,12 +599,11 @@ class PackStore:
         if written != len(frame):
             self._fail("short write to a pack")
             raise DurabilityError(f"short write to pack {self._active_id} (disk full?)")
-        location = ChunkLocation(self._active_id, offset, flags, len(data), len(stored))
+        location = ChunkLocation(self._active_id, offset, flags, raw_length, stored_length)
         self._pack_sizes[self._active_id] = location.end
         self._add_location(digest, location)
         self._unindexed.append((digest, location))
         self._active_dirty = True
-        return len(stored)
 
     def _is_present(self, location: ChunkLocation) -> bool:
         """Whether the indexed frame can exist: its pack is remote, or local and long enough.
@@ -491,6 +635,102 @@ class PackStore:
             os.fdatasync(handle.fileno())
         self._sealed.add(pack_id)
         self._pack_sizes[pack_id] = body_length + _SEAL_TRAILER.size
+
+    # ---- compaction -----------------------------------------------------------------------------
+
+    def compact(self, is_live: Callable[[bytes, ChunkLocation, bytes], bool], garbage_fraction_min: float,
+                on_step: Callable[[str], None] | None = None) -> CompactionResult:
+        """Rewrite the local sealed packs whose garbage is at least ``garbage_fraction_min`` of their
+        frame bytes: their live frames are copied as they are (same bytes, no re-compression) into the
+        active pack, then the packs are deleted. ``is_live(digest, location, stored_bytes)`` says whether
+        a frame is still referenced (the caller's mark phase); it must not change while this runs.
+
+        Crash-safe in this order (``on_step`` is called after each, for kill -9 tests):
+        1. "copied": live frames appended to the active pack (a crash here: the copies are a torn or
+           recovered tail, the old packs are untouched);
+        2. "flushed": the active pack synced, then the copies' index entries appended and synced (the last
+           entry of a digest wins: reads now use the copies);
+        3. "indexed": index.log rewritten atomically without any entry of the compacted packs or of
+           garbage (a crash here leaves old pack files nobody references: the next compaction deletes
+           them as all garbage);
+        4. "deleted": the old pack files removed, the directory synced.
+        """
+        step = on_step or (lambda name: None)
+        with self._lock:
+            self._refuse_if_failed()
+            result = CompactionResult()
+            chosen: list[int] = []
+            garbage: set[bytes] = set()
+            for pack_id in sorted(self._sealed - self._remote - self._missing):
+                path = self.pack_path(pack_id)
+                data = path.read_bytes()
+                known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
+                live: list[tuple[bytes, ChunkLocation]] = []
+                dead: list[bytes] = []
+                live_bytes = total = 0
+                for location, _problem in _walk_frames(pack_id, data, known):
+                    if location is None:
+                        continue  # a damaged frame: never copied, never counted live
+                    digest = bytes(data[location.offset : location.offset + DIGEST_BYTES])
+                    size = location.end - location.offset
+                    total += size
+                    current = self._locations.get(digest)
+                    if current is None or current != location:
+                        continue  # a stale copy: the index locates this digest elsewhere
+                    body = data[location.offset + _FRAME_HEADER.size : location.end]
+                    if is_live(digest, location, body):
+                        live.append((digest, location))
+                        live_bytes += size
+                    else:
+                        dead.append(digest)
+                result.packs_examined += 1
+                pack_size = len(data)
+                if pack_size == 0 or (pack_size - live_bytes) / pack_size < garbage_fraction_min:
+                    continue
+                chosen.append(pack_id)
+                garbage.update(dead)
+                result.bytes_before += pack_size
+                for digest, location in live:
+                    frame = data[location.offset : location.end]
+                    self._write_frame(digest, frame, location.flags, location.raw_length,
+                                      location.stored_length)
+                    result.live_frames_copied += 1
+                    result.live_bytes_copied += len(frame)
+                    if self._pack_sizes[self._active_id] >= self.pack_bytes_max:
+                        self._roll_active_pack()
+                result.garbage_frames_dropped += len(dead)
+            if not chosen:
+                return result
+            step("copied")
+            self.flush()
+            step("flushed")
+            for digest in garbage:
+                location = self._locations.get(digest)
+                if location is not None and location.pack_id in chosen:
+                    del self._locations[digest]
+                    self.counters["raw_bytes"] -= location.raw_length
+                    self.counters["stored_bytes"] -= location.stored_length
+            header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
+            entries = b"".join(_encode_entry(digest, location) for digest, location in self._locations.items()
+                               if location.pack_id not in chosen)
+            _atomic_write(self.directory / "index.log", header + entries)
+            step("indexed")
+            for pack_id in chosen:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.pack_path(pack_id))
+                self._sealed.discard(pack_id)
+                self._pack_sizes.pop(pack_id, None)
+                self._last_access.pop(pack_id, None)
+            _fsync_directory(self.directory)
+            step("deleted")
+            result.packs_rewritten = len(chosen)
+            return result
+
+    def unreferenced_packs(self) -> list[int]:
+        """Local sealed packs no index entry points into (left by a compaction that crashed)."""
+        with self._lock:
+            referenced = {location.pack_id for location in self._locations.values()}
+            return sorted(self._sealed - self._remote - referenced)
 
     def flush(self) -> None:
         """Sync the active pack, then append and sync the index entries of the newly written chunks."""
@@ -534,7 +774,13 @@ class PackStore:
         return self._locations.get(digest)
 
     def has(self, digests: Sequence[bytes]) -> set[bytes]:
-        return {digest for digest in digests if digest in self._locations}
+        """The digests stored here whose pack still exists (a chunk of a lost pack is not held)."""
+        found = set()
+        for digest in digests:
+            location = self._locations.get(digest)
+            if location is not None and self._is_present(location):
+                found.add(digest)
+        return found
 
     def is_local(self, digest: bytes) -> bool:
         """Whether ``digest`` is stored in a pack on this disk (not in the cold tier, not unknown)."""
@@ -631,6 +877,61 @@ class PackStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.pack_path(pack_id))
 
+    def adopt_remote(self, pack_id: int, data: bytes) -> int:
+        """Take a pack found in the cold tier but missing from ``remote.list`` (the list was lost or
+        damaged) back into the store: record it as remote and index every verified frame of it that
+        the pack index does not locate. Returns the number of frames (re)indexed."""
+        with self._lock:
+            if pack_id not in self._remote:
+                if pack_file_name(pack_id) in os.listdir(self.directory):
+                    return 0  # the local copy is authoritative (a crash between upload and record)
+                self._pack_sizes[pack_id] = len(data)
+                self._sealed.add(pack_id)
+                remote = [(member, self._pack_sizes[member]) for member in sorted(self._remote | {pack_id})]
+                _atomic_write(self.directory / "remote.list", msgspec.msgpack.encode(remote))
+                self._remote.add(pack_id)
+                self._missing.discard(pack_id)
+                self._open_problems = [problem for problem in self._open_problems
+                                       if not problem.startswith(f"pack {pack_id} (")]
+            return self._index_pack_bytes(pack_id, data)
+
+    def _index_pack_bytes(self, pack_id: int, data: bytes) -> int:
+        known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
+        found: list[tuple[bytes, ChunkLocation]] = []
+        for location, problem in _walk_frames(pack_id, data, known):
+            if location is None:
+                self._open_problems.append(f"cold pack {pack_id}: {problem}")
+                continue
+            start = location.offset
+            digest = data[start : start + DIGEST_BYTES]
+            current = self._locations.get(digest)
+            if current is not None and self._is_present(current):
+                continue
+            try:
+                decode_chunk(digest, location.flags, data[start + _FRAME_HEADER.size : location.end],
+                             location.raw_length, f"pack {pack_id} offset {start}")
+            except IntegrityError as error:
+                self._open_problems.append(f"cold pack {pack_id}: {error.message}")
+                continue
+            self._add_location(digest, location)
+            found.append((digest, location))
+        if found:
+            self._append_index(found)
+        return len(found)
+
+    def reindex_remote_pack(self, pack_id: int, data: bytes) -> int:
+        """Index the verified frames of a cold pack the pack index lost (after an index rebuild)."""
+        with self._lock:
+            return self._index_pack_bytes(pack_id, data)
+
+    @property
+    def index_was_rebuilt(self) -> bool:
+        return self.counters["index_rebuilds"] > 0
+
+    def note_problem(self, problem: str) -> None:
+        """Record a problem found at open by a layer above (reported by scrub until the next open)."""
+        self._open_problems.append(problem)
+
     # ---- checking and stats --------------------------------------------------------------------
 
     def scrub(
@@ -717,6 +1018,8 @@ class PackStore:
                 "packs": len(self._pack_sizes),
                 "packs_sealed": len(self._sealed),
                 "packs_remote": len(self._remote),
+                "packs_missing": len(self._missing),
+                "records": self.record_count(),
                 "compression_ratio": raw / stored if stored else 1.0,
                 "dedup_ratio": offered / raw if raw and offered else 1.0,
                 **self.counters,
@@ -733,10 +1036,43 @@ class PackStore:
                     self._active_fd = -1
 
 
+def _walk_frames(pack_id: int, data: bytes, known_offsets: list[int]
+                 ) -> Iterator[tuple[ChunkLocation | None, str | None]]:
+    """The frames of one pack's bytes by their headers (data not verified), skipping damage.
+
+    Where a frame header fails its check the walk resumes at the next offset in ``known_offsets``
+    (the pack index's frames), so damage costs the frames it hit and nothing after them."""
+    end = len(data)
+    if end >= _PACK_HEADER.size + _SEAL_TRAILER.size:
+        magic, body_length, _ = _SEAL_TRAILER.unpack_from(data, end - _SEAL_TRAILER.size)
+        if magic == SEAL_MAGIC and body_length == end - _SEAL_TRAILER.size:
+            end = body_length
+    offset = _PACK_HEADER.size
+    if len(data) < _PACK_HEADER.size or data[:8] != PACK_MAGIC:
+        yield None, f"pack {pack_id} has a damaged header"
+    while offset + _FRAME_HEADER.size <= end:
+        where = f"pack {pack_id} offset {offset}"
+        try:
+            _, flags, raw_length, stored_length = parse_frame_header(
+                data[offset : offset + _FRAME_HEADER.size], where)
+            location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
+            if location.end > end:
+                raise IntegrityError(f"frame at {where} runs past the end of the pack")
+        except IntegrityError as error:
+            yield None, error.message
+            following = bisect.bisect_right(known_offsets, offset)
+            if following == len(known_offsets):
+                return
+            offset = known_offsets[following]
+            continue
+        yield location, None
+        offset = location.end
+
+
 def _check_version(version: int, what: str) -> None:
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedVersionError(
-            f"{what} has format version {version}; this reader knows {FORMAT_VERSION}"
+            f"{what} has format version {version}; this reader knows {sorted(READABLE_VERSIONS)}"
         )
 
 
@@ -766,8 +1102,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 __all__ = [
     "ChunkLocation",
+    "CompactionResult",
     "PackStore",
     "check_chunk_input",
+    "check_record_input",
     "decode_chunk",
     "encode_chunk",
     "pack_file_name",

@@ -13,6 +13,13 @@ class WriteReceipt(msgspec.Struct, frozen=True):
     lsn: int
 
 
+class DeleteReceipt(msgspec.Struct, frozen=True):
+    """Proof that a deletion is durable: the block id and the LSN of its tombstone."""
+
+    block_id: str
+    lsn: int
+
+
 class BlockSummary(msgspec.Struct, frozen=True):
     """One line of ``list_blocks``: everything about a block except its payload and metadata."""
 
@@ -37,13 +44,15 @@ class SearchHit(msgspec.Struct, frozen=True):
 
 
 class CheckReport(msgspec.Struct, frozen=True):
-    """What ``check`` found: ``ok`` only when ``problems`` is empty."""
+    """What ``check`` found: ``ok`` only when ``problems`` is empty. ``repaired`` lists what opening the
+    store (or ``repair``) rebuilt from the authoritative data, or found lost and named."""
 
     ok: bool
     problems: list[str]
     blocks_checked: int
     blocks_read: int
     wal_records_unapplied: int
+    repaired: list[str] = msgspec.field(default_factory=list)
 
 
-__all__ = ["BlockSummary", "CheckReport", "SearchHit", "WriteReceipt"]
+__all__ = ["BlockSummary", "CheckReport", "DeleteReceipt", "SearchHit", "WriteReceipt"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import msgspec
 
+from maif.errors import IntegrityError
 
-class BlockRecord(msgspec.Struct, frozen=True):
+
+class BlockRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """One block's metadata and the addresses of its payload chunks.
 
     block_id        the block's id (``MAIFBlock.id``)
@@ -24,6 +26,8 @@ class BlockRecord(msgspec.Struct, frozen=True):
     payload_length  total payload length in bytes (the sum of the chunk lengths)
     digest          the block's content digest (``maif.format.codec.block_digest``)
     lsn             log sequence number of the write-ahead log record that wrote it
+    deleted         a tombstone: the block was deleted at ``lsn`` (every other field but the id is
+                    empty); kept so that no older record of the block can bring it back in a rebuild
     """
 
     block_id: str
@@ -37,6 +41,32 @@ class BlockRecord(msgspec.Struct, frozen=True):
     payload_length: int
     digest: bytes
     lsn: int
+    deleted: bool = False
 
 
-__all__ = ["BlockRecord"]
+def tombstone_record(block_id: str, lsn: int) -> BlockRecord:
+    """The record of a deletion."""
+    return BlockRecord(block_id=block_id, block_type="", agent_id="", timestamp=0.0, version="",
+                       parents=(), metadata=b"", chunks=(), payload_length=0, digest=b"", lsn=lsn,
+                       deleted=True)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(BlockRecord)
+
+
+def encode_record(record: BlockRecord) -> bytes:
+    """The record's authoritative bytes (MessagePack, field order fixed by the struct): deterministic, so
+    the same record always has the same address in the chunk store."""
+    return _encoder.encode(record)
+
+
+def decode_record(raw: bytes) -> BlockRecord:
+    """A record from its bytes; IntegrityError when they do not decode as one."""
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError as error:
+        raise IntegrityError(f"a stored block record does not decode ({error})") from error
+
+
+__all__ = ["BlockRecord", "decode_record", "encode_record", "tombstone_record"]

@@ -13,19 +13,27 @@ Persistence: ``flush`` writes a new generation directory ``vectors/gen-<n>/`` ho
 file and the id mapping, syncs both, then atomically replaces ``vectors/CURRENT`` to name it, so a
 crash leaves either the old or the new generation, never a mix. Older generations are then removed.
 If the directory is missing the index starts empty and the engine's log replay rebuilds it.
+The map carries a BLAKE3 checksum of itself and the size and BLAKE3 digest of the usearch file, checked
+before usearch parses a byte. The index is derived state: a damaged generation never makes opening fail;
+it is moved into ``vectors/quarantine/``, the index starts empty and ``damage`` says what was wrong, so
+the engine can rebuild it from the blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
+import struct
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import blake3
 import msgspec
 import numpy as np
 from usearch.index import Index
@@ -42,6 +50,13 @@ _OVERFETCH_FACTOR = 4
 _OVERFETCH_MIN = 32
 _JSON_BYTES_PER_DIMENSION_MAX = 32
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+QUARANTINE_KEEP = 3  # damaged generations kept under vectors/quarantine/ as evidence; older ones go
+_MAP_MAGIC = b"MAIFVMAP"
+_MAP_VERSION = 1
+_MAP_HEADER = struct.Struct("<8sH6s32s")  # magic, version, reserved, BLAKE3 of the msgpack body
+_HNSW_PARAMETER_MAX = 1 << 16
+
+_log = logging.getLogger(__name__)
 
 
 def embedding_of(block: MAIFBlock) -> np.ndarray | None:
@@ -69,7 +84,7 @@ def embedding_of(block: MAIFBlock) -> np.ndarray | None:
         try:
             vector = _json_payload(block.data)
         except FormatError:
-            if len(block.data) % 4:
+            if len(block.data) % 4 or _looks_like_text(block.data):  # broken JSON is not float32 either
                 raise
             vector = _float32_payload(block.data)  # float32 bytes that happen to start with "{"
     if declared_dim is not None and declared_dim != vector.shape[0]:
@@ -99,14 +114,17 @@ def _json_payload(data: bytes) -> np.ndarray:
         raise LimitExceededError("JSON embedding payload size", len(data), size_max)
     try:
         decoded = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: deep nesting
         raise FormatError('embedding payload is neither float32 bytes nor JSON {"vector": [...]}') from error
     values = decoded.get("vector") if isinstance(decoded, dict) else None
     if not isinstance(values, list) or not all(
         isinstance(value, int | float) and not isinstance(value, bool) for value in values
     ):
         raise FormatError('JSON embedding must be an object with a "vector" list of numbers')
-    return np.asarray(values, dtype=np.float32)
+    try:
+        return np.asarray(values, dtype=np.float32)
+    except OverflowError as error:  # an integer beyond the float range
+        raise FormatError("JSON embedding holds a number beyond the float32 range") from error
 
 
 def check_vector(vector: np.ndarray, ndim: int | None = None) -> np.ndarray:
@@ -150,7 +168,8 @@ def matches(attributes: Mapping[str, str], filters: Mapping[str, str]) -> bool:
 
 
 class _VectorMap(msgspec.Struct):
-    """The persisted id mapping of one generation."""
+    """The persisted id mapping of one generation, with the size and BLAKE3 digest of its usearch file
+    (None in generations written before they were recorded)."""
 
     ndim: int
     next_key: int
@@ -158,6 +177,52 @@ class _VectorMap(msgspec.Struct):
     expansion_add: int
     expansion_search: int
     items: list[tuple[str, int, dict[str, str]]]
+    index_bytes: int | None = None
+    index_digest: bytes | None = None
+
+
+class _Damaged(Exception):
+    """A generation's contents are damaged (raised and caught inside :meth:`UsearchVectorIndex._load`)."""
+
+
+def _encode_map(mapping: _VectorMap) -> bytes:
+    body = msgspec.msgpack.encode(mapping)
+    return _MAP_HEADER.pack(_MAP_MAGIC, _MAP_VERSION, b"\0" * 6, blake3.blake3(body).digest()) + body
+
+
+def _decode_map(raw: bytes) -> _VectorMap:
+    """The map, its checksum verified; a map from before the checksum existed is plain msgpack."""
+    body = raw
+    if raw.startswith(_MAP_MAGIC):
+        if len(raw) < _MAP_HEADER.size:
+            raise _Damaged("map.msgpack is cut short in its header")
+        _, version, reserved, digest = _MAP_HEADER.unpack_from(raw)
+        if reserved != b"\0" * 6:
+            raise _Damaged("map.msgpack has a damaged header")
+        if version != _MAP_VERSION:
+            raise _Damaged(f"map.msgpack has format version {version}; this reader knows {_MAP_VERSION}")
+        body = raw[_MAP_HEADER.size :]
+        if blake3.blake3(body).digest() != digest:
+            raise _Damaged("map.msgpack fails its BLAKE3 check")
+    try:
+        mapping = msgspec.msgpack.decode(body, type=_VectorMap)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise _Damaged(f"map.msgpack does not decode ({error})") from error
+    parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
+    if not 1 <= mapping.ndim <= limits.vector_dimensions_max or not all(
+            1 <= value <= _HNSW_PARAMETER_MAX for value in parameters):
+        raise _Damaged(f"map.msgpack holds impossible parameters (ndim {mapping.ndim}, HNSW {parameters})")
+    keys = [key for _, key, _ in mapping.items]
+    if (len(set(keys)) != len(keys) or len({block_id for block_id, _, _ in mapping.items}) != len(keys)
+            or any(not 0 < key < mapping.next_key for key in keys)):
+        raise _Damaged("map.msgpack names a key or block id twice, or a key outside its range")
+    return mapping
+
+
+def _file_digest(path: Path) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(path)
+    return hasher.digest()
 
 
 class UsearchVectorIndex(VectorIndex):
@@ -185,6 +250,9 @@ class UsearchVectorIndex(VectorIndex):
         self._generation = 0
         self._dirty = False
         self._closed = False
+        self.damage: str | None = None
+        """What was wrong with the persisted index when it was found damaged and set aside (the index
+        then starts empty and must be rebuilt from the blocks); None when it loaded intact."""
         try:
             self._load()
         except OSError as error:
@@ -193,40 +261,114 @@ class UsearchVectorIndex(VectorIndex):
     # ---- persistence ---------------------------------------------------------------------------
 
     def _load(self) -> None:
+        """Load the generation CURRENT names.
+
+        The index is derived state, so damaged contents never make opening fail: whatever is wrong
+        (CURRENT missing while generations exist, naming nothing or a missing generation; a damaged,
+        truncated or inconsistent map or usearch file; anything usearch or the decoder raises) moves
+        CURRENT and the generations into ``quarantine/`` (:meth:`_quarantine`), starts empty, and says
+        what was wrong in :attr:`damage`. Only a directory this process cannot use (permissions, I/O
+        on the directory itself) raises, as BackendError from the constructor.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         current = self.directory / "CURRENT"
-        if not current.exists():
+        generations = sorted(path.name for path in self.directory.glob("gen-*"))
+        name: str | None = None
+        try:
+            if not current.exists():
+                if generations:
+                    raise _Damaged(f"CURRENT is missing but {', '.join(generations[:3])} exist")
+                return
+            raw_name = current.read_bytes()[:64].decode("ascii", "replace").strip()
+            if not raw_name.startswith("gen-") or not raw_name[4:].isdigit():
+                raise _Damaged(f"CURRENT names no generation ({raw_name[:40]!r})")
+            name = raw_name
+            self._load_generation(self.directory / name)
+        except PermissionError:
+            raise
+        except Exception as error:  # noqa: BLE001 - usearch raises RuntimeError, ValueError, ...: all damage
+            reason = str(error) if isinstance(error, _Damaged) else f"{type(error).__name__}: {error}"
+            self.damage = f"vector index {self.directory / (name or 'CURRENT')} is damaged: {reason}"
+            self._start_empty()
+            # New generations are numbered past every one seen, evidence or not.
+            self._generation = max((int(gen[4:]) for gen in generations if gen[4:].isdigit()), default=0)
+            self._quarantine(name or "unnamed")
+            _log.warning("%s; it was set aside and the index starts empty", self.damage)
             return
-        name = current.read_text().strip()
-        if not name.startswith("gen-") or not name[4:].isdigit():
-            raise BackendError(f"vector index {current} names no generation ({name[:40]!r})")
-        generation = self.directory / name
+        self._generation = int(name[4:])
+
+    def _load_generation(self, generation: Path) -> None:
         map_path = generation / "map.msgpack"
         size = map_path.stat().st_size
         if size > limits.vector_map_bytes_max:
-            raise LimitExceededError("vector map size", size, limits.vector_map_bytes_max)
-        try:
-            mapping = msgspec.msgpack.decode(map_path.read_bytes(), type=_VectorMap)
-        except msgspec.DecodeError as error:
-            raise BackendError(f"vector index map {map_path} is damaged") from error
-        self.parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
-        self._ndim = mapping.ndim
-        self._index = self._new_index(mapping.ndim)
-        self._index.load(str(generation / "index.usearch"))
+            raise _Damaged(f"map.msgpack is {size} bytes, above limits.vector_map_bytes_max")
+        mapping = _decode_map(map_path.read_bytes())
+        index_path = generation / "index.usearch"
+        if mapping.index_digest is not None:  # usearch only ever parses bytes this class wrote
+            index_size = index_path.stat().st_size
+            if index_size != mapping.index_bytes:
+                raise _Damaged(f"index.usearch is {index_size} bytes, its map says {mapping.index_bytes}")
+            if _file_digest(index_path) != mapping.index_digest:
+                raise _Damaged("index.usearch fails its BLAKE3 check")
+        parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
+        index = self._new_index(mapping.ndim, parameters)
+        index.load(str(index_path))
+        if index.ndim != mapping.ndim:
+            raise _Damaged(f"index.usearch holds {index.ndim}-dimensional vectors, its map {mapping.ndim}")
+        keys = np.fromiter((key for _, key, _ in mapping.items), dtype=np.uint64, count=len(mapping.items))
+        if len(keys) and not bool(np.all(index.contains(keys))):
+            raise _Damaged(f"its map names {len(keys)} vectors but index.usearch lacks some of them")
+        if len(index) > len(keys):
+            # Vectors no map entry names (written before overwrites within one batch were handled):
+            # unreachable by search, but they broke the count check. Drop them; the next flush is clean.
+            stored = np.asarray(index.keys, dtype=np.uint64)
+            orphans = stored[~np.isin(stored, keys)]
+            index.remove(orphans)
+            self._dirty = True
+            _log.info("vector index %s: dropped %d vectors no block names", generation, len(orphans))
+        if len(index) != len(keys):
+            raise _Damaged(f"index.usearch holds {len(index)} vectors but its map names {len(keys)}")
         for block_id, key, attributes in mapping.items:
             self._key_of[block_id] = key
             self._id_of[key] = block_id
             self._attributes[key] = attributes
-        if len(self._index) != len(self._key_of):
-            raise BackendError(
-                f"vector index {generation} holds {len(self._index)} vectors "
-                f"but its map names {len(self._key_of)}"
-            )
+        self._index = index
+        self._ndim = mapping.ndim
         self._next_key = mapping.next_key
-        self._generation = int(name[4:])
+        self.parameters = parameters
 
-    def _new_index(self, ndim: int) -> Index:
-        connectivity, expansion_add, expansion_search = self.parameters
+    def _start_empty(self) -> None:
+        self._index = None
+        self._ndim = None
+        self._key_of.clear()
+        self._id_of.clear()
+        self._attributes.clear()
+        self._next_key = 1
+        self._dirty = True  # the next flush persists the state (the rebuild, or "empty")
+
+    def _quarantine(self, label: str) -> None:
+        """Move CURRENT and every generation into ``quarantine/<label>-<UTC time>/`` (evidence for a
+        post-mortem), keeping the newest :data:`QUARANTINE_KEEP` such directories. Best effort: when the
+        move fails the next flush replaces CURRENT and removes the old generations anyway."""
+        quarantine = self.directory / "quarantine"
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        try:
+            target = quarantine / f"{label}-{stamp}"
+            target.mkdir(parents=True)
+            for name in ("CURRENT", "CURRENT.tmp"):
+                if (self.directory / name).exists():
+                    os.replace(self.directory / name, target / name)
+            for generation in self.directory.glob("gen-*"):
+                os.replace(generation, target / generation.name)
+            _fsync_path(self.directory)
+            kept = sorted(quarantine.iterdir(), key=lambda path: path.name.rsplit("-", 1)[-1])
+            for old in kept[:-QUARANTINE_KEEP]:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as error:
+            _log.warning("could not move the damaged vector index %s aside: %s", self.directory, error)
+
+    def _new_index(self, ndim: int, parameters: tuple[int, int, int] | None = None) -> Index:
+        connectivity, expansion_add, expansion_search = parameters or self.parameters
         return Index(
             ndim=ndim,
             metric="cos",
@@ -237,20 +379,30 @@ class UsearchVectorIndex(VectorIndex):
         )
 
     def _flush_locked(self) -> None:
+        if self._dirty and self._index is None:  # cleared: persist "empty" by naming no generation
+            (self.directory / "CURRENT").unlink(missing_ok=True)
+            _fsync_path(self.directory)
+            for old in self.directory.glob("gen-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            self._dirty = False
+            return
         if not self._dirty or self._index is None or self._ndim is None:
             return
         generation = self._generation + 1
         target = self.directory / f"gen-{generation}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir()
-        self._index.save(str(target / "index.usearch"))
+        index_path = target / "index.usearch"
+        self._index.save(str(index_path))
         mapping = _VectorMap(
             self._ndim,
             self._next_key,
             *self.parameters,
             items=[(block_id, key, self._attributes[key]) for block_id, key in self._key_of.items()],
+            index_bytes=index_path.stat().st_size,
+            index_digest=_file_digest(index_path),
         )
-        (target / "map.msgpack").write_bytes(msgspec.msgpack.encode(mapping))
+        (target / "map.msgpack").write_bytes(_encode_map(mapping))
         for path in (target / "index.usearch", target / "map.msgpack"):
             _fsync_path(path)
         _fsync_path(target)
@@ -282,17 +434,22 @@ class UsearchVectorIndex(VectorIndex):
         for _, vector, _ in items:
             check_vector(vector, self._ndim)
         assert self._index is not None
-        keys = []
-        for block_id, _, attributes in items:
+        # The last vector of a block id wins. An id given twice in one call must reach usearch once:
+        # removing the first one's key before the batch is added would remove nothing (usearch ignores
+        # an absent key), so it stayed in the index under a key no map entry names.
+        latest = {block_id: (vector, attributes) for block_id, vector, attributes in items}
+        for block_id in latest:
             old_key = self._key_of.pop(block_id, None)
             if old_key is not None:
                 self._index.remove(old_key)
                 del self._id_of[old_key], self._attributes[old_key]
-            key = self._next_key
-            self._next_key += 1
+                self._dirty = True
+        keys = list(range(self._next_key, self._next_key + len(latest)))
+        self._next_key += len(latest)
+        vectors = np.stack([vector for vector, _ in latest.values()])
+        self._index.add(np.asarray(keys, dtype=np.uint64), vectors)
+        for key, (block_id, (_, attributes)) in zip(keys, latest.items(), strict=True):
             self._key_of[block_id], self._id_of[key], self._attributes[key] = key, block_id, attributes
-            keys.append(key)
-        self._index.add(np.asarray(keys, dtype=np.uint64), np.stack([vector for _, vector, _ in items]))
         self._dirty = True
 
     async def search(
@@ -349,6 +506,36 @@ class UsearchVectorIndex(VectorIndex):
             if len(hits) == limit:
                 break
         return hits
+
+    async def remove(self, block_ids: Sequence[str]) -> int:
+        if not any(block_id in self._key_of for block_id in block_ids):
+            return 0  # the applier asks for every non-embedding block: answer on the loop when idle
+        removed: int = await asyncio.to_thread(self._locked, self._remove_locked, list(block_ids))
+        return removed
+
+    def _remove_locked(self, block_ids: list[str]) -> int:
+        removed = 0
+        for block_id in block_ids:
+            key = self._key_of.pop(block_id, None)
+            if key is None:
+                continue
+            assert self._index is not None
+            self._index.remove(key)
+            del self._id_of[key], self._attributes[key]
+            removed += 1
+        self._dirty = self._dirty or removed > 0
+        return removed
+
+    async def clear(self) -> None:
+        await asyncio.to_thread(self._locked, self._clear_locked)
+
+    def _clear_locked(self) -> None:
+        self._index = None
+        self._ndim = None
+        self._key_of.clear()
+        self._id_of.clear()
+        self._attributes.clear()
+        self._dirty = True
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._locked, self._flush_locked)

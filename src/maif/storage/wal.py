@@ -17,15 +17,31 @@ life of the process (never retry fsync on the same file: the kernel may have dro
 and a second fsync would report success for data that is gone); reopening runs recovery from what is
 really on disk.
 
-Recovery (:meth:`WriteAheadLog.open`) validates every record. Damage within
-``limits.wal_group_bytes_max`` of the end of the LAST segment is a torn tail (the last group write was
-interrupted before its sync, so none of it was acknowledged): it is truncated. Damage anywhere else is
-corruption of acknowledged data and raises :class:`IntegrityError`; it is never skipped silently.
+Recovery (:meth:`WriteAheadLog.open`) validates every record. When one fails, it looks past it, through
+the rest of the segment and every later one, for records that still validate (the record magic found
+with ``bytes.find``, a sane length, a larger LSN, a correct CRC; at most
+``limits.wal_resync_candidates_max`` positions tried):
+
+- torn tail: the damage is in the LAST segment, within ``limits.wal_group_bytes_max`` of its end, and
+  nothing valid follows it. Only the last group write can be interrupted before its sync, so none of
+  it was acknowledged: it is truncated (``RecoveryReport.torn_tail_bytes``).
+- corruption: anything else (a valid record after the damage, damage further from the end or in an
+  earlier segment). Acknowledged data is damaged: :class:`WALCorruptionError` names the segment, the
+  offset, the LSNs lost and the LSNs that still validate, and nothing on disk is changed.
+
+``open(repair=True)`` is the explicit repair of corruption: it copies the damaged segment and every
+later one to ``wal/quarantine/<time>-<n>/`` (never deleted), keeps every record above the checkpoint
+that still validates (also written to ``wal/salvage.pending``), truncates the log at the damage and
+returns the kept records in ``RecoveryReport.salvaged``. The caller re-appends them as new records
+(new LSNs, the log stays contiguous) and then calls :meth:`WriteAheadLog.salvage_reappended`; until it
+does, every open returns them again, so a crash in the middle of a repair loses nothing. Records are
+never skipped silently. docs/adr/0040-write-ahead-log-format.md has the reasons.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import struct
@@ -33,14 +49,20 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from maif import limits
-from maif.errors import DurabilityError, IntegrityError, LimitExceededError, StoreClosedError
+from maif.errors import (
+    DurabilityError,
+    IntegrityError,
+    LimitExceededError,
+    StoreClosedError,
+    WALCorruptionError,
+)
 
 SEGMENT_MAGIC = b"MAIF-WAL"
 SEGMENT_FORMAT_VERSION = 1
@@ -51,6 +73,9 @@ _RECORD_HEADER = struct.Struct("<4sIQI")  # magic, payload length, LSN, CRC-32
 RECORD_HEADER_BYTES = _RECORD_HEADER.size
 _LENGTH_AND_LSN = struct.Struct("<IQ")
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
+QUARANTINE_DIRECTORY = "quarantine"  # under the log directory: copies of repaired segments, never deleted
+SALVAGE_FILE = "salvage.pending"  # records a repair kept, until the caller has re-appended them
+_COPY_CHUNK_BYTES = 1 << 20
 
 
 def segment_name(first_lsn: int) -> str:
@@ -107,6 +132,17 @@ class FileOps:
     def close(self, fd: int) -> None:
         os.close(fd)
 
+    def write_new_file(self, path: Path, chunks: Iterable[bytes]) -> None:
+        """Create ``path`` (never over an existing file), write ``chunks`` and make them durable."""
+        with path.open("xb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def replace(self, source: Path, destination: Path) -> None:
+        os.replace(source, destination)
+
 
 @dataclass
 class SegmentInfo:
@@ -120,10 +156,49 @@ class SegmentInfo:
 
 @dataclass
 class RecoveryReport:
+    """What opening the log found and did.
+
+    ``corruption`` describes damage that was not a torn tail (set only by a repair, or when an
+    interrupted repair is resumed: without ``repair`` such damage raises WALCorruptionError);
+    ``lost_lsns`` are the LSN ranges above the checkpoint known to be unreadable; ``salvaged`` the
+    records above the checkpoint that still validated after the damage, (old LSN, payload) in LSN
+    order, for the caller to re-append as new records (held in memory: at most what the damaged
+    segments held; the engine empties it once they are durable again and records their new LSNs in
+    ``reappended_lsns``); ``quarantined`` the paths of the copies of the damaged segments.
+    """
+
     segments: int = 0
     records: int = 0
     torn_tail_bytes: int = 0
     last_lsn: int = 0
+    corruption: str | None = None
+    lost_lsns: list[tuple[int, int]] = field(default_factory=list)
+    salvaged: list[tuple[int, bytes]] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    reappended_lsns: tuple[int, int] | None = None
+
+    def repair_summary(self) -> str | None:
+        """One line for an operator when this open repaired the log and records were lost or salvaged
+        (None otherwise)."""
+        if self.corruption is None or not (self.lost_lsns or self.salvaged or self.reappended_lsns):
+            return None
+        if self.reappended_lsns is not None:
+            first, last = self.reappended_lsns
+            kept = f"{last - first + 1} record(s) salvaged (re-written as LSNs {first}..{last})"
+        else:
+            kept = f"{len(self.salvaged)} record(s) salvaged"
+        lost = f"LSNs {lsn_ranges_text(self.lost_lsns)} unreadable" if self.lost_lsns else "no LSN lost"
+        evidence = (f"evidence in {os.path.dirname(self.quarantined[0])}" if self.quarantined
+                    else "no copy made on this open")
+        return f"WAL repair on open: {lost}, {kept}, {evidence} ({self.corruption})"
+
+
+def lsn_ranges_text(ranges: Sequence[tuple[int, int]], *, shown_max: int = 8) -> str:
+    """``5, 9..12`` for [(5, 5), (9, 12)], the first ``shown_max`` ranges and a count of the rest."""
+    parts = [str(low) if low == high else f"{low}..{high}" for low, high in ranges[:shown_max]]
+    if len(ranges) > shown_max:
+        parts.append(f"and {len(ranges) - shown_max} more range(s)")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -181,6 +256,279 @@ def _check_segment_header(data: bytes | memoryview, first_lsn: int) -> str | Non
     return None
 
 
+# ---- looking past damage: torn tail or corruption ----------------------------------------------------
+
+@dataclass
+class _LookPast:
+    """The records that still validate after a damaged one (found by :func:`_search`)."""
+
+    expected: int  # the LSN the damaged record should have had
+    lsn_max: int  # no real record after the damage can have a larger LSN (each takes >= 20 bytes)
+    keep_above: int | None  # keep the payloads of records above this LSN (None: only count them)
+    candidates_left: int
+    count: int = 0
+    first: int = 0
+    last: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # LSNs skipped between valid records
+    records: list[tuple[int, bytes]] = field(default_factory=list)
+    exhausted: bool = False  # the candidate budget ran out before the end
+    trailing_damage: int = 0  # unreadable bytes at the end of the last file searched
+    anchor: int = 0  # the highest LSN a later segment's name says existed
+
+    @property
+    def previous(self) -> int:
+        return self.last if self.count else self.expected - 1
+
+    def take(self, lsn: int, payload: memoryview) -> None:
+        if lsn > self.previous + 1:
+            self.gaps.append((self.previous + 1, lsn - 1))
+        if not self.count:
+            self.first = lsn
+        self.count += 1
+        self.last = lsn
+        if self.keep_above is not None and lsn > self.keep_above:
+            self.records.append((lsn, bytes(payload)))
+
+    def highest_known(self) -> int:
+        """The highest LSN known to have existed after the damage: the last valid record, a later
+        segment's first LSN - 1, or one more when the log ends in damage that is not a torn group."""
+        high = max(self.previous, self.anchor)
+        if self.exhausted or self.trailing_damage > limits.wal_group_bytes_max:
+            high = max(high, self.previous + 1)
+        return high
+
+
+def _record_at(data: bytes, view: memoryview, offset: int, lsn_min: int, lsn_max: int
+               ) -> tuple[int, int] | None:
+    """(LSN, end) of the record at ``offset`` when it validates with an LSN in [lsn_min, lsn_max]."""
+    if len(data) - offset < RECORD_HEADER_BYTES:
+        return None
+    magic, length, lsn, checksum = _RECORD_HEADER.unpack_from(data, offset)
+    end = offset + RECORD_HEADER_BYTES + length
+    if (magic != RECORD_MAGIC or length > limits.wal_record_bytes_max or not lsn_min <= lsn <= lsn_max
+            or end > len(data)):
+        return None
+    if record_checksum(lsn, view[offset + RECORD_HEADER_BYTES : end]) != checksum:
+        return None
+    return lsn, end
+
+
+def _search(data: bytes, offset: int, found: _LookPast) -> None:
+    """Take every record of ``data`` from ``offset`` on that validates; after one that does not, try the
+    next position holding the record magic (``bytes.find``, within the candidate budget)."""
+    view = memoryview(data)
+    size = len(data)
+    damaged_at: int | None = None
+    while offset < size:
+        record = _record_at(data, view, offset, found.previous + 1, found.lsn_max)
+        if record is not None:
+            lsn, end = record
+            found.take(lsn, view[offset + RECORD_HEADER_BYTES : end])
+            damaged_at = None
+            offset = end
+            continue
+        if damaged_at is None:
+            damaged_at = offset
+        offset = data.find(RECORD_MAGIC, offset + 1)
+        if offset < 0:
+            break
+        if found.candidates_left <= 0:
+            found.exhausted = True
+            break
+        found.candidates_left -= 1
+    found.trailing_damage = 0 if damaged_at is None else size - damaged_at
+
+
+def _look_past(data: bytes, offset: int, expected: int, later: Sequence[tuple[int, Path]], *,
+               keep_above: int | None) -> _LookPast:
+    """Search the damaged segment from ``offset`` and then every later segment, one in memory at a time."""
+    remaining = len(data) - offset + sum(path.stat().st_size for _, path in later)
+    found = _LookPast(expected, expected - 1 + remaining // RECORD_HEADER_BYTES, keep_above,
+                      limits.wal_resync_candidates_max)
+    found.anchor = expected - 1
+    _search(data, offset, found)
+    for first_lsn, path in later:
+        if found.exhausted:
+            break
+        found.anchor = max(found.anchor, first_lsn - 1)
+        segment = path.read_bytes()
+        start = SEGMENT_HEADER_BYTES if _check_segment_header(segment, first_lsn) is None else 0
+        _search(segment, start, found)
+    return found
+
+
+def _clip(ranges: Iterable[tuple[int, int]], applied_lsn: int) -> list[tuple[int, int]]:
+    """The part of each LSN range above the checkpoint (what is at or below it is applied already)."""
+    return [(max(low, applied_lsn + 1), high) for low, high in ranges if high > applied_lsn]
+
+
+def _missing(lsns: Sequence[int], low: int, high: int) -> list[tuple[int, int]]:
+    """The ranges of [low, high] that ``lsns`` (increasing) does not hold."""
+    ranges: list[tuple[int, int]] = []
+    expected = low
+    for lsn in lsns:
+        if lsn > expected:
+            ranges.append((expected, lsn - 1))
+        expected = max(expected, lsn + 1)
+    if expected <= high:
+        ranges.append((expected, high))
+    return ranges
+
+
+def _corruption_text(name: str, offset: int, reason: str, after_bytes: int, found: _LookPast,
+                     lost: list[tuple[int, int]], applied_lsn: int) -> str:
+    text = (f"write-ahead log segment {name} is corrupt at offset {offset} ({reason}) with {after_bytes} "
+            f"bytes after it: acknowledged records are damaged; ")
+    if lost:
+        text += f"LSN(s) {lsn_ranges_text(lost)} unreadable"
+    else:
+        text += f"no record above the checkpoint (LSN {applied_lsn}) is missing"
+    if found.count:
+        text += (f"; {found.count} later record(s) still validate, LSNs {found.first}..{found.last}")
+    else:
+        text += "; no later record validates"
+    if found.exhausted:
+        text += (f"; the search for valid records stopped after {limits.wal_resync_candidates_max} "
+                 "positions")
+    return text
+
+
+_REPAIR_HINT = ("open with an explicit repair (`maif store check --repair`, or "
+                "create_maif_storage(config, repair=True)): it copies the damaged segment files to "
+                "wal/quarantine/, keeps every record that still validates and reports the lost LSNs; or "
+                "restore the data directory from a backup")
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(_COPY_CHUNK_BYTES):
+            yield chunk
+
+
+def _quarantine(directory: Path, ops: FileOps, paths: Sequence[Path]) -> list[Path]:
+    """Durable copies of ``paths`` in a new ``quarantine/<UTC time>-<n>/`` directory (never reused)."""
+    root = directory / QUARANTINE_DIRECTORY
+    root.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for attempt in itertools.count(1):
+        target = root / f"{stamp}-{attempt}"
+        try:
+            target.mkdir()
+            break
+        except FileExistsError:
+            continue
+    copies = []
+    for path in paths:
+        copy = target / path.name
+        ops.write_new_file(copy, _file_chunks(path))
+        copies.append(copy)
+    ops.fsync_directory(target)
+    ops.fsync_directory(root)
+    ops.fsync_directory(directory)
+    return copies
+
+
+def _write_salvage(directory: Path, ops: FileOps, expected: int, records: Sequence[tuple[int, bytes]]
+                   ) -> None:
+    """``salvage.pending``: a segment header naming the first lost LSN, then the kept records framed
+    with their old LSNs; written aside and renamed, so it is whole or absent."""
+    temporary = directory / (SALVAGE_FILE + ".tmp")
+    temporary.unlink(missing_ok=True)
+    ops.write_new_file(temporary, itertools.chain(
+        [encode_segment_header(expected)], (frame_record(lsn, payload) for lsn, payload in records)))
+    ops.replace(temporary, directory / SALVAGE_FILE)
+    ops.fsync_directory(directory)
+
+
+def _read_salvage(directory: Path) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """(first lost LSN, records) of ``salvage.pending``, or None when there is none."""
+    path = directory / SALVAGE_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    expected = _SEGMENT_HEADER.unpack_from(data, 0)[3] if len(data) >= SEGMENT_HEADER_BYTES else 0
+    problem = _check_segment_header(data, expected)
+    view = memoryview(data)
+    records: list[tuple[int, bytes]] = []
+    offset = SEGMENT_HEADER_BYTES
+    while problem is None and offset < len(data):
+        record = _record_at(data, view, offset, records[-1][0] + 1 if records else 1, (1 << 64) - 1)
+        if record is None:
+            problem = f"record at offset {offset} does not validate"
+            break
+        lsn, end = record
+        records.append((lsn, bytes(view[offset + RECORD_HEADER_BYTES : end])))
+        offset = end
+    if problem is not None:
+        raise IntegrityError(f"write-ahead log salvage file {path} is damaged: {problem}",
+                             hint="the quarantined segment copies under wal/quarantine/ hold the records")
+    return expected, records
+
+
+def _repair_corruption(directory: Path, ops: FileOps, report: RecoveryReport, *, path: Path, first_lsn: int,
+                       offset: int, expected: int, later: Sequence[tuple[int, Path]], found: _LookPast,
+                       description: str, applied_lsn: int) -> SegmentInfo | None:
+    """Quarantine, keep what validates (salvage.pending), then cut the log at the damage.
+
+    The order makes a crash at any step harmless: until the cut, the damage is still there and the
+    next repair finds the same salvage (merged with salvage.pending); after it, salvage.pending holds
+    the records until the caller re-appended them. Later segments go before the cut, last first, so
+    the log never has a gap.
+    """
+    copies = _quarantine(directory, ops, [path, *(later_path for _, later_path in later)])
+    salvage = found.records
+    pending = _read_salvage(directory)
+    if pending is not None:
+        pending_expected, pending_records = pending
+        if pending_expected != expected:
+            raise IntegrityError(
+                f"write-ahead log: an interrupted repair (damage at LSN {pending_expected}) left "
+                f"{SALVAGE_FILE}, and the log is damaged at LSN {expected} now",
+                hint="restore the data directory from a backup; the quarantined copies are kept")
+        merged = dict(pending_records)
+        merged.update(salvage)
+        salvage = sorted(merged.items())
+    if salvage:
+        _write_salvage(directory, ops, expected, salvage)
+    for _, later_path in reversed(later):
+        later_path.unlink()
+        ops.fsync_directory(directory)
+    kept: SegmentInfo | None = None
+    if offset < SEGMENT_HEADER_BYTES:  # the header itself is damaged: no record of it can be kept
+        path.unlink()
+        ops.fsync_directory(directory)
+    else:
+        ops.truncate(path, offset)
+        kept = SegmentInfo(path, first_lsn, expected - 1, offset)
+    high = max(found.highest_known(), salvage[-1][0] if salvage else 0)
+    report.corruption = description
+    report.lost_lsns = _clip(_missing([lsn for lsn, _ in salvage], expected, high), applied_lsn)
+    report.salvaged = salvage
+    report.quarantined = [str(copy) for copy in copies]
+    return kept
+
+
+def _corrupt_segment(directory: Path, ops: FileOps, report: RecoveryReport, data: bytes, *, path: Path,
+                     first_lsn: int, offset: int, expected: int, reason: str,
+                     later: Sequence[tuple[int, Path]], applied_lsn: int, repair: bool) -> SegmentInfo | None:
+    """Damage that is not a torn tail: raise WALCorruptionError, or with ``repair`` repair it and
+    return what is left of the segment (None when nothing is)."""
+    found = _look_past(data, offset, expected, later, keep_above=applied_lsn if repair else None)
+    high = found.highest_known()
+    tail_lost = [(found.previous + 1, high)] if high > found.previous else []
+    lost = _clip([*found.gaps, *tail_lost], applied_lsn)
+    description = _corruption_text(path.name, offset, reason, len(data) - offset, found, lost, applied_lsn)
+    if not repair:
+        raise WALCorruptionError(
+            description, segment=path.name, offset=offset, first_lost_lsn=expected,
+            salvageable_lsns=(found.first, found.last) if found.count else None,
+            salvageable_count=found.count, lost_lsns=lost, hint=_REPAIR_HINT)
+    return _repair_corruption(directory, ops, report, path=path, first_lsn=first_lsn, offset=offset,
+                              expected=expected, later=later, found=found, description=description,
+                              applied_lsn=applied_lsn)
+
+
 class WriteAheadLog:
     """Segment files plus the synchronous append/sync/recycle operations (run on one writer thread).
 
@@ -207,16 +555,28 @@ class WriteAheadLog:
     @classmethod
     def open(cls, directory: str | os.PathLike[str], *, durable: bool = True, min_next_lsn: int = 1,
              file_ops: FileOps | None = None,
-             segment_bytes_max: int = limits.wal_segment_bytes_max) -> tuple[WriteAheadLog, RecoveryReport]:
+             segment_bytes_max: int = limits.wal_segment_bytes_max,
+             repair: bool = False) -> tuple[WriteAheadLog, RecoveryReport]:
         """Recover ``directory`` (creating it when absent) and return the log ready to append.
 
         ``min_next_lsn`` keeps LSNs increasing when every segment was recycled (the checkpoint + 1).
+        Damage that is not a torn tail raises WALCorruptionError and changes nothing, unless ``repair``:
+        then the damaged segments are quarantined, the log is cut at the damage, and
+        ``report.salvaged`` holds the records above the checkpoint that still validated. The caller
+        must append them again as new records and then call :meth:`salvage_reappended` (until then
+        every open returns them again, with or without ``repair``).
         """
         ops = file_ops or FileOps()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         report = RecoveryReport()
-        segments = _recover_segments(path, ops, report)
+        segments = _recover_segments(path, ops, report, applied_lsn=min_next_lsn - 1, repair=repair)
+        if report.corruption is None:
+            pending = _read_salvage(path)
+            if pending is not None:  # a repair was interrupted after it cut the log
+                report.salvaged = pending[1]
+                report.corruption = (f"an interrupted repair (damage at LSN {pending[0]}) left "
+                                     f"{len(pending[1])} salvaged record(s) in {SALVAGE_FILE}")
         next_lsn = max(min_next_lsn, segments[-1].last_lsn + 1 if segments else 1)
         if segments and segments[-1].last_lsn + 1 < next_lsn:
             # The checkpoint is past the end of the log (bulk_unsafe after a power loss): every record
@@ -230,6 +590,13 @@ class WriteAheadLog:
         report.last_lsn = segments[-1].last_lsn
         wal = cls(path, segments, durable=durable, file_ops=ops, segment_bytes_max=segment_bytes_max)
         return wal, report
+
+    def salvage_reappended(self) -> None:
+        """Forget ``salvage.pending``: every record a repair salvaged is durable again as a new record."""
+        pending = self.directory / SALVAGE_FILE
+        if pending.exists():
+            pending.unlink()
+            self._ops.fsync_directory(self.directory)
 
     def replay(self, after_lsn: int) -> Iterator[tuple[int, bytes]]:
         """Every record with LSN > ``after_lsn``, in order (records were validated by :meth:`open`)."""
@@ -326,6 +693,16 @@ def _segment_records(segment: SegmentInfo, after_lsn: int) -> list[tuple[int, by
     return found
 
 
+def oldest_segment_lsn(directory: str | os.PathLike[str]) -> int | None:
+    """The first LSN of the oldest segment in ``directory`` by its file name (None: no segment, or no
+    directory); read before the log is opened, to tell whether the backends lag what it recycled."""
+    try:
+        listed = _list_segments(Path(directory))
+    except FileNotFoundError:
+        return None
+    return listed[0][0] if listed else None
+
+
 def _list_segments(directory: Path) -> list[tuple[int, Path]]:
     found: list[tuple[int, Path]] = []
     with os.scandir(directory) as entries:
@@ -339,7 +716,8 @@ def _list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _recover_segments(directory: Path, ops: FileOps, report: RecoveryReport) -> list[SegmentInfo]:
+def _recover_segments(directory: Path, ops: FileOps, report: RecoveryReport, *, applied_lsn: int,
+                      repair: bool) -> list[SegmentInfo]:
     listed = _list_segments(directory)
     segments: list[SegmentInfo] = []
     for position, (first_lsn, path) in enumerate(listed):
@@ -357,19 +735,29 @@ def _recover_segments(directory: Path, ops: FileOps, report: RecoveryReport) -> 
                 ops.fsync_directory(directory)
                 report.torn_tail_bytes += len(data)
                 continue
-            raise IntegrityError(f"write-ahead log segment {path.name}: {header_problem}")
-        scan = _scan_records(memoryview(data), first_lsn)
-        if scan.damage is not None:
-            tail = len(data) - scan.valid_end
-            if not is_last or tail > limits.wal_group_bytes_max:
-                raise IntegrityError(
-                    f"write-ahead log segment {path.name} is corrupt at offset {scan.valid_end} "
-                    f"({scan.damage}) with {tail} bytes after it: acknowledged records are damaged",
-                    hint="restore the data directory from a backup or export; MAIF will not skip records")
-            ops.truncate(path, scan.valid_end)
-            report.torn_tail_bytes += tail
-        segments.append(SegmentInfo(path, first_lsn, scan.last_lsn, scan.valid_end))
-        report.records += scan.records
+            offset, expected, reason = 0, first_lsn, header_problem
+        else:
+            scan = _scan_records(memoryview(data), first_lsn)
+            report.records += scan.records
+            if scan.damage is None:
+                segments.append(SegmentInfo(path, first_lsn, scan.last_lsn, scan.valid_end))
+                continue
+            offset, expected, reason = scan.valid_end, scan.last_lsn + 1, scan.damage
+            tail = len(data) - offset
+            # A torn tail: the last group write was cut, and nothing valid follows it.
+            if is_last and tail <= limits.wal_group_bytes_max:
+                found = _look_past(data, offset, expected, [], keep_above=None)
+                if not found.count and not found.exhausted:
+                    ops.truncate(path, offset)
+                    report.torn_tail_bytes += tail
+                    segments.append(SegmentInfo(path, first_lsn, scan.last_lsn, offset))
+                    continue
+        kept = _corrupt_segment(directory, ops, report, data, path=path, first_lsn=first_lsn, offset=offset,
+                                expected=expected, reason=reason, later=listed[position + 1 :],
+                                applied_lsn=applied_lsn, repair=repair)
+        if kept is not None:
+            segments.append(kept)
+        break
     report.segments = len(segments)
     return segments
 
@@ -531,12 +919,15 @@ class GroupCommitter:
 
 
 __all__ = [
+    "QUARANTINE_DIRECTORY",
+    "SALVAGE_FILE",
     "FileOps",
     "GroupCommitter",
     "RecoveryReport",
     "SegmentInfo",
     "WriteAheadLog",
     "frame_record",
+    "lsn_ranges_text",
     "record_checksum",
     "segment_name",
 ]

@@ -34,7 +34,8 @@ from maif.errors import (
     StoreClosedError,
 )
 from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, ObjectStore, VectorIndex
-from maif.storage.records import BlockRecord
+from maif.storage.packs import record_digest
+from maif.storage.records import BlockRecord, encode_record
 
 ResultT = TypeVar("ResultT")
 
@@ -265,6 +266,42 @@ class ChunkStoreTests:
         run(scenario())
 
 
+    def test_records_round_trip_and_survive_reopen(self, tmp_path: Path) -> None:
+        records = [encode_record(make_record(number)) for number in range(50)]
+        payload = chunk(records[0])  # the same bytes as a payload: a different address, both kept
+
+        async def scenario() -> None:
+            store = self.make_store(tmp_path)
+            assert await store.put_records(records) > 0
+            assert await store.put_records(records[:10]) == 0  # idempotent
+            await store.put_chunks([payload])
+            assert await store.get_chunk(payload[0]) == records[0]
+            await store.flush()
+            found = [raw async for batch, problems in store.scan_records() for raw in batch]
+            assert sorted(found) == sorted(records)
+            assert (await store.stats())["records"] == 50
+            present = await store.has_chunks([record_digest(raw) for raw in records])
+            assert len(present) == 50 and payload[0] not in present
+            await store.close()
+            reopened = self.reopen(store, tmp_path)
+            if reopened is None:
+                return
+            try:
+                again = [raw async for batch, problems in reopened.scan_records() for raw in batch]
+                assert sorted(again) == sorted(records)
+            finally:
+                await reopened.close()
+
+        run(scenario())
+
+    def test_oversized_record_is_refused(self, tmp_path: Path) -> None:
+        async def body(store: ChunkStore) -> None:
+            with pytest.raises(LimitExceededError):
+                await store.put_records([b"x" * (limits.chunk_bytes_max + 1)])
+
+        self._with_store(tmp_path, body)
+
+
 # ---- MetadataIndex -----------------------------------------------------------------------------
 
 
@@ -403,6 +440,23 @@ class MetadataIndexTests:
 
         run(scenario())
 
+    def test_newer_only_put_keeps_the_highest_lsn_and_count_by_type(self, tmp_path: Path) -> None:
+        async def body(index: MetadataIndex) -> None:
+            await index.put([make_record(1, lsn=50, agent_id="new")])
+            await index.put([make_record(1, lsn=10, agent_id="old", parents=("x",))], newer_only=True)
+            kept = await index.get("block-0001")
+            assert kept is not None and kept.agent_id == "new"
+            assert await index.query(parent="x") == []
+            await index.put([make_record(1, lsn=60, agent_id="newest")], newer_only=True)
+            newest = await index.get("block-0001")
+            assert newest is not None and newest.agent_id == "newest"
+            await index.put([make_record(number) for number in range(2, 8)])
+            assert await index.count() == 7
+            assert await index.count("TEXT") == 3 and await index.count("IMAG") == 4
+            assert await index.count("EMBD") == 0
+
+        self._with_index(tmp_path, body)
+
     def test_closed_index_refuses_calls(self, tmp_path: Path) -> None:
         async def scenario() -> None:
             index = self.make_index(tmp_path)
@@ -507,6 +561,34 @@ class VectorIndexTests:
 
         self._with_index(tmp_path, body)
 
+    def test_an_id_given_twice_in_one_add_keeps_only_its_last_vector_also_after_reopen(
+        self, tmp_path: Path
+    ) -> None:
+        first, last = np.array([1, 0, 0], dtype=np.float32), np.array([0, 0, 1], dtype=np.float32)
+
+        async def check(index: VectorIndex) -> None:
+            assert await index.count() == 2
+            hits = await index.search(first, 5)
+            assert sorted(block_id for block_id, _ in hits) == ["x", "y"]  # no stale "x" vector
+            best_id, best_score = (await index.search(last, 1))[0]
+            assert best_id == "x" and best_score == pytest.approx(1.0, abs=1e-4)
+
+        async def scenario() -> None:
+            index = self.make_index(tmp_path)
+            await index.add([("x", first, {}), ("y", np.array([1, 1, 0], dtype=np.float32), {}),
+                             ("x", np.array([0, 1, 0], dtype=np.float32), {}), ("x", last, {})])
+            await check(index)
+            await index.flush()
+            await index.close()
+            reopened = self.reopen(index, tmp_path)
+            if reopened is not None:
+                try:
+                    await check(reopened)
+                finally:
+                    await reopened.close()
+
+        run(scenario())
+
     def test_hostile_vectors_and_queries_are_refused(self, tmp_path: Path) -> None:
         async def body(index: VectorIndex) -> None:
             await index.add([("a", np.ones(8, dtype=np.float32), {})])
@@ -541,6 +623,37 @@ class VectorIndexTests:
             assert await index.search(np.ones(4, dtype=np.float32), 0) == []
 
         self._with_index(tmp_path, body)
+
+    def test_remove_and_clear_forget_vectors_also_after_reopen(self, tmp_path: Path) -> None:
+        vectors = clustered_vectors(40, 8, seed=9)
+
+        async def scenario() -> None:
+            index = self.make_index(tmp_path)
+            await index.add(self._items(vectors))
+            assert await index.remove(["v3", "v4", "absent"]) == 2
+            assert await index.count() == 38
+            assert all(hit[0] not in {"v3", "v4"} for hit in await index.search(vectors[3], 40))
+            await index.flush()
+            await index.close()
+            durable = self.reopen(index, tmp_path)
+            reopened = durable if durable is not None else self.make_index(tmp_path)
+            try:
+                if durable is not None:
+                    assert await reopened.count() == 38
+                await reopened.clear()
+                assert await reopened.count() == 0 and reopened.dimensions is None
+                await reopened.add([("other", np.ones(3, dtype=np.float32), {})])  # a new dimension
+                await reopened.flush()
+            finally:
+                await reopened.close()
+            last = self.reopen(reopened, tmp_path)
+            if last is not None:
+                try:
+                    assert await last.count() == 1 and last.dimensions == 3
+                finally:
+                    await last.close()
+
+        run(scenario())
 
     def test_flushed_vectors_survive_reopen(self, tmp_path: Path) -> None:
         vectors = clustered_vectors(300, 24, seed=5)

@@ -54,6 +54,8 @@ def open_image(data: bytes) -> Any:
         if width * height > limits.agent_image_pixels_max:
             raise LimitExceededError("image pixel count", width * height, limits.agent_image_pixels_max)
         image.load()
+    except LimitExceededError:  # a ValueError too (maif.errors), but no decoding failure
+        raise
     except (OSError, image_module.DecompressionBombError, ValueError) as error:
         raise FormatError(f"image cannot be decoded: {error}") from error
     return image

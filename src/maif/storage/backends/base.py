@@ -16,7 +16,7 @@ Failures of the world (disk, server) raise :class:`maif.errors.BackendError`; co
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,8 +77,23 @@ class ChunkStore(ABC):
         """
 
     @abstractmethod
+    async def put_records(self, records: Sequence[bytes]) -> int:
+        """Store encoded :class:`BlockRecord` s: the authoritative copy of every block's record.
+
+        They live beside the chunks (in the same packs, moving between the same tiers), addressed by
+        :func:`maif.storage.packs.record_digest`, a digest domain-separated from payload chunks so no
+        payload can pose as a record. The metadata index is derived state rebuilt from them.
+        Idempotent; durable only after :meth:`flush`. Returns the NEW stored bytes.
+        """
+
+    @abstractmethod
+    def scan_records(self) -> AsyncIterator[tuple[list[bytes], list[str]]]:
+        """Every stored record, verified, in batches (a pack at a time), each with the problems met
+        (a damaged frame, a missing pack): damage costs what it hit and is named, never more."""
+
+    @abstractmethod
     async def stats(self) -> dict[str, int | float]:
-        """Counters: chunks, stored and raw bytes, packs, dedup hits, ..."""
+        """Counters: chunks, stored and raw bytes, packs, dedup hits, records, ..."""
 
     @abstractmethod
     async def close(self) -> None:
@@ -91,8 +106,15 @@ class MetadataIndex(ABC):
     capabilities: Capabilities
 
     @abstractmethod
-    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None) -> None:
-        """Upsert records by block_id (idempotent); with ``applied_lsn``, store it in the same transaction."""
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None,
+                  newer_only: bool = False) -> None:
+        """Upsert records by block_id (idempotent); with ``applied_lsn``, store it in the same transaction.
+
+        A record with ``deleted`` set is a tombstone: the block's record goes, and the tombstone's LSN is
+        kept so that no older record of the block is indexed again.
+        With ``newer_only`` a record replaces an existing one only when its ``lsn`` is higher, and is
+        skipped when a tombstone of a higher LSN exists (a rebuild streams records in any order and the
+        last writer by LSN must win)."""
 
     @abstractmethod
     async def get(self, block_id: str) -> BlockRecord | None:
@@ -133,8 +155,8 @@ class MetadataIndex(ABC):
         """Flush and release resources. Safe to call twice."""
 
     @abstractmethod
-    async def count(self) -> int:
-        """Number of records."""
+    async def count(self, block_type: str | None = None) -> int:
+        """Number of records (of ``block_type`` only, when given)."""
 
 
 class VectorIndex(ABC):
@@ -160,6 +182,14 @@ class VectorIndex(ABC):
         Only items whose attributes equal every ``filters`` entry, and whose similarity is at least
         ``score_threshold`` when given.
         """
+
+    @abstractmethod
+    async def remove(self, block_ids: Sequence[str]) -> int:
+        """Forget the vectors of ``block_ids`` (ids without one are ignored); returns how many went."""
+
+    @abstractmethod
+    async def clear(self) -> None:
+        """Forget every vector (and the dimension): the start of a rebuild."""
 
     @abstractmethod
     async def flush(self) -> None:

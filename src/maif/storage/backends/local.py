@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from maif import limits
 from maif.errors import BackendError, BlockNotFoundError, StoreClosedError
 from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore, check_object_key
 from maif.storage.index import SqliteMetadataIndex
-from maif.storage.packs import PackStore
+from maif.storage.packs import ChunkLocation, CompactionResult, PackStore
 from maif.storage.vectors import UsearchVectorIndex
 
 ResultT = TypeVar("ResultT")
@@ -85,6 +86,23 @@ class LocalChunkStore(ChunkStore):
 
     async def scrub(self, read_data_fraction: float) -> list[str]:
         return await self._run(self.packs.scrub, read_data_fraction)
+
+    async def compact(self, is_live: Callable[[bytes, ChunkLocation, bytes], bool],
+                      garbage_fraction_min: float,
+                      on_step: Callable[[str], None] | None = None) -> CompactionResult:
+        """:meth:`PackStore.compact` in a worker thread."""
+        return await self._run(self.packs.compact, is_live, garbage_fraction_min, on_step)
+
+    async def reconcile(self) -> list[str]:
+        """What opening the packs rebuilt (nothing lost), one line each; the engine reports it."""
+        return list(self.packs.repairs)
+
+    async def put_records(self, records: Sequence[bytes]) -> int:
+        return await self._run(self.packs.put_records, records)
+
+    async def scan_records(self) -> AsyncIterator[tuple[list[bytes], list[str]]]:
+        for pack_id in await self._run(self.packs.local_record_packs):
+            yield await self._run(self.packs.records_in_pack, pack_id)
 
     async def stats(self) -> dict[str, int | float]:
         return await self._run(self.packs.stats)
@@ -171,12 +189,19 @@ def _read_range(path: Path, offset: int, length: int) -> bytes:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + "~partial")  # "~" never appears in a valid key
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # "~" never appears in a valid key. One temporary name per writer: two puts of one key sharing one
+    # would truncate each other's file (even after it was renamed into place) and fail the second rename.
+    temporary = path.with_name(f"{path.name}~partial-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

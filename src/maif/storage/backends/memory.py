@@ -8,13 +8,13 @@ everything when the process ends (``Capabilities.durable`` is False).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import blake3
 import numpy as np
 
 from maif import limits
-from maif.errors import BlockNotFoundError, FormatError, LimitExceededError, StoreClosedError
+from maif.errors import BlockNotFoundError, FormatError, IntegrityError, LimitExceededError, StoreClosedError
 from maif.storage.backends.base import (
     Capabilities,
     ChunkStore,
@@ -25,7 +25,7 @@ from maif.storage.backends.base import (
 )
 from maif.storage.cache import LRUHotCache
 from maif.storage.index import check_query_limit
-from maif.storage.packs import check_chunk_input, decode_chunk, encode_chunk
+from maif.storage.packs import FLAG_RECORD, check_chunk_input, check_record_input, decode_chunk, encode_chunk
 from maif.storage.records import BlockRecord
 from maif.storage.vectors import check_attributes, check_vector, matches, unit_vector
 
@@ -97,10 +97,32 @@ class MemoryChunkStore(_Closable, ChunkStore):
                     problems.append(str(error))
         return problems
 
+    async def put_records(self, records: Sequence[bytes]) -> int:
+        self._check_open()
+        new_bytes = 0
+        for raw in records:
+            digest = check_record_input(raw)
+            if digest not in self.chunks:
+                self.chunks[digest] = (FLAG_RECORD, bytes(raw), len(raw))
+                new_bytes += len(raw)
+        return new_bytes
+
+    async def scan_records(self) -> AsyncIterator[tuple[list[bytes], list[str]]]:
+        self._check_open()
+        records, problems = [], []
+        for digest, (flags, stored, raw_length) in list(self.chunks.items()):
+            if flags & FLAG_RECORD:
+                try:
+                    records.append(decode_chunk(digest, flags, stored, raw_length, "memory"))
+                except IntegrityError as error:
+                    problems.append(f"block record {error.message}")
+        yield records, problems
+
     async def stats(self) -> dict[str, int | float]:
         raw, stored, offered = (self._counters[k] for k in ("raw_bytes", "stored_bytes", "offered_bytes"))
         return {
             "chunks": len(self.chunks),
+            "records": sum(1 for flags, _, _ in self.chunks.values() if flags & FLAG_RECORD),
             "bytes_warm": self._counters["stored_bytes"],
             "bytes_cold": 0,
             "compression_ratio": raw / stored if stored else 1.0,
@@ -123,14 +145,25 @@ class MemoryMetadataIndex(_Closable, MetadataIndex):
 
     def __init__(self) -> None:
         self.records: dict[str, BlockRecord] = {}
+        self.tombstones: dict[str, int] = {}  # block id -> LSN of its deletion
         self._applied_lsn = 0
 
-    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None) -> None:
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None,
+                  newer_only: bool = False) -> None:
         self._check_open()
         if applied_lsn is not None and (not isinstance(applied_lsn, int) or applied_lsn < 0):
             raise FormatError(f"applied LSN must be a non-negative integer, got {applied_lsn!r}")
         for record in records:
-            self.records[record.block_id] = record
+            current = self.records.get(record.block_id)
+            if record.deleted:
+                if current is not None and (not newer_only or current.lsn < record.lsn):
+                    del self.records[record.block_id]
+                self.tombstones[record.block_id] = max(record.lsn, self.tombstones.get(record.block_id, 0))
+                continue
+            if newer_only and self.tombstones.get(record.block_id, 0) >= record.lsn:
+                continue
+            if not newer_only or current is None or record.lsn > current.lsn:
+                self.records[record.block_id] = record
         if applied_lsn is not None:
             self._applied_lsn = max(self._applied_lsn, applied_lsn)
 
@@ -182,9 +215,11 @@ class MemoryMetadataIndex(_Closable, MetadataIndex):
     async def close(self) -> None:
         self._closed = True
 
-    async def count(self) -> int:
+    async def count(self, block_type: str | None = None) -> int:
         self._check_open()
-        return len(self.records)
+        if block_type is None:
+            return len(self.records)
+        return sum(1 for record in self.records.values() if record.block_type == block_type)
 
 
 class MemoryVectorIndex(_Closable, VectorIndex):
@@ -206,6 +241,15 @@ class MemoryVectorIndex(_Closable, VectorIndex):
             check_vector(vector, self._ndim if self._ndim is not None else vector.shape[0])
             self._ndim = vector.shape[0]
             self.items[block_id] = (unit_vector(vector), attributes)
+
+    async def remove(self, block_ids: Sequence[str]) -> int:
+        self._check_open()
+        return sum(1 for block_id in block_ids if self.items.pop(block_id, None) is not None)
+
+    async def clear(self) -> None:
+        self._check_open()
+        self.items.clear()
+        self._ndim = None
 
     async def search(
         self,

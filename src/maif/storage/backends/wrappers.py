@@ -1,7 +1,7 @@
 """Cross-cutting behaviour as wrappers around any ChunkStore: retry, injected latency, injected faults.
 
 Each wrapper is itself a :class:`ChunkStore` and routes every ABC method through one ``_call`` hook,
-so a new method on the ABC needs no change here and wrappers stack freely::
+so wrappers stack freely (``scan_records``, a generator, delegates directly)::
 
     store = RetryingChunkStore(FaultInjectingChunkStore(LocalChunkStore(path), {"get_chunk": [3]}))
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from maif.errors import BackendError, ConfigError
@@ -72,6 +72,14 @@ class WrapperChunkStore(ChunkStore):
 
     async def scrub(self, read_data_fraction: float) -> list[str]:
         return list(await self._call("scrub", read_data_fraction))
+
+    async def put_records(self, records: Sequence[bytes]) -> int:
+        return int(await self._call("put_records", records))
+
+    async def scan_records(self) -> AsyncIterator[tuple[list[bytes], list[str]]]:
+        """The inner store's scan, batch by batch (a generator cannot go through ``_call``)."""
+        async for batch in self.inner.scan_records():
+            yield batch
 
     async def stats(self) -> dict[str, int | float]:
         return dict(await self._call("stats"))
