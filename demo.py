@@ -80,8 +80,8 @@ async def read_back_quick_start(storage: Any) -> None:
             f"   stored before it exited: {block.id} ({summary.block_type}, {len(block.data)} bytes, "
             f"handler {provenance['handler']} {provenance['handler_version']}, log position {summary.lsn})"
         )
-    print("   (it never closed its store: if this open warned that it rebuilt the pack index, that is why;"
-          " the write-ahead log held every acknowledged block)")
+    print("   (it never closed its store: the write-ahead log held every acknowledged block, replayed"
+          " at this open)")
 
 
 async def storage_round_trip(storage: Any) -> None:

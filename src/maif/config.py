@@ -187,6 +187,8 @@ def _parse_environment_value(value: str) -> Any:
 
 def _refuse_unknown_keys(section: type[msgspec.Struct], raw: Mapping[str, Any], name: str) -> None:
     for key in raw:
+        if not isinstance(key, str):
+            raise ArgumentTypeError(f"{name} setting names must be str, got {type_of(key)}")
         if key not in section.__struct_fields__:
             raise ConfigError(f"unknown {name} setting {key!r}", hint=_close(section, key))
 

@@ -169,6 +169,12 @@ STORE_CASES = [
     case("check(None)", "check", None, error=T_, builtin=TypeError),
     case("check(True)", "check", True, error=T_, builtin=TypeError),
     case("check(1.5)", "check", 1.5, error=V_, builtin=ValueError),
+    case("delete_block(None)", "delete_block", None, error=T_, builtin=TypeError),
+    case("delete_block(lone surrogate)", "delete_block", "\ud800", error=V_, builtin=ValueError),
+    case("compact('all')", "compact", "all", error=T_, builtin=TypeError),
+    case("compact(0)", "compact", 0, error=V_, builtin=ValueError),
+    case("compact(NaN)", "compact", NAN, error=V_, builtin=ValueError),
+    case("compact(on_step=5)", "compact", 0.5, on_step=5, error=T_, builtin=TypeError),
     case("export(None)", "export", None, None, KEY, error=T_, builtin=TypeError),
     case("export(NUL in path)", "export", Here("a\x00b.maif"), None, KEY, error=V_, builtin=ValueError),
     case("export(selection='seed')", "export", Here("sel.maif"), "seed", KEY, error=T_, builtin=TypeError),
@@ -288,8 +294,9 @@ def test_block_fields_of_the_right_kind_are_normalized() -> None:
         ("\ud800.json", {}, ArgumentValueError, ValueError),
         (None, {"backends": "memory"}, ArgumentTypeError, TypeError),
         (None, {"wal_file_ops": object()}, ArgumentTypeError, TypeError),
+        (None, {"repair": "yes"}, ArgumentTypeError, TypeError),
     ],
-    ids=["int", "bytes", "NUL", "surrogate", "backends", "wal_file_ops"],
+    ids=["int", "bytes", "NUL", "surrogate", "backends", "wal_file_ops", "repair"],
 )
 def test_create_maif_storage_refuses_bad_arguments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: Any, options: dict[str, Any],
@@ -335,9 +342,16 @@ def _fuzz_calls(storage: MAIFStorage, draw: Callable[[], Any]
         ("semantic_search", lambda: storage.semantic_search(unit, limit=a, score_threshold=b, filters=c)),
         ("semantic_search", lambda: storage.semantic_search(a, filters=b)),
         ("check", lambda: storage.check(a)),
+        ("delete_block", lambda: storage.delete_block(a)),
+        ("MAIFBlock", lambda: storage.write_block(MAIFBlock(id=a, block_type=b, data=c, parents=d))),
+        ("MAIFBlock", lambda: storage.write_block(MAIFBlock(data=b"x", metadata=a, timestamp=b, agent_id=c,
+                                                            version=d))),
+        ("MAIFBlock", lambda: storage.write_block(MAIFBlock(block_type="EMBD", data=a, metadata={"dim": b}))),
+        ("compact", lambda: storage.compact(a)),
         ("export", lambda: storage.export(a, b, c)),
         ("import_maif", lambda: storage.import_maif(a, b)),
         ("create_maif_storage", lambda: create_maif_storage(a, backends=b if d else None)),
+        ("create_maif_storage", lambda: create_maif_storage({"data_dir": "fuzz-store"}, repair=a)),
     ]
 
 

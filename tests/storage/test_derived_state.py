@@ -338,3 +338,33 @@ def test_store_from_before_records_is_upgraded_and_then_rebuildable(tmp_path: Pa
     found, report = read_all(tmp_path, blocks)
     assert_all_read(found, blocks)
     assert report.ok, report.problems
+
+
+def test_damaged_pages_inside_the_index_are_found_by_check_and_repaired(tmp_path: Path) -> None:
+    """Damage SQLite only meets when it reads the page (the header is intact, open succeeds)."""
+    blocks = make_blocks(400, payload=200)
+    with_store(tmp_path, lambda storage: storage.write_blocks(blocks))
+    for name in ("index.sqlite-wal", "index.sqlite-shm"):
+        assert not (tmp_path / name).exists() or (tmp_path / name).stat().st_size >= 0
+    database = tmp_path / "index.sqlite"
+    with sqlite3.connect(database) as connection:
+        page_size = connection.execute("PRAGMA page_size").fetchone()[0]
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = database.stat().st_size // page_size
+    assert pages >= 8
+    with open(database, "r+b") as handle:
+        for page in range(2, pages - 1, 3):  # leave page 1 (the header and schema) intact
+            handle.seek(page * page_size + 100)
+            handle.write(os.urandom(200))
+
+    async def body(storage: MAIFStorage) -> tuple[Any, Any, list[MAIFBlock]]:
+        before = await storage.check()
+        after = await storage.repair()
+        return before, after, [await storage.read_block(block.id) for block in blocks]
+
+    before, after, found = with_store(tmp_path, body)
+    assert not before.ok
+    assert after.ok, after.problems
+    assert any("quick_check" in line for line in after.repaired), after.repaired
+    assert found == blocks
+    assert list((tmp_path / "quarantine").iterdir())

@@ -328,11 +328,18 @@ class MAIFAgent:
         if owner is not None and owner.done() and (owner.cancelled() or owner.exception() is not None):
             log.error("%s", message)  # the program is already failing (an exception, Ctrl-C): its own
             return  # error sets the exit status, and a SystemExit here would hide its traceback
+        # Recorded now: every watcher is cancelled in the same sweep, so all reports are in before the
+        # first SystemExit below is raised.
         _lost_task_reports.append(message)
         me = asyncio.current_task()
         others = {task for task in asyncio.all_tasks() if task is not me and task not in _WATCHERS}
         if others:
             await asyncio.wait(others)  # the store's own tasks finish their cancellation first
+        if not self._states:  # not a shutdown after all: the dispatcher finished the work meanwhile
+            self._counters["abandoned"] -= len(lost)
+            with contextlib.suppress(ValueError):
+                _lost_task_reports.remove(message)
+            return
         # Raised from a plain callback, SystemExit leaves asyncio.run (a task would only record it).
         asyncio.get_running_loop().call_soon(_exit_for_lost_tasks)
 

@@ -9,7 +9,7 @@ FourCC. Nothing is done before the check, so a refused call leaves the store as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,17 @@ def read_data_fraction(value: object) -> float:
     return require_float("read_data_fraction", value, 0.0, 1.0)
 
 
+def compaction(garbage_fraction_min: object, on_step: object
+               ) -> tuple[float, Callable[[str], None] | None]:
+    """``compact``'s threshold, in (0, 1], and its optional step callback."""
+    fraction = require_float("garbage_fraction_min", garbage_fraction_min, 0.0, 1.0)
+    if fraction == 0.0:
+        raise ArgumentValueError("garbage_fraction_min must be above 0 (0 would rewrite every pack)")
+    if on_step is not None and not callable(on_step):
+        raise ArgumentTypeError(f"on_step must be callable or None, got {type_of(on_step)}")
+    return fraction, on_step
+
+
 def export(path: object, selection: object, signing_key: object
            ) -> tuple[Path, tuple[str, ...] | None, Any]:
     """``export``'s destination, block ids (None: all; a str is refused, not split) and Ed25519 key."""
@@ -128,5 +139,5 @@ def open_options(backends: object, wal_file_ops: object) -> None:
         require_instance("wal_file_ops", wal_file_ops, FileOps)
 
 
-__all__ = ["block", "block_id", "blocks", "export", "import_maif", "list_query", "open_options",
+__all__ = ["block", "block_id", "blocks", "compaction", "export", "import_maif", "list_query", "open_options",
            "read_data_fraction", "search"]

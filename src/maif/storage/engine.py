@@ -714,6 +714,7 @@ class MAIFStorage:
         rewritten without them. Crash-safe at every step; ``on_step`` names each step (tests)."""
         from maif.storage.compaction import compact_store
 
+        garbage_fraction_min, on_step = arguments.compaction(garbage_fraction_min, on_step)
         self._check_writable()
         await self._wait_applied()
         async with self._maintenance:
@@ -734,10 +735,22 @@ class MAIFStorage:
         self._check_writable()
         await self._wait_applied()
         async with self._maintenance:
-            written = await rebuild.backfill_records(self._backends)
-            if written:
-                self.repairs.append(f"{written} block record(s) restored from the metadata index")
+            integrity = getattr(self._backends.index, "integrity_problems", None)
+            reset = getattr(self._backends.index, "reset", None)
+            damage = await integrity() if integrity is not None and reset is not None else []
+            if damage:  # pages SQLite cannot read: start it afresh, the records below refill it
+                assert reset is not None
+                await reset("; ".join(damage[:3]))
+                self.repairs.append(f"metadata index failed SQLite's quick_check ({damage[0]}): moved "
+                                    "to quarantine/ and rebuilt")
+            else:
+                written = await rebuild.backfill_records(self._backends)
+                if written:
+                    self.repairs.append(f"{written} block record(s) restored from the metadata index")
             read, _, problems = await rebuild.rebuild_index(self._backends)
+            if damage:
+                await self._backends.index.set_applied_lsn(self._applied_lsn)
+                await self._backends.index.flush()
             self.repairs.append(f"metadata index re-checked against {read} stored block record(s)")
             self.repairs.extend(problems)
             added, problems = await rebuild.rebuild_vectors(self)

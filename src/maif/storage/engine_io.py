@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from maif.errors import BlockNotFoundError, ConfigError, IntegrityError, MAIFError, SignatureError
+from maif.errors import (
+    BackendError,
+    BlockNotFoundError,
+    ConfigError,
+    IntegrityError,
+    MAIFError,
+    SignatureError,
+)
 from maif.storage.receipts import CheckReport
 
 if TYPE_CHECKING:
@@ -91,6 +98,34 @@ async def check_store(storage: MAIFStorage, read_data_fraction: float) -> CheckR
         raise ConfigError(f"read_data_fraction must be between 0 and 1, got {read_data_fraction}")
     backends = storage._backends
     problems = list(await backends.chunks.scrub(read_data_fraction))
+    integrity = getattr(backends.index, "integrity_problems", None)
+    index_damage = await integrity() if integrity is not None else []
+    problems.extend(index_damage)
+    checked = read = 0
+    if not index_damage:
+        try:
+            checked, read = await _check_blocks(storage, read_data_fraction, problems)
+            from maif.storage.rebuild import audit
+
+            problems.extend(await audit(storage, lookup=getattr(backends.index, "get_nowait", None)))
+        except BackendError as error:  # the index fails while being read: name it, do not crash check
+            problems.append(f"the metadata index is unreadable ({error.message}); repair rebuilds it from "
+                            "the stored block records")
+    else:
+        problems.append("the metadata index is damaged; repair (maif store check --repair) rebuilds it "
+                        "from the stored block records")
+    wal_repair = storage.recovery.repair_summary()  # records lost or salvaged by this open's repair
+    if wal_repair is not None:
+        problems.append(wal_repair)
+    return CheckReport(ok=not problems, problems=problems, blocks_checked=checked, blocks_read=read,
+                       wal_records_unapplied=storage._committed_lsn - storage._applied_lsn,
+                       repaired=list(storage.repairs))
+
+
+async def _check_blocks(storage: MAIFStorage, read_data_fraction: float, problems: list[str]
+                        ) -> tuple[int, int]:
+    """Every indexed block's chunks exist; a sample read back and verified. (blocks checked, read)."""
+    backends = storage._backends
     sampler = random.Random(0x4D414946)  # noqa: S311 - sampling, not security
     checked = read = 0
     after: str | None = None
@@ -111,15 +146,7 @@ async def check_store(storage: MAIFStorage, read_data_fraction: float) -> CheckR
         after = page[-1].block_id
         if len(page) < _PAGE_RECORDS:
             break
-    from maif.storage.rebuild import audit
-
-    problems.extend(await audit(storage, lookup=getattr(backends.index, "get_nowait", None)))
-    wal_repair = storage.recovery.repair_summary()  # records lost or salvaged by this open's repair
-    if wal_repair is not None:
-        problems.append(wal_repair)
-    return CheckReport(ok=not problems, problems=problems, blocks_checked=checked, blocks_read=read,
-                       wal_records_unapplied=storage._committed_lsn - storage._applied_lsn,
-                       repaired=list(storage.repairs))
+    return checked, read
 
 
 async def _verify_block(storage: MAIFStorage, record: Any) -> list[str]:

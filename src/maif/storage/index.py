@@ -139,6 +139,24 @@ class SqliteMetadataIndex(MetadataIndex):
         except OSError as error:
             raise BackendError(f"cannot open metadata index {self.path}: {error.strerror}") from error
 
+    async def reset(self, reason: str) -> None:
+        """Move the database aside (``quarantine/``) and start an empty one, which the engine then rebuilds
+        from the stored block records: for damage SQLite finds only while reading pages."""
+        await asyncio.to_thread(self._reset, reason)
+
+    def _reset(self, reason: str) -> None:
+        with self._lock:
+            for connection in (self._reader, self._connection):
+                if connection is not None:
+                    connection.close()
+            self._reader = self._connection = None
+            try:
+                self._quarantine()
+                self._connection = _open_database(self.path)
+            except (sqlite3.Error, OSError) as error:
+                raise BackendError(f"cannot recreate metadata index {self.path}: {error}") from error
+            self.damage = reason
+
     def _quarantine(self) -> None:
         """Move the damaged database (and its -wal/-shm files) aside as evidence; the engine rebuilds
         the index from the stored block records."""
@@ -152,7 +170,10 @@ class SqliteMetadataIndex(MetadataIndex):
 
     async def integrity_problems(self) -> list[str]:
         """SQLite's own ``PRAGMA quick_check`` (structure of every page): empty when healthy."""
-        rows = await self._run(lambda connection: connection.execute("PRAGMA quick_check").fetchall())
+        try:
+            rows = await self._run(lambda connection: connection.execute("PRAGMA quick_check").fetchall())
+        except BackendError as error:  # a database too damaged to check
+            return [error.message]
         found = [str(row[0]) for row in rows if row[0] != "ok"]
         return [f"metadata index {self.path}: {line}" for line in found[:20]]
 

@@ -309,10 +309,12 @@ class PackStore:
         """Load index.log; truncate a torn tail. False when damage in the middle demands a rebuild."""
         path = self.directory / "index.log"
         if not path.exists():
-            if self._list_pack_ids() or self._remote:
+            pack_ids = self._list_pack_ids()
+            if self._remote or len(pack_ids) > 1 or any(
+                    self._read_seal(pack_id, self.pack_path(pack_id).stat().st_size) for pack_id in pack_ids):
                 self.repairs.append("pack index missing; rebuilt from the packs")
                 return False
-            return True
+            return True  # a store that never flushed: its one unsealed pack is recovered like any tail
         raw = path.read_bytes()
         if len(raw) < _INDEX_HEADER.size or raw[:8] != INDEX_MAGIC:
             self.repairs.append("pack index header damaged; index rebuilt from packs")

@@ -146,12 +146,9 @@ async def audit(storage: MAIFStorage, *, lookup: Callable[[str], BlockRecord | N
                 ) -> list[str]:
     """Derived state against the authoritative data, for ``check``: every indexed block has its record
     in the chunk store; every stored record's block is indexed at that LSN or a newer one; the vector
-    index holds exactly the EMBEDDING blocks; the index and vectors opened undamaged."""
+    index holds exactly the EMBEDDING blocks. (SQLite's own page check runs in check_store first.)"""
     backends = storage._backends
     problems = _Problems()
-    integrity = getattr(backends.index, "integrity_problems", None)
-    if integrity is not None:
-        problems.extend(await integrity())
     async for page in index_pages(backends):
         digests = {record.block_id: record_digest(encode_record(record)) for record in page}
         present = await backends.chunks.has_chunks(list(digests.values()))
