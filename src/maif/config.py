@@ -44,6 +44,13 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     Tiers: sealed packs sealed at least ``cold_after_age_s`` ago and unread for ``cold_after_idle_s``
     move from ``data_dir/packs`` (warm) to ``data_dir/cold`` (cold) every ``tier_interval_s`` seconds
     (0 turns the background move off; :meth:`MAIFStorage.migrate_tiers` still runs it on demand).
+
+    Scale out (docs/adr/0070-scale-out.md): ``postgres_url`` (a libpq DSN) moves the metadata index
+    and the vectors (pgvector) to PostgreSQL; with ``s3_endpoint`` and ``s3_bucket`` as well, chunks go
+    to S3 as immutable pack objects located through PostgreSQL, so several nodes (each with its own
+    ``data_dir`` and write-ahead log) serve one store; ``redis_url`` adds a shared cache; ``qdrant_url``
+    puts the vectors in Qdrant. ``node_id`` names this node in the shared store (default: a random id
+    kept in ``data_dir/NODE``).
     """
 
     data_dir: str = "./maif-data"
@@ -54,6 +61,8 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_memory_mb: int = 256
     write_parallelism: int = 2
     redis_url: str | None = None
+    postgres_url: str | None = None
+    node_id: str | None = None
     kafka_brokers: tuple[str, ...] | None = None
     qdrant_url: str | None = None
     s3_endpoint: str | None = None

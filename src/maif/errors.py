@@ -23,7 +23,10 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
     │   ├── DurabilityError         the log could not be made durable; the store refuses writes
     │   ├── StoreClosedError        the store is closed or closing
     │   ├── StoreLockedError        another open store (any process, or this one) holds the directory
+    │   ├── ForeignStoreError       a database, bucket or collection holds another store or a foreign
+    │   │                           layout: refused, never overwritten
     │   └── BackendError            a storage backend (disk, server) failed
+    │       └── CredentialsError    a server refused the configured credentials (never retried)
     ├── SecurityError               a security decision refused the caller
     │   ├── AuthenticationError     who is asking could not be established
     │   │   ├── TokenError          an OAuth/OIDC token was refused
@@ -182,6 +185,15 @@ class BackendError(StorageError):
     """A storage backend (disk, server) failed."""
 
 
+class CredentialsError(BackendError):
+    """A server refused the configured credentials. Never retried; the message never holds a secret."""
+
+
+class ForeignStoreError(StorageError):
+    """A database, bucket or collection holds another MAIF store's data or a layout that is not MAIF's:
+    refused, never overwritten."""
+
+
 class SecurityError(MAIFError):
     """A security decision refused the caller."""
 
@@ -224,9 +236,11 @@ __all__ = [
     "BackendError",
     "BlockNotFoundError",
     "ConfigError",
+    "CredentialsError",
     "CryptoError",
     "DecryptionError",
     "DurabilityError",
+    "ForeignStoreError",
     "FormatError",
     "IntegrityError",
     "LimitExceededError",

@@ -253,3 +253,99 @@ def test_search_with_a_vector_of_another_dimension_is_a_client_error(client: htt
     response = client.post("/v1/search", json={"vector": [1.0, 2.0], "limit": 3})
     assert response.status_code in (400, 422), response.text
     assert client.get("/readyz").status_code == 200
+
+
+# ---- deleting blocks -----------------------------------------------------------------------------------
+
+
+def _audit_entries(client: httpx.Client, resource: str) -> list[dict[str, Any]]:
+    """The caller's own audit entries about ``resource``, from the last 100 of the log."""
+    tree_size = client.get("/v1/audit", params={"limit": 1}).json()["tree_size"]
+    page = client.get("/v1/audit", params={"start": max(0, tree_size - 100), "limit": 100}).json()
+    return [entry for entry in page["entries"] if entry["resource"] == resource]
+
+
+def test_deleting_ones_own_block_hides_it_from_reads_listings_and_search(client: httpx.Client) -> None:
+    text = _write(client, b"soon gone", block_type="TEXT").json()["block_id"]
+    vector = [0.0, 1.0, -0.5, 0.125] * 96
+    embedding = _write(client, json.dumps({"vector": vector}).encode(), block_type="EMBD")
+    assert embedding.status_code == 201, embedding.text
+    embedding_id = embedding.json()["block_id"]
+    found = client.post("/v1/search", json={"vector": vector, "limit": 5}).json()["hits"]
+    assert embedding_id in [hit["block_id"] for hit in found]
+
+    deleted = client.delete(f"/v1/blocks/{text}")
+    assert deleted.status_code == 200, deleted.text
+    receipt = deleted.json()
+    assert receipt["block_id"] == text and receipt["lsn"] > 0 and receipt["parts"] == 0
+    gone = client.get(f"/v1/blocks/{text}")
+    assert gone.status_code == 404 and gone.headers["content-type"] == "application/problem+json"
+    listed = client.get("/v1/blocks", params={"agent_id": "agent-1", "limit": 500}).json()["blocks"]
+    assert text not in {item["block_id"] for item in listed}
+    again = client.delete(f"/v1/blocks/{text}")
+    assert again.status_code == 404 and again.json()["status"] == 404
+
+    assert client.delete(f"/v1/blocks/{embedding_id}").status_code == 200
+    found = client.post("/v1/search", json={"vector": vector, "limit": 50}).json()["hits"]
+    assert embedding_id not in [hit["block_id"] for hit in found]
+    assert client.get(f"/v1/blocks/{embedding_id}").status_code == 404
+    # Audited like every decision: the gate's allow, as writing the caller's own data.
+    entries = _audit_entries(client, f"block:{text}")
+    assert any(
+        entry["action"] == "write" and entry["decision"] == "allow" and entry["reason"] == "write_own"
+        for entry in entries
+    )
+
+
+def test_deleting_another_agents_block_needs_an_administrator(
+    client: httpx.Client, server: Any, tokens: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tokens['agent-2']}"}) as other:
+        theirs = _write(other, b"agent two keeps this", metadata={"shared": True}).json()["block_id"]
+        refused = client.delete(f"/v1/blocks/{theirs}")
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+        assert "MULTI_PARTY_VERIFIED" in refused.json()["detail"]  # administration, even when shared
+        assert other.get(f"/v1/blocks/{theirs}").content == b"agent two keeps this"
+        assert client.get(f"/v1/blocks/{theirs}").status_code == 200  # public: agent-1 may still read it
+        entries = _audit_entries(client, f"block:{theirs}")
+        assert any(e["action"] == "administer" and e["decision"] == "deny" for e in entries)
+        assert other.delete(f"/v1/blocks/{theirs}").status_code == 200  # its owner may
+        assert other.get(f"/v1/blocks/{theirs}").status_code == 404
+
+
+def test_deleting_an_absent_block_is_404_and_an_unauthorised_caller_learns_nothing(
+    client: httpx.Client, server: Any, tokens: dict[str, str]
+) -> None:
+    absent = client.delete("/v1/blocks/never-written-here")
+    assert absent.status_code == 404 and absent.headers["content-type"] == "application/problem+json"
+    mine = _write(client, b"still here").json()["block_id"]
+    # A caller who may not delete (read-only) is refused before the lookup: the same answer for an id that
+    # exists and one that does not.
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {tokens['read-only']}"}
+    ) as reader:
+        existing = reader.delete(f"/v1/blocks/{mine}")
+        missing = reader.delete("/v1/blocks/never-written-here")
+    assert existing.status_code == missing.status_code == 403
+    assert existing.json()["detail"] == missing.json()["detail"]
+    assert client.get(f"/v1/blocks/{mine}").content == b"still here"
+    # Parts of streamed blocks go with their block, never alone.
+    assert client.delete(f"/v1/blocks/{mine}~p000000").status_code == 400
+
+
+def test_deleting_a_streamed_block_deletes_its_parts(client: httpx.Client) -> None:
+    payload = bytes(range(256)) * (9 * 1024 * 1024 // 256)  # 9 MiB: three parts of at most 4 MiB
+    written = client.post("/v1/blocks", content=payload, headers={"Content-Type": "application/octet-stream"})
+    assert written.status_code == 201, written.text
+    block_id = written.json()["block_id"]
+    assert written.json()["parts"] == 3
+    deleted = client.delete(f"/v1/blocks/{block_id}")
+    assert deleted.status_code == 200 and deleted.json()["parts"] == 3
+    assert client.get(f"/v1/blocks/{block_id}").status_code == 404
+    assert client.get(f"/v1/blocks/{block_id}~p000000").status_code == 404
+
+
+def test_compaction_is_administrative(client: httpx.Client) -> None:
+    refused = client.post("/v1/admin/compact")
+    assert refused.status_code == 403 and "MULTI_PARTY_VERIFIED" in refused.json()["detail"]
+    assert client.post("/v1/admin/compact", params={"garbage_fraction": 0}).status_code == 422

@@ -20,6 +20,7 @@ ENDPOINTS: list[tuple[str, str, Any, dict[str, str], bool]] = [
     ("POST", "/v1/blocks", b'{"payload_base64": "aGk="}', _JSON, True),
     ("POST", "/v1/blocks", b"raw payload", _RAW, True),
     ("GET", "/v1/blocks/some-block", None, {}, False),
+    ("DELETE", "/v1/blocks/refusal-target", None, {}, True),
     ("GET", "/v1/blocks", None, {}, False),
     ("POST", "/v1/search", b'{"vector": [1.0, 0.0]}', _JSON, False),
     ("GET", "/v1/stats", None, {}, False),
@@ -30,6 +31,7 @@ ENDPOINTS: list[tuple[str, str, Any, dict[str, str], bool]] = [
     ("POST", "/v1/verify", b"not a container", _RAW, False),
     ("POST", "/v1/tasks", b'{"task_type": "text_analysis", "input_data": {"text": "hi"}}', _JSON, True),
     ("GET", "/v1/tasks/some-task", None, {}, False),
+    ("POST", "/v1/admin/compact", None, {}, False),
 ]
 
 

@@ -363,8 +363,11 @@ def test_damaged_pages_inside_the_index_are_found_by_check_and_repaired(tmp_path
         return before, after, [await storage.read_block(block.id) for block in blocks]
 
     before, after, found = with_store(tmp_path, body)
-    assert not before.ok
+    # Found at open (a probe read a damaged page: quarantined and rebuilt at once) or only by check's
+    # quick_check (then repair() rebuilds it); either way named, and nothing is lost.
+    found_at_open = any("damaged" in line for line in before.repaired)
+    assert found_at_open or not before.ok, before
+    assert found_at_open or any("quick_check" in line for line in after.repaired), after.repaired
     assert after.ok, after.problems
-    assert any("quick_check" in line for line in after.repaired), after.repaired
     assert found == blocks
     assert list((tmp_path / "quarantine").iterdir())

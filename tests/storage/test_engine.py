@@ -247,10 +247,33 @@ def test_stats_report_the_documented_keys(tmp_path: Path) -> None:
     assert stats["cache_hit_rate"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("key", ["redis_url", "qdrant_url", "s3_endpoint", "s3_bucket"])
-def test_distributed_settings_are_refused_not_ignored(tmp_path: Path, key: str) -> None:
+def test_the_kafka_log_setting_is_refused_not_ignored(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not available yet"):
-        run(create_maif_storage({"data_dir": str(tmp_path), key: "http://127.0.0.1:1"}))
+        run(create_maif_storage({"data_dir": str(tmp_path), "kafka_brokers": ["127.0.0.1:1"]}))
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"postgres_url": "postgresql://maif:s3cret-pw@127.0.0.1:1/maif"}, "postgres_url"),
+    ({"qdrant_url": "http://127.0.0.1:1"}, "qdrant_url"),
+    ({"s3_endpoint": "http://127.0.0.1:1", "s3_bucket": "maif"}, "s3_endpoint"),
+    ({"s3_endpoint": "http://127.0.0.1:1"}, "s3_bucket"),
+])
+def test_an_unreachable_server_is_one_config_error_naming_it(tmp_path: Path, settings: dict[str, str],
+                                                             named: str, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Nothing listens on port 1: the open fails at once, naming the setting, never the password."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "maif-test")  # credentials exist; the server does not
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "maif-test-secret")
+    with pytest.raises(ConfigError) as caught:
+        run(create_maif_storage({"data_dir": str(tmp_path), **settings}))
+    assert named in caught.value.diagnostics()
+    assert "s3cret-pw" not in caught.value.diagnostics() and "s3cret-pw" not in repr(caught.value)
+
+    async def reopen() -> None:  # the failed open released the lock and everything it had opened
+        storage = await create_maif_storage({"data_dir": str(tmp_path)})
+        await storage.close()
+
+    run(reopen())
 
 
 def test_config_from_a_json_file_and_a_typed_section(tmp_path: Path) -> None:

@@ -244,7 +244,8 @@ def _open(data_dir: Path) -> Awaitable[MAIFStorage]:
 
 def _open_with_bad_config_after_building_backends(data_dir: Path) -> Awaitable[MAIFStorage]:
     backends = default_backends(StorageConfig(data_dir=str(data_dir)))
-    return create_maif_storage({"data_dir": str(data_dir), "redis_url": "redis://x"}, backends=backends)
+    return create_maif_storage({"data_dir": str(data_dir), "kafka_brokers": ["127.0.0.1:1"]},
+                               backends=backends)
 
 
 def _open_with_log_io_errors(data_dir: Path) -> Awaitable[MAIFStorage]:

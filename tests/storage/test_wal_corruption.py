@@ -395,3 +395,115 @@ def test_engine_repair_across_segments_with_local_backends(tmp_path: Path,
                 assert await storage.read_block(block.id) == block
 
     run(reopen())
+
+
+# ---- a segment file missing from the middle of the log ----------------------------------------------
+
+def first_lsn_of(path: Path) -> int:
+    return int(path.name.split(".")[0])
+
+
+def test_a_missing_segment_is_corruption_and_repair_salvages_the_later_ones(tmp_path: Path) -> None:
+    payloads = written_log(tmp_path, count=60, size=1000, segment_bytes_max=8 * 1024)
+    segments = sorted(tmp_path.glob("*.wal"))
+    assert len(segments) >= 4
+    gap = (first_lsn_of(segments[1]), first_lsn_of(segments[2]) - 1)
+    segments[1].unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(WALCorruptionError) as caught:
+        WriteAheadLog.open(tmp_path)
+    error = caught.value
+    assert error.segment == segments[2].name and error.offset == 0 and error.first_lost_lsn == gap[0]
+    assert error.lost_lsns == [gap] and error.salvageable_lsns == (gap[1] + 1, 60)
+    assert error.salvageable_count == 60 - gap[1] and "gap" in error.message
+    assert snapshot(tmp_path) == before, "a refused open must not change a byte"
+    originals = {path.name: path.read_bytes() for path in segments[2:]}
+    wal, report = WriteAheadLog.open(tmp_path, repair=True)
+    assert report.lost_lsns == [gap] and report.corruption is not None and "missing" in report.corruption
+    assert report.salvaged == [(lsn, payloads[lsn - 1]) for lsn in range(gap[1] + 1, 61)]
+    assert {Path(path).name: Path(path).read_bytes() for path in report.quarantined} == originals
+    assert segments[0].exists() and not any(path.exists() for path in segments[2:])
+    assert wal.next_lsn == gap[0]
+    append_payloads(wal, [payload for _, payload in report.salvaged])
+    wal.salvage_reappended()
+    wal.close()
+    wal, report = WriteAheadLog.open(tmp_path)
+    wal.close()
+    assert report.corruption is None and report.salvaged == []
+    assert [payload for _, payload in replayed(tmp_path)] == payloads[:gap[0] - 1] + payloads[gap[1]:]
+
+
+def test_a_missing_segment_at_or_below_the_checkpoint_loses_nothing(tmp_path: Path) -> None:
+    """Its records were applied already (recycling can leave such a hole after a power loss): the log
+    opens, with or without repair, and replays what is above the checkpoint."""
+    payloads = written_log(tmp_path, count=60, size=1000, segment_bytes_max=8 * 1024)
+    segments = sorted(tmp_path.glob("*.wal"))
+    gap = (first_lsn_of(segments[1]), first_lsn_of(segments[2]) - 1)
+    segments[1].unlink()
+    before = snapshot(tmp_path)
+    for repair in (False, True):
+        wal, report = WriteAheadLog.open(tmp_path, min_next_lsn=gap[1] + 1, repair=repair)
+        assert report.corruption is None and report.lost_lsns == [] and report.salvaged == []
+        assert wal.next_lsn == 61
+        assert [payload for _, payload in wal.replay(gap[1])] == payloads[gap[1]:]
+        wal.close()
+        assert snapshot(tmp_path) == before
+    # A gap reaching above the checkpoint: only the part above it is lost.
+    checkpoint = gap[0] + 1
+    with pytest.raises(WALCorruptionError) as caught:
+        WriteAheadLog.open(tmp_path, min_next_lsn=checkpoint + 1)
+    assert caught.value.lost_lsns == [(checkpoint + 1, gap[1])]
+    wal, report = WriteAheadLog.open(tmp_path, min_next_lsn=checkpoint + 1, repair=True)
+    wal.close()
+    assert report.lost_lsns == [(checkpoint + 1, gap[1])]
+    assert [lsn for lsn, _ in report.salvaged] == list(range(gap[1] + 1, 61))
+    assert wal.next_lsn == checkpoint + 1
+
+
+def test_engine_refuses_a_missing_segment_and_repairs_it_on_request(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = [MAIFBlock(id=f"b{index}", data=os.urandom(1000), agent_id="writer") for index in range(60)]
+    monkeypatch.setattr(MAIFStorage, "wal_segment_bytes_max", 16 * 1024)
+
+    async def nothing(self: object, argument: object) -> None:
+        return None
+
+    # A crash after the acks, before anything was applied or checkpointed: the log is the only copy.
+    with monkeypatch.context() as patch:
+        patch.setattr(MAIFStorage, "_checkpoint", nothing)
+        patch.setattr(Applier, "apply", nothing)
+        lsns = run(write_all(tmp_path, blocks, None))
+    wal_dir = tmp_path / "wal"
+    segments = sorted(wal_dir.glob("*.wal"))
+    assert len(segments) >= 3
+    gap = (first_lsn_of(segments[1]), first_lsn_of(segments[2]) - 1)
+    lost_ids = {block_id for block_id, lsn in lsns.items() if gap[0] <= lsn <= gap[1]}
+    assert lost_ids and len(lost_ids) == gap[1] - gap[0] + 1
+    segments[1].unlink()
+    before = snapshot(wal_dir)
+    with pytest.raises(WALCorruptionError) as caught:
+        run(open_store(tmp_path, None))
+    assert caught.value.lost_lsns == [gap] and caught.value.salvageable_lsns == (gap[1] + 1, 60)
+    assert snapshot(wal_dir) == before
+
+    async def repair() -> None:
+        async with await open_store(tmp_path, None, repair=True) as storage:
+            assert storage.recovery.lost_lsns == [gap]
+            assert storage.recovery.reappended_lsns == (gap[0], gap[0] + 60 - gap[1] - 1)
+            for block in blocks:
+                if block.id in lost_ids:
+                    with pytest.raises(BlockNotFoundError):
+                        await storage.read_block(block.id)
+                else:
+                    assert await storage.read_block(block.id) == block
+
+    run(repair())
+
+    async def reopen() -> None:
+        async with await open_store(tmp_path, None) as storage:
+            assert storage.recovery.corruption is None
+            for block in blocks:
+                if block.id not in lost_ids:
+                    assert await storage.read_block(block.id) == block
+
+    run(reopen())

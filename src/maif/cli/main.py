@@ -23,6 +23,7 @@ from maif.cli.store_commands import (
     import_command,
     search_command,
     stats_command,
+    store_app,
 )
 from maif.cli.unpacking import unpack_command
 from maif.cli.verification import verify_command
@@ -50,6 +51,11 @@ app.command("search")(search_command)
 app.command("stats")(stats_command)
 app.command("check")(check_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
+app.add_typer(
+    store_app,
+    name="store",
+    help="Work on a store directory: export, import, search, stats, check [--repair], delete, compact.",
+)
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""`maif export|import|search|stats|check`: the storage engine's operations over a store directory.
+"""`maif store export|import|search|stats|check|delete|compact`: the storage engine's operations over a
+store directory (the first five are also top-level commands, `maif check` ..., as they were first).
 
 Each command opens the store at ``--store DIR`` with :func:`maif.storage.create_maif_storage` (which
 replays the store's write-ahead log, as any open does), runs one engine call, closes the store, and renders
@@ -8,7 +9,8 @@ the documented exit codes of maif.cli.exit_codes.
 Only `import` may create a store; the other commands refuse a directory that does not hold one (exit 4),
 so a mistyped ``--store`` never leaves a fresh empty store behind. The engine does the work and every
 check: export reads each block digest-verified and signs the container; import verifies the container
-under the ``--trust`` keys before writing a block; search and check are the engine's own.
+under the ``--trust`` keys before writing a block; search, check (and its ``--repair``), delete and
+compact are the engine's own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from maif.cli.output import CommandOutput, plain, reporting_errors
 from maif.cli.packing import JsonOption
 from maif.cli.verification import raise_for_report
 from maif.cli.views import require_readable_container, version_row
-from maif.errors import ConfigError, FormatError, SignatureError
+from maif.errors import BlockNotFoundError, ConfigError, FormatError, SignatureError
 from maif.format.block import normalize_block_type
 from maif.format.signing import key_id
 from maif.format.verify import verify_container
@@ -76,15 +78,22 @@ def require_store(directory: Path, *, create: bool = False) -> None:
 
 
 def run_on_store(
-    directory: Path, operation: Callable[[MAIFStorage], Awaitable[ResultT]], *, create: bool = False
+    directory: Path,
+    operation: Callable[[MAIFStorage], Awaitable[ResultT]],
+    *,
+    create: bool = False,
+    repair: bool = False,
 ) -> ResultT:
-    """Open the store in ``directory``, run ``operation`` on it, and close it (even on failure)."""
+    """Open the store in ``directory``, run ``operation`` on it, and close it (even on failure). With
+    ``repair`` the open is the engine's explicit repair (a damaged write-ahead log is quarantined and
+    salvaged, every derived state rebuilt); without it a damaged log stops the open with
+    WALCorruptionError (exit 1), whose hint names `maif store check --repair`."""
     require_store(directory, create=create)
 
     async def scenario() -> ResultT:
         from maif.storage import create_maif_storage  # the engine loads only when a store command runs
 
-        async with await create_maif_storage({"data_dir": str(directory)}) as storage:
+        async with await create_maif_storage({"data_dir": str(directory)}, repair=repair) as storage:
             return await operation(storage)
 
     return asyncio.run(scenario())
@@ -446,8 +455,13 @@ def stats_command(store: StoreOption, json_output: JsonOption = False) -> None:
         output.human(table)
 
 
-async def _check(storage: MAIFStorage, read_data_fraction: float) -> tuple[Any, Any]:
-    return await storage.check(read_data_fraction), storage.recovery
+async def _check(storage: MAIFStorage, read_data_fraction: float, repair: bool) -> tuple[Any, Any]:
+    if not repair:
+        return await storage.check(read_data_fraction), storage.recovery
+    report = await storage.repair()  # rebuilds every derived state, then checks (no data read back)
+    if read_data_fraction > 0:
+        report = await storage.check(read_data_fraction)
+    return report, storage.recovery
 
 
 def check_command(
@@ -461,55 +475,221 @@ def check_command(
             help="Also read back and digest-verify this fraction of blocks (0 to 1).",
         ),
     ] = 0.0,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Repair first: quarantine and salvage a damaged write-ahead log, rebuild the metadata and "
+            "vector indexes from the stored block records; then check.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Scrub a store: every block's chunks exist, a sample read back and verified; exit 1 on any problem."""
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
-        report, recovery = run_on_store(store, lambda storage: _check(storage, read_data_fraction))
-    verdict = ExitCode.OK if report.ok else ExitCode.INTEGRITY_FAILURE
+        report, recovery = run_on_store(
+            store, lambda storage: _check(storage, read_data_fraction, repair), repair=repair
+        )
+    wal_repair = recovery.repair_summary()
+    problems = list(report.problems)
+    if repair and wal_repair in problems:
+        # The engine's check lists what the log repair lost or salvaged for the life of the open; asked
+        # for with --repair it is what this command did (reported below), not a problem left in the store.
+        problems.remove(wal_repair)
+    verdict = ExitCode.INTEGRITY_FAILURE if problems else ExitCode.OK
     output.result(
         {
-            "ok": report.ok,
+            "ok": not problems,
             "verdict": verdict.name.lower(),
             "exit_code": int(verdict),
             "store": str(store),
+            "repair": repair,
             "read_data_fraction": read_data_fraction,
             "blocks_checked": report.blocks_checked,
             "blocks_read": report.blocks_read,
             "wal_records_unapplied": report.wal_records_unapplied,
+            "repaired": report.repaired,
+            "wal_repair": wal_repair,
             "recovery_on_open": recovery,
-            "problems": report.problems,
+            "problems": problems,
         }
     )
-    _render_check(output, store, report)
-    if not report.ok:
-        typer.echo(f"error: {store} failed check ({len(report.problems)} problem(s))", err=True)
+    _render_check(output, store, report, recovery, problems, repair=repair)
+    if problems:
+        typer.echo(f"error: {store} failed check ({len(problems)} problem(s))", err=True)
     raise typer.Exit(int(verdict))
 
 
-def _render_check(output: CommandOutput, store: Path, report: Any) -> None:
+def _render_check(
+    output: CommandOutput, store: Path, report: Any, recovery: Any, problems: list[str], *, repair: bool
+) -> None:
+    from maif.storage.wal import lsn_ranges_text
+
+    if report.repaired:
+        output.human("repaired" + (":" if repair else " automatically when the store was opened:"))
+        for line in report.repaired:
+            output.human(f"  - {plain(line)}")
+    if recovery.torn_tail_bytes:
+        output.human(
+            f"write-ahead log: a torn tail of {recovery.torn_tail_bytes} bytes (a write cut short by a "
+            "crash) was cut when the store was opened"
+        )
+    if recovery.corruption is not None:
+        output.human(f"write-ahead log repaired: {plain(recovery.corruption)}")
+        lost = lsn_ranges_text(recovery.lost_lsns) if recovery.lost_lsns else "none"
+        output.human(f"  lost LSNs: {lost}")
+        if recovery.reappended_lsns is not None:
+            first, last = recovery.reappended_lsns
+            output.human(f"  records salvaged after the damage: written again as LSNs {first}..{last}")
+        for path in recovery.quarantined:
+            output.human(f"  damaged segment copied to: {plain(path)}")
     output.human(
         f"{plain(store)}: {report.blocks_checked} blocks checked, {report.blocks_read} read back "
         "and digest-verified"
     )
-    if report.ok:
-        output.human("[bold green]ok[/bold green]: no problems found")
+    if not problems:
+        after = " after the repair" if repair else ""
+        output.human(f"[bold green]ok[/bold green]: no problems found{after}")
         return
-    table = Table(title=f"{len(report.problems)} problem(s)", title_justify="left")
+    table = Table(title=f"{len(problems)} problem(s)", title_justify="left")
     table.add_column("problem")
-    for problem in report.problems:
+    for problem in problems:
         table.add_row(plain(problem))
     output.human(table)
     output.human("[bold red]PROBLEMS FOUND[/bold red]")
 
 
+# ---- delete and compact --------------------------------------------------------------------------
+
+
+async def _delete(storage: MAIFStorage, block_ids: Sequence[str]) -> tuple[list[Any], list[str]]:
+    deleted: list[Any] = []
+    missing: list[str] = []
+    for block_id in block_ids:
+        try:
+            deleted.append(await storage.delete_block(block_id))
+        except BlockNotFoundError:
+            missing.append(block_id)
+    return deleted, missing
+
+
+def delete_command(
+    store: StoreOption,
+    block_ids: Annotated[
+        list[str], typer.Argument(help="The ids of the blocks to delete.", show_default=False)
+    ],
+    json_output: JsonOption = False,
+) -> None:
+    """Delete blocks (durable when the command ends); an absent id exits 9, the others are still deleted."""
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        from maif.storage import arguments  # the engine loads only when a store command runs
+
+        ids = [arguments.block_id(block_id, "ID") for block_id in dict.fromkeys(block_ids)]
+        deleted, missing = run_on_store(store, lambda storage: _delete(storage, ids))
+    code = ExitCode.OTHER_ERROR if missing else ExitCode.OK
+    output.result(
+        {
+            "ok": not missing,
+            "exit_code": int(code),
+            "exit_name": code.name.lower(),
+            "store": str(store),
+            "deleted": [{"block_id": receipt.block_id, "lsn": receipt.lsn} for receipt in deleted],
+            "not_found": missing,
+        }
+    )
+    for receipt in deleted:
+        output.human(f"[green]deleted[/green] {plain(receipt.block_id)} (LSN {receipt.lsn})")
+    if missing:
+        named = ", ".join(repr(block_id) for block_id in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        typer.echo(
+            f"error: no block with id {named}{more} in {store}; {len(deleted)} other block(s) deleted",
+            err=True,
+        )
+    raise typer.Exit(int(code))
+
+
+def human_bytes(count: int) -> str:
+    """``count`` bytes for a person: ``512 B``, ``1.5 KiB``, ``64.1 MiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def compact_command(
+    store: StoreOption,
+    garbage_fraction: Annotated[
+        float,
+        typer.Option(
+            "--garbage-fraction",
+            min=0.0,
+            max=1.0,
+            help="Rewrite a sealed pack once this fraction of it (above 0, at most 1) is garbage.",
+        ),
+    ] = 0.2,
+    json_output: JsonOption = False,
+) -> None:
+    """Give back the space of deleted and overwritten blocks by rewriting the sealed packs (crash-safe)."""
+    output = CommandOutput(json_output=json_output)
+    with reporting_errors(output):
+        if garbage_fraction == 0.0:
+            raise ConfigError("--garbage-fraction must be above 0 (0 would rewrite every sealed pack)")
+        report = run_on_store(store, lambda storage: storage.compact(garbage_fraction))
+    output.result(
+        {"ok": True, "store": str(store), "garbage_fraction": garbage_fraction, "compaction": report}
+    )
+    output.human(
+        f"[green]reclaimed[/green] {human_bytes(report.bytes_reclaimed)} ({report.bytes_reclaimed:,} bytes) "
+        f"in {plain(store)}: {report.packs_rewritten} of {report.packs_examined} sealed pack(s) rewritten"
+    )
+    table = Table(title="compaction", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("packs examined", str(report.packs_examined))
+    table.add_row("packs rewritten", str(report.packs_rewritten))
+    table.add_row("live frames copied", str(report.live_frames_copied))
+    table.add_row("garbage frames dropped", str(report.garbage_frames_dropped))
+    table.add_row("bytes before", f"{human_bytes(report.bytes_before)} ({report.bytes_before:,})")
+    table.add_row("bytes after", f"{human_bytes(report.bytes_after)} ({report.bytes_after:,})")
+    table.add_row("bytes reclaimed", f"{human_bytes(report.bytes_reclaimed)} ({report.bytes_reclaimed:,})")
+    output.human(table)
+
+
+# ---- `maif store ...` ----------------------------------------------------------------------------
+
+store_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Work on a store directory (--store DIR): export, import, search, stats, check, delete, compact.",
+    pretty_exceptions_enable=False,
+)
+for _name, _command in (
+    ("export", export_command),
+    ("import", import_command),
+    ("search", search_command),
+    ("stats", stats_command),
+    ("check", check_command),
+    ("delete", delete_command),
+    ("compact", compact_command),
+):
+    store_app.command(_name)(_command)
+
+
 __all__ = [
     "check_command",
+    "compact_command",
+    "delete_command",
     "export_command",
+    "human_bytes",
     "import_command",
     "require_store",
     "run_on_store",
     "search_command",
     "stats_command",
+    "store_app",
 ]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import blake3
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -44,7 +45,7 @@ from maif.errors import ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
 from maif.security.manager import SecurityManager
-from maif.security.policy import Action
+from maif.security.policy import Action, Resource
 from maif.security.trust import Approval, KeyPossessionProof, SecurityContext
 from maif.service import schemas
 from maif.service.auth import SESSION_HEADER, Authenticator
@@ -223,6 +224,7 @@ def _routes() -> APIRouter:
     _trust_routes(router)
     _container_routes(router)
     _task_routes(router)
+    _admin_routes(router)
     _operations_routes(router)
     return router
 
@@ -374,6 +376,18 @@ def _block_routes(router: APIRouter) -> None:
         if view == "json":
             return _json_view(state, block)
         return _raw_view(state, block, etag, range_header)
+
+    @router.delete(
+        "/v1/blocks/{block_id}",
+        response_model=schemas.DeleteReceiptOut,
+        responses={**_REFUSALS, 404: {"description": "No such block", **_PROBLEM}},
+    )
+    async def delete_block(request: Request, context: Caller, block_id: str) -> schemas.DeleteReceiptOut:
+        """Delete a block (and the parts of a streamed one), durably: ``lsn`` is its tombstone's. One's own
+        block needs write permission (OAUTH_VERIFIED, maif:write); another agent's is administration
+        (MULTI_PARTY_VERIFIED, maif:admin). Reads, listings and searches then leave it out."""
+        receipt, parts = await _state(request).blocks.delete_authorized(context, block_id)
+        return schemas.DeleteReceiptOut(block_id=receipt.block_id, lsn=receipt.lsn, parts=parts)
 
 
 def _receipt_response(written: Written) -> Response:
@@ -957,6 +971,31 @@ def _task_routes(router: APIRouter) -> None:
     async def task_status(request: Request, context: Caller, task_id: str) -> schemas.TaskStatus:
         """The status of one of the caller's tasks, with the ids of the blocks it produced."""
         return schemas.TaskStatus(**await _state(request).tasks.status(context, task_id))
+
+
+# ---- administration ----------------------------------------------------------------------------------
+
+
+def _admin_routes(router: APIRouter) -> None:
+    @router.post("/v1/admin/compact", response_model=schemas.CompactionOut, responses=_REFUSALS)
+    async def compact(
+        request: Request,
+        context: Caller,
+        garbage_fraction: Annotated[float, Query(gt=0.0, le=1.0, allow_inf_nan=False)] = 0.2,
+    ) -> schemas.CompactionOut:
+        """Administrative (MULTI_PARTY_VERIFIED, maif:admin): give back the space of deleted and overwritten
+        blocks; every sealed pack whose dead bytes are at least ``garbage_fraction`` of it is rewritten
+        (the engine's compact: crash-safe, live data unchanged; writes are still acknowledged meanwhile)."""
+        state = _state(request)
+        await state.blocks.authorize(
+            context,
+            Action.ADMINISTER,
+            Resource("store", owner=context.agent_id, tenant=context.tenant, kind="store"),
+        )
+        with state.tracer.start_as_current_span("maif.storage.compact") as span:
+            report = await state.storage.compact(garbage_fraction)
+            span.set_attribute("maif.bytes_reclaimed", report.bytes_reclaimed)
+        return schemas.CompactionOut(**msgspec.structs.asdict(report))
 
 
 # ---- operations --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from maif.service.problems import ServiceProblem
 from maif.service.spool import Spool
 from maif.service.tracing import decision_span
 from maif.storage.engine import MAIFStorage
+from maif.storage.receipts import DeleteReceipt
 
 PART_TYPE = "PART"
 DEFAULT_EMBEDDING_DIMENSIONS = 384  # what the agent runtime's default embedder produces
@@ -409,6 +410,44 @@ class BlockService:
             span.set_attribute("maif.bytes", len(block.data))
         await self.authorize(context, Action.READ, resource_of_block(block))
         return block
+
+    # ---- deleting -----------------------------------------------------------------------------------
+    async def delete_authorized(self, context: SecurityContext, block_id: str) -> tuple[DeleteReceipt, int]:
+        """Delete a block (and the parts of a streamed one); returns the tombstone's receipt and the
+        number of parts deleted. The seed's table decides: deleting one's OWN block (its agent_id is the
+        caller) is writing one's own data (WRITE: OAUTH_VERIFIED, maif:write); deleting another agent's
+        is administrative (ADMINISTER: MULTI_PARTY_VERIFIED, maif:admin), shared or not. Both need the
+        block's tenant. As for reads, a caller who could not delete or read ANY block is refused
+        (audited) before the block is looked up, so 404 versus 403 tells it nothing about which ids
+        exist; an administrator may look any id up."""
+        if "~" in block_id:
+            raise ServiceProblem(
+                400, "invalid-request", "parts of a streamed block are deleted with the block, not alone"
+            )
+        permissions = context.permissions
+        if "administer" not in permissions:
+            if "write_own" not in permissions:  # refused by the gate (audited), before any lookup
+                await self.authorize(
+                    context, Action.WRITE, Resource(block_id, owner=context.agent_id, tenant=context.tenant)
+                )
+            await self.require_read_scope(context, block_id)
+        block = await self.storage.read_block(block_id)  # BlockNotFoundError: 404
+        own = block.agent_id == context.agent_id and "write_own" in permissions
+        await self.authorize(context, Action.WRITE if own else Action.ADMINISTER, resource_of_block(block))
+        with self.tracer.start_as_current_span("maif.storage.delete") as span:
+            # The block first, then its parts: a failure in between leaves parts no manifest refers to
+            # (unlisted; their space stays until `maif store delete` removes them), never a manifest
+            # whose parts are gone.
+            receipt = await self.storage.delete_block(block_id)
+            parts = 0
+            if streamed_info(block) is not None:
+                for part_id, _ in self.parts_of(block):
+                    with contextlib.suppress(BlockNotFoundError):
+                        await self.storage.delete_block(part_id)
+                        parts += 1
+            span.set_attribute("maif.lsn", receipt.lsn)
+            span.set_attribute("maif.parts", parts)
+        return receipt, parts
 
     async def exists(self, block_id: str) -> bool:
         try:

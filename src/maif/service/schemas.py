@@ -37,6 +37,22 @@ class WriteReceiptOut(BaseModel):
     parts: int  # 0 for a block stored whole; the part count of a streamed upload
 
 
+class DeleteReceiptOut(BaseModel):
+    block_id: str
+    lsn: int  # the tombstone's log sequence number: the deletion is durable
+    parts: int  # parts of a streamed block deleted with it (0 for a block stored whole)
+
+
+class CompactionOut(BaseModel):
+    packs_examined: int
+    packs_rewritten: int
+    live_frames_copied: int
+    garbage_frames_dropped: int
+    bytes_before: int
+    bytes_after: int
+    bytes_reclaimed: int
+
+
 class BlockOut(BaseModel):
     id: str
     block_type: str
@@ -212,6 +228,8 @@ __all__ = [
     "BootstrapRequest",
     "ChallengeOut",
     "CheckpointOut",
+    "CompactionOut",
+    "DeleteReceiptOut",
     "ExportRequest",
     "Health",
     "KeyProofIn",

@@ -99,9 +99,14 @@ class Applier:
         # checkpoint, before the log forgets the records): the index below is derived from it.
         await self.chunks.put_records([encode_record(record) for record in records])
         await self.index.put(records)
+        # A shared index may keep another node's version of a block id (a conflict, ADR 0070): then
+        # that version's vector stays too.
+        rejected: frozenset[str] = getattr(self.index, "last_put_rejected", frozenset())
         embeddings = [(block_id, item.vector, vector_attributes(item.block))
-                      for block_id, item in last_of.items() if item.vector is not None]
-        replaced = [block_id for block_id, item in last_of.items() if item.vector is None]
+                      for block_id, item in last_of.items() if item.vector is not None
+                      and block_id not in rejected]
+        replaced = [block_id for block_id, item in last_of.items() if item.vector is None
+                    and block_id not in rejected]
         if replaced:  # a block id that held an embedding and now holds another type loses its vector
             await self.vectors.remove(replaced)
         if embeddings:

@@ -49,7 +49,7 @@ from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import CODEC_VERSION, decode_block, decode_metadata, encode_block
 from maif.storage import arguments
 from maif.storage.applier import Applier, LogItem, type_name
-from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, VectorIndex
+from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, SharedCache, VectorIndex
 from maif.storage.engine_stats import LatencyReservoir
 from maif.storage.lock import StoreLock, acquire_store_lock
 from maif.storage.receipts import BlockSummary, CheckReport, DeleteReceipt, SearchHit, WriteReceipt
@@ -66,7 +66,7 @@ from maif.validation import require_instance
 if TYPE_CHECKING:
     from maif.storage.compaction import CompactionReport
 
-_DISTRIBUTED_KEYS = ("redis_url", "kafka_brokers", "qdrant_url", "s3_endpoint", "s3_bucket")
+_NOT_YET_KEYS = ("kafka_brokers",)  # the Kafka-protocol log: issue 11
 _CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
 _CHECKPOINT_INTERVAL_S = 5.0
 _APPLY_LINGER_S = 0.005
@@ -78,11 +78,12 @@ class Backends:
     """The four backends one engine drives; defaults are the embedded local ones under data_dir."""
 
     def __init__(self, chunks: ChunkStore, index: MetadataIndex, vectors: VectorIndex,
-                 cache: HotCache) -> None:
+                 cache: HotCache, shared_cache: SharedCache | None = None) -> None:
         self.chunks = chunks
         self.index = index
         self.vectors = vectors
         self.cache = cache
+        self.shared_cache = shared_cache  # several nodes' cache (Redis); every value digest-checked
 
     @property
     def durable(self) -> bool:
@@ -91,13 +92,21 @@ class Backends:
     async def close(self) -> None:
         """Close every backend even when one fails; the first failure propagates."""
         errors: list[BaseException] = []
-        for backend in (self.vectors, self.chunks, self.index):
+        closers: list[Any] = [self.vectors, self.chunks, self.index]
+        if self.shared_cache is not None:
+            closers.append(self.shared_cache)
+        for backend in closers:
             try:
                 await backend.close()
             except Exception as error:  # noqa: BLE001 - close the others, then re-raise
                 errors.append(error)
         if errors:
             raise errors[0]
+
+
+def _cache_bytes(config: StorageConfig) -> int:
+    """The hot cache's share of ``max_memory_mb``: a quarter (another quarter bounds unapplied writes)."""
+    return max(1, config.max_memory_mb * 1024 * 1024 // 4)
 
 
 def default_backends(config: StorageConfig) -> Backends:
@@ -107,7 +116,7 @@ def default_backends(config: StorageConfig) -> Backends:
     from maif.storage.cache import LRUHotCache
 
     data_dir = Path(config.data_dir)
-    cache_bytes = max(1, config.max_memory_mb * 1024 * 1024 // 4)
+    cache_bytes = _cache_bytes(config)
     from maif.storage.tiers import TieredChunkStore, TierPolicy
 
     policy = TierPolicy(cold_after_age_s=config.cold_after_age_s, cold_after_idle_s=config.cold_after_idle_s)
@@ -151,13 +160,18 @@ async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
     store_lock: StoreLock | None = None
     try:
         section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
-        for key in _DISTRIBUTED_KEYS:
+        for key in _NOT_YET_KEYS:
             if getattr(section, key) is not None:
                 raise ConfigError(f"storage setting {key!r} names a distributed backend that is not "
                                   "available yet in this build", hint="remove it to use the embedded store")
         store_lock = await asyncio.to_thread(acquire_store_lock, section.data_dir)
         if backends is None:
-            backends = default_backends(section)
+            from maif.storage import distributed
+
+            if distributed.wants_servers(section):
+                backends = await distributed.open_backends(section, _cache_bytes(section))
+            else:
+                backends = default_backends(section)
         storage = MAIFStorage(section, backends, wal_file_ops, store_lock=store_lock, repair=repair)
     except BaseException:
         await _release_failed_open(backends, store_lock)
@@ -195,6 +209,9 @@ class MAIFStorage:
         self._store_lock = store_lock  # the data directory's lock; released once the backends are closed
         # The backends' same-thread read paths, when they have them (see read_block_with_tier).
         self._index_get_nowait = getattr(backends.index, "get_nowait", None)
+        # Other processes write the same index: cached blocks are checked against its record first.
+        self._shared_index = backends.index.capabilities.shared_between_processes
+        self._shared_cache_rejects = 0
         self._chunk_get_nowait = getattr(backends.chunks, "get_chunk_nowait", None)
         self._applier = Applier(backends.chunks, backends.index, backends.vectors)
         self._file_ops = wal_file_ops
@@ -233,6 +250,7 @@ class MAIFStorage:
         # (quarantine, salvage), and a rebuild of every derived state.
         self._repair = repair
         self._maintenance = asyncio.Lock()  # the applier and repair() never run at once
+        self._vectors_stale = False  # set when open rebuilt the metadata index: vectors follow
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -579,12 +597,13 @@ class MAIFStorage:
             if item.deleted:
                 raise BlockNotFoundError(f"no block with id {block_id!r} (deleted)")
             return item.block, "log"
-        cached = self._backends.cache.get(block_id)
-        if cached is not None:
-            block = _from_cache(cached)
-            if block is not None and block.id == block_id:
-                return block, "hot"
-            self._backends.cache.discard(block_id)
+        if not self._shared_index:
+            cached = self._backends.cache.get(block_id)
+            if cached is not None:
+                block = _from_cache(cached)
+                if block is not None and block.id == block_id:
+                    return block, "hot"
+                self._backends.cache.discard(block_id)
         generation = self._apply_generation
         try:
             if self._index_get_nowait is not None:  # on this thread: nothing can be applied meanwhile
@@ -596,11 +615,43 @@ class MAIFStorage:
                 if item is not None and not item.deleted:
                     return item.block, "log"
                 raise BlockNotFoundError(f"no block with id {block_id!r}")
+            if self._shared_index:
+                return await self._read_shared(record)
             block, _ = await self._assemble(record)
         except OSError as error:
             raise BackendError(f"reading block {block_id!r} failed: {error.strerror or error}") from error
         if generation == self._apply_generation and block_id not in self._unapplied:
             self._backends.cache.put(block_id, _cache_value(block))
+        return block, self._tier_of(record)
+
+    async def _read_shared(self, record: BlockRecord) -> tuple[MAIFBlock, str]:
+        """A read when other nodes write the same store: the index record is the truth, so the hot
+        cache is keyed by (id, digest) and the shared cache's value must hash to the record's digest;
+        a stale or poisoned entry is a miss, never wrong bytes."""
+        key = f"{record.block_id}\x00{record.digest.hex()}"
+        cached = self._backends.cache.get(key)
+        if cached is not None:
+            block = _from_cache(cached)
+            if block is not None and block.id == record.block_id:
+                return block, "hot"
+        shared = self._backends.shared_cache
+        if shared is not None:
+            value = await shared.get(record.block_id)
+            if value is not None and blake3.blake3(value).digest() == record.digest:
+                try:
+                    block = decode_block(value)
+                except MAIFError:
+                    block = None
+                if block is not None and block.id == record.block_id:
+                    self._backends.cache.put(key, _cache_value(block))
+                    return block, "shared"
+            if value is not None:
+                self._shared_cache_rejects += 1
+                await shared.discard(record.block_id)
+        block, encoded = await self._assemble(record)
+        self._backends.cache.put(key, _cache_value(block))
+        if shared is not None:
+            await shared.put(record.block_id, encoded)
         return block, self._tier_of(record)
 
     async def _assemble(self, record: BlockRecord) -> tuple[MAIFBlock, bytes]:

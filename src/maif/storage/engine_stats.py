@@ -3,6 +3,9 @@
 Keys of ``get_stats()`` (units last):
     writes_total, reads_total, deletes_total, writes_per_s (since open), uptime_s,
     compactions_total, compaction_bytes_reclaimed_total, repairs (what open or repair() rebuilt),
+    conflicts_total (writes of this node another node's version of the block id kept out, ADR 0070),
+    shared_cache (the SharedCache counters, None without one), shared_cache_rejects (entries whose
+    bytes did not hash to the block's digest: stale or poisoned, never served),
     ack_latency_ms_p50 / ack_latency_ms_p99 / ack_latency_samples (the most recent calls, bounded),
     durability ("durable" | "bulk_unsafe"), wal_fsync (False in bulk_unsafe: NOT crash safe),
     wal_depth (records acknowledged but not yet applied), wal_last_lsn, wal_applied_lsn,
@@ -58,6 +61,9 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
         "writes_total": storage._writes_total,
         "reads_total": storage._reads_total,
         "deletes_total": storage._deletes_total,
+        "conflicts_total": int(getattr(backends.index, "conflicts_total", 0)),
+        "shared_cache": dict(await backends.shared_cache.stats()) if backends.shared_cache else None,
+        "shared_cache_rejects": storage._shared_cache_rejects,
         "compactions_total": storage._compactions_total,
         "compaction_bytes_reclaimed_total": storage._bytes_reclaimed_total,
         "repairs": list(storage.repairs),

@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS blocks_by_time ON blocks (timestamp, block_id);
 CREATE TABLE IF NOT EXISTS parents (
     parent TEXT NOT NULL, child TEXT NOT NULL, PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parents_by_child ON parents (child);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tombstones (block_id TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
 """

@@ -245,6 +245,10 @@ class PackStore:
         self._sealed: set[int] = set()
         self._remote: set[int] = set()
         self._missing: set[int] = set()  # named by the index, absent from the disk (found at open)
+        self._indexed_end: dict[int, int] = {}  # per pack: the end of the last frame the index names
+        self._seal_verified: set[int] = set()  # local packs whose seal trailer is well-formed (at open)
+        self.remote_underindexed: set[int] = set()  # cold packs the index names only part of
+        self._records_indexed = 0  # block-record entries in the pack index (not kept in _locations)
         self._last_access: dict[int, float] = {}
         self._active_id = 0
         self._active_fd = -1
@@ -274,10 +278,11 @@ class PackStore:
                 self._rebuild_index(pack_ids)
             for pack_id in pack_ids:
                 self._recover_pack(pack_id)
+            self._index_sealed_gaps()
             if self._unindexed:  # frames recovered from pack tails are indexed before any pack is sealed
                 self._append_index(self._unindexed)
                 self._unindexed = []
-            referenced = {location.pack_id for location in self._locations.values()}
+            referenced = set(self._indexed_end)  # every pack an entry names (chunks and records)
             self._note_missing_packs(referenced - set(pack_ids) - self._remote)
             self._start_active_pack(max([*pack_ids, *self._remote, *referenced, 0]))
             self.flush()
@@ -295,9 +300,38 @@ class PackStore:
         """Packs the index names but the disk lacks: their chunks are lost; everything else is served."""
         for pack_id in sorted(missing):
             lost = sum(1 for location in self._locations.values() if location.pack_id == pack_id)
+            self._missing.add(pack_id)
+            if not lost:
+                continue  # every chunk it held was stored again elsewhere (its entries are superseded)
             self._open_problems.append(
                 f"pack {pack_id} ({pack_file_name(pack_id)}) is missing: {lost} chunk(s) in it are lost")
-            self._missing.add(pack_id)
+
+    def _index_sealed_gaps(self) -> None:
+        """A sealed pack is fully indexed before its seal is written; if the index names less of it (its
+        tail was cut or lost after the fact), its missing frames are indexed again from the pack, and a
+        cold pack is left to the tier layer (``remote_underindexed``). The index is derived state."""
+        for pack_id in sorted(self._seal_verified - self._remote):
+            body_end = self._pack_sizes[pack_id] - _SEAL_TRAILER.size
+            indexed_end = self._indexed_end.get(pack_id, _PACK_HEADER.size)
+            if indexed_end >= body_end:
+                continue
+            found = 0
+            for digest, location in self._scan_frames(pack_id, verify_data=True):
+                current = self._locations.get(digest)
+                unindexed = (location.end > indexed_end if location.flags & FLAG_RECORD
+                             else current is None or not self._is_present(current))
+                if unindexed:
+                    self._add_location(digest, location)
+                    self._unindexed.append((digest, location))
+                    found += 1
+            if found:
+                self.repairs.append(f"sealed pack {pack_id}: {found} frame(s) the pack index had lost were "
+                                    "indexed again")
+        for pack_id in sorted(self._remote):
+            size = self._pack_sizes.get(pack_id)
+            indexed_end = self._indexed_end.get(pack_id, _PACK_HEADER.size)
+            if size is not None and indexed_end < size - _SEAL_TRAILER.size:
+                self.remote_underindexed.add(pack_id)
 
     def _list_pack_ids(self) -> list[int]:
         ids = [int(m.group(1), 16) for name in os.listdir(self.directory) if (m := _PACK_NAME.match(name))]
@@ -351,15 +385,20 @@ class PackStore:
         """Keep the entries that verified, add every valid frame of the local packs, rewrite atomically.
         (Entries of cold packs survive only through the good entries: cold packs are not rescanned.)"""
         self.counters["index_rebuilds"] += 1
+        records: list[tuple[bytes, ChunkLocation]] = []  # held only while the index is rewritten
         for pack_id in pack_ids:
             if pack_id in self._remote:
                 continue
             for digest, location in self._scan_frames(pack_id, verify_data=True):
                 current = self._locations.get(digest)
-                if current is None or current.pack_id not in self._remote:
+                if location.flags & FLAG_RECORD:
+                    records.append((digest, location))
+                    self._add_location(digest, location)
+                elif current is None or current.pack_id not in self._remote:
                     self._add_location(digest, location)
         header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-        entries = b"".join(_encode_entry(digest, location) for digest, location in self._locations.items())
+        entries = b"".join(_encode_entry(digest, location)
+                           for digest, location in [*self._locations.items(), *records])
         _atomic_write(self.directory / "index.log", header + entries)
 
     def _recover_pack(self, pack_id: int) -> None:
@@ -379,16 +418,16 @@ class PackStore:
             return
         if self._read_seal(pack_id, size) is not None:
             self._sealed.add(pack_id)
+            self._seal_verified.add(pack_id)
             self._pack_sizes[pack_id] = size
             return
-        indexed_end = max(
-            (location.end for location in self._locations.values() if location.pack_id == pack_id),
-            default=_PACK_HEADER.size,
-        )
+        indexed_end = self._indexed_end.get(pack_id, _PACK_HEADER.size)
         end = _PACK_HEADER.size
         for digest, location in self._scan_frames(pack_id, verify_data=True):
             end = location.end
-            if digest not in self._locations:
+            unindexed = (location.end > indexed_end if location.flags & FLAG_RECORD
+                         else digest not in self._locations)
+            if unindexed:
                 self._add_location(digest, location)
                 self._unindexed.append((digest, location))
         if size < _PACK_HEADER.size:
@@ -458,11 +497,23 @@ class PackStore:
         try:
             pairs = msgspec.msgpack.decode(raw, type=list[tuple[int, int]])
         except msgspec.DecodeError as error:
-            raise IntegrityError(f"remote pack list {path} is damaged") from error
+            # Derived state: the cold tier holds the packs themselves, and the tier layer adopts every
+            # one this list no longer names (TieredChunkStore.reconcile). Kept as evidence, not trusted.
+            os.replace(path, path.with_name(f"remote.list.damaged-{int(time.time())}"))
+            self.repairs.append(f"remote pack list {path.name} was damaged ({error}); set aside, the cold "
+                                "packs are adopted again from the cold tier")
+            return set()
         self._pack_sizes.update(pairs)
         return {pack_id for pack_id, _ in pairs}
 
     def _add_location(self, digest: bytes, location: ChunkLocation) -> None:
+        """Locate a chunk (the last entry of a digest wins). A block-record frame is NOT kept in memory
+        (one per applied write would double the map for small blocks): only counted, and its end kept
+        per pack, so recovery still tells a torn tail from damage before indexed frames."""
+        self._indexed_end[location.pack_id] = max(self._indexed_end.get(location.pack_id, 0), location.end)
+        if location.flags & FLAG_RECORD:
+            self._records_indexed += 1
+            return
         previous = self._locations.get(digest)
         if previous is not None:
             self.counters["raw_bytes"] -= previous.raw_length
@@ -519,23 +570,22 @@ class PackStore:
     def put_records(self, records: Sequence[bytes]) -> int:
         """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
         authoritative copy of each block's record, from which the metadata index can be rebuilt.
-        Returns the stored bytes added (0 for a record already stored)."""
+        Returns the stored bytes added. Records are not deduplicated (their locations are not kept in
+        memory): a replayed batch stores its records again, which compaction drops."""
         with self._lock:
             self._refuse_if_failed()
             new_bytes = 0
             for raw in records:
                 digest = check_record_input(raw)
-                existing = self._locations.get(digest)
-                if existing is not None and self._is_present(existing):
-                    continue
                 new_bytes += self._append_frame(digest, raw, FLAG_RECORD)
                 if self._pack_sizes[self._active_id] >= self.pack_bytes_max:
                     self._roll_active_pack()
             return new_bytes
 
     def record_count(self) -> int:
-        """How many block-record frames the pack index locates (0 in a store written before them)."""
-        return sum(1 for location in self._locations.values() if location.flags & FLAG_RECORD)
+        """How many block-record entries the pack index holds (0 in a store written before them;
+        a replayed record counts again)."""
+        return self._records_indexed
 
     def local_record_packs(self) -> list[int]:
         """Ids of the packs on this disk, in order (the cold tier scans its own)."""
@@ -565,7 +615,7 @@ class PackStore:
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
         records: list[bytes] = []
         problems: list[str] = []
-        for location, frame_problem in _walk_frames(pack_id, data, known):
+        for location, frame_problem in walk_frames(pack_id, data, known):
             if frame_problem is not None:
                 problems.append(frame_problem)
                 continue
@@ -670,14 +720,14 @@ class PackStore:
                 live: list[tuple[bytes, ChunkLocation]] = []
                 dead: list[bytes] = []
                 live_bytes = total = 0
-                for location, _problem in _walk_frames(pack_id, data, known):
+                for location, _problem in walk_frames(pack_id, data, known):
                     if location is None:
                         continue  # a damaged frame: never copied, never counted live
                     digest = bytes(data[location.offset : location.offset + DIGEST_BYTES])
                     size = location.end - location.offset
                     total += size
                     current = self._locations.get(digest)
-                    if current is None or current != location:
+                    if not location.flags & FLAG_RECORD and current != location:
                         continue  # a stale copy: the index locates this digest elsewhere
                     body = data[location.offset + _FRAME_HEADER.size : location.end]
                     if is_live(digest, location, body):
@@ -713,9 +763,13 @@ class PackStore:
                     self.counters["raw_bytes"] -= location.raw_length
                     self.counters["stored_bytes"] -= location.stored_length
             header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-            entries = b"".join(_encode_entry(digest, location) for digest, location in self._locations.items()
+            kept_records = [(digest, location) for digest, location in self._index_entries()
+                            if location.flags & FLAG_RECORD and location.pack_id not in chosen]
+            entries = b"".join(_encode_entry(digest, location)
+                               for digest, location in [*self._locations.items(), *kept_records]
                                if location.pack_id not in chosen)
             _atomic_write(self.directory / "index.log", header + entries)
+            self._records_indexed = len(kept_records)
             step("indexed")
             for pack_id in chosen:
                 with contextlib.suppress(FileNotFoundError):
@@ -728,11 +782,21 @@ class PackStore:
             result.packs_rewritten = len(chosen)
             return result
 
+    def _index_entries(self) -> Iterator[tuple[bytes, ChunkLocation]]:
+        """The entries of index.log as they are on disk (a compaction keeps the record entries it does
+        not rewrite: they are not in memory). Flushed first, so nothing appended is missed."""
+        self.flush()
+        with open(self.directory / "index.log", "rb") as handle:
+            handle.read(_INDEX_HEADER.size)
+            while len(raw := handle.read(_INDEX_ENTRY.size)) == _INDEX_ENTRY.size:
+                decoded = _decode_entry(raw)
+                if decoded is not None:
+                    yield decoded
+
     def unreferenced_packs(self) -> list[int]:
         """Local sealed packs no index entry points into (left by a compaction that crashed)."""
         with self._lock:
-            referenced = {location.pack_id for location in self._locations.values()}
-            return sorted(self._sealed - self._remote - referenced)
+            return sorted(self._sealed - self._remote - set(self._indexed_end))
 
     def flush(self) -> None:
         """Sync the active pack, then append and sync the index entries of the newly written chunks."""
@@ -900,7 +964,7 @@ class PackStore:
     def _index_pack_bytes(self, pack_id: int, data: bytes) -> int:
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
         found: list[tuple[bytes, ChunkLocation]] = []
-        for location, problem in _walk_frames(pack_id, data, known):
+        for location, problem in walk_frames(pack_id, data, known):
             if location is None:
                 self._open_problems.append(f"cold pack {pack_id}: {problem}")
                 continue
@@ -1038,7 +1102,7 @@ class PackStore:
                     self._active_fd = -1
 
 
-def _walk_frames(pack_id: int, data: bytes, known_offsets: list[int]
+def walk_frames(pack_id: int, data: bytes, known_offsets: list[int]
                  ) -> Iterator[tuple[ChunkLocation | None, str | None]]:
     """The frames of one pack's bytes by their headers (data not verified), skipping damage.
 
@@ -1111,4 +1175,5 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "pack_file_name",
+    "walk_frames",
 ]

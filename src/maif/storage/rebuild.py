@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from maif import limits
-from maif.errors import BlockNotFoundError, IntegrityError, MAIFError
+from maif.errors import BackendError, BlockNotFoundError, IntegrityError, MAIFError
 from maif.format.block import MAIFBlockType
 from maif.storage.applier import vector_attributes
 from maif.storage.packs import record_digest
@@ -96,13 +96,22 @@ async def rebuild_index(backends: Backends) -> tuple[int, int, list[str]]:
     return read, newest, problems.result()
 
 
+async def stored_record_digests(backends: Backends) -> set[bytes]:
+    """The addresses of every record the chunk store holds, from a scan (record locations are not kept
+    in memory by the pack store). O(records) memory while a check or a repair runs."""
+    found: set[bytes] = set()
+    async for raws, _ in backends.chunks.scan_records():
+        found.update(record_digest(raw) for raw in raws)
+    return found
+
+
 async def backfill_records(backends: Backends) -> int:
     """Write the authoritative record of every indexed block whose record the chunk store lacks (a store
     written before records were kept, or records lost with a pack). Returns how many were written."""
+    present = await stored_record_digests(backends)
     written = 0
     async for page in index_pages(backends):
         encoded = [encode_record(record) for record in page]
-        present = await backends.chunks.has_chunks([record_digest(raw) for raw in encoded])
         missing = [raw for raw in encoded if record_digest(raw) not in present]
         if missing:
             await backends.chunks.put_records(missing)
@@ -149,17 +158,12 @@ async def audit(storage: MAIFStorage, *, lookup: Callable[[str], BlockRecord | N
     index holds exactly the EMBEDDING blocks. (SQLite's own page check runs in check_store first.)"""
     backends = storage._backends
     problems = _Problems()
-    async for page in index_pages(backends):
-        digests = {record.block_id: record_digest(encode_record(record)) for record in page}
-        present = await backends.chunks.has_chunks(list(digests.values()))
-        for block_id, digest in digests.items():
-            if digest not in present:
-                problems.add(f"block {block_id!r}: its authoritative record is missing from the chunk "
-                             "store (only the derived index holds it)")
+    present: set[bytes] = set()
     deleted: dict[str, int] = {}  # block id -> LSN of its newest tombstone
     suspects: list[tuple[BlockRecord, BlockRecord | None]] = []  # judged once every tombstone is known
     async for raws, found in backends.chunks.scan_records():
         problems.extend(found)
+        present.update(record_digest(raw) for raw in raws)
         for raw in raws:
             try:
                 record = decode_record(raw)
@@ -184,6 +188,11 @@ async def audit(storage: MAIFStorage, *, lookup: Callable[[str], BlockRecord | N
         else:
             problems.add(f"block {record.block_id!r}: the metadata index holds LSN {indexed.lsn}, the "
                          f"store holds a newer record (LSN {record.lsn})")
+    async for page in index_pages(backends):
+        for record in page:
+            if record_digest(encode_record(record)) not in present:
+                problems.add(f"block {record.block_id!r}: its authoritative record is missing from the "
+                             "chunk store (only the derived index holds it)")
     embeddings = await backends.index.count(_EMBEDDING)
     vectors = await backends.vectors.count()
     if embeddings != vectors:
@@ -191,6 +200,22 @@ async def audit(storage: MAIFStorage, *, lookup: Callable[[str], BlockRecord | N
     return problems.result()
 
 
+
+
+async def _probe_index(backends: Backends) -> int:
+    """The index's record count, read through the pages a count and the type index touch. Pages SQLite
+    cannot read make a backend with ``reset`` start afresh (the damaged file goes to quarantine/; the
+    caller then rebuilds it); without ``reset`` the error propagates."""
+    reset = getattr(backends.index, "reset", None)
+    try:
+        indexed = await backends.index.count()
+        await backends.index.count(_EMBEDDING)
+        return indexed
+    except BackendError as error:
+        if reset is None:
+            raise
+        await reset(error.message)
+        return 0
 
 
 async def heal_before_replay(storage: MAIFStorage, *, force: bool, oldest_logged: int | None) -> None:
@@ -206,9 +231,9 @@ async def heal_before_replay(storage: MAIFStorage, *, force: bool, oldest_logged
     if reconcile is not None:
         storage.repairs.extend(await reconcile())
     checkpoint = storage._checkpoint_lsn
-    damage = getattr(backends.index, "damage", None)
     durable = backends.chunks.capabilities.durable
-    indexed = await backends.index.count()
+    indexed = await _probe_index(backends)
+    damage = getattr(backends.index, "damage", None)
     stored = int((await backends.chunks.stats()).get("records", 0))
     reason = None
     if damage:
@@ -222,12 +247,14 @@ async def heal_before_replay(storage: MAIFStorage, *, force: bool, oldest_logged
         reason = "repair requested"
     if reason is not None:
         read, newest, problems = await rebuild_index(backends)
-        proven = max(newest, oldest_logged - 1 if oldest_logged is not None else 0)
-        if proven > checkpoint:
-            await backends.index.set_applied_lsn(proven)
-            await backends.index.flush()
-            storage._checkpoint_lsn = proven
+        proven = max(checkpoint, newest, oldest_logged - 1 if oldest_logged is not None else 0)
+        await backends.index.set_applied_lsn(proven)  # also into an index started afresh
+        await backends.index.flush()
+        storage._checkpoint_lsn = proven
         storage.repairs.append(f"metadata index rebuilt from {read} stored block record(s) ({reason})")
+        # The vector index may lack changes the skipped part of the log held (its count can still
+        # agree): rebuild it from the rebuilt index after the replay.
+        storage._vectors_stale = True
         storage.repairs.extend(problems)
     elif durable and indexed and not stored:
         written = await backfill_records(backends)
@@ -247,6 +274,8 @@ async def heal_after_replay(storage: MAIFStorage, *, force: bool) -> None:
         reason = f"it was damaged: {damage}"
     elif embeddings != vectors:
         reason = f"it held {vectors} vector(s) for {embeddings} EMBEDDING block(s)"
+    elif getattr(storage, "_vectors_stale", False):
+        reason = "the metadata index was rebuilt"
     elif force:
         reason = "repair requested"
     if reason is not None:
@@ -255,5 +284,13 @@ async def heal_after_replay(storage: MAIFStorage, *, force: bool) -> None:
         storage.repairs.extend(problems)
 
 
-__all__ = ["audit", "backfill_records", "heal_after_replay", "heal_before_replay", "index_pages",
-           "rebuild_index", "rebuild_vectors"]
+__all__ = [
+    "audit",
+    "backfill_records",
+    "heal_after_replay",
+    "heal_before_replay",
+    "index_pages",
+    "rebuild_index",
+    "rebuild_vectors",
+    "stored_record_digests",
+]

@@ -200,8 +200,9 @@ class TieredChunkStore(ChunkStore):
             if packs.is_remote(pack_id):
                 notes.append(f"cold pack {pack_id} was missing from remote.list: adopted, {indexed} "
                              "frame(s) indexed")
-        if packs.index_was_rebuilt:
-            for pack_id in sorted(known_remote & cold_ids):
+        if packs.index_was_rebuilt or packs.remote_underindexed:
+            again = known_remote if packs.index_was_rebuilt else packs.remote_underindexed
+            for pack_id in sorted(again & cold_ids):
                 data = await self.cold.get(cold_key(pack_id))
                 indexed = await asyncio.to_thread(packs.reindex_remote_pack, pack_id, data)
                 if indexed:

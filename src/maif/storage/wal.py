@@ -28,11 +28,16 @@ with ``bytes.find``, a sane length, a larger LSN, a correct CRC; at most
 - corruption: anything else (a valid record after the damage, damage further from the end or in an
   earlier segment). Acknowledged data is damaged: :class:`WALCorruptionError` names the segment, the
   offset, the LSNs lost and the LSNs that still validate, and nothing on disk is changed.
+- a missing segment (a gap between the last LSN of one segment and the first LSN named by the next):
+  corruption like the above, with the damage at offset 0 of the segment after the gap, unless the
+  whole gap is at or below the checkpoint (``min_next_lsn - 1``). Such records were applied already
+  and nothing is lost (recycling deletes several segments with one directory sync, so a power loss can
+  leave a hole there): recovery goes on past it, with or without ``repair``.
 
 ``open(repair=True)`` is the explicit repair of corruption: it copies the damaged segment and every
 later one to ``wal/quarantine/<time>-<n>/`` (never deleted), keeps every record above the checkpoint
-that still validates (also written to ``wal/salvage.pending``), truncates the log at the damage and
-returns the kept records in ``RecoveryReport.salvaged``. The caller re-appends them as new records
+that still validates (also written to ``wal/salvage.pending``), truncates the log at the damage (for a
+missing segment: deletes the segments after the gap) and returns the kept records in ``RecoveryReport.salvaged``. The caller re-appends them as new records
 (new LSNs, the log stays contiguous) and then calls :meth:`WriteAheadLog.salvage_reappended`; until it
 does, every open returns them again, so a crash in the middle of a repair loses nothing. Records are
 never skipped silently. docs/adr/0040-write-ahead-log-format.md has the reasons.
@@ -343,7 +348,9 @@ def _look_past(data: bytes, offset: int, expected: int, later: Sequence[tuple[in
                keep_above: int | None) -> _LookPast:
     """Search the damaged segment from ``offset`` and then every later segment, one in memory at a time."""
     remaining = len(data) - offset + sum(path.stat().st_size for _, path in later)
-    found = _LookPast(expected, expected - 1 + remaining // RECORD_HEADER_BYTES, keep_above,
+    # The later segments' names prove their LSNs exist even when a whole segment file is missing.
+    named = max([expected, *(first_lsn for first_lsn, _ in later)]) - 1
+    found = _LookPast(expected, named + remaining // RECORD_HEADER_BYTES, keep_above,
                       limits.wal_resync_candidates_max)
     found.anchor = expected - 1
     _search(data, offset, found)
@@ -379,6 +386,11 @@ def _corruption_text(name: str, offset: int, reason: str, after_bytes: int, foun
                      lost: list[tuple[int, int]], applied_lsn: int) -> str:
     text = (f"write-ahead log segment {name} is corrupt at offset {offset} ({reason}) with {after_bytes} "
             f"bytes after it: acknowledged records are damaged; ")
+    return text + _found_text(found, lost, applied_lsn)
+
+
+def _found_text(found: _LookPast, lost: list[tuple[int, int]], applied_lsn: int) -> str:
+    text = ""
     if lost:
         text += f"LSN(s) {lsn_ranges_text(lost)} unreadable"
     else:
@@ -466,7 +478,8 @@ def _read_salvage(directory: Path) -> tuple[int, list[tuple[int, bytes]]] | None
     return expected, records
 
 
-def _repair_corruption(directory: Path, ops: FileOps, report: RecoveryReport, *, path: Path, first_lsn: int,
+def _repair_corruption(directory: Path, ops: FileOps, report: RecoveryReport, *, path: Path | None,
+                       first_lsn: int,
                        offset: int, expected: int, later: Sequence[tuple[int, Path]], found: _LookPast,
                        description: str, applied_lsn: int) -> SegmentInfo | None:
     """Quarantine, keep what validates (salvage.pending), then cut the log at the damage.
@@ -474,9 +487,11 @@ def _repair_corruption(directory: Path, ops: FileOps, report: RecoveryReport, *,
     The order makes a crash at any step harmless: until the cut, the damage is still there and the
     next repair finds the same salvage (merged with salvage.pending); after it, salvage.pending holds
     the records until the caller re-appended them. Later segments go before the cut, last first, so
-    the log never has a gap.
+    the log never has a gap. ``path`` None: no segment is damaged, one is missing before ``later``
+    (which are quarantined, salvaged and deleted; the log then ends where the gap starts).
     """
-    copies = _quarantine(directory, ops, [path, *(later_path for _, later_path in later)])
+    copies = _quarantine(directory, ops, [*([path] if path is not None else []),
+                                          *(later_path for _, later_path in later)])
     salvage = found.records
     pending = _read_salvage(directory)
     if pending is not None:
@@ -495,7 +510,9 @@ def _repair_corruption(directory: Path, ops: FileOps, report: RecoveryReport, *,
         later_path.unlink()
         ops.fsync_directory(directory)
     kept: SegmentInfo | None = None
-    if offset < SEGMENT_HEADER_BYTES:  # the header itself is damaged: no record of it can be kept
+    if path is None:
+        pass  # a missing segment: what comes before the gap is intact
+    elif offset < SEGMENT_HEADER_BYTES:  # the header itself is damaged: no record of it can be kept
         path.unlink()
         ops.fsync_directory(directory)
     else:
@@ -527,6 +544,29 @@ def _corrupt_segment(directory: Path, ops: FileOps, report: RecoveryReport, data
     return _repair_corruption(directory, ops, report, path=path, first_lsn=first_lsn, offset=offset,
                               expected=expected, later=later, found=found, description=description,
                               applied_lsn=applied_lsn)
+
+
+def _segment_gap(directory: Path, ops: FileOps, report: RecoveryReport, *, previous_last: int,
+                 later: Sequence[tuple[int, Path]], applied_lsn: int, repair: bool) -> None:
+    """A segment file is missing between one ending at ``previous_last`` and ``later[0]``, and the gap
+    reaches above the checkpoint: raise WALCorruptionError, or with ``repair`` quarantine, salvage and
+    delete ``later`` (the log then ends at ``previous_last``)."""
+    first_lsn, path = later[0]
+    expected = previous_last + 1
+    found = _look_past(b"", 0, expected, later, keep_above=applied_lsn if repair else None)
+    high = found.highest_known()
+    tail_lost = [(found.previous + 1, high)] if high > found.previous else []
+    lost = _clip([*found.gaps, *tail_lost], applied_lsn)
+    description = (f"write-ahead log gap: segment {path.name} starts at LSN {first_lsn} but the one before "
+                   f"it ends at LSN {previous_last} (a segment file is missing): acknowledged records are "
+                   f"lost; " + _found_text(found, lost, applied_lsn))
+    if not repair:
+        raise WALCorruptionError(
+            description, segment=path.name, offset=0, first_lost_lsn=expected,
+            salvageable_lsns=(found.first, found.last) if found.count else None,
+            salvageable_count=found.count, lost_lsns=lost, hint=_REPAIR_HINT)
+    _repair_corruption(directory, ops, report, path=None, first_lsn=first_lsn, offset=0, expected=expected,
+                       later=later, found=found, description=description, applied_lsn=applied_lsn)
 
 
 class WriteAheadLog:
@@ -722,9 +762,16 @@ def _recover_segments(directory: Path, ops: FileOps, report: RecoveryReport, *, 
     segments: list[SegmentInfo] = []
     for position, (first_lsn, path) in enumerate(listed):
         is_last = position == len(listed) - 1
-        if segments and first_lsn != segments[-1].last_lsn + 1:
-            raise IntegrityError(f"write-ahead log gap: segment {path.name} follows one ending at LSN "
-                                 f"{segments[-1].last_lsn}", hint="a segment file is missing")
+        if segments and first_lsn <= segments[-1].last_lsn:
+            raise IntegrityError(f"write-ahead log segments overlap: segment {path.name} follows one ending "
+                                 f"at LSN {segments[-1].last_lsn}",
+                                 hint="restore the data directory from a backup")
+        if segments and first_lsn != segments[-1].last_lsn + 1 and first_lsn - 1 > applied_lsn:
+            # A segment file is missing and the gap holds records above the checkpoint: corruption.
+            # (A gap entirely at or below the checkpoint holds records applied already: go on.)
+            _segment_gap(directory, ops, report, previous_last=segments[-1].last_lsn,
+                         later=listed[position:], applied_lsn=applied_lsn, repair=repair)
+            break
         data = path.read_bytes()
         header_problem = _check_segment_header(data, first_lsn)
         if header_problem is not None:

@@ -7,6 +7,7 @@ PostgreSQL, S3, ...) passes the shared conformance suite in :mod:`maif.testing.c
     MetadataIndex   one BlockRecord per block, queryable by agent, type, time and parent
     VectorIndex     embeddings searchable by cosine similarity, with string filters
     HotCache        an in-process cache bounded in bytes (synchronous: it never waits on I/O)
+    SharedCache     a cache several processes share (Redis), checked against digests on read
     ObjectStore     the cold tier: whole objects by key (a local directory now; S3 later)
 
 Failures of the world (disk, server) raise :class:`maif.errors.BackendError`; corrupted data raises
@@ -229,6 +230,37 @@ class HotCache(ABC):
         """hits, misses, hit_rate, entries, bytes, capacity_bytes, evictions."""
 
 
+class SharedCache(ABC):
+    """A cache several processes share (Redis): the tier between each process's HotCache and the warm
+    store. Asynchronous (it crosses the network). Bounded by the server (``maxmemory`` with an LRU
+    policy) and by ``value_bytes_max`` per entry. Values are only hints: the engine checks every value
+    it gets against the block's digest from the metadata index, so a poisoned or stale entry can never
+    return wrong bytes, and an unreachable cache is a miss, never an error for the reader.
+    """
+
+    capabilities: Capabilities
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The cached value, or None (a miss, or the cache is unreachable: counted in stats)."""
+
+    @abstractmethod
+    async def put(self, key: str, value: bytes) -> None:
+        """Cache ``value`` (best effort: failures are counted, never raised)."""
+
+    @abstractmethod
+    async def discard(self, key: str) -> None:
+        """Forget ``key`` (best effort, like put)."""
+
+    @abstractmethod
+    async def stats(self) -> dict[str, int | float]:
+        """hits, misses, errors, puts, ..."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+
 class ObjectStore(ABC):
     """Whole objects by key: the cold tier. Keys are relative, '/'-separated, no '..' segments."""
 
@@ -286,6 +318,7 @@ __all__ = [
     "HotCache",
     "MetadataIndex",
     "ObjectStore",
+    "SharedCache",
     "VectorIndex",
     "check_object_key",
 ]

@@ -17,7 +17,7 @@ import errno
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from maif.errors import BackendError, ConfigError
+from maif.errors import BackendError, ConfigError, CredentialsError
 from maif.storage.backends.base import ChunkStore
 
 TRANSIENT_ERRNOS = frozenset(
@@ -42,7 +42,10 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def is_transient(error: BaseException) -> bool:
-    """BackendError (a server or disk hiccup reported by a backend) or an OSError of a transient kind."""
+    """BackendError (a server or disk hiccup reported by a backend; not refused credentials) or an OSError
+    of a transient kind."""
+    if isinstance(error, CredentialsError):
+        return False  # the same credentials will be refused again
     if isinstance(error, BackendError):
         return True
     return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
