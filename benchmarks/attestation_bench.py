@@ -1,6 +1,6 @@
 """TPM 2.0 quote verification latency, against quotes made by a real software TPM (swtpm).
 
-The script starts its own swtpm (scripts/services/swtpm.sh, 127.0.0.1, a free port pair), enrolls an RSA
+The script starts its own swtpm (scripts/servers/swtpm.sh, 127.0.0.1, a free port pair), enrolls an RSA
 and an ECC attestation key through real MakeCredential / ActivateCredential, has the TPM make
 ``--quotes`` quotes per key (each over a fresh challenge, since a nonce is single use), then times
 ``AttestationVerifier.verify_quote`` on each. Measured in the same run, per key type:
@@ -14,7 +14,7 @@ and an ECC attestation key through real MakeCredential / ActivateCredential, has
     .venv/bin/python benchmarks/attestation_bench.py [--quotes 200]
 
 Writes benchmarks/results/attestation.json. Never part of the test run. Needs swtpm and tpm2-tools
-(scripts/services/swtpm.sh install).
+(scripts/servers/swtpm.sh install).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--quotes", type=int, default=200)
     arguments = parser.parse_args()
     if run_script("install", check=False).returncode != 0:
-        raise SystemExit("swtpm and tpm2-tools are missing: run scripts/services/swtpm.sh install as root")
+        raise SystemExit("swtpm and tpm2-tools are missing: run scripts/servers/swtpm.sh install as root")
     with tempfile.TemporaryDirectory(prefix="maif-attestation-bench-") as directory:
         software_tpm = SoftwareTpm(Path(directory) / "swtpm")
         software_tpm.start()

@@ -1,6 +1,6 @@
 """Security manager benchmark: bootstrap latency, authorisation decisions, batch-root signing.
 
-Measured in one run, against a real OIDC issuer (scripts/services/oidc.sh, started and stopped here) and
+Measured in one run, against a real OIDC issuer (scripts/servers/oidc.sh, started and stopped here) and
 the real KeyStore and AuditLog on this machine's disk:
 
 * bootstrap latency with a cached JWKS: ``bootstrap_trust`` to OAUTH_VERIFIED (token verification in a
@@ -54,7 +54,7 @@ from maif.security.policy import Action, Resource
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "security.json"
-OIDC_SCRIPT = REPO / "scripts" / "services" / "oidc.sh"
+OIDC_SCRIPT = REPO / "scripts" / "servers" / "oidc.sh"
 OIDC_DIR = REPO / ".work" / "oidc"
 
 

@@ -1,6 +1,6 @@
 """Fixtures for the distributed tests: real PostgreSQL + pgvector, SeaweedFS (S3) and Redis on 127.0.0.1.
 
-The first test that asks for a server starts all three through scripts/services/distributed.sh (idempotent:
+The first test that asks for a server starts all three through scripts/servers/distributed.sh (idempotent:
 servers already running are reused) in .work/services (``MAIF_TEST_SERVICES_DIR`` overrides). At the end of
 the session they are stopped by PID, if a test session started them and no other session still uses them
 (``MAIF_TEST_SERVICES_KEEP=1`` keeps them running). A server that cannot be installed or started fails the

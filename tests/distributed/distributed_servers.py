@@ -1,6 +1,6 @@
 """Real PostgreSQL + pgvector, SeaweedFS (S3) and Redis for the distributed tests, and isolation on them.
 
-The servers are started and stopped only through scripts/services/distributed.sh (see its header for ports,
+The servers are started and stopped only through scripts/servers/distributed.sh (see its header for ports,
 state and credentials). This module drives it:
 
 - ``SharedServers``: the session's servers in the shared state directory (default .work/services,
@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "services" / "distributed.sh"
+SCRIPT = REPO / "scripts" / "servers" / "distributed.sh"
 DEFAULT_STATE_DIR = REPO / ".work" / "services"
 SERVERS = ("postgres", "seaweedfs", "redis")
 # A cold start (installs included) takes ~10 s here; the bound leaves room for a loaded 2-core machine.
@@ -123,7 +123,7 @@ def _children(pid: int) -> list[int]:
 
 
 class ServerSet:
-    """The servers of one state directory, driven through scripts/services/distributed.sh."""
+    """The servers of one state directory, driven through scripts/servers/distributed.sh."""
 
     def __init__(
         self,

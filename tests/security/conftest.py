@@ -1,6 +1,6 @@
 """Fixtures for the security tests: a real OpenID Connect issuer (npm oidc-provider 9) on 127.0.0.1.
 
-The session issuer is installed and started by scripts/services/oidc.sh into .work/oidc. Its signing keys
+The session issuer is installed and started by scripts/servers/oidc.sh into .work/oidc. Its signing keys
 are generated here and handed to it (ISSUER_KEYS_FILE), so tests can also mint tokens with hostile claims
 under the issuer's real keys; ordinary tokens come from the real client_credentials grant. Tests that stop
 an issuer get their own (``ephemeral_issuer``), never the session one.
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from maif.security.manager import SecurityManager
 
 REPO = Path(__file__).resolve().parents[2]
-OIDC_SCRIPT = REPO / "scripts" / "services" / "oidc.sh"
+OIDC_SCRIPT = REPO / "scripts" / "servers" / "oidc.sh"
 OIDC_DIR = REPO / ".work" / "oidc"
 AUDIENCE = "urn:maif:store"
 

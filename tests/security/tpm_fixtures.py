@@ -1,4 +1,4 @@
-"""Drive a real software TPM (swtpm + tpm2-tools) through scripts/services/swtpm.sh for attestation tests.
+"""Drive a real software TPM (swtpm + tpm2-tools) through scripts/servers/swtpm.sh for attestation tests.
 
 Nothing here is simulated: every EK, AK, quote and activated credential comes from a running swtpm. The
 verifier under test never calls these tools; only the "agent side" of the tests does.
@@ -17,7 +17,7 @@ from pathlib import Path
 from maif.security.attestation import AttestationVerifier, HardwareAttestation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SWTPM_SCRIPT = REPO_ROOT / "scripts" / "services" / "swtpm.sh"
+SWTPM_SCRIPT = REPO_ROOT / "scripts" / "servers" / "swtpm.sh"
 QUOTED_PCRS = "sha256:0,1,2,3,7"
 QUOTED_INDICES = (0, 1, 2, 3, 7)
 BOOT_MEASUREMENT = b"maif-test-boot-measurement"

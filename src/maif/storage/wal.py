@@ -37,10 +37,11 @@ with ``bytes.find``, a sane length, a larger LSN, a correct CRC; at most
 ``open(repair=True)`` is the explicit repair of corruption: it copies the damaged segment and every
 later one to ``wal/quarantine/<time>-<n>/`` (never deleted), keeps every record above the checkpoint
 that still validates (also written to ``wal/salvage.pending``), truncates the log at the damage (for a
-missing segment: deletes the segments after the gap) and returns the kept records in ``RecoveryReport.salvaged``. The caller re-appends them as new records
-(new LSNs, the log stays contiguous) and then calls :meth:`WriteAheadLog.salvage_reappended`; until it
-does, every open returns them again, so a crash in the middle of a repair loses nothing. Records are
-never skipped silently. docs/adr/0040-write-ahead-log-format.md has the reasons.
+missing segment: deletes the segments after the gap) and returns the kept records in
+``RecoveryReport.salvaged``. The caller re-appends them as new records (new LSNs, the log stays
+contiguous) and then calls :meth:`WriteAheadLog.salvage_reappended`; until it does, every open returns
+them again, so a crash in the middle of a repair loses nothing. Records are never skipped silently.
+docs/adr/0040-write-ahead-log-format.md has the reasons.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 // MAIF's local OpenID Connect issuer for tests, built on the npm package `oidc-provider` (v9).
 // Issues RFC 9068 JWT access tokens (typ at+jwt) through the client_credentials grant and serves
-// discovery and JWKS on 127.0.0.1 only. Started and stopped by scripts/services/oidc.sh.
+// discovery and JWKS on 127.0.0.1 only. Started and stopped by scripts/servers/oidc.sh.
 //
 // usage: node issuer.mjs PORT
 // env:   ISSUER_KEYS_FILE  a JSON file {"keys": [private JWKs with kid and alg]}. The test suite writes it
