@@ -306,7 +306,10 @@ async def open_store(data_dir: Path, backends: Backends | None, **options: Any) 
                                      **options)
 
 
-def test_engine_refuses_a_corrupt_log_and_repairs_it_on_request(tmp_path: Path) -> None:
+def test_engine_refuses_a_corrupt_log_and_repairs_it_on_request(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # One segment (tests/storage/fault_child.py sets a small size on the class without restoring it).
+    monkeypatch.setattr(MAIFStorage, "wal_segment_bytes_max", limits.wal_segment_bytes_max)
     blocks = blocks_for_test()
     lsns = run(write_all(tmp_path, blocks, memory_backends()))  # with memory backends the log is the store
     damaged_block = blocks[41]  # an EMBEDDING block in the middle
