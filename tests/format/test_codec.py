@@ -207,3 +207,15 @@ def test_every_value_has_one_encoding() -> None:
         )
         with pytest.raises(FormatError, match="canonical"):
             codec.decode_block(encoded)
+
+
+def test_metadata_with_a_nested_non_string_key_is_a_format_error() -> None:
+    """Found by the mutation fuzz: a nested map keyed by an integer decodes, but cannot be re-encoded
+    canonically; it must be refused as malformed, not escape as an untyped TypeError."""
+    import msgspec
+
+    from maif.errors import FormatError
+    from maif.format.codec import decode_metadata
+
+    with pytest.raises(FormatError):
+        decode_metadata(msgspec.msgpack.encode({"a": {1: 2}}))

@@ -99,7 +99,11 @@ def decode_metadata(data: bytes | memoryview) -> dict[str, Any]:
     if not decoded:
         raise FormatError("block metadata is present but empty (an empty map must be omitted)")
     # One value, one encoding: keys sorted and every item in its shortest form, as encode_metadata writes.
-    if _metadata_encoder.encode(decoded) != data:
+    try:
+        canonical = _metadata_encoder.encode(decoded)
+    except TypeError as error:  # a nested map with non-string keys: it cannot be sorted canonically
+        raise FormatError(f"block metadata holds a map MAIF cannot encode: {error}") from error
+    if canonical != data:
         raise FormatError("block metadata is not in canonical MessagePack form (sorted keys, shortest items)")
     return decoded
 
