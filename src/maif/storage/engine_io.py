@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,26 +23,13 @@ from maif.errors import (
     MAIFError,
     SignatureError,
 )
+from maif.storage.rebuild import index_pages
 from maif.storage.receipts import CheckReport
 
 if TYPE_CHECKING:
     from maif.storage.engine import MAIFStorage
 
-_PAGE_RECORDS = 1000
 _IMPORT_BATCH_RECORDS = 1000
-
-
-async def _all_block_ids(storage: MAIFStorage) -> AsyncIterator[list[str]]:
-    """Every block id in the index, one keyset page at a time."""
-    after: str | None = None
-    while True:
-        page = await storage._backends.index.query(limit=_PAGE_RECORDS, after=after)
-        if not page:
-            return
-        yield [record.block_id for record in page]
-        after = page[-1].block_id
-        if len(page) < _PAGE_RECORDS:
-            return
 
 
 async def export_blocks(storage: MAIFStorage, path: Path, selection: Sequence[str] | None,
@@ -58,9 +45,9 @@ async def export_blocks(storage: MAIFStorage, path: Path, selection: Sequence[st
                 block = await storage.read_block(block_id)
                 writer.add(block)
         else:
-            async for page in _all_block_ids(storage):
-                for block_id in page:
-                    writer.add(await storage.read_block(block_id))
+            async for page in index_pages(storage._backends):
+                for record in page:
+                    writer.add(await storage.read_block(record.block_id))
         return await loop.run_in_executor(None, writer.commit, [signing_key])
     finally:
         writer.close()
@@ -128,11 +115,7 @@ async def _check_blocks(storage: MAIFStorage, read_data_fraction: float, problem
     backends = storage._backends
     sampler = random.Random(0x4D414946)  # noqa: S311 - sampling, not security
     checked = read = 0
-    after: str | None = None
-    while True:
-        page = await backends.index.query(limit=_PAGE_RECORDS, after=after)
-        if not page:
-            break
+    async for page in index_pages(backends):
         wanted = {digest for record in page for digest in record.chunks}
         present = await backends.chunks.has_chunks(list(wanted))
         for record in page:
@@ -143,9 +126,6 @@ async def _check_blocks(storage: MAIFStorage, read_data_fraction: float, problem
             elif read_data_fraction and sampler.random() < read_data_fraction:
                 read += 1
                 problems.extend(await _verify_block(storage, record))
-        after = page[-1].block_id
-        if len(page) < _PAGE_RECORDS:
-            break
     return checked, read
 
 

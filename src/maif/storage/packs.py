@@ -71,6 +71,17 @@ _ZSTD_LEVEL: Final = 3
 _COMPRESSION_MIN_SAVING: Final = 0.9  # store compressed only when it is at most 90 % of the raw size
 
 assert _FRAME_HEADER.size == 48 and _INDEX_ENTRY.size == 64 and _SEAL_TRAILER.size == 48
+FRAME_HEADER_BYTES: Final = _FRAME_HEADER.size
+
+
+def pack_header(pack_id: int) -> bytes:
+    """The 16-byte header of a pack (id 0 for a pack object of the shared store, named by its key)."""
+    return _PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0, pack_id)
+
+
+def seal_trailer(body_length: int, body_digest: bytes) -> bytes:
+    """The 48-byte seal trailer of a pack whose first ``body_length`` bytes hash to ``body_digest``."""
+    return _SEAL_TRAILER.pack(SEAL_MAGIC, body_length, body_digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +537,7 @@ class PackStore:
 
     def _write_pack_header(self, pack_id: int, path: Path) -> None:
         with open(path, "wb") as handle:
-            handle.write(_PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0, pack_id))
+            handle.write(pack_header(pack_id))
             handle.flush()
             os.fdatasync(handle.fileno())
         self._pack_sizes[pack_id] = _PACK_HEADER.size
@@ -608,29 +619,10 @@ class PackStore:
         return self.records_in_bytes(pack_id, data)
 
     def records_in_bytes(self, pack_id: int, data: bytes) -> tuple[list[bytes], list[str]]:
-        """The verified block records of one pack's bytes (local or fetched from the cold tier).
-
-        A damaged frame is skipped: the scan resynchronises at the next frame the pack index knows,
-        so one bad frame never hides the records after it."""
+        """The verified block records of one pack's bytes (local or fetched from the cold tier); the
+        walk resynchronises at the frames the pack index knows (see :func:`records_of_pack`)."""
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
-        records: list[bytes] = []
-        problems: list[str] = []
-        for location, frame_problem in walk_frames(pack_id, data, known):
-            if frame_problem is not None:
-                problems.append(frame_problem)
-                continue
-            assert location is not None
-            if not location.flags & FLAG_RECORD:
-                continue
-            where = f"pack {pack_id} offset {location.offset}"
-            header = data[location.offset : location.offset + _FRAME_HEADER.size]
-            try:
-                records.append(decode_chunk(header[:DIGEST_BYTES], location.flags,
-                                            data[location.offset + _FRAME_HEADER.size : location.end],
-                                            location.raw_length, where))
-            except IntegrityError as error:
-                problems.append(f"block record {error.message}")
-        return records, problems
+        return records_of_pack(data, pack_id, known, f"pack {pack_id}")
 
     def _append_frame(self, digest: bytes, data: bytes | memoryview, extra_flags: int = 0) -> int:
         flags, stored = encode_chunk(data, self.compression_threshold)
@@ -682,7 +674,7 @@ class PackStore:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
         with open(path, "ab") as handle:
-            handle.write(_SEAL_TRAILER.pack(SEAL_MAGIC, body_length, hasher.digest()))
+            handle.write(seal_trailer(body_length, hasher.digest()))
             handle.flush()
             os.fdatasync(handle.fileno())
         self._sealed.add(pack_id)
@@ -1102,6 +1094,29 @@ class PackStore:
                     self._active_fd = -1
 
 
+def records_of_pack(data: bytes, pack_id: int, known_offsets: list[int], where: str
+                    ) -> tuple[list[bytes], list[str]]:
+    """The verified block records in one pack's bytes, and the problems met. A damaged frame is skipped
+    and named: the walk resumes at the next offset in ``known_offsets``, so one bad frame never hides
+    the records after it."""
+    records: list[bytes] = []
+    problems: list[str] = []
+    for location, problem in walk_frames(pack_id, data, known_offsets):
+        if location is None:
+            problems.append(f"{where}: {problem}")
+            continue
+        if not location.flags & FLAG_RECORD:
+            continue
+        start = location.offset
+        try:
+            records.append(decode_chunk(data[start : start + DIGEST_BYTES], location.flags,
+                                        data[start + _FRAME_HEADER.size : location.end],
+                                        location.raw_length, f"{where} offset {start}"))
+        except IntegrityError as error:
+            problems.append(f"block record {error.message}")
+    return records, problems
+
+
 def walk_frames(pack_id: int, data: bytes, known_offsets: list[int]
                  ) -> Iterator[tuple[ChunkLocation | None, str | None]]:
     """The frames of one pack's bytes by their headers (data not verified), skipping damage.
@@ -1167,6 +1182,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 __all__ = [
+    "FRAME_HEADER_BYTES",
     "ChunkLocation",
     "CompactionResult",
     "PackStore",
@@ -1175,5 +1191,8 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "pack_file_name",
+    "pack_header",
+    "records_of_pack",
+    "seal_trailer",
     "walk_frames",
 ]

@@ -16,7 +16,7 @@ streams in bounded batches, and names what it could not restore.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from maif import limits
@@ -58,7 +58,7 @@ class _Problems:
         return list(self.lines)
 
 
-async def index_pages(backends: Backends, block_type: str | None = None):  # type: ignore[no-untyped-def]
+async def index_pages(backends: Backends, block_type: str | None = None) -> AsyncIterator[list[BlockRecord]]:
     """Every index record (of ``block_type`` when given), one keyset page at a time."""
     after: str | None = None
     while True:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -39,21 +38,18 @@ from maif.errors import BlockNotFoundError, ConfigError, FormatError, IntegrityE
 from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore
 from maif.storage.packs import (
     FLAG_RECORD,
-    FORMAT_VERSION,
-    PACK_MAGIC,
-    SEAL_MAGIC,
+    FRAME_HEADER_BYTES,
     check_chunk_input,
     check_record_input,
     decode_chunk,
     encode_chunk,
     frame_header,
+    pack_header,
     parse_frame_header,
-    walk_frames,
+    records_of_pack,
+    seal_trailer,
 )
 
-_PACK_HEADER = struct.Struct("<8sHHI")
-_SEAL_TRAILER = struct.Struct("<8sQ32s")
-_FRAME_HEADER_BYTES = 48
 _SCRUB_SAMPLE_SALT_BYTES = 8
 
 
@@ -69,7 +65,7 @@ class ObjectLocation:
 
     @property
     def frame_length(self) -> int:
-        return _FRAME_HEADER_BYTES + self.stored_length
+        return FRAME_HEADER_BYTES + self.stored_length
 
 
 class LocationIndex(ABC):
@@ -180,7 +176,7 @@ class ObjectPackChunkStore(ChunkStore):
                 flags |= extra_flags
                 self._frames.append(frame_header(digest, flags, len(data), len(stored)) + stored)
                 self._buffered[digest] = (flags, stored, len(data))
-                self._buffer_bytes += _FRAME_HEADER_BYTES + len(stored)
+                self._buffer_bytes += FRAME_HEADER_BYTES + len(stored)
                 self.counters["raw_bytes"] += len(data)
                 self.counters["stored_bytes"] += len(stored)
                 added += len(stored)
@@ -199,7 +195,7 @@ class ObjectPackChunkStore(ChunkStore):
             return
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         key = f"packs/{self.node_id}/{stamp}-{os.urandom(8).hex()}.pack"
-        header = _PACK_HEADER.pack(PACK_MAGIC, FORMAT_VERSION, 0, 0)
+        header = pack_header(0)
         entries: list[tuple[bytes, ObjectLocation]] = []
         offset = len(header)
         for frame in self._frames:
@@ -208,7 +204,7 @@ class ObjectPackChunkStore(ChunkStore):
             entries.append((digest, ObjectLocation(key, offset, flags, raw_length, len(stored))))
             offset += len(frame)
         body = header + b"".join(self._frames)
-        data = body + _SEAL_TRAILER.pack(SEAL_MAGIC, len(body), blake3.blake3(body).digest())
+        data = body + seal_trailer(len(body), blake3.blake3(body).digest())
         await self.objects.put(key, data)  # durable once acknowledged; only then is it locatable
         await self.locations.add(entries)
         self.counters["objects_written"] += 1
@@ -238,10 +234,10 @@ class ObjectPackChunkStore(ChunkStore):
             raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} is missing (object gone)") from None
         if len(frame) != location.frame_length:
             raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} is missing (object too short)")
-        header = parse_frame_header(frame[:_FRAME_HEADER_BYTES], where)
+        header = parse_frame_header(frame[:FRAME_HEADER_BYTES], where)
         if header != (digest, location.flags, location.raw_length, location.stored_length):
             raise IntegrityError(f"frame at {where} does not match the location of {digest.hex()[:16]}")
-        return decode_chunk(digest, location.flags, frame[_FRAME_HEADER_BYTES:], location.raw_length, where)
+        return decode_chunk(digest, location.flags, frame[FRAME_HEADER_BYTES:], location.raw_length, where)
 
     async def has_chunks(self, digests: Sequence[bytes]) -> set[bytes]:
         self._check_open()
@@ -258,7 +254,7 @@ class ObjectPackChunkStore(ChunkStore):
             except BlockNotFoundError:
                 yield [], [f"pack object {key} vanished while it was being read"]
                 continue
-            yield _records_in_object(key, data)
+            yield records_of_pack(data, 0, [], f"pack object {key}")
         yield [raw for flags, raw, _ in self._buffered.values() if flags & FLAG_RECORD], []
 
     async def scrub(self, read_data_fraction: float) -> list[str]:
@@ -302,24 +298,5 @@ class ObjectPackChunkStore(ChunkStore):
             await self.locations.close()
             await self.objects.close()
 
-
-def _records_in_object(key: str, data: bytes) -> tuple[list[bytes], list[str]]:
-    """The verified block records of one pack object (damaged frames skipped and named)."""
-    records: list[bytes] = []
-    problems: list[str] = []
-    for location, problem in walk_frames(0, data, []):
-        if location is None:
-            problems.append(f"pack object {key}: {problem}")
-            continue
-        if not location.flags & FLAG_RECORD:
-            continue
-        start = location.offset
-        try:
-            records.append(decode_chunk(data[start : start + 32], location.flags,
-                                        data[start + _FRAME_HEADER_BYTES : location.end],
-                                        location.raw_length, f"object {key} offset {start}"))
-        except IntegrityError as error:
-            problems.append(f"block record {error.message}")
-    return records, problems
 
 __all__ = ["LocationIndex", "MemoryLocationIndex", "ObjectLocation", "ObjectPackChunkStore"]

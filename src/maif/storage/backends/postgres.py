@@ -82,7 +82,7 @@ import struct
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import blake3
@@ -679,37 +679,25 @@ def _chunks(items: list[ResultT]) -> list[list[ResultT]]:
     return [items[start:start + _STATEMENT_ROWS_MAX] for start in range(0, len(items), _STATEMENT_ROWS_MAX)]
 
 
-class PostgresMetadataIndex(MetadataIndex):
-    """:class:`MetadataIndex` in PostgreSQL, shared by every node of a store (see the module docstring).
+class _OnDatabase:
+    """What the three PostgreSQL backends share: one :class:`_Database` (pool, schema checks and
+    migrations, error translation), its identity, ``open`` and ``close``. ``_prepare`` sets up each new
+    pool (the vector index registers its codec); the default does nothing."""
 
-    ``dsn``                 the ``postgres_url`` key: ``postgresql://user[:password]@host:port/database``
-    ``schema``              the PostgreSQL schema holding this store (one store per schema)
-    ``node_id``             this node: its applied LSN is kept apart from every other node's
-    ``pool_min/pool_max``   pooled server connections (bounded by :data:`POOL_CONNECTIONS_MAX`)
-    ``store_id``            when given, the schema must belong to this store (a new one records it)
-
-    Connects on first use; ``await index.open()`` connects at once, to fail fast at start-up.
-    """
-
-    capabilities = Capabilities(durable=True, shared_between_processes=True)
+    _what = "PostgreSQL"
+    """How errors name this backend."""
 
     def __init__(self, dsn: str, *, schema: str = "maif", node_id: str = "local", pool_min: int = 1,
                  pool_max: int = 10, store_id: str | None = None, connect_timeout_s: float = 10.0,
                  command_timeout_s: float = 60.0, lock_timeout_s: float = 60.0) -> None:
-        self._db = _Database("PostgreSQL metadata index", dsn, schema=schema, node_id=node_id,
-                             pool_min=pool_min, pool_max=pool_max, connect_timeout_s=connect_timeout_s,
+        self._db = _Database(self._what, dsn, schema=schema, node_id=node_id, pool_min=pool_min,
+                             pool_max=pool_max, connect_timeout_s=connect_timeout_s,
                              command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s,
                              store_id=store_id)
-        table = self._db.quoted_schema
-        self._blocks = f"{table}.blocks"
-        self._select = f"SELECT {_COLUMN_LIST} FROM {table}.blocks"  # noqa: S608 - checked schema name
-        self._sql_upsert = {newer_only: self._upsert_sql(newer_only) for newer_only in (False, True)}
-        self._sql_delete = {newer_only: self._delete_sql(newer_only) for newer_only in (False, True)}
-        self._sql_conflicts = self._conflicts_sql()
-        self.conflicts_total = 0
-        self.last_put_rejected: frozenset[str] = frozenset()  # ids the last put kept out (conflicts)
-        """Writes of this instance's node kept out because another node's version of the block id was
-        there (ADR 0070); each is a row of the ``conflicts`` table and a warning in the log."""
+        self._configure()
+
+    def _configure(self) -> None:
+        """Set up what the subclass derives from the schema (table names, statements)."""
 
     @property
     def node_id(self) -> str:
@@ -729,16 +717,52 @@ class PostgresMetadataIndex(MetadataIndex):
         """The migration versions THIS object applied when it opened (empty when the schema was current)."""
         return list(self._db.migrations_applied)
 
-    async def open(self) -> PostgresMetadataIndex:
+    async def open(self) -> Self:
         """Connect, check and migrate the schema now (otherwise the first call does); returns self."""
         await self._pool()
         return self
 
+    async def _prepare(self, connection: Any) -> dict[str, Any]:
+        return {}
+
     async def _pool(self) -> Any:
-        return await self._db.pool(_no_preparation)
+        return await self._db.pool(self._prepare)
 
     async def _run(self, action: str, body: Callable[[Any], Awaitable[ResultT]]) -> ResultT:
         return await self._db.run(await self._pool(), action, body)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+class PostgresMetadataIndex(_OnDatabase, MetadataIndex):
+    """:class:`MetadataIndex` in PostgreSQL, shared by every node of a store (see the module docstring).
+
+    ``dsn``                 the ``postgres_url`` key: ``postgresql://user[:password]@host:port/database``
+    ``schema``              the PostgreSQL schema holding this store (one store per schema)
+    ``node_id``             this node: its applied LSN is kept apart from every other node's
+    ``pool_min/pool_max``   pooled server connections (bounded by :data:`POOL_CONNECTIONS_MAX`)
+    ``store_id``            when given, the schema must belong to this store (a new one records it)
+
+    Connects on first use; ``await index.open()`` connects at once, to fail fast at start-up.
+    """
+
+    capabilities = Capabilities(durable=True, shared_between_processes=True)
+
+    _what = "PostgreSQL metadata index"
+
+    def _configure(self) -> None:
+        table = self._db.quoted_schema
+        self._blocks = f"{table}.blocks"
+        self._select = f"SELECT {_COLUMN_LIST} FROM {table}.blocks"  # noqa: S608 - checked schema name
+        self._sql_upsert = {newer_only: self._upsert_sql(newer_only) for newer_only in (False, True)}
+        self._sql_delete = {newer_only: self._delete_sql(newer_only) for newer_only in (False, True)}
+        self._sql_conflicts = self._conflicts_sql()
+        self.conflicts_total = 0
+        self.last_put_rejected: frozenset[str] = frozenset()  # ids the last put kept out (conflicts)
+        """Writes of this instance's node kept out because another node's version of the block id was
+        there (ADR 0070); each is a row of the ``conflicts`` table and a warning in the log."""
+
 
     # -- SQL -----------------------------------------------------------------------------------------
 
@@ -996,12 +1020,6 @@ class PostgresMetadataIndex(MetadataIndex):
                 _escape(block_type)))
         return int(value)
 
-    async def close(self) -> None:
-        await self._db.close()
-
-
-async def _no_preparation(connection: Any) -> dict[str, Any]:
-    return {}
 
 
 async def _keep_session(connection: Any) -> None:
@@ -1013,7 +1031,7 @@ async def _keep_session(connection: Any) -> None:
 # ---- the shared chunk locations ---------------------------------------------------------------------
 
 
-class PostgresLocationIndex(LocationIndex):
+class PostgresLocationIndex(_OnDatabase, LocationIndex):
     """:class:`~maif.storage.backends.objectpacks.LocationIndex` in PostgreSQL (``chunk_locations``):
     digest -> pack object, frame offset, flags and lengths, shared by every node of the store. The first
     location of a digest wins (two nodes uploading the same new chunk: the later row is dropped, its
@@ -1022,38 +1040,12 @@ class PostgresLocationIndex(LocationIndex):
     ``dsn``, ``schema``, ``node_id``, ``pool_min/pool_max``, ``store_id``   as for PostgresMetadataIndex
     """
 
-    def __init__(self, dsn: str, *, schema: str = "maif", node_id: str = "local", pool_min: int = 1,
-                 pool_max: int = 10, store_id: str | None = None, connect_timeout_s: float = 10.0,
-                 command_timeout_s: float = 60.0, lock_timeout_s: float = 60.0) -> None:
-        self._db = _Database("PostgreSQL chunk locations", dsn, schema=schema, node_id=node_id,
-                             pool_min=pool_min, pool_max=pool_max, connect_timeout_s=connect_timeout_s,
-                             command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s,
-                             store_id=store_id)
+    _what = "PostgreSQL chunk locations"
+
+    def _configure(self) -> None:
         self._table = f"{self._db.quoted_schema}.chunk_locations"
         self._columns = "digest, object_key, frame_offset, flags, raw_length, stored_length"
 
-    @property
-    def node_id(self) -> str:
-        return self._db.node_id
-
-    @property
-    def store_id(self) -> str | None:
-        return self._db.store_id
-
-    @property
-    def migrations_applied(self) -> list[int]:
-        return list(self._db.migrations_applied)
-
-    async def open(self) -> PostgresLocationIndex:
-        """Connect, check and migrate the schema now (otherwise the first call does); returns self."""
-        await self._pool()
-        return self
-
-    async def _pool(self) -> Any:
-        return await self._db.pool(_no_preparation)
-
-    async def _run(self, action: str, body: Callable[[Any], Awaitable[ResultT]]) -> ResultT:
-        return await self._db.run(await self._pool(), action, body)
 
     async def lookup(self, digests: Sequence[bytes]) -> dict[bytes, ObjectLocation]:
         wanted = list(dict.fromkeys(bytes(digest) for digest in digests))
@@ -1112,9 +1104,6 @@ class PostgresLocationIndex(LocationIndex):
                 f"{select} TABLESAMPLE BERNOULLI ($1::float8)", 100.0 * fraction))
         return [(bytes(row[0]), _location_of(row)) for row in rows]
 
-    async def close(self) -> None:
-        await self._db.close()
-
 
 def _location_of(row: Any) -> ObjectLocation:
     return ObjectLocation(_unescape(row[1]), int(row[2]), int(row[3]), int(row[4]), int(row[5]))
@@ -1148,7 +1137,7 @@ class _DimensionsUnset(Exception):
     """No vector is stored yet: the add must create the table (raised and caught inside ``add``)."""
 
 
-class PgVectorIndex(VectorIndex):
+class PgVectorIndex(_OnDatabase, VectorIndex):
     """:class:`VectorIndex` in PostgreSQL with pgvector: HNSW, cosine, native filters (module docstring).
 
     ``dsn``, ``schema``, ``node_id``, ``pool_min/pool_max``, ``store_id``   as for PostgresMetadataIndex
@@ -1162,6 +1151,7 @@ class PgVectorIndex(VectorIndex):
     """
 
     capabilities = Capabilities(durable=True, shared_between_processes=True, filtered_search=True)
+    _what = "pgvector index"
 
     def __init__(self, dsn: str, *, schema: str = "maif", node_id: str = "local", pool_min: int = 1,
                  pool_max: int = 10, store_id: str | None = None, hnsw_m: int = HNSW_M,
@@ -1175,10 +1165,6 @@ class PgVectorIndex(VectorIndex):
                 raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         if hnsw_ef_construction < 2 * hnsw_m:
             raise ConfigError("hnsw_ef_construction must be at least twice hnsw_m (pgvector's rule)")
-        self._db = _Database("pgvector index", dsn, schema=schema, node_id=node_id, pool_min=pool_min,
-                             pool_max=pool_max, connect_timeout_s=connect_timeout_s,
-                             command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s,
-                             store_id=store_id)
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.hnsw_ef_search = hnsw_ef_search
@@ -1186,21 +1172,14 @@ class PgVectorIndex(VectorIndex):
         """Whether the server's pgvector (0.8+) scans iteratively for filters; known after opening."""
         self.pgvector_version: str | None = None
         self._ndim: int | None = None
+        super().__init__(dsn, schema=schema, node_id=node_id, pool_min=pool_min, pool_max=pool_max,
+                         store_id=store_id, connect_timeout_s=connect_timeout_s,
+                         command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s)
+
+    def _configure(self) -> None:
         schema_name = self._db.quoted_schema
         self._table = f"{schema_name}.vectors"
         self._state = f"{schema_name}.vector_state"
-
-    @property
-    def store_id(self) -> str | None:
-        return self._db.store_id
-
-    async def open(self) -> PgVectorIndex:
-        """Connect, check and migrate the schema, create the extension if needed; returns self."""
-        await self._pool()
-        return self
-
-    async def _pool(self) -> Any:
-        return await self._db.pool(self._prepare)
 
     async def _prepare(self, connection: Any) -> dict[str, Any]:
         """Make sure pgvector is there, learn its version and the dimension, and set up the pool's
@@ -1239,9 +1218,6 @@ class PgVectorIndex(VectorIndex):
                     hint=f"as a superuser, run CREATE EXTENSION vector in database "
                          f"{self._db.target.database!r} (the package is pgvector)") from None
             raise
-
-    async def _run(self, action: str, body: Callable[[Any], Awaitable[ResultT]]) -> ResultT:
-        return await self._db.run(await self._pool(), action, body)
 
     # -- the VectorIndex API -------------------------------------------------------------------------
 
@@ -1412,9 +1388,6 @@ class PgVectorIndex(VectorIndex):
     @property
     def dimensions(self) -> int | None:
         return self._ndim
-
-    async def close(self) -> None:
-        await self._db.close()
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
