@@ -185,6 +185,24 @@ class BackendError(StorageError):
     """A storage backend (disk, server) failed."""
 
 
+class BackendUnavailableError(BackendError):
+    """A server (``component``: "postgresql", "s3", "redis", "qdrant") is unreachable, restarting or timed
+    out. Nothing local was harmed, so the same call may be retried (after ``retry_after_s``); the store
+    keeps acknowledging writes into its local log meanwhile, up to a bound."""
+
+    def __init__(self, message: str, *, component: str, retry_after_s: float = 1.0,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.component = component
+        self.retry_after_s = retry_after_s
+
+
+class StoreDegradedError(BackendUnavailableError):
+    """A write refused because ``component`` has been unavailable long enough that the writes waiting
+    for it in the local log reached their bound; nothing was written. Retry after ``retry_after_s``
+    (HTTP 503 with Retry-After in the service)."""
+
+
 class CredentialsError(BackendError):
     """A server refused the configured credentials. Never retried; the message never holds a secret."""
 
@@ -234,6 +252,7 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "BackendError",
+    "BackendUnavailableError",
     "BlockNotFoundError",
     "ConfigError",
     "CredentialsError",
@@ -250,6 +269,7 @@ __all__ = [
     "SignatureError",
     "StorageError",
     "StoreClosedError",
+    "StoreDegradedError",
     "StoreLockedError",
     "TaskFailedError",
     "TokenError",

@@ -27,27 +27,25 @@ Fixtures (all synchronous, plain values; drive the async clients with ``asyncio.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from distributed_servers import (
-    DEFAULT_STATE_DIR,
     SERVERS,
     S3Settings,
     ServerSet,
     ServersUnavailableError,
     SharedServers,
-    free_ports,
     fresh_bucket,
     fresh_database,
     fresh_key_prefix,
+    private_server_set,
+    services_state_dir,
 )
 
-STATE_DIR = Path(os.environ.get("MAIF_TEST_SERVICES_DIR") or DEFAULT_STATE_DIR)
+STATE_DIR = services_state_dir()
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
@@ -117,24 +115,13 @@ def fresh_redis_prefix(redis_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def private_servers() -> Iterator[Callable[..., ServerSet]]:
-    made: list[ServerSet] = []
-    root = STATE_DIR.parent / "services-private"
+    with contextlib.ExitStack() as stack:
 
-    def make(*servers: str) -> ServerSet:
-        wanted = servers or SERVERS
-        root.mkdir(parents=True, exist_ok=True)
-        state = Path(tempfile.mkdtemp(prefix="set-", dir=root))
-        server_set = ServerSet(state, servers=wanted, ports=free_ports(wanted), pkgs_dir=STATE_DIR / "pkgs")
-        made.append(server_set)
-        try:
-            server_set.start()
-        except ServersUnavailableError as error:
-            failure = str(error)
-        else:
-            return server_set
-        pytest.fail(failure, pytrace=False)
+        def make(*servers: str) -> ServerSet:
+            try:
+                return stack.enter_context(private_server_set(servers or SERVERS))
+            except ServersUnavailableError as error:
+                failure = str(error)
+            pytest.fail(failure, pytrace=False)
 
-    yield make
-    for server_set in made:
-        server_set.stop()
-        shutil.rmtree(server_set.state_dir, ignore_errors=True)
+        yield make

@@ -24,9 +24,11 @@ import fcntl
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -219,6 +221,29 @@ class ServerSet:
             assert time.monotonic() < deadline, f"{server} processes {victims} survived SIGKILL for 30 s"
             time.sleep(0.05)
         return pid
+
+
+def services_state_dir() -> Path:
+    """The shared servers' state directory (``MAIF_TEST_SERVICES_DIR``, default ``.work/services``)."""
+    return Path(os.environ.get("MAIF_TEST_SERVICES_DIR") or DEFAULT_STATE_DIR)
+
+
+@contextlib.contextmanager
+def private_server_set(servers: Sequence[str] = SERVERS) -> Iterator[ServerSet]:
+    """Servers of their own (free ports, a temporary state directory beside the shared one, the shared
+    package cache), started; stopped by PID and removed afterwards. Tests that kill servers use these.
+    ServersUnavailableError when they cannot start."""
+    shared = services_state_dir()
+    root = shared.parent / "services-private"
+    root.mkdir(parents=True, exist_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="set-", dir=root))
+    server_set = ServerSet(state, servers=servers, ports=free_ports(servers), pkgs_dir=shared / "pkgs")
+    try:
+        server_set.start()
+        yield server_set
+    finally:
+        server_set.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def free_ports(servers: Sequence[str]) -> dict[str, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maif.errors import ConfigError, StoreClosedError
+from maif.errors import BackendUnavailableError, ConfigError, StoreClosedError
 from maif.storage.backends.base import VectorIndex
 from maif.storage.backends.qdrant import ForeignCollectionError, QdrantVectorIndex, attribute_pair, point_id
 from maif.testing.conformance import VectorIndexTests, clustered_vectors, run
@@ -155,10 +155,29 @@ def test_closed_index_refuses_calls_and_bad_configuration_is_refused(tmp_path: P
             await index.count()
 
     run(scenario())
-    for arguments in [{}, {"url": "http://127.0.0.1:6333", "path": "x"}, {"url": "ftp://host"},
-                      {"path": "x", "collection": "bad/name"}]:
+    for arguments in [
+        {},
+        {"url": "http://127.0.0.1:6333", "path": "x"},
+        {"url": "ftp://host"},
+        {"path": "x", "collection": "bad/name"},
+    ]:
         with pytest.raises(ConfigError):
             QdrantVectorIndex(**arguments)  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as caught:
         QdrantVectorIndex(url="http://user:s3cret@127.0.0.1:6333")
     assert "s3cret" not in str(caught.value)
+
+
+def test_a_qdrant_server_nobody_answers_is_unavailable_not_a_crash() -> None:
+    """The server path's error mapping, against a port nothing listens on (no Qdrant server can be
+    installed here): a typed, retryable BackendUnavailableError naming the component."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: connections to it are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    index = QdrantVectorIndex(url=f"http://127.0.0.1:{port}")
+    with pytest.raises(BackendUnavailableError) as raised:
+        run(index.open())
+    assert raised.value.component == "qdrant" and f"127.0.0.1:{port}" in raised.value.message
+    run(index.close())

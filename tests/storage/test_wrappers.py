@@ -34,7 +34,7 @@ def transient(name: str, number: int) -> BaseException:
 def test_transient_failures_are_retried_with_exponential_backoff() -> None:
     sleep = RecordingSleep()
     faulty = FaultInjectingChunkStore(MemoryChunkStore(), {"put_chunks": [1, 2, 3]}, error_factory=transient)
-    store = RetryingChunkStore(faulty, attempts_max=4, base_delay_s=0.01, sleep=sleep)
+    store = RetryingChunkStore(faulty, attempts_max=4, base_delay_s=0.01, jitter=lambda: 1.0, sleep=sleep)
     digest, data = chunk(b"payload")
     assert run(store.put_chunks([(digest, data)])) == len(data)
     assert sleep.delays == [0.01, 0.02, 0.04]
@@ -47,7 +47,8 @@ def test_retries_are_bounded_and_the_last_error_surfaces() -> None:
     faulty = FaultInjectingChunkStore(
         MemoryChunkStore(), {"get_chunk": range(1, 100)}, error_factory=transient
     )
-    store = RetryingChunkStore(faulty, attempts_max=3, base_delay_s=0.5, delay_s_max=0.6, sleep=sleep)
+    store = RetryingChunkStore(faulty, attempts_max=3, base_delay_s=0.5, delay_s_max=0.6, jitter=lambda: 1.0,
+                               sleep=sleep)
     with pytest.raises(OSError):
         run(store.get_chunk(b"\0" * 32))
     assert faulty.calls["get_chunk"] == 3 and sleep.delays == [0.5, 0.6]

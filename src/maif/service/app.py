@@ -1002,14 +1002,21 @@ def _admin_routes(router: APIRouter) -> None:
 
 
 def _operations_routes(router: APIRouter) -> None:
-    @router.get("/healthz", response_model=schemas.Health, tags=["operations"])
-    async def healthz() -> schemas.Health:
-        """Liveness: the process answers."""
+    @router.get("/healthz", response_model=schemas.Health, response_model_exclude_none=True,
+                tags=["operations"])
+    async def healthz(request: Request) -> schemas.Health:
+        """Liveness: the process answers (always 200). ``status`` is "degraded" while a server the
+        store uses is unavailable, and ``degraded`` names it: reads of what it holds fail, writes are
+        acknowledged into the local log up to a bound, then refused with 503 and Retry-After."""
+        health = _state(request).storage.health()
+        if health["degraded"]:
+            return schemas.Health(status="degraded", degraded=health["degraded"])
         return schemas.Health(status="ok")
 
     @router.get(
         "/readyz",
         response_model=schemas.Health,
+        response_model_exclude_none=True,
         tags=["operations"],
         responses={503: {"description": "Not ready", **_PROBLEM}},
     )

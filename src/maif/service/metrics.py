@@ -8,9 +8,12 @@ never by a concrete path, so cardinality is bounded by the number of routes. Sto
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from maif import limits
 
@@ -47,6 +50,28 @@ _STORAGE_GAUGES = {
     "writes_total": ("maif_storage_writes", "Blocks written since the store opened."),
     "wal_syncs_total": ("maif_storage_wal_syncs", "Log syncs (fdatasync) since the store opened."),
 }
+
+
+class _DegradedCollector(Collector):
+    """``maif_storage_degraded_seconds_total{component}`` (a counter: seconds each server has been
+    unavailable since the store opened) and ``maif_storage_degraded{component}`` (1 while it is),
+    from the last storage figures observed."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        seconds = CounterMetricFamily("maif_storage_degraded_seconds",
+                                      "Seconds a server the store uses has been unavailable since it opened.",
+                                      labels=("component",))
+        now = GaugeMetricFamily("maif_storage_degraded", "1 while the server is unavailable.",
+                                labels=("component",))
+        down = self.health.get("degraded") or {}
+        for component, total in sorted((self.health.get("degraded_seconds_total") or {}).items()):
+            seconds.add_metric([component], float(total))
+            now.add_metric([component], 1.0 if component in down else 0.0)
+        yield seconds
+        yield now
 
 
 class ServiceMetrics:
@@ -106,6 +131,8 @@ class ServiceMetrics:
             key: Gauge(name, help_text, registry=registry)
             for key, (name, help_text) in _STORAGE_GAUGES.items()
         }
+        self.degraded = _DegradedCollector()
+        registry.register(self.degraded)
         self.ready = Gauge("maif_service_ready", "1 while the service accepts requests.", registry=registry)
         self.audit_entries = Gauge(
             "maif_audit_log_entries", "Entries in the audit log (one per gate decision).", registry=registry
@@ -118,6 +145,7 @@ class ServiceMetrics:
         self.audit_entries_max.set(limits.audit_log_entries_max)
 
     def observe_storage(self, stats: dict[str, Any]) -> None:
+        self.degraded.health = dict(stats.get("health") or {})
         for key, gauge in self.storage.items():
             value = stats.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):

@@ -9,6 +9,7 @@ id, and the full error goes to the log.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse
 from maif.errors import (
     AuthenticationError,
     AuthorizationError,
+    BackendUnavailableError,
     BlockNotFoundError,
     ConfigError,
     DurabilityError,
@@ -28,6 +30,7 @@ from maif.errors import (
     QueueFullError,
     StorageError,
     StoreClosedError,
+    StoreDegradedError,
 )
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -42,6 +45,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[MAIFError], int, str], ...] = (
     (StoreClosedError, 503, "unavailable"),
     (DurabilityError, 503, "unavailable"),
     (QueueFullError, 503, "overloaded"),
+    (StoreDegradedError, 503, "degraded"),
+    (BackendUnavailableError, 503, "backend-unavailable"),
     (FormatError, 400, "malformed"),
     (ConfigError, 400, "invalid-request"),
     (IntegrityError, 500, "integrity"),
@@ -113,7 +118,8 @@ async def on_maif_error(request: Request, error: Exception) -> JSONResponse:
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="maif", error="invalid_token"'
     if status == 503:
-        headers["Retry-After"] = "1"
+        wait_s = error.retry_after_s if isinstance(error, BackendUnavailableError) else 1.0
+        headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
     if status >= 500:
         _LOG.error("request failed: %s", error.message, extra={"request_id": _request_id(request)})
     return problem_response(request, status, slug, error.message, headers)

@@ -214,6 +214,8 @@ class TaskStatus(BaseModel):
 
 class Health(BaseModel):
     status: str
+    degraded: dict[str, dict[str, Any]] | None = None
+    """Each unavailable server ("postgresql", "s3", "redis", "qdrant"): for how long, and why."""
 
 
 __all__ = [

@@ -25,6 +25,7 @@ from typing import Any
 from maif.config import StorageConfig
 from maif.errors import BackendError, ConfigError, CredentialsError
 from maif.storage.backends.base import ChunkStore, MetadataIndex, SharedCache, VectorIndex
+from maif.storage.health import Health
 
 NODE_FILE = "NODE"
 _REQUIREMENT_HINT = "install the client libraries: pip install 'maif[distributed]'"
@@ -66,6 +67,7 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
     if (config.s3_endpoint is None) != (config.s3_bucket is None):
         raise ConfigError("s3_endpoint and s3_bucket go together: set both or neither")
     node = node_id_of(config)
+    health = Health()
     opened: list[Any] = []
     try:
         index: MetadataIndex | None = None
@@ -97,8 +99,8 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         shared: SharedCache | None = None
         if config.redis_url is not None:
             redis_cache = _module("maif.storage.backends.redis_cache")
-            shared = redis_cache.RedisSharedCache(config.redis_url,
-                                                  prefix=f"maif:{config.s3_bucket or 'store'}:")
+            shared = redis_cache.RedisSharedCache(
+                config.redis_url, prefix=f"maif:{config.s3_bucket or 'store'}:", health=health)
             opened.append(shared)
         # What no server replaces stays embedded under data_dir.
         from maif.storage.backends import local
@@ -113,13 +115,42 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         if index is None:
             index = local.LocalMetadataIndex(data_dir / "index.sqlite")
             opened.append(index)
+        index, vectors, chunks = _retrying(config, health, index, vectors, chunks)
         return Backends(chunks=chunks, index=index, vectors=vectors, cache=LRUHotCache(cache_bytes),
-                        shared_cache=shared)
+                        shared_cache=shared, health=health)
     except BaseException:
         for backend in reversed(opened):
             with contextlib.suppress(Exception):
                 await backend.close()
         raise
+
+
+def _retrying(config: StorageConfig, health: Health, index: MetadataIndex, vectors: VectorIndex,
+              chunks: ChunkStore) -> tuple[MetadataIndex, VectorIndex, ChunkStore]:
+    """Each backend that talks to a server behind a retry wrapper that reports to ``health``; the
+    embedded ones as they are (their failures are not a server's hiccup)."""
+    from maif.storage.backends.objectpacks import ObjectPackChunkStore
+    from maif.storage.backends.wrappers import (
+        RetryingChunkStore,
+        RetryingMetadataIndex,
+        RetryingVectorIndex,
+        RetryPolicy,
+    )
+
+    def policy(*components: str) -> RetryPolicy:
+        return RetryPolicy(health=health, components=components)
+
+    if config.postgres_url is not None:
+        index = RetryingMetadataIndex(index, policy("postgresql"))
+    if config.qdrant_url is not None:
+        vectors = RetryingVectorIndex(vectors, policy("qdrant"))
+    elif config.postgres_url is not None:
+        vectors = RetryingVectorIndex(vectors, policy("postgresql"))
+    if isinstance(chunks, ObjectPackChunkStore):
+        chunks = RetryingChunkStore(chunks, policy=policy("s3", "postgresql"))
+    elif config.s3_endpoint is not None:
+        chunks = RetryingChunkStore(chunks, policy=policy("s3"))  # local packs, S3 the cold tier
+    return index, vectors, chunks
 
 
 def _module(name: str) -> Any:

@@ -36,6 +36,7 @@ from maif import limits
 from maif.config import ConfigSource, StorageConfig, load_section
 from maif.errors import (
     BackendError,
+    BackendUnavailableError,
     BlockNotFoundError,
     ConfigError,
     DurabilityError,
@@ -44,13 +45,16 @@ from maif.errors import (
     MAIFError,
     StorageError,
     StoreClosedError,
+    StoreDegradedError,
 )
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import CODEC_VERSION, decode_block, decode_metadata, encode_block
 from maif.storage import arguments
 from maif.storage.applier import Applier, LogItem, type_name
 from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, SharedCache, VectorIndex
+from maif.storage.backends.wrappers import RetryPolicy
 from maif.storage.engine_stats import LatencyReservoir
+from maif.storage.health import Health
 from maif.storage.lock import StoreLock, acquire_store_lock
 from maif.storage.receipts import BlockSummary, CheckReport, DeleteReceipt, SearchHit, WriteReceipt
 from maif.storage.records import BlockRecord
@@ -70,6 +74,11 @@ _NOT_YET_KEYS = ("kafka_brokers",)  # the Kafka-protocol log: issue 11
 _CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
 _CHECKPOINT_INTERVAL_S = 5.0
 _APPLY_LINGER_S = 0.005
+# While a server is unavailable the applier retries its batch with capped, jittered backoff; a close
+# waits this long for the server before leaving the rest in the log (applied when the store reopens);
+# a query waits this long for the applier before it is refused with BackendUnavailableError.
+_CLOSE_UNAVAILABLE_WAIT_S = 10.0
+_QUERY_UNAVAILABLE_WAIT_S = 2.0
 
 
 _log = logging.getLogger(__name__)
@@ -78,12 +87,14 @@ class Backends:
     """The four backends one engine drives; defaults are the embedded local ones under data_dir."""
 
     def __init__(self, chunks: ChunkStore, index: MetadataIndex, vectors: VectorIndex,
-                 cache: HotCache, shared_cache: SharedCache | None = None) -> None:
+                 cache: HotCache, shared_cache: SharedCache | None = None,
+                 health: Health | None = None) -> None:
         self.chunks = chunks
         self.index = index
         self.vectors = vectors
         self.cache = cache
         self.shared_cache = shared_cache  # several nodes' cache (Redis); every value digest-checked
+        self.health = health or Health()  # fed by the retry wrappers around server backends
 
     @property
     def durable(self) -> bool:
@@ -230,6 +241,13 @@ class MAIFStorage:
         self._tier_failure: str | None = None
         self._packs_moved_cold = 0
         self._applier_failure: str | None = None
+        # Set while the applier waits for a server (BackendUnavailableError): writes are still logged
+        # and acknowledged until the unapplied bytes reach their bound, then refused (StoreDegradedError).
+        self._blocked: BackendUnavailableError | None = None
+        self._blocked_since = 0.0
+        self._blocked_attempts = 0
+        self._server_backoff = RetryPolicy(base_delay_s=0.1, delay_s_max=5.0)  # its delays only
+        self._close_requested = asyncio.Event()
         self._committed_lsn = 0
         self._applied_lsn = 0
         self._checkpoint_lsn = 0
@@ -368,6 +386,7 @@ class MAIFStorage:
         if self._closed or self._closing:
             return
         self._closing = True
+        self._close_requested.set()
         if self._tier_task is not None:
             self._tier_task.cancel()
             await asyncio.wait([self._tier_task])  # raises nothing: a tier failure never stops the close
@@ -379,7 +398,8 @@ class MAIFStorage:
             self._work_ready.set()
             if self._applier_task is not None:
                 await self._applier_task
-            if self._applier_failure is None and self._applied_lsn > self._checkpoint_lsn:
+            if (self._applier_failure is None and self._blocked is None
+                    and self._applied_lsn > self._checkpoint_lsn):
                 await self._checkpoint(self._applied_lsn)
         finally:
             self._closed = True
@@ -444,6 +464,8 @@ class MAIFStorage:
         """Log ``items`` with one append (group-committed), waiting for room first; their first LSN."""
         cost = sum(item.cost_bytes for item in items)
         while self._inflight_bytes and self._inflight_bytes + cost > self._inflight_bytes_max:
+            if self._blocked is not None:
+                raise self._degraded_refusal()
             self._space_ready.clear()
             await self._space_ready.wait()
             self._check_writable()
@@ -460,6 +482,20 @@ class MAIFStorage:
             self._release(cost)  # never committed: nothing will be applied for these bytes
             raise
         return first_lsn
+
+    def _degraded_refusal(self) -> StoreDegradedError:
+        """The error for a write that finds the unapplied bytes at their bound while a server is out."""
+        blocked = self._blocked
+        assert blocked is not None
+        waited = time.monotonic() - self._blocked_since
+        return StoreDegradedError(
+            f"{blocked.component} has been unavailable for {waited:.0f} s and the "
+            f"{self._inflight_bytes / 2**20:.1f} MiB of acknowledged writes waiting for it reached this "
+            f"node's bound ({self._inflight_bytes_max / 2**20:.1f} MiB, a quarter of max_memory_mb): "
+            f"write refused, nothing written ({blocked.message})",
+            component=blocked.component, retry_after_s=max(1.0, blocked.retry_after_s),
+            hint="retry later; every acknowledged write is in the local log and is applied when the "
+                 "server answers again")
 
     def _check_vector_dimensions(self, items: Sequence[LogItem]) -> None:
         """Refuse, before the log, an embedding the vector index could not hold.
@@ -526,10 +562,51 @@ class MAIFStorage:
                         or time.monotonic() - last_checkpoint >= _CHECKPOINT_INTERVAL_S):
                     await self._checkpoint(batch[-1].lsn)
                     last_checkpoint = time.monotonic()
-            except Exception as error:  # noqa: BLE001 - any failure stops applying; reads go on
+            except BackendUnavailableError as error:  # a server is out: keep the batch, wait, retry
+                self._apply_queue.extendleft(reversed(batch))
+                if not await self._wait_for_server(error):
+                    return  # closing: the rest stays in the log, applied when the store reopens
+                continue
+            except Exception as error:  # noqa: BLE001 - any other failure stops applying; reads go on
                 await self._fail_applier(error)
                 return
+            if self._blocked is not None:
+                _log.warning("store %s: %s answers again after %.1f s; applying the backlog",
+                             self.config.data_dir, self._blocked.component,
+                             time.monotonic() - self._blocked_since)
+                self._backends.health.succeeded(self._blocked.component)
+                self._blocked = None
             await self._mark_applied(batch)
+
+    async def _wait_for_server(self, error: BackendUnavailableError) -> bool:
+        """Note the outage (writers over the bound are refused from now on), then wait a jittered,
+        growing delay before the next attempt; False when the store is closing and has waited long
+        enough (every record not applied stays in the log and is replayed at the next open)."""
+        now = time.monotonic()
+        if self._blocked is None:
+            self._blocked_since = now
+            self._blocked_attempts = 0
+            _log.warning("store %s: applying waits for %s (%s); writes are logged and acknowledged "
+                         "up to %.1f MiB meanwhile", self.config.data_dir, error.component, error.message,
+                         self._inflight_bytes_max / 2**20)
+        self._blocked = error
+        self._blocked_attempts += 1
+        self._backends.health.failed(error.component, error.message)
+        self._space_ready.set()  # writers waiting for room re-check: over the bound they are refused
+        async with self._applied:
+            self._applied.notify_all()
+        if self._closing and now - self._blocked_since >= _CLOSE_UNAVAILABLE_WAIT_S:
+            _log.warning("store %s closes with %d acknowledged records not applied (%s unavailable): "
+                         "they stay in the local log and are applied when the store reopens",
+                         self.config.data_dir, len(self._apply_queue), error.component)
+            return False
+        delay = self._server_backoff.delay_s(min(self._blocked_attempts, 32))
+        if self._closing:
+            await asyncio.sleep(min(delay, 0.5))  # closing: try every half second until the wait ends
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._close_requested.wait(), delay)
+        return True
 
     def _committer_idle(self) -> bool:
         return self._committer is None or self._committer.idle
@@ -575,9 +652,18 @@ class MAIFStorage:
     async def _wait_applied(self) -> None:
         """Queries see every acknowledged write: wait until the applier has caught up."""
         target = self._committed_lsn
+        deadline = time.monotonic() + _QUERY_UNAVAILABLE_WAIT_S
         async with self._applied:
             while self._applied_lsn < target and self._applier_failure is None:
-                await self._applied.wait()
+                blocked = self._blocked
+                if blocked is not None and time.monotonic() >= deadline:
+                    raise BackendUnavailableError(
+                        f"this query must see every acknowledged write, and applying them waits for "
+                        f"{blocked.component}: {blocked.message}", component=blocked.component,
+                        retry_after_s=blocked.retry_after_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._applied.wait(), max(0.0, deadline - time.monotonic())
+                                           if blocked is not None else None)
         if self._applier_failure is not None and self._applied_lsn < target:
             raise BackendError(self._applier_failure)
 
@@ -718,6 +804,27 @@ class MAIFStorage:
         return hits
 
     # ---- statistics, check, export/import ------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """What works now, without asking any server: ``status`` "ok", "degraded" (a server is out;
+        reads of what it holds fail, writes are acknowledged into the local log up to
+        ``unapplied_bytes_max``, then refused with StoreDegradedError) or "failed" (the log or the
+        applier failed: writes refused until reopened); ``degraded`` names each unavailable component,
+        for how long and why; ``degraded_seconds_total`` sums every outage per component."""
+        now = time.monotonic()
+        health = self._backends.health
+        failure = (self._wal.failure if self._wal is not None else None) or self._applier_failure
+        down = health.down()
+        return {
+            "status": "failed" if failure else "degraded" if down else "ok",
+            "failure": failure,
+            "degraded": {name: {"for_s": round(now - outage.since, 3), "reason": outage.reason}
+                         for name, outage in sorted(down.items())},
+            "degraded_seconds_total": health.degraded_seconds(),
+            "applier_waiting_for": self._blocked.component if self._blocked is not None else None,
+            "unapplied_bytes": self._inflight_bytes,
+            "unapplied_bytes_max": self._inflight_bytes_max,
+        }
+
     async def get_stats(self) -> dict[str, Any]:
         """Counters and gauges (see docs/ARCHITECTURE.md, "storage engine", for each key)."""
         from maif.storage.engine_stats import collect_stats

@@ -18,10 +18,15 @@ Keys of ``get_stats()`` (units last):
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from maif.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from maif.storage.engine import MAIFStorage
+
+T = TypeVar("T")
 
 
 class LatencyReservoir:
@@ -53,7 +58,9 @@ class LatencyReservoir:
 async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
     backends = storage._backends
     uptime_s = max(time.monotonic() - storage._opened_at, 1e-9)
-    chunk_stats = dict(await backends.chunks.stats()) if not storage._closed else {}
+    chunk_stats: dict[str, Any] = {}
+    if not storage._closed:
+        chunk_stats = dict(await _unless_unavailable(backends.chunks.stats(), {}))
     cache_stats = dict(backends.cache.stats())
     wal = storage._wal
     committer = storage._committer
@@ -97,10 +104,21 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
         "tier_failure": storage._tier_failure,
         "chunks": chunk_stats,
     }
-    if not storage._closed:
-        stats["blocks"] = await backends.index.count()
-        stats["vectors"] = await backends.vectors.count()
+    stats["health"] = storage.health()
+    if not storage._closed:  # from the servers, when they answer (stats serve /metrics while degraded)
+        for key, counting in (("blocks", backends.index.count), ("vectors", backends.vectors.count)):
+            value = await _unless_unavailable(counting(), None)
+            if value is not None:
+                stats[key] = value
     return stats
+
+
+async def _unless_unavailable(pending: Awaitable[T], fallback: T) -> T:
+    """``await pending``, or ``fallback`` when a server does not answer."""
+    try:
+        return await pending
+    except BackendUnavailableError:
+        return fallback
 
 
 __all__ = ["LatencyReservoir", "collect_stats"]

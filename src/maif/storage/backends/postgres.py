@@ -92,6 +92,7 @@ import numpy as np
 from maif import limits
 from maif.errors import (
     BackendError,
+    BackendUnavailableError,
     BlockNotFoundError,
     ConfigError,
     CredentialsError,
@@ -131,6 +132,9 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 100
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+COMPONENT = "postgresql"
+"""How health reports and :class:`BackendUnavailableError` name this server."""
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})  # shut down, crashed, starting up
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock: the txn rolled back
 _ATTEMPTS_MAX = 3
 _CLOSE_GRACE_SECONDS = 10.0
@@ -341,6 +345,19 @@ def _unescape(text: str) -> str:
 
 # ---- the shared connection machinery ---------------------------------------------------------------
 
+
+
+def _connection_lost(error: BaseException, sqlstate: str) -> bool:
+    """The server went away (class 08, an operator shutdown or a restart, a dropped socket). A commit
+    in flight may or may not have happened; every write of these backends is idempotent, so the same
+    call may be retried."""
+    if sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    if isinstance(error, ConnectionError | OSError):
+        return True
+    import asyncpg
+
+    return isinstance(error, asyncpg.InterfaceError) and "closed" in str(error)
 
 class _Database:
     """One bounded asyncpg pool over one MAIF schema, created on first use after the schema is checked
@@ -555,13 +572,18 @@ class _Database:
             return BackendError(f"{self.where}: the server's disk is full ({detail})",
                                 hint="free space on the database server; each node's log keeps the writes")
         if connecting and (isinstance(error, OSError | TimeoutError) or not sqlstate):
-            return BackendError(
+            return BackendUnavailableError(
                 f"PostgreSQL {self.target.server} (config key {CONFIG_KEY}) is unreachable: "
-                f"{type(error).__name__}: {detail}",
+                f"{type(error).__name__}: {detail}", component=COMPONENT,
                 hint=f"start the server, or correct the host and port in {CONFIG_KEY}")
         if isinstance(error, TimeoutError):
-            return BackendError(f"{self.where}: timed out after {self.command_timeout_s:g} s trying to "
-                                f"{action}")
+            return BackendUnavailableError(
+                f"{self.where}: timed out after {self.command_timeout_s:g} s trying to {action}",
+                component=COMPONENT)
+        if _connection_lost(error, sqlstate):
+            return BackendUnavailableError(
+                f"{self.where}: the connection failed trying to {action} ({type(error).__name__}: "
+                f"{detail})", component=COMPONENT, hint="the server is down or restarting")
         code = f" [{sqlstate}]" if sqlstate else ""
         return BackendError(f"{self.where} failed to {action}{code}: {type(error).__name__}: {detail}")
 

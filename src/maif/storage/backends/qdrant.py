@@ -43,6 +43,7 @@ import numpy as np
 from maif import limits
 from maif.errors import (
     BackendError,
+    BackendUnavailableError,
     ConfigError,
     ForeignStoreError,
     FormatError,
@@ -90,6 +91,15 @@ def _redact(url: str) -> str:
         return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
     except ValueError:
         return "<unparsable URL>"
+
+
+def _connection_failed(error: BaseException) -> bool:
+    """A refused, dropped or timed-out connection (qdrant-client wraps httpx's in
+    ResponseHandlingException)."""
+    import httpx
+
+    cause = getattr(error, "source", None) or error.__cause__ or error
+    return isinstance(cause, httpx.TransportError | OSError | TimeoutError)
 
 
 class QdrantVectorIndex(VectorIndex):
@@ -230,6 +240,10 @@ class QdrantVectorIndex(VectorIndex):
         key = "qdrant_url" if self.url is not None else "the local Qdrant path"
         if status is not None:
             detail = f"HTTP {status}"
+        if self.url is not None and (status in (500, 502, 503, 504) or _connection_failed(error)):
+            return BackendUnavailableError(
+                f"Qdrant at {self.where} ({key}) is unavailable: cannot {action} collection "
+                f"{self.collection!r} ({detail})", component="qdrant")
         return BackendError(f"Qdrant at {self.where} ({key}) failed: cannot {action} collection "
                             f"{self.collection!r} ({detail})")
 

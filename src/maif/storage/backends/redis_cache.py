@@ -37,10 +37,13 @@ from urllib.parse import urlsplit
 
 from maif.errors import ConfigError
 from maif.storage.backends.base import Capabilities, SharedCache
+from maif.storage.health import Health
 
 ResultT = TypeVar("ResultT")
 
 _PREFIX_BYTES_MAX = 256
+COMPONENT = "redis"
+"""How health reports name this server."""
 _log = logging.getLogger(__name__)
 
 
@@ -77,6 +80,7 @@ class RedisSharedCache(SharedCache):
         breaker_max_delay_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        health: Health | None = None,
     ) -> None:
         if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
@@ -113,6 +117,7 @@ class RedisSharedCache(SharedCache):
         self._open_until: float | None = None
         self._probing = False
         self._last_error: str | None = None
+        self._health = health  # told when the breaker opens ("redis" down) and closes again
         self._counters = {
             "hits": 0, "misses": 0, "errors": 0, "puts": 0, "discards": 0, "skipped_oversize": 0,
             "skipped_busy": 0, "skipped_breaker": 0, "breaker_trips": 0,
@@ -153,6 +158,8 @@ class RedisSharedCache(SharedCache):
     def _succeeded(self) -> None:
         if self._open_until is not None:
             _log.info("Redis cache %s answers again: breaker closed", self.where)
+            if self._health is not None:
+                self._health.succeeded(COMPONENT)
         self._consecutive_failures = 0
         self._trips_in_a_row = 0
         self._open_until = None
@@ -169,6 +176,9 @@ class RedisSharedCache(SharedCache):
             if self._open_until is None:
                 _log.warning("Redis cache %s failing (%s): reads skip it for %.2f s, then probe",
                              self.where, self._last_error, delay)
+                if self._health is not None:
+                    self._health.failed(COMPONENT, f"Redis cache {self.where} failing ({self._last_error}); "
+                                                   "reads go to the lower tier")
             self._open_until = self._clock() + delay
             self._trips_in_a_row += 1
             self._counters["breaker_trips"] += 1

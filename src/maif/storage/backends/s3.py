@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 from maif.errors import (
     ArgumentValueError,
     BackendError,
+    BackendUnavailableError,
     BlockNotFoundError,
     ConfigError,
     CredentialsError,
@@ -72,7 +73,11 @@ PART_BYTES_MIN = 5 * MIB  # S3's minimum for every part but the last
 PARTS_MAX = 10_000  # S3's maximum number of parts in one upload
 S3_KEY_BYTES_MAX = 1024  # S3's limit on a whole key, the prefix included
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+COMPONENT = "s3"
+"""How health reports and :class:`BackendUnavailableError` name this server."""
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_UNAVAILABLE_CODES = frozenset({"500", "502", "503", "504", "InternalError", "ServiceUnavailable",
+                                "SlowDown", "RequestTimeout", "Throttling"})
 _CREDENTIAL_CODES = frozenset(
     {
         "SignatureDoesNotMatch",
@@ -457,16 +462,20 @@ class S3ObjectStore(ObjectStore):
             )
         endpoint = redact_url(self.endpoint_url) if self.endpoint_url else "AWS S3"
         if isinstance(error, boto.EndpointConnectionError | boto.ConnectTimeoutError):
-            return BackendError(
+            return BackendUnavailableError(
                 f"S3 endpoint {endpoint} (config key s3_endpoint) is unreachable: "
-                f"cannot {action} {what}bucket {self.bucket!r}",
+                f"cannot {action} {what}bucket {self.bucket!r}", component=COMPONENT,
                 hint="check that the server runs and s3_endpoint names it",
             )
         if isinstance(error, boto.HTTPClientError | OSError | TimeoutError):
-            return BackendError(
+            return BackendUnavailableError(
                 f"S3 endpoint {endpoint} (config key s3_endpoint) failed ({type(error).__name__}): "
-                f"cannot {action} {what}bucket {self.bucket!r}",
+                f"cannot {action} {what}bucket {self.bucket!r}", component=COMPONENT,
             )
+        if code in _UNAVAILABLE_CODES:
+            return BackendUnavailableError(
+                f"S3 {self.where} is unavailable ({code}) trying to {action} {what}the store",
+                component=COMPONENT)
         if code:
             return BackendError(f"S3 could not {action} {what}{self.where}: {code}")
         detail = type(error).__name__

@@ -1,24 +1,36 @@
-"""Cross-cutting behaviour as wrappers around any ChunkStore: retry, injected latency, injected faults.
+"""Cross-cutting behaviour as wrappers around backends: retry, injected latency, injected faults.
 
-Each wrapper is itself a :class:`ChunkStore` and routes every ABC method through one ``_call`` hook,
-so wrappers stack freely (``scan_records``, a generator, delegates directly)::
+Each chunk-store wrapper is itself a :class:`ChunkStore` and routes every ABC method through one
+``_call`` hook, so wrappers stack freely (``scan_records``, a generator, delegates directly)::
 
     store = RetryingChunkStore(FaultInjectingChunkStore(LocalChunkStore(path), {"get_chunk": [3]}))
 
-``flush`` is never retried: after a failed fsync the kernel may have dropped the dirty pages, so a
-second fsync could "succeed" without the data (the PostgreSQL fsyncgate lesson). The failure goes up
-and the engine stops taking writes.
+:class:`RetryingMetadataIndex` and :class:`RetryingVectorIndex` do the same for the shared index and
+vectors of a scaled-out store (PostgreSQL, pgvector, Qdrant). Every retry follows a
+:class:`RetryPolicy`: capped exponential backoff with jitter, a bounded number of attempts, and, when
+given a :class:`~maif.storage.health.Health`, a report of each outcome (down after the last attempt,
+up on a success).
+
+``flush`` and ``close`` are retried only on :class:`~maif.errors.BackendUnavailableError` (a server
+that did not answer: nothing local was harmed). After a failed local fsync the kernel may have dropped
+the dirty pages, so a second fsync could "succeed" without the data (the PostgreSQL fsyncgate lesson):
+that failure goes up and the engine stops taking writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from maif.errors import BackendError, ConfigError, CredentialsError
-from maif.storage.backends.base import ChunkStore
+import numpy as np
+
+from maif.errors import BackendError, BackendUnavailableError, ConfigError, CredentialsError
+from maif.storage.backends.base import ChunkStore, MetadataIndex, VectorIndex
+from maif.storage.health import Health
+from maif.storage.records import BlockRecord
 
 TRANSIENT_ERRNOS = frozenset(
     {
@@ -39,6 +51,62 @@ TRANSIENT_ERRNOS = frozenset(
 NEVER_RETRIED = frozenset({"flush", "close"})
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def is_retriable(name: str, error: BaseException) -> bool:
+    """Worth another attempt of method ``name``: a server that did not answer, always; otherwise a
+    transient error (:func:`is_transient`) of any method but ``flush`` and ``close``."""
+    if isinstance(error, BackendUnavailableError):
+        return True
+    return name not in NEVER_RETRIED and is_transient(error)
+
+
+class RetryPolicy:
+    """Capped exponential backoff with jitter: attempt ``n`` failed, wait a uniformly drawn time in
+    ``[d/2, d]`` with ``d = min(delay_s_max, base_delay_s * 2**(n-1))``, at most ``attempts_max``
+    attempts in all. The jitter keeps nodes that lost a server together from retrying in step.
+
+    ``health`` and ``components``: each failure that survives the last attempt with a
+    BackendUnavailableError marks its component down there, each success marks ``components`` up.
+    """
+
+    def __init__(self, *, attempts_max: int = 4, base_delay_s: float = 0.05, delay_s_max: float = 1.0,
+                 jitter: Callable[[], float] = random.random, sleep: Sleep = asyncio.sleep,
+                 health: Health | None = None, components: Sequence[str] = ()) -> None:
+        if attempts_max < 1 or base_delay_s < 0 or delay_s_max < base_delay_s:
+            raise ConfigError("retry needs attempts_max >= 1 and 0 <= base_delay_s <= delay_s_max")
+        self.attempts_max = attempts_max
+        self.base_delay_s = base_delay_s
+        self.delay_s_max = delay_s_max
+        self.jitter = jitter
+        self.sleep = sleep
+        self.health = health
+        self.components = tuple(components)
+        self.retries = 0
+
+    def delay_s(self, attempt: int) -> float:
+        """How long to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.delay_s_max, self.base_delay_s * 2.0 ** (attempt - 1))
+        return ceiling * (0.5 + 0.5 * self.jitter())
+
+    async def run(self, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``await call()`` until it succeeds, fails for good, or the attempts run out."""
+        attempt = 1
+        while True:
+            try:
+                result = await call()
+            except (BackendError, OSError) as error:
+                if attempt >= self.attempts_max or not is_retriable(name, error):
+                    if self.health is not None and isinstance(error, BackendUnavailableError):
+                        self.health.failed(error.component, error.message)
+                    raise
+            else:
+                if self.health is not None:
+                    self.health.succeeded(*self.components)
+                return result
+            await self.sleep(self.delay_s(attempt))
+            attempt += 1
+            self.retries += 1
 
 
 def is_transient(error: BaseException) -> bool:
@@ -92,7 +160,7 @@ class WrapperChunkStore(ChunkStore):
 
 
 class RetryingChunkStore(WrapperChunkStore):
-    """Retries transient failures with exponential backoff: ``base_delay_s * 2**n``, capped, bounded."""
+    """Retries what :func:`is_retriable` allows, following a :class:`RetryPolicy`."""
 
     def __init__(
         self,
@@ -101,28 +169,106 @@ class RetryingChunkStore(WrapperChunkStore):
         attempts_max: int = 4,
         base_delay_s: float = 0.01,
         delay_s_max: float = 1.0,
+        jitter: Callable[[], float] = random.random,
         sleep: Sleep = asyncio.sleep,
+        policy: RetryPolicy | None = None,
     ) -> None:
-        if attempts_max < 1 or base_delay_s < 0 or delay_s_max < base_delay_s:
-            raise ConfigError("retry needs attempts_max >= 1 and 0 <= base_delay_s <= delay_s_max")
         super().__init__(inner)
-        self.attempts_max = attempts_max
-        self.base_delay_s = base_delay_s
-        self.delay_s_max = delay_s_max
-        self.sleep = sleep
-        self.retries = 0
+        self.policy = policy or RetryPolicy(attempts_max=attempts_max, base_delay_s=base_delay_s,
+                                            delay_s_max=delay_s_max, jitter=jitter, sleep=sleep)
+
+    @property
+    def retries(self) -> int:
+        return self.policy.retries
 
     async def _call(self, name: str, *args: Any) -> Any:
-        attempt = 1
-        while True:
-            try:
-                return await getattr(self.inner, name)(*args)
-            except (BackendError, OSError) as error:
-                if name in NEVER_RETRIED or attempt >= self.attempts_max or not is_transient(error):
-                    raise
-            await self.sleep(min(self.delay_s_max, self.base_delay_s * 2 ** (attempt - 1)))
-            attempt += 1
-            self.retries += 1
+        return await self.policy.run(name, lambda: getattr(self.inner, name)(*args))
+
+    def __getattr__(self, name: str) -> Any:  # what a backend has beyond the ABC (counters, ...)
+        return _inner_attribute(self, name)
+
+
+class RetryingMetadataIndex(MetadataIndex):
+    """A :class:`MetadataIndex` whose calls are retried by ``policy``; anything beyond the ABC (e.g. a
+    shared index's ``last_put_rejected``) is the inner index's own."""
+
+    def __init__(self, inner: MetadataIndex, policy: RetryPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.capabilities = inner.capabilities
+
+    def __getattr__(self, name: str) -> Any:
+        return _inner_attribute(self, name)
+
+    async def put(self, records: Sequence[BlockRecord], *, applied_lsn: int | None = None,
+                  newer_only: bool = False) -> None:
+        await self.policy.run("put", lambda: self.inner.put(records, applied_lsn=applied_lsn,
+                                                            newer_only=newer_only))
+
+    async def get(self, block_id: str) -> BlockRecord | None:
+        record: BlockRecord | None = await self.policy.run("get", lambda: self.inner.get(block_id))
+        return record
+
+    async def query(self, *, agent_id: str | None = None, block_type: str | None = None,
+                    since: float | None = None, until: float | None = None, parent: str | None = None,
+                    limit: int = 100, after: str | None = None) -> list[BlockRecord]:
+        return list(await self.policy.run("query", lambda: self.inner.query(
+            agent_id=agent_id, block_type=block_type, since=since, until=until, parent=parent,
+            limit=limit, after=after)))
+
+    async def applied_lsn(self) -> int:
+        return int(await self.policy.run("applied_lsn", self.inner.applied_lsn))
+
+    async def set_applied_lsn(self, lsn: int) -> None:
+        await self.policy.run("set_applied_lsn", lambda: self.inner.set_applied_lsn(lsn))
+
+    async def flush(self) -> None:
+        await self.policy.run("flush", self.inner.flush)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def count(self, block_type: str | None = None) -> int:
+        return int(await self.policy.run("count", lambda: self.inner.count(block_type)))
+
+
+class RetryingVectorIndex(VectorIndex):
+    """A :class:`VectorIndex` whose calls are retried by ``policy``."""
+
+    def __init__(self, inner: VectorIndex, policy: RetryPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.capabilities = inner.capabilities
+
+    def __getattr__(self, name: str) -> Any:
+        return _inner_attribute(self, name)
+
+    async def add(self, items: Sequence[tuple[str, np.ndarray, Mapping[str, str]]]) -> None:
+        await self.policy.run("add", lambda: self.inner.add(items))
+
+    async def search(self, query: np.ndarray, limit: int, *, score_threshold: float | None = None,
+                     filters: Mapping[str, str] | None = None) -> list[tuple[str, float]]:
+        return list(await self.policy.run("search", lambda: self.inner.search(
+            query, limit, score_threshold=score_threshold, filters=filters)))
+
+    async def remove(self, block_ids: Sequence[str]) -> int:
+        return int(await self.policy.run("remove", lambda: self.inner.remove(block_ids)))
+
+    async def clear(self) -> None:
+        await self.policy.run("clear", self.inner.clear)
+
+    async def flush(self) -> None:
+        await self.policy.run("flush", self.inner.flush)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def count(self) -> int:
+        return int(await self.policy.run("count", self.inner.count))
+
+    @property
+    def dimensions(self) -> int | None:
+        return self.inner.dimensions
 
 
 class LatencyChunkStore(WrapperChunkStore):
@@ -177,6 +323,14 @@ class FaultInjectingChunkStore(WrapperChunkStore):
         return await getattr(self.inner, name)(*args)
 
 
+def _inner_attribute(wrapper: object, name: str) -> Any:
+    """An attribute the wrapper lacks, from the wrapped backend (``__getattr__`` runs only for those)."""
+    inner = wrapper.__dict__.get("inner")
+    if inner is None or name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(inner, name)
+
+
 def _default_fault(name: str, number: int) -> BaseException:
     return OSError(errno.EIO, f"injected I/O error on {name} call {number}")
 
@@ -185,7 +339,11 @@ __all__ = [
     "TRANSIENT_ERRNOS",
     "FaultInjectingChunkStore",
     "LatencyChunkStore",
+    "RetryPolicy",
     "RetryingChunkStore",
+    "RetryingMetadataIndex",
+    "RetryingVectorIndex",
     "WrapperChunkStore",
+    "is_retriable",
     "is_transient",
 ]
