@@ -157,3 +157,36 @@ def test_wrong_s3_credentials_are_a_typed_error(tmp_path: Path, fresh_postgres_u
     with pytest.raises(CredentialsError) as caught:
         asyncio.run(create_maif_storage(config))
     assert "not-the-secret" not in caught.value.diagnostics()
+
+
+def test_a_lost_postgresql_index_is_rebuilt_from_the_records_in_s3(two_nodes: Any,
+                                                                   fresh_postgres_url: str) -> None:
+    """The shared index is derived state (ADR 0043): emptied behind MAIF's back (a restored backup, an
+    operator's DELETE), it is rebuilt from the block records in the pack objects by repair()."""
+    import asyncpg
+
+    blocks = corpus(30)
+
+    async def body(a: MAIFStorage, b: MAIFStorage) -> None:
+        await a.write_blocks(blocks[:15])
+        await b.write_blocks(blocks[15:])
+        await applied(a)
+        await applied(b)
+        connection = await asyncpg.connect(fresh_postgres_url)
+        try:
+            await connection.execute("DELETE FROM maif.blocks")
+            await connection.execute("DELETE FROM maif.vectors")
+        finally:
+            await connection.close()
+        assert await b.list_blocks(agent_id="agent-a", limit=100) == []
+        report = await b.repair()  # one node rebuilds what every node wrote
+        assert any("re-indexed" in line or "rebuilt" in line for line in report.repaired), report.repaired
+        listed = [summary.block_id for summary in await a.list_blocks(agent_id="agent-a", limit=100)]
+        assert listed == [block.id for block in blocks]
+        for block in blocks:
+            assert await a.read_block(block.id) == block
+        target = blocks[9]
+        hits = await a.semantic_search(np.frombuffer(target.data, dtype="<f4"), limit=1)
+        assert hits[0].block_id == target.id
+
+    two_nodes(body)
