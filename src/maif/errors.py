@@ -26,6 +26,8 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
     │   ├── ForeignStoreError       a database, bucket or collection holds another store or a foreign
     │   │                           layout: refused, never overwritten
     │   └── BackendError            a storage backend (disk, server) failed
+    │       ├── BackendUnavailableError  a server did not answer (component named): retry later
+    │       │   └── StoreDegradedError   a write refused: the backlog waiting for that server is full
     │       └── CredentialsError    a server refused the configured credentials (never retried)
     ├── SecurityError               a security decision refused the caller
     │   ├── AuthenticationError     who is asking could not be established
