@@ -111,3 +111,19 @@ def test_environment_overrides_files() -> None:
     assert (storage.batch_size, storage.data_dir) == (42, "/srv/maif")
     with pytest.raises(ConfigError):
         load_section(StorageConfig, None, environ={"MAIF_STORAGE_BATCH_SISE": "1"})
+
+
+def test_a_text_setting_from_the_environment_stays_text_when_it_looks_like_json() -> None:
+    """Found configuring two `maif serve` nodes through MAIF_STORAGE_*: every environment value was
+    parsed as JSON first, so ``MAIF_STORAGE_NODE_ID=1`` became the number 1 and was refused, and so
+    was the S3 bucket ``2024``. Text settings take the variable's text as it is."""
+    environ = {
+        "MAIF_STORAGE_NODE_ID": "1",
+        "MAIF_STORAGE_S3_BUCKET": "2024",
+        "MAIF_STORAGE_S3_ENDPOINT": "http://127.0.0.1:8333",
+        "MAIF_STORAGE_DATA_DIR": "true",
+    }
+    storage = load_section(StorageConfig, None, environ=environ)
+    assert (storage.node_id, storage.s3_bucket, storage.data_dir) == ("1", "2024", "true")
+    numbers = load_section(StorageConfig, None, environ={"MAIF_STORAGE_BATCH_SIZE": "7"})
+    assert numbers.batch_size == 7  # other settings still parse

@@ -19,6 +19,8 @@ import difflib
 import json
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
@@ -182,8 +184,17 @@ def _environment_overrides(
             raise ConfigError(
                 f"environment variable {key} names no {name} setting", hint=_close(section, field)
             )
-        overrides[field] = _parse_environment_value(value)
+        text = _is_text(typing.get_type_hints(section)[field])
+        overrides[field] = value if text else _parse_environment_value(value)
     return overrides
+
+
+def _is_text(annotation: Any) -> bool:
+    """A setting that holds text (``str`` or ``str | None``): its variable is taken as written, so
+    ``MAIF_STORAGE_NODE_ID=1`` is the text "1", not the number 1."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = typing.get_args(annotation) if union else (annotation,)
+    return str in members and all(member in (str, type(None)) for member in members)
 
 
 def _parse_environment_value(value: str) -> Any:
