@@ -212,6 +212,25 @@ pg_ready() { "$(pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "${CFG[MAIF_PG_PORT]}"
 
 pg_install() { pip_target "$PG_PIP_SPEC"; }
 
+# A postmaster killed with SIGKILL leaves postmaster.pid behind. PostgreSQL removes it itself when its
+# PID is gone, but not while that PID is a zombie nobody has reaped yet (kill -0 succeeds on a zombie):
+# wait a little for the reaping, then remove the file of a postmaster that is certainly dead.
+pg_clear_dead_lock() {
+  local file=$1 pid state i
+  [[ -f $file ]] || return 0
+  pid=$(head -n 1 "$file")
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  for i in $(seq 1 50); do
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+    [[ $state == Z ]] || break
+    sleep 0.1
+  done
+  if [[ -z $state || $state == Z ]]; then
+    rm -f "$file"
+    log "postgres: removed the lock file of postmaster $pid, which is dead"
+  fi
+}
+
 pg_start() {
   local d="$STATE/postgres" bin pid t0
   bin=$(pg_install_bindir)
@@ -235,6 +254,7 @@ pg_start() {
       || { rm -f "$d/pwfile"; cat "$d/initdb.log" >&2; die "postgres: initdb failed; its log: $d/initdb.log"; }
     rm -f "$d/pwfile"
   fi
+  pg_clear_dead_lock "$d/data/postmaster.pid"
   # TCP on 127.0.0.1 only, no Unix socket (long STATE_DIR paths exceed the socket path limit)
   as_postgres "$bin/pg_ctl" -D "$d/data" -l "$d/log" -w -t "$TIMEOUT" start -o \
     "-h 127.0.0.1 -p ${CFG[MAIF_PG_PORT]} -c unix_socket_directories='' -c max_connections=200" >/dev/null \

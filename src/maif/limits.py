@@ -31,6 +31,22 @@ block_payload_bytes_max: Final = 1 * GiB
 block_metadata_bytes_max: Final = 64 * KiB
 """Largest encoded (MessagePack) metadata map of one block."""
 
+block_metadata_depth_max: Final = 32
+"""Deepest nesting of maps and arrays in one block's metadata (the top-level map is depth 1). Checked by
+an iterative scan of the MessagePack bytes before they are decoded, so hostile nesting never recurses."""
+
+block_zstd_window_bytes_max: Final = 8 * MiB
+"""Largest zstd window a compressed payload's frame may declare: what a decoder allocates for it. The
+writer's frames use at most 2 MiB (levels 1 and 3)."""
+
+decompression_buffer_bytes_max: Final = 8 * MiB
+"""Most decompressed bytes held in memory at once while a payload is streamed (unpack, full verification);
+each step feeds the decoder only as much input as can expand to this much output."""
+
+decompressed_read_bytes_max: Final = block_payload_bytes_max
+"""Total-size budget of one read of a compressed payload: the decoder stops and refuses as soon as its
+output would pass the declared payload length, and never passes this bound whatever a header says."""
+
 block_parents_max: Final = 256
 """Most parent references one block may carry (the provenance graph's in-degree)."""
 
@@ -52,6 +68,10 @@ container_versions_max: Final = 1 << 20
 trailer_candidates_max: Final = 4096
 """Most trailer-magic matches a reader examines while looking for the last complete version in a torn
 tail (each costs a checksum over a manifest), so a hostile tail cannot make opening slow."""
+
+trailer_search_hash_bytes_max: Final = 64 * MiB
+"""Most manifest bytes a reader hashes, over all candidates, while looking for the last complete version
+in a torn tail: without it 4096 crafted candidates of 1 MiB each would cost 4 GiB of hashing."""
 
 # --- storage engine ----------------------------------------------------------------------------
 wal_record_bytes_max: Final = block_payload_bytes_max + 4 * MiB
@@ -385,6 +405,13 @@ assert manifest_signatures_max <= 255 and recipients_max <= 255
 assert block_id_bytes_max <= 0xFFFF and agent_id_bytes_max <= 0xFFFF and block_parents_max <= 0xFFFF
 assert block_version_bytes_max <= 0xFF and block_payload_bytes_max < (1 << 32)
 assert block_metadata_bytes_max < (1 << 32) and manifest_bytes_max < (1 << 32)
+# The torn-tail search can always check at least one manifest of the largest size.
+assert manifest_bytes_max <= trailer_search_hash_bytes_max
+# A zstd block regenerates at most 128 KiB: the streaming decoder's buffer holds several per step.
+assert 128 * KiB * 4 <= decompression_buffer_bytes_max <= block_payload_bytes_max
+assert decompressed_read_bytes_max >= block_payload_bytes_max  # every valid payload fits one read's budget
+# msgspec decodes and re-encodes metadata recursively, one level per call: far below Python's limit.
+assert block_metadata_depth_max <= 100
 # Random 96-bit AES-GCM nonces stay safe for at most 2^32 encryptions under one data key (SP 800-38D).
 assert container_blocks_max <= (1 << 32) and container_versions_max < (1 << 32)
 # A recorded path travels in block metadata, so it must fit there with room for the other keys.

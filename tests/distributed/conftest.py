@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from distributed_servers import (
@@ -44,6 +45,7 @@ from distributed_servers import (
     private_server_set,
     services_state_dir,
 )
+from serve_nodes import oidc_issuer_running
 
 STATE_DIR = services_state_dir()
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -125,3 +127,9 @@ def private_servers() -> Iterator[Callable[..., ServerSet]]:
             pytest.fail(failure, pytrace=False)
 
         yield make
+
+
+@pytest.fixture(scope="session")
+def oidc_issuer() -> Iterator[Any]:
+    """The real OIDC issuer the `maif serve` nodes of these tests trust."""
+    yield from oidc_issuer_running()

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from distributed_servers import (
     S3Settings,
@@ -28,6 +29,7 @@ from distributed_servers import (
     fresh_database,
     private_server_set,
 )
+from serve_nodes import start_serve
 
 from maif.errors import BackendUnavailableError, BlockNotFoundError, StoreDegradedError
 from maif.format.block import MAIFBlock
@@ -142,6 +144,8 @@ def test_a_killed_server_degrades_then_every_acknowledged_write_is_applied(
             assert health["status"] == "degraded" and component in health["degraded"], health
             assert health["applier_waiting_for"] == component
             assert health["unapplied_bytes"] > health["unapplied_bytes_max"] // 2
+            stats = await storage.get_stats()  # /metrics still has figures while degraded
+            assert stats["health"]["degraded"].keys() == {component}
             during = [block_id for block_id in acked if block_id.startswith("during")]
             assert len(during) >= 256  # the bound held several MiB of acknowledged writes
             for block_id in during[:: max(1, len(during) // 20)]:  # read-your-writes from the log
@@ -229,3 +233,71 @@ def test_redis_killed_reads_fall_back_and_health_names_it(servers: ServerSet, no
             assert other.health()["degraded_seconds_total"]["redis"] > 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("server", "component"), [("seaweedfs", "s3"), ("postgres", "postgresql")])
+def test_maif_serve_answers_503_with_retry_after_while_a_server_is_down(
+        servers: ServerSet, node_config: Any, oidc_issuer: Any, tmp_path: Path, server: str,
+        component: str) -> None:
+    """The same through `maif serve`, whose block ids are immutable (an id that exists is a 409):
+    - S3 down: 201 into the local log, then 503 "degraded" with Retry-After once the bound is reached;
+    - PostgreSQL down: whether an id exists cannot be known without the shared index, so every write
+      is refused at once, 503 "backend-unavailable" with Retry-After (never a 201 that could replace
+      a block).
+    /healthz and /metrics name the component; after the restart every acknowledged block is served,
+    and nothing refused was stored."""
+    config = node_config("served")
+    environment = {f"MAIF_STORAGE_{key.upper()}": config[key]
+                   for key in ("node_id", "postgres_url", "s3_endpoint", "s3_bucket", "redis_url")}
+    process = start_serve(tmp_path / "served", oidc_issuer, environment, max_memory_mb=MAX_MEMORY_MB)
+    token = oidc_issuer.token("agent-1", "maif:read maif:write")
+    acked: dict[str, bytes] = {}
+    try:
+        with httpx.Client(base_url=process.url, timeout=60,
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+
+            def write(block_id: str) -> httpx.Response:
+                payload = os.urandom(BLOCK_BYTES)
+                response = client.post("/v1/blocks", content=payload, headers={
+                    "Content-Type": "application/octet-stream", "X-MAIF-Block-Id": block_id})
+                if response.status_code == 201:
+                    acked[block_id] = payload
+                return response
+
+            assert write("before").status_code == 201
+            servers.kill(server)
+            refused: list[str] = []
+            for number in range(5000):
+                response = write(f"during-{number:05d}")
+                if response.status_code != 201:
+                    refused.append(f"during-{number:05d}")
+                    break
+            assert refused, f"writes were never refused while {component} was down"
+            assert response.status_code == 503, response.text
+            assert int(response.headers["Retry-After"]) >= 1
+            problem = response.json()
+            if component == "s3":
+                assert problem["type"] == "urn:maif:problem:degraded" and len(acked) >= 256, problem
+            else:
+                assert problem["type"] == "urn:maif:problem:backend-unavailable" and len(acked) == 1, problem
+            assert component in problem["detail"] or "PostgreSQL" in problem["detail"], problem
+            health = client.get("/healthz")
+            assert health.status_code == 200 and health.json()["status"] == "degraded"
+            assert component in health.json()["degraded"], health.json()
+            metrics = client.get("/metrics").text
+            assert f'maif_storage_degraded{{component="{component}"}} 1.0' in metrics
+            assert f'maif_storage_degraded_seconds_total{{component="{component}"}}' in metrics
+
+            servers.start(server)
+            deadline = time.monotonic() + RECOVERY_DEADLINE_S
+            while client.get("/healthz").json()["status"] != "ok":
+                assert time.monotonic() < deadline, client.get("/healthz").json()
+                assert write(f"probe-{time.monotonic_ns()}").status_code in (201, 503)  # a probe call
+                time.sleep(0.2)
+            for block_id, payload in acked.items():
+                response = client.get(f"/v1/blocks/{block_id}")
+                assert response.status_code == 200 and response.content == payload, block_id
+            for block_id in refused:
+                assert client.get(f"/v1/blocks/{block_id}").status_code == 404
+    finally:
+        assert process.stop() == 0

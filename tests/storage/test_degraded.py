@@ -1,7 +1,8 @@
 """Degraded mode without servers: a metadata index that can be switched "down" (it raises
 BackendUnavailableError, as the PostgreSQL backend does when its server is unreachable) behind the
-same retry wrapper and health report the scaled-out store uses. The real servers killed with SIGKILL
-are in tests/distributed/test_server_faults.py; these pin the engine's rules quickly and exactly."""
+same retry wrapper the scaled-out store uses; the engine reports the outage to the store's Health.
+The real servers killed with SIGKILL are in tests/distributed/test_server_faults.py; these pin the
+engine's rules quickly and exactly."""
 
 from __future__ import annotations
 
@@ -61,8 +62,7 @@ async def no_sleep(_: float) -> None:
 async def open_store(tmp_path: Path) -> tuple[MAIFStorage, SwitchableIndex, Health]:
     health = Health()
     inner = SwitchableIndex()
-    index = RetryingMetadataIndex(inner, RetryPolicy(attempts_max=2, sleep=no_sleep, health=health,
-                                                     components=("testdb",)))
+    index = RetryingMetadataIndex(inner, RetryPolicy(attempts_max=2, sleep=no_sleep))
     backends = Backends(MemoryChunkStore(), index, MemoryVectorIndex(), LRUHotCache(1 << 20), health=health)
     storage = await create_maif_storage({"data_dir": str(tmp_path), "max_memory_mb": 8}, backends=backends)
     return storage, inner, health

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from maif import limits
@@ -63,8 +64,19 @@ class Extractor:
         self._overwrite = overwrite
         self._written: set[str] = set()
 
-    def write(self, recorded_path: object, data: bytes | memoryview, *, mtime_ns: int | None) -> str:
-        """Write one file; returns the recorded path as written (relative to the destination)."""
+    def write(
+        self,
+        recorded_path: object,
+        data: bytes | memoryview | Iterable[bytes | memoryview],
+        *,
+        mtime_ns: int | None,
+    ) -> str:
+        """Write one file; returns the recorded path as written (relative to the destination).
+
+        ``data`` may be an iterable of pieces, written as they come so a payload streams through bounded
+        memory; if it raises (a payload refused at its end), the partial file is removed and the error
+        propagates."""
+        pieces = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
         parts = checked_parts(recorded_path)
         joined = "/".join(parts)
         directory_fd = self._open_parent(parts)
@@ -74,11 +86,12 @@ class Extractor:
                 file_fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o644, dir_fd=directory_fd)
             except OSError as error:
                 raise _unsafe_or_raise(error, joined) from error
-            with open(file_fd, "wb", closefd=True) as handle:
-                handle.write(data)
-                handle.flush()  # before utime: a later flush would stamp the current time again
-                if mtime_ns is not None:
-                    os.utime(handle.fileno(), ns=(mtime_ns, mtime_ns))
+            try:
+                _write_pieces(file_fd, pieces, mtime_ns)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(parts[-1], dir_fd=directory_fd)
+                raise
         finally:
             os.close(directory_fd)
         self._written.add(joined)
@@ -124,6 +137,15 @@ class Extractor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _write_pieces(file_fd: int, pieces: Iterable[bytes | memoryview], mtime_ns: int | None) -> None:
+    with open(file_fd, "wb", closefd=True) as handle:
+        for piece in pieces:
+            handle.write(piece)
+        handle.flush()  # before utime: a later flush would stamp the current time again
+        if mtime_ns is not None:
+            os.utime(handle.fileno(), ns=(mtime_ns, mtime_ns))
 
 
 def _unsafe_or_raise(error: OSError, joined: str) -> BaseException:

@@ -55,7 +55,7 @@ def unpack_container(
     with reading(container_path, decryption_key=decryption_key) as reader:
         if trusted_keys is not None:
             report = verify_container(container_path, trusted_keys, full=True, decryption_key=decryption_key)
-            raise_for_report(report)
+            raise_for_report(report, reader)
             _require_what_was_verified(reader, report)
         block_count = len(reader)
         for index in range(block_count):  # first pass: refuse before writing anything
@@ -64,21 +64,37 @@ def unpack_container(
                 checked_parts(recorded)
         with Extractor(destination, overwrite=force) as extractor:
             for index in range(block_count):
-                block = reader.block(index)
-                recorded = block.metadata.get(PATH_KEY)
-                if recorded is None:
-                    tally.skipped.append({"index": index, "id": block.id, "reason": "no recorded path"})
-                    continue
-                mtime_ns = block.metadata.get(MTIME_KEY)
-                written = extractor.write(
-                    recorded, block.data, mtime_ns=mtime_ns if _is_plain_int(mtime_ns) else None
-                )
-                tally.files_written += 1
-                tally.bytes_written += len(block.data)
-                if keep_rows:
-                    tally.written.append({"index": index, "path": written, "size_bytes": len(block.data)})
-                on_written(index, written, len(block.data))
+                _unpack_block(reader, index, extractor, tally, keep_rows=keep_rows, on_written=on_written)
+                reader.release(index)
     return tally
+
+
+def _unpack_block(
+    reader: ContainerReader,
+    index: int,
+    extractor: Extractor,
+    tally: UnpackTally,
+    *,
+    keep_rows: bool,
+    on_written: Callable[[int, str, int], None],
+) -> None:
+    """Stream block ``index``'s payload into its recorded path (bounded memory whatever its size); a block
+    without one is still read to the end, so every block is checked as `maif unpack` reads it."""
+    block = reader.stream_block(index)
+    recorded = block.metadata.get(PATH_KEY)
+    if recorded is None:
+        for _ in block.chunks:
+            pass
+        tally.skipped.append({"index": index, "id": block.header.block_id, "reason": "no recorded path"})
+        return
+    mtime_ns = block.metadata.get(MTIME_KEY)
+    written = extractor.write(recorded, block.chunks, mtime_ns=mtime_ns if _is_plain_int(mtime_ns) else None)
+    size = block.header.payload_length  # the stream ended with exactly this many bytes, or raised
+    tally.files_written += 1
+    tally.bytes_written += size
+    if keep_rows:
+        tally.written.append({"index": index, "path": written, "size_bytes": size})
+    on_written(index, written, size)
 
 
 def _require_what_was_verified(reader: ContainerReader, report: VerificationReport) -> None:

@@ -5,9 +5,11 @@ which key to try. Every problem the verifier finds is listed with its block inde
 of the file as a whole), and the exit code says which kind of failure it is:
 
     0 verified · 1 integrity failure (a block, chain, index or Merkle root does not match) ·
-    3 signature missing, invalid or by no trusted key · 4 unreadable or malformed file · 2 usage error
+    3 signature missing, invalid or by no trusted key · 4 unreadable or malformed file, or a block that
+    breaks a format rule (SPEC section 4) · 7 a block field above a bound in maif.limits · 2 usage error
 
-When a file has both kinds of problem, integrity (1) wins: it names concrete damage, whoever signed.
+A file with several kinds of problem exits with the first of 1, 4, 7, 3: damaged bytes name concrete
+damage whoever signed, and a malformed block is refused even when a trusted key signed it.
 """
 
 from __future__ import annotations
@@ -21,38 +23,60 @@ from rich.table import Table
 from maif.cli.exit_codes import ExitCode
 from maif.cli.keyfiles import load_trusted_keys, load_x25519_private_key
 from maif.cli.output import CommandOutput, plain, reporting_errors
-from maif.cli.views import problem_is_signature, require_readable_container, version_row
-from maif.errors import IntegrityError, SignatureError
+from maif.cli.views import require_readable_container, version_row
+from maif.errors import FormatError, IntegrityError, SignatureError
+from maif.format.container import ContainerReader
 from maif.format.signing import key_id
 from maif.format.verify import VerificationReport, verify_container
+
+# Problem kind -> exit code, in the order a report with several kinds is judged.
+_VERDICT_BY_KIND: tuple[tuple[str, ExitCode], ...] = (
+    ("integrity", ExitCode.INTEGRITY_FAILURE),
+    ("format", ExitCode.MALFORMED_FILE),
+    ("limit", ExitCode.LIMIT_EXCEEDED),
+    ("signature", ExitCode.SIGNATURE_UNTRUSTED),
+)
 
 
 def verdict_of(report: VerificationReport) -> ExitCode:
     """The exit code a verification report earns."""
     if report.ok:
         return ExitCode.OK
-    if all(problem_is_signature(problem) for problem in report.problems):
-        return ExitCode.SIGNATURE_UNTRUSTED
-    return ExitCode.INTEGRITY_FAILURE
+    kinds = {problem.kind for problem in report.problems}
+    for kind, code in _VERDICT_BY_KIND:
+        if kind in kinds:
+            return code
+    raise AssertionError(f"a failed report with no known problem kind: {kinds}")
 
 
-def raise_for_report(report: VerificationReport) -> None:
-    """Raise the typed error matching a failed report (for commands that must not go on); else return."""
+def raise_for_report(report: VerificationReport, reader: ContainerReader | None = None) -> None:
+    """Raise the typed error matching a failed report (for commands that must not go on); else return.
+
+    For a block that breaks a format rule or a bound, ``reader`` (the same file, open) re-reads that
+    block, so its own error (FormatError, LimitExceededError with its numbers) is what is raised.
+    """
     verdict = verdict_of(report)
     if verdict is ExitCode.OK:
         return
-    first = report.problems[0] if report.problems else None
-    detail = f": {first.reason}" if first is not None else ""
+    kind = next(kind for kind, code in _VERDICT_BY_KIND if code is verdict)
+    first = next(problem for problem in report.problems if problem.kind == kind)
     count = len(report.problems)
     if verdict is ExitCode.SIGNATURE_UNTRUSTED:
         raise SignatureError(
-            f"container is not signed by a trusted key{detail}",
+            f"container is not signed by a trusted key: {first.reason}",
             hint="check the --trust keys, or run `maif verify` for every problem",
+        )
+    if verdict in (ExitCode.MALFORMED_FILE, ExitCode.LIMIT_EXCEEDED):
+        if reader is not None and first.block_index is not None:
+            reader.check_block(first.block_index)
+        raise FormatError(
+            f"container breaks the format in {first.describe()} ({count} problem(s))",
+            hint="run `maif verify` to list every problem",
         )
     torn = any(problem.region == "tail" for problem in report.problems)
     raise IntegrityError(
-        f"container failed verification with {count} problem(s){detail}",
-        block_index=first.block_index if first is not None else None,
+        f"container failed verification with {count} problem(s): {first.reason}",
+        block_index=first.block_index,
         hint="if a write was interrupted, `maif repair` cuts the torn tail"
         if torn
         else "run `maif verify` to list every problem",
@@ -78,7 +102,7 @@ def report_document(
                 "block_index": problem.block_index,
                 "region": problem.region,
                 "reason": problem.reason,
-                "kind": "signature" if problem_is_signature(problem) else "integrity",
+                "kind": problem.kind,
             }
             for problem in report.problems
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -79,6 +80,15 @@ def utc_text(time_ns: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def utc_text_of_seconds(seconds: float) -> str:
+    """:func:`utc_text` of a block timestamp (any finite float64 of Unix seconds, e.g. ``1e300``, which no
+    date can show: then the number itself)."""
+    nanoseconds = seconds * 1e9
+    if not math.isfinite(nanoseconds):  # int() of an infinity raises OverflowError
+        return f"{seconds!r} s (out of range)"
+    return utc_text(int(nanoseconds))
+
+
 def version_row(version: VersionInfo) -> dict[str, Any]:
     return {
         "number": version.number,
@@ -122,7 +132,7 @@ def block_row(reader: ContainerReader, index: int) -> dict[str, Any]:
         id=header.block_id,
         type=fourcc_of(header.block_type).decode("ascii"),
         agent_id=header.agent_id,
-        created_at=utc_text(int(header.timestamp * 1e9)),
+        created_at=utc_text_of_seconds(header.timestamp),
         payload_bytes=header.payload_length,
         parents=list(header.parents),
         flags=[name for bit, name in _FLAG_NAMES if header.storage_flags & bit],
@@ -144,7 +154,8 @@ def _metadata(
     reader: ContainerReader, index: int, record: memoryview, header: codec.BlockHeader
 ) -> dict[str, Any]:
     if header.storage_flags & codec.STORAGE_ENCRYPTED:
-        return reader.block(index, verify=False).metadata  # CryptoError without the key; no hashing here
+        # CryptoError without the key; no hashing, and the payload is not decompressed
+        return reader.stream_block(index, verify=False).metadata
     if not header.metadata_length:
         return {}
     start = header.body_offset
@@ -157,20 +168,10 @@ def recorded_metadata(reader: ContainerReader, index: int) -> dict[str, Any]:
     return _metadata(reader, index, record, codec.decode_header(record, 0, len(record)))
 
 
-_TRUST_WORDS = ("signature", "signed", "trusted public key")
-
-
 def problem_is_signature(problem: Problem) -> bool:
     """Whether a verification problem is about trust (a missing, invalid or untrusted signature) rather
-    than about the bytes (integrity).
-
-    The format's Problem names a region but no category, so this reads the region and the reason; a
-    ``kind`` field on Problem would make it exact (asked for in the CLI helper's report).
-    """
-    if problem.block_index is not None:
-        return False
-    reason = problem.reason.lower()
-    return any(word in reason for word in _TRUST_WORDS)
+    than about the bytes (integrity, format, limit)."""
+    return problem.kind == "signature"
 
 
 __all__ = [
@@ -179,5 +180,6 @@ __all__ = [
     "recorded_metadata",
     "require_readable_container",
     "utc_text",
+    "utc_text_of_seconds",
     "version_row",
 ]

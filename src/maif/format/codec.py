@@ -53,8 +53,24 @@ _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 
 _KNOWN_FOURCCS: Final[dict[object, bytes]] = {member: member.fourcc for member in MAIFBlockType}
+_KNOWN_TYPES: Final[dict[bytes, MAIFBlockType]] = {member.fourcc: member for member in MAIFBlockType}
 _metadata_encoder: Final = msgspec.msgpack.Encoder(order="deterministic")
 _metadata_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
+
+# MessagePack type bytes, for the depth scan that runs before msgspec decodes (SPEC section 4.2).
+_CONTAINER_TYPE_BYTES: Final = bytes(range(0x80, 0xA0)) + b"\xdc\xdd\xde\xdf"  # fixmap, fixarray, 16/32
+# type byte -> bytes that follow it, for the scalars of fixed size (nil, booleans, numbers, fixext)
+_FIXED_SIZES: Final = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,
+}
+# type byte -> (size of its big-endian length field, bytes after that field besides the data)
+_PREFIXED_SIZES: Final = {
+    0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),
+    0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
+}
+# type byte -> (size of its big-endian count field, items per counted entry)
+_CONTAINER_SIZES: Final = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,7 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
         raise FormatError(f"block metadata is not MessagePack-encodable: {error}") from error
     if len(encoded) > limits.block_metadata_bytes_max:
         raise LimitExceededError("encoded metadata size", len(encoded), limits.block_metadata_bytes_max)
+    check_metadata_depth(encoded)  # never write what a reader refuses
     return encoded
 
 
@@ -92,6 +109,7 @@ def decode_metadata(data: bytes | memoryview) -> dict[str, Any]:
     """The metadata map from its MessagePack bytes (already length-checked by the caller)."""
     if len(data) > limits.block_metadata_bytes_max:
         raise LimitExceededError("encoded metadata size", len(data), limits.block_metadata_bytes_max)
+    check_metadata_depth(data)
     try:
         decoded: dict[str, Any] = _metadata_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, ValueError) as error:
@@ -106,6 +124,70 @@ def decode_metadata(data: bytes | memoryview) -> dict[str, Any]:
     if canonical != data:
         raise FormatError("block metadata is not in canonical MessagePack form (sorted keys, shortest items)")
     return decoded
+
+
+def check_metadata_depth(data: bytes | memoryview) -> None:
+    """Refuse MessagePack nested deeper than ``limits.block_metadata_depth_max`` (LimitExceededError), by a
+    scan that keeps a list of open containers instead of recursing, so no input can exhaust the stack of
+    the decoder that runs after it."""
+    raw = bytes(data)
+    # Every open container has a type byte in _CONTAINER_TYPE_BYTES: with no more such bytes than the
+    # bound (typical metadata), the nesting cannot exceed it and the scan is skipped.
+    if len(raw) - len(raw.translate(None, _CONTAINER_TYPE_BYTES)) > limits.block_metadata_depth_max:
+        scan_metadata_depth(raw, limits.block_metadata_depth_max)
+
+
+def scan_metadata_depth(raw: bytes, depth_max: int) -> None:
+    """Walk every MessagePack item in ``raw`` iteratively; LimitExceededError past ``depth_max`` levels,
+    FormatError if the items do not end exactly at the end of ``raw``."""
+    expected = [1]  # items still expected by each open container; the first entry stands for the root
+    position = 0
+    while expected:
+        if expected[-1] == 0:
+            expected.pop()
+            continue
+        expected[-1] -= 1
+        position, count = _skip_metadata_item(raw, position)
+        if count is not None:
+            if len(expected) > depth_max:
+                raise LimitExceededError("block metadata nesting depth", len(expected), depth_max)
+            expected.append(count)
+    if position != len(raw):
+        raise FormatError("block metadata has bytes after its MessagePack map")
+
+
+def _skip_metadata_item(raw: bytes, position: int) -> tuple[int, int | None]:
+    """The position after the item's own bytes at ``position``, and the number of items it contains
+    if it is a map or an array (None for a scalar)."""
+    if position >= len(raw):
+        raise FormatError("block metadata ends inside a MessagePack item")
+    kind = raw[position]
+    position += 1
+    if kind <= 0x7F or kind >= 0xE0:  # fixint
+        return position, None
+    if kind <= 0x8F:  # fixmap: keys and values
+        return position, 2 * (kind & 0x0F)
+    if kind <= 0x9F:  # fixarray
+        return position, kind & 0x0F
+    if kind <= 0xBF:  # fixstr
+        return _advance(raw, position, kind & 0x1F), None
+    if kind in _FIXED_SIZES:
+        return _advance(raw, position, _FIXED_SIZES[kind]), None
+    if kind in _PREFIXED_SIZES:
+        field, extra = _PREFIXED_SIZES[kind]
+        end = _advance(raw, position, field)
+        return _advance(raw, end, int.from_bytes(raw[position:end], "big") + extra), None
+    if kind in _CONTAINER_SIZES:
+        field, per_entry = _CONTAINER_SIZES[kind]
+        end = _advance(raw, position, field)
+        return end, per_entry * int.from_bytes(raw[position:end], "big")
+    raise FormatError(f"block metadata holds the reserved MessagePack type byte {kind:#04x}")
+
+
+def _advance(raw: bytes, position: int, size: int) -> int:
+    if size > len(raw) - position:
+        raise FormatError("block metadata ends inside a MessagePack item")
+    return position + size
 
 
 def _uuid_bytes(block_id: str) -> bytes | None:
@@ -213,7 +295,7 @@ def decode_header(buffer: bytes | memoryview, start: int, end: int) -> BlockHead
         raise FormatError("block timestamp is not a finite number", offset=start + 6)
     if payload_length > limits.block_payload_bytes_max:
         raise LimitExceededError("block payload size", payload_length, limits.block_payload_bytes_max)
-    block_type = normalize_block_type(fourcc)
+    block_type = _KNOWN_TYPES.get(fourcc) or normalize_block_type(fourcc)
     if field_flags & FIELD_ID_UUID:
         block_id = str(uuid.UUID(bytes=cursor.take(16, "block id")))
     else:
@@ -319,6 +401,7 @@ __all__ = [
     "CODEC_VERSION",
     "BlockHeader",
     "block_digest",
+    "check_metadata_depth",
     "decode_block",
     "decode_header",
     "decode_metadata",

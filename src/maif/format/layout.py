@@ -218,11 +218,26 @@ def encode_trailer(trailer: Trailer, manifest: bytes) -> bytes:
     return checked + trailer_checksum(manifest, checked) + TRAILER_MAGIC
 
 
-def decode_trailer(data: bytes | memoryview, position: int) -> Trailer:
+class HashBudget:
+    """Bytes a search may still hash; :meth:`spend` refuses with LimitExceededError once they run out."""
+
+    __slots__ = ("_limit", "_spent", "_what")
+
+    def __init__(self, what: str, limit: int) -> None:
+        self._what, self._limit, self._spent = what, limit, 0
+
+    def spend(self, size: int) -> None:
+        self._spent += size
+        if self._spent > self._limit:
+            raise LimitExceededError(self._what, self._spent, self._limit)
+
+
+def decode_trailer(data: bytes | memoryview, position: int, budget: HashBudget | None = None) -> Trailer:
     """The trailer starting at ``position`` in ``data`` (a whole-file view), with its layout checked.
 
     Checks the magic, the no-holes arithmetic between index, manifest and trailer, and the checksum over
-    the manifest and the trailer's own fields. A failure means "no valid version ends here".
+    the manifest and the trailer's own fields. A failure means "no valid version ends here". The manifest
+    bytes the checksum hashes are charged to ``budget`` first, when one is given.
     """
     if position < FILE_HEADER.size or position + TRAILER.size > len(data):
         raise TruncatedError("no room for a trailer", offset=position)
@@ -240,6 +255,8 @@ def decode_trailer(data: bytes | memoryview, position: int) -> Trailer:
         raise FormatError("trailer's index length is not a whole number of entries", offset=position)
     if count > limits.container_blocks_max:
         raise LimitExceededError("block count", count, limits.container_blocks_max)
+    if budget is not None:
+        budget.spend(manifest_length)
     if trailer_checksum(data[manifest_offset:position], raw[:TRAILER_CHECKED_BYTES]) != checksum:
         raise FormatError("trailer checksum does not match its manifest", offset=position)
     return Trailer(index_offset, manifest_offset, manifest_length, version, count, segment_start)
@@ -249,6 +266,7 @@ __all__ = [
     "FILE_HEADER",
     "INDEX_ENTRY",
     "TRAILER",
+    "HashBudget",
     "Manifest",
     "Signature",
     "Trailer",

@@ -32,7 +32,7 @@ from maif.errors import (
 )
 from maif.format import aead, codec, layout, merkle
 from maif.format.block import MAIFBlock
-from maif.format.compression import decompress_exact
+from maif.format.compression import decompress_exact, iter_decompressed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,6 +84,33 @@ def chained_digest(previous: bytes, parts: Sequence[bytes | memoryview]) -> byte
 
 def io_error(action: str, path: str | os.PathLike[str], error: OSError) -> BackendError:
     return BackendError(f"cannot {action} {os.fspath(path)!r}: {error.strerror or error}")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStream:
+    """A block whose payload is read piece by piece (:meth:`ContainerReader.stream_block`).
+
+    ``chunks`` can be consumed once; it raises a FormatError after the last piece if the payload breaks
+    a rule that shows only at its end.
+    """
+
+    header: codec.BlockHeader
+    metadata: dict[str, Any]
+    chunks: Iterator[memoryview | bytes]
+
+
+def _stream(header: codec.BlockHeader, metadata: bytes, stored: memoryview) -> BlockStream:
+    decoded = codec.decode_metadata(metadata) if metadata else {}
+    if header.storage_flags & codec.STORAGE_COMPRESSED:
+        chunks: Iterator[memoryview | bytes] = iter_decompressed(stored, header.payload_length)
+    else:
+        chunks = _pieces(stored, limits.decompression_buffer_bytes_max)
+    return BlockStream(header, decoded, chunks)
+
+
+def _pieces(view: memoryview, size: int) -> Iterator[memoryview]:
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,28 +302,28 @@ class ContainerReader:
 
     # ---- blocks ----------------------------------------------------------------------------------
 
-    def _decode_body(
-        self, index: int, *, verify: bool
-    ) -> tuple[codec.BlockHeader, memoryview | bytes, bytes]:
-        """The header, the payload (a view of the mapping when stored raw) and the metadata bytes."""
+    def _open_body(self, index: int, *, verify: bool) -> tuple[codec.BlockHeader, bytes, memoryview]:
+        """The header, the metadata bytes and the stored payload (a view of the mapping unless encrypted),
+        after every check that needs no decompression."""
         record = self.record(index)
         if verify:
             self.check_record(index, record)
-        header = codec.decode_header(record, 0, len(record))
-        body: memoryview | bytes = record[header.body_offset :]
+        return self._split_body(index, record, codec.decode_header(record, 0, len(record)))
+
+    def _split_body(
+        self, index: int, record: memoryview, header: codec.BlockHeader
+    ) -> tuple[codec.BlockHeader, bytes, memoryview]:
+        body = record[header.body_offset :]
         if header.storage_flags & codec.STORAGE_ENCRYPTED:
-            body = self._decrypt(index, record[: header.body_offset], record[header.body_offset :])
+            body = memoryview(self._decrypt(index, record[: header.body_offset], body))
         if len(body) < header.metadata_length:
             raise FormatError(f"block {index}: body is shorter than its metadata")
-        metadata = bytes(body[: header.metadata_length])
         stored = body[header.metadata_length :]
-        if header.storage_flags & codec.STORAGE_COMPRESSED:
-            return header, decompress_exact(stored, header.payload_length), metadata
-        if len(stored) != header.payload_length:
+        if not header.storage_flags & codec.STORAGE_COMPRESSED and len(stored) != header.payload_length:
             raise FormatError(
                 f"block {index}: payload is {len(stored)} bytes, header says {header.payload_length}"
             )
-        return header, stored, metadata
+        return header, bytes(body[: header.metadata_length]), stored
 
     def _decrypt(self, index: int, header_bytes: memoryview, body: memoryview) -> bytes:
         if self._data_key is None:
@@ -307,16 +334,60 @@ class ContainerReader:
         return aead.decrypt_body(self._data_key, body, associated)
 
     def block(self, index: int, *, verify: bool = True) -> MAIFBlock:
-        """Block ``index``, its stored bytes checked against the indexed digest unless ``verify=False``."""
-        header, payload, metadata = self._decode_body(index, verify=verify)
-        return codec.block_from_parts(
-            header, codec.decode_metadata(metadata) if metadata else {}, bytes(payload)
-        )
+        """Block ``index``, its stored bytes checked against the indexed digest unless ``verify=False``.
+
+        The payload is materialized: a compressed one costs its declared size in memory (allocated as it
+        is decompressed, never ahead of it). :meth:`stream_block` reads any payload in bounded memory.
+        """
+        header, metadata, stored = self._open_body(index, verify=verify)
+        decoded = codec.decode_metadata(metadata) if metadata else {}
+        if header.storage_flags & codec.STORAGE_COMPRESSED:
+            payload = decompress_exact(stored, header.payload_length)
+        else:
+            payload = bytes(stored)
+        return codec.block_from_parts(header, decoded, payload)
+
+    def stream_block(self, index: int, *, verify: bool = True) -> BlockStream:
+        """Block ``index`` without materializing its payload: header and metadata decoded, payload as an
+        iterator of pieces of at most ``limits.decompression_buffer_bytes_max`` bytes.
+
+        The stored bytes are checked against the indexed digest first (unless ``verify=False``); a payload
+        that breaks a rule found only at its end (short, or bytes after its zstd frame) raises FormatError
+        from the iterator after the last piece, so a consumer must discard what it wrote on error.
+        """
+        return _stream(*self._open_body(index, verify=verify))
+
+    def check_block(self, index: int, *, decrypt: bool = True) -> None:
+        """Apply every SPEC section 4 rule to block ``index`` in bounded memory (full verification).
+
+        The header always; the metadata and the payload (decompressed as a stream and dropped) unless the
+        block is encrypted and ``decrypt`` is False, when only the body's minimum length can be checked.
+        Stored bytes are not hashed here (:meth:`digest_mismatches` does that for every block at once);
+        a large record's pages are dropped from the mapping afterwards.
+        """
+        record = self.record(index)
+        try:
+            header = codec.decode_header(record, 0, len(record))
+            if header.storage_flags & codec.STORAGE_ENCRYPTED and not decrypt:
+                sealed_bytes_min = aead.NONCE_BYTES + aead.TAG_BYTES
+                if len(record) - header.body_offset < sealed_bytes_min:
+                    raise FormatError(
+                        f"block {index}: encrypted body is shorter than its nonce and tag "
+                        f"({sealed_bytes_min} bytes)"
+                    )
+                return
+            for _ in _stream(*self._split_body(index, record, header)).chunks:
+                pass
+        finally:
+            if len(record) >= PARALLEL_HASH_BYTES_MIN:
+                self.release(index)
 
     def payload_view(self, index: int, *, verify: bool = True) -> memoryview:
         """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted."""
-        _, payload, _ = self._decode_body(index, verify=verify)
-        return payload if isinstance(payload, memoryview) else memoryview(payload)
+        header, _, stored = self._open_body(index, verify=verify)
+        if header.storage_flags & codec.STORAGE_COMPRESSED:
+            return memoryview(decompress_exact(stored, header.payload_length))
+        return stored
 
     def iter_payloads(self, *, verify: bool = True) -> Iterator[tuple[int, memoryview]]:
         """Every payload in order; pages of large blocks already yielded are dropped from the mapping
@@ -326,7 +397,12 @@ class ContainerReader:
             self.release(index)
 
     def release(self, index: int) -> None:
-        """Hint that block ``index`` will not be read soon: drop its pages from this process's mapping."""
+        """Hint that block ``index`` will not be read soon: drop its pages from this process's mapping.
+
+        Nothing to drop for an entry the layout check refused (its offsets may point anywhere)."""
+        self._check_index(index)
+        if index in self.bad_entries:
+            return
         offset, end = int(self._offsets[index]), int(self._ends[index])
         page = mmap.PAGESIZE
         start, stop = -(-offset // page) * page, (end // page) * page
@@ -428,11 +504,22 @@ def _close_mapping(mapping: mmap.mmap | None) -> None:
 
 
 def _find_last_trailer(view: memoryview) -> int | None:
-    """Offset of the last trailer that validates: the file's end, or the end of its last complete version."""
+    """Offset of the last trailer that validates: the file's end, or the end of its last complete version.
+
+    A torn tail is searched backwards for the trailer magic; both the candidates examined and the manifest
+    bytes hashed to check them are bounded (``limits.trailer_candidates_max``,
+    ``limits.trailer_search_hash_bytes_max``), so a crafted tail cannot make opening slow.
+    """
     size = len(view)
+    budget = layout.HashBudget(
+        "manifest bytes hashed while searching a torn tail for a trailer",
+        limits.trailer_search_hash_bytes_max,
+    )
     try:
-        layout.decode_trailer(view, size - layout.TRAILER.size)
+        layout.decode_trailer(view, size - layout.TRAILER.size, budget)
         return size - layout.TRAILER.size
+    except LimitExceededError:
+        raise
     except MAIFError:
         pass
     data = view.obj if isinstance(view.obj, mmap.mmap) else bytes(view)
@@ -443,8 +530,10 @@ def _find_last_trailer(view: memoryview) -> int | None:
         if found < 0:
             return None
         try:
-            layout.decode_trailer(view, found - magic_at)
+            layout.decode_trailer(view, found - magic_at, budget)
             return found - magic_at
+        except LimitExceededError:
+            raise
         except MAIFError:
             search_end = found + len(magic) - 1
     raise LimitExceededError(
@@ -523,6 +612,7 @@ def _check_version_sequence(versions: list[_Version]) -> None:
 __all__ = [
     "PARALLEL_HASH_BYTES_MIN",
     "BlockEntry",
+    "BlockStream",
     "ContainerReader",
     "VersionInfo",
     "chained_digest",

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from maif.format.reader import VersionInfo
 
 
+PROBLEM_KINDS: Final = ("integrity", "format", "limit", "signature")
+"""What a problem is about: bytes that fail a digest, chain, Merkle root or AEAD tag (``integrity``); bytes
+that break a SPEC rule (``format``); a value above a named bound (``limit``); a signature that is missing,
+invalid or not by a trusted key (``signature``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One defect: a block (``block_index``) or, when ``block_index`` is None, a named ``region``
-    (``file``, ``tail``, ``version k manifest``, ``version k index``)."""
+    (``file``, ``tail``, ``version k manifest``, ``version k index``); ``kind`` is one of PROBLEM_KINDS."""
 
     block_index: int | None
     reason: str
     region: str = "block"
+    kind: str = "integrity"
+
+    def __post_init__(self) -> None:
+        assert self.kind in PROBLEM_KINDS, self.kind
 
     def describe(self) -> str:
         where = f"block {self.block_index}" if self.block_index is not None else self.region
@@ -43,4 +53,4 @@ class RepairReport:
     versions_kept: int
 
 
-__all__ = ["Problem", "RepairReport", "VerificationReport"]
+__all__ = ["PROBLEM_KINDS", "Problem", "RepairReport", "VerificationReport"]

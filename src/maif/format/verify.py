@@ -3,8 +3,11 @@
 Quick mode checks what a reader relies on without touching block bytes: the file header, every version's
 trailer and manifest, the chain of manifests, each index against its manifest's digest, the Merkle root
 over the indexed block digests, and the signatures. Full mode also recomputes every block's chained
-BLAKE3 digest from its stored bytes (every byte of the file is then covered) and, given the decryption
-key, checks the AES-GCM tag of every encrypted block.
+BLAKE3 digest from its stored bytes (every byte of the file is then covered) and decodes every record it
+can, applying every rule of SPEC section 4: each header, and the metadata and payload of every block in
+the clear (compressed payloads are decompressed as a stream, in bounded memory) and, given the
+decryption key, of every encrypted block after its AES-GCM tag is checked. A signer can sign malformed
+bytes, so a valid signature does not excuse them.
 
 Trust comes only from ``trusted_keys``: a signature by a key the caller did not pass is ignored, and a
 version without a valid signature by a trusted key is a problem. Problems are collected, not raised, so
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from maif.errors import MAIFError, SignatureError
+from maif.errors import FormatError, LimitExceededError, MAIFError, SignatureError
 from maif.format import merkle, signing
 from maif.format.reader import ContainerReader
 from maif.format.reports import Problem, VerificationReport
@@ -42,7 +45,7 @@ def verify_container(
     try:
         reader = ContainerReader.open(path, decryption_key=decryption_key)
     except MAIFError as error:
-        return VerificationReport(False, [Problem(None, error.message, "file")], 0, [])
+        return VerificationReport(False, [Problem(None, error.message, "file", kind_of(error))], 0, [])
     with reader:
         problems: list[Problem] = []
         signers = _check_versions(reader, trusted_keys, problems)
@@ -65,10 +68,14 @@ def _check_versions(
             )
         )
     if not reader.versions:
-        problems.append(Problem(None, "no committed version: nothing in the file is signed", "file"))
+        problems.append(
+            Problem(None, "no committed version: nothing in the file is signed", "file", "signature")
+        )
         return []
     if not trusted_keys:
-        problems.append(Problem(None, "no trusted public keys were given; nothing can be verified", "file"))
+        problems.append(
+            Problem(None, "no trusted public keys were given; nothing can be verified", "file", "signature")
+        )
     trusted = {signing.key_id(key): key for key in trusted_keys}
     signers: list[bytes] = []
     leaf_hashes = reader.leaf_hashes()
@@ -119,32 +126,41 @@ def _check_signatures(
             signing.verify_signature(key, entry.signature, message)
             valid.append(entry.key_id)
         except SignatureError:
-            problems.append(
-                Problem(None, f"signature by trusted key {entry.key_id.hex()} does not verify", region)
-            )
+            reason = f"signature by trusted key {entry.key_id.hex()} does not verify"
+            problems.append(Problem(None, reason, region, "signature"))
     if not valid:
-        problems.append(Problem(None, "no valid signature by a trusted key", region))
+        problems.append(Problem(None, "no valid signature by a trusted key", region, "signature"))
     return valid
 
 
 def _check_blocks(reader: ContainerReader, problems: list[Problem], *, check_encrypted: bool) -> None:
-    """Recompute every block's chained digest (and AES-GCM tag when a key was given)."""
+    """Recompute every block's chained digest, then apply every SPEC section 4 rule to each block whose
+    digest holds: header, metadata and payload (streamed, bounded memory); for an encrypted block without
+    a decryption key, its header only."""
     mismatches = reader.digest_mismatches()
     problems += [
         Problem(index, "stored bytes do not match the indexed BLAKE3 digest") for index in mismatches
     ]
-    if not check_encrypted:
-        return
     skip = set(mismatches) | set(reader.bad_entries)
     for index in range(len(reader)):
         if index in skip:
             continue
         try:
-            reader.payload_view(index, verify=False)
+            reader.check_block(index, decrypt=check_encrypted)
         except MAIFError as error:
-            problems.append(Problem(index, error.message.removesuffix(f" (block {index})")))
-        finally:
-            reader.release(index)
+            reason = error.message.removeprefix(f"block {index}: ").removesuffix(f" (block {index})")
+            problems.append(Problem(index, reason, kind=kind_of(error)))
 
 
-__all__ = ["Problem", "VerificationReport", "verify_container"]
+def kind_of(error: MAIFError) -> str:
+    """The problem kind (``reports.PROBLEM_KINDS``) of an error found while verifying."""
+    if isinstance(error, SignatureError):
+        return "signature"
+    if isinstance(error, LimitExceededError):
+        return "limit"
+    if isinstance(error, FormatError):
+        return "format"
+    return "integrity"  # a digest, chain or AEAD tag that does not match (or a key that cannot decrypt)
+
+
+__all__ = ["Problem", "VerificationReport", "kind_of", "verify_container"]

@@ -75,22 +75,25 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         chunks: ChunkStore | None = None
         if config.postgres_url is not None:
             postgres = _module("maif.storage.backends.postgres")
-            index = await _reach(postgres.PostgresMetadataIndex(config.postgres_url, node_id=node).open(),
+            index = await _reach(postgres.PostgresMetadataIndex(config.postgres_url, node_id=node,
+                                                                health=health).open(),
                                  "PostgreSQL", "postgres_url", opened)
             if config.qdrant_url is None:
-                vectors = await _reach(postgres.PgVectorIndex(config.postgres_url, node_id=node).open(),
+                vectors = await _reach(postgres.PgVectorIndex(config.postgres_url, node_id=node,
+                                                              health=health).open(),
                                        "PostgreSQL (pgvector)", "postgres_url", opened)
         if config.qdrant_url is not None:
             vectors = await _open_qdrant(config, opened)
         if config.s3_endpoint is not None and config.s3_bucket is not None:
             s3 = _module("maif.storage.backends.s3")
-            objects = s3.S3ObjectStore(endpoint_url=config.s3_endpoint, bucket=config.s3_bucket)
+            objects = s3.S3ObjectStore(endpoint_url=config.s3_endpoint, bucket=config.s3_bucket,
+                                       health=health)
             await _reach(objects.open(), "S3", "s3_endpoint", opened, closer=objects)
             if config.postgres_url is not None:
                 from maif.storage.backends.objectpacks import ObjectPackChunkStore
 
                 postgres = _module("maif.storage.backends.postgres")
-                locations = postgres.PostgresLocationIndex(config.postgres_url, node_id=node)
+                locations = postgres.PostgresLocationIndex(config.postgres_url, node_id=node, health=health)
                 await _reach(locations.open(), "PostgreSQL", "postgres_url", opened, closer=locations)
                 chunks = ObjectPackChunkStore(objects, locations, node_id=node,
                                               compression_threshold=config.compression_threshold)
@@ -115,7 +118,7 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         if index is None:
             index = local.LocalMetadataIndex(data_dir / "index.sqlite")
             opened.append(index)
-        index, vectors, chunks = _retrying(config, health, index, vectors, chunks)
+        index, vectors, chunks = _retrying(config, index, vectors, chunks)
         return Backends(chunks=chunks, index=index, vectors=vectors, cache=LRUHotCache(cache_bytes),
                         shared_cache=shared, health=health)
     except BaseException:
@@ -125,11 +128,10 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         raise
 
 
-def _retrying(config: StorageConfig, health: Health, index: MetadataIndex, vectors: VectorIndex,
+def _retrying(config: StorageConfig, index: MetadataIndex, vectors: VectorIndex,
               chunks: ChunkStore) -> tuple[MetadataIndex, VectorIndex, ChunkStore]:
-    """Each backend that talks to a server behind a retry wrapper that reports to ``health``; the
-    embedded ones as they are (their failures are not a server's hiccup)."""
-    from maif.storage.backends.objectpacks import ObjectPackChunkStore
+    """Each backend that talks to a server behind a retry wrapper; the embedded ones as they are (their
+    failures are not a server's hiccup)."""
     from maif.storage.backends.wrappers import (
         RetryingChunkStore,
         RetryingMetadataIndex,
@@ -137,19 +139,12 @@ def _retrying(config: StorageConfig, health: Health, index: MetadataIndex, vecto
         RetryPolicy,
     )
 
-    def policy(*components: str) -> RetryPolicy:
-        return RetryPolicy(health=health, components=components)
-
     if config.postgres_url is not None:
-        index = RetryingMetadataIndex(index, policy("postgresql"))
-    if config.qdrant_url is not None:
-        vectors = RetryingVectorIndex(vectors, policy("qdrant"))
-    elif config.postgres_url is not None:
-        vectors = RetryingVectorIndex(vectors, policy("postgresql"))
-    if isinstance(chunks, ObjectPackChunkStore):
-        chunks = RetryingChunkStore(chunks, policy=policy("s3", "postgresql"))
-    elif config.s3_endpoint is not None:
-        chunks = RetryingChunkStore(chunks, policy=policy("s3"))  # local packs, S3 the cold tier
+        index = RetryingMetadataIndex(index, RetryPolicy())
+    if config.qdrant_url is not None or config.postgres_url is not None:
+        vectors = RetryingVectorIndex(vectors, RetryPolicy())
+    if config.s3_endpoint is not None:
+        chunks = RetryingChunkStore(chunks, policy=RetryPolicy())  # shared packs, or S3 the cold tier
     return index, vectors, chunks
 
 

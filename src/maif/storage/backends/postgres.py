@@ -105,6 +105,7 @@ from maif.errors import (
 )
 from maif.storage.backends.base import Capabilities, MetadataIndex, VectorIndex
 from maif.storage.backends.objectpacks import LocationIndex, ObjectLocation
+from maif.storage.health import Health
 from maif.storage.index import check_query_limit
 from maif.storage.packs import FLAG_RECORD
 from maif.storage.records import BlockRecord, encode_record
@@ -365,11 +366,12 @@ class _Database:
 
     def __init__(self, what: str, dsn: object, *, schema: str, node_id: str, pool_min: int, pool_max: int,
                  connect_timeout_s: float, command_timeout_s: float, lock_timeout_s: float,
-                 store_id: str | None) -> None:
+                 store_id: str | None, health: Health | None = None) -> None:
         if asyncpg is None:
             raise ConfigError("the PostgreSQL backends need asyncpg",
                               hint="pip install 'maif[distributed]'")
         self.what = what
+        self.health = health  # told of every call that reached the server, and of each that could not
         self.target = _Target.parse(dsn)
         self.schema = _check_schema_name(schema)
         self.quoted_schema = f'"{self.schema}"'
@@ -537,7 +539,10 @@ class _Database:
         for attempt in range(1, _ATTEMPTS_MAX + 1):
             try:
                 async with pool.acquire(timeout=self.command_timeout_s) as connection:
-                    return await body(connection)
+                    result = await body(connection)
+                if self.health is not None:
+                    self.health.succeeded(COMPONENT)
+                return result
             except MAIFError:
                 raise
             except Exception as error:
@@ -555,7 +560,14 @@ class _Database:
         return error if self.target.redact(text) == text else None
 
     def translate(self, error: BaseException, action: str, *, connecting: bool = False) -> MAIFError:
-        """A MAIF error for a driver or network one: the server and config key named, no secret."""
+        """A MAIF error for a driver or network one: the server and config key named, no secret; an
+        unavailable server is reported to ``health``."""
+        translated = self._translate(error, action, connecting=connecting)
+        if self.health is not None and isinstance(translated, BackendUnavailableError):
+            self.health.failed(COMPONENT, translated.message)
+        return translated
+
+    def _translate(self, error: BaseException, action: str, *, connecting: bool) -> MAIFError:
         detail = self.target.redact(str(error))[:_DETAIL_CHARS_MAX] or type(error).__name__
         sqlstate = getattr(error, "sqlstate", None) or ""
         if sqlstate.startswith("28") or (sqlstate == "42501" and connecting):
@@ -711,11 +723,12 @@ class _OnDatabase:
 
     def __init__(self, dsn: str, *, schema: str = "maif", node_id: str = "local", pool_min: int = 1,
                  pool_max: int = 10, store_id: str | None = None, connect_timeout_s: float = 10.0,
-                 command_timeout_s: float = 60.0, lock_timeout_s: float = 60.0) -> None:
+                 command_timeout_s: float = 60.0, lock_timeout_s: float = 60.0,
+                 health: Health | None = None) -> None:
         self._db = _Database(self._what, dsn, schema=schema, node_id=node_id, pool_min=pool_min,
                              pool_max=pool_max, connect_timeout_s=connect_timeout_s,
                              command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s,
-                             store_id=store_id)
+                             store_id=store_id, health=health)
         self._configure()
 
     def _configure(self) -> None:
@@ -1179,7 +1192,7 @@ class PgVectorIndex(_OnDatabase, VectorIndex):
                  pool_max: int = 10, store_id: str | None = None, hnsw_m: int = HNSW_M,
                  hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION, hnsw_ef_search: int = HNSW_EF_SEARCH,
                  connect_timeout_s: float = 10.0, command_timeout_s: float = 300.0,
-                 lock_timeout_s: float = 60.0) -> None:
+                 lock_timeout_s: float = 60.0, health: Health | None = None) -> None:
         for name, value, low, high in (("hnsw_m", hnsw_m, 2, 100),
                                        ("hnsw_ef_construction", hnsw_ef_construction, 4, 1000),
                                        ("hnsw_ef_search", hnsw_ef_search, 1, PGVECTOR_EF_SEARCH_MAX)):
@@ -1196,7 +1209,7 @@ class PgVectorIndex(_OnDatabase, VectorIndex):
         self._ndim: int | None = None
         super().__init__(dsn, schema=schema, node_id=node_id, pool_min=pool_min, pool_max=pool_max,
                          store_id=store_id, connect_timeout_s=connect_timeout_s,
-                         command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s)
+                         command_timeout_s=command_timeout_s, lock_timeout_s=lock_timeout_s, health=health)
 
     def _configure(self) -> None:
         schema_name = self._db.quoted_schema

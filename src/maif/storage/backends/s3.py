@@ -61,6 +61,7 @@ from maif.errors import (
     StoreClosedError,
 )
 from maif.storage.backends.base import Capabilities, ObjectStore, check_object_key
+from maif.storage.health import Health
 
 ResultT = TypeVar("ResultT")
 
@@ -182,7 +183,9 @@ class S3ObjectStore(ObjectStore):
         max_attempts: int = 3,
         addressing_style: str | None = None,
         list_page_size: int = 1000,
+        health: Health | None = None,
     ) -> None:
+        self.health = health  # told of every call that reached the server, and of each that could not
         if endpoint_url is not None and not _is_http_url(endpoint_url):
             raise ConfigError(
                 f"s3_endpoint must be an http:// or https:// URL, got {redact_url(str(endpoint_url))!r}"
@@ -439,7 +442,14 @@ class S3ObjectStore(ObjectStore):
     # ---- errors ------------------------------------------------------------------------------------
 
     def _translate(self, error: Exception, action: str, key: str | None = None) -> StorageError:
-        """A MAIF error for an aiobotocore/botocore/aiohttp one: no secret in it, the config key named."""
+        """A MAIF error for an aiobotocore/botocore/aiohttp one: no secret in it, the config key named;
+        an unavailable server is reported to ``health``."""
+        translated = self._translate_error(error, action, key)
+        if self.health is not None and isinstance(translated, BackendUnavailableError):
+            self.health.failed(COMPONENT, translated.message)
+        return translated
+
+    def _translate_error(self, error: Exception, action: str, key: str | None) -> StorageError:
         from botocore import exceptions as boto
 
         what = f"{key!r} in " if key is not None else ""
@@ -485,11 +495,14 @@ class S3ObjectStore(ObjectStore):
                     operation: Callable[[Any], Awaitable[ResultT]]) -> ResultT:
         client = await self._connected()
         try:
-            return await operation(client)
+            result = await operation(client)
         except StorageError:
             raise
         except Exception as error:
             raise self._translate(error, action, key) from error
+        if self.health is not None:
+            self.health.succeeded(COMPONENT)
+        return result
 
     # ---- the ObjectStore API -----------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ Each chunk-store wrapper is itself a :class:`ChunkStore` and routes every ABC me
 
 :class:`RetryingMetadataIndex` and :class:`RetryingVectorIndex` do the same for the shared index and
 vectors of a scaled-out store (PostgreSQL, pgvector, Qdrant). Every retry follows a
-:class:`RetryPolicy`: capped exponential backoff with jitter, a bounded number of attempts, and, when
-given a :class:`~maif.storage.health.Health`, a report of each outcome (down after the last attempt,
-up on a success).
+:class:`RetryPolicy`: capped exponential backoff with jitter and a bounded number of attempts. (Which
+server is up is reported by the server clients themselves, to :mod:`maif.storage.health`: only they
+know which call reached which server.)
 
 ``flush`` and ``close`` are retried only on :class:`~maif.errors.BackendUnavailableError` (a server
 that did not answer: nothing local was harmed). After a failed local fsync the kernel may have dropped
@@ -29,7 +29,6 @@ import numpy as np
 
 from maif.errors import BackendError, BackendUnavailableError, ConfigError, CredentialsError
 from maif.storage.backends.base import ChunkStore, MetadataIndex, VectorIndex
-from maif.storage.health import Health
 from maif.storage.records import BlockRecord
 
 TRANSIENT_ERRNOS = frozenset(
@@ -65,14 +64,10 @@ class RetryPolicy:
     """Capped exponential backoff with jitter: attempt ``n`` failed, wait a uniformly drawn time in
     ``[d/2, d]`` with ``d = min(delay_s_max, base_delay_s * 2**(n-1))``, at most ``attempts_max``
     attempts in all. The jitter keeps nodes that lost a server together from retrying in step.
-
-    ``health`` and ``components``: each failure that survives the last attempt with a
-    BackendUnavailableError marks its component down there, each success marks ``components`` up.
     """
 
     def __init__(self, *, attempts_max: int = 4, base_delay_s: float = 0.05, delay_s_max: float = 1.0,
-                 jitter: Callable[[], float] = random.random, sleep: Sleep = asyncio.sleep,
-                 health: Health | None = None, components: Sequence[str] = ()) -> None:
+                 jitter: Callable[[], float] = random.random, sleep: Sleep = asyncio.sleep) -> None:
         if attempts_max < 1 or base_delay_s < 0 or delay_s_max < base_delay_s:
             raise ConfigError("retry needs attempts_max >= 1 and 0 <= base_delay_s <= delay_s_max")
         self.attempts_max = attempts_max
@@ -80,8 +75,6 @@ class RetryPolicy:
         self.delay_s_max = delay_s_max
         self.jitter = jitter
         self.sleep = sleep
-        self.health = health
-        self.components = tuple(components)
         self.retries = 0
 
     def delay_s(self, attempt: int) -> float:
@@ -94,16 +87,10 @@ class RetryPolicy:
         attempt = 1
         while True:
             try:
-                result = await call()
+                return await call()
             except (BackendError, OSError) as error:
                 if attempt >= self.attempts_max or not is_retriable(name, error):
-                    if self.health is not None and isinstance(error, BackendUnavailableError):
-                        self.health.failed(error.component, error.message)
                     raise
-            else:
-                if self.health is not None:
-                    self.health.succeeded(*self.components)
-                return result
             await self.sleep(self.delay_s(attempt))
             attempt += 1
             self.retries += 1
