@@ -179,7 +179,8 @@ def test_unencodable_or_oversized_metadata_is_refused_at_encode(metadata: dict[A
 def test_deeply_nested_metadata_is_refused_at_decode() -> None:
     nested = b"\x81\xa1a" + b"\x91" * 60_000 + b"\xc0"
     header = b"\x01TEXT\x00\x10" + struct.pack("<dI", 1.0, 0) + b"\x01\x00a" + struct.pack("<I", len(nested))
-    with pytest.raises(FormatError):
+    # a named bound (limits.block_metadata_depth_max), checked by a scan before msgspec recurses
+    with pytest.raises(LimitExceededError, match="nesting depth"):
         codec.decode_block(header + nested)
 
 
