@@ -1,17 +1,23 @@
 """Hostile containers through the command line: every mutation ends in a documented exit code.
 
 The format's own tests flip every byte at the library level; here the question is what a *user* sees:
-`verify` must never exit 0 on a changed file, and no command may crash (exit 70) or print a traceback.
+`verify` must never exit 0 on a changed file or on a signed record that breaks a format rule, no command
+may crash (exit 70) or print a traceback, and a decompression bomb streams through bounded memory.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import typer.main
 import typer.testing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner, Result
 
 from maif.cli.exit_codes import ExitCode
@@ -19,6 +25,17 @@ from maif.cli.main import app
 from maif.format import signing
 from maif.format.block import MAIFBlock
 from maif.format.container import ContainerWriter
+from maif.testing.hostile import (
+    COMPRESSED,
+    ENCRYPTED,
+    SECTION_4_VIOLATIONS,
+    Violation,
+    path_metadata,
+    record,
+    signed_container,
+    text_id,
+    zstd_zero_frame,
+)
 
 runner = CliRunner()
 # Typer rebuilds the click command from type hints on every invoke (most of the cost of a call); build it
@@ -102,3 +119,111 @@ def test_truncated_containers_are_reported_not_crashed(small_container: tuple[Pa
         ExitCode.SIGNATURE_UNTRUSTED,
     ), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- signed records that break SPEC section 4 -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trusted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Ed25519PrivateKey, Path]:
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    public = tmp_path_factory.mktemp("trusted") / "signer.pub"
+    signing.save_public_key(key.public_key(), public)
+    return key, public
+
+
+_EXIT_BY_KIND = {"format": ExitCode.MALFORMED_FILE, "limit": ExitCode.LIMIT_EXCEEDED}
+
+
+@pytest.mark.parametrize("violation", SECTION_4_VIOLATIONS, ids=lambda violation: violation.name)
+def test_verify_and_unpack_refuse_a_signed_record_that_breaks_a_section_4_rule(
+    tmp_path: Path, trusted: tuple[Ed25519PrivateKey, Path], violation: Violation
+) -> None:
+    key, public = trusted
+    honest = record(b"honest payload", fields=text_id("honest"), metadata=path_metadata("honest.txt"))
+    container = signed_container(tmp_path / "hostile.maif", [honest, violation.record], key)
+    expected = _EXIT_BY_KIND[violation.kind]
+    result = invoke(["verify", str(container), "--trust", str(public), "--json"])
+    assert result.exit_code == expected, (result.stdout, result.stderr)
+    problems = json.loads(result.stdout)["problems"]
+    assert [(problem["block_index"], problem["kind"]) for problem in problems] == [(1, violation.kind)]
+    assert violation.match in problems[0]["reason"]
+    for trust in ([], ["--trust", str(public)]):
+        destination = tmp_path / f"out-{len(trust)}"
+        result = invoke(["unpack", str(container), "-o", str(destination), *trust, "--json"])
+        assert result.exit_code == expected, (trust, result.stdout, result.stderr)
+        error = json.loads(result.stdout)["error"]
+        assert error["type"] == violation.error.__name__ and violation.match in error["message"]
+        assert not (destination / "hostile.bin").exists()  # nothing of the refused block is left behind
+        if trust:
+            assert not destination.exists() or not any(destination.iterdir())  # verified: nothing written
+
+
+def test_a_malformed_encrypted_record_is_refused_as_malformed_without_the_key(
+    tmp_path: Path, trusted: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    key, public = trusted
+    too_short = record(bytes(27), storage_flags=ENCRYPTED, payload_length=0)  # less than nonce and tag
+    container = signed_container(tmp_path / "sealed.maif", [too_short], key)
+    result = invoke(["verify", str(container), "--trust", str(public)])
+    assert result.exit_code == ExitCode.MALFORMED_FILE, result.stderr
+    result = invoke(["unpack", str(container), "-o", str(tmp_path / "out"), "--trust", str(public), "--json"])
+    assert result.exit_code == ExitCode.MALFORMED_FILE, result.stderr  # not a key error: nothing to decrypt
+    assert json.loads(result.stdout)["error"]["type"] == "FormatError"
+
+
+def test_inspect_shows_a_timestamp_no_date_can_hold(tmp_path: Path) -> None:
+    container = tmp_path / "far.maif"
+    with ContainerWriter.create(container) as writer:
+        writer.add(MAIFBlock(id="far", data=b"x", timestamp=1e300))  # finite: a valid block
+        writer.commit([Ed25519PrivateKey.from_private_bytes(bytes(range(32)))])
+    result = invoke(["inspect", str(container), "--json"])
+    assert result.exit_code == ExitCode.OK, result.stderr  # was 70 (OverflowError)
+    assert json.loads(result.stdout)["blocks"][0]["created_at"] == "1e+300 s (out of range)"
+
+
+# --- a decompression bomb: 33 KB on disk, 1 GiB declared ------------------------------------------
+
+_PEAK_RSS_CHILD = """
+import atexit, sys
+
+def report_peak():
+    # VmHWM (this process's own peak), not ru_maxrss: Linux carries the parent's peak into ru_maxrss
+    # across (v)fork and exec, so under a large pytest parent ru_maxrss reports the parent's memory.
+    status = open("/proc/self/status").read()
+    sys.stderr.write(f"\\npeak_rss_mb={int(status.split('VmHWM:')[1].split()[0]) // 1024}\\n")
+
+atexit.register(report_peak)
+sys.argv = ["maif", *sys.argv[1:]]
+from maif.cli.main import main
+main()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_unpacking_a_one_gib_zstd_bomb_stays_within_150_mb(
+    tmp_path: Path, trusted: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    """The bomb is a valid file (1 GiB of zeros), so `unpack --trust` verifies it in full (decompressing
+    it once) and writes it; both stream through bounded buffers. Before streaming: 1,099 MB peak."""
+    key, public = trusted
+    bomb = record(
+        zstd_zero_frame(1 << 30),
+        storage_flags=COMPRESSED,
+        payload_length=1 << 30,
+        metadata=path_metadata("bomb.bin"),
+    )
+    container = signed_container(tmp_path / "bomb.maif", [bomb], key)
+    assert container.stat().st_size < 34_000
+    destination = tmp_path / "out"
+    arguments = ["unpack", str(container), "-o", str(destination), "--trust", str(public), "--json"]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS_CHILD, *arguments], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert (destination / "bomb.bin").stat().st_size == 1 << 30
+    finally:
+        shutil.rmtree(destination, ignore_errors=True)  # 1 GiB: do not leave it for pytest's tmp retention
+    peak_rss_mb = int(result.stderr.rsplit("peak_rss_mb=", 1)[1])
+    assert peak_rss_mb <= 150, f"peak RSS {peak_rss_mb} MB"

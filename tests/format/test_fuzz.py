@@ -35,9 +35,13 @@ def exercise(data: bytes, trusted: list[Ed25519PublicKey], recipient: X25519Priv
         try:
             with ContainerReader.open(path, decryption_key=recipient) as reader:
                 for index in range(len(reader)):
-                    for action in (reader.block, reader.payload_view, reader.entry):
+                    for action in (reader.block, reader.payload_view, reader.entry, reader.check_block):
                         with contextlib.suppress(MAIFError):
                             action(index)
+                    with contextlib.suppress(MAIFError):
+                        for _ in reader.stream_block(index).chunks:
+                            pass
+                    reader.release(index)
                 if reader.versions:
                     if reader.versions[-1].block_count:
                         reader.inclusion_proof(0)

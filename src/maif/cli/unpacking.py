@@ -7,6 +7,10 @@ the destination, so a planted link cannot redirect a file outside it either.
 
 Blocks without a recorded path (written by the library rather than `maif pack`) are listed as skipped.
 With ``--trust`` the container is verified first and nothing is written unless it verifies.
+
+Payloads stream from the container to disk in bounded pieces (:meth:`ContainerReader.stream_block`), so
+a 33 KB file declaring a 1 GiB compressed payload unpacks in bounded memory; every block, with or without
+a path, is read to its end and so checked under every format rule.
 """
 
 from __future__ import annotations

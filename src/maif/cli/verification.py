@@ -68,7 +68,7 @@ def raise_for_report(report: VerificationReport, reader: ContainerReader | None 
         )
     if verdict in (ExitCode.MALFORMED_FILE, ExitCode.LIMIT_EXCEEDED):
         if reader is not None and first.block_index is not None:
-            reader.check_block(first.block_index)
+            reader.check_block(first.block_index, decrypt=reader.can_decrypt)
         raise FormatError(
             f"container breaks the format in {first.describe()} ({count} problem(s))",
             hint="run `maif verify` to list every problem",

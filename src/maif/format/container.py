@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from maif.format.reader import BlockEntry, ContainerReader, VersionInfo, chained_digest
+from maif.format.reader import BlockEntry, BlockStream, ContainerReader, VersionInfo, chained_digest
 from maif.format.reports import Problem, RepairReport, VerificationReport
 from maif.format.writer import ContainerWriter
 
@@ -44,6 +44,7 @@ def repair_container(path: str | os.PathLike[str]) -> RepairReport:
 
 __all__ = [
     "BlockEntry",
+    "BlockStream",
     "ContainerReader",
     "ContainerWriter",
     "Problem",

@@ -219,16 +219,19 @@ def encode_trailer(trailer: Trailer, manifest: bytes) -> bytes:
 
 
 class HashBudget:
-    """Bytes a search may still hash; :meth:`spend` refuses with LimitExceededError once they run out."""
+    """Bytes a search may still hash; :meth:`spend` refuses with LimitExceededError once they run out
+    (and ``exhausted`` tells that refusal from a candidate's own errors)."""
 
-    __slots__ = ("_limit", "_spent", "_what")
+    __slots__ = ("_limit", "_spent", "_what", "exhausted")
 
     def __init__(self, what: str, limit: int) -> None:
         self._what, self._limit, self._spent = what, limit, 0
+        self.exhausted = False
 
     def spend(self, size: int) -> None:
         self._spent += size
         if self._spent > self._limit:
+            self.exhausted = True
             raise LimitExceededError(self._what, self._spent, self._limit)
 
 

@@ -227,6 +227,11 @@ class ContainerReader:
         return len(self._offsets)
 
     @property
+    def can_decrypt(self) -> bool:
+        """Whether encrypted blocks can be read: a decryption key was given and it unwrapped the data key."""
+        return self._data_key is not None
+
+    @property
     def versions(self) -> list[VersionInfo]:
         return [version.info for version in self._versions]
 
@@ -518,10 +523,8 @@ def _find_last_trailer(view: memoryview) -> int | None:
     try:
         layout.decode_trailer(view, size - layout.TRAILER.size, budget)
         return size - layout.TRAILER.size
-    except LimitExceededError:
-        raise
     except MAIFError:
-        pass
+        pass  # no valid version ends at the end of the file: its tail is torn
     data = view.obj if isinstance(view.obj, mmap.mmap) else bytes(view)
     magic, magic_at = layout.TRAILER_MAGIC, layout.TRAILER.size - len(layout.TRAILER_MAGIC)
     search_end = size
@@ -532,9 +535,9 @@ def _find_last_trailer(view: memoryview) -> int | None:
         try:
             layout.decode_trailer(view, found - magic_at, budget)
             return found - magic_at
-        except LimitExceededError:
-            raise
         except MAIFError:
+            if budget.exhausted:
+                raise
             search_end = found + len(magic) - 1
     raise LimitExceededError(
         "trailer candidates scanned in a torn tail",
