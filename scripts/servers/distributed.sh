@@ -258,7 +258,17 @@ pg_start() {
   # TCP on 127.0.0.1 only, no Unix socket (long STATE_DIR paths exceed the socket path limit)
   as_postgres "$bin/pg_ctl" -D "$d/data" -l "$d/log" -w -t "$TIMEOUT" start -o \
     "-h 127.0.0.1 -p ${CFG[MAIF_PG_PORT]} -c unix_socket_directories='' -c max_connections=200" >/dev/null \
-    || { tail -n 25 "$d/log" >&2 || true; die "postgres did not start; its log: $d/log"; }
+    || {
+      tail -n 25 "$d/log" >&2 || true
+      # pg_ctl may have given up waiting for a postmaster that runs (or is still starting, its
+      # postmaster.pid not written yet): record it, so that die stops it
+      for _ in $(seq 1 50); do [[ -s $d/data/postmaster.pid ]] && break; sleep 0.1; done
+      pid=$(head -n 1 "$d/data/postmaster.pid" 2>/dev/null || true)
+      if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+        readlink -f "$bin/postgres" >"$d/exe"; echo "$pid" >"$d/pid"; SPAWNED+=(postgres)
+      fi
+      die "postgres did not start; its log: $d/log"
+    }
   pid=$(head -n 1 "$d/data/postmaster.pid")
   readlink -f "$bin/postgres" >"$d/exe"
   echo "$pid" >"$d/pid"
