@@ -674,7 +674,8 @@ class MAIFStorage:
         return (await self.read_block_with_tier(block_id))[0]
 
     async def read_block_with_tier(self, block_id: str) -> tuple[MAIFBlock, str]:
-        """The block and which tier served it: "log" (not yet applied), "hot", "warm" or "cold"."""
+        """The block and which tier served it: "log" (not yet applied), "hot", "shared" (the Redis cache of
+        a scaled-out store), "warm" (local packs, or the shared pack objects) or "cold"."""
         block_id = arguments.block_id(block_id)
         self._check_open()
         self._reads_total += 1
