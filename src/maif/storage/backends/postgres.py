@@ -487,7 +487,13 @@ class _Database:
 
     async def _schema_version(self, connection: Any) -> int:
         """The MAIF schema version found (0: no schema, or an empty one); refuses a foreign or damaged
-        layout and a version newer than :data:`SCHEMA_VERSION`."""
+        layout and a version newer than :data:`SCHEMA_VERSION`. Read from one snapshot: a node that
+        migrates meanwhile must not show this one its new version row beside its old table list (found
+        by the concurrent-open test as a false "lacks tables" refusal)."""
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            return await self._read_schema_version(connection)
+
+    async def _read_schema_version(self, connection: Any) -> int:
         rows = await connection.fetch(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')", self.schema)
