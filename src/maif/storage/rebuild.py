@@ -279,9 +279,38 @@ async def heal_after_replay(storage: MAIFStorage, *, force: bool) -> None:
     elif force:
         reason = "repair requested"
     if reason is not None:
-        added, problems = await rebuild_vectors(storage)
+        try:
+            added, problems = await rebuild_vectors(storage)
+        except BackendError:
+            # Reading every EMBEDDING record met pages the open's probe did not touch: when SQLite
+            # finds the index damaged, it goes to quarantine/ and is rebuilt from the records first.
+            if not await _reset_damaged_index(storage):
+                raise
+            added, problems = await rebuild_vectors(storage)
         storage.repairs.append(f"vector index rebuilt with {added} vector(s) ({reason})")
         storage.repairs.extend(problems)
+
+
+async def _reset_damaged_index(storage: MAIFStorage) -> bool:
+    """When the index's own integrity check finds damage: start it afresh (quarantine), refill it from
+    the stored records, and keep the checkpoint where it was (the next open replays from there, which
+    is idempotent). False when the index finds no damage (the failure was something else)."""
+    backends = storage._backends
+    integrity = getattr(backends.index, "integrity_problems", None)
+    reset = getattr(backends.index, "reset", None)
+    damage = await integrity() if integrity is not None and reset is not None else []
+    if not damage:
+        return False
+    assert reset is not None
+    await reset("; ".join(damage[:3]))
+    await backends.chunks.flush()  # the records replayed into the packs are durable before they count
+    read, _, problems = await rebuild_index(backends)
+    await backends.index.set_applied_lsn(storage._checkpoint_lsn)
+    await backends.index.flush()
+    storage.repairs.append(f"metadata index failed SQLite's quick_check ({damage[0]}): moved to "
+                           f"quarantine/ and rebuilt from {read} stored block record(s)")
+    storage.repairs.extend(problems)
+    return True
 
 
 __all__ = [
