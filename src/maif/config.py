@@ -26,18 +26,63 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from maif import limits
 from maif.errors import ArgumentTypeError, ConfigError
 from maif.validation import require_path, type_of
 
 ConfigSource = Mapping[str, Any] | str | os.PathLike[str] | None
 
 
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+"""RFC 9068 section 2.1: the ``typ`` values of an access token (compared case-insensitively)."""
+
+
 class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One trusted OAuth/OIDC issuer. ``jwks_uri`` may be omitted to use OIDC discovery."""
+    """One trusted OAuth/OIDC issuer (docs/identity-providers.md has a profile for each common IdP).
+
+    ``jwks_uri`` may be omitted to use OIDC discovery. ``client_id`` is MAIF's registration at the
+    issuer. A token's ``aud`` must contain one of ``audience`` (a string or a list); when ``audience``
+    is not set, the ``client_id`` and the security section's ``audience`` are both accepted, so the seed
+    configuration and older configurations work as written. ``token_types`` lists the accepted ``typ``
+    headers ("at+jwt" also matches "application/at+jwt"; "" means no ``typ``); accepting anything but
+    at+jwt requires an explicit ``audience``, since ``aud`` is then all that tells an access token from
+    an ID token. An ``azp`` claim, when present, must equal ``client_id`` or one of
+    ``authorized_parties``. Scopes are read from ``scope_claim`` ("scope" or "scp", a space-separated
+    string or a list). ``leeway_s`` is the clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+    """
 
     client_id: str
     jwks_uri: str | None = None
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    audience: str | tuple[str, ...] | None = None
+    token_types: tuple[str, ...] = ("at+jwt",)
+    authorized_parties: tuple[str, ...] = ()
+    scope_claim: Literal["scope", "scp"] = "scope"
+    leeway_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require_range("leeway_s", self.leeway_s, 0, limits.token_leeway_s_max)
+        if not self.client_id:
+            raise ConfigError("an OAuth provider's client_id must not be empty")
+        audiences = self.audiences
+        if audiences is not None and (not audiences or not all(audiences)):
+            raise ConfigError("an OAuth provider's audience must be a non-empty string or list of them")
+        if not 0 < len(self.token_types) <= limits.token_types_max:
+            raise ConfigError(f"token_types must list between 1 and {limits.token_types_max} typ values")
+        if audiences is None and any(kind.lower() not in ACCESS_TOKEN_TYPES for kind in self.token_types):
+            raise ConfigError(
+                f"token_types {list(self.token_types)} accepts tokens that are not RFC 9068 access tokens, "
+                "so this provider needs an explicit audience",
+                hint="set this provider's audience explicitly: the API's identifier, never the client_id "
+                "an ID token is addressed to",
+            )
+        if not all(self.authorized_parties):
+            raise ConfigError("authorized_parties must not contain an empty client id")
+
+    @property
+    def audiences(self) -> tuple[str, ...] | None:
+        """The configured ``audience`` as a tuple, or None when it is left to the default."""
+        return (self.audience,) if isinstance(self.audience, str) else self.audience
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -85,7 +130,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Security settings: who is trusted to vouch for identities and hardware, and the trust floors."""
+    """Security settings: who is trusted to vouch for identities and hardware, and the trust floors.
+
+    ``audience`` is accepted from every provider that sets no ``audience`` of its own (with its
+    ``client_id``); a provider's ``audience`` takes precedence over it.
+    """
 
     oauth_providers: dict[str, OAuthProviderConfig] = msgspec.field(default_factory=dict)
     trusted_tpm_roots: tuple[str, ...] = ()
@@ -224,6 +273,7 @@ def _require_range(name: str, value: float, low: float, high: float) -> None:
 
 
 __all__ = [
+    "ACCESS_TOKEN_TYPES",
     "AgentConfig",
     "ConfigSource",
     "OAuthProviderConfig",

@@ -157,6 +157,12 @@ token_lifetime_s_max: Final = 24 * 3600
 token_scopes_max: Final = 64
 """Most scopes one token may carry."""
 
+token_leeway_s_max: Final = 300
+"""Most clock skew (``leeway_s``) an OAuth provider may be granted on exp, nbf and iat."""
+
+token_types_max: Final = 8
+"""Most ``typ`` header values one OAuth provider may accept (``token_types``)."""
+
 jwks_document_bytes_max: Final = 256 * KiB
 """Largest JWKS or OIDC discovery document read from an issuer (read stops one byte past it)."""
 
@@ -372,6 +378,18 @@ service_request_id_bytes_max: Final = 64
 
 service_task_agents_max: Final = 64
 """Most callers (agent ids) with a running task agent in one service process (POST /v1/tasks)."""
+
+service_request_head_bytes_max: Final = token_bytes_max + 2 * service_header_metadata_bytes_max + 16 * KiB
+"""Largest request head (request line and headers) the HTTP parser buffers (uvicorn's
+``h11_max_incomplete_event_size``): room for a bearer token, X-MAIF-Metadata and X-MAIF-Parents at their
+limits, and the rest; a larger head is refused with 431 before anything reads it."""
+
+service_connections_per_client_max: Final = 128
+"""Default bound on the connections one peer IP address holds open (``service.connections_per_client_max``;
+more are closed at once, see maif.service.connections)."""
+
+service_timeout_s_max: Final = 3600.0
+"""Longest keep-alive, request-head or request-body timeout ``maif serve`` may be configured with."""
 
 # --- command line (maif.cli) -------------------------------------------------------------------
 cli_recorded_path_bytes_max: Final = 4096

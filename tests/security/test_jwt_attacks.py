@@ -333,7 +333,7 @@ CLAIM_VALUES = st.one_of(
 @given(
     claims=st.dictionaries(
         st.sampled_from(
-            ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "client_id", "tenant", "scp"]
+            ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope", "client_id", "tenant", "scp", "azp"]
         ),
         CLAIM_VALUES,
         max_size=4,

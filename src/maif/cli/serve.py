@@ -8,7 +8,16 @@ the agent runtime's default embedder makes), ``max_concurrent_requests`` (more g
 ``limits.service_concurrent_requests_max``), and ``tracing`` (OpenTelemetry over OTLP/HTTP, see
 maif.service.tracing; the standard OTEL_EXPORTER_OTLP_* variables turn it on too). The master key comes
 from MAIF_MASTER_KEY (see maif.security.manager); MAIF_METRICS_TOKEN, when set, is the bearer token
-GET /metrics requires.
+GET /metrics requires (without it, an API token that may read the store's statistics;
+``unsafe_anonymous_metrics = true`` serves /metrics to anyone).
+
+Slow and idle clients are bounded: ``keep_alive_timeout_s`` (an idle kept-alive connection is closed,
+default 5), ``header_timeout_s`` (a request head not complete in time closes the connection, default 10),
+``body_read_timeout_s`` (an incomplete body that sends nothing this long is answered 408, default 30),
+``connections_per_client_max`` (open connections per peer IP address, default
+``limits.service_connections_per_client_max``; behind a reverse proxy raise it to
+``max_concurrent_requests``) and ``request_head_bytes_max`` (default
+``limits.service_request_head_bytes_max``). See maif.service.connections.
 
 Shutdown (SIGTERM/SIGINT): uvicorn stops accepting, lets in-flight requests finish (up to
 ``graceful_shutdown_s``), then the service waits for every write in flight to be acknowledged, and the
@@ -45,6 +54,12 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     graceful_shutdown_s: float = 30.0
     embedding_dimensions: int = 384
     max_concurrent_requests: int = limits.service_concurrent_requests_max
+    keep_alive_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_read_timeout_s: float = 30.0
+    connections_per_client_max: int = limits.service_connections_per_client_max
+    request_head_bytes_max: int = limits.service_request_head_bytes_max
+    unsafe_anonymous_metrics: bool = False
     tracing: TracingConfig | None = None
 
 
@@ -61,7 +76,23 @@ def _service_section(path: Path | None) -> ServiceConfig:
         raise ConfigError(
             f"service.max_concurrent_requests must be 1 to {limits.service_concurrent_requests_max}"
         )
+    _check_connection_bounds(section)
     return section
+
+
+def _check_connection_bounds(section: ServiceConfig) -> None:
+    timeouts = ("keep_alive_timeout_s", "header_timeout_s", "body_read_timeout_s")
+    for name in timeouts:
+        if not 0 < getattr(section, name) <= limits.service_timeout_s_max:  # also refuses NaN
+            raise ConfigError(f"service.{name} must be above 0 and at most {limits.service_timeout_s_max}")
+    if not 1 <= section.connections_per_client_max <= limits.service_concurrent_requests_max:
+        raise ConfigError(
+            f"service.connections_per_client_max must be 1 to {limits.service_concurrent_requests_max}"
+        )
+    if not 16 * 1024 <= section.request_head_bytes_max <= limits.service_request_head_bytes_max:
+        raise ConfigError(
+            f"service.request_head_bytes_max must be 16384 to {limits.service_request_head_bytes_max}"
+        )
 
 
 def load_export_key(path: Path) -> Ed25519PrivateKey:
@@ -92,6 +123,7 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
 
     from maif.security.manager import create_maif_security_manager
     from maif.service.app import create_app
+    from maif.service.connections import guarded_protocol
     from maif.service.middleware import configure_json_logging
     from maif.storage.engine import create_maif_storage
 
@@ -114,6 +146,8 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
             embedding_dimensions=service_config.embedding_dimensions,
             tracer_provider=tracer_provider,
             metrics_token=os.environ.get("MAIF_METRICS_TOKEN") or None,
+            unsafe_anonymous_metrics=service_config.unsafe_anonymous_metrics,
+            body_read_timeout_s=service_config.body_read_timeout_s,
         )
         server = _draining_server_class()(
             uvicorn.Config(
@@ -125,6 +159,11 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
                 access_log=False,
                 timeout_graceful_shutdown=int(service_config.graceful_shutdown_s),
                 limit_concurrency=service_config.max_concurrent_requests,
+                http=guarded_protocol(
+                    service_config.header_timeout_s, service_config.connections_per_client_max
+                ),
+                timeout_keep_alive=service_config.keep_alive_timeout_s,  # type: ignore[arg-type]
+                h11_max_incomplete_event_size=service_config.request_head_bytes_max,
             )
         )
         loop = asyncio.get_running_loop()

@@ -6,14 +6,19 @@ practices); every rule below is attacked in ``tests/security/test_jwt_attacks.py
 
 * the token length is capped (``limits.token_bytes_max``) and each segment must be strict base64url
   before anything is decoded;
-* the header must say ``typ: at+jwt`` (an ID token or any other JWT is not an access token), carry a
-  ``kid``, no ``crit`` (we understand no extensions), and an ``alg`` on the issuer's allow-list, which
-  never contains ``none`` or an HMAC algorithm (so the RSA public key can never become an HMAC secret);
+* the header must carry a ``kid``, no ``crit`` (we understand no extensions), an ``alg`` on the
+  issuer's allow-list, which never contains ``none`` or an HMAC algorithm (so the RSA public key can
+  never become an HMAC secret), and a ``typ`` the issuer's ``token_types`` list: ``at+jwt`` by default
+  (an ID token or any other JWT is not an access token); ``JWT`` or no ``typ`` only where configured,
+  for identity providers that issue access tokens that way (docs/identity-providers.md);
 * the key comes only from the configured issuer's ``jwks_uri`` (configured, or found by OIDC discovery
   whose ``issuer`` must match exactly); ``jku``, ``x5u``, ``jwk`` and ``x5c`` headers are ignored;
 * the key's own ``alg`` must equal the token's (PyJWT binds the verifying algorithm to the JWK);
-* ``iss`` must equal a configured issuer exactly, ``aud`` must contain the configured audience, and
-  ``exp``, ``iat`` and ``sub`` are required; ``nbf`` is honoured; leeway is small (30 s by default);
+* ``iss`` must equal a configured issuer exactly, ``aud`` must contain one of the issuer's audiences
+  (its ``audience``, else its ``client_id`` or the security section's ``audience``), an ``azp`` claim
+  must name the issuer's ``client_id`` or one of its ``authorized_parties``, and ``exp``, ``iat`` and
+  ``sub`` are required; ``nbf`` is honoured; leeway is per issuer and small (30 s by default, 300 s at
+  most);
 * revoked token ids (``jti``) are refused: revocation keys on ``jti``, never on the token string,
   because the compact serialisation is malleable.
 
@@ -44,11 +49,8 @@ import jwt
 from jwt.api_jwk import PyJWK
 
 from maif import limits
-from maif.config import OAuthProviderConfig
+from maif.config import ACCESS_TOKEN_TYPES, OAuthProviderConfig
 from maif.errors import ConfigError, TokenError
-
-ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-"""RFC 9068 section 2.1: the only ``typ`` values an access token may carry (compared case-insensitively)."""
 
 SAFE_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"})
 """Asymmetric algorithms an issuer may be configured with; ``none`` and every HS* are absent on purpose."""
@@ -281,32 +283,55 @@ class RevokedTokens:
             del self._expiry_by_token_id[token_id]
 
 
+@dataclass(frozen=True, slots=True)
+class IssuerRules:
+    """What one issuer's tokens must look like, resolved once from its :class:`OAuthProviderConfig`."""
+
+    algorithms: tuple[str, ...]
+    audiences: tuple[str, ...]
+    token_types: frozenset[str]  # normalised by _token_type; "" stands for "no typ header"
+    authorized_parties: frozenset[str]
+    scope_claim: str
+    leeway_s: float
+
+    @classmethod
+    def of(cls, issuer: str, provider: OAuthProviderConfig, *, default_audience: str) -> IssuerRules:
+        """The security section's ``audience`` counts only for providers without their own."""
+        unsafe = set(provider.algorithms) - SAFE_ALGORITHMS
+        if unsafe:
+            raise TokenError(f"issuer {issuer}: algorithms {sorted(unsafe)} are not allowed")
+        audiences = provider.audiences or tuple(dict.fromkeys((provider.client_id, default_audience)))
+        return cls(
+            algorithms=tuple(provider.algorithms),
+            audiences=audiences,
+            token_types=frozenset(_token_type(kind) for kind in provider.token_types),
+            authorized_parties=frozenset((provider.client_id, *provider.authorized_parties)),
+            scope_claim=provider.scope_claim,
+            leeway_s=provider.leeway_s,
+        )
+
+
 class TokenVerifier:
-    """Verifies JWT access tokens from the configured issuers (the ``oauth_providers`` config section)."""
+    """Verifies JWT access tokens from the configured issuers (the ``oauth_providers`` config section).
+
+    ``audience`` is the security section's: accepted from the providers that name no audience of their own.
+    """
 
     def __init__(
         self,
         providers: Mapping[str, OAuthProviderConfig],
         *,
         audience: str = "urn:maif:store",
-        leeway_s: float = 30.0,
         cache_lifetime_s: float = 300.0,
         refresh_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         fetch: Callable[[str], bytes] | None = None,
     ) -> None:
-        if not 0 <= leeway_s <= 300:
-            raise ConfigError("leeway_s must be between 0 and 300 seconds")
-        self._audience = audience
-        self._leeway_s = leeway_s
-        self._algorithms: dict[str, list[str]] = {}
+        self._rules: dict[str, IssuerRules] = {}
         self._caches: dict[str, JWKSCache] = {}
         for issuer, provider in providers.items():
-            unsafe = set(provider.algorithms) - SAFE_ALGORITHMS
-            if unsafe:
-                raise TokenError(f"issuer {issuer}: algorithms {sorted(unsafe)} are not allowed")
+            self._rules[issuer] = IssuerRules.of(issuer, provider, default_audience=audience)
             require_safe_url(issuer, what="issuer")
-            self._algorithms[issuer] = list(provider.algorithms)
             self._caches[issuer] = JWKSCache(
                 issuer,
                 provider.jwks_uri,
@@ -329,7 +354,14 @@ class TokenVerifier:
         raw = _checked_compact(token)
         header = _checked_header(raw)
         issuer = self._trusted_issuer(raw)
-        if header["alg"] not in self._algorithms[issuer]:
+        rules = self._rules[issuer]
+        token_type = _token_type(header.get("typ", ""))
+        if token_type not in rules.token_types:
+            raise TokenError(
+                f"token type {header.get('typ')!r} is not accepted from issuer {issuer}",
+                hint="the issuer's token_types lists the typ headers its access tokens carry",
+            )
+        if header["alg"] not in rules.algorithms:
             raise TokenError(f"algorithm {header['alg']!r} is not allowed for issuer {issuer}")
         key = self._caches[issuer].key_for(header["kid"])
         try:
@@ -337,14 +369,14 @@ class TokenVerifier:
                 raw,
                 key=key,
                 algorithms=[header["alg"]],
-                audience=self._audience,
+                audience=list(rules.audiences),
                 issuer=issuer,
-                leeway=self._leeway_s,
+                leeway=rules.leeway_s,
                 options={"require": _REQUIRED_CLAIMS, "strict_aud": False},
             )
         except jwt.PyJWTError as error:
             raise TokenError(f"token refused: {error}") from error
-        verified = _verified_token(claims, issuer)
+        verified = _verified_token(claims, issuer, rules)
         if verified.token_id is not None and self.revoked.is_revoked(verified.token_id):
             raise TokenError("token has been revoked")
         return verified
@@ -378,14 +410,19 @@ def _checked_compact(token: object) -> bytes:
     return raw
 
 
+def _token_type(token_type: object) -> str:
+    """``typ`` compared case-insensitively, without the optional "application/" (RFC 7515 4.1.9)."""
+    if not isinstance(token_type, str):
+        raise TokenError(f"token type {token_type!r} is not a string")
+    lowered = token_type.lower()
+    return lowered.removeprefix("application/")
+
+
 def _checked_header(raw: bytes) -> dict[str, Any]:
     try:
         header = jwt.get_unverified_header(raw)
     except jwt.PyJWTError as error:
         raise TokenError(f"token header is malformed: {error}") from error
-    token_type = header.get("typ")
-    if not isinstance(token_type, str) or token_type.lower() not in ACCESS_TOKEN_TYPES:
-        raise TokenError(f"token type {token_type!r} is not an access token (typ must be at+jwt)")
     if "crit" in header:
         raise TokenError("token header lists critical extensions (crit) this verifier does not implement")
     if header.get("alg") not in SAFE_ALGORITHMS:
@@ -396,7 +433,7 @@ def _checked_header(raw: bytes) -> dict[str, Any]:
     return header
 
 
-def _verified_token(claims: Mapping[str, Any], issuer: str) -> VerifiedToken:
+def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) -> VerifiedToken:
     subject = claims["sub"]
     if (
         not isinstance(subject, str)
@@ -407,16 +444,26 @@ def _verified_token(claims: Mapping[str, Any], issuer: str) -> VerifiedToken:
     if expires_at - issued_at > limits.token_lifetime_s_max:
         raise TokenError(f"token lifetime exceeds {limits.token_lifetime_s_max} seconds")
     audience = claims["aud"]
-    token_id, client_id, tenant = claims.get("jti"), claims.get("client_id"), claims.get("tenant", "")
-    if not all(isinstance(value, str | None) for value in (token_id, client_id)) or not isinstance(
-        tenant, str
-    ):
-        raise TokenError("token claims jti, client_id and tenant must be strings")
+    token_id, tenant = claims.get("jti"), claims.get("tenant", "")
+    authorized_party = claims.get("azp")
+    # RFC 9068 client_id, else the client the token was issued to: azp (Keycloak, Auth0, Entra, Google)
+    # or cid (Okta).
+    client_id = claims.get("client_id", claims.get("cid", authorized_party))
+    if not all(isinstance(value, str | None) for value in (token_id, client_id, authorized_party)):
+        raise TokenError("token claims jti, client_id, cid and azp must be strings")
+    if not isinstance(tenant, str):
+        raise TokenError("token claim tenant must be a string")
+    if authorized_party is not None and authorized_party not in rules.authorized_parties:
+        raise TokenError(
+            f"token was issued to client {authorized_party!r} (azp), which this issuer's configuration "
+            "does not authorize",
+            hint="list the client in the provider's authorized_parties",
+        )
     return VerifiedToken(
         issuer=issuer,
         subject=subject,
         audience=(audience,) if isinstance(audience, str) else tuple(audience),
-        scopes=_scopes(claims),
+        scopes=_scopes(claims, rules.scope_claim),
         token_id=token_id,
         client_id=client_id,
         tenant=tenant,
@@ -425,9 +472,9 @@ def _verified_token(claims: Mapping[str, Any], issuer: str) -> VerifiedToken:
     )
 
 
-def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
-    """RFC 9068 ``scope`` (space-separated string); ``scp`` (a list) as some issuers send it."""
-    scope = claims.get("scope", claims.get("scp", ""))
+def _scopes(claims: Mapping[str, Any], scope_claim: str) -> frozenset[str]:
+    """RFC 9068 ``scope``, or ``scp`` (Okta, Entra ID): a space-separated string or a list of names."""
+    scope = claims.get(scope_claim, "")
     names = scope.split() if isinstance(scope, str) else scope
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise TokenError("token scope claim must be a string or a list of strings")
@@ -440,6 +487,7 @@ __all__ = [
     "ACCESS_TOKEN_TYPES",
     "KNOWN_SCOPES",
     "SAFE_ALGORITHMS",
+    "IssuerRules",
     "JWKSCache",
     "RevokedTokens",
     "TokenVerifier",

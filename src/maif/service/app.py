@@ -5,8 +5,12 @@
 Every /v1 route authenticates the bearer token (:mod:`maif.service.auth`) and asks the gate
 (:meth:`SecurityManager.authorize`, audited) about the resource it touches; refusals are RFC 9457
 problem+json (:mod:`maif.service.problems`). /healthz and /readyz are unauthenticated (probes); they and
-/metrics carry no block data, no ids and no secrets, and /metrics asks for its own bearer token when one
-is configured (``metrics_token``; ``maif serve`` reads MAIF_METRICS_TOKEN). Request bodies that are not
+/metrics carry no block data, no ids and no secrets. /metrics is not anonymous by default: it asks for
+its own bearer token when one is configured (``metrics_token``; ``maif serve`` reads MAIF_METRICS_TOKEN),
+and otherwise for an API bearer token whose caller may read the store's statistics (as GET /v1/stats;
+each such scrape is audited). Route names, request counts and store sizes tell an outsider what runs
+and how busy it is, so anonymous metrics must be asked for by name (``unsafe_anonymous_metrics``).
+Request bodies that are not
 small JSON go through the upload spool (:mod:`maif.service.spool`); requests are traced when a tracer
 provider is configured (:mod:`maif.service.tracing`). The app never owns the store, the manager or the
 tracer provider: whoever created them closes them after the server stops (``maif serve`` does, after
@@ -22,6 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -55,6 +60,8 @@ from maif.service.blocks import (
     IdempotencyCache,
     Written,
     digest_hex,
+    header_text,
+    location_of,
     resource_of_block,
     streamed_info,
 )
@@ -76,7 +83,10 @@ from maif.service.tracing import decision_span, service_tracer
 from maif.storage.engine import MAIFStorage
 
 API_VERSION = "1.0.0"
+DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+_LOG = logging.getLogger("maif.service")
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+_HEADER_NUMBER_DIGITS_MAX = 19  # a Range or Content-Length beyond 2**63 is refused, not converted
 _bearer_scheme = HTTPBearer(
     auto_error=False, description="An OAuth 2.0 access token (JWT) from a trusted issuer."
 )
@@ -114,6 +124,7 @@ class ServiceState:
     tasks: TaskRunner
     tracer: trace.Tracer
     metrics_token: str | None = None
+    unsafe_anonymous_metrics: bool = False
     idempotency: IdempotencyCache = field(default_factory=IdempotencyCache)
     draining: bool = False
 
@@ -138,6 +149,8 @@ def create_app(
     embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
     tracer_provider: trace.TracerProvider | None = None,
     metrics_token: str | None = None,
+    unsafe_anonymous_metrics: bool = False,
+    body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S,
 ) -> FastAPI:
     """The service over ``storage`` and ``security_manager``. ``export_signing_key`` signs exported
     .maif files (a fresh key when None: exports are then verifiable with the key GET /v1/stats names);
@@ -145,9 +158,15 @@ def create_app(
     directory: files a previous process left there are removed); EMBEDDING blocks of another dimension
     than ``embedding_dimensions`` are refused (see blocks.py); spans go to ``tracer_provider`` (the
     process's global provider when None: no-op unless an OpenTelemetry SDK was installed there);
-    ``metrics_token``, when set, is the bearer token GET /metrics requires."""
+    ``metrics_token``, when set, is the bearer token GET /metrics requires (otherwise an API token that
+    may read the store's statistics, or nothing with ``unsafe_anonymous_metrics``: warned about); a
+    request body that sends nothing for ``body_read_timeout_s`` while incomplete is answered 408."""
     if metrics_token is not None and len(metrics_token) < 16:
         raise ConfigError("the metrics token must be at least 16 characters")
+    if not 0 < body_read_timeout_s < float("inf"):
+        raise ConfigError("body_read_timeout_s must be a positive number of seconds")
+    if unsafe_anonymous_metrics and metrics_token is None:
+        _LOG.warning("GET /metrics is served to anyone (unsafe_anonymous_metrics)")
     metrics = ServiceMetrics()
     tracer = service_tracer(tracer_provider)
     spool = Spool(
@@ -166,11 +185,14 @@ def create_app(
         spool=spool,
         tracer=tracer,
         metrics_token=metrics_token,
+        unsafe_anonymous_metrics=unsafe_anonymous_metrics,
     )
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, tracer=tracer)
+    app.add_middleware(
+        ObservabilityMiddleware, metrics=metrics, tracer=tracer, body_read_timeout_s=body_read_timeout_s
+    )
     return app
 
 
@@ -401,7 +423,7 @@ def _receipt_response(written: Written) -> Response:
     return JSONResponse(
         body.model_dump(),
         status_code=201,
-        headers={"Location": f"/v1/blocks/{written.block_id}", "ETag": f'"{written.digest.hex()}"'},
+        headers={"Location": location_of(written.block_id), "ETag": f'"{written.digest.hex()}"'},
     )
 
 
@@ -480,7 +502,14 @@ def _sha256_of_content_digest(header: str | None) -> bytes | None:
 
 def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    return int(declared) if declared is not None and declared.isdigit() else None
+    return int(declared) if declared is not None and _is_ascii_number(declared) else None
+
+
+def _is_ascii_number(text: str, *, allow_empty: bool = False) -> bool:
+    """Whether ``text`` is ASCII digits (a decimal header field), or empty when ``allow_empty``."""
+    if text == "":
+        return allow_empty
+    return text.isascii() and text.isdigit() and len(text) <= _HEADER_NUMBER_DIGITS_MAX
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -541,7 +570,7 @@ def _raw_view(state: ServiceState, block: MAIFBlock, etag: str, range_header: st
         "Accept-Ranges": "bytes",
         "Repr-Digest": _digest_field(full_digest),
         "X-MAIF-Block-Type": block.type_name,
-        "X-MAIF-Agent-Id": block.agent_id,
+        "X-MAIF-Agent-Id": header_text(block.agent_id),
     }
     selected = _parse_range(range_header, length)
     if selected is None:
@@ -569,7 +598,8 @@ def _raw_view(state: ServiceState, block: MAIFBlock, etag: str, range_header: st
 
 def _parse_range(header: str | None, length: int) -> tuple[int, int] | None:
     """(start, stop) of a single ``bytes=`` range; None for no range (or a multi-range: served whole,
-    as RFC 9110 allows); ServiceProblem 416 when it cannot be satisfied."""
+    as RFC 9110 allows); ServiceProblem 416 when it cannot be satisfied or is malformed (anything but
+    ASCII digits around the dash)."""
     if header is None:
         return None
     unit, _, spec = header.partition("=")
@@ -582,7 +612,8 @@ def _parse_range(header: str | None, length: int) -> tuple[int, int] | None:
         "the requested range is outside the payload",
         {"Content-Range": f"bytes */{length}"},
     )
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    # ASCII digits only: str.isdigit() also accepts "\u00b2" and other digits int() refuses.
+    if not (dash and _is_ascii_number(first, allow_empty=True) and _is_ascii_number(last, allow_empty=True)):
         raise unsatisfiable
     if first == "":
         if last == "" or int(last) == 0 or length == 0:
@@ -1039,15 +1070,20 @@ def _operations_routes(router: APIRouter) -> None:
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             },
-            401: {"description": "A metrics token is configured and was not presented", **_PROBLEM},
+            401: {"description": "No metrics token, or no valid API token, was presented", **_PROBLEM},
+            403: {"description": "The API token's caller may not read the store's statistics", **_PROBLEM},
         },
     )
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics (text exposition format 0.0.4); with a configured metrics token, only for
-        ``Authorization: Bearer <that token>`` (the API's OAuth tokens are not accepted here)."""
+        """Prometheus metrics (text exposition format 0.0.4). With a configured metrics token, only for
+        ``Authorization: Bearer <that token>`` (the API's OAuth tokens are not accepted then); without
+        one, for an API bearer token whose caller may read the store's statistics (as GET /v1/stats)."""
         state = _state(request)
         if state.metrics_token is not None:
             _require_metrics_token(request.headers.get("authorization"), state.metrics_token)
+        elif not state.unsafe_anonymous_metrics:
+            context = await state.authenticator.context_for(request.headers.get("authorization"))
+            await state.blocks.authorize_own(context, "stats", "stats")
         with contextlib.suppress(MAIFError):
             state.metrics.observe_storage(await state.storage.get_stats())
         state.metrics.audit_entries.set(state.manager.audit_log.size)
@@ -1087,4 +1123,4 @@ def _with_components_raw(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-__all__ = ["API_VERSION", "ServiceState", "create_app", "openapi_document"]
+__all__ = ["API_VERSION", "DEFAULT_BODY_READ_TIMEOUT_S", "ServiceState", "create_app", "openapi_document"]

@@ -7,6 +7,13 @@ Content-Digest checked, and only then stored as parts of exactly that size (bloc
 (MessagePack) and whose metadata records ``maif:streamed`` {length, sha256, parts}. Memory stays flat for
 a transfer of any size, and an abandoned or refused upload stores nothing (docs/adr/0060, 0061).
 
+Ids: the service refuses block, agent and parent ids holding a control character (Unicode category Cc:
+C0, DEL, C1) with a 400 problem before anything is authorised or stored; the storage layer refuses an
+empty block id, a lone surrogate and an oversized id the same way (:mod:`maif.validation`). Every other
+id is stored as given and, wherever the service echoes it in a header (``Location``, ``X-MAIF-Agent-Id``),
+percent-encoded as UTF-8 (:func:`header_text`, :func:`location_of`): a header can carry only Latin-1, and
+a CR or LF in one would end it.
+
 Resources: a block's owner is its ``agent_id``, its tenant the ``maif:tenant`` the service recorded at
 write time, its sensitivity and sharing the ``sensitivity`` ("public"|"sensitive") and ``shared`` (bool)
 metadata keys. Metadata keys starting with ``maif:`` are the service's own and refused from callers.
@@ -16,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import string
 import time
+import unicodedata
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +55,8 @@ STREAMED_KEY = "maif:streamed"
 TENANT_KEY = "maif:tenant"
 RESERVED_PREFIX = "maif:"
 _PART_SUFFIX_BYTES = 10  # "~p" + 6 digits + margin
+_HEADER_SAFE = "".join(sorted(set(string.punctuation) - {"%"}))  # visible ASCII, '%' escaped
+_PATH_SEGMENT_SAFE = "!$&'()*+,;=:@"  # RFC 3986 pchar beyond the unreserved characters
 _parts_encoder = msgspec.msgpack.Encoder()
 _parts_decoder = msgspec.msgpack.Decoder(list[tuple[str, int]])
 
@@ -86,6 +98,25 @@ def _sensitivity_of(metadata: Mapping[str, Any]) -> tuple[Sensitivity, bool]:
     if sensitivity not in ("public", "sensitive") or not isinstance(shared, bool):
         raise FormatError('metadata "sensitivity" must be "public" or "sensitive" and "shared" a boolean')
     return Sensitivity(sensitivity), shared
+
+
+def check_id(name: str, value: str) -> str:
+    """``value``, unless it holds a control character (refused: 400 invalid-id). Length, emptiness and
+    lone surrogates are the storage layer's to refuse (MAIFBlock's checks)."""
+    if not value.isprintable() and any(unicodedata.category(char) == "Cc" for char in value):
+        raise ServiceProblem(400, "invalid-id", f"{name} must not hold a control character")
+    return value
+
+
+def header_text(value: str) -> str:
+    """``value`` for a response header: UTF-8 percent-encoded except visible ASCII other than '%'
+    (so ``urllib.parse.unquote`` gives back the id; a plain ASCII id without '%' is unchanged)."""
+    return urllib.parse.quote(value, safe=_HEADER_SAFE)
+
+
+def location_of(block_id: str) -> str:
+    """The URL path of a block, its id percent-encoded as one path segment (RFC 3986)."""
+    return "/v1/blocks/" + urllib.parse.quote(block_id, safe=_PATH_SEGMENT_SAFE)
 
 
 def resource_of_block(block: MAIFBlock) -> Resource:
@@ -205,7 +236,9 @@ class BlockService:
         timestamp: float | None,
     ) -> WriteRequest:
         check_caller_metadata(metadata)
-        block_id = block_id or new_block_id()
+        block_id = check_id("block id", block_id or new_block_id())
+        owner = check_id("agent id", agent_id or context.agent_id)
+        parents = [check_id("parent id", parent) if isinstance(parent, str) else parent for parent in parents]
         if len(block_id.encode("utf-8", "replace")) > limits.block_id_bytes_max - _PART_SUFFIX_BYTES:
             raise FormatError(
                 f"block id must be at most {limits.block_id_bytes_max - _PART_SUFFIX_BYTES} bytes"
@@ -216,7 +249,7 @@ class BlockService:
         request = WriteRequest(
             block_id,
             block_type,
-            agent_id or context.agent_id,
+            owner,
             labelled,
             version,
             tuple(parents),
@@ -531,7 +564,10 @@ __all__ = [
     "WriteRequest",
     "Written",
     "check_caller_metadata",
+    "check_id",
     "digest_hex",
+    "header_text",
+    "location_of",
     "resource_of_block",
     "streamed_info",
 ]

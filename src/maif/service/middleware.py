@@ -1,13 +1,20 @@
-"""Pure ASGI middleware: request ids, JSON access logs, request metrics, the JSON body cap, and the
-request's SERVER span (OpenTelemetry, continued from the caller's ``traceparent``; a no-op unless
-tracing is configured, see :mod:`maif.service.tracing`).
+"""Pure ASGI middleware: request ids, JSON access logs, request metrics, the JSON body cap, the body
+read deadline, and the request's SERVER span (OpenTelemetry, continued from the caller's
+``traceparent``; a no-op unless tracing is configured, see :mod:`maif.service.tracing`).
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streamed request and response bodies pass through chunk by
 chunk: the middleware counts bytes, it never buffers them.
+
+Every handler reads its request body through the ``receive`` this middleware hands down, so the body's
+deadline is kept here: while the body is incomplete, each wait for its next chunk may last at most
+``body_read_timeout_s``; a client that stalls longer is answered 408 (problem ``body-timeout``) and the
+connection is closed. A slow but steady sender is not cut off; the request head's deadline is
+:mod:`maif.service.connections`'.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -42,11 +49,19 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(Exception):
+    pass
+
+
 class ObservabilityMiddleware:
     """Assigns a request id, caps JSON bodies, and records metrics and one JSON log line per request."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer, body_read_timeout_s: float
+    ) -> None:
+        assert body_read_timeout_s > 0
         self.app = app
+        self.body_read_timeout_s = body_read_timeout_s
         self.metrics = metrics
         self.tracer = tracer
         self.tracing = not isinstance(tracer, DisabledTracer)
@@ -83,12 +98,18 @@ class ObservabilityMiddleware:
                     return
                 await self.app(
                     scope,
-                    _counting_receive(receive, state, body_cap),
+                    _counting_receive(receive, state, body_cap, self.body_read_timeout_s),
                     _tracking_send(send, state, request_id),
                 )
             except BodyTooLarge:
                 if not state["started"]:
                     await _send_too_large(send, request_id, body_cap or 0, state)
+            except BodyTimeout:
+                if not state["started"]:
+                    detail = f"no request body data for {self.body_read_timeout_s:g} s"
+                    await _send_problem(
+                        send, request_id, 408, "body-timeout", "Request Timeout", detail, state
+                    )
             finally:
                 self.metrics.in_flight.dec()
                 _finish_span(span, scope, state)
@@ -174,11 +195,20 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-def _counting_receive(receive: Receive, state: dict[str, Any], cap: int | None) -> Receive:
+def _counting_receive(receive: Receive, state: dict[str, Any], cap: int | None, timeout_s: float) -> Receive:
+    body_complete = False
+
     async def counted() -> Message:
-        message = await receive()
+        nonlocal body_complete
+        if body_complete:
+            return await receive()  # after the body, only a disconnect comes: no deadline on waiting for it
+        try:
+            message = await asyncio.wait_for(receive(), timeout_s)
+        except TimeoutError:
+            raise BodyTimeout() from None
         if message["type"] == "http.request":
             state["bytes_in"] += len(message.get("body", b""))
+            body_complete = not message.get("more_body", False)
             if cap is not None and state["bytes_in"] > cap:
                 raise BodyTooLarge()
         return message
@@ -202,20 +232,28 @@ def _tracking_send(send: Send, state: dict[str, Any], request_id: str) -> Send:
 
 
 async def _send_too_large(send: Send, request_id: str, cap: int, state: dict[str, Any]) -> None:
+    detail = f"request body is larger than {cap} bytes"
+    await _send_problem(send, request_id, 413, "too-large", "Content Too Large", detail, state)
+
+
+async def _send_problem(
+    send: Send, request_id: str, status: int, slug: str, title: str, detail: str, state: dict[str, Any]
+) -> None:
+    """A problem answer, then the connection closes (the rest of the request body is never read)."""
     body = json.dumps(
         {
-            "type": "urn:maif:problem:too-large",
-            "title": "Content Too Large",
-            "status": 413,
-            "detail": f"request body is larger than {cap} bytes",
+            "type": f"urn:maif:problem:{slug}",
+            "title": title,
+            "status": status,
+            "detail": detail,
             "instance": f"urn:maif:request:{request_id}",
         }
     ).encode()
-    state["status"], state["started"] = 413, True
+    state["status"], state["started"] = status, True
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),

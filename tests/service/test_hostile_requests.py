@@ -1,0 +1,225 @@
+"""What a red-team review got through (issue 14, item 6), replayed against a real server process: a Range
+of Unicode digits, ids with control or non-Latin-1 characters echoed into headers, idle sockets and
+stalled bodies that held the server, and /metrics open to anyone."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_process import Server, start_server
+
+HEADER_TIMEOUT_S = 1.0
+BODY_READ_TIMEOUT_S = 1.0
+CONNECTIONS_PER_CLIENT_MAX = 8
+
+
+def _write(client: httpx.Client, payload: bytes, **fields: Any) -> httpx.Response:
+    return client.post("/v1/blocks", json={"payload_base64": base64.b64encode(payload).decode(), **fields})
+
+
+def _assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    return problem
+
+
+# ---- Range -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["bytes=\u00b2-", "bytes=-\u00b2", "bytes=1-\u00b9", "bytes=\u0661-"])
+def test_a_range_of_non_ascii_digits_is_refused_not_a_server_error(client: httpx.Client, value: str) -> None:
+    block_id = _write(client, b"0123456789").json()["block_id"]
+    # Sent as its Latin-1 (or UTF-8) bytes, as a hostile client would; "\u00b2".isdigit() is True.
+    raw = value.encode("latin-1") if value.isascii() or max(value) <= "\xff" else value.encode()
+    response = client.get(f"/v1/blocks/{block_id}", headers={"Range": raw})  # type: ignore[dict-item]
+    _assert_problem(response, 416)
+    assert response.headers["content-range"] == "bytes */10"
+
+
+# ---- ids in headers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["nul\x00id", "cr\rid", "lf\nid", "crlf\r\nX-Injected: 1", "del\x7fid", "c1\x85id"]
+)
+def test_ids_with_control_characters_are_refused_before_anything_is_stored(
+    client: httpx.Client, bad: str
+) -> None:
+    for fields in ({"id": bad}, {"agent_id": bad}, {"parents": [bad]}):
+        problem = _assert_problem(_write(client, b"payload", **fields), 400)
+        assert "control character" in problem["detail"]
+    # Nothing was stored under the refused id: it is not found (and the connection stayed usable).
+    quoted = urllib.parse.quote(bad, safe="")
+    assert client.get(f"/v1/blocks/{quoted}").status_code == 404
+
+
+def test_a_raw_upload_with_a_control_character_in_its_id_header_is_refused(
+    server: Server, tokens: dict[str, str]
+) -> None:
+    # A TAB is legal inside an HTTP header value, so it reaches the service.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /v1/blocks HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            b"Authorization: Bearer " + tokens["agent-1"].encode() + b"\r\n"
+            b"X-MAIF-Block-Id: tab\tid\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+        )
+        closed, answer = _closed_within(connection, 30)
+    assert closed
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"control character" in answer
+
+
+def test_a_non_latin1_block_id_is_written_once_and_read_back(client: httpx.Client) -> None:
+    block_id = "блок-" + str(time.time_ns())
+    written = _write(client, b"payload", id=block_id)
+    assert written.status_code == 201, written.text
+    assert written.json()["block_id"] == block_id
+    assert written.headers["location"] == "/v1/blocks/" + urllib.parse.quote(block_id, safe="")
+    read = client.get(written.headers["location"])
+    assert read.status_code == 200 and read.content == b"payload"
+    _assert_problem(_write(client, b"payload", id=block_id), 409)  # a retry finds it, as it should
+
+
+def test_blocks_of_a_non_latin1_agent_can_be_read_raw(
+    client: httpx.Client, server: Server, oidc_issuer: Any
+) -> None:
+    for agent in ("агент-1", "agent-\u00e9", "agent%41"):
+        token = oidc_issuer.mint({"sub": agent, "client_id": agent})
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=30) as own:
+            written = _write(own, b"mine")
+            assert written.status_code == 201, written.text
+            read = own.get(f"/v1/blocks/{written.json()['block_id']}")
+            assert read.status_code == 200 and read.content == b"mine"
+            assert urllib.parse.unquote(read.headers["x-maif-agent-id"]) == agent
+            assert read.headers["x-maif-agent-id"].isascii()
+    assert client.get(f"/v1/blocks/{written.json()['block_id']}").status_code in (200, 403)
+
+
+# ---- timeouts and connections ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(oidc_issuer: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(
+        tmp_path_factory.mktemp("guarded"),
+        oidc_issuer,
+        service={
+            "max_concurrent_requests": 64,
+            "header_timeout_s": HEADER_TIMEOUT_S,
+            "body_read_timeout_s": BODY_READ_TIMEOUT_S,
+            "connections_per_client_max": CONNECTIONS_PER_CLIENT_MAX,
+        },
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _closed_within(connection: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``connection`` within ``seconds``, and what it sent before."""
+    connection.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := connection.recv(65536):
+            received += chunk
+    except TimeoutError:
+        return False, received
+    except ConnectionResetError:
+        pass
+    return True, received
+
+
+def test_idle_sockets_of_one_client_do_not_starve_healthz(guarded: Server) -> None:
+    idle = [socket.create_connection(("127.0.0.1", guarded.port), timeout=10) for _ in range(70)]
+    try:
+        time.sleep(0.3)
+        # Another client (another loopback address) is served while the 70 sockets are held.
+        transport = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(transport=transport, timeout=10) as other:
+            assert other.get(f"{guarded.url}/healthz").status_code == 200
+            assert other.get(f"{guarded.url}/readyz").status_code == 200
+        # The sockets beyond the per-client bound were closed at once, the rest after the header timeout.
+        started = time.monotonic()
+        closed = [_closed_within(connection, HEADER_TIMEOUT_S + 5)[0] for connection in idle]
+        assert all(closed) and time.monotonic() - started < HEADER_TIMEOUT_S + 5
+    finally:
+        for connection in idle:
+            connection.close()
+    # And the same client is served again once its sockets are gone.
+    assert httpx.get(f"{guarded.url}/healthz", timeout=10).status_code == 200
+
+
+def test_headers_sent_byte_by_byte_are_cut_off(guarded: Server) -> None:
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        closed, _ = _closed_within(connection, HEADER_TIMEOUT_S + 5)
+        assert closed
+
+
+def test_a_stalled_body_is_cut_off_within_the_timeout(guarded: Server, tokens: dict[str, str]) -> None:
+    for content_type in (b"application/octet-stream", b"application/json"):
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+            started = time.monotonic()
+            connection.sendall(
+                b"POST /v1/blocks HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type + b"\r\n"
+                b"Authorization: Bearer " + tokens["agent-1"].encode() + b"\r\n"
+                b"Content-Length: 1000\r\n\r\n0123456789"
+            )
+            closed, answer = _closed_within(connection, BODY_READ_TIMEOUT_S + 10)
+            elapsed = time.monotonic() - started
+        assert closed and elapsed < BODY_READ_TIMEOUT_S + 10, elapsed
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"urn:maif:problem:body-timeout" in answer
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(guarded: Server, tokens: dict[str, str]) -> None:
+    def slow() -> Iterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 10
+            time.sleep(BODY_READ_TIMEOUT_S / 2)
+
+    response = httpx.post(
+        f"{guarded.url}/v1/blocks",
+        content=slow(),
+        headers={"Authorization": f"Bearer {tokens['agent-1']}", "Content-Type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["payload_length"] == 30
+
+
+# ---- /metrics ----------------------------------------------------------------------------------------------
+
+
+def test_metrics_are_not_anonymous_by_default(server: Server, tokens: dict[str, str]) -> None:
+    anonymous = httpx.get(f"{server.url}/metrics", timeout=30)
+    _assert_problem(anonymous, 401)
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert "maif_" not in anonymous.text
+    refused = httpx.get(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {tokens['write-only']}"}, timeout=30
+    )
+    _assert_problem(refused, 403)
+    allowed = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {tokens['agent-1']}"})
+    assert allowed.status_code == 200 and "maif_http_requests_total" in allowed.text
+
+
+def test_unsafe_anonymous_metrics_must_be_asked_for(tmp_path: Path, oidc_issuer: Any) -> None:
+    running = start_server(tmp_path, oidc_issuer, service={"unsafe_anonymous_metrics": True})
+    try:
+        response = httpx.get(f"{running.url}/metrics", timeout=30)
+        assert response.status_code == 200 and "maif_http_requests_total" in response.text
+    finally:
+        running.stop()
