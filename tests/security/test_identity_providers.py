@@ -17,10 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import re
-import threading
 import time
 import tomllib
 import urllib.request
@@ -34,6 +32,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwks_server import JWKSServer
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from maif.config import OAuthProviderConfig, SecurityConfig, load_section
@@ -74,32 +73,7 @@ def jwk_of(key: Any, kid: str, algorithm: str) -> dict[str, Any]:
     return {**json.loads(exported), "kid": kid, "alg": algorithm, "use": "sig"}
 
 
-class LocalJWKS:
-    """A JWKS document served on 127.0.0.1 at any path, as an identity provider serves its keys."""
-
-    def __init__(self, document: bytes) -> None:
-        self.hits = 0
-        self.document = document
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.hits += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(document)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+LocalJWKS = JWKSServer
 
 
 @dataclass

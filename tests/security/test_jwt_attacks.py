@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import http.server
 import json
 import secrets
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwks_server import JWKSServer
 from jwt.algorithms import RSAAlgorithm
 
 from maif.config import OAuthProviderConfig
@@ -124,31 +123,7 @@ def test_kid_injection_is_refused(verifier: TokenVerifier, oidc_issuer: Any, att
         refused(verifier, rsa_signed({"alg": "RS256", "typ": "at+jwt", "kid": kid}, payload, issuer_key))
 
 
-class AttackerJWKS:
-    """A JWKS server the attacker controls on 127.0.0.1, counting how often it is asked for keys."""
-
-    def __init__(self, document: bytes) -> None:
-        self.hits = 0
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                owner.hits += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(document)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+AttackerJWKS = JWKSServer
 
 
 @pytest.fixture
