@@ -384,6 +384,33 @@ def test_encrypted_pack_needs_the_recipient_key(tmp_path: Path, keys: Path, corp
     )
 
 
+def test_verify_with_a_foreign_decryption_key_says_wrong_key_not_tampered(
+    tmp_path: Path, keys: Path, corpus: Path
+) -> None:
+    run_json("keygen", "-o", tmp_path / "alice", "--x25519")
+    run_json("keygen", "-o", tmp_path / "mallory", "--x25519")
+    container = tmp_path / "secret.maif"
+    recipient = tmp_path / "alice" / "maif-x25519.pub"
+    run_json("pack", corpus, "-o", container, "--key", keys / "maif.key", "--encrypt-for", recipient)
+    foreign = tmp_path / "mallory" / "maif-x25519.key"
+
+    wrong = run_json(
+        "verify", container, "--trust", keys / "maif.pub", "--decrypt-key", foreign, code=ExitCode.KEY_ERROR
+    )
+    assert wrong["error"]["exit_name"] == "key_error" and wrong["error"]["message"].startswith("wrong key")
+    human = run("verify", container, "--trust", keys / "maif.pub", "--decrypt-key", foreign)
+    assert human.exit_code == ExitCode.KEY_ERROR and "wrong key" in human.stderr
+    assert "integrity" not in human.stdout + human.stderr
+
+    # A damaged file stays a damaged file whatever key is given: its recipient list cannot be trusted.
+    damaged = bytearray(container.read_bytes())
+    damaged[200] ^= 0x01
+    container.write_bytes(bytes(damaged))
+    tampered = run("verify", container, "--trust", keys / "maif.pub", "--decrypt-key", foreign)
+    assert tampered.exit_code not in (ExitCode.OK, ExitCode.KEY_ERROR)
+    assert "wrong key" not in tampered.stderr
+
+
 # --- append ------------------------------------------------------------------------------------
 
 

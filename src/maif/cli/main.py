@@ -12,6 +12,7 @@ import typer
 from maif.cli.audit import audit_app
 from maif.cli.demo import demo_command as format_demo_command
 from maif.cli.demo_full import demo_command
+from maif.cli.dev_issuer import dev_issuer_app
 from maif.cli.inspection import inspect_command
 from maif.cli.keygen import keygen_command
 from maif.cli.packing import append_command, pack_command
@@ -51,6 +52,11 @@ app.command("search")(search_command)
 app.command("stats")(stats_command)
 app.command("check")(check_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
+app.add_typer(
+    dev_issuer_app,
+    name="dev-issuer",
+    help="DEVELOPMENT ONLY: a local OAuth issuer on 127.0.0.1 that mints tokens for `maif serve`.",
+)
 app.add_typer(
     store_app,
     name="store",

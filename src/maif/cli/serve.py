@@ -19,6 +19,10 @@ default 5), ``header_timeout_s`` (a request head not complete in time closes the
 ``max_concurrent_requests``) and ``request_head_bytes_max`` (default
 ``limits.service_request_head_bytes_max``). See maif.service.connections.
 
+On start it prints one line with the URL it listens on, and warns on stderr when no issuer is configured
+(``security.oauth_providers``): every /v1 call is then refused 401, and docs/first-write.md shows how to
+get a token (``maif dev-issuer`` for local development).
+
 Shutdown (SIGTERM/SIGINT): uvicorn stops accepting, lets in-flight requests finish (up to
 ``graceful_shutdown_s``), then the service waits for every write in flight to be acknowledged, and the
 store and manager close (the store checkpoints).
@@ -34,7 +38,7 @@ import signal
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import typer
@@ -131,6 +135,8 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
     security_config = load_section(SecurityConfig, config)
     service_config = _service_section(config)
     configure_json_logging(service_config.log_level)
+    if not security_config.oauth_providers:
+        typer.echo(NO_ISSUER_WARNING, err=True)
     data_dir = Path(storage_config.data_dir)
     security_dir = Path(service_config.security_data_dir or data_dir / "security")
     tracer_provider = build_tracer_provider(service_config.tracing)
@@ -181,12 +187,31 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
                 tracer_provider.shutdown()  # exports the spans still queued
 
 
+NO_ISSUER_WARNING = (
+    "maif serve: warning: no OAuth issuer is configured (security.oauth_providers is empty), so every /v1 "
+    "call will be refused with 401. To try the service locally, see docs/first-write.md "
+    "(`maif dev-issuer` mints development tokens)."
+)
+
+
+def listening_url(host: str, port: int) -> str:
+    """The URL a client uses for a server bound to ``host``:``port`` (IPv6 addresses in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _draining_server_class() -> type:
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         """uvicorn's server, except that a signal only asks it to stop: uvicorn's own handlers re-raise the
-        signal once serving ends, which would kill the process before the store closes."""
+        signal once serving ends, which would kill the process before the store closes. Once bound, it
+        prints the URL it listens on (the real port, also when 0 was asked for)."""
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                typer.echo(f"maif serve: listening on {listening_url(self.config.host, port)}")
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -216,4 +241,11 @@ def serve_command(
         raise typer.Exit(int(code)) from error
 
 
-__all__ = ["ServiceConfig", "load_export_key", "run_service", "serve_command"]
+__all__ = [
+    "NO_ISSUER_WARNING",
+    "ServiceConfig",
+    "listening_url",
+    "load_export_key",
+    "run_service",
+    "serve_command",
+]

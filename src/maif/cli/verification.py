@@ -10,6 +10,11 @@ of the file as a whole), and the exit code says which kind of failure it is:
 
 A file with several kinds of problem exits with the first of 1, 4, 7, 3: damaged bytes name concrete
 damage whoever signed, and a malformed block is refused even when a trusted key signed it.
+
+A ``--decrypt-key`` the container is not encrypted for is the caller's mistake, not damage: when
+everything but the encrypted payloads verifies (so the signed manifest's list of recipients is authentic)
+and no recipient is that key, the command says "wrong key" and exits 5. A file that also fails without
+the key is reported as above, since its recipients list cannot be trusted then.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from rich.table import Table
 
 from maif.cli.exit_codes import ExitCode
 from maif.cli.keyfiles import load_trusted_keys, load_x25519_private_key
 from maif.cli.output import CommandOutput, plain, reporting_errors
-from maif.cli.views import require_readable_container, version_row
-from maif.errors import FormatError, IntegrityError, SignatureError
+from maif.cli.views import reading, require_readable_container, version_row
+from maif.errors import DecryptionError, FormatError, IntegrityError, SignatureError
+from maif.format.aead import recipient_key_id
 from maif.format.container import ContainerReader
 from maif.format.signing import key_id
 from maif.format.verify import VerificationReport, verify_container
@@ -131,7 +138,12 @@ def verify_command(
         trusted_keys = load_trusted_keys(trust)
         decryption_key = load_x25519_private_key(decrypt_key) if decrypt_key is not None else None
         require_readable_container(container)
-        report = verify_container(container, trusted_keys, full=not quick, decryption_key=decryption_key)
+        if decryption_key is not None and not _is_recipient(container, decryption_key):
+            report = verify_container(container, trusted_keys, full=not quick)
+            if report.ok:
+                raise _wrong_key(container, decrypt_key)
+        else:
+            report = verify_container(container, trusted_keys, full=not quick, decryption_key=decryption_key)
     document = report_document(container, report, [key_id(key) for key in trusted_keys], quick=quick)
     output.result(document)
     _render(output, document)
@@ -143,6 +155,24 @@ def verify_command(
             err=True,
         )
     raise typer.Exit(int(verdict))
+
+
+def _is_recipient(container: Path, decryption_key: X25519PrivateKey) -> bool:
+    """Whether the last version's manifest wraps the data key for ``decryption_key`` (True when the
+    container is not encrypted at all: then the key is simply not needed)."""
+    with reading(container) as reader:
+        manifests = reader.manifests
+        wraps = manifests[-1].key_wraps if manifests else ()
+    wanted = recipient_key_id(decryption_key.public_key())
+    return not wraps or any(wrap.recipient_key_id == wanted for wrap in wraps)
+
+
+def _wrong_key(container: Path, key_file: Path | None) -> DecryptionError:
+    return DecryptionError(
+        f"wrong key: {container} is not encrypted for {key_file} (signatures, digests and Merkle roots "
+        "verify; the encrypted payloads were not checked)",
+        hint="pass the X25519 private key of one of the container's recipients to --decrypt-key",
+    )
 
 
 def _render(output: CommandOutput, document: dict[str, Any]) -> None:
