@@ -221,6 +221,16 @@ audit_log_entries_max: Final = 1 << 24
 audit_checkpoints_max: Final = 1 << 24
 """Most signed checkpoints one audit log holds."""
 
+audit_segment_entries_max: Final = 1 << 20
+"""Most entries one audit segment holds before the writer rolls over to the next (the default bound;
+a caller may choose a smaller one). About 3 hours of a service auditing 100 decisions per second."""
+
+audit_segment_bytes_max: Final = 256 * MiB
+"""Largest audit segment file before the writer rolls over to the next (default bound, as above)."""
+
+audit_segments_max: Final = 1 << 24
+"""Most segment files one audit log directory holds (and one verification walks)."""
+
 # security: TPM 2.0 attestation (maif.security.tpm, maif.security.attestation)
 tpm_public_bytes_max: Final = 1024
 """Largest TPMT_PUBLIC accepted (an RSA-4096 key with a SHA-512 policy is about 600 bytes)."""
@@ -416,6 +426,9 @@ cli_query_vector_bytes_max: Final = 1 * MiB
 # --- sanity relations --------------------------------------------------------------------------
 assert keystore_keys_max * 1024 <= keystore_file_bytes_max  # a key record is under 1 KiB
 assert audit_event_text_bytes_max * 8 <= audit_record_bytes_max and audit_record_bytes_max < (1 << 32)
+# A segment is an ordinary audit log, so its rotation bounds sit inside that log's bounds.
+assert 2 <= audit_segment_entries_max <= audit_log_entries_max
+assert audit_segment_bytes_max >= 64 * audit_record_bytes_max
 assert block_metadata_bytes_max < block_payload_bytes_max
 assert block_parents_max * 16 < block_metadata_bytes_max * 4
 assert manifest_signatures_max <= 255 and recipients_max <= 255

@@ -1,8 +1,16 @@
 """`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
 
-    maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--allow-unsigned-tail] [--json]
+    maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--allow-unsigned-tail]
+                      [--from-segment N] [--json]
     maif audit show PATH [--start N] [--limit N] [--json]
     maif audit checkpoint PATH --output FILE [--json]
+
+PATH is a segmented audit log directory (docs/adr/0022-audit-segment-chain.md) or one audit log file (a
+log from before segments, or one segment). For a directory, `verify` checks every segment as below and
+every link between them, and names the segment file and entry of the first problem; segments archived
+out of the directory are skipped with `--from-segment N`, which anchors on the signed head of segment
+N-1 that segment N records (accepted once its signature verifies under a --trust key). `show` lists the
+records of every segment (entry indices count within their segment), `checkpoint` saves the newest.
 
 ``--trust`` takes an Ed25519 public key as a PEM file (as `maif keygen` writes) or as 64 hex digits of
 the raw key. `verify` checks every frame digest, every chain link, the Merkle root at every checkpoint
@@ -35,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from maif.cli.exit_codes import ExitCode
 from maif.cli.output import CommandOutput, reporting_errors
-from maif.errors import CryptoError, SignatureError, StorageError
+from maif.errors import ConfigError, CryptoError, SignatureError, StorageError
 
 audit_app = typer.Typer(
     no_args_is_help=True,
@@ -74,7 +82,7 @@ def _unreadable_as_malformed(output: CommandOutput, error: StorageError) -> type
 
 @audit_app.command("verify")
 def verify_command(
-    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    path: Annotated[Path, typer.Argument(help="The audit log directory, or one audit log file.")],
     trust: Annotated[
         list[str], typer.Option("--trust", help="A trusted Ed25519 public key: PEM file or 64 hex digits.")
     ],
@@ -85,6 +93,12 @@ def verify_command(
     allow_unsigned_tail: Annotated[
         bool, typer.Option("--allow-unsigned-tail", help="Accept trailing entries no checkpoint covers yet.")
     ] = False,
+    from_segment: Annotated[
+        int | None,
+        typer.Option(
+            "--from-segment", min=0, help="Verify a directory from this segment on (earlier ones archived)."
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Check every frame, chain link, Merkle root and checkpoint signature of an audit log."""
@@ -94,6 +108,11 @@ def verify_command(
     with reporting_errors(output):
         trusted = [load_trust_argument(value) for value in trust]
         witness_checkpoint = None if witness is None else _read_checkpoint_file(witness)
+        if path.is_dir():
+            _verify_directory(output, path, trusted, witness_checkpoint, allow_unsigned_tail, from_segment)
+            return
+        if from_segment is not None:
+            raise ConfigError(f"--from-segment needs a segmented audit log directory; {path} is a file")
         try:
             report = verify_audit_log(
                 path, trusted, witness=witness_checkpoint, allow_unsigned_tail=allow_unsigned_tail
@@ -123,26 +142,72 @@ def verify_command(
         )
 
 
+def _verify_directory(
+    output: CommandOutput,
+    path: Path,
+    trusted: list[Ed25519PublicKey],
+    witness: Any,
+    allow_unsigned_tail: bool,
+    from_segment: int | None,
+) -> None:
+    from maif.security.audit_chain import verify_audit_chain
+
+    try:
+        report = verify_audit_chain(
+            path, trusted, from_segment=from_segment, witness=witness, allow_unsigned_tail=allow_unsigned_tail
+        )
+    except StorageError as error:
+        raise _unreadable_as_malformed(output, error) from None
+    document: dict[str, Any] = {
+        "ok": True,
+        "path": str(path),
+        "chain_id": report.chain_id,
+        "first_segment": report.first_segment,
+        "last_segment": report.last_segment,
+        "segments": report.segments,
+        "first_index": report.first_index,
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "unsigned_tail_entries": report.unsigned_tail_entries,
+        "anchored_on": None if report.anchor is None else _checkpoint_row(report.anchor),
+        "signing_key_ids": report.signing_key_ids,
+        "torn_tail_bytes": report.torn_tail_bytes,
+    }
+    if report.torn_tail_bytes:
+        output.warn(f"{report.torn_tail_bytes} bytes of an incomplete record at the end (a crash mid-append)")
+    output.result(document)
+    anchored = ""
+    if report.anchor is not None:
+        anchored = f", anchored on the signed head of segment {report.first_segment - 1}"
+    output.human(
+        f"[green]verified[/green] {path}: segments {report.first_segment}..{report.last_segment}, "
+        f"{report.entries} entries from entry {report.first_index}, {report.checkpoints} signed checkpoints, "
+        f"{report.unsigned_tail_entries} unsigned{anchored}"
+    )
+
+
 @audit_app.command("show")
 def show_command(
-    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    path: Annotated[Path, typer.Argument(help="The audit log directory, or one audit log file.")],
     start: Annotated[int, typer.Option("--start", min=0, help="First entry index to list.")] = 0,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Most entries to list.")] = 1000,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """List the entries and checkpoints of an audit log (structure checked, signatures not)."""
     from maif.security.audit import AuditEntry, read_audit_log
+    from maif.security.audit_chain import read_audit_chain
 
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
         rows: list[dict[str, Any]] = []
+        records = read_audit_chain(path) if path.is_dir() else ((None, r) for r in read_audit_log(path))
         try:
-            for record in read_audit_log(path):
+            for segment, record in records:
                 if isinstance(record, AuditEntry):
                     if start <= record.index < start + limit:
-                        rows.append(_entry_row(record))
+                        rows.append({**_entry_row(record), "segment": segment})
                 elif start < record.tree_size <= start + limit:
-                    rows.append(_checkpoint_row(record))
+                    rows.append({**_checkpoint_row(record), "segment": segment})
         except StorageError as error:
             raise _unreadable_as_malformed(output, error) from None
         output.result({"ok": True, "path": str(path), "records": rows})
@@ -152,18 +217,21 @@ def show_command(
 
 @audit_app.command("checkpoint")
 def checkpoint_command(
-    path: Annotated[Path, typer.Argument(help="The audit log file.")],
+    path: Annotated[Path, typer.Argument(help="The audit log directory, or one audit log file.")],
     output_path: Annotated[Path, typer.Option("--output", "-o", help="Where to write the checkpoint.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Save the log's latest signed checkpoint, to pass to `verify --witness` later."""
     from maif.security.audit import SignedCheckpoint, encode_checkpoint, read_audit_log
+    from maif.security.audit_chain import latest_chain_checkpoint
 
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
         latest: SignedCheckpoint | None = None
         try:
-            for record in read_audit_log(path):
+            if path.is_dir():
+                latest = latest_chain_checkpoint(path)
+            for record in [] if path.is_dir() else read_audit_log(path):
                 if isinstance(record, SignedCheckpoint):
                     latest = record
         except StorageError as error:

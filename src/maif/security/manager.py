@@ -49,6 +49,7 @@ from maif.format.block import MAIFBlock
 from maif.format.codec import block_digest
 from maif.security.attestation import AttestationVerifier, HardwareAttestation, load_certificate
 from maif.security.audit import AuditEntry, AuditLog
+from maif.security.audit_chain import SegmentedAuditLog
 from maif.security.credentials import BasicIdentity, CredentialStore
 from maif.security.gate import Gate, Grant, audit_event
 from maif.security.identity import TokenVerifier, VerifiedToken
@@ -140,7 +141,7 @@ class SecurityManager:
         *,
         token_verifier: TokenVerifier,
         keystore: KeyStore,
-        audit_log: AuditLog,
+        audit_log: AuditLog | SegmentedAuditLog,
         master_key: bytes,
         attestation_verifier: AttestationVerifier | None = None,
         credentials: CredentialStore | None = None,
@@ -461,11 +462,12 @@ class SecurityManager:
     # ---- audit and lifetime -----------------------------------------------------------------------
 
     def get_audit_log(self, start: int = 0, stop: int | None = None) -> list[AuditEntry]:
-        """The recorded decisions (read back from the tamper-evident log)."""
+        """The recorded decisions (read back from the tamper-evident log; of a segmented log, the current
+        segment, whose indices start at 0)."""
         return list(self._audit.entries(start, stop))
 
     @property
-    def audit_log(self) -> AuditLog:
+    def audit_log(self) -> AuditLog | SegmentedAuditLog:
         return self._audit
 
     def close(self) -> None:
@@ -561,6 +563,8 @@ def create_maif_security_manager(
 ) -> SecurityManager:
     """A manager whose keystore and audit log live in ``data_dir`` (default ``./maif-data/security``).
 
+    The audit log is the segment directory ``data_dir/audit`` (verify it with ``maif audit verify``).
+
     ``config`` is a dict, a JSON/TOML path or a :class:`SecurityConfig`. The master key comes from
     ``master_key``, else ``MAIF_MASTER_KEY``, else ``data_dir/master.key`` (owner-only); without one the
     manager refuses to start. ``approvers`` (id -> Ed25519 public key) and ``approvals_required`` set up
@@ -573,7 +577,13 @@ def create_maif_security_manager(
     keystore = KeyStore.open(directory / "keys.maifkeys", key, clock=clock)
     if keystore.current_key(AUDIT_SIGNER_AGENT_ID) is None:
         keystore.create_key(AUDIT_SIGNER_AGENT_ID)
-    audit_log = AuditLog.open(directory / "audit.log", keystore.signer(AUDIT_SIGNER_AGENT_ID), clock=clock)
+    # A segment directory never fills up (docs/adr/0022); a single-file log from before moves in as segment 0.
+    audit_log = SegmentedAuditLog.open(
+        directory / "audit",
+        keystore.signer(AUDIT_SIGNER_AGENT_ID),
+        clock=clock,
+        legacy_file=directory / "audit.log",
+    )
     try:
         if attestation_verifier is None and security.trusted_tpm_roots:
             roots = [_load_root(source) for source in security.trusted_tpm_roots]

@@ -1,0 +1,109 @@
+"""Segmented audit log benchmark: what rolling over costs, and what auditing costs a request.
+
+Measured in one run, on the same disk, with 16 appender threads (each append durable before it returns;
+waiting appenders share one fdatasync, group commit):
+
+* ``none``: the "request" alone (a fixed small CPU task standing in for a request's own work), no audit;
+* ``single_file``: the same request plus one ``AuditLog.append`` (one file, as before segments);
+* ``segmented``: the same plus ``SegmentedAuditLog.append`` with a small segment (``--segment-entries``),
+  so rollovers (seal: checkpoint + sync; new segment: create + link entry + syncs + rename) happen often;
+* ``single_thread``: one appender to the segmented log (no sharing of syncs), for comparison;
+* verification of the whole segment directory, entries per second.
+
+    .venv/bin/python benchmarks/audit_segments_bench.py [--appends 4000] [--segment-entries 1000]
+
+Writes benchmarks/results/audit_segments.json. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from maif.security.audit import AuditLog
+from maif.security.audit_chain import SegmentedAuditLog, verify_audit_chain
+from maif.security.keys import key_id_of
+
+RESULTS = Path(__file__).parent / "results" / "audit_segments.json"
+THREADS = 16
+
+
+class BenchSigner:
+    def __init__(self) -> None:
+        self._private_key = Ed25519PrivateKey.generate()
+        self.public_key = self._private_key.public_key()
+        self.key_id = key_id_of(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private_key.sign(data)
+
+
+def request_work() -> None:
+    digest = b"request"
+    for _ in range(200):
+        digest = hashlib.blake2b(digest).digest()
+
+
+def event(number: int) -> dict[str, Any]:
+    return {"actor": "agent-1", "action": "write", "resource": f"block/{number}", "decision": "allow"}
+
+
+def run(appends: int, threads: int, append: Callable[[dict[str, Any]], object] | None) -> float:
+    """Requests per second over ``threads`` threads, each request auditing with ``append`` if given."""
+    per_thread = appends // threads
+
+    def worker(base: int) -> None:
+        for number in range(per_thread):
+            request_work()
+            if append is not None:
+                append(event(base + number))
+
+    workers = [threading.Thread(target=worker, args=(index * per_thread,)) for index in range(threads)]
+    started = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return per_thread * threads / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--appends", type=int, default=4000)
+    parser.add_argument("--segment-entries", type=int, default=1000)
+    arguments = parser.parse_args()
+    signer = BenchSigner()
+    results: dict[str, Any] = {"python": platform.python_version(), "threads": THREADS, **vars(arguments)}
+    with tempfile.TemporaryDirectory(prefix="maif-audit-segments-") as scratch:
+        folder = Path(scratch)
+        results["none_requests_per_s"] = run(arguments.appends, THREADS, None)
+        with AuditLog.open(folder / "single.log", signer) as single:
+            results["single_file_requests_per_s"] = run(arguments.appends, THREADS, single.append)
+        options = {"segment_entries_max": arguments.segment_entries}
+        with SegmentedAuditLog.open(folder / "segmented", signer, **options) as log:
+            results["segmented_requests_per_s"] = run(arguments.appends, THREADS, log.append)
+            results["segments_rolled"] = log.segment_number
+        with SegmentedAuditLog.open(folder / "one-thread", signer, **options) as log:
+            results["single_thread_requests_per_s"] = run(arguments.appends // 4, 1, log.append)
+        started = time.perf_counter()
+        report = verify_audit_chain(folder / "segmented", [signer.public_key])
+        results["verify_entries_per_s"] = report.entries / (time.perf_counter() - started)
+    segmented = results["segmented_requests_per_s"]
+    results["segmented_over_single_file"] = segmented / results["single_file_requests_per_s"]
+    results["segmented_over_no_audit"] = segmented / results["none_requests_per_s"]
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
