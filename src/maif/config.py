@@ -16,6 +16,7 @@ every value is type- and range-checked here, once, so the rest of MAIF can trust
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 import tomllib
@@ -33,6 +34,9 @@ from maif.validation import require_path, type_of
 ConfigSource = Mapping[str, Any] | str | os.PathLike[str] | None
 
 
+RESERVED_AGENT_PREFIX = "maif:"
+"""Agent ids starting with this prefix name MAIF's own keys (the audit log's signer), never a caller."""
+
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 """RFC 9068 section 2.1: the ``typ`` values of an access token (compared case-insensitively)."""
 
@@ -49,6 +53,11 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     an ID token. An ``azp`` claim, when present, must equal ``client_id`` or one of
     ``authorized_parties``. Scopes are read from ``scope_claim`` ("scope" or "scp", a space-separated
     string or a list). ``leeway_s`` is the clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+
+    Issuers never share agents or tenants (issue 14): a caller's agent id is ``agent_prefix + sub``, and
+    :func:`check_issuer_namespaces` refuses providers whose prefixes could name the same agent. A
+    ``tenant`` claim must be one of ``tenants``; left unset, any tenant is accepted when this is the only
+    provider and none when there are several (a token without ``tenant`` is in the default tenant "").
     """
 
     client_id: str
@@ -59,9 +68,23 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     authorized_parties: tuple[str, ...] = ()
     scope_claim: Literal["scope", "scp"] = "scope"
     leeway_s: float = 30.0
+    agent_prefix: str = ""
+    tenants: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_range("leeway_s", self.leeway_s, 0, limits.token_leeway_s_max)
+        if len(self.agent_prefix.encode("utf-8", "replace")) >= limits.agent_id_bytes_max:
+            raise ConfigError(f"agent_prefix must be shorter than {limits.agent_id_bytes_max} bytes")
+        if self.agent_prefix.startswith(RESERVED_AGENT_PREFIX):
+            raise ConfigError(
+                f"agent_prefix {self.agent_prefix!r} starts with {RESERVED_AGENT_PREFIX!r}, which is "
+                "reserved for MAIF's own agents"
+            )
+        if self.tenants is not None and not all(self.tenants):
+            raise ConfigError(
+                "tenants must not contain an empty tenant",
+                hint='a token without a tenant claim is always in the default tenant ""',
+            )
         if not self.client_id:
             raise ConfigError("an OAuth provider's client_id must not be empty")
         audiences = self.audiences
@@ -143,6 +166,7 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     audience: str = "urn:maif:store"
 
     def __post_init__(self) -> None:
+        check_issuer_namespaces(self.oauth_providers)
         _require_range("min_trust_level_write", self.min_trust_level_write, 0, 5)
         _require_range("min_trust_level_read_sensitive", self.min_trust_level_read_sensitive, 0, 5)
 
@@ -162,6 +186,49 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("batch_size", self.batch_size, 1, 100_000)
         _require_range("batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
         _require_range("max_retries", self.max_retries, 0, 100)
+
+
+_PREFIX_HINT = (
+    "with several oauth_providers, give each a distinct agent_prefix that does not begin another "
+    '(at most one may be empty), e.g. "keycloak/" and "entra/"'
+)
+
+
+def check_issuer_namespaces(providers: Mapping[str, OAuthProviderConfig]) -> None:
+    """Refuse providers that could name the same agent or vouch for the same tenant (issue 14).
+
+    One provider keeps the seed's meaning (agent id = ``sub``). With several, at most one may have the
+    empty ``agent_prefix`` and no other prefix may begin another (``"a/"`` and ``"a/b/"`` could both
+    produce ``"a/b/x"``); the verifier refuses a token of the unprefixed issuer whose ``sub`` begins with
+    another issuer's prefix. So no two issuers can produce the same agent id. A tenant is listed by one
+    provider only.
+    """
+    if len(providers) < 2:
+        return
+    prefixes = sorted((provider.agent_prefix, issuer) for issuer, provider in providers.items())
+    if prefixes[0][0] == prefixes[1][0] == "":
+        raise ConfigError(
+            f"issuers {prefixes[0][1]} and {prefixes[1][1]} could name the same agent: both have an empty "
+            "agent_prefix",
+            hint=_PREFIX_HINT,
+        )
+    named = [(prefix, issuer) for prefix, issuer in prefixes if prefix]
+    for (shorter, first), (longer, second) in itertools.pairwise(named):
+        if longer.startswith(shorter):
+            raise ConfigError(
+                f"issuers {first} and {second} could name the same agent: agent_prefix {shorter!r} "
+                f"{'equals' if shorter == longer else 'begins'} agent_prefix {longer!r}",
+                hint=_PREFIX_HINT,
+            )
+    owner_by_tenant: dict[str, str] = {}
+    for issuer, provider in providers.items():
+        for tenant in provider.tenants or ():
+            other = owner_by_tenant.setdefault(tenant, issuer)
+            if other != issuer:
+                raise ConfigError(
+                    f"tenant {tenant!r} is listed by issuers {other} and {issuer}; a tenant belongs to one",
+                    hint="list each tenant under the one provider that vouches for it",
+                )
 
 
 SectionT = TypeVar("SectionT", StorageConfig, SecurityConfig, AgentConfig)
@@ -279,5 +346,6 @@ __all__ = [
     "OAuthProviderConfig",
     "SecurityConfig",
     "StorageConfig",
+    "check_issuer_namespaces",
     "load_section",
 ]

@@ -380,6 +380,9 @@ class ContainerReader:
                         f"block {index}: encrypted body is shorter than its nonce and tag "
                         f"({sealed_bytes_min} bytes)"
                     )
+                if not self._versions[-1].manifest.key_wraps:
+                    raise FormatError(f"block {index} is encrypted but the container has no recipients: "
+                                      "no key can ever read it (SPEC section 8)")
                 return
             for _ in _stream(*self._split_body(index, record, header)).chunks:
                 pass

@@ -19,6 +19,10 @@ practices); every rule below is attacked in ``tests/security/test_jwt_attacks.py
   must name the issuer's ``client_id`` or one of its ``authorized_parties``, and ``exp``, ``iat`` and
   ``sub`` are required; ``nbf`` is honoured; leeway is per issuer and small (30 s by default, 300 s at
   most);
+* issuers share no agents and no tenants (issue 14): the caller's agent id is the issuer's
+  ``agent_prefix`` followed by ``sub`` (an unprefixed issuer's ``sub`` may not begin another issuer's
+  prefix), and a ``tenant`` claim must be one the issuer's ``tenants`` lists (unset: any tenant when it
+  is the only issuer, none when there are several);
 * revoked token ids (``jti``) are refused: revocation keys on ``jti``, never on the token string,
   because the compact serialisation is malleable.
 
@@ -49,7 +53,7 @@ import jwt
 from jwt.api_jwk import PyJWK
 
 from maif import limits
-from maif.config import ACCESS_TOKEN_TYPES, OAuthProviderConfig
+from maif.config import ACCESS_TOKEN_TYPES, OAuthProviderConfig, check_issuer_namespaces
 from maif.errors import ConfigError, TokenError
 
 SAFE_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"})
@@ -70,6 +74,7 @@ class VerifiedToken:
 
     issuer: str
     subject: str
+    agent_id: str  # the issuer's agent_prefix + subject: who the caller is, unique across issuers
     audience: tuple[str, ...]
     scopes: frozenset[str]
     token_id: str | None  # jti
@@ -293,10 +298,21 @@ class IssuerRules:
     authorized_parties: frozenset[str]
     scope_claim: str
     leeway_s: float
+    agent_prefix: str
+    foreign_agent_prefixes: tuple[str, ...]  # other issuers' prefixes: this issuer's agent ids avoid them
+    tenants: frozenset[str] | None  # None: any tenant (the only issuer, no tenants listed)
 
     @classmethod
-    def of(cls, issuer: str, provider: OAuthProviderConfig, *, default_audience: str) -> IssuerRules:
-        """The security section's ``audience`` counts only for providers without their own."""
+    def of(
+        cls,
+        issuer: str,
+        provider: OAuthProviderConfig,
+        providers: Mapping[str, OAuthProviderConfig],
+        *,
+        default_audience: str,
+    ) -> IssuerRules:
+        """The security section's ``audience`` counts only for providers without their own; ``providers``
+        (all of them, this one included) decide the agent prefixes to avoid and the default tenants."""
         unsafe = set(provider.algorithms) - SAFE_ALGORITHMS
         if unsafe:
             raise TokenError(f"issuer {issuer}: algorithms {sorted(unsafe)} are not allowed")
@@ -308,7 +324,20 @@ class IssuerRules:
             authorized_parties=frozenset((provider.client_id, *provider.authorized_parties)),
             scope_claim=provider.scope_claim,
             leeway_s=provider.leeway_s,
+            agent_prefix=provider.agent_prefix,
+            foreign_agent_prefixes=tuple(
+                other.agent_prefix
+                for name, other in providers.items()
+                if name != issuer and other.agent_prefix
+            ),
+            tenants=_allowed_tenants(provider, sole=len(providers) == 1),
         )
+
+
+def _allowed_tenants(provider: OAuthProviderConfig, *, sole: bool) -> frozenset[str] | None:
+    if provider.tenants is not None:
+        return frozenset(provider.tenants)
+    return None if sole else frozenset()
 
 
 class TokenVerifier:
@@ -327,10 +356,11 @@ class TokenVerifier:
         clock: Callable[[], float] = time.monotonic,
         fetch: Callable[[str], bytes] | None = None,
     ) -> None:
+        check_issuer_namespaces(providers)
         self._rules: dict[str, IssuerRules] = {}
         self._caches: dict[str, JWKSCache] = {}
         for issuer, provider in providers.items():
-            self._rules[issuer] = IssuerRules.of(issuer, provider, default_audience=audience)
+            self._rules[issuer] = IssuerRules.of(issuer, provider, providers, default_audience=audience)
             require_safe_url(issuer, what="issuer")
             self._caches[issuer] = JWKSCache(
                 issuer,
@@ -387,15 +417,30 @@ class TokenVerifier:
             raise TokenError("a token without jti cannot be revoked individually; rotate the issuer key")
         self.revoked.revoke(verified.token_id, verified.expires_at, now=time.time())
 
+    def unverified_agent_id(self, token: str) -> str:
+        """The agent id ``token`` claims (its issuer's prefix and its ``sub``), read WITHOUT verifying it:
+        only to name the agent :meth:`SecurityManager.bootstrap_trust` then verifies the token for."""
+        claims = _unverified_claims(_checked_compact(token))
+        issuer, subject = claims.get("iss"), claims.get("sub")
+        if not isinstance(issuer, str) or issuer not in self._rules:
+            raise TokenError("token issuer is not a configured issuer")
+        if not isinstance(subject, str) or not subject:
+            raise TokenError("bearer token has no subject (sub)")
+        return self._rules[issuer].agent_prefix + subject
+
     def _trusted_issuer(self, raw: bytes) -> str:
-        try:
-            unverified = jwt.decode(raw, options={"verify_signature": False})
-        except jwt.PyJWTError as error:
-            raise TokenError(f"token payload is malformed: {error}") from error
-        issuer = unverified.get("iss")
+        issuer = _unverified_claims(raw).get("iss")
         if not isinstance(issuer, str) or issuer not in self._caches:
             raise TokenError("token issuer is not a configured issuer")
         return issuer
+
+
+def _unverified_claims(raw: bytes) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(raw, options={"verify_signature": False})
+    except jwt.PyJWTError as error:
+        raise TokenError(f"token payload is malformed: {error}") from error
+    return claims
 
 
 def _checked_compact(token: object) -> bytes:
@@ -435,11 +480,9 @@ def _checked_header(raw: bytes) -> dict[str, Any]:
 
 def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) -> VerifiedToken:
     subject = claims["sub"]
-    if (
-        not isinstance(subject, str)
-        or not 0 < len(subject.encode("utf-8", "replace")) <= limits.agent_id_bytes_max
-    ):
-        raise TokenError("token subject (sub) must be a non-empty string of bounded length")
+    if not isinstance(subject, str) or not subject:
+        raise TokenError("token subject (sub) must be a non-empty string")
+    agent_id = _agent_id(subject, issuer, rules)
     issued_at, expires_at = float(claims["iat"]), float(claims["exp"])
     if expires_at - issued_at > limits.token_lifetime_s_max:
         raise TokenError(f"token lifetime exceeds {limits.token_lifetime_s_max} seconds")
@@ -453,6 +496,11 @@ def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) 
         raise TokenError("token claims jti, client_id, cid and azp must be strings")
     if not isinstance(tenant, str):
         raise TokenError("token claim tenant must be a string")
+    if tenant and rules.tenants is not None and tenant not in rules.tenants:
+        raise TokenError(
+            f"issuer {issuer} may not vouch for tenant {tenant!r}",
+            hint="list the tenant in this provider's tenants; each tenant belongs to one issuer",
+        )
     if authorized_party is not None and authorized_party not in rules.authorized_parties:
         raise TokenError(
             f"token was issued to client {authorized_party!r} (azp), which this issuer's configuration "
@@ -462,6 +510,7 @@ def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) 
     return VerifiedToken(
         issuer=issuer,
         subject=subject,
+        agent_id=agent_id,
         audience=(audience,) if isinstance(audience, str) else tuple(audience),
         scopes=_scopes(claims, rules.scope_claim),
         token_id=token_id,
@@ -470,6 +519,22 @@ def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) 
         issued_at=issued_at,
         expires_at=expires_at,
     )
+
+
+def _agent_id(subject: str, issuer: str, rules: IssuerRules) -> str:
+    """``agent_prefix + sub``: bounded, and never inside another issuer's prefix (issue 14)."""
+    agent_id = rules.agent_prefix + subject
+    if len(agent_id.encode("utf-8", "replace")) > limits.agent_id_bytes_max:
+        raise TokenError(
+            f"token subject (sub) with the issuer's agent_prefix is longer than {limits.agent_id_bytes_max} "
+            "bytes"
+        )
+    if any(agent_id.startswith(prefix) for prefix in rules.foreign_agent_prefixes):
+        raise TokenError(
+            f"token subject (sub) of issuer {issuer} begins with another issuer's agent_prefix",
+            hint="that agent id belongs to another issuer's agents",
+        )
+    return agent_id
 
 
 def _scopes(claims: Mapping[str, Any], scope_claim: str) -> frozenset[str]:

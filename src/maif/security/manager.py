@@ -6,8 +6,9 @@
     ok, level = manager.verify_maif_block_signature(block, envelope, "agent-1") # the REGISTERED key only
     sealed = manager.encrypt_sensitive_data(b"...", context)                    # AES-256-GCM envelope
 
-Trust is bootstrapped from evidence (see :mod:`maif.security.trust` for the levels): the token's ``sub``
-must be the agent id at every level (otherwise any valid token could act as any agent); a hardware
+Trust is bootstrapped from evidence (see :mod:`maif.security.trust` for the levels): the token's agent id
+(its issuer's ``agent_prefix`` and its ``sub``, so two issuers never share an agent) must be the agent id
+at every level (otherwise any valid token could act as any agent); a hardware
 attestation, a proof of key possession or approvals that are presented and fail make the whole
 bootstrap fail (never a silent downgrade). Agent ids starting with ``maif:`` are reserved for MAIF's
 own keys (the audit log's signing key) and refused.
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from maif import limits
-from maif.config import ConfigSource, SecurityConfig, load_section
+from maif.config import RESERVED_AGENT_PREFIX, ConfigSource, SecurityConfig, load_section
 from maif.errors import (
     AttestationError,
     AuthenticationError,
@@ -65,7 +66,6 @@ from maif.security.trust import (
     possession_statement,
 )
 
-RESERVED_AGENT_PREFIX = "maif:"
 AUDIT_SIGNER_AGENT_ID = "maif:security-manager"
 _BLOCK_SIGNATURE_DOMAIN = b"MAIF block signature v1\0"
 _SEALED_DOMAIN = b"MAIF sealed data v1\0"
@@ -210,8 +210,10 @@ class SecurityManager:
         _check_agent_id(agent_id)
         _check_evidence_types(attestation, key_proof, approvals)
         token = await self.token_verifier.verify_async(oauth_token)
-        if token.subject != agent_id:
-            raise AuthenticationError("token subject (sub) is not the agent id being bootstrapped")
+        if token.agent_id != agent_id:
+            raise AuthenticationError(
+                "token subject (sub), after its issuer's agent_prefix, is not the agent id being bootstrapped"
+            )
         level, expires_at = TrustLevel.OAUTH_VERIFIED, token.expires_at
         evidence = [f"oauth:{token.issuer}"]
         signing_key_id: bytes | None = None

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
-import jwt
 
 from maif import limits
 from maif.errors import AuthenticationError, TokenError
@@ -68,7 +67,7 @@ class Authenticator:
             self.cache_hits_total += 1
             return context
         self.cache_misses_total += 1
-        context = await self._manager.bootstrap_trust(unverified_subject(token), token)
+        context = await self._manager.bootstrap_trust(self._claimed_agent_id(token), token)
         self._remember(digest, context)
         return context
 
@@ -77,12 +76,17 @@ class Authenticator:
     ) -> tuple[str, SecurityContext]:
         """Bootstrap with extra evidence (attestation, key proof, approvals); a session id for the context."""
         token = bearer_token(authorization)
-        context = await self._manager.bootstrap_trust(unverified_subject(token), token, **evidence)  # type: ignore[arg-type]
+        context = await self._manager.bootstrap_trust(self._claimed_agent_id(token), token, **evidence)  # type: ignore[arg-type]
         session_id = secrets.token_urlsafe(32)
         self._sessions[session_id] = _Session(blake3.blake3(token.encode("utf-8")).digest(), context)
         while len(self._sessions) > self._sessions_max:
             self._sessions.popitem(last=False)
         return session_id, context
+
+    def _claimed_agent_id(self, token: str) -> str:
+        """The agent the token names (its issuer's agent_prefix and its sub), read WITHOUT verification:
+        :meth:`SecurityManager.bootstrap_trust` then verifies the token and refuses a mismatch."""
+        return self._manager.token_verifier.unverified_agent_id(token)
 
     def _session_context(self, session_id: str, token_digest: bytes) -> SecurityContext:
         session = self._sessions.get(session_id)
@@ -132,17 +136,4 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-def unverified_subject(token: str) -> str:
-    """The ``sub`` claim read WITHOUT verification, only to name the agent being bootstrapped:
-    :meth:`SecurityManager.bootstrap_trust` then verifies the token and refuses a mismatched subject."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except (jwt.PyJWTError, ValueError, TypeError) as error:
-        raise TokenError("bearer token is not a well-formed JWT") from error
-    subject = claims.get("sub") if isinstance(claims, dict) else None
-    if not isinstance(subject, str) or not subject:
-        raise TokenError("bearer token has no subject (sub)")
-    return subject
-
-
-__all__ = ["SESSION_HEADER", "Authenticator", "bearer_token", "unverified_subject"]
+__all__ = ["SESSION_HEADER", "Authenticator", "bearer_token"]
