@@ -192,6 +192,16 @@ def test_verify_passes_under_the_trusted_key(packed: Path, keys: Path) -> None:
     assert run_json("verify", packed, "--trust", keys / "maif.pub", "--quick")["mode"] == "quick"
 
 
+def test_verify_takes_a_trusted_key_as_64_hex_digits(tmp_path: Path, packed: Path, keys: Path) -> None:
+    """The form `/v1/export` and `maif audit` print: no PEM conversion needed to verify offline."""
+    raw = signing.load_public_key(keys / "maif.pub").public_bytes_raw().hex()
+    assert run_json("verify", packed, "--trust", raw)["verdict"] == "ok"
+    run_json("keygen", "-o", tmp_path / "stranger")
+    stranger = signing.load_public_key(tmp_path / "stranger" / "maif.pub").public_bytes_raw().hex()
+    run_json("verify", packed, "--trust", stranger, code=ExitCode.SIGNATURE_UNTRUSTED)
+    run_json("verify", packed, "--trust", "f" * 63 + "g", code=ExitCode.KEY_ERROR)  # neither hex nor a file
+
+
 def test_verify_names_the_tampered_block_and_exits_1(packed: Path, keys: Path) -> None:
     _flip_byte_in_block(packed, 2)
     document = run_json("verify", packed, "--trust", keys / "maif.pub", code=ExitCode.INTEGRITY_FAILURE)

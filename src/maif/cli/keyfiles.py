@@ -31,10 +31,23 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         raise CryptoError(f"{path} is not an Ed25519 private key") from error
 
 
-def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
-    """The Ed25519 public keys in ``paths``: the trust anchors, always chosen by the caller."""
+_HEX_KEY_DIGITS = 64
+
+
+def load_trusted_keys(paths: Sequence[Path | str]) -> list[Ed25519PublicKey]:
+    """The trust anchors, always chosen by the caller: each an Ed25519 public key as a PEM file, or as
+    the 64 hex digits of its raw 32 bytes (what `/v1/export` and `maif audit` print) when no file of
+    that name exists."""
     keys = []
     for path in paths:
+        text = os.fspath(path).strip()
+        if (len(text) == _HEX_KEY_DIGITS and all(c in "0123456789abcdefABCDEF" for c in text)
+                and not Path(text).exists()):
+            try:
+                keys.append(Ed25519PublicKey.from_public_bytes(bytes.fromhex(text)))
+            except ValueError as error:
+                raise CryptoError(f"{text} is not a valid Ed25519 public key") from error
+            continue
         try:
             keys.append(signing.load_public_key(path))
         except (ValueError, TypeError) as error:

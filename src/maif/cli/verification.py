@@ -120,7 +120,7 @@ def verify_command(
     container: Annotated[Path, typer.Argument(help="The container to verify.")],
     trust: Annotated[
         list[Path],
-        typer.Option("--trust", help="Ed25519 public key (PEM) you trust; repeat for several."),
+        typer.Option("--trust", help="Ed25519 public key you trust (PEM file, or 64 hex digits); repeat."),
     ],
     quick: Annotated[
         bool,
