@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from maif.cli.audit import audit_app
+from maif.cli.audit_key import audit_public_key_command
 from maif.cli.demo import demo_command as format_demo_command
 from maif.cli.demo_full import demo_command
 from maif.cli.dev_issuer import dev_issuer_app
@@ -51,6 +52,7 @@ app.command("import")(import_command)
 app.command("search")(search_command)
 app.command("stats")(stats_command)
 app.command("check")(check_command)
+audit_app.command("public-key")(audit_public_key_command)
 app.add_typer(audit_app, name="audit", help="Verify and read a tamper-evident audit log offline.")
 app.add_typer(
     dev_issuer_app,

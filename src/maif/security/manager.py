@@ -607,6 +607,24 @@ def create_maif_security_manager(
         raise
 
 
+def audit_public_key(data_dir: str | os.PathLike[str] | None = None, *,
+                     master_key: bytes | None = None) -> Ed25519PublicKey:
+    """The audit log's current signing key, read without changing anything (the trust anchor for
+    ``maif audit verify --trust``). The master key comes as for :func:`create_security_manager`, but is
+    never created; a directory without a keystore or without an audit key is a ConfigError."""
+    directory = Path(data_dir if data_dir is not None else "./maif-data/security")
+    keystore_path = directory / "keys.maifkeys"
+    if not keystore_path.is_file():
+        raise ConfigError(f"no keystore in {directory}",
+                          hint="point at the security directory of a store whose service has run once")
+    key = master_key if master_key is not None else _master_key(directory)  # never creates one here
+    info = KeyStore.open(keystore_path, key).current_key(AUDIT_SIGNER_AGENT_ID)
+    if info is None:
+        raise ConfigError(f"the keystore in {directory} holds no audit signing key yet",
+                          hint="the security manager creates it the first time it opens")
+    return info.public_key_object()
+
+
 def _master_key(directory: Path) -> bytes:
     if "MAIF_MASTER_KEY" in os.environ:
         return master_key_from_environment()
@@ -700,6 +718,7 @@ __all__ = [
     "BlockSignature",
     "SealedData",
     "SecurityManager",
+    "audit_public_key",
     "block_signature_payload",
     "bootstrap_trust",
     "create_maif_security_manager",
