@@ -95,6 +95,8 @@ def test_unsigned_tail_fails_unless_allowed(tmp_path: Path, signer: RawSigner) -
     log = AuditLog.open(path, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
     for number in range(3):
         log.append({"action": "read", "decision": "allow", "resource": f"r{number}"})
+        if number == 0:
+            log.checkpoint()  # an unsigned tail is only ever accepted after a verified checkpoint
     result = runner.invoke(audit_app, ["verify", str(path), "--trust", _hex_key(signer)])
     assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED
     assert "not covered by a signed checkpoint" in result.stderr
@@ -157,3 +159,97 @@ def test_saved_checkpoint_catches_a_log_cut_back_later(
     saved.write_bytes(b"\x00junk")
     result = runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)])
     assert result.exit_code == ExitCode.MALFORMED_FILE
+
+
+# ---- red-team findings (issue 14): nothing signed, and what a passing verify proves -----------------
+
+
+def _unsigned_log(path: Path, signer: RawSigner, count: int) -> AuditLog:
+    """A log whose every entry is chained but none signed (left open: close would sign them)."""
+    log = AuditLog.open(path, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
+    for number in range(count):
+        log.append({"action": "read", "decision": "allow", "resource": f"r{number}"})
+    return log
+
+
+def test_a_log_cut_to_its_header_is_refused(log_path: Path, signer: RawSigner) -> None:
+    log_path.write_bytes(log_path.read_bytes()[:HEADER_BYTES])
+    for extra in ([], ["--allow-unsigned-tail"]):
+        result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), *extra])
+        assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED, result.output
+        assert "no entry is covered by a signed checkpoint" in result.stderr
+
+
+def test_allow_unsigned_tail_never_accepts_a_log_with_no_signed_checkpoint(
+    tmp_path: Path, signer: RawSigner
+) -> None:
+    log = _unsigned_log(tmp_path / "rewritten.log", signer, 5)
+    result = runner.invoke(
+        audit_app,
+        ["verify", str(tmp_path / "rewritten.log"), "--trust", _hex_key(signer), "--allow-unsigned-tail"],
+    )
+    assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED, result.output
+    assert "no entry is covered by a signed checkpoint" in result.stderr
+    log.checkpoint()
+    log.append({"action": "read", "decision": "allow", "resource": "after"})
+    result = runner.invoke(
+        audit_app,
+        ["verify", str(tmp_path / "rewritten.log"), "--trust", _hex_key(signer), "--allow-unsigned-tail"],
+    )
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "6 entries, signed head at entry 4" in result.stdout
+    assert "entries after 4 unsigned" in result.stdout
+    log.close()
+
+
+def test_verify_states_what_was_proven_and_that_freshness_was_not_checked(
+    tmp_path: Path, log_path: Path, signer: RawSigner
+) -> None:
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer)])
+    assert result.exit_code == ExitCode.OK, result.output
+    text = " ".join(result.stdout.split())
+    assert "7 entries, signed head at entry 6 (time " in text
+    assert f"key id {signer.key_id.hex()}" in text
+    assert "freshness not checked: pass --witness <exported signed head>" in text
+    assert "to detect a truncated or older copy" in text
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json"])
+    document = json.loads(result.stdout)
+    assert document["signed_head"]["tree_size"] == 7 and document["freshness_checked"] is False
+    saved = tmp_path / "head.ckpt"
+    assert runner.invoke(audit_app, ["checkpoint", str(log_path), "--output", str(saved)]).exit_code == 0
+    result = runner.invoke(
+        audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--witness", str(saved)]
+    )
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "freshness not checked" not in result.stdout
+    assert "at least as new as the witness" in " ".join(result.stdout.split())
+
+
+def test_an_older_genuine_copy_is_refused_against_a_witness_of_the_newer_head(
+    tmp_path: Path, signer: RawSigner
+) -> None:
+    path = tmp_path / "audit.log"
+    with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
+        for number in range(4):
+            log.append({"action": "read", "decision": "allow", "resource": f"r{number}"})
+    older = tmp_path / "older.log"
+    older.write_bytes(path.read_bytes())  # a genuine, fully signed copy taken at 4 entries
+    with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
+        for number in range(4, 9):
+            log.append({"action": "read", "decision": "allow", "resource": f"r{number}"})
+    saved = tmp_path / "newer.ckpt"
+    assert runner.invoke(audit_app, ["checkpoint", str(path), "--output", str(saved)]).exit_code == 0
+    trust = ["--trust", _hex_key(signer)]
+    assert runner.invoke(audit_app, ["verify", str(older), *trust]).exit_code == ExitCode.OK
+    result = runner.invoke(audit_app, ["verify", str(older), *trust, "--witness", str(saved)])
+    assert result.exit_code == ExitCode.INTEGRITY_FAILURE, result.output
+    assert "truncated" in result.stderr
+    assert runner.invoke(audit_app, ["verify", str(path), *trust, "--witness", str(saved)]).exit_code == 0
+
+
+def test_require_witness_refuses_to_run_without_one(log_path: Path, signer: RawSigner) -> None:
+    result = runner.invoke(
+        audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--require-witness"]
+    )
+    assert result.exit_code == ExitCode.USAGE_ERROR, result.output
+    assert "needs --witness" in result.stderr

@@ -327,7 +327,7 @@ def test_last_complete_frame_with_bad_digest_is_refused_not_dropped(
 
 def test_torn_tail_is_cut_and_the_log_continues(tmp_path: Path, signer: RawSigner) -> None:
     path = tmp_path / "a"
-    write_log(path, signer, 4, every=100)
+    write_log(path, signer, 4, every=2)  # checkpoints at 2 and 4: a torn tail after a signed head
     complete = path.read_bytes()
     last_start, _ = _entry_frames(complete)[-1]
     # cut inside the final checkpoint frame (every length), and inside the last entry frame
@@ -657,7 +657,7 @@ def test_kill_9_mid_append_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     signer = RawSigner(private_key)
     path = tmp_path / "crash.log"
     acknowledged = -1
-    for kill_after in (5, 40, 90):
+    for kill_after in (10, 40, 90):  # past the first checkpoint (7): a log with nothing signed never verifies
         child = subprocess.Popen(
             [sys.executable, "-c", _APPENDER, str(path), private_key.private_bytes_raw().hex()],
             stdout=subprocess.PIPE,
@@ -832,6 +832,11 @@ class AuditLogMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.log.close()
+        if not self.model:  # nothing was ever signed over an entry: nothing is proven, never verifies
+            with pytest.raises(SignatureError, match="no entry is covered"):
+                verify_audit_log(self.path, [self.signer.public_key])
+            self.directory.cleanup()
+            return
         report = verify_audit_log(self.path, [self.signer.public_key])
         assert report.entries == len(self.model) and report.fully_signed
         assert [e.resource for e in read_audit_log(self.path) if isinstance(e, AuditEntry)] == self.model
@@ -935,3 +940,12 @@ def test_an_async_append_after_a_failed_sync_is_refused(
             monkeypatch.undo()
 
     asyncio.run(scenario())
+
+
+def test_a_log_with_nothing_signed_never_verifies(tmp_path: Path, signer: RawSigner) -> None:
+    path = tmp_path / "a"
+    write_log(path, signer, 3)
+    path.write_bytes(path.read_bytes()[:HEADER_BYTES])  # cut to the header: nothing left, nothing signed
+    for allow in (False, True):
+        with pytest.raises(SignatureError, match="no entry is covered by a signed checkpoint"):
+            verify_audit_log(path, [signer.public_key], allow_unsigned_tail=allow)

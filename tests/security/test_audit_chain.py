@@ -339,3 +339,20 @@ def test_the_cli_verifies_a_directory_and_names_the_bad_segment(
     one_file = str(segment(chain, 40))
     result = runner.invoke(audit_app, ["verify", one_file, "--trust", key, "--from-segment", "2"])
     assert result.exit_code == ExitCode.USAGE_ERROR
+
+
+def test_a_chain_with_no_signed_checkpoint_is_refused_even_with_an_unsigned_tail_allowed(
+    tmp_path: Path,
+) -> None:
+    signer = RawSigner()
+    directory = tmp_path / "audit"
+    log = SegmentedAuditLog.open(directory, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
+    log.append(event(0))
+    with pytest.raises(SignatureError, match="no entry is covered by a signed checkpoint"):
+        verify_audit_chain(directory, [signer.public_key], allow_unsigned_tail=True)
+    trust = ["--trust", raw_public_key(signer.public_key).hex()]
+    result = CliRunner().invoke(audit_app, ["verify", str(directory), *trust, "--allow-unsigned-tail"])
+    assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED, result.output
+    log.close()
+    report = verify_audit_chain(directory, [signer.public_key])
+    assert report.fully_signed

@@ -1,7 +1,7 @@
 """`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
 
-    maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--allow-unsigned-tail]
-                      [--from-segment N] [--json]
+    maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--require-witness]
+                      [--allow-unsigned-tail] [--from-segment N] [--json]
     maif audit show PATH [--start N] [--limit N] [--json]
     maif audit checkpoint PATH --output FILE [--json]
 
@@ -17,16 +17,22 @@ the raw key. `verify` checks every frame digest, every chain link, the Merkle ro
 and every checkpoint signature, and names the first bad entry. `show` lists entries and checkpoints
 after the same structural checks, without signatures (so it needs no keys). `checkpoint` copies the log's
 latest signed checkpoint to a file; an auditor keeps it and later passes it to `verify --witness`, which
-then also refuses a log that was cut back or replaced since (the file alone cannot reveal that).
+then also refuses a log that was cut back or replaced since, or an older genuine copy (the file alone
+cannot reveal that: a log cut right after a checkpoint is fully signed). A passing `verify` prints what it
+proved ("N entries, signed head at entry K (time T, key id ...)") and, without --witness, that freshness
+was not checked; --require-witness makes a missing --witness a usage error.
 
 Exit codes (maif.cli.exit_codes.ExitCode, shared by every `maif` command):
 
     0  OK                   every check passed and every entry is covered by a trusted signed checkpoint
+                            (with --allow-unsigned-tail: at least one entry is, and the rest follow it)
     1  INTEGRITY_FAILURE    a frame digest, chain link, entry order or Merkle root failed (the message
                             names the first bad entry); the log was altered or damaged
     2  USAGE_ERROR          bad arguments
-    3  SIGNATURE_UNTRUSTED  a checkpoint is not validly signed by a --trust key, or entries at the end are
-                            not yet covered by any signed checkpoint (accepted with --allow-unsigned-tail)
+    3  SIGNATURE_UNTRUSTED  a checkpoint is not validly signed by a --trust key, no entry at all is
+                            covered by a verified signed checkpoint (always refused: a log cut to its
+                            header or rewritten without the key), or entries at the end are not yet
+                            covered by one (accepted with --allow-unsigned-tail)
     4  MALFORMED_FILE       not an audit log, an unsupported version, or the file cannot be read
     5  KEY_ERROR            a --trust key is unreadable or not an Ed25519 public key
     7  LIMIT_EXCEEDED       a record or count above a bound in maif.limits
@@ -91,7 +97,13 @@ def verify_command(
         typer.Option("--witness", help="A checkpoint file saved earlier with `maif audit checkpoint`."),
     ] = None,
     allow_unsigned_tail: Annotated[
-        bool, typer.Option("--allow-unsigned-tail", help="Accept trailing entries no checkpoint covers yet.")
+        bool,
+        typer.Option(
+            "--allow-unsigned-tail", help="Accept trailing entries after the last verified signed checkpoint."
+        ),
+    ] = False,
+    require_witness: Annotated[
+        bool, typer.Option("--require-witness", help="Refuse to verify without --witness (freshness).")
     ] = False,
     from_segment: Annotated[
         int | None,
@@ -106,6 +118,11 @@ def verify_command(
 
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
+        if require_witness and witness is None:
+            raise ConfigError(
+                "--require-witness needs --witness FILE: "
+                "a signed head saved earlier with `maif audit checkpoint`"
+            )
         trusted = [load_trust_argument(value) for value in trust]
         witness_checkpoint = None if witness is None else _read_checkpoint_file(witness)
         if path.is_dir():
@@ -130,6 +147,7 @@ def verify_command(
             "root": report.root,
             "signing_key_ids": report.signing_key_ids,
             "torn_tail_bytes": report.torn_tail_bytes,
+            **_proof_fields(report.last_checkpoint, witness_checkpoint),
         }
         if report.torn_tail_bytes:
             output.warn(
@@ -137,9 +155,11 @@ def verify_command(
             )
         output.result(document)
         output.human(
-            f"[green]verified[/green] {path}: {report.entries} entries, {report.checkpoints} signed "
-            f"checkpoints, {report.signed_entries} entries signed, {report.unsigned_tail_entries} unsigned"
+            f"[green]verified[/green] {path}: "
+            + _proven(report.entries, report.signed_entries - 1, report.last_checkpoint)
+            + f" ({report.checkpoints} signed checkpoints)"
         )
+        output.human(_freshness(witness_checkpoint))
 
 
 def _verify_directory(
@@ -172,6 +192,7 @@ def _verify_directory(
         "anchored_on": None if report.anchor is None else _checkpoint_row(report.anchor),
         "signing_key_ids": report.signing_key_ids,
         "torn_tail_bytes": report.torn_tail_bytes,
+        **_proof_fields(report.last_checkpoint, witness),
     }
     if report.torn_tail_bytes:
         output.warn(f"{report.torn_tail_bytes} bytes of an incomplete record at the end (a crash mid-append)")
@@ -179,11 +200,41 @@ def _verify_directory(
     anchored = ""
     if report.anchor is not None:
         anchored = f", anchored on the signed head of segment {report.first_segment - 1}"
+    last_signed = report.first_index + report.entries - report.unsigned_tail_entries - 1
     output.human(
-        f"[green]verified[/green] {path}: segments {report.first_segment}..{report.last_segment}, "
-        f"{report.entries} entries from entry {report.first_index}, {report.checkpoints} signed checkpoints, "
-        f"{report.unsigned_tail_entries} unsigned{anchored}"
+        f"[green]verified[/green] {path}: segments {report.first_segment}..{report.last_segment}, entries "
+        f"from entry {report.first_index}: {_proven(report.entries, last_signed, report.last_checkpoint)} "
+        f"({report.checkpoints} signed checkpoints{anchored})"
     )
+    output.human(_freshness(witness))
+
+
+def _proven(entries: int, last_signed: int, head: Any) -> str:
+    """What a passing verify proved, in one line: which entries a verified signed head covers."""
+    signer = "" if head is None else f" (time {_utc(head.timestamp)}, key id {head.key_id.hex()})"
+    unsigned = entries - 1 - last_signed if head is None else entries - head.tree_size
+    tail = "every entry signed" if unsigned == 0 else f"entries after {last_signed} unsigned ({unsigned})"
+    return f"{entries} entries, signed head at entry {last_signed}{signer}; {tail}"
+
+
+def _freshness(witness: Any) -> str:
+    if witness is None:
+        return (
+            "freshness not checked: pass --witness <exported signed head> to detect a truncated or older "
+            "copy (export one with `maif audit checkpoint`)"
+        )
+    return (
+        f"fresh: at least as new as the witness signed head over {witness.tree_size} entries "
+        f"(time {_utc(witness.timestamp)}), which it still holds unchanged"
+    )
+
+
+def _proof_fields(head: Any, witness: Any) -> dict[str, Any]:
+    return {
+        "signed_head": None if head is None else _checkpoint_row(head),
+        "freshness_checked": witness is not None,
+        "witness": None if witness is None else _checkpoint_row(witness),
+    }
 
 
 @audit_app.command("show")

@@ -1026,6 +1026,8 @@ def verify_audit_log(
     Entries after the last checkpoint are chained but not signed by anyone, so by default they are
     refused (:class:`SignatureError` naming the first one). A live log always has such a tail between
     checkpoints; ``allow_unsigned_tail=True`` accepts it and reports it as ``unsigned_tail_entries``.
+    A log in which no entry at all is covered by a verified checkpoint (cut to its header, or rewritten
+    without the key) proves nothing and is always refused, with or without ``allow_unsigned_tail``.
 
     ``witness`` is a checkpoint of this log kept from earlier (for example by an auditor): the log must
     still hold those entries unchanged, which catches truncation and rewritten history that the file
@@ -1040,6 +1042,8 @@ def verify_audit_log(
     signing_keys: list[bytes] = []
     replay = _replay_verified(log_path, table, witness, signing_keys)
     signed = 0 if replay.last_checkpoint is None else replay.last_checkpoint.tree_size
+    if signed == 0:
+        raise _nothing_signed_error(str(log_path), replay.size)
     if replay.size > signed and not allow_unsigned_tail:
         raise SignatureError(
             f"audit log {log_path}: the last {replay.size - signed} entries (from entry {signed}) are "
@@ -1058,6 +1062,17 @@ def verify_audit_log(
         last_checkpoint=replay.last_checkpoint,
         signing_key_ids=signing_keys,
         torn_tail_bytes=replay.torn_tail_bytes,
+    )
+
+
+def _nothing_signed_error(where: str, entries: int) -> SignatureError:
+    """The refusal of a log or chain whose entries no verified checkpoint covers: it proves nothing."""
+    return SignatureError(
+        f"audit log {where}: no entry is covered by a signed checkpoint ({entries} entries, all unsigned "
+        "or none at all): nothing in it is proven",
+        block_index=0,
+        hint="a log cut back to its header or rewritten without the signing key looks like this; "
+        "allow_unsigned_tail only accepts unsigned entries after a verified checkpoint",
     )
 
 

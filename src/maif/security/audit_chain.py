@@ -60,6 +60,7 @@ from maif.security.audit import (
     AuditLog,
     SignedCheckpoint,
     TrustedKey,
+    _nothing_signed_error,
     _Replay,
     _trust_table,
     _verify_signature,
@@ -660,7 +661,8 @@ def verify_audit_chain(
     ``from_segment`` are ignored (archived) and the signed head that segment's link entry records for
     its predecessor is trusted once its signature verifies under ``trusted_keys``. Every sealed segment
     must end with a checkpoint over all its entries, equal to the head the next segment's link records;
-    the newest may have an unsigned tail only with ``allow_unsigned_tail``. ``witness`` is a checkpoint
+    the newest may have an unsigned tail only with ``allow_unsigned_tail``, and never when no verified
+    segment holds a checkpoint at all (nothing would be proven). ``witness`` is a checkpoint
     of one segment kept from earlier: that segment must still be there with those entries unchanged.
     Raises a located error naming the segment file and ``block_index`` = the entry within it.
     """
@@ -675,7 +677,7 @@ def verify_audit_chain(
         raise FormatError(f"{folder} holds no audit segment numbered {from_segment or 0} or later")
     _require_contiguous(folder, segments, 0 if from_segment is None else from_segment)
     cursor, signing_keys, checkpoints, witnessed = _ChainCursor(), list[bytes](), 0, False
-    first_index, last = 0, None
+    first_index, last, signed_entries = 0, None, 0
     for position, (number, path) in enumerate(segments):
         walk = _walk_segment(path, table, signing_keys, witness)
         cursor.check_link(number, path, walk, table)
@@ -685,6 +687,7 @@ def verify_audit_chain(
             _require_sealed(path, walk)
         cursor.advance(path, walk)
         checkpoints += walk.checkpoints
+        signed_entries += 0 if walk.last_checkpoint is None else walk.last_checkpoint.tree_size
         witnessed = witnessed or walk.witnessed
         last = (path, walk)
     assert last is not None
@@ -694,6 +697,8 @@ def verify_audit_chain(
             "(its segment was dropped, replaced or archived)"
         )
     last_path, last_walk = last
+    if signed_entries == 0:  # the anchor (if any) covers archived entries, none of these
+        raise _nothing_signed_error(str(folder), cursor.next_index - first_index)
     signed = 0 if last_walk.last_checkpoint is None else last_walk.last_checkpoint.tree_size
     if last_walk.size > signed and not allow_unsigned_tail:
         raise SignatureError(
