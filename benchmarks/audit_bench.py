@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from maif.format import merkle
 from maif.security import audit
 from maif.security.audit import (
@@ -44,19 +42,9 @@ from maif.security.audit import (
     verify_audit_log,
     verify_checkpoint,
 )
-from maif.security.keys import key_id_of
+from maif.security.keys import MemorySigner
 
 RESULTS = Path(__file__).parent / "results" / "audit.json"
-
-
-class BenchSigner:
-    def __init__(self) -> None:
-        self._private_key = Ed25519PrivateKey.generate()
-        self.public_key = self._private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private_key.sign(data)
 
 
 def event(worker: int, number: int) -> dict[str, Any]:
@@ -97,7 +85,7 @@ def durable_append_rate(directory: Path, threads_count: int, total: int) -> dict
 
     os.fdatasync = counting_fdatasync  # type: ignore[assignment]
     try:
-        with AuditLog.open(path, BenchSigner()) as log:
+        with AuditLog.open(path, MemorySigner()) as log:
             per_thread = total // threads_count
 
             def work(worker: int) -> None:
@@ -120,7 +108,7 @@ def durable_append_rate(directory: Path, threads_count: int, total: int) -> dict
 
 def signing_rates(count: int) -> dict[str, float]:
     """Batch-root signing: add an entry hash to the tree, take the root, sign it; then verify them all."""
-    signer = BenchSigner()
+    signer = MemorySigner()
     log_id = os.urandom(16)
     accumulator = audit._MerkleAccumulator()
     checkpoints = []
@@ -141,7 +129,7 @@ def signing_rates(count: int) -> dict[str, float]:
 
 def verification_rate(directory: Path, entries: int) -> dict[str, float]:
     path = directory / "verify.log"
-    signer = BenchSigner()
+    signer = MemorySigner()
     with AuditLog.open(path, signer, checkpoint_every_entries=1024, checkpoint_every_s=1e9) as log:
         # not durable-per-append here: this only builds the file to verify
         fdatasync, os.fdatasync = os.fdatasync, lambda descriptor: None  # type: ignore[assignment]

@@ -28,24 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from maif.security.audit import AuditLog
 from maif.security.audit_chain import SegmentedAuditLog, verify_audit_chain
-from maif.security.keys import key_id_of
+from maif.security.keys import MemorySigner
 
 RESULTS = Path(__file__).parent / "results" / "audit_segments.json"
 THREADS = 16
-
-
-class BenchSigner:
-    def __init__(self) -> None:
-        self._private_key = Ed25519PrivateKey.generate()
-        self.public_key = self._private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private_key.sign(data)
 
 
 def request_work() -> None:
@@ -82,7 +70,7 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=4000)
     parser.add_argument("--segment-entries", type=int, default=1000)
     arguments = parser.parse_args()
-    signer = BenchSigner()
+    signer = MemorySigner()
     results: dict[str, Any] = {"python": platform.python_version(), "threads": THREADS, **vars(arguments)}
     with tempfile.TemporaryDirectory(prefix="maif-audit-segments-") as scratch:
         folder = Path(scratch)

@@ -7,36 +7,24 @@ import struct
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner
 
 from maif.cli.audit import audit_app
 from maif.cli.exit_codes import ExitCode
 from maif.security.audit import HEADER_BYTES, AuditLog
-from maif.security.keys import key_id_of, raw_public_key
-
-
-class RawSigner:
-    def __init__(self) -> None:
-        self._private_key = Ed25519PrivateKey.generate()
-        self.public_key = self._private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private_key.sign(data)
-
+from maif.security.keys import MemorySigner, raw_public_key
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def signer() -> RawSigner:
-    return RawSigner()
+def signer() -> MemorySigner:
+    return MemorySigner()
 
 
 @pytest.fixture
-def log_path(tmp_path: Path, signer: RawSigner) -> Path:
+def log_path(tmp_path: Path, signer: MemorySigner) -> Path:
     path = tmp_path / "audit.log"
     with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
         for number in range(7):
@@ -52,12 +40,12 @@ def log_path(tmp_path: Path, signer: RawSigner) -> Path:
     return path
 
 
-def _hex_key(signer: RawSigner) -> str:
+def _hex_key(signer: MemorySigner) -> str:
     return raw_public_key(signer.public_key).hex()
 
 
 def test_verify_succeeds_with_a_hex_or_pem_trusted_key(
-    tmp_path: Path, log_path: Path, signer: RawSigner
+    tmp_path: Path, log_path: Path, signer: MemorySigner
 ) -> None:
     result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json"])
     assert result.exit_code == ExitCode.OK, result.output
@@ -70,7 +58,7 @@ def test_verify_succeeds_with_a_hex_or_pem_trusted_key(
     assert "verified" in result.stdout
 
 
-def test_verify_names_the_first_bad_entry(tmp_path: Path, log_path: Path, signer: RawSigner) -> None:
+def test_verify_names_the_first_bad_entry(tmp_path: Path, log_path: Path, signer: MemorySigner) -> None:
     data = bytearray(log_path.read_bytes())
     offset = HEADER_BYTES
     for _ in range(2):  # skip entry 0 and entry 1; entry 2's record starts 40 bytes into its frame
@@ -85,12 +73,12 @@ def test_verify_names_the_first_bad_entry(tmp_path: Path, log_path: Path, signer
 
 
 def test_verify_refuses_an_untrusted_signer(log_path: Path) -> None:
-    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(RawSigner())])
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(MemorySigner())])
     assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED
     assert "not trusted" in result.stderr
 
 
-def test_unsigned_tail_fails_unless_allowed(tmp_path: Path, signer: RawSigner) -> None:
+def test_unsigned_tail_fails_unless_allowed(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "open.log"
     log = AuditLog.open(path, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
     for number in range(3):
@@ -109,7 +97,7 @@ def test_unsigned_tail_fails_unless_allowed(tmp_path: Path, signer: RawSigner) -
     assert result.exit_code == ExitCode.OK
 
 
-def test_bad_inputs_have_their_own_exit_codes(tmp_path: Path, log_path: Path, signer: RawSigner) -> None:
+def test_bad_inputs_have_their_own_exit_codes(tmp_path: Path, log_path: Path, signer: MemorySigner) -> None:
     not_a_log = tmp_path / "x"
     not_a_log.write_bytes(b"not an audit log" * 10)
     result = runner.invoke(audit_app, ["verify", str(not_a_log), "--trust", _hex_key(signer)])
@@ -137,7 +125,7 @@ def test_show_lists_entries_and_checkpoints(log_path: Path) -> None:
 
 
 def test_saved_checkpoint_catches_a_log_cut_back_later(
-    tmp_path: Path, log_path: Path, signer: RawSigner
+    tmp_path: Path, log_path: Path, signer: MemorySigner
 ) -> None:
     saved = tmp_path / "witness.ckpt"
     result = runner.invoke(audit_app, ["checkpoint", str(log_path), "--output", str(saved), "--json"])
@@ -164,7 +152,7 @@ def test_saved_checkpoint_catches_a_log_cut_back_later(
 # ---- red-team findings (issue 14): nothing signed, and what a passing verify proves -----------------
 
 
-def _unsigned_log(path: Path, signer: RawSigner, count: int) -> AuditLog:
+def _unsigned_log(path: Path, signer: MemorySigner, count: int) -> AuditLog:
     """A log whose every entry is chained but none signed (left open: close would sign them)."""
     log = AuditLog.open(path, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
     for number in range(count):
@@ -172,7 +160,7 @@ def _unsigned_log(path: Path, signer: RawSigner, count: int) -> AuditLog:
     return log
 
 
-def test_a_log_cut_to_its_header_is_refused(log_path: Path, signer: RawSigner) -> None:
+def test_a_log_cut_to_its_header_is_refused(log_path: Path, signer: MemorySigner) -> None:
     log_path.write_bytes(log_path.read_bytes()[:HEADER_BYTES])
     for extra in ([], ["--allow-unsigned-tail"]):
         result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), *extra])
@@ -181,7 +169,7 @@ def test_a_log_cut_to_its_header_is_refused(log_path: Path, signer: RawSigner) -
 
 
 def test_allow_unsigned_tail_never_accepts_a_log_with_no_signed_checkpoint(
-    tmp_path: Path, signer: RawSigner
+    tmp_path: Path, signer: MemorySigner
 ) -> None:
     log = _unsigned_log(tmp_path / "rewritten.log", signer, 5)
     result = runner.invoke(
@@ -203,7 +191,7 @@ def test_allow_unsigned_tail_never_accepts_a_log_with_no_signed_checkpoint(
 
 
 def test_verify_states_what_was_proven_and_that_freshness_was_not_checked(
-    tmp_path: Path, log_path: Path, signer: RawSigner
+    tmp_path: Path, log_path: Path, signer: MemorySigner
 ) -> None:
     result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer)])
     assert result.exit_code == ExitCode.OK, result.output
@@ -226,7 +214,7 @@ def test_verify_states_what_was_proven_and_that_freshness_was_not_checked(
 
 
 def test_an_older_genuine_copy_is_refused_against_a_witness_of_the_newer_head(
-    tmp_path: Path, signer: RawSigner
+    tmp_path: Path, signer: MemorySigner
 ) -> None:
     path = tmp_path / "audit.log"
     with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
@@ -247,7 +235,7 @@ def test_an_older_genuine_copy_is_refused_against_a_witness_of_the_newer_head(
     assert runner.invoke(audit_app, ["verify", str(path), *trust, "--witness", str(saved)]).exit_code == 0
 
 
-def test_require_witness_refuses_to_run_without_one(log_path: Path, signer: RawSigner) -> None:
+def test_require_witness_refuses_to_run_without_one(log_path: Path, signer: MemorySigner) -> None:
     result = runner.invoke(
         audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--require-witness"]
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -52,21 +52,9 @@ from maif.security.audit import (
     verify_audit_log,
     verify_checkpoint,
 )
-from maif.security.keys import KeyInfo, KeyStore, generate_master_key, key_id_of, raw_public_key
+from maif.security.keys import KeyInfo, KeyStore, MemorySigner, generate_master_key, raw_public_key
 
 ENCODER = msgspec.msgpack.Encoder()
-
-
-class RawSigner:
-    """A Signer over a bare private key: what an external (KMS) signer looks like to the log."""
-
-    def __init__(self, private_key: Ed25519PrivateKey | None = None) -> None:
-        self._private_key = private_key or Ed25519PrivateKey.generate()
-        self.public_key: Ed25519PublicKey = self._private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private_key.sign(data)
 
 
 def event(number: int, decision: str = "allow") -> dict[str, object]:
@@ -80,11 +68,11 @@ def event(number: int, decision: str = "allow") -> dict[str, object]:
 
 
 @pytest.fixture
-def signer() -> RawSigner:
-    return RawSigner()
+def signer() -> MemorySigner:
+    return MemorySigner()
 
 
-def write_log(path: Path, signer: RawSigner, count: int, *, every: int = 3) -> None:
+def write_log(path: Path, signer: MemorySigner, count: int, *, every: int = 3) -> None:
     with AuditLog.open(path, signer, checkpoint_every_entries=every, checkpoint_every_s=3600) as log:
         for number in range(count):
             log.append(event(number, "deny" if number % 4 == 3 else "allow"))
@@ -117,7 +105,7 @@ def is_entry(record: bytes) -> bool:
 # ---- the happy path --------------------------------------------------------------------------------
 
 
-def test_appended_entries_read_back_and_verify(tmp_path: Path, signer: RawSigner) -> None:
+def test_appended_entries_read_back_and_verify(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "audit.log"
     with AuditLog.open(path, signer, checkpoint_every_entries=4) as log:
         appended = [log.append(event(number)) for number in range(10)]
@@ -137,7 +125,7 @@ def test_appended_entries_read_back_and_verify(tmp_path: Path, signer: RawSigner
     assert verify_audit_log(path, [signer.public_key]).entries == 11
 
 
-def test_incremental_root_matches_the_reference_merkle_root(tmp_path: Path, signer: RawSigner) -> None:
+def test_incremental_root_matches_the_reference_merkle_root(tmp_path: Path, signer: MemorySigner) -> None:
     with AuditLog.open(tmp_path / "a", signer, checkpoint_every_entries=1) as log:
         hashes = []
         for number in range(40):
@@ -147,7 +135,7 @@ def test_incremental_root_matches_the_reference_merkle_root(tmp_path: Path, sign
             assert checkpoint.root == merkle.root(hashes) == log.root()
 
 
-def test_secrets_never_reach_the_file(tmp_path: Path, signer: RawSigner) -> None:
+def test_secrets_never_reach_the_file(tmp_path: Path, signer: MemorySigner) -> None:
     jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz"
     path = tmp_path / "a"
     with AuditLog.open(path, signer) as log:
@@ -173,7 +161,7 @@ def test_secrets_never_reach_the_file(tmp_path: Path, signer: RawSigner) -> None
     assert "redacted" in entry.reason
 
 
-def test_malformed_and_oversized_events_are_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_malformed_and_oversized_events_are_refused(tmp_path: Path, signer: MemorySigner) -> None:
     with AuditLog.open(tmp_path / "a", signer) as log:
         for bad in (
             {"action": "x"},
@@ -194,7 +182,7 @@ def test_malformed_and_oversized_events_are_refused(tmp_path: Path, signer: RawS
 # ---- tampering with the file ---------------------------------------------------------------------
 
 
-def test_every_flipped_byte_is_detected_and_located(tmp_path: Path, signer: RawSigner) -> None:
+def test_every_flipped_byte_is_detected_and_located(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "audit.log"
     write_log(path, signer, 5, every=2)
     original = path.read_bytes()
@@ -223,7 +211,7 @@ def _entry_frames(data: bytes) -> list[tuple[int, int]]:
     return [(offset, end) for offset, end, record in frames(data) if is_entry(record)]
 
 
-def _expect_located(path: Path, signer: RawSigner, index: int) -> None:
+def _expect_located(path: Path, signer: MemorySigner, index: int) -> None:
     with pytest.raises(IntegrityError) as caught:
         verify_audit_log(path, [signer.public_key])
     assert caught.value.block_index == index, caught.value
@@ -231,7 +219,7 @@ def _expect_located(path: Path, signer: RawSigner, index: int) -> None:
         AuditLog.open(path, signer)
 
 
-def test_deleted_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None:
+def test_deleted_entry_is_detected(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 8)
     data = path.read_bytes()
@@ -240,7 +228,7 @@ def test_deleted_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None:
     _expect_located(path, signer, 4)
 
 
-def test_reordered_entries_are_detected(tmp_path: Path, signer: RawSigner) -> None:
+def test_reordered_entries_are_detected(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 8, every=100)
     data = path.read_bytes()
@@ -249,7 +237,7 @@ def test_reordered_entries_are_detected(tmp_path: Path, signer: RawSigner) -> No
     _expect_located(path, signer, 2)
 
 
-def test_duplicated_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None:
+def test_duplicated_entry_is_detected(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 6, every=100)
     data = path.read_bytes()
@@ -258,7 +246,7 @@ def test_duplicated_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None
     _expect_located(path, signer, 4)
 
 
-def test_inserted_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None:
+def test_inserted_entry_is_detected(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 6, every=100)
     data = path.read_bytes()
@@ -279,7 +267,8 @@ def test_inserted_entry_is_detected(tmp_path: Path, signer: RawSigner) -> None:
     _expect_located(path, signer, 4)
 
 
-def test_rechained_forgery_without_the_key_fails_at_the_checkpoint(tmp_path: Path, signer: RawSigner) -> None:
+def test_rechained_forgery_without_the_key_fails_at_the_checkpoint(tmp_path: Path,
+                                                                   signer: MemorySigner) -> None:
     """An attacker who rewrites entry 3 and recomputes every later hash and frame still cannot re-sign."""
     path = tmp_path / "a"
     write_log(path, signer, 6, every=3)
@@ -298,7 +287,7 @@ def test_rechained_forgery_without_the_key_fails_at_the_checkpoint(tmp_path: Pat
     assert caught.value.block_index == 3  # entries 0..2 were vouched for by the checkpoint before them
 
 
-def test_middle_damage_is_never_silently_dropped(tmp_path: Path, signer: RawSigner) -> None:
+def test_middle_damage_is_never_silently_dropped(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 5)
     data = bytearray(path.read_bytes())
@@ -311,7 +300,7 @@ def test_middle_damage_is_never_silently_dropped(tmp_path: Path, signer: RawSign
 
 
 def test_last_complete_frame_with_bad_digest_is_refused_not_dropped(
-    tmp_path: Path, signer: RawSigner
+    tmp_path: Path, signer: MemorySigner
 ) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 3, every=100)
@@ -325,7 +314,7 @@ def test_last_complete_frame_with_bad_digest_is_refused_not_dropped(
 # ---- crashes: torn tails -------------------------------------------------------------------------
 
 
-def test_torn_tail_is_cut_and_the_log_continues(tmp_path: Path, signer: RawSigner) -> None:
+def test_torn_tail_is_cut_and_the_log_continues(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 4, every=2)  # checkpoints at 2 and 4: a torn tail after a signed head
     complete = path.read_bytes()
@@ -344,7 +333,7 @@ def test_torn_tail_is_cut_and_the_log_continues(tmp_path: Path, signer: RawSigne
         assert verified.torn_tail_bytes == 0 and verified.fully_signed
 
 
-def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path, signer: RawSigner) -> None:
+def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 3)
     with path.open("ab") as handle:
@@ -354,7 +343,7 @@ def test_zero_filled_tail_is_a_torn_tail(tmp_path: Path, signer: RawSigner) -> N
         assert log.size == 3 and log.recovered_tail_bytes == 300
 
 
-def test_cut_at_a_frame_boundary_leaves_an_unsigned_tail(tmp_path: Path, signer: RawSigner) -> None:
+def test_cut_at_a_frame_boundary_leaves_an_unsigned_tail(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 5, every=2)
     data = path.read_bytes()
@@ -375,22 +364,22 @@ def _checkpoints(path: Path) -> list[SignedCheckpoint]:
     return [r for r in read_audit_log(path) if isinstance(r, SignedCheckpoint)]
 
 
-def test_checkpoint_by_an_untrusted_key_is_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_checkpoint_by_an_untrusted_key_is_refused(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 4)
     with pytest.raises(SignatureError, match="not trusted"):
-        verify_audit_log(path, [RawSigner().public_key])
+        verify_audit_log(path, [MemorySigner().public_key])
     checkpoint = _checkpoints(path)[-1]
     with pytest.raises(SignatureError):
-        verify_checkpoint(checkpoint, [RawSigner().public_key])
+        verify_checkpoint(checkpoint, [MemorySigner().public_key])
     verify_checkpoint(checkpoint, [signer.public_key])
 
 
-def test_checkpoint_resigned_by_an_attacker_key_is_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_checkpoint_resigned_by_an_attacker_key_is_refused(tmp_path: Path, signer: MemorySigner) -> None:
     """The attacker replaces every checkpoint with one signed by its own key under the victim's key id."""
     path = tmp_path / "a"
     write_log(path, signer, 4, every=2)
-    attacker = RawSigner()
+    attacker = MemorySigner()
     rebuilt = [path.read_bytes()[:HEADER_BYTES]]
     for record in read_audit_log(path):
         if isinstance(record, SignedCheckpoint):
@@ -403,7 +392,7 @@ def test_checkpoint_resigned_by_an_attacker_key_is_refused(tmp_path: Path, signe
 
 
 def test_checkpoint_with_a_wrong_root_is_refused_even_if_validly_signed(
-    tmp_path: Path, signer: RawSigner
+    tmp_path: Path, signer: MemorySigner
 ) -> None:
     """A compromised writer signs a root that is not the entries' root: the verifier recomputes it."""
     path = tmp_path / "a"
@@ -427,7 +416,7 @@ def test_checkpoint_with_a_wrong_root_is_refused_even_if_validly_signed(
         verify_audit_log(path, [signer.public_key])
 
 
-def test_checkpoint_claiming_another_size_or_log_is_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_checkpoint_claiming_another_size_or_log_is_refused(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 4, every=2)
     data = path.read_bytes()
@@ -445,7 +434,7 @@ def test_checkpoint_claiming_another_size_or_log_is_refused(tmp_path: Path, sign
         verify_audit_log(path, [signer.public_key])
 
 
-def test_rolled_back_checkpoint_is_refused_by_consistency_check(tmp_path: Path, signer: RawSigner) -> None:
+def test_rolled_back_checkpoint_is_refused_by_consistency_check(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     with AuditLog.open(path, signer) as log:
         for number in range(5):
@@ -467,13 +456,13 @@ def test_rolled_back_checkpoint_is_refused_by_consistency_check(tmp_path: Path, 
         with pytest.raises(IntegrityError):
             verify_audit_consistency(old, new, forged, [signer.public_key])
     with pytest.raises(SignatureError):
-        verify_audit_consistency(old, new, proof, [RawSigner().public_key])
+        verify_audit_consistency(old, new, proof, [MemorySigner().public_key])
     assert decode_checkpoint(encode_checkpoint(new)) == new
     with pytest.raises(FormatError):
         decode_checkpoint(b"\x93garbage")
 
 
-def test_forged_inclusion_proofs_are_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_forged_inclusion_proofs_are_refused(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     with AuditLog.open(path, signer) as log:
         entries = [log.append(event(number)) for number in range(11)]
@@ -545,7 +534,7 @@ def test_rotated_and_revoked_keys(tmp_path: Path) -> None:
 
 
 def test_concurrent_appenders_share_syncs_and_keep_the_chain(
-    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, signer: MemorySigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     syncs = []
     real_fdatasync = os.fdatasync
@@ -578,7 +567,7 @@ def test_concurrent_appenders_share_syncs_and_keep_the_chain(
 
 
 def test_failed_sync_stops_the_log(
-    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, signer: MemorySigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "a"
     log = AuditLog.open(path, signer)
@@ -596,7 +585,7 @@ def test_failed_sync_stops_the_log(
     log.close()
 
 
-def test_one_writer_at_a_time_and_closed_logs_refuse(tmp_path: Path, signer: RawSigner) -> None:
+def test_one_writer_at_a_time_and_closed_logs_refuse(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     log = AuditLog.open(path, signer)
     with pytest.raises(StorageError, match="another process"):
@@ -607,13 +596,13 @@ def test_one_writer_at_a_time_and_closed_logs_refuse(tmp_path: Path, signer: Raw
     AuditLog.open(path, signer).close()
 
 
-def test_a_signer_whose_key_id_lies_is_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_a_signer_whose_key_id_lies_is_refused(tmp_path: Path, signer: MemorySigner) -> None:
     signer.key_id = bytes(16)
     with pytest.raises(MAIFError, match="key_id"):
         AuditLog.open(tmp_path / "a", signer)
 
 
-def test_not_an_audit_log(tmp_path: Path, signer: RawSigner) -> None:
+def test_not_an_audit_log(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "x"
     path.write_bytes(b"hello world, this is not an audit log at all" * 3)
     with pytest.raises(FormatError):
@@ -654,7 +643,7 @@ def test_kill_9_mid_append_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     import sys
 
     private_key = Ed25519PrivateKey.generate()
-    signer = RawSigner(private_key)
+    signer = MemorySigner(private_key)
     path = tmp_path / "crash.log"
     acknowledged = -1
     for kill_after in (10, 40, 90):  # past the first checkpoint (7): a log with nothing signed never verifies
@@ -676,7 +665,7 @@ def test_kill_9_mid_append_loses_no_acknowledged_entry(tmp_path: Path) -> None:
     assert verify_audit_log(path, [signer.public_key]).fully_signed
 
 
-def test_hostile_frames_with_valid_digests_are_refused(tmp_path: Path, signer: RawSigner) -> None:
+def test_hostile_frames_with_valid_digests_are_refused(tmp_path: Path, signer: MemorySigner) -> None:
     """Frames an attacker builds with correct digests but bad contents: each refused, located, no hang."""
     path = tmp_path / "a"
     write_log(path, signer, 2, every=100)
@@ -710,7 +699,8 @@ def test_hostile_frames_with_valid_digests_are_refused(tmp_path: Path, signer: R
         verify_audit_log(path, [signer.public_key])
 
 
-def test_a_witness_checkpoint_catches_truncation_and_replacement(tmp_path: Path, signer: RawSigner) -> None:
+def test_a_witness_checkpoint_catches_truncation_and_replacement(tmp_path: Path,
+                                                                 signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 9, every=3)
     data = path.read_bytes()
@@ -728,12 +718,13 @@ def test_a_witness_checkpoint_catches_truncation_and_replacement(tmp_path: Path,
     with pytest.raises(SignatureError):
         verify_audit_log(
             tmp_path / "b",
-            [RawSigner().public_key, signer.public_key],
+            [MemorySigner().public_key, signer.public_key],
             witness=msgspec.structs.replace(witness, signature=bytes(64)),
         )
 
 
-def test_every_inclusion_and_consistency_proof_of_a_log_verifies(tmp_path: Path, signer: RawSigner) -> None:
+def test_every_inclusion_and_consistency_proof_of_a_log_verifies(tmp_path: Path,
+                                                                 signer: MemorySigner) -> None:
     with AuditLog.open(tmp_path / "a", signer) as log:
         hashes = [log.append(event(number)).hash for number in range(13)]
         entries = list(log.entries())
@@ -762,11 +753,11 @@ def test_every_inclusion_and_consistency_proof_of_a_log_verifies(tmp_path: Path,
 def test_arbitrary_bytes_never_crash_the_reader(tmp_path: Path, garbage: bytes, cut: int) -> None:
     path = tmp_path / "fuzz.log"
     if not path.exists():
-        write_log(path, RawSigner(), 2, every=100)
+        write_log(path, MemorySigner(), 2, every=100)
     base = path.read_bytes()
     target = tmp_path / "fuzzed.log"
     target.write_bytes(base[: HEADER_BYTES + cut] + garbage)
-    key = RawSigner().public_key
+    key = MemorySigner().public_key
     with contextlib.suppress(MAIFError):  # refusing is fine; any other exception fails the test
         verify_audit_log(target, [key])
     with contextlib.suppress(MAIFError):
@@ -780,7 +771,7 @@ class AuditLogMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = tempfile.TemporaryDirectory()
         self.path = Path(self.directory.name) / "model.log"
-        self.signer = RawSigner()
+        self.signer = MemorySigner()
         self.model: list[str] = []
         self.checkpoints: list[SignedCheckpoint] = []
         self.log = AuditLog.open(self.path, self.signer, checkpoint_every_entries=5, checkpoint_every_s=3600)
@@ -847,7 +838,7 @@ TestAuditLogModel = AuditLogMachine.TestCase
 TestAuditLogModel.settings = settings(max_examples=20, stateful_step_count=25, deadline=None)
 
 
-def test_checkpoint_times_must_not_go_backwards(tmp_path: Path, signer: RawSigner) -> None:
+def test_checkpoint_times_must_not_go_backwards(tmp_path: Path, signer: MemorySigner) -> None:
     """Even validly signed (a compromised writer), a checkpoint dated before the previous one is refused."""
     path = tmp_path / "a"
     write_log(path, signer, 4, every=2)
@@ -862,7 +853,7 @@ def test_checkpoint_times_must_not_go_backwards(tmp_path: Path, signer: RawSigne
             verify_audit_log(path, [signer.public_key])
 
 
-def test_reading_entries_rechecks_the_disk(tmp_path: Path, signer: RawSigner) -> None:
+def test_reading_entries_rechecks_the_disk(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     with AuditLog.open(path, signer) as log:
         log.append(event(0))
@@ -881,7 +872,7 @@ def test_reading_entries_rechecks_the_disk(tmp_path: Path, signer: RawSigner) ->
 
 
 def test_async_appends_share_syncs_and_never_need_the_shared_worker_pool(
-    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, signer: MemorySigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
     import concurrent.futures
@@ -921,7 +912,7 @@ def test_async_appends_share_syncs_and_never_need_the_shared_worker_pool(
 
 
 def test_an_async_append_after_a_failed_sync_is_refused(
-    tmp_path: Path, signer: RawSigner, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, signer: MemorySigner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
@@ -942,7 +933,7 @@ def test_an_async_append_after_a_failed_sync_is_refused(
     asyncio.run(scenario())
 
 
-def test_a_log_with_nothing_signed_never_verifies(tmp_path: Path, signer: RawSigner) -> None:
+def test_a_log_with_nothing_signed_never_verifies(tmp_path: Path, signer: MemorySigner) -> None:
     path = tmp_path / "a"
     write_log(path, signer, 3)
     path.write_bytes(path.read_bytes()[:HEADER_BYTES])  # cut to the header: nothing left, nothing signed

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
 
 from maif.cli.audit import audit_app
@@ -33,38 +32,28 @@ from maif.security.audit_chain import (
     segment_name,
     verify_audit_chain,
 )
-from maif.security.keys import key_id_of, raw_public_key
+from maif.security.keys import MemorySigner, raw_public_key
 
 SEGMENT_ENTRIES = 3  # the link entry and two decisions per segment
-
-
-class RawSigner:
-    def __init__(self) -> None:
-        self._private_key = Ed25519PrivateKey.generate()
-        self.public_key: Ed25519PublicKey = self._private_key.public_key()
-        self.key_id = key_id_of(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._private_key.sign(data)
 
 
 def event(number: int) -> dict[str, object]:
     return {"actor": "agent-1", "action": "write", "resource": f"block/{number}", "decision": "allow"}
 
 
-def write_chain(directory: Path, signer: RawSigner, decisions: int) -> None:
+def write_chain(directory: Path, signer: MemorySigner, decisions: int) -> None:
     with SegmentedAuditLog.open(directory, signer, segment_entries_max=SEGMENT_ENTRIES) as log:
         for number in range(decisions):
             log.append(event(number))
 
 
 @pytest.fixture(scope="module")
-def chain_signer() -> RawSigner:
-    return RawSigner()
+def chain_signer() -> MemorySigner:
+    return MemorySigner()
 
 
 @pytest.fixture(scope="module")
-def pristine_chain(tmp_path_factory: pytest.TempPathFactory, chain_signer: RawSigner) -> Path:
+def pristine_chain(tmp_path_factory: pytest.TempPathFactory, chain_signer: MemorySigner) -> Path:
     directory = tmp_path_factory.mktemp("chain") / "audit"
     write_chain(directory, chain_signer, 400)  # 200 segments
     return directory
@@ -100,7 +89,7 @@ def flip(path: Path, offset: int) -> None:
 
 
 def test_a_thousand_segments_roll_over_and_verify(tmp_path: Path) -> None:
-    signer = RawSigner()
+    signer = MemorySigner()
     directory = tmp_path / "audit"
     write_chain(directory, signer, 2000)
     segments = list_segments(directory)
@@ -122,7 +111,7 @@ def test_a_thousand_segments_roll_over_and_verify(tmp_path: Path) -> None:
     assert verify_audit_chain(directory, [signer.public_key]).segments == 1001
 
 
-def test_an_edited_entry_is_located_in_its_segment(chain: Path, chain_signer: RawSigner) -> None:
+def test_an_edited_entry_is_located_in_its_segment(chain: Path, chain_signer: MemorySigner) -> None:
     target = segment(chain, 57)
     flip(target, entry_offsets(target)[2] + 60)  # inside entry 2's record
     with pytest.raises(IntegrityError, match=f"{segment_name(57)}: entry 2 ") as caught:
@@ -130,7 +119,7 @@ def test_an_edited_entry_is_located_in_its_segment(chain: Path, chain_signer: Ra
     assert caught.value.block_index == 2
 
 
-def test_an_edited_link_entry_is_located(chain: Path, chain_signer: RawSigner) -> None:
+def test_an_edited_link_entry_is_located(chain: Path, chain_signer: MemorySigner) -> None:
     target = segment(chain, 120)
     flip(target, entry_offsets(target)[0] + 80)
     with pytest.raises(IntegrityError, match=f"{segment_name(120)}: entry 0 ") as caught:
@@ -138,13 +127,14 @@ def test_an_edited_link_entry_is_located(chain: Path, chain_signer: RawSigner) -
     assert caught.value.block_index == 0
 
 
-def test_a_dropped_segment_is_detected(chain: Path, chain_signer: RawSigner) -> None:
+def test_a_dropped_segment_is_detected(chain: Path, chain_signer: MemorySigner) -> None:
     segment(chain, 80).unlink()
     with pytest.raises(IntegrityError, match=f"segments 80..80 are missing before {segment_name(81)}"):
         verify_audit_chain(chain, [chain_signer.public_key])
 
 
-def test_a_dropped_segment_with_the_rest_renumbered_is_detected(chain: Path, chain_signer: RawSigner) -> None:
+def test_a_dropped_segment_with_the_rest_renumbered_is_detected(chain: Path,
+                                                                chain_signer: MemorySigner) -> None:
     segment(chain, 80).unlink()
     for number in range(81, 200):
         os.rename(segment(chain, number), segment(chain, number - 1))
@@ -152,7 +142,7 @@ def test_a_dropped_segment_with_the_rest_renumbered_is_detected(chain: Path, cha
         verify_audit_chain(chain, [chain_signer.public_key])
 
 
-def test_reordered_segments_are_detected(chain: Path, chain_signer: RawSigner) -> None:
+def test_reordered_segments_are_detected(chain: Path, chain_signer: MemorySigner) -> None:
     os.rename(segment(chain, 30), chain / "swap")
     os.rename(segment(chain, 31), segment(chain, 30))
     os.rename(chain / "swap", segment(chain, 31))
@@ -163,7 +153,7 @@ def test_reordered_segments_are_detected(chain: Path, chain_signer: RawSigner) -
 
 
 def test_a_sealed_segment_cut_back_to_an_earlier_checkpoint_is_detected(
-    chain: Path, chain_signer: RawSigner
+    chain: Path, chain_signer: MemorySigner
 ) -> None:
     target = segment(chain, 99)  # link entry, checkpoint, entry 1, entry 2, the sealing checkpoint
     with open(target, "r+b") as handle:
@@ -177,7 +167,7 @@ def test_a_sealed_segment_cut_back_to_an_earlier_checkpoint_is_detected(
         verify_audit_chain(chain, [chain_signer.public_key])
 
 
-def test_a_sealed_segment_with_a_torn_end_is_detected(chain: Path, chain_signer: RawSigner) -> None:
+def test_a_sealed_segment_with_a_torn_end_is_detected(chain: Path, chain_signer: MemorySigner) -> None:
     target = segment(chain, 10)
     with open(target, "r+b") as handle:
         handle.truncate(target.stat().st_size - 7)
@@ -186,7 +176,7 @@ def test_a_sealed_segment_with_a_torn_end_is_detected(chain: Path, chain_signer:
 
 
 def test_a_segment_of_another_chain_swapped_in_is_detected(
-    tmp_path: Path, chain: Path, chain_signer: RawSigner
+    tmp_path: Path, chain: Path, chain_signer: MemorySigner
 ) -> None:
     other = tmp_path / "other"
     write_chain(other, chain_signer, 200)  # same key, another chain
@@ -196,7 +186,7 @@ def test_a_segment_of_another_chain_swapped_in_is_detected(
 
 
 def test_a_rewritten_segment_signed_by_the_same_key_is_detected_at_the_next_link(
-    tmp_path: Path, chain: Path, chain_signer: RawSigner
+    tmp_path: Path, chain: Path, chain_signer: MemorySigner
 ) -> None:
     # The attacker holds the signing key and rebuilds segment 70 with other decisions but the same link:
     # segment 70 verifies on its own, and segment 71's link exposes it.
@@ -225,7 +215,7 @@ def segment_entries(path: Path) -> list[AuditEntry]:
     return [record for record in read_audit_log(path) if isinstance(record, AuditEntry)]
 
 
-def test_a_renamed_later_segment_cannot_pose_as_segment_zero(chain: Path, chain_signer: RawSigner) -> None:
+def test_a_renamed_later_segment_cannot_pose_as_segment_zero(chain: Path, chain_signer: MemorySigner) -> None:
     for number in range(0, 5):
         segment(chain, number).unlink()
     os.rename(segment(chain, 5), segment(chain, 0))
@@ -236,7 +226,7 @@ def test_a_renamed_later_segment_cannot_pose_as_segment_zero(chain: Path, chain_
 
 
 def test_archived_segments_verify_from_the_oldest_remaining(
-    tmp_path: Path, chain: Path, chain_signer: RawSigner
+    tmp_path: Path, chain: Path, chain_signer: MemorySigner
 ) -> None:
     sealed_head = verify_audit_chain(chain, [chain_signer.public_key], from_segment=149).anchor
     moved = archive_segments(chain, tmp_path / "archive", before_segment=150)
@@ -253,13 +243,13 @@ def test_archived_segments_verify_from_the_oldest_remaining(
     assert archived.chain_id == report.chain_id and archived.last_checkpoint == report.anchor
     # the anchor's signature must come from a trusted key
     with pytest.raises(SignatureError, match=f"{segment_name(150)}: .*not trusted"):
-        verify_audit_chain(chain, [RawSigner().public_key], from_segment=150)
+        verify_audit_chain(chain, [MemorySigner().public_key], from_segment=150)
     with pytest.raises(FormatError, match="cannot archive the newest segment"):
         archive_segments(chain, tmp_path / "archive", before_segment=200)
 
 
 def test_the_writer_resumes_after_archiving_and_after_a_crash_mid_rollover(
-    tmp_path: Path, chain: Path, chain_signer: RawSigner
+    tmp_path: Path, chain: Path, chain_signer: MemorySigner
 ) -> None:
     archive_segments(chain, tmp_path / "archive", before_segment=199)
     (chain / f".{segment_name(200)}.rotating").write_bytes(b"half a rollover")
@@ -274,7 +264,7 @@ def test_the_writer_resumes_after_archiving_and_after_a_crash_mid_rollover(
 
 
 def test_a_single_file_log_from_before_moves_in_as_segment_zero(tmp_path: Path) -> None:
-    signer = RawSigner()
+    signer = MemorySigner()
     legacy = tmp_path / "audit.log"
     with AuditLog.open(legacy, signer) as old:
         for number in range(5):
@@ -293,7 +283,7 @@ def test_a_single_file_log_from_before_moves_in_as_segment_zero(tmp_path: Path) 
 
 
 def test_concurrent_appends_across_rollovers(tmp_path: Path) -> None:
-    signer = RawSigner()
+    signer = MemorySigner()
     directory = tmp_path / "audit"
     with SegmentedAuditLog.open(directory, signer, segment_entries_max=5) as log:
 
@@ -319,7 +309,7 @@ def test_concurrent_appends_across_rollovers(tmp_path: Path) -> None:
 
 
 def test_the_cli_verifies_a_directory_and_names_the_bad_segment(
-    tmp_path: Path, chain: Path, chain_signer: RawSigner
+    tmp_path: Path, chain: Path, chain_signer: MemorySigner
 ) -> None:
     runner = CliRunner()
     key = raw_public_key(chain_signer.public_key).hex()
@@ -344,7 +334,7 @@ def test_the_cli_verifies_a_directory_and_names_the_bad_segment(
 def test_a_chain_with_no_signed_checkpoint_is_refused_even_with_an_unsigned_tail_allowed(
     tmp_path: Path,
 ) -> None:
-    signer = RawSigner()
+    signer = MemorySigner()
     directory = tmp_path / "audit"
     log = SegmentedAuditLog.open(directory, signer, checkpoint_every_entries=100, checkpoint_every_s=3600)
     log.append(event(0))

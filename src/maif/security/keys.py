@@ -266,6 +266,19 @@ def _open_sealed(key: bytes, sealed: bytes, associated_data: bytes, what: str) -
         raise DecryptionError(f"{what} failed authentication (altered, or bound to another key)") from error
 
 
+class MemorySigner:
+    """A :class:`Signer` over an Ed25519 private key the caller holds (a new one when none is given): no
+    keystore, no revocation. For offline tools, tests and benchmarks of what signs (audit logs)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey | None = None) -> None:
+        self._private_key = private_key or Ed25519PrivateKey.generate()
+        self.public_key: Ed25519PublicKey = self._private_key.public_key()
+        self.key_id = key_id_of(self.public_key)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private_key.sign(data)
+
+
 class LocalSigner:
     """A :class:`Signer` over a key held (decrypted, in memory) from a :class:`KeyStore`.
 
@@ -719,6 +732,7 @@ __all__ = [
     "KeyInfo",
     "KeyStore",
     "LocalSigner",
+    "MemorySigner",
     "Signer",
     "generate_master_key",
     "key_id_of",
