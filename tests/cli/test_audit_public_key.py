@@ -41,7 +41,7 @@ def test_the_exported_key_verifies_the_log_and_nothing_is_created(tmp_path: Path
     stranger = os.urandom(32)  # a wrong master key cannot open the keystore: a typed refusal
     refused = runner.invoke(app, ["audit", "public-key", str(security), "--json"],
                             env={"MAIF_MASTER_KEY": stranger.hex()})
-    assert refused.exit_code != 0 and json.loads(refused.stdout)["ok"] is False
+    assert refused.exit_code == ExitCode.KEY_ERROR and json.loads(refused.stdout)["ok"] is False
 
 
 def test_a_directory_without_a_keystore_is_refused_and_left_empty(tmp_path: Path) -> None:

@@ -73,9 +73,6 @@ def jwk_of(key: Any, kid: str, algorithm: str) -> dict[str, Any]:
     return {**json.loads(exported), "kid": kid, "alg": algorithm, "use": "sig"}
 
 
-LocalJWKS = JWKSServer
-
-
 @dataclass
 class Profile:
     """One identity provider: its config entry, a genuine token's header and claims, and its keys."""
@@ -282,16 +279,16 @@ PROFILE_NAMES = ["default", *IDP_PROFILES]
 
 
 @pytest.fixture(scope="module")
-def local_jwks() -> Iterator[LocalJWKS]:
+def local_jwks() -> Iterator[JWKSServer]:
     keys = [jwk_of(TEST_RSA_KEY.public_key(), kid, "RS256") for kid in KIDS.values()]
     keys.append(jwk_of(TEST_EC_KEY.public_key(), "ec-test", "ES256"))
-    server = LocalJWKS(json.dumps({"keys": keys}).encode())
+    server = JWKSServer(json.dumps({"keys": keys}).encode())
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
-def profiles(oidc_issuer: Any, local_jwks: LocalJWKS) -> dict[str, tuple[Profile, TokenVerifier]]:
+def profiles(oidc_issuer: Any, local_jwks: JWKSServer) -> dict[str, tuple[Profile, TokenVerifier]]:
     """Each profile with a verifier trusting only its issuer, JWKS cache warmed by a genuine token."""
     built: dict[str, tuple[Profile, TokenVerifier]] = {}
     for name, make in IDP_PROFILES.items():
@@ -335,11 +332,11 @@ def attacker_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture(scope="module")
-def attacker_jwks(attacker_key: rsa.RSAPrivateKey) -> Iterator[LocalJWKS]:
+def attacker_jwks(attacker_key: rsa.RSAPrivateKey) -> Iterator[JWKSServer]:
     """The attacker's own JWKS on 127.0.0.1, naming its key after every kid a profile uses."""
     kids = [*KIDS.values(), "rsa-1"]
     keys = [jwk_of(attacker_key.public_key(), kid, "RS256") for kid in kids]
-    server = LocalJWKS(json.dumps({"keys": keys}).encode())
+    server = JWKSServer(json.dumps({"keys": keys}).encode())
     yield server
     server.close()
 
@@ -497,7 +494,7 @@ FORGERIES: dict[str, Callable[[Forge], str]] = {
 def test_every_forgery_is_refused_under_every_profile(
     profiles: dict[str, tuple[Profile, TokenVerifier]],
     attacker_key: rsa.RSAPrivateKey,
-    attacker_jwks: LocalJWKS,
+    attacker_jwks: JWKSServer,
     name: str,
     forgery: str,
 ) -> None:

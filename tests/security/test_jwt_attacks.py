@@ -123,19 +123,16 @@ def test_kid_injection_is_refused(verifier: TokenVerifier, oidc_issuer: Any, att
         refused(verifier, rsa_signed({"alg": "RS256", "typ": "at+jwt", "kid": kid}, payload, issuer_key))
 
 
-AttackerJWKS = JWKSServer
-
-
 @pytest.fixture
-def attacker_jwks(attacker_key: Any) -> Iterator[AttackerJWKS]:
+def attacker_jwks(attacker_key: Any) -> Iterator[JWKSServer]:
     jwk = {**json.loads(RSAAlgorithm.to_jwk(attacker_key.public_key())), "kid": "rsa-1", "alg": "RS256"}
-    server = AttackerJWKS(json.dumps({"keys": [jwk]}).encode())
+    server = JWKSServer(json.dumps({"keys": [jwk]}).encode())
     yield server
     server.close()
 
 
 def test_jku_x5u_jwk_and_x5c_headers_never_supply_keys(
-    verifier: TokenVerifier, oidc_issuer: Any, attacker_key: Any, attacker_jwks: AttackerJWKS
+    verifier: TokenVerifier, oidc_issuer: Any, attacker_key: Any, attacker_jwks: JWKSServer
 ) -> None:
     jwk = {**json.loads(RSAAlgorithm.to_jwk(attacker_key.public_key())), "kid": "rsa-1", "alg": "RS256"}
     der = base64.b64encode(b"not even a certificate").decode()
