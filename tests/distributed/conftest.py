@@ -1,6 +1,7 @@
-"""Fixtures for the distributed tests: real PostgreSQL + pgvector, SeaweedFS (S3) and Redis on 127.0.0.1.
+"""Fixtures for the distributed tests: real PostgreSQL + pgvector, SeaweedFS (S3), Redis, the Kafka-protocol
+broker Tansu (topics stored in SeaweedFS) and NATS JetStream, on 127.0.0.1.
 
-The first test that asks for a server starts all three through scripts/servers/distributed.sh (idempotent:
+The first test that asks for a server starts all five through scripts/servers/distributed.sh (idempotent:
 servers already running are reused) in .work/services (``MAIF_TEST_SERVICES_DIR`` overrides). At the end of
 the session they are stopped by PID, if a test session started them and no other session still uses them
 (``MAIF_TEST_SERVICES_KEEP=1`` keeps them running). A server that cannot be installed or started fails the
@@ -9,7 +10,8 @@ tests with the script's message saying what is missing; nothing is skipped.
 Fixtures (all synchronous, plain values; drive the async clients with ``asyncio.run``):
 
 - ``services_env`` (session) -> dict[str, str]: MAIF_STORAGE_POSTGRES_URL, MAIF_STORAGE_REDIS_URL,
-  MAIF_STORAGE_S3_ENDPOINT, MAIF_STORAGE_S3_BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+  MAIF_STORAGE_S3_ENDPOINT, MAIF_STORAGE_S3_BUCKET, MAIF_STORAGE_KAFKA_BROKERS, MAIF_STORAGE_NATS_URL,
+  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
   AWS_DEFAULT_REGION, MAIF_SERVICES_POSTGRES_ADMIN_URL, MAIF_SERVICES_STATE_DIR. While the session runs,
   the three AWS_* values are also set in ``os.environ`` (the standard AWS credential chain); the
   MAIF_STORAGE_* values are not, so the rest of the suite keeps its embedded stores.

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "servers" / "distributed.sh"
 DEFAULT_STATE_DIR = REPO / ".work" / "services"
-SERVERS = ("postgres", "seaweedfs", "redis")
+SERVERS = ("postgres", "seaweedfs", "redis", "tansu", "nats")
 # A cold start (installs included) takes ~10 s here; the bound leaves room for a loaded 2-core machine.
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 120
@@ -48,6 +48,8 @@ PORT_KEYS = {
     "postgres": ("MAIF_PG_PORT",),
     "seaweedfs": ("MAIF_S3_PORT", "MAIF_WEED_MASTER_PORT", "MAIF_WEED_VOLUME_PORT", "MAIF_WEED_FILER_PORT"),
     "redis": ("MAIF_REDIS_PORT",),
+    "tansu": ("MAIF_KAFKA_PORT",),
+    "nats": ("MAIF_NATS_PORT", "MAIF_NATS_MONITOR_PORT"),
 }
 
 

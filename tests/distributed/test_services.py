@@ -29,13 +29,17 @@ def test_env_points_maif_at_the_servers(services_env: dict[str, str]) -> None:
         "MAIF_STORAGE_REDIS_URL",
         "MAIF_STORAGE_S3_ENDPOINT",
         "MAIF_STORAGE_S3_BUCKET",
+        "MAIF_STORAGE_KAFKA_BROKERS",
+        "MAIF_STORAGE_NATS_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_DEFAULT_REGION",
     ):
         assert services_env[key], key
-    for key in ("MAIF_STORAGE_POSTGRES_URL", "MAIF_STORAGE_REDIS_URL", "MAIF_STORAGE_S3_ENDPOINT"):
+    for key in ("MAIF_STORAGE_POSTGRES_URL", "MAIF_STORAGE_REDIS_URL", "MAIF_STORAGE_S3_ENDPOINT",
+                "MAIF_STORAGE_NATS_URL"):
         assert urlsplit(services_env[key]).hostname == "127.0.0.1", key
+    assert services_env["MAIF_STORAGE_KAFKA_BROKERS"].startswith("127.0.0.1:")
 
 
 # ---- PostgreSQL + pgvector -----------------------------------------------------------------------
@@ -203,6 +207,76 @@ def test_fresh_key_prefix_is_cleared_afterwards(redis_url: str) -> None:
         b"1",
         1,
     ]
+
+
+# ---- Tansu (Kafka protocol) and NATS JetStream -------------------------------------------------------
+
+
+def test_tansu_acknowledged_records_survive_a_broker_crash(private_servers: Callable[..., ServerSet]) -> None:
+    """acks=all answered by Tansu means the records are in SeaweedFS: SIGKILL the broker, restart, read."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    servers = private_servers("seaweedfs", "tansu")
+    brokers = servers.env()["MAIF_STORAGE_KAFKA_BROKERS"]
+    topic = "maif-services-test"
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
+        await producer.start()
+        try:
+            for number in range(20):
+                await producer.send_and_wait(topic, b"record %d" % number, key=b"agent-a")
+        finally:
+            await producer.stop()
+
+    async def consume() -> list[bytes]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=brokers, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        got: list[bytes] = []
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(got) < 20 and asyncio.get_running_loop().time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got += [record.value for record in records]
+        finally:
+            await consumer.stop()
+        return got
+
+    asyncio.run(produce())
+    servers.kill("tansu")
+    assert servers.start("tansu")["tansu"][0] == "started"
+    assert asyncio.run(consume()) == [b"record %d" % number for number in range(20)]
+
+
+def test_nats_jetstream_takes_the_configured_user_and_refuses_others(services_env: dict[str, str]) -> None:
+    import nats
+    from nats.errors import NoServersError
+
+    url = services_env["MAIF_STORAGE_NATS_URL"]
+
+    async def publish() -> int:
+        client = await nats.connect(url, max_reconnect_attempts=0)
+        try:
+            stream = f"SERVICES_TEST_{urlsplit(url).port}"
+            jetstream = client.jetstream()
+            await jetstream.add_stream(name=stream, subjects=[f"{stream}.>"])
+            try:
+                return (await jetstream.publish(f"{stream}.x", b"hello")).seq
+            finally:
+                await jetstream.delete_stream(stream)
+        finally:
+            await client.close()
+
+    assert asyncio.run(publish()) >= 1
+
+    async def intrude() -> None:
+        client = await nats.connect(with_password(url, "wrong"), max_reconnect_attempts=0,
+                                    allow_reconnect=False, connect_timeout=2)
+        await client.close()
+
+    with pytest.raises((NoServersError, nats.errors.Error)):
+        asyncio.run(intrude())
 
 
 # ---- private server sets (for fault tests) -------------------------------------------------------
