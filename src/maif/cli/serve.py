@@ -143,7 +143,9 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
     storage = await create_maif_storage(storage_config)
     manager = None
     try:
-        manager = create_maif_security_manager(security_config, data_dir=security_dir)
+        manager = create_maif_security_manager(
+            security_config, data_dir=security_dir, protected_directories=[data_dir]
+        )
         key_file = Path(service_config.export_key_file or security_dir / "export.key")
         app = create_app(
             storage,
