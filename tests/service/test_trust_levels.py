@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from server_process import start_server
 from tpm_agent import approvals_json, attestation_json, b64, enrollment_json, started_tpm, tpm_fixtures
 
 from maif.security.attestation import MeasuredEvent, replay_event_log
@@ -92,6 +93,13 @@ class Agent:
 
     async def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         return await self.http.post(path, json=body, headers=self.headers)
+
+    async def write_sensitive(self, block_id: str) -> None:
+        """Write SECRET_PAYLOAD as a sensitive block of this agent (OAUTH_VERIFIED suffices to write)."""
+        payload = b64(SECRET_PAYLOAD)
+        body = {"id": block_id, "payload_base64": payload, "metadata": {"sensitivity": "sensitive"}}
+        written = await self.post("/v1/blocks", body)
+        assert written.status_code == 201, written.text
 
     async def challenge(self) -> bytes:
         answer = await self.post("/v1/trust/challenge")
@@ -169,11 +177,7 @@ async def _walk(
     agent = Agent(http, oidc_issuer.token(AGENT, "maif:read maif:write"), AGENT)
     stranger = Agent(http, oidc_issuer.token(OTHER, "maif:read maif:write"), OTHER)
     ak_a, ak_b = tpm_a.create_ak("ecc"), tpm_b.create_ak("rsa")
-    written = await agent.post(
-        "/v1/blocks",
-        {"id": "secret-1", "payload_base64": b64(SECRET_PAYLOAD), "metadata": {"sensitivity": "sensitive"}},
-    )
-    assert written.status_code == 201, written.text
+    await agent.write_sensitive("secret-1")
     # Level 2 (the token alone): the owner may write its sensitive block but not read it back.
     assert (await http.get("/v1/blocks/secret-1", headers=agent.headers)).status_code == 403
 
@@ -315,3 +319,40 @@ async def _attacks(
     denied = [entry for entry in manager.get_audit_log() if entry.decision == "deny"]
     assert any(entry.action == "tpm-enrollment" or entry.action == "write" for entry in denied)
     assert any(entry.action == "bootstrap_trust" for entry in denied)
+
+
+class _TrustConfiguredIssuer:
+    """What start_server asks of an issuer: the security section to write (here with attestation)."""
+
+    def __init__(self, security: dict[str, Any]) -> None:
+        self._security = security
+
+    def config(self) -> dict[str, Any]:
+        return self._security
+
+
+def test_maif_serve_reaches_hardware_attested_from_its_config_file(
+    tmp_path: Path, oidc_issuer: Any, tpm_a: Any, tpm_b: Any, approver_keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """The same configuration in a real `maif serve` process (its JSON config file): enrol, quote, read
+    back the sensitive block over a socket."""
+    security = security_config(oidc_issuer, [tpm_a, tpm_b], approver_keys)
+    server = start_server(tmp_path / "served", _TrustConfiguredIssuer(security))
+    try:
+        asyncio.run(_attested_read(server.url, oidc_issuer, tpm_a))
+    finally:
+        assert server.stop() == 0
+
+
+async def _attested_read(url: str, oidc_issuer: Any, tpm: Any) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        agent = Agent(http, oidc_issuer.token(AGENT, "maif:read maif:write"), AGENT)
+        await agent.write_sensitive("served-secret")
+        assert (await http.get("/v1/blocks/served-secret", headers=agent.headers)).status_code == 403
+        ak = tpm.create_ak("rsa")
+        assert (await agent.enrol(tpm, ak)).status_code == 200
+        nonce = await agent.challenge()
+        attested = await agent.bootstrap({"attestation": attestation_json(tpm, ak, nonce)})
+        assert attested.json()["trust_level_name"] == "HARDWARE_ATTESTED", attested.text
+        read = await http.get("/v1/blocks/served-secret", headers=agent.headers)
+        assert read.status_code == 200 and read.content == SECRET_PAYLOAD
