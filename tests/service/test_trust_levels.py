@@ -356,3 +356,17 @@ async def _attested_read(url: str, oidc_issuer: Any, tpm: Any) -> None:
         assert attested.json()["trust_level_name"] == "HARDWARE_ATTESTED", attested.text
         read = await http.get("/v1/blocks/served-secret", headers=agent.headers)
         assert read.status_code == 200 and read.content == SECRET_PAYLOAD
+
+
+def test_without_trusted_tpm_roots_the_trust_routes_say_so(server: Any, tokens: dict[str, str]) -> None:
+    """The session server configures no attestation: a caller the gate admits learns that (404)."""
+    headers = {"Authorization": f"Bearer {tokens['agent-1']}"}
+    body = {"ek_public_base64": "", "ek_certificate_base64": "", "ak_public_base64": ""}
+    for path, json_body in (
+        ("/v1/trust/challenge", None),
+        ("/v1/trust/enrollment", body),
+        ("/v1/trust/enrollment/activation", {"activated_secret_base64": "AA=="}),
+    ):
+        answer = httpx.post(f"{server.url}{path}", json=json_body, headers=headers, timeout=30)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["type"].endswith("attestation-not-configured")

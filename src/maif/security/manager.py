@@ -313,12 +313,11 @@ class SecurityManager:
     ) -> EnrollmentChallenge:
         """Enrol ``agent_id``'s TPM: the caller may enrol only its own identity (the gate refuses writing
         another agent's resource); returns MakeCredential's challenge for the TPM to activate. Audited."""
-        verifier = self._require_attestation()
         return self._on_own_identity(
             context,
             agent_id,
             "tpm-enrollment",
-            lambda: verifier.begin_enrollment(
+            lambda: self._require_attestation().begin_enrollment(
                 agent_id,
                 ek_public=ek_public,
                 ek_certificate=ek_certificate,
@@ -333,12 +332,11 @@ class SecurityManager:
     ) -> EnrolledKey:
         """Accept the AK of a begun enrolment of the caller's own identity if its TPM activated the
         credential. Audited."""
-        verifier = self._require_attestation()
         return self._on_own_identity(
             context,
             agent_id,
             "tpm-enrollment",
-            lambda: verifier.complete_enrollment(agent_id, activated_secret),
+            lambda: self._require_attestation().complete_enrollment(agent_id, activated_secret),
         )
 
     def register_agent_key(

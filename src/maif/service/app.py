@@ -46,7 +46,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from maif import limits
-from maif.errors import ConfigError, FormatError, LimitExceededError, MAIFError
+from maif.errors import AttestationError, ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
 from maif.security.manager import SecurityManager
@@ -735,6 +735,16 @@ def _require_attestation(state: ServiceState) -> None:
         )
 
 
+async def _attested_call(state: ServiceState, call: Any, *arguments: Any, **options: Any) -> Any:
+    """``call`` in a worker thread; the gate decides first (403, audited), then a server without
+    attestation answers 404 rather than the manager's AttestationError (401)."""
+    try:
+        return await asyncio.to_thread(call, *arguments, **options)
+    except AttestationError:
+        _require_attestation(state)
+        raise
+
+
 def _trust_routes(router: APIRouter) -> None:
     """Trust levels 3 to 5 over HTTP (docs/adr/0080): enrol the caller's TPM, register its key, take a
     challenge, bootstrap. Each is a thin shell over a SecurityManager method; who may do what is the
@@ -786,12 +796,11 @@ def _trust_routes(router: APIRouter) -> None:
         credential its TPM must activate (TPM2_ActivateCredential), then POST /v1/trust/enrollment/activation.
         An agent enrols only its own identity (``agent_id``, when given, must be the caller's)."""
         state = _state(request)
-        _require_attestation(state)
-        agent_id = given.agent_id or context.agent_id
-        made = await asyncio.to_thread(
+        made = await _attested_call(
+            state,
             state.manager.begin_enrollment,
             context,
-            agent_id,
+            given.agent_id or context.agent_id,
             ek_public=_b64decode(given.ek_public_base64, "ek_public_base64"),
             ek_certificate=_b64decode(given.ek_certificate_base64, "ek_certificate_base64"),
             intermediates=[_b64decode(item, "intermediates_base64") for item in given.intermediates_base64],
@@ -814,8 +823,8 @@ def _trust_routes(router: APIRouter) -> None:
     ) -> schemas.EnrolledOut:
         """Finish the caller's enrolment with the secret its TPM activated; its quotes count from now."""
         state = _state(request)
-        _require_attestation(state)
-        enrolled = await asyncio.to_thread(
+        enrolled = await _attested_call(
+            state,
             state.manager.complete_enrollment,
             context,
             given.agent_id or context.agent_id,
