@@ -19,6 +19,7 @@ import pytest
 
 from maif.errors import ConfigError
 from maif.security.manager import (
+    AUDIT_SIGNER_AGENT_ID,
     UnsafeConfigurationWarning,
     audit_public_key,
     create_maif_security_manager,
@@ -146,3 +147,32 @@ def test_maif_serve_refuses_a_key_file_in_its_data_directory(tmp_path: Path, con
     assert "beside the data it protects" in served.stderr
     assert "unsafe_master_key_in_data_dir" in served.stderr
     assert not (data / "master.key").exists() and not (data / "security" / "keys.maifkeys").exists()
+
+
+def test_maif_audit_public_key_finds_the_key_file_the_config_names(tmp_path: Path, config_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from maif.cli.main import app
+
+    key_file = tmp_path / "secrets" / "maif.key"
+    key_file.parent.mkdir()
+    key_file.write_text(secrets.token_hex(32))
+    key_file.chmod(0o600)
+    config = tmp_path / "maif.toml"
+    config.write_text(f'[security]\nmaster_key_file = "{key_file}"\n')
+    data = tmp_path / "security"
+    with create_maif_security_manager(config, data_dir=data) as manager:
+        audit_key = manager.keystore.current_key(AUDIT_SIGNER_AGENT_ID)
+    assert audit_key is not None
+    expected = audit_key.public_key.hex()
+    runner = CliRunner()
+    without = runner.invoke(app, ["audit", "public-key", str(data), "--json"])
+    assert without.exit_code == 2 and "no master key" in without.stdout  # the default file is not there
+    found = runner.invoke(app, ["audit", "public-key", str(data), "--json", "--config", str(config)])
+    assert found.exit_code == 0, found.stdout
+    assert expected in found.stdout
+
+
+def test_a_relative_xdg_config_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/dir")
+    assert default_master_key_file() == Path.home() / ".config" / "maif" / "master.key"

@@ -316,9 +316,11 @@ async def _attacks(
     # A level-2 caller reading the sensitive block, and another agent reading it: refused.
     assert (await http.get("/v1/blocks/secret-1", headers=fresh.headers)).status_code == 403
     assert (await http.get("/v1/blocks/secret-1", headers=stranger.headers)).status_code == 403
-    denied = [entry for entry in manager.get_audit_log() if entry.decision == "deny"]
-    assert any(entry.action == "tpm-enrollment" or entry.action == "write" for entry in denied)
-    assert any(entry.action == "bootstrap_trust" for entry in denied)
+    denied = {(entry.actor, entry.action, entry.resource) for entry in manager.get_audit_log()
+              if entry.decision == "deny"}
+    assert (OTHER, "write", f"tpm-enrollment:agent:{AGENT}") in denied  # the gate, before any TPM work
+    assert (AGENT, "agent-key", f"agent:{AGENT}") in denied  # the level-2 and the unsigned registration
+    assert (AGENT, "bootstrap_trust", f"agent:{AGENT}") in denied
 
 
 class _TrustConfiguredIssuer:

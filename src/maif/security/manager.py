@@ -725,17 +725,18 @@ def _approver_registry(
 
 
 def audit_public_key(data_dir: str | os.PathLike[str] | None = None, *,
-                     master_key: bytes | None = None) -> Ed25519PublicKey:
+                     master_key: bytes | None = None,
+                     config: ConfigSource | SecurityConfig = None) -> Ed25519PublicKey:
     """The audit log's current signing key, read without changing anything (the trust anchor for
     ``maif audit verify --trust``). The master key comes as for :func:`create_maif_security_manager`
-    (its settings from MAIF_SECURITY_* variables), but is never created; a directory without a keystore
-    or without an audit key is a ConfigError."""
+    (``master_key_file`` from ``config`` and MAIF_SECURITY_* variables), but is never created; a
+    directory without a keystore or without an audit key is a ConfigError."""
     directory = Path(data_dir if data_dir is not None else "./maif-data/security")
     keystore_path = directory / "keys.maifkeys"
     if not keystore_path.is_file():
         raise ConfigError(f"no keystore in {directory}",
                           hint="point at the security directory of a store whose service has run once")
-    security = load_section(SecurityConfig, None)
+    security = config if isinstance(config, SecurityConfig) else load_section(SecurityConfig, config)
     key = master_key if master_key is not None else _master_key(security, directory, (), create=False)
     info = KeyStore.open(keystore_path, key).current_key(AUDIT_SIGNER_AGENT_ID)
     if info is None:
@@ -750,8 +751,11 @@ _LEGACY_MASTER_KEY_FILE = "master.key"
 
 
 def default_master_key_file() -> Path:
-    """``$XDG_CONFIG_HOME/maif/master.key`` (``~/.config/maif/master.key``): the user's, not the store's."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    """``$XDG_CONFIG_HOME/maif/master.key`` (``~/.config/maif/master.key``): the user's, not the store's.
+    A relative XDG_CONFIG_HOME is ignored, as the XDG Base Directory specification says."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".config")
     return Path(base) / "maif" / "master.key"
 
 
