@@ -5,6 +5,8 @@
     envelope = manager.sign_maif_block(block, context)                          # audited, needs write_own
     ok, level = manager.verify_maif_block_signature(block, envelope, "agent-1") # the REGISTERED key only
     sealed = manager.encrypt_sensitive_data(b"...", context)                    # AES-256-GCM envelope
+    manager.begin_enrollment(context, "agent-1", ...)   # the caller's own TPM (then complete_enrollment)
+    manager.register_agent_key(context, "agent-1", public_key, signature)       # needs level 3
 
 Trust is bootstrapped from evidence (see :mod:`maif.security.trust` for the levels): the token's agent id
 (its issuer's ``agent_prefix`` and its ``sub``, so two issuers never share an agent) must be the agent id

@@ -785,7 +785,6 @@ def _trust_routes(router: APIRouter) -> None:
             expires_at=context.expires_at,
         )
 
-
     @router.post(
         "/v1/trust/enrollment", response_model=schemas.EnrollmentChallengeOut, responses=_ATTESTATION_REFUSALS
     )
