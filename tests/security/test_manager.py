@@ -430,6 +430,17 @@ def test_manager_from_a_config_file_and_the_seed_functions(
     assert security.TrustLevel.MULTI_PARTY_VERIFIED == 5
 
 
+@pytest.mark.parametrize(
+    "roots",
+    [["/no/such/root.pem"], ["-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"]],
+)
+def test_an_unreadable_trusted_tpm_root_is_a_config_error(tmp_path: Path, roots: list[str]) -> None:
+    with pytest.raises(ConfigError, match="trusted TPM root"):
+        create_maif_security_manager(
+            {"trusted_tpm_roots": roots}, data_dir=tmp_path / "roots", master_key=bytes(32)
+        )
+
+
 def test_the_manager_refuses_a_typo(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown security setting"):
         create_maif_security_manager(
