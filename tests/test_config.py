@@ -74,11 +74,47 @@ def test_unknown_key_is_refused_with_a_suggestion() -> None:
         (StorageConfig, {"durability": "sometimes"}),
         (SecurityConfig, {"min_trust_level_write": 6}),
         (AgentConfig, {"max_retries": -1}),
+        (SecurityConfig, {"golden_pcrs": {"sha1": {"0": "00" * 20}}}),  # SHA-1 banks are refused
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"32": "00" * 32}}}),  # no PCR 32
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"seven": "00" * 32}}}),
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"7": "00" * 31}}}),  # not a SHA-256 digest
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"7": "zz" * 32}}}),
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"7": []}}}),  # a PCR nothing may equal
+        (SecurityConfig, {"golden_pcrs": {"sha256": {}}}),
+        (SecurityConfig, {"golden_pcrs": {"sha256": {"7": ["00" * 32] * 65}}}),
+        (SecurityConfig, {"approvers": {"a": "ab" * 31}}),
+        (SecurityConfig, {"approvers": {"": "ab" * 32}}),
+        (SecurityConfig, {"approvers": {"a": "ab" * 32}}),  # k defaults to 2 of these 1
+        (SecurityConfig, {"approvers": {"a": "ab" * 32, "b": "cd" * 32}, "approvals_required": 0}),
+        (SecurityConfig, {"master_key_file": " "}),
     ],
 )
 def test_bad_values_are_refused(section: type, raw: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         load_section(section, raw, environ={})
+
+
+def test_the_attestation_policy_decodes_to_allowed_digests() -> None:
+    security = load_section(
+        SecurityConfig,
+        {
+            "golden_pcrs": {"sha256": {"0": "00" * 32, "7": ["11" * 32, "22" * 32]}},
+            "approvers": {"approver-1": "ab" * 32, "approver-2": "cd" * 32},
+            "approvals_required": 2,
+        },
+        environ={},
+    )
+    assert security.golden_pcr_policy() == {
+        "sha256": {0: frozenset({bytes(32)}), 7: frozenset({b"\x11" * 32, b"\x22" * 32})}
+    }
+    assert security.approver_keys() == {"approver-1": b"\xab" * 32, "approver-2": b"\xcd" * 32}
+
+
+def test_the_pcr_banks_a_policy_may_name_are_the_verifiers() -> None:
+    from maif.config import PCR_BANKS
+    from maif.security import tpm
+
+    assert set(PCR_BANKS) == set(tpm.HASH_ALGORITHM_IDS)
 
 
 def test_files_and_sections(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ every value is type- and range-checked here, once, so the rest of MAIF can trust
 from __future__ import annotations
 
 import difflib
+import hashlib
 import itertools
 import json
 import os
@@ -152,23 +153,99 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("write_parallelism", self.write_parallelism, 1, 1024)
 
 
+PCR_BANKS = ("sha256", "sha384", "sha512")
+"""PCR banks a golden policy may name (maif.security.tpm.HASH_ALGORITHMS: SHA-1 is refused everywhere)."""
+
+
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Security settings: who is trusted to vouch for identities and hardware, and the trust floors.
 
     ``audience`` is accepted from every provider that sets no ``audience`` of its own (with its
     ``client_id``); a provider's ``audience`` takes precedence over it.
+
+    Trust levels 3 to 5 (docs/identity-providers.md, "Trust levels 3 to 5"): ``trusted_tpm_roots`` are
+    the EK CA certificates (PEM text, or paths of PEM/DER files); ``golden_pcrs`` is the PCR policy,
+    ``{bank: {index: [allowed digests as hex]}}`` (a quote must select exactly these PCRs and each value
+    must be one of its allowed digests); ``approvers`` maps approver ids to raw Ed25519 public keys
+    (64 hex digits) of whom ``approvals_required`` (k of n) must approve a MULTI_PARTY_VERIFIED bootstrap.
+
+    The master key (docs/adr/0081): ``master_key_file`` is read when ``MAIF_MASTER_KEY`` is not set
+    (default: ``$XDG_CONFIG_HOME/maif/master.key``, i.e. ``~/.config/maif/master.key``). A key file inside
+    the directory of the keystore and audit log it protects (or the store's data directory) is refused
+    unless ``unsafe_master_key_in_data_dir`` says otherwise: whoever copies that directory would copy
+    the key with it.
     """
 
     oauth_providers: dict[str, OAuthProviderConfig] = msgspec.field(default_factory=dict)
     trusted_tpm_roots: tuple[str, ...] = ()
+    golden_pcrs: dict[str, dict[int, str | tuple[str, ...]]] = msgspec.field(default_factory=dict)
+    approvers: dict[str, str] = msgspec.field(default_factory=dict)
+    approvals_required: int = 2
     min_trust_level_write: int = 2
     min_trust_level_read_sensitive: int = 3
     audience: str = "urn:maif:store"
+    master_key_file: str | None = None
+    unsafe_master_key_in_data_dir: bool = False
 
     def __post_init__(self) -> None:
         check_issuer_namespaces(self.oauth_providers)
         _require_range("min_trust_level_write", self.min_trust_level_write, 0, 5)
         _require_range("min_trust_level_read_sensitive", self.min_trust_level_read_sensitive, 0, 5)
+        self.golden_pcr_policy()  # refuses a malformed policy now, not at the first quote
+        self.approver_keys()
+        if self.approvers:
+            _require_range("approvals_required", self.approvals_required, 1, len(self.approvers))
+        if self.master_key_file is not None and not self.master_key_file.strip():
+            raise ConfigError("master_key_file must not be empty", hint="leave it unset for the default")
+
+    def golden_pcr_policy(self) -> dict[str, dict[int, frozenset[bytes]]]:
+        """``golden_pcrs`` decoded: bank -> PCR index -> the allowed digests (raises ConfigError)."""
+        if len(self.golden_pcrs) > limits.tpm_pcr_banks_max:
+            raise ConfigError(f"golden_pcrs names more than {limits.tpm_pcr_banks_max} PCR banks")
+        policy: dict[str, dict[int, frozenset[bytes]]] = {}
+        for bank, values in self.golden_pcrs.items():
+            if bank not in PCR_BANKS:
+                raise ConfigError(f"golden_pcrs bank {bank!r} is not one of {list(PCR_BANKS)}")
+            size = hashlib.new(bank).digest_size
+            policy[bank] = {}
+            for index, allowed in values.items():
+                if not 0 <= index < limits.tpm_pcr_select_bytes_max * 8:
+                    raise ConfigError(f"golden_pcrs {bank}:{index} is not a PCR index")
+                digests = (allowed,) if isinstance(allowed, str) else allowed
+                if not 0 < len(digests) <= limits.tpm_golden_values_per_pcr_max:
+                    raise ConfigError(
+                        f"golden_pcrs {bank}:{index} must list 1 to "
+                        f"{limits.tpm_golden_values_per_pcr_max} allowed digests"
+                    )
+                policy[bank][index] = frozenset(
+                    _hex_bytes(f"golden_pcrs {bank}:{index}", digest, size) for digest in digests
+                )
+            if not policy[bank]:
+                raise ConfigError(f"golden_pcrs bank {bank!r} lists no PCR")
+        return policy
+
+    def approver_keys(self) -> dict[str, bytes]:
+        """``approvers`` decoded: approver id -> raw 32-byte Ed25519 public key (raises ConfigError)."""
+        if len(self.approvers) > limits.approvers_max:
+            raise ConfigError(f"at most {limits.approvers_max} approvers may be registered")
+        keys: dict[str, bytes] = {}
+        for approver_id, public_key in self.approvers.items():
+            if not 0 < len(approver_id.encode("utf-8", "replace")) <= limits.agent_id_bytes_max:
+                raise ConfigError(
+                    f"approver id {approver_id!r} must be 1 to {limits.agent_id_bytes_max} bytes"
+                )
+            keys[approver_id] = _hex_bytes(f"approver {approver_id!r}'s public key", public_key, 32)
+        return keys
+
+
+def _hex_bytes(what: str, text: str, size: int) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        value = b""
+    if len(value) != size:
+        raise ConfigError(f"{what} must be {size} bytes as {2 * size} hex digits, got {text[:80]!r}")
+    return value
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -341,6 +418,7 @@ def _require_range(name: str, value: float, low: float, high: float) -> None:
 
 __all__ = [
     "ACCESS_TOKEN_TYPES",
+    "PCR_BANKS",
     "AgentConfig",
     "ConfigSource",
     "OAuthProviderConfig",

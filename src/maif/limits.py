@@ -265,6 +265,9 @@ tpm_pcr_banks_max: Final = 4
 tpm_pcr_select_bytes_max: Final = 4
 """Largest PCR selection bitmap (sizeofSelect): 32 PCRs."""
 
+tpm_golden_values_per_pcr_max: Final = 64
+"""Most allowed digests the golden PCR policy lists for one PCR (firmware versions in a fleet)."""
+
 tpm_event_log_events_max: Final = 4096
 """Most events replay_event_log accepts in one log."""
 

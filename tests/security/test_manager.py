@@ -430,18 +430,15 @@ def test_manager_from_a_config_file_and_the_seed_functions(
     assert security.TrustLevel.MULTI_PARTY_VERIFIED == 5
 
 
-def test_first_run_creates_an_owner_only_master_key_and_never_orphans_a_keystore(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MAIF_MASTER_KEY", raising=False)
-    with pytest.warns(UserWarning, match="created a new master key"):
-        create_maif_security_manager(None, data_dir=tmp_path / "a").close()
-    key_file = tmp_path / "a" / "master.key"
-    assert key_file.stat().st_mode & 0o777 == 0o600
-    create_maif_security_manager(None, data_dir=tmp_path / "a").close()  # reopens with the same key
-    key_file.unlink()
-    with pytest.raises(ConfigError, match="master key"):
-        create_maif_security_manager(None, data_dir=tmp_path / "a")
+@pytest.mark.parametrize(
+    "roots",
+    [["/no/such/root.pem"], ["-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"]],
+)
+def test_an_unreadable_trusted_tpm_root_is_a_config_error(tmp_path: Path, roots: list[str]) -> None:
+    with pytest.raises(ConfigError, match="trusted TPM root"):
+        create_maif_security_manager(
+            {"trusted_tpm_roots": roots}, data_dir=tmp_path / "roots", master_key=bytes(32)
+        )
 
 
 def test_the_manager_refuses_a_typo(tmp_path: Path) -> None:

@@ -9,55 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import importlib.util
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tpm_agent import approvals_json, attestation_json, b64, started_tpm, tpm_fixtures
 
 from maif.security.attestation import AttestationVerifier, MeasuredEvent, replay_event_log
 from maif.security.keys import raw_public_key
 from maif.security.manager import SecurityManager, create_maif_security_manager
-from maif.security.trust import approval_statement, possession_statement
+from maif.security.trust import possession_statement
 from maif.service.app import create_app
 from maif.storage import create_maif_storage
 
 ADMIN = "admin-1"
 
 
-def _tpm_fixtures() -> ModuleType:
-    """tests/security/tpm_fixtures.py, under the name the security tests import it by."""
-    module = sys.modules.get("tpm_fixtures")
-    if module is None:
-        path = Path(__file__).resolve().parents[1] / "security" / "tpm_fixtures.py"
-        spec = importlib.util.spec_from_file_location("tpm_fixtures", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["tpm_fixtures"] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-tpm_fixtures = _tpm_fixtures()
-
-
 @pytest.fixture(scope="module")
 def software_tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    installed = tpm_fixtures.run_script("install", check=False)
-    if installed.returncode != 0:
-        pytest.fail(f"swtpm/tpm2-tools are missing and could not be installed:\n{installed.stderr}")
-    tpm = tpm_fixtures.SoftwareTpm(tmp_path_factory.mktemp("admin-swtpm"))
-    tpm.start()
+    tpm = started_tpm(tmp_path_factory.mktemp("admin-swtpm"))
     try:
-        tpm.extend(7, tpm_fixtures.BOOT_MEASUREMENT)
-        tpm.endorsement()
         yield tpm
     finally:
         tpm.stop()
@@ -92,38 +67,19 @@ def verifier(
     return built
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def level_5_evidence(
     manager: SecurityManager, tpm: Any, ak: Any, nonce: bytes, approvers: dict[str, Ed25519PrivateKey]
 ) -> dict[str, Any]:
     """The administrator's side of POST /v1/trust/bootstrap: a quote over the challenge bound to its key,
     the proof it holds that key, and the approvals."""
     signer = manager.keystore.signer(ADMIN)
-    quote, signature = tpm.quote(ak, hashlib.sha256(nonce + raw_public_key(signer.public_key)).digest())
-    pcrs = {
-        bank: {str(index): value.hex() for index, value in values.items()}
-        for bank, values in tpm.pcr_values().items()
-    }
     return {
-        "attestation": {
-            "quote_base64": _b64(quote),
-            "signature_base64": _b64(signature),
-            "ak_public_base64": _b64(ak.public),
-            "nonce_base64": _b64(nonce),
-            "pcr_values": pcrs,
-            "platform_id": f"swtpm:{tpm.port}",
-        },
+        "attestation": attestation_json(tpm, ak, nonce, raw_public_key(signer.public_key)),
         "key_proof": {
             "key_id_hex": signer.key_id.hex(),
-            "signature_base64": _b64(signer.sign(possession_statement(ADMIN, nonce))),
+            "signature_base64": b64(signer.sign(possession_statement(ADMIN, nonce))),
         },
-        "approvals": [
-            {"approver_id": name, "signature_base64": _b64(key.sign(approval_statement(ADMIN, nonce)))}
-            for name, key in approvers.items()
-        ],
+        "approvals": approvals_json(ADMIN, nonce, approvers),
     }
 
 
@@ -181,7 +137,7 @@ async def _scenario(
         async with httpx.AsyncClient(transport=transport, base_url="http://maif.test", timeout=60) as http:
             written = await http.post(
                 "/v1/blocks",
-                json={"id": "agents-block", "payload_base64": _b64(b"agent data")},
+                json={"id": "agents-block", "payload_base64": b64(b"agent data")},
                 headers=agent,
             )
             assert written.status_code == 201, written.text

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 _JSON = {"Content-Type": "application/json"}
 _RAW = {"Content-Type": "application/octet-stream"}
+_ZERO_KEY = b"00" * 32
 
 # (method, path, body, content headers, needs write): one request per endpoint.
 ENDPOINTS: list[tuple[str, str, Any, dict[str, str], bool]] = [
@@ -26,6 +27,16 @@ ENDPOINTS: list[tuple[str, str, Any, dict[str, str], bool]] = [
     ("GET", "/v1/stats", None, {}, False),
     ("POST", "/v1/attestation/challenge", None, {}, False),
     ("POST", "/v1/trust/bootstrap", b"{}", _JSON, False),
+    ("POST", "/v1/trust/challenge", None, {}, False),
+    (
+        "POST",
+        "/v1/trust/enrollment",
+        b'{"ek_public_base64": "", "ek_certificate_base64": "", "ak_public_base64": ""}',
+        _JSON,
+        True,
+    ),
+    ("POST", "/v1/trust/enrollment/activation", b'{"activated_secret_base64": "AA=="}', _JSON, True),
+    ("POST", "/v1/trust/keys", b'{"public_key_hex": "%s", "signature_base64": ""}' % _ZERO_KEY, _JSON, True),
     ("GET", "/v1/audit", None, {}, False),
     ("POST", "/v1/export", b'{"block_ids": ["refusal-target"]}', _JSON, False),
     ("POST", "/v1/verify", b"not a container", _RAW, False),

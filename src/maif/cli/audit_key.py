@@ -1,8 +1,9 @@
 """`maif audit public-key`: the audit log's signing key, the trust anchor for `maif audit verify --trust`.
 
-Read-only: the keystore is opened with the master key (``MAIF_MASTER_KEY`` or ``DIR/master.key``, as the
-service finds it) and nothing is created or changed. Prints the key as 64 hex digits (what every
-``--trust`` takes) and its key id; ``--output FILE`` also writes it as a PEM file (never over a file).
+Read-only: the keystore is opened with the master key (``MAIF_MASTER_KEY``, else the key file named by
+``--config``'s ``security.master_key_file`` or ``~/.config/maif/master.key``, as the service finds it)
+and nothing is created or changed. Prints the key as 64 hex digits (what every ``--trust`` takes) and its
+key id; ``--output FILE`` also writes it as a PEM file (never over a file).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ def audit_public_key_command(
         Path | None, typer.Option("--output", "-o", help="Also write the key to this new PEM file.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="The service's config file (for security.master_key_file).")
+    ] = None,
 ) -> None:
     """Print the audit log's public signing key (hex; with -o also a PEM file) without changing anything."""
     from maif.security.manager import audit_public_key
 
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
-        key = audit_public_key(security_dir)
+        key = audit_public_key(security_dir, config=config)
         raw = key.public_bytes_raw().hex()
         if output_file is not None:
             pem = key.public_bytes(serialization.Encoding.PEM,

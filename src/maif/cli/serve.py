@@ -7,7 +7,8 @@ The config file (JSON or TOML) holds the ``storage`` and ``security`` sections a
 the agent runtime's default embedder makes), ``max_concurrent_requests`` (more get 503; at most
 ``limits.service_concurrent_requests_max``), and ``tracing`` (OpenTelemetry over OTLP/HTTP, see
 maif.service.tracing; the standard OTEL_EXPORTER_OTLP_* variables turn it on too). The master key comes
-from MAIF_MASTER_KEY (see maif.security.manager); MAIF_METRICS_TOKEN, when set, is the bearer token
+from MAIF_MASTER_KEY, else ``security.master_key_file`` (default ~/.config/maif/master.key; a key file
+inside ``data_dir`` is refused, docs/adr/0081); MAIF_METRICS_TOKEN, when set, is the bearer token
 GET /metrics requires (without it, an API token that may read the store's statistics;
 ``unsafe_anonymous_metrics = true`` serves /metrics to anyone).
 
@@ -143,7 +144,9 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
     storage = await create_maif_storage(storage_config)
     manager = None
     try:
-        manager = create_maif_security_manager(security_config, data_dir=security_dir)
+        manager = create_maif_security_manager(
+            security_config, data_dir=security_dir, protected_directories=[data_dir]
+        )
         key_file = Path(service_config.export_key_file or security_dir / "export.key")
         app = create_app(
             storage,

@@ -49,6 +49,7 @@ __all__ = [
     "AttestationVerifier",
     "EnrolledKey",
     "EnrollmentChallenge",
+    "GoldenPcrs",
     "HardwareAttestation",
     "MeasuredEvent",
     "load_certificate",
@@ -80,6 +81,9 @@ _KNOWN_CRITICAL_EXTENSIONS: Final = frozenset(
     }
 )
 _TPM2_TOOLS_CREDENTIAL_MAGIC: Final = 0xBADCC0DE
+GoldenPcrs = Mapping[str, Mapping[int, bytes | Iterable[bytes]]]
+"""A PCR policy: bank -> PCR index -> its golden value, or the collection of values allowed for it."""
+_PcrPolicy = Mapping[str, Mapping[int, frozenset[bytes]]]
 _TPM2_TOOLS_CREDENTIAL_VERSION: Final = 1
 
 
@@ -232,7 +236,7 @@ def replay_event_log(
     """
     pcrs: dict[str, dict[int, bytes]] = {}
     for bank, indices in (selection or {}).items():
-        size = hashlib.new(tpm.hash_name(tpm.HASH_ALGORITHM_IDS.get(bank, 0), what="a PCR bank")).digest_size
+        size = _bank_digest_size(bank)
         for index in indices:
             pcrs.setdefault(bank, {})[_pcr_index(index)] = bytes(size)
     for count, raw_event in enumerate(events, start=1):
@@ -390,7 +394,7 @@ class AttestationVerifier:
         self,
         trusted_roots: Sequence[x509.Certificate],
         *,
-        golden_pcrs: Mapping[str, Mapping[int, bytes]] | None = None,
+        golden_pcrs: GoldenPcrs | None = None,
         nonce_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         enrollment_ttl_s: float = 300.0,
@@ -401,7 +405,7 @@ class AttestationVerifier:
         if not (nonce_ttl_s > 0 and enrollment_ttl_s > 0 and result_valid_for_s > 0):
             raise AttestationError("attestation TTLs must be positive")
         self._trusted_roots = tuple(trusted_roots)
-        self._golden = _freeze_golden(golden_pcrs) if golden_pcrs is not None else None
+        self._golden = _freeze_policy(golden_pcrs) if golden_pcrs is not None else None
         self._nonce_ttl_s = nonce_ttl_s
         self._enrollment_ttl_s = enrollment_ttl_s
         self._result_valid_for_s = result_valid_for_s
@@ -558,9 +562,9 @@ class AttestationVerifier:
             if enrolled is not None:
                 self._last_clock.pop(enrolled.ak_name, None)
 
-    def set_golden_pcrs(self, golden_pcrs: Mapping[str, Mapping[int, bytes]]) -> None:
+    def set_golden_pcrs(self, golden_pcrs: GoldenPcrs) -> None:
         """Replace the PCR policy (for example after an approved platform update)."""
-        frozen = _freeze_golden(golden_pcrs)
+        frozen = _freeze_policy(golden_pcrs)
         with self._lock:
             self._golden = frozen
 
@@ -697,9 +701,9 @@ def _check_pcrs(
     quote: tpm.QuoteInfo,
     supplied: Mapping[str, Mapping[int, bytes]],
     hash_alg: str,
-    golden: Mapping[str, Mapping[int, bytes]] | None,
+    golden: _PcrPolicy | None,
 ) -> None:
-    """Supplied values cover exactly the selection, hash to pcrDigest, and equal the golden values."""
+    """Supplied values cover exactly the selection, hash to pcrDigest, and are allowed golden values."""
     if not isinstance(supplied, Mapping) or len(supplied) > limits.tpm_pcr_banks_max:
         raise AttestationError("the supplied PCR values are not a map of PCR banks")
     supplied = _freeze_golden(supplied)  # checks banks, indices and value sizes
@@ -720,20 +724,49 @@ def _check_pcrs(
     if golden_keys != selected:
         raise AttestationError("the quoted PCR selection differs from the golden policy's PCRs")
     for bank, index in sorted(selected):
-        if not hmac.compare_digest(supplied[bank][index], golden[bank][index]):
+        if supplied[bank][index] not in golden[bank][index]:  # PCR values are public: no timing to hide
             raise AttestationError(f"PCR {bank}:{index} differs from its golden value")
+
+
+def _freeze_policy(golden: GoldenPcrs) -> _PcrPolicy:
+    """The golden policy with one or several allowed digests per PCR, each checked like a PCR value."""
+    if not isinstance(golden, Mapping) or len(golden) > limits.tpm_pcr_banks_max:
+        raise AttestationError("the golden PCR policy is not a map of PCR banks")
+    policy: dict[str, Mapping[int, frozenset[bytes]]] = {}
+    for bank, values in golden.items():
+        if not isinstance(values, Mapping):
+            raise AttestationError(f"the golden values of bank {bank} are not a map")
+        allowed: dict[int, frozenset[bytes]] = {}
+        for index, value in values.items():
+            digests = [value] if isinstance(value, bytes) else list(value)
+            if not 0 < len(digests) <= limits.tpm_golden_values_per_pcr_max:
+                raise AttestationError(
+                    f"PCR {bank}:{index} needs 1 to {limits.tpm_golden_values_per_pcr_max} allowed values"
+                )
+            size = _bank_digest_size(bank)
+            allowed[_pcr_index(index)] = frozenset(_pcr_value(bank, index, item, size) for item in digests)
+        policy[bank] = MappingProxyType(allowed)
+    return MappingProxyType(policy)
 
 
 def _freeze_golden(pcrs: Mapping[str, Mapping[int, bytes]]) -> Mapping[str, Mapping[int, bytes]]:
     frozen: dict[str, Mapping[int, bytes]] = {}
     for bank, values in pcrs.items():
-        size = hashlib.new(tpm.hash_name(tpm.HASH_ALGORITHM_IDS.get(bank, 0), what="a PCR bank")).digest_size
+        size = _bank_digest_size(bank)
         if not isinstance(values, Mapping):
             raise AttestationError(f"the PCR values of bank {bank} are not a map")
         checked: dict[int, bytes] = {}
         for index, value in values.items():
-            if not isinstance(value, bytes) or len(value) != size:
-                raise AttestationError(f"PCR {bank}:{index} is not a {size}-byte value")
-            checked[_pcr_index(index)] = value
+            checked[_pcr_index(index)] = _pcr_value(bank, index, value, size)
         frozen[bank] = MappingProxyType(checked)
     return MappingProxyType(frozen)
+
+
+def _bank_digest_size(bank: str) -> int:
+    return hashlib.new(tpm.hash_name(tpm.HASH_ALGORITHM_IDS.get(bank, 0), what="a PCR bank")).digest_size
+
+
+def _pcr_value(bank: str, index: object, value: object, size: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) != size:
+        raise AttestationError(f"PCR {bank}:{index} is not a {size}-byte value")
+    return value

@@ -5,6 +5,8 @@
     envelope = manager.sign_maif_block(block, context)                          # audited, needs write_own
     ok, level = manager.verify_maif_block_signature(block, envelope, "agent-1") # the REGISTERED key only
     sealed = manager.encrypt_sensitive_data(b"...", context)                    # AES-256-GCM envelope
+    manager.begin_enrollment(context, "agent-1", ...)   # the caller's own TPM (then complete_enrollment)
+    manager.register_agent_key(context, "agent-1", public_key, signature)       # needs level 3
 
 Trust is bootstrapped from evidence (see :mod:`maif.security.trust` for the levels): the token's agent id
 (its issuer's ``agent_prefix`` and its ``sub``, so two issuers never share an agent) must be the agent id
@@ -25,12 +27,12 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import blake3
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -41,6 +43,7 @@ from maif.config import RESERVED_AGENT_PREFIX, ConfigSource, SecurityConfig, loa
 from maif.errors import (
     AttestationError,
     AuthenticationError,
+    AuthorizationError,
     ConfigError,
     DecryptionError,
     MAIFError,
@@ -48,7 +51,14 @@ from maif.errors import (
 )
 from maif.format.block import MAIFBlock
 from maif.format.codec import block_digest
-from maif.security.attestation import AttestationVerifier, HardwareAttestation, load_certificate
+from maif.security.attestation import (
+    AttestationVerifier,
+    EnrolledKey,
+    EnrollmentChallenge,
+    GoldenPcrs,
+    HardwareAttestation,
+    load_certificate,
+)
 from maif.security.audit import AuditEntry, AuditLog
 from maif.security.audit_chain import SegmentedAuditLog
 from maif.security.credentials import BasicIdentity, CredentialStore
@@ -64,8 +74,10 @@ from maif.security.trust import (
     SecurityContext,
     TrustLevel,
     possession_statement,
+    registration_statement,
 )
 
+_T = TypeVar("_T")
 AUDIT_SIGNER_AGENT_ID = "maif:security-manager"
 _BLOCK_SIGNATURE_DOMAIN = b"MAIF block signature v1\0"
 _SEALED_DOMAIN = b"MAIF sealed data v1\0"
@@ -287,6 +299,93 @@ class SecurityManager:
         except SignatureError as error:
             raise AuthenticationError(f"proof of key possession refused: {error.message}") from error
         return key
+
+    # ---- enrolment and key registration (POST /v1/trust/... are thin shells over these) -------------
+
+    def begin_enrollment(
+        self,
+        context: SecurityContext,
+        agent_id: str,
+        *,
+        ek_public: bytes,
+        ek_certificate: bytes,
+        intermediates: Sequence[bytes],
+        ak_public: bytes,
+        ak_pem: bytes | None = None,
+    ) -> EnrollmentChallenge:
+        """Enrol ``agent_id``'s TPM: the caller may enrol only its own identity (the gate refuses writing
+        another agent's resource); returns MakeCredential's challenge for the TPM to activate. Audited."""
+        return self._on_own_identity(
+            context,
+            agent_id,
+            "tpm-enrollment",
+            lambda: self._require_attestation().begin_enrollment(
+                agent_id,
+                ek_public=ek_public,
+                ek_certificate=ek_certificate,
+                intermediates=intermediates,
+                ak_public=ak_public,
+                ak_pem=ak_pem,
+            ),
+        )
+
+    def complete_enrollment(
+        self, context: SecurityContext, agent_id: str, activated_secret: bytes
+    ) -> EnrolledKey:
+        """Accept the AK of a begun enrolment of the caller's own identity if its TPM activated the
+        credential. Audited."""
+        return self._on_own_identity(
+            context,
+            agent_id,
+            "tpm-enrollment",
+            lambda: self._require_attestation().complete_enrollment(agent_id, activated_secret),
+        )
+
+    def register_agent_key(
+        self, context: SecurityContext, agent_id: str, public_key: bytes, signature: bytes
+    ) -> KeyInfo:
+        """Register an Ed25519 public key as ``agent_id``'s current key (the one CRYPTOGRAPHICALLY_PROVEN
+        binds to its TPM). Only the agent itself, from a HARDWARE_ATTESTED context, with a signature by
+        that key over :func:`registration_statement`: a stolen token alone cannot replace an agent's key.
+        The previous current key stops signing now (its older signatures stay verifiable). Audited."""
+
+        def register() -> KeyInfo:
+            if context.trust_level < TrustLevel.HARDWARE_ATTESTED:
+                raise AuthorizationError(
+                    "registering a signing key needs HARDWARE_ATTESTED (3): bootstrap with a TPM quote first"
+                )
+            if not isinstance(public_key, bytes) or len(public_key) != 32 or not isinstance(signature, bytes):
+                raise AuthenticationError("a key registration is a raw 32-byte Ed25519 key and a signature")
+            try:
+                Ed25519PublicKey.from_public_bytes(public_key).verify(
+                    signature, registration_statement(agent_id, public_key)
+                )
+            except (InvalidSignature, ValueError) as error:
+                raise AuthenticationError(
+                    "the key registration is not signed by the key being registered"
+                ) from error
+            return self.keystore.import_public_key(agent_id, public_key)
+
+        return self._on_own_identity(context, agent_id, "agent-key", register)
+
+    def _on_own_identity(
+        self, context: SecurityContext, agent_id: str, kind: str, operation: Callable[[], _T]
+    ) -> _T:
+        """Authorise writing ``agent_id``'s identity (only its owner passes: WRITE on another agent's
+        unshared resource has no policy), run ``operation`` and audit its outcome."""
+        _check_agent_id(agent_id)
+        self.gate.authorize(
+            context,
+            Action.WRITE,
+            Resource(f"agent:{agent_id}", owner=agent_id, tenant=context.tenant, kind=kind),
+        )
+        try:
+            result = operation()
+        except MAIFError as error:
+            self._record_decision(context.agent_id, kind, f"agent:{agent_id}", "deny", error.message, context)
+            raise
+        self._record_decision(context.agent_id, kind, f"agent:{agent_id}", "allow", "done", context)
+        return result
 
     def authenticate_password(self, principal: str, password: str) -> SecurityContext:
         """BASIC_AUTH from a password (argon2id); see :class:`CredentialStore`."""
@@ -556,11 +655,12 @@ def create_maif_security_manager(
     data_dir: str | os.PathLike[str] | None = None,
     master_key: bytes | None = None,
     attestation_verifier: AttestationVerifier | None = None,
-    golden_pcrs: Mapping[str, Mapping[int, bytes]] | None = None,
+    golden_pcrs: GoldenPcrs | None = None,
     token_verifier: TokenVerifier | None = None,
     credentials: CredentialStore | None = None,
     approvers: Mapping[str, Ed25519PublicKey] | None = None,
-    approvals_required: int = 2,
+    approvals_required: int | None = None,
+    protected_directories: Sequence[str | os.PathLike[str]] = (),
     clock: Callable[[], float] = time.time,
 ) -> SecurityManager:
     """A manager whose keystore and audit log live in ``data_dir`` (default ``./maif-data/security``).
@@ -568,14 +668,18 @@ def create_maif_security_manager(
     The audit log is the segment directory ``data_dir/audit`` (verify it with ``maif audit verify``).
 
     ``config`` is a dict, a JSON/TOML path or a :class:`SecurityConfig`. The master key comes from
-    ``master_key``, else ``MAIF_MASTER_KEY``, else ``data_dir/master.key`` (owner-only); without one the
-    manager refuses to start. ``approvers`` (id -> Ed25519 public key) and ``approvals_required`` set up
-    MULTI_PARTY_VERIFIED; ``attestation_verifier`` overrides the one built from ``trusted_tpm_roots``.
+    ``master_key``, else ``MAIF_MASTER_KEY``, else the key file (:func:`master_key_file_of`: the config's
+    ``master_key_file``, default ``~/.config/maif/master.key``, created owner-only on first run). A key
+    file inside ``data_dir`` or any of ``protected_directories`` (the store's data directory) is refused
+    unless ``unsafe_master_key_in_data_dir`` is set (docs/adr/0081). ``trusted_tpm_roots`` and
+    ``golden_pcrs`` build the attestation verifier (``attestation_verifier`` overrides it; the argument
+    ``golden_pcrs`` overrides the config's); ``approvers`` (id -> Ed25519 public key) and
+    ``approvals_required`` set up MULTI_PARTY_VERIFIED, from the config when not given.
     """
     security = config if isinstance(config, SecurityConfig) else load_section(SecurityConfig, config)
     directory = Path(data_dir if data_dir is not None else "./maif-data/security")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = master_key if master_key is not None else _master_key(directory)
+    key = master_key if master_key is not None else _master_key(security, directory, protected_directories)
     keystore = KeyStore.open(directory / "keys.maifkeys", key, clock=clock)
     if keystore.current_key(AUDIT_SIGNER_AGENT_ID) is None:
         keystore.create_key(AUDIT_SIGNER_AGENT_ID)
@@ -589,7 +693,8 @@ def create_maif_security_manager(
     try:
         if attestation_verifier is None and security.trusted_tpm_roots:
             roots = [_load_root(source) for source in security.trusted_tpm_roots]
-            attestation_verifier = AttestationVerifier(roots, golden_pcrs=golden_pcrs, clock=clock)
+            policy = golden_pcrs if golden_pcrs is not None else security.golden_pcr_policy() or None
+            attestation_verifier = AttestationVerifier(roots, golden_pcrs=policy, clock=clock)
         return SecurityManager(
             security,
             token_verifier=token_verifier
@@ -599,7 +704,7 @@ def create_maif_security_manager(
             master_key=key,
             attestation_verifier=attestation_verifier,
             credentials=credentials,
-            approvers=ApproverRegistry(approvers or {}, approvals_required),
+            approvers=_approver_registry(security, approvers, approvals_required),
             clock=clock,
         )
     except BaseException:
@@ -607,17 +712,34 @@ def create_maif_security_manager(
         raise
 
 
+def _approver_registry(
+    security: SecurityConfig, approvers: Mapping[str, Ed25519PublicKey] | None, required: int | None
+) -> ApproverRegistry:
+    if approvers is None:
+        try:
+            approvers = {
+                name: Ed25519PublicKey.from_public_bytes(raw)
+                for name, raw in security.approver_keys().items()
+            }
+        except ValueError as error:
+            raise ConfigError("an approver's public key is not an Ed25519 public key") from error
+    return ApproverRegistry(approvers, security.approvals_required if required is None else required)
+
+
 def audit_public_key(data_dir: str | os.PathLike[str] | None = None, *,
-                     master_key: bytes | None = None) -> Ed25519PublicKey:
+                     master_key: bytes | None = None,
+                     config: ConfigSource | SecurityConfig = None) -> Ed25519PublicKey:
     """The audit log's current signing key, read without changing anything (the trust anchor for
-    ``maif audit verify --trust``). The master key comes as for :func:`create_security_manager`, but is
-    never created; a directory without a keystore or without an audit key is a ConfigError."""
+    ``maif audit verify --trust``). The master key comes as for :func:`create_maif_security_manager`
+    (``master_key_file`` from ``config`` and MAIF_SECURITY_* variables), but is never created; a
+    directory without a keystore or without an audit key is a ConfigError."""
     directory = Path(data_dir if data_dir is not None else "./maif-data/security")
     keystore_path = directory / "keys.maifkeys"
     if not keystore_path.is_file():
         raise ConfigError(f"no keystore in {directory}",
                           hint="point at the security directory of a store whose service has run once")
-    key = master_key if master_key is not None else _master_key(directory)  # never creates one here
+    security = config if isinstance(config, SecurityConfig) else load_section(SecurityConfig, config)
+    key = master_key if master_key is not None else _master_key(security, directory, (), create=False)
     info = KeyStore.open(keystore_path, key).current_key(AUDIT_SIGNER_AGENT_ID)
     if info is None:
         raise ConfigError(f"the keystore in {directory} holds no audit signing key yet",
@@ -625,30 +747,106 @@ def audit_public_key(data_dir: str | os.PathLike[str] | None = None, *,
     return info.public_key_object()
 
 
-def _master_key(directory: Path) -> bytes:
+# ---- the master key, kept off the disk tree of the log it protects (docs/adr/0081) ---------------------
+
+_LEGACY_MASTER_KEY_FILE = "master.key"
+
+
+def default_master_key_file() -> Path:
+    """``$XDG_CONFIG_HOME/maif/master.key`` (``~/.config/maif/master.key``): the user's, not the store's.
+    A relative XDG_CONFIG_HOME is ignored, as the XDG Base Directory specification says."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".config")
+    return Path(base) / "maif" / "master.key"
+
+
+def master_key_file_of(security: SecurityConfig, directory: Path) -> Path:
+    """Where the master key file is looked for (and created on first run) when MAIF_MASTER_KEY is unset."""
+    if security.master_key_file is not None:
+        return Path(security.master_key_file).expanduser()
+    if security.unsafe_master_key_in_data_dir:
+        return directory / _LEGACY_MASTER_KEY_FILE  # the layout before ADR 0081, asked for by name
+    return default_master_key_file()
+
+
+def check_master_key_location(
+    key_file: Path, protected: Sequence[str | os.PathLike[str]], *, unsafe_allowed: bool
+) -> None:
+    """Refuse a key file inside a protected directory (the keystore and audit log's, the store's): a copy
+    of that directory (a backup, a snapshot, a stolen disk image) would carry the key that opens it."""
+    resolved = Path(os.path.realpath(key_file))
+    for directory in protected:
+        inside = Path(os.path.realpath(directory))
+        if not resolved.is_relative_to(inside):
+            continue
+        if not unsafe_allowed:
+            raise ConfigError(
+                f"the master key file {key_file} is inside {directory}, beside the data it protects",
+                hint="keep it elsewhere: set MAIF_MASTER_KEY from a secret store, or "
+                f"security.master_key_file to a path outside {directory} (default "
+                f"{default_master_key_file()}); to keep it there anyway, set "
+                "security.unsafe_master_key_in_data_dir = true",
+            )
+        warnings.warn(
+            f"unsafe_master_key_in_data_dir: the master key file {key_file} is inside {directory}; a copy of "
+            "that directory opens the keystore and can re-sign the audit log",
+            UnsafeConfigurationWarning,
+            stacklevel=4,
+        )
+        return
+
+
+class UnsafeConfigurationWarning(UserWarning):
+    """A setting named ``unsafe_...`` is in effect."""
+
+
+def _master_key(
+    security: SecurityConfig,
+    directory: Path,
+    protected: Sequence[str | os.PathLike[str]],
+    *,
+    create: bool = True,
+) -> bytes:
     if "MAIF_MASTER_KEY" in os.environ:
         return master_key_from_environment()
-    key_file = directory / "master.key"
+    key_file = master_key_file_of(security, directory)
+    check_master_key_location(
+        key_file, [directory, *protected], unsafe_allowed=security.unsafe_master_key_in_data_dir
+    )
     if key_file.exists():
         return master_key_from_environment(file=key_file)
+    legacy = directory / _LEGACY_MASTER_KEY_FILE
+    if legacy.exists():
+        raise ConfigError(
+            f"the master key {legacy} sits beside the keystore and audit log it protects; it is no longer "
+            "read from there",
+            hint=f"move it out (mv {legacy} {key_file}), or set MAIF_MASTER_KEY or security.master_key_file; "
+            "to keep it there, set security.unsafe_master_key_in_data_dir = true",
+        )
     if (directory / "keys.maifkeys").exists():
         # A keystore without its key: inventing a new key would orphan every sealed key in it.
         raise ConfigError(
             "no master key for the existing keystore in " + str(directory),
-            hint="pass master_key=, set MAIF_MASTER_KEY (64 hex digits), or restore "
-            f"{key_file} (mode 0600)",
+            hint=f"set MAIF_MASTER_KEY (64 hex digits), or restore {key_file} (mode 0600)",
+        )
+    if not create:
+        raise ConfigError(
+            f"no master key: MAIF_MASTER_KEY is not set and {key_file} does not exist",
+            hint="set MAIF_MASTER_KEY, or security.master_key_file (MAIF_SECURITY_MASTER_KEY_FILE)",
         )
     return _create_master_key_file(key_file)
 
 
 def _create_master_key_file(key_file: Path) -> bytes:
-    """First run with no key anywhere: make one, owner-only, next to the keystore, and say so.
+    """First run with no key anywhere: make one, owner-only, in its own directory, and say so.
 
-    Keeping the master key beside the keystore protects against copies of the keystore alone (backups,
-    snapshots), not against someone who can read the whole directory; production deployments should
-    pass MAIF_MASTER_KEY from a secret store instead, which the warning tells them.
+    The default file is the user's (``~/.config/maif``), outside the store, so a copy of the store does
+    not carry it; production deployments should pass MAIF_MASTER_KEY from a secret store instead, which
+    the warning tells them.
     """
     key = generate_master_key()
+    key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(descriptor, key.hex().encode("ascii") + b"\n")
@@ -656,7 +854,8 @@ def _create_master_key_file(key_file: Path) -> bytes:
     finally:
         os.close(descriptor)
     warnings.warn(
-        f"created a new master key in {key_file}; for production, supply MAIF_MASTER_KEY from a secret store",
+        f"created a new master key in {key_file}; back it up (the keystore cannot be opened without it), "
+        "and for production supply MAIF_MASTER_KEY from a secret store",
         stacklevel=3,
     )
     return key
@@ -665,11 +864,25 @@ def _create_master_key_file(key_file: Path) -> bytes:
 def _load_root(source: str) -> x509.Certificate:
     """A trusted TPM root given as PEM text or as the path of a PEM/DER file."""
     if source.lstrip().startswith("-----BEGIN"):
-        return load_certificate(source.encode("ascii"), what="trusted TPM root")
+        try:
+            return load_certificate(source.encode("ascii", "replace"), what="trusted TPM root")
+        except AttestationError as error:
+            raise ConfigError(error.message) from error
     path = Path(source)
-    if path.stat().st_size > limits.tpm_certificate_bytes_max:
-        raise ConfigError(f"trusted TPM root {path} is larger than {limits.tpm_certificate_bytes_max} bytes")
-    return load_certificate(path.read_bytes(), what=f"trusted TPM root {path}")
+    try:
+        if path.stat().st_size > limits.tpm_certificate_bytes_max:
+            raise ConfigError(
+                f"trusted TPM root {path} is larger than {limits.tpm_certificate_bytes_max} bytes"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read trusted TPM root {path}: {error.strerror}") from error
+    try:
+        return load_certificate(data, what=f"trusted TPM root {path}")
+    except AttestationError as error:
+        raise ConfigError(
+            error.message, hint="trusted_tpm_roots holds PEM text or paths of PEM/DER files"
+        ) from error
 
 
 # ---- the seed's module-level functions -----------------------------------------------------------
@@ -718,14 +931,18 @@ __all__ = [
     "BlockSignature",
     "SealedData",
     "SecurityManager",
+    "UnsafeConfigurationWarning",
     "audit_public_key",
     "block_signature_payload",
     "bootstrap_trust",
+    "check_master_key_location",
     "create_maif_security_manager",
     "decrypt_sensitive_data",
+    "default_master_key_file",
     "digest_of",
     "encrypt_sensitive_data",
     "get_audit_log",
+    "master_key_file_of",
     "sign_maif_block",
     "verify_maif_block_signature",
 ]

@@ -201,6 +201,15 @@ def possession_statement(agent_id: str, nonce: bytes) -> bytes:
     return _POSSESSION_DOMAIN + _framed(agent_id.encode("utf-8")) + _framed(nonce)
 
 
+_REGISTRATION_DOMAIN = b"MAIF key registration v1\0"
+
+
+def registration_statement(agent_id: str, public_key: bytes) -> bytes:
+    """What an agent signs with a new Ed25519 key to register it: domain, agent id and the raw public
+    key, so a registration proves possession and cannot register the key for another agent."""
+    return _REGISTRATION_DOMAIN + _framed(agent_id.encode("utf-8")) + _framed(public_key)
+
+
 # --- multi-party approvals (MULTI_PARTY_VERIFIED) --------------------------------------------------------
 _APPROVAL_DOMAIN = b"MAIF multi-party approval v1\0"
 
@@ -281,4 +290,5 @@ __all__ = [
     "TrustLevel",
     "approval_statement",
     "possession_statement",
+    "registration_statement",
 ]

@@ -46,7 +46,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from maif import limits
-from maif.errors import ConfigError, FormatError, LimitExceededError, MAIFError
+from maif.errors import AttestationError, ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
 from maif.security.manager import SecurityManager
@@ -722,23 +722,46 @@ def _query_routes(router: APIRouter) -> None:
 # ---- trust -------------------------------------------------------------------------------------------
 
 
+_ATTESTATION_REFUSALS: dict[int | str, dict[str, Any]] = {
+    **_REFUSALS,
+    404: {"description": "Attestation not configured (no trusted_tpm_roots)", **_PROBLEM},
+}
+
+
+def _require_attestation(state: ServiceState) -> None:
+    if state.manager.attestation_verifier is None:
+        raise ServiceProblem(
+            404, "attestation-not-configured", "hardware attestation is not configured on this server"
+        )
+
+
+async def _attested_call(state: ServiceState, call: Any, *arguments: Any, **options: Any) -> Any:
+    """``call`` in a worker thread; the gate decides first (403, audited), then a server without
+    attestation answers 404 rather than the manager's AttestationError (401)."""
+    try:
+        return await asyncio.to_thread(call, *arguments, **options)
+    except AttestationError:
+        _require_attestation(state)
+        raise
+
+
 def _trust_routes(router: APIRouter) -> None:
+    """Trust levels 3 to 5 over HTTP (docs/adr/0080): enrol the caller's TPM, register its key, take a
+    challenge, bootstrap. Each is a thin shell over a SecurityManager method; who may do what is the
+    manager's and the gate's to decide (an agent acts on its own identity only), and every step is audited."""
+
+    @router.post("/v1/trust/challenge", response_model=schemas.ChallengeOut, responses=_ATTESTATION_REFUSALS)
     @router.post(
-        "/v1/attestation/challenge",
-        response_model=schemas.ChallengeOut,
-        responses={**_REFUSALS, 404: {"description": "Attestation not configured", **_PROBLEM}},
+        "/v1/attestation/challenge", response_model=schemas.ChallengeOut, responses=_ATTESTATION_REFUSALS
     )
     async def challenge(request: Request, context: Caller) -> schemas.ChallengeOut:
         """A single-use nonce for the caller's TPM quote (then POST /v1/trust/bootstrap)."""
         state = _state(request)
         await state.blocks.authorize_own(context, f"agent:{context.agent_id}", "attestation-challenge")
-        if state.manager.attestation_verifier is None:
-            raise ServiceProblem(
-                404, "attestation-not-configured", "hardware attestation is not configured on this server"
-            )
+        _require_attestation(state)
         nonce = state.manager.new_challenge(context.agent_id)
         return schemas.ChallengeOut(
-            nonce_base64=base64.b64encode(nonce).decode("ascii"), agent_id=context.agent_id
+            nonce_base64=_b64encode(nonce), agent_id=context.agent_id
         )
 
     @router.post("/v1/trust/bootstrap", response_model=schemas.SessionOut, responses=_REFUSALS)
@@ -761,6 +784,87 @@ def _trust_routes(router: APIRouter) -> None:
             scopes=sorted(context.scopes),
             expires_at=context.expires_at,
         )
+
+    @router.post(
+        "/v1/trust/enrollment", response_model=schemas.EnrollmentChallengeOut, responses=_ATTESTATION_REFUSALS
+    )
+    async def begin_enrollment(
+        request: Request, context: Caller, given: schemas.EnrollmentIn
+    ) -> schemas.EnrollmentChallengeOut:
+        """Enrol the caller's TPM (EK certificate to a trusted root, AK in the same TPM): answers the
+        credential its TPM must activate (TPM2_ActivateCredential), then POST /v1/trust/enrollment/activation.
+        An agent enrols only its own identity (``agent_id``, when given, must be the caller's)."""
+        state = _state(request)
+        made = await _attested_call(
+            state,
+            state.manager.begin_enrollment,
+            context,
+            given.agent_id or context.agent_id,
+            ek_public=_b64decode(given.ek_public_base64, "ek_public_base64"),
+            ek_certificate=_b64decode(given.ek_certificate_base64, "ek_certificate_base64"),
+            intermediates=[_b64decode(item, "intermediates_base64") for item in given.intermediates_base64],
+            ak_public=_b64decode(given.ak_public_base64, "ak_public_base64"),
+            ak_pem=given.ak_pem.encode("ascii", "replace") if given.ak_pem is not None else None,
+        )
+        return schemas.EnrollmentChallengeOut(
+            agent_id=made.agent_id,
+            credential_blob_base64=_b64encode(made.credential_blob),
+            encrypted_secret_base64=_b64encode(made.encrypted_secret),
+            tpm2_tools_credential_base64=_b64encode(made.tpm2_tools_credential_file()),
+            expires_at=made.expires_at,
+        )
+
+    @router.post(
+        "/v1/trust/enrollment/activation", response_model=schemas.EnrolledOut, responses=_ATTESTATION_REFUSALS
+    )
+    async def complete_enrollment(
+        request: Request, context: Caller, given: schemas.ActivationIn
+    ) -> schemas.EnrolledOut:
+        """Finish the caller's enrolment with the secret its TPM activated; its quotes count from now."""
+        state = _state(request)
+        enrolled = await _attested_call(
+            state,
+            state.manager.complete_enrollment,
+            context,
+            given.agent_id or context.agent_id,
+            _b64decode(given.activated_secret_base64, "activated_secret_base64"),
+        )
+        return schemas.EnrolledOut(
+            agent_id=enrolled.agent_id,
+            ak_name_hex=enrolled.ak_name.hex(),
+            ek_certificate_sha256_hex=enrolled.ek_certificate_sha256.hex(),
+            enrolled_at=enrolled.enrolled_at,
+        )
+
+    @router.post("/v1/trust/keys", status_code=201, response_model=schemas.KeyOut, responses=_REFUSALS)
+    async def register_key(
+        request: Request, context: Caller, given: schemas.KeyRegistrationIn
+    ) -> schemas.KeyOut:
+        """Register the caller's Ed25519 public key (signed by itself over the registration statement),
+        from a HARDWARE_ATTESTED session (MAIF-Session): the key a CRYPTOGRAPHICALLY_PROVEN bootstrap
+        binds to the TPM. It replaces the caller's current key."""
+        state = _state(request)
+        try:
+            public_key = bytes.fromhex(given.public_key_hex)
+        except ValueError as error:
+            raise FormatError("public_key_hex is not hex") from error
+        info = await asyncio.to_thread(
+            state.manager.register_agent_key,
+            context,
+            given.agent_id or context.agent_id,
+            public_key,
+            _b64decode(given.signature_base64, "signature_base64"),
+        )
+        return schemas.KeyOut(
+            agent_id=info.agent_id,
+            key_id_hex=info.key_id.hex(),
+            not_before=info.not_before,
+            not_after=info.not_after,
+        )
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _evidence(request: schemas.BootstrapRequest) -> dict[str, Any]:

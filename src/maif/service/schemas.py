@@ -131,6 +131,55 @@ class BootstrapRequest(_Strict):
     approvals: list[ApprovalIn] = Field(default_factory=list, max_length=limits.approvers_max)
 
 
+class EnrollmentIn(_Strict):
+    """An agent's TPM: its EK (TPM2B_PUBLIC) and EK certificate with the intermediates up to a trusted
+    root, and the AK (TPM2B_PUBLIC, optionally also as PEM) to enrol for the caller's identity."""
+
+    agent_id: str | None = Field(None, min_length=1, max_length=limits.agent_id_bytes_max)
+    ek_public_base64: str = Field(max_length=4 * limits.tpm_public_bytes_max)
+    ek_certificate_base64: str = Field(max_length=2 * limits.tpm_certificate_bytes_max)
+    intermediates_base64: list[str] = Field(
+        default_factory=list, max_length=limits.tpm_certificate_chain_depth_max
+    )
+    ak_public_base64: str = Field(max_length=4 * limits.tpm_public_bytes_max)
+    ak_pem: str | None = Field(None, max_length=limits.tpm_certificate_bytes_max)
+
+
+class EnrollmentChallengeOut(BaseModel):
+    agent_id: str
+    credential_blob_base64: str  # TPM2B_ID_OBJECT
+    encrypted_secret_base64: str  # TPM2B_ENCRYPTED_SECRET
+    tpm2_tools_credential_base64: str  # the file `tpm2_activatecredential -i` reads
+    expires_at: float
+
+
+class ActivationIn(_Strict):
+    agent_id: str | None = Field(None, min_length=1, max_length=limits.agent_id_bytes_max)
+    activated_secret_base64: str = Field(max_length=256)
+
+
+class EnrolledOut(BaseModel):
+    agent_id: str
+    ak_name_hex: str
+    ek_certificate_sha256_hex: str
+    enrolled_at: float
+
+
+class KeyRegistrationIn(_Strict):
+    """A raw Ed25519 public key and its signature over maif.security.trust.registration_statement."""
+
+    agent_id: str | None = Field(None, min_length=1, max_length=limits.agent_id_bytes_max)
+    public_key_hex: str = Field(min_length=64, max_length=64)
+    signature_base64: str = Field(max_length=256)
+
+
+class KeyOut(BaseModel):
+    agent_id: str
+    key_id_hex: str
+    not_before: float
+    not_after: float | None
+
+
 class SessionOut(BaseModel):
     session_id: str  # send as the MAIF-Session header with the same bearer token
     agent_id: str
@@ -219,6 +268,7 @@ class Health(BaseModel):
 
 
 __all__ = [
+    "ActivationIn",
     "ApprovalIn",
     "AttestationIn",
     "AuditEntryOut",
@@ -232,9 +282,14 @@ __all__ = [
     "CheckpointOut",
     "CompactionOut",
     "DeleteReceiptOut",
+    "EnrolledOut",
+    "EnrollmentChallengeOut",
+    "EnrollmentIn",
     "ExportRequest",
     "Health",
+    "KeyOut",
     "KeyProofIn",
+    "KeyRegistrationIn",
     "SearchHitOut",
     "SearchRequest",
     "SearchResult",
