@@ -37,6 +37,8 @@ from maif.testing.hostile import (
     zstd_zero_frame,
 )
 
+from .conftest import Builder
+
 HONEST = record(b"honest payload", fields=text_id("honest"), metadata=path_metadata("honest.txt"))
 
 
@@ -210,6 +212,19 @@ def test_metadata_at_the_depth_bound_round_trips_and_one_level_more_is_refused_b
 # --- torn tails and release() -------------------------------------------------------------------
 
 
+def count_checksummed_manifest_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every manifest a trailer checksum hashes from now on, in order."""
+    hashed: list[int] = []
+    real_checksum = layout.trailer_checksum
+
+    def counting_checksum(manifest: bytes | memoryview, fields: bytes) -> bytes:
+        hashed.append(len(manifest))
+        return real_checksum(manifest, fields)
+
+    monkeypatch.setattr(layout, "trailer_checksum", counting_checksum)
+    return hashed
+
+
 def test_the_torn_tail_search_hashes_a_bounded_number_of_manifest_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,19 +240,32 @@ def test_the_torn_tail_search_hashes_a_bounded_number_of_manifest_bytes(
         data += layout.TRAILER.pack(start, start, manifest_bytes, 0, 0, 32, bytes(16), layout.TRAILER_MAGIC)
     path = tmp_path / "torn.maif"
     path.write_bytes(bytes(data) + b"torn")
-    hashed: list[int] = []
-    real_checksum = layout.trailer_checksum
-
-    def counting_checksum(manifest: bytes | memoryview, fields: bytes) -> bytes:
-        hashed.append(len(manifest))
-        return real_checksum(manifest, fields)
-
-    monkeypatch.setattr(layout, "trailer_checksum", counting_checksum)
+    hashed = count_checksummed_manifest_bytes(monkeypatch)
     with pytest.raises(LimitExceededError, match="torn tail"):
         ContainerReader.open(path)
     assert sum(hashed) <= limits.trailer_search_hash_bytes_max
     # it did search (one checksum per candidate), then stopped at the budget
     assert len(hashed) == limits.trailer_search_hash_bytes_max // manifest_bytes
+
+
+def test_the_torn_tail_search_charges_each_manifest_to_its_budget_once(
+    build: Builder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trailer at the end of the file is tried first; when its checksum fails, the backward search
+    must not try (and charge) that same trailer again. A budget of exactly the two manifests' sizes
+    suffices to fall back to version 0."""
+    path = build((1, 1))
+    with ContainerReader.open(path) as reader:
+        first_end = reader.versions[0].end_offset
+        sizes = [len(manifest.encode()) for manifest in reader.manifests]
+    data = bytearray(path.read_bytes())
+    data[-layout.TRAILER.size - 1] ^= 0x01  # the last manifest's last byte: its trailer checksum fails
+    path.write_bytes(bytes(data))
+    hashed = count_checksummed_manifest_bytes(monkeypatch)
+    monkeypatch.setattr(limits, "trailer_search_hash_bytes_max", sum(sizes))
+    with ContainerReader.open(path) as reader:
+        assert reader.valid_end == first_end and len(reader.versions) == 1
+    assert hashed[:2] == [sizes[1], sizes[0]]  # the search itself; loading version 0 then checks it again
 
 
 def test_release_of_an_index_entry_the_layout_check_refused_is_a_quiet_no_op(

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from maif import limits
-from maif.errors import CryptoError, DecryptionError, FormatError, LimitExceededError, SignatureError
+from maif.errors import (
+    CryptoError,
+    DecryptionError,
+    FormatError,
+    IntegrityError,
+    LimitExceededError,
+    SignatureError,
+)
 from maif.format import aead, codec, layout, signing
 from maif.format.compression import compress_if_pays, decompress_exact, iter_decompressed
 from maif.format.container import ContainerReader, ContainerWriter, verify_container
@@ -164,14 +171,20 @@ def test_the_writers_frames_declare_their_size_and_carry_no_checksum_or_dictiona
         assert parameters.window_size <= 2 << 20
 
 
-def test_a_pack_frame_is_looser_than_a_container_payload_bytes_after_the_frame_are_ignored() -> None:
-    """PACKS.md: a pack reader checks the raw length and digest; bytes after the first frame are not
-    refused (unlike SPEC 4.2). Pinned so that tightening it is a deliberate, documented change."""
+@pytest.mark.parametrize(
+    "after",
+    [b"junk", struct.pack("<II", 0x184D2A50, 4) + b"skip", zstandard.ZstdCompressor().compress(b"two")],
+    ids=["junk", "skippable frame", "second frame"],
+)
+def test_a_pack_frame_like_a_container_payload_is_exactly_one_zstd_frame(after: bytes) -> None:
+    """PACKS.md: a compressed chunk's stored bytes are exactly one zstd frame (as in SPEC 4.2); bytes
+    after it are refused as damage before any byte is returned (they were ignored before issue 14)."""
     raw = b"abc" * 3000
     frame = zstandard.ZstdCompressor().compress(raw)
     digest = blake3.blake3(raw).digest()
-    for stored in (frame + b"junk", frame + frame):
-        assert packs.decode_chunk(digest, packs.FLAG_ZSTD, stored, len(raw), "test") == raw
+    assert packs.decode_chunk(digest, packs.FLAG_ZSTD, frame, len(raw), "test") == raw
+    with pytest.raises(IntegrityError, match="exactly one valid zstd frame"):
+        packs.decode_chunk(digest, packs.FLAG_ZSTD, frame + after, len(raw), "test")
 
 
 # --- section 4.2: shortest form with msgspec's float64-only floats --------------------------------------

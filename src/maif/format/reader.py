@@ -530,7 +530,7 @@ def _find_last_trailer(view: memoryview) -> int | None:
         pass  # no valid version ends at the end of the file: its tail is torn
     data = view.obj if isinstance(view.obj, mmap.mmap) else bytes(view)
     magic, magic_at = layout.TRAILER_MAGIC, layout.TRAILER.size - len(layout.TRAILER_MAGIC)
-    search_end = size
+    search_end = size - 1  # the candidate ending at the file's end was just tried (and charged)
     for _ in range(limits.trailer_candidates_max):
         found = data.rfind(magic, layout.FILE_HEADER.size, search_end)
         if found < 0:
