@@ -29,8 +29,10 @@ from maif.testing.hostile import (
     SECTION_4_VIOLATIONS,
     SKIPPABLE_FRAME,
     Violation,
+    one_gib_zstd_bomb,
     path_metadata,
     record,
+    run_measuring_peak_rss,
     signed_container,
     text_id,
     zstd_frame,
@@ -287,3 +289,49 @@ def test_release_of_an_index_entry_the_layout_check_refused_is_a_quiet_no_op(
             reader.block(1)
         with pytest.raises(IndexError):
             reader.release(len(reader))
+
+
+# --- a decompression bomb through ContainerReader.block() -----------------------------------------------
+
+_BLOCK_OF_BOMB = """
+from maif import limits
+from maif.errors import LimitExceededError
+from maif.format.container import ContainerReader
+
+with ContainerReader.open(sys.argv[1]) as reader:
+    try:
+        reader.block(0)
+    except LimitExceededError as error:
+        print(type(error).__name__, error.size, error.limit)
+    try:
+        reader.payload_view(0)
+    except LimitExceededError as error:
+        print(type(error).__name__, error.size, error.limit)
+    streamed = sum(len(piece) for piece in reader.stream_block(0).chunks)  # the bounded way still reads it
+    print("streamed", streamed)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_block_of_a_one_gib_zstd_bomb_is_refused_within_its_budget_in_150_mb(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    """A 33 KB signed file whose one zstd block declares 1 GiB: block() and payload_view() refuse it by the
+    read's total-size budget before decompressing (before: 1.1 GB RSS); stream_block still reads it."""
+    container = one_gib_zstd_bomb(tmp_path / "bomb.maif", signing_key)
+    assert container.stat().st_size < 34_000
+    result, peak_rss_mb = run_measuring_peak_rss(_BLOCK_OF_BOMB, [str(container)])
+    assert result.returncode == 0, result.stderr
+    refused = f"LimitExceededError {1 << 30} {limits.materialized_payload_bytes_max}"
+    assert result.stdout.splitlines() == [refused, refused, f"streamed {1 << 30}"]
+    assert peak_rss_mb <= 150, f"peak RSS {peak_rss_mb} MB"
+
+
+def test_a_caller_may_grant_block_a_larger_budget(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    payload_length = 3 << 20
+    bomb = record(zstd_zero_frame(payload_length), storage_flags=COMPRESSED, payload_length=payload_length)
+    container = signed_container(tmp_path / "three-mib.maif", [bomb], signing_key)
+    with ContainerReader.open(container) as reader:
+        with pytest.raises(LimitExceededError, match="to hold in memory"):
+            reader.block(0, payload_bytes_max=payload_length - 1)
+        assert reader.block(0, payload_bytes_max=payload_length).data == bytes(payload_length)

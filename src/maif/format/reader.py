@@ -338,13 +338,22 @@ class ContainerReader:
         associated = aead.block_associated_data(self.file_id, index, header_bytes)
         return aead.decrypt_body(self._data_key, body, associated)
 
-    def block(self, index: int, *, verify: bool = True) -> MAIFBlock:
+    def block(
+        self,
+        index: int,
+        *,
+        verify: bool = True,
+        payload_bytes_max: int = limits.materialized_payload_bytes_max,
+    ) -> MAIFBlock:
         """Block ``index``, its stored bytes checked against the indexed digest unless ``verify=False``.
 
-        The payload is materialized: a compressed one costs its declared size in memory (allocated as it
-        is decompressed, never ahead of it). :meth:`stream_block` reads any payload in bounded memory.
+        The payload is materialized, so its declared length is held to ``payload_bytes_max`` (the read's
+        total-size budget) before a byte is decompressed or copied: a 33 KB frame that declares 1 GiB is
+        refused with LimitExceededError, not allocated. :meth:`stream_block` reads any valid payload in
+        bounded memory.
         """
         header, metadata, stored = self._open_body(index, verify=verify)
+        _check_materialized(index, header.payload_length, payload_bytes_max)
         decoded = codec.decode_metadata(metadata) if metadata else {}
         if header.storage_flags & codec.STORAGE_COMPRESSED:
             payload = decompress_exact(stored, header.payload_length)
@@ -391,9 +400,11 @@ class ContainerReader:
                 self.release(index)
 
     def payload_view(self, index: int, *, verify: bool = True) -> memoryview:
-        """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted."""
+        """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted.
+        A compressed payload is materialized within ``limits.materialized_payload_bytes_max``."""
         header, _, stored = self._open_body(index, verify=verify)
         if header.storage_flags & codec.STORAGE_COMPRESSED:
+            _check_materialized(index, header.payload_length, limits.materialized_payload_bytes_max)
             return memoryview(decompress_exact(stored, header.payload_length))
         return stored
 
@@ -501,6 +512,18 @@ class ContainerReader:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _check_materialized(index: int, payload_length: int, budget: int) -> None:
+    """Refuse to build a payload in memory past ``budget`` bytes; decompression never outgrows the
+    declared length (compression.py), so checking the declared length bounds the allocation."""
+    if payload_length > budget:
+        raise LimitExceededError(
+            f"payload length of block {index}, to hold in memory",
+            payload_length,
+            budget,
+            hint="read it in pieces with stream_block (as `maif unpack` does)",
+        )
 
 
 def _close_mapping(mapping: mmap.mmap | None) -> None:
