@@ -5,6 +5,7 @@ stalled bodies that held the server, and /metrics open to anyone."""
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import time
 import urllib.parse
@@ -104,6 +105,51 @@ def test_blocks_of_a_non_latin1_agent_can_be_read_raw(
             assert urllib.parse.unquote(read.headers["x-maif-agent-id"]) == agent
             assert read.headers["x-maif-agent-id"].isascii()
     assert client.get(f"/v1/blocks/{written.json()['block_id']}").status_code in (200, 403)
+
+
+@pytest.mark.parametrize(
+    "bad", ["nul\x00id", "cr\rid", "lf\nid", "crlf\r\nX-Injected: 1", "del\x7fid", "c1\x85id", "lone\ud800"]
+)
+def test_task_ids_with_control_characters_are_refused_before_anything_is_queued(
+    server: Server, oidc_issuer: Any, bad: str
+) -> None:
+    # A fresh agent, so its block list shows exactly what its tasks produced.
+    agent = f"tasker-{time.time_ns()}"
+    token = oidc_issuer.mint({"sub": agent, "client_id": agent})
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as own:
+        task = {"task_type": "text_analysis", "input_data": {"text": "refused"}}
+        for fields in ({"task_id": bad}, {"input_blocks": [bad]}):
+            body = json.dumps({**task, **fields}).encode()  # "\ud800" travels as its JSON escape
+            response = own.post("/v1/tasks", content=body, headers={"Content-Type": "application/json"})
+            # a lone surrogate: the schema refuses it in some fields (422), check_id in the others
+            status = 400 if "\ud800" not in bad or response.status_code == 400 else 422
+            assert _assert_problem(response, status)["type"] in (
+                "urn:maif:problem:invalid-id",
+                "urn:maif:problem:invalid-request",
+            )
+        if "\ud800" not in bad:  # (a URL cannot carry a lone surrogate: its UTF-8 bytes decode otherwise)
+            quoted = urllib.parse.quote(bad, safe="")
+            problem = _assert_problem(own.get(f"/v1/tasks/{quoted}"), 400)
+            assert problem["type"] == "urn:maif:problem:invalid-id"
+        # A task submitted after the refused ones runs; had a refused one been queued, it would have run
+        # first (same priority, submission order) and left its blocks.
+        accepted = own.post("/v1/tasks", json={"task_id": "good", **task})
+        assert accepted.status_code == 202, accepted.text
+        for _ in range(300):
+            if own.get("/v1/tasks/good").json()["status"] != "pending":
+                break
+            time.sleep(0.05)
+        listed = own.get("/v1/blocks", params={"agent_id": agent}).json()["blocks"]
+        assert listed and all("good" in block["block_id"] for block in listed), listed
+
+
+def test_a_non_latin1_task_id_is_accepted_and_its_status_read(client: httpx.Client) -> None:
+    task_id = "задача-" + str(time.time_ns())
+    accepted = client.post("/v1/tasks", json={"task_id": task_id, "task_type": "text_analysis",
+                                              "input_data": {"text": "hello"}})
+    assert accepted.status_code == 202 and accepted.json()["task_id"] == task_id, accepted.text
+    status = client.get("/v1/tasks/" + urllib.parse.quote(task_id, safe=""))
+    assert status.status_code == 200 and status.json()["task_id"] == task_id
 
 
 # ---- timeouts and connections ----------------------------------------------------------------------------

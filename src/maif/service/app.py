@@ -59,6 +59,7 @@ from maif.service.blocks import (
     BlockService,
     IdempotencyCache,
     Written,
+    check_id,
     digest_hex,
     header_text,
     location_of,
@@ -988,7 +989,9 @@ def _task_routes(router: APIRouter) -> None:
         from maif.format.block import new_block_id
 
         state = _state(request)
-        task_id = given.task_id or new_block_id()
+        task_id = check_id("task id", given.task_id or new_block_id())
+        for block_id in given.input_blocks:
+            check_id("input block id", block_id)
         try:
             task = AgentTask(
                 task_id, given.task_type, given.input_data, given.priority, tuple(given.input_blocks)
@@ -1001,7 +1004,7 @@ def _task_routes(router: APIRouter) -> None:
     @router.get("/v1/tasks/{task_id}", response_model=schemas.TaskStatus, responses=_REFUSALS)
     async def task_status(request: Request, context: Caller, task_id: str) -> schemas.TaskStatus:
         """The status of one of the caller's tasks, with the ids of the blocks it produced."""
-        return schemas.TaskStatus(**await _state(request).tasks.status(context, task_id))
+        return schemas.TaskStatus(**await _state(request).tasks.status(context, check_id("task id", task_id)))
 
 
 # ---- administration ----------------------------------------------------------------------------------
