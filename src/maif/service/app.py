@@ -67,7 +67,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import ObservabilityMiddleware
+from maif.service.middleware import BodyDeadlines, ObservabilityMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -85,6 +85,8 @@ from maif.storage.engine import MAIFStorage
 
 API_VERSION = "1.0.0"
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+DEFAULT_BODY_TOTAL_TIMEOUT_S = 60.0
+DEFAULT_BODY_BYTES_PER_S_MIN = 8 * 1024
 _LOG = logging.getLogger("maif.service")
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _HEADER_NUMBER_DIGITS_MAX = 19  # a Range or Content-Length beyond 2**63 is refused, not converted
@@ -152,6 +154,8 @@ def create_app(
     metrics_token: str | None = None,
     unsafe_anonymous_metrics: bool = False,
     body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S,
+    body_total_timeout_s: float = DEFAULT_BODY_TOTAL_TIMEOUT_S,
+    body_bytes_per_s_min: int = DEFAULT_BODY_BYTES_PER_S_MIN,
 ) -> FastAPI:
     """The service over ``storage`` and ``security_manager``. ``export_signing_key`` signs exported
     .maif files (a fresh key when None: exports are then verifiable with the key GET /v1/stats names);
@@ -161,11 +165,17 @@ def create_app(
     process's global provider when None: no-op unless an OpenTelemetry SDK was installed there);
     ``metrics_token``, when set, is the bearer token GET /metrics requires (otherwise an API token that
     may read the store's statistics, or nothing with ``unsafe_anonymous_metrics``: warned about); a
-    request body that sends nothing for ``body_read_timeout_s`` while incomplete is answered 408."""
+    request body that sends nothing for ``body_read_timeout_s`` while incomplete, or is not complete after
+    ``body_total_timeout_s`` of waiting plus 1 s per ``body_bytes_per_s_min`` bytes received, is answered
+    408 (maif.service.middleware)."""
     if metrics_token is not None and len(metrics_token) < 16:
         raise ConfigError("the metrics token must be at least 16 characters")
-    if not 0 < body_read_timeout_s < float("inf"):
-        raise ConfigError("body_read_timeout_s must be a positive number of seconds")
+    deadlines = (("body_read_timeout_s", body_read_timeout_s), ("body_total_timeout_s", body_total_timeout_s))
+    for name, seconds in deadlines:
+        if not 0 < seconds < float("inf"):
+            raise ConfigError(f"{name} must be a positive number of seconds")
+    if type(body_bytes_per_s_min) is not int or body_bytes_per_s_min < 1:
+        raise ConfigError("body_bytes_per_s_min must be a positive whole number of bytes per second")
     if unsafe_anonymous_metrics and metrics_token is None:
         _LOG.warning("GET /metrics is served to anyone (unsafe_anonymous_metrics)")
     metrics = ServiceMetrics()
@@ -192,7 +202,10 @@ def create_app(
     app = _build_app()
     app.state.service = state
     app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, tracer=tracer, body_read_timeout_s=body_read_timeout_s
+        ObservabilityMiddleware,
+        metrics=metrics,
+        tracer=tracer,
+        body_deadlines=BodyDeadlines(body_read_timeout_s, body_total_timeout_s, body_bytes_per_s_min),
     )
     return app
 
@@ -1126,4 +1139,12 @@ def _with_components_raw(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-__all__ = ["API_VERSION", "DEFAULT_BODY_READ_TIMEOUT_S", "ServiceState", "create_app", "openapi_document"]
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_BODY_BYTES_PER_S_MIN",
+    "DEFAULT_BODY_READ_TIMEOUT_S",
+    "DEFAULT_BODY_TOTAL_TIMEOUT_S",
+    "ServiceState",
+    "create_app",
+    "openapi_document",
+]
