@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -888,12 +889,17 @@ def _container_routes(router: APIRouter) -> None:
         request: Request,
         context: Caller,
         trusted_key: Annotated[list[str] | None, Query(max_length=limits.service_trusted_keys_max)] = None,
+        required_signer: Annotated[
+            list[str] | None, Query(max_length=limits.service_trusted_keys_max)
+        ] = None,
     ) -> schemas.VerifyReport:
         """Verify an uploaded .maif against the given trusted Ed25519 public keys (hex, raw 32 bytes) and
-        the service's export key; the report lists every problem found."""
+        the service's export key; the report lists every problem found. Each ``required_signer`` (hex,
+        trusted as well) must have a valid signature on the last version, or the file does not verify."""
         state = _state(request)
         await state.blocks.authorize_own(context, "verification", "verification")
         keys = [_public_key(text) for text in trusted_key or []] + [state.export_key.public_key()]
+        required = [_public_key(text) for text in required_signer or []]
         from maif.format.container import verify_container
 
         cap = limits.service_verify_upload_bytes_max
@@ -905,7 +911,11 @@ def _container_routes(router: APIRouter) -> None:
             assert received.file is not None  # keep_in_memory_bytes=0: always spooled, even when empty
             with state.tracer.start_as_current_span("maif.verify") as span:
                 span.set_attribute("maif.upload.bytes", received.length)
-                report = await asyncio.to_thread(verify_container, received.file.proc_path, keys)
+                report = await asyncio.to_thread(
+                    functools.partial(verify_container, required_signers=required),
+                    received.file.proc_path,
+                    keys,
+                )
                 span.set_attribute("maif.verify.ok", report.ok)
         return schemas.VerifyReport(
             ok=report.ok,
@@ -916,6 +926,7 @@ def _container_routes(router: APIRouter) -> None:
                 for p in report.problems[:1000]
             ],
             signer_key_ids=[key_id.hex() for key_id in report.signer_key_ids],
+            last_version_signer_key_ids=[key_id.hex() for key_id in report.last_version_signer_key_ids],
         )
 
 
