@@ -47,6 +47,13 @@ decompressed_read_bytes_max: Final = block_payload_bytes_max
 """Total-size budget of one read of a compressed payload: the decoder stops and refuses as soon as its
 output would pass the declared payload length, and never passes this bound whatever a header says."""
 
+materialized_payload_bytes_max: Final = 64 * MiB
+"""Total-size budget of one ``ContainerReader.block()`` (and of ``payload_view`` of a compressed block):
+the most payload bytes it builds in memory. A larger payload (a genuine one, or a 33 KB zstd frame that
+declares 1 GiB) is refused with LimitExceededError before anything is decompressed or copied;
+``stream_block`` reads any valid payload in ``decompression_buffer_bytes_max`` pieces, and a caller that
+means to hold a larger payload passes its own budget."""
+
 block_parents_max: Final = 256
 """Most parent references one block may carry (the provenance graph's in-degree)."""
 
@@ -443,6 +450,7 @@ assert block_metadata_bytes_max < (1 << 32) and manifest_bytes_max < (1 << 32)
 assert manifest_bytes_max <= trailer_search_hash_bytes_max
 # A zstd block regenerates at most 128 KiB: the streaming decoder's buffer holds several per step.
 assert 128 * KiB * 4 <= decompression_buffer_bytes_max <= block_payload_bytes_max
+assert decompression_buffer_bytes_max <= materialized_payload_bytes_max <= block_payload_bytes_max
 assert decompressed_read_bytes_max >= block_payload_bytes_max  # every valid payload fits one read's budget
 # msgspec decodes and re-encodes metadata recursively, one level per call: far below Python's limit.
 assert block_metadata_depth_max <= 100

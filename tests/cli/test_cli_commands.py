@@ -241,6 +241,42 @@ def test_verify_a_file_resigned_by_another_key_is_refused(tmp_path: Path, packed
     assert result.exit_code == ExitCode.SIGNATURE_UNTRUSTED  # version 1 is not signed by a trusted key
 
 
+def test_verify_require_signer_checks_the_last_versions_signers(tmp_path: Path) -> None:
+    """Version 0 is signed by A and B, version 1 by A only: B is in the union of signers but did not sign
+    the last version, so `--require-signer B` fails (exit 3) and `--require-signer A` passes."""
+    for name in ("a", "b"):
+        run_json("keygen", "-o", tmp_path / name)
+    a, b = (signing.load_private_key(tmp_path / name / "maif.key") for name in ("a", "b"))
+    a_pub, b_pub = tmp_path / "a" / "maif.pub", tmp_path / "b" / "maif.pub"
+    container = tmp_path / "cosigned.maif"
+    with ContainerWriter.create(container) as writer:
+        writer.add(MAIFBlock(data=b"first"))
+        writer.commit([a, b])
+        writer.add(MAIFBlock(data=b"second"))
+        writer.commit([a])
+    a_id, b_id = (signing.key_id(key.public_key()).hex() for key in (a, b))
+
+    passed = run_json("verify", container, "--trust", a_pub, "--trust", b_pub, "--require-signer", a_pub)
+    assert passed["signer_key_ids"] == [a_id, b_id]
+    assert passed["signers_by_version"] == [[a_id, b_id], [a_id]]
+    assert passed["last_version_signer_key_ids"] == [a_id] and passed["required_signer_key_ids"] == [a_id]
+
+    # B is trusted because it is required (no --trust for it needed), yet it did not sign version 1.
+    for extra in ([], ["--trust", b_pub]):
+        required = ["--require-signer", a_pub, "--require-signer", b_pub]
+        refused = run_json(
+            "verify", container, "--trust", a_pub, *extra, *required, code=ExitCode.SIGNATURE_UNTRUSTED
+        )
+        problems = [(p["region"], p["kind"]) for p in refused["problems"]]
+        assert problems == [("version 1 manifest", "signature")]
+        assert b_id in refused["problems"][0]["reason"]
+    human = run("verify", container, "--trust", a_pub, "--require-signer", b_pub)
+    assert human.exit_code == ExitCode.SIGNATURE_UNTRUSTED and "required signer" in human.stdout
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_text("hello")
+    run_json("verify", container, "--trust", a_pub, "--require-signer", not_a_key, code=ExitCode.KEY_ERROR)
+
+
 @pytest.mark.parametrize(
     "contents",
     [b"", b"not a maif file at all" * 10, b"\x89MAIF\r\n\x1a" + b"\x00" * 200, os.urandom(4096)],

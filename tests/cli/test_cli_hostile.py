@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -26,15 +24,15 @@ from maif.format import signing
 from maif.format.block import MAIFBlock
 from maif.format.container import ContainerWriter
 from maif.testing.hostile import (
-    COMPRESSED,
     ENCRYPTED,
     SECTION_4_VIOLATIONS,
     Violation,
+    one_gib_zstd_bomb,
     path_metadata,
     record,
+    run_measuring_peak_rss,
     signed_container,
     text_id,
-    zstd_zero_frame,
 )
 
 runner = CliRunner()
@@ -184,16 +182,7 @@ def test_inspect_shows_a_timestamp_no_date_can_hold(tmp_path: Path) -> None:
 
 # --- a decompression bomb: 33 KB on disk, 1 GiB declared ------------------------------------------
 
-_PEAK_RSS_CHILD = """
-import atexit, sys
-
-def report_peak():
-    # VmHWM (this process's own peak), not ru_maxrss: Linux carries the parent's peak into ru_maxrss
-    # across (v)fork and exec, so under a large pytest parent ru_maxrss reports the parent's memory.
-    status = open("/proc/self/status").read()
-    sys.stderr.write(f"\\npeak_rss_mb={int(status.split('VmHWM:')[1].split()[0]) // 1024}\\n")
-
-atexit.register(report_peak)
+_MAIF_MAIN = """
 sys.argv = ["maif", *sys.argv[1:]]
 from maif.cli.main import main
 main()
@@ -207,23 +196,14 @@ def test_unpacking_a_one_gib_zstd_bomb_stays_within_150_mb(
     """The bomb is a valid file (1 GiB of zeros), so `unpack --trust` verifies it in full (decompressing
     it once) and writes it; both stream through bounded buffers. Before streaming: 1,099 MB peak."""
     key, public = trusted
-    bomb = record(
-        zstd_zero_frame(1 << 30),
-        storage_flags=COMPRESSED,
-        payload_length=1 << 30,
-        metadata=path_metadata("bomb.bin"),
-    )
-    container = signed_container(tmp_path / "bomb.maif", [bomb], key)
+    container = one_gib_zstd_bomb(tmp_path / "bomb.maif", key)
     assert container.stat().st_size < 34_000
     destination = tmp_path / "out"
     arguments = ["unpack", str(container), "-o", str(destination), "--trust", str(public), "--json"]
     try:
-        result = subprocess.run(
-            [sys.executable, "-c", _PEAK_RSS_CHILD, *arguments], capture_output=True, text=True, timeout=300
-        )
+        result, peak_rss_mb = run_measuring_peak_rss(_MAIF_MAIN, arguments)
         assert result.returncode == ExitCode.OK, result.stderr
         assert (destination / "bomb.bin").stat().st_size == 1 << 30
     finally:
         shutil.rmtree(destination, ignore_errors=True)  # 1 GiB: do not leave it for pytest's tmp retention
-    peak_rss_mb = int(result.stderr.rsplit("peak_rss_mb=", 1)[1])
     assert peak_rss_mb <= 150, f"peak RSS {peak_rss_mb} MB"

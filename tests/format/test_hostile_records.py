@@ -29,13 +29,17 @@ from maif.testing.hostile import (
     SECTION_4_VIOLATIONS,
     SKIPPABLE_FRAME,
     Violation,
+    one_gib_zstd_bomb,
     path_metadata,
     record,
+    run_measuring_peak_rss,
     signed_container,
     text_id,
     zstd_frame,
     zstd_zero_frame,
 )
+
+from .conftest import Builder
 
 HONEST = record(b"honest payload", fields=text_id("honest"), metadata=path_metadata("honest.txt"))
 
@@ -210,6 +214,19 @@ def test_metadata_at_the_depth_bound_round_trips_and_one_level_more_is_refused_b
 # --- torn tails and release() -------------------------------------------------------------------
 
 
+def count_checksummed_manifest_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every manifest a trailer checksum hashes from now on, in order."""
+    hashed: list[int] = []
+    real_checksum = layout.trailer_checksum
+
+    def counting_checksum(manifest: bytes | memoryview, fields: bytes) -> bytes:
+        hashed.append(len(manifest))
+        return real_checksum(manifest, fields)
+
+    monkeypatch.setattr(layout, "trailer_checksum", counting_checksum)
+    return hashed
+
+
 def test_the_torn_tail_search_hashes_a_bounded_number_of_manifest_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,19 +242,32 @@ def test_the_torn_tail_search_hashes_a_bounded_number_of_manifest_bytes(
         data += layout.TRAILER.pack(start, start, manifest_bytes, 0, 0, 32, bytes(16), layout.TRAILER_MAGIC)
     path = tmp_path / "torn.maif"
     path.write_bytes(bytes(data) + b"torn")
-    hashed: list[int] = []
-    real_checksum = layout.trailer_checksum
-
-    def counting_checksum(manifest: bytes | memoryview, fields: bytes) -> bytes:
-        hashed.append(len(manifest))
-        return real_checksum(manifest, fields)
-
-    monkeypatch.setattr(layout, "trailer_checksum", counting_checksum)
+    hashed = count_checksummed_manifest_bytes(monkeypatch)
     with pytest.raises(LimitExceededError, match="torn tail"):
         ContainerReader.open(path)
     assert sum(hashed) <= limits.trailer_search_hash_bytes_max
     # it did search (one checksum per candidate), then stopped at the budget
     assert len(hashed) == limits.trailer_search_hash_bytes_max // manifest_bytes
+
+
+def test_the_torn_tail_search_charges_each_manifest_to_its_budget_once(
+    build: Builder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trailer at the end of the file is tried first; when its checksum fails, the backward search
+    must not try (and charge) that same trailer again. A budget of exactly the two manifests' sizes
+    suffices to fall back to version 0."""
+    path = build((1, 1))
+    with ContainerReader.open(path) as reader:
+        first_end = reader.versions[0].end_offset
+        sizes = [len(manifest.encode()) for manifest in reader.manifests]
+    data = bytearray(path.read_bytes())
+    data[-layout.TRAILER.size - 1] ^= 0x01  # the last manifest's last byte: its trailer checksum fails
+    path.write_bytes(bytes(data))
+    hashed = count_checksummed_manifest_bytes(monkeypatch)
+    monkeypatch.setattr(limits, "trailer_search_hash_bytes_max", sum(sizes))
+    with ContainerReader.open(path) as reader:
+        assert reader.valid_end == first_end and len(reader.versions) == 1
+    assert hashed[:2] == [sizes[1], sizes[0]]  # the search itself; loading version 0 then checks it again
 
 
 def test_release_of_an_index_entry_the_layout_check_refused_is_a_quiet_no_op(
@@ -259,3 +289,49 @@ def test_release_of_an_index_entry_the_layout_check_refused_is_a_quiet_no_op(
             reader.block(1)
         with pytest.raises(IndexError):
             reader.release(len(reader))
+
+
+# --- a decompression bomb through ContainerReader.block() -----------------------------------------------
+
+_BLOCK_OF_BOMB = """
+from maif import limits
+from maif.errors import LimitExceededError
+from maif.format.container import ContainerReader
+
+with ContainerReader.open(sys.argv[1]) as reader:
+    try:
+        reader.block(0)
+    except LimitExceededError as error:
+        print(type(error).__name__, error.size, error.limit)
+    try:
+        reader.payload_view(0)
+    except LimitExceededError as error:
+        print(type(error).__name__, error.size, error.limit)
+    streamed = sum(len(piece) for piece in reader.stream_block(0).chunks)  # the bounded way still reads it
+    print("streamed", streamed)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_block_of_a_one_gib_zstd_bomb_is_refused_within_its_budget_in_150_mb(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    """A 33 KB signed file whose one zstd block declares 1 GiB: block() and payload_view() refuse it by the
+    read's total-size budget before decompressing (before: 1.1 GB RSS); stream_block still reads it."""
+    container = one_gib_zstd_bomb(tmp_path / "bomb.maif", signing_key)
+    assert container.stat().st_size < 34_000
+    result, peak_rss_mb = run_measuring_peak_rss(_BLOCK_OF_BOMB, [str(container)])
+    assert result.returncode == 0, result.stderr
+    refused = f"LimitExceededError {1 << 30} {limits.materialized_payload_bytes_max}"
+    assert result.stdout.splitlines() == [refused, refused, f"streamed {1 << 30}"]
+    assert peak_rss_mb <= 150, f"peak RSS {peak_rss_mb} MB"
+
+
+def test_a_caller_may_grant_block_a_larger_budget(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    payload_length = 3 << 20
+    bomb = record(zstd_zero_frame(payload_length), storage_flags=COMPRESSED, payload_length=payload_length)
+    container = signed_container(tmp_path / "three-mib.maif", [bomb], signing_key)
+    with ContainerReader.open(container) as reader:
+        with pytest.raises(LimitExceededError, match="to hold in memory"):
+            reader.block(0, payload_bytes_max=payload_length - 1)
+        assert reader.block(0, payload_bytes_max=payload_length).data == bytes(payload_length)

@@ -14,7 +14,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from maif import limits
-from maif.errors import CryptoError, DecryptionError, FormatError, LimitExceededError, SignatureError
+from maif.errors import (
+    CryptoError,
+    DecryptionError,
+    FormatError,
+    IntegrityError,
+    LimitExceededError,
+    SignatureError,
+)
 from maif.format import aead, codec, layout, signing
 from maif.format.compression import compress_if_pays, decompress_exact, iter_decompressed
 from maif.format.container import ContainerReader, ContainerWriter, verify_container
@@ -164,14 +171,20 @@ def test_the_writers_frames_declare_their_size_and_carry_no_checksum_or_dictiona
         assert parameters.window_size <= 2 << 20
 
 
-def test_a_pack_frame_is_looser_than_a_container_payload_bytes_after_the_frame_are_ignored() -> None:
-    """PACKS.md: a pack reader checks the raw length and digest; bytes after the first frame are not
-    refused (unlike SPEC 4.2). Pinned so that tightening it is a deliberate, documented change."""
+@pytest.mark.parametrize(
+    "after",
+    [b"junk", struct.pack("<II", 0x184D2A50, 4) + b"skip", zstandard.ZstdCompressor().compress(b"two")],
+    ids=["junk", "skippable frame", "second frame"],
+)
+def test_a_pack_frame_like_a_container_payload_is_exactly_one_zstd_frame(after: bytes) -> None:
+    """PACKS.md: a compressed chunk's stored bytes are exactly one zstd frame (as in SPEC 4.2); bytes
+    after it are refused as damage before any byte is returned (they were ignored before issue 14)."""
     raw = b"abc" * 3000
     frame = zstandard.ZstdCompressor().compress(raw)
     digest = blake3.blake3(raw).digest()
-    for stored in (frame + b"junk", frame + frame):
-        assert packs.decode_chunk(digest, packs.FLAG_ZSTD, stored, len(raw), "test") == raw
+    assert packs.decode_chunk(digest, packs.FLAG_ZSTD, frame, len(raw), "test") == raw
+    with pytest.raises(IntegrityError, match="exactly one valid zstd frame"):
+        packs.decode_chunk(digest, packs.FLAG_ZSTD, frame + after, len(raw), "test")
 
 
 # --- section 4.2: shortest form with msgspec's float64-only floats --------------------------------------
@@ -239,6 +252,55 @@ def test_every_version_repeats_the_key_wraps_and_a_reader_uses_the_last_ones(
     assert {p.region for p in report.problems} == {"version 0 manifest", "version 1 manifest"}
 
 
+def resign_last_version(path: Path, body: bytes, keys: tuple[Ed25519PrivateKey, ...]) -> None:
+    """Replace the last version's manifest body with ``body``, signed anew by ``keys`` (a hostile signer:
+    every signature valid), and reseal its trailer."""
+    data = path.read_bytes()
+    trailer, raw = last_version(data)
+    manifest = layout.decode_manifest(raw, trailer.manifest_offset)
+    signatures = []
+    for key in keys:
+        message = signing.signed_message(
+            data[:32], manifest.block_count, manifest.merkle_root, key_id_of(key),
+            manifest.committed_at_ns, blake3.blake3(body).digest(),
+        )
+        signatures.append(layout.Signature(key_id_of(key), manifest.committed_at_ns, key.sign(message)))
+    new_manifest = body + layout.encode_signatures(tuple(signatures))
+    new_trailer = layout.Trailer(
+        trailer.index_offset, trailer.manifest_offset, len(new_manifest), trailer.version_number,
+        trailer.block_count, trailer.segment_start,
+    )
+    path.write_bytes(
+        data[: trailer.manifest_offset] + new_manifest + layout.encode_trailer(new_trailer, new_manifest)
+    )
+
+
+def test_a_version_whose_key_wraps_differ_from_the_previous_versions_is_refused(
+    build: Builder, recipient_key: X25519PrivateKey, signing_key: Ed25519PrivateKey
+) -> None:
+    """SPEC 8: a writer MUST copy the key wraps byte for byte, so a verifier MUST refuse a version whose
+    wraps differ. Attack: a signer of a later version adds a recipient of its own (the data key wrapped
+    for an outsider): every signature holds, and the outsider would read every earlier block."""
+    path = build((1, 1), recipients=(recipient_key,), encrypt=True)
+    with ContainerReader.open(path, decryption_key=recipient_key) as reader:
+        data_key, file_id = reader._data_key, reader.file_id
+    assert data_key is not None
+    outsider = X25519PrivateKey.from_private_bytes(bytes(range(40, 72)))
+    added = aead.wrap_data_key(data_key, outsider.public_key(), file_id, aead.system_random)
+    trailer, raw = last_version(path.read_bytes())
+    body = layout.decode_manifest(raw, trailer.manifest_offset).body
+    body = body[:128] + bytes([2]) + body[129:] + added.encode()  # recipient count 1 -> 2, one wrap more
+    resign_last_version(path, body, (signing_key,))
+    with ContainerReader.open(path, decryption_key=outsider) as reader:
+        assert reader.block(0).data == sample_block(0).data  # the outsider can read version 0's block
+    for decryption_key in (None, recipient_key):
+        report = verify_container(path, [signing_key.public_key()], decryption_key=decryption_key)
+        assert [(p.region, p.kind) for p in report.problems] == [("version 1 manifest", "format")]
+        assert "key wraps" in report.problems[0].reason
+        quick = verify_container(path, [signing_key.public_key()], full=False)
+        assert [p.region for p in quick.problems] == ["version 1 manifest"]
+
+
 # --- section 7: zero, duplicate and stripped signatures --------------------------------------------------
 
 
@@ -297,6 +359,36 @@ def test_the_last_versions_signatures_can_be_stripped_earlier_ones_cannot(
     path.write_bytes(bytes(data))
     report = verify_container(path, trusted)
     assert [p.reason for p in report.problems] == ["does not link to the previous version's manifest"]
+
+
+def test_the_report_names_the_signers_of_each_version_and_a_required_signer_set_is_enforced(
+    tmp_path: Path, signing_key: Ed25519PrivateKey, other_signing_key: Ed25519PrivateKey
+) -> None:
+    """SPEC 7: the union of signers over versions cannot express "A and B signed the last version"; the
+    report gives each version's signers, and required_signers fails a file whose last version lacks one.
+    Each version here is signed by both, then the co-signature on the last one is stripped."""
+    a, b = signing_key, other_signing_key
+    path = tmp_path / "two-signers.maif"
+    with ContainerWriter.create(path) as writer:
+        writer.add(sample_block(0))
+        writer.commit([a, b])
+        writer.add(sample_block(1))
+        writer.commit([a, b])
+    with ContainerReader.open(path) as reader:
+        first, _ = reader.manifests[-1].signatures
+    with_signatures(path, (first, first))  # B's signature gone, A's duplicated: A still counts once
+    trusted = [a.public_key(), b.public_key()]
+    report = verify_container(path, trusted)
+    assert report.ok
+    assert report.signer_key_ids == [key_id_of(a), key_id_of(b)]  # the union: B signed version 0
+    assert report.signers_by_version == [[key_id_of(a), key_id_of(b)], [key_id_of(a)]]
+    assert report.last_version_signer_key_ids == [key_id_of(a)]
+
+    assert verify_container(path, trusted, required_signers=[a.public_key()]).ok
+    refused = verify_container(path, [a.public_key()], required_signers=[a.public_key(), b.public_key()])
+    assert not refused.ok  # b is trusted because it is required, and it did not sign the last version
+    assert [(p.region, p.kind) for p in refused.problems] == [("version 1 manifest", "signature")]
+    assert key_id_of(b).hex() in refused.problems[0].reason
 
 
 # --- section 4.2 / 8: ENCRYPTED records in a file without recipients --------------------------------------

@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from maif.format import merkle
+from maif.format import merkle, signing
 
 
 def _write(client: httpx.Client, payload: bytes, **fields: Any) -> httpx.Response:
@@ -161,6 +162,31 @@ def test_export_streams_a_signed_container_that_verify_accepts(client: httpx.Cli
         "/v1/verify", content=bytes(tampered), headers={"Content-Type": "application/octet-stream"}
     )
     assert broken.status_code == 200 and broken.json()["ok"] is False
+
+
+def test_verify_names_the_last_versions_signers_and_enforces_required_ones(client: httpx.Client) -> None:
+    exported = client.post("/v1/export", json={"block_ids": [_write(client, b"signed").json()["block_id"]]})
+    signer = exported.headers["x-maif-signer-public-key"]
+    signer_id = signing.key_id(Ed25519PublicKey.from_public_bytes(bytes.fromhex(signer))).hex()
+    stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+
+    def verify(required: list[str]) -> dict[str, Any]:
+        response = client.post(
+            "/v1/verify",
+            content=exported.content,
+            params={"required_signer": required},
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert response.status_code == 200, response.text
+        report: dict[str, Any] = response.json()
+        return report
+
+    report = verify([signer])
+    assert report["ok"] is True and report["last_version_signer_key_ids"] == [signer_id]
+    refused = verify([signer, stranger])
+    assert refused["ok"] is False
+    assert [problem["region"] for problem in refused["problems"]] == ["version 0 manifest"]
+    assert "required signer" in refused["problems"][0]["reason"]
 
 
 def test_trust_bootstrap_opens_a_session_bound_to_the_token(

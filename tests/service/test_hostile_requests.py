@@ -5,6 +5,7 @@ stalled bodies that held the server, and /metrics open to anyone."""
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from server_process import Server, start_server
 
 HEADER_TIMEOUT_S = 1.0
 BODY_READ_TIMEOUT_S = 1.0
+BODY_TOTAL_TIMEOUT_S = 3.0
 CONNECTIONS_PER_CLIENT_MAX = 8
 
 
@@ -106,6 +108,51 @@ def test_blocks_of_a_non_latin1_agent_can_be_read_raw(
     assert client.get(f"/v1/blocks/{written.json()['block_id']}").status_code in (200, 403)
 
 
+@pytest.mark.parametrize(
+    "bad", ["nul\x00id", "cr\rid", "lf\nid", "crlf\r\nX-Injected: 1", "del\x7fid", "c1\x85id", "lone\ud800"]
+)
+def test_task_ids_with_control_characters_are_refused_before_anything_is_queued(
+    server: Server, oidc_issuer: Any, bad: str
+) -> None:
+    # A fresh agent, so its block list shows exactly what its tasks produced.
+    agent = f"tasker-{time.time_ns()}"
+    token = oidc_issuer.mint({"sub": agent, "client_id": agent})
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as own:
+        task = {"task_type": "text_analysis", "input_data": {"text": "refused"}}
+        for fields in ({"task_id": bad}, {"input_blocks": [bad]}):
+            body = json.dumps({**task, **fields}).encode()  # "\ud800" travels as its JSON escape
+            response = own.post("/v1/tasks", content=body, headers={"Content-Type": "application/json"})
+            # a lone surrogate: the schema refuses it in some fields (422), check_id in the others
+            status = 400 if "\ud800" not in bad or response.status_code == 400 else 422
+            assert _assert_problem(response, status)["type"] in (
+                "urn:maif:problem:invalid-id",
+                "urn:maif:problem:invalid-request",
+            )
+        if "\ud800" not in bad:  # (a URL cannot carry a lone surrogate: its UTF-8 bytes decode otherwise)
+            quoted = urllib.parse.quote(bad, safe="")
+            problem = _assert_problem(own.get(f"/v1/tasks/{quoted}"), 400)
+            assert problem["type"] == "urn:maif:problem:invalid-id"
+        # A task submitted after the refused ones runs; had a refused one been queued, it would have run
+        # first (same priority, submission order) and left its blocks.
+        accepted = own.post("/v1/tasks", json={"task_id": "good", **task})
+        assert accepted.status_code == 202, accepted.text
+        for _ in range(300):
+            if own.get("/v1/tasks/good").json()["status"] != "pending":
+                break
+            time.sleep(0.05)
+        listed = own.get("/v1/blocks", params={"agent_id": agent}).json()["blocks"]
+        assert listed and all("good" in block["block_id"] for block in listed), listed
+
+
+def test_a_non_latin1_task_id_is_accepted_and_its_status_read(client: httpx.Client) -> None:
+    task_id = "задача-" + str(time.time_ns())
+    accepted = client.post("/v1/tasks", json={"task_id": task_id, "task_type": "text_analysis",
+                                              "input_data": {"text": "hello"}})
+    assert accepted.status_code == 202 and accepted.json()["task_id"] == task_id, accepted.text
+    status = client.get("/v1/tasks/" + urllib.parse.quote(task_id, safe=""))
+    assert status.status_code == 200 and status.json()["task_id"] == task_id
+
+
 # ---- timeouts and connections ----------------------------------------------------------------------------
 
 
@@ -118,6 +165,7 @@ def guarded(oidc_issuer: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "max_concurrent_requests": 64,
             "header_timeout_s": HEADER_TIMEOUT_S,
             "body_read_timeout_s": BODY_READ_TIMEOUT_S,
+            "body_total_timeout_s": BODY_TOTAL_TIMEOUT_S,
             "connections_per_client_max": CONNECTIONS_PER_CLIENT_MAX,
         },
     )
@@ -184,18 +232,109 @@ def test_a_stalled_body_is_cut_off_within_the_timeout(guarded: Server, tokens: d
         assert b"urn:maif:problem:body-timeout" in answer
 
 
-def test_a_slow_but_steady_body_is_not_cut_off(guarded: Server, tokens: dict[str, str]) -> None:
-    def slow() -> Iterator[bytes]:
-        for _ in range(3):
-            yield b"x" * 10
-            time.sleep(BODY_READ_TIMEOUT_S / 2)
-
-    response = httpx.post(
-        f"{guarded.url}/v1/blocks",
-        content=slow(),
-        headers={"Authorization": f"Bearer {tokens['agent-1']}", "Content-Type": "application/octet-stream"},
-        timeout=30,
+def _post_head(path: bytes, content_type: bytes, token: str, length: int, extra: bytes = b"") -> bytes:
+    return (
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type + b"\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n" + extra
+        + b"Content-Length: " + str(length).encode() + b"\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize("path", [b"/v1/tasks", b"/v1/search", b"/v1/export"])
+def test_a_stalled_json_body_is_answered_408(guarded: Server, tokens: dict[str, str], path: bytes) -> None:
+    """FastAPI turns any error while it reads a JSON body into 400 "error parsing the body"; the client
+    must still learn that its body timed out."""
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        started = time.monotonic()
+        connection.sendall(_post_head(path, b"application/json", tokens["agent-1"], 1000) + b'{"task_')
+        closed, answer = _closed_within(connection, BODY_READ_TIMEOUT_S + 10)
+        elapsed = time.monotonic() - started
+    assert closed and elapsed < BODY_READ_TIMEOUT_S + 10, elapsed
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b"urn:maif:problem:body-timeout" in answer
+
+
+def _drip(guarded: Server, head: bytes, every_s: float) -> tuple[bytes, float]:
+    """Send ``head``, then one body byte every ``every_s`` (never a stall the per-read deadline sees) until
+    the server answers and closes; what it answered and after how long."""
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        started = time.monotonic()
+        connection.sendall(head)
+        connection.settimeout(every_s)
+        answer = b""
+        while time.monotonic() - started < BODY_TOTAL_TIMEOUT_S + 20:
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                try:
+                    connection.sendall(b" ")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer, time.monotonic() - started
+
+
+def test_a_drip_fed_upload_is_cut_by_the_total_body_deadline_and_nothing_is_stored(
+    guarded: Server, tokens: dict[str, str]
+) -> None:
+    block_id = f"drip-{time.time_ns()}"
+    head = _post_head(
+        b"/v1/blocks", b"application/octet-stream", tokens["agent-1"], 100_000,
+        b"X-MAIF-Block-Id: " + block_id.encode() + b"\r\n",
+    )
+    answer, elapsed = _drip(guarded, head, BODY_READ_TIMEOUT_S / 2)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert b"urn:maif:problem:body-timeout" in answer
+    assert BODY_TOTAL_TIMEOUT_S - 0.5 < elapsed < BODY_TOTAL_TIMEOUT_S + 5, elapsed
+    read = httpx.get(
+        f"{guarded.url}/v1/blocks/{block_id}", headers={"Authorization": f"Bearer {tokens['agent-1']}"}
+    )
+    assert read.status_code == 404, read.text
+
+
+def test_a_drip_fed_json_body_is_cut_by_the_total_body_deadline(
+    guarded: Server, tokens: dict[str, str]
+) -> None:
+    head = _post_head(b"/v1/tasks", b"application/json", tokens["agent-1"], 100_000)
+    answer, elapsed = _drip(guarded, head, BODY_READ_TIMEOUT_S / 2)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+    assert BODY_TOTAL_TIMEOUT_S - 0.5 < elapsed < BODY_TOTAL_TIMEOUT_S + 5, elapsed
+
+
+def _upload_slowly(server: Server, token: str, piece: bytes, count: int, every_s: float) -> httpx.Response:
+    """A raw upload of ``count`` x ``piece``, one piece every ``every_s``."""
+
+    def slowly() -> Iterator[bytes]:
+        for _ in range(count):
+            yield piece
+            time.sleep(every_s)
+
+    return httpx.post(
+        f"{server.url}/v1/blocks",
+        content=slowly(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
+
+
+def test_an_upload_that_keeps_the_minimum_rate_outlasts_the_base_deadline(
+    guarded: Server, tokens: dict[str, str]
+) -> None:
+    """The total deadline grows with the bytes received (body_bytes_per_s_min), so a large upload over a
+    slow but honest link is never cut: 64 KiB every 0.5 s for longer than the base deadline."""
+    pieces = int(BODY_TOTAL_TIMEOUT_S / 0.5) + 3
+    response = _upload_slowly(guarded, tokens["agent-1"], b"y" * 65536, pieces, 0.5)
+    assert response.status_code == 201, response.text
+    assert response.json()["payload_length"] == pieces * 65536
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(guarded: Server, tokens: dict[str, str]) -> None:
+    response = _upload_slowly(guarded, tokens["agent-1"], b"x" * 10, 3, BODY_READ_TIMEOUT_S / 2)
     assert response.status_code == 201, response.text
     assert response.json()["payload_length"] == 30
 
@@ -223,3 +362,23 @@ def test_unsafe_anonymous_metrics_must_be_asked_for(tmp_path: Path, oidc_issuer:
         assert response.status_code == 200 and "maif_http_requests_total" in response.text
     finally:
         running.stop()
+
+
+@pytest.mark.parametrize(
+    "service",
+    [
+        {"body_total_timeout_s": 0},
+        {"body_total_timeout_s": float("nan")},
+        {"body_total_timeout_s": 1e9},
+        {"body_bytes_per_s_min": 0},
+        {"body_bytes_per_s_min": 1 << 40},
+    ],
+)
+def test_body_deadlines_out_of_range_are_refused(tmp_path: Path, service: dict[str, Any]) -> None:
+    from maif.cli.serve import _service_section
+    from maif.errors import ConfigError
+
+    config = tmp_path / "maif.json"
+    config.write_text(json.dumps({"service": service}))
+    with pytest.raises(ConfigError, match="body_"):
+        _service_section(config)

@@ -404,6 +404,30 @@ def test_memory_stays_bounded_while_ingesting_many_small_blocks(tmp_path: Path) 
     assert peak_rss_mb <= 64 + 180, f"peak RSS {peak_rss_mb} MB"
 
 
+def test_import_takes_a_block_larger_than_the_readers_default_budget(tmp_path: Path) -> None:
+    """ContainerReader.block() refuses over 64 MiB unless granted more; import verifies the container
+    first, then grants the format's limit, so any block the store holds comes back in (a regression of
+    the hostile-file budget, found when it landed)."""
+    from maif import limits
+    from maif.format.signing import generate_signing_key
+
+    key = generate_signing_key()
+    large = MAIFBlock(id="large", data=os.urandom(limits.materialized_payload_bytes_max + 4096))
+    container = tmp_path / "large.maif"
+
+    async def export(storage: MAIFStorage) -> None:
+        await storage.write_block(large)
+        await storage.export(container, None, key)
+
+    with_store(tmp_path / "source", export, local=True)
+
+    async def import_into(storage: MAIFStorage) -> None:
+        assert await storage.import_maif(container, [key.public_key()]) == 1
+        assert (await storage.read_block("large")).data == large.data
+
+    with_store(tmp_path / "target", import_into, local=True)
+
+
 def test_export_import_round_trip_verifies(tmp_path: Path) -> None:
     from maif.errors import SignatureError
     from maif.format.container import verify_container

@@ -15,6 +15,9 @@ GET /metrics requires (without it, an API token that may read the store's statis
 Slow and idle clients are bounded: ``keep_alive_timeout_s`` (an idle kept-alive connection is closed,
 default 5), ``header_timeout_s`` (a request head not complete in time closes the connection, default 10),
 ``body_read_timeout_s`` (an incomplete body that sends nothing this long is answered 408, default 30),
+``body_total_timeout_s`` and ``body_bytes_per_s_min`` (a body not complete after this much waiting plus
+1 s per that many bytes received is answered 408, so a drip-feeding client is cut off: default 60 s and
+8 KiB/s, see maif.service.middleware),
 ``connections_per_client_max`` (open connections per peer IP address, default
 ``limits.service_connections_per_client_max``; behind a reverse proxy raise it to
 ``max_concurrent_requests``) and ``request_head_bytes_max`` (default
@@ -62,6 +65,8 @@ class ServiceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keep_alive_timeout_s: float = 5.0
     header_timeout_s: float = 10.0
     body_read_timeout_s: float = 30.0
+    body_total_timeout_s: float = 60.0
+    body_bytes_per_s_min: int = 8 * 1024
     connections_per_client_max: int = limits.service_connections_per_client_max
     request_head_bytes_max: int = limits.service_request_head_bytes_max
     unsafe_anonymous_metrics: bool = False
@@ -86,10 +91,12 @@ def _service_section(path: Path | None) -> ServiceConfig:
 
 
 def _check_connection_bounds(section: ServiceConfig) -> None:
-    timeouts = ("keep_alive_timeout_s", "header_timeout_s", "body_read_timeout_s")
+    timeouts = ("keep_alive_timeout_s", "header_timeout_s", "body_read_timeout_s", "body_total_timeout_s")
     for name in timeouts:
         if not 0 < getattr(section, name) <= limits.service_timeout_s_max:  # also refuses NaN
             raise ConfigError(f"service.{name} must be above 0 and at most {limits.service_timeout_s_max}")
+    if not 1 <= section.body_bytes_per_s_min <= limits.service_part_bytes_max:
+        raise ConfigError(f"service.body_bytes_per_s_min must be 1 to {limits.service_part_bytes_max}")
     if not 1 <= section.connections_per_client_max <= limits.service_concurrent_requests_max:
         raise ConfigError(
             f"service.connections_per_client_max must be 1 to {limits.service_concurrent_requests_max}"
@@ -157,6 +164,8 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
             metrics_token=os.environ.get("MAIF_METRICS_TOKEN") or None,
             unsafe_anonymous_metrics=service_config.unsafe_anonymous_metrics,
             body_read_timeout_s=service_config.body_read_timeout_s,
+            body_total_timeout_s=service_config.body_total_timeout_s,
+            body_bytes_per_s_min=service_config.body_bytes_per_s_min,
         )
         server = _draining_server_class()(
             uvicorn.Config(

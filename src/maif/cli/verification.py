@@ -8,6 +8,11 @@ of the file as a whole), and the exit code says which kind of failure it is:
     3 signature missing, invalid or by no trusted key · 4 unreadable or malformed file, or a block that
     breaks a format rule (SPEC section 4) · 7 a block field above a bound in maif.limits · 2 usage error
 
+``--require-signer KEYFILE`` (repeatable) names keys that must each have a valid signature on the last
+version (they are trusted as well); one missing is a signature problem (exit 3). The union of signers
+over all versions does not stand in for that: a co-signature of the last version can be stripped
+(SPEC section 7), and a key that signed only an earlier version did not sign the last one.
+
 A file with several kinds of problem exits with the first of 1, 4, 7, 3: damaged bytes name concrete
 damage whoever signed, and a malformed block is refused even when a trusted key signed it.
 
@@ -91,7 +96,12 @@ def raise_for_report(report: VerificationReport, reader: ContainerReader | None 
 
 
 def report_document(
-    path: Path, report: VerificationReport, trusted_ids: list[bytes], *, quick: bool
+    path: Path,
+    report: VerificationReport,
+    trusted_ids: list[bytes],
+    *,
+    quick: bool,
+    required_ids: list[bytes] | None = None,
 ) -> dict[str, Any]:
     verdict = verdict_of(report)
     return {
@@ -103,7 +113,10 @@ def report_document(
         "block_count": report.block_count,
         "versions": [version_row(version) for version in report.versions],
         "signer_key_ids": list(report.signer_key_ids),
+        "signers_by_version": [list(signers) for signers in report.signers_by_version],
+        "last_version_signer_key_ids": report.last_version_signer_key_ids,
         "trusted_key_ids": trusted_ids,
+        "required_signer_key_ids": required_ids or [],
         "problems": [
             {
                 "block_index": problem.block_index,
@@ -130,21 +143,37 @@ def verify_command(
         Path | None,
         typer.Option("--decrypt-key", help="X25519 private key: also authenticate encrypted payloads."),
     ] = None,
+    require_signer: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--require-signer",
+            help="Ed25519 public key (PEM file, or 64 hex digits) that must have signed the last version; "
+            "repeat for several. Trusted as well.",
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Verify a container under trusted keys; list every problem with its block index."""
     output = CommandOutput(json_output=json_output)
     with reporting_errors(output):
         trusted_keys = load_trusted_keys(trust)
+        required = load_trusted_keys(require_signer or [])
         decryption_key = load_x25519_private_key(decrypt_key) if decrypt_key is not None else None
         require_readable_container(container)
+        checks: dict[str, Any] = {"full": not quick, "required_signers": required}
         if decryption_key is not None and not _is_recipient(container, decryption_key):
-            report = verify_container(container, trusted_keys, full=not quick)
+            report = verify_container(container, trusted_keys, **checks)
             if report.ok:
                 raise _wrong_key(container, decrypt_key)
         else:
-            report = verify_container(container, trusted_keys, full=not quick, decryption_key=decryption_key)
-    document = report_document(container, report, [key_id(key) for key in trusted_keys], quick=quick)
+            report = verify_container(container, trusted_keys, decryption_key=decryption_key, **checks)
+    document = report_document(
+        container,
+        report,
+        [key_id(key) for key in trusted_keys],
+        quick=quick,
+        required_ids=[key_id(key) for key in required],
+    )
     output.result(document)
     _render(output, document)
     verdict = verdict_of(report)
@@ -185,6 +214,8 @@ def _render(output: CommandOutput, document: dict[str, Any]) -> None:
     )
     signers = ", ".join(key.hex() for key in document["signer_key_ids"]) or "none"
     output.human(f"  valid signatures by trusted key id(s): {signers}")
+    last = ", ".join(key.hex() for key in document["last_version_signer_key_ids"]) or "none"
+    output.human(f"  of which on the last version: {last}")
     if document["ok"]:
         output.human("[bold green]verified[/bold green]: every check passed under a trusted key")
         return

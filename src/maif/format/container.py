@@ -28,11 +28,14 @@ def verify_container(
     *,
     full: bool = True,
     decryption_key: X25519PrivateKey | None = None,
+    required_signers: Sequence[Ed25519PublicKey] = (),
 ) -> VerificationReport:
     """See :func:`maif.format.verify.verify_container`."""
     from maif.format import verify
 
-    return verify.verify_container(path, trusted_keys, full=full, decryption_key=decryption_key)
+    return verify.verify_container(
+        path, trusted_keys, full=full, decryption_key=decryption_key, required_signers=required_signers
+    )
 
 
 def repair_container(path: str | os.PathLike[str]) -> RepairReport:

@@ -338,13 +338,22 @@ class ContainerReader:
         associated = aead.block_associated_data(self.file_id, index, header_bytes)
         return aead.decrypt_body(self._data_key, body, associated)
 
-    def block(self, index: int, *, verify: bool = True) -> MAIFBlock:
+    def block(
+        self,
+        index: int,
+        *,
+        verify: bool = True,
+        payload_bytes_max: int = limits.materialized_payload_bytes_max,
+    ) -> MAIFBlock:
         """Block ``index``, its stored bytes checked against the indexed digest unless ``verify=False``.
 
-        The payload is materialized: a compressed one costs its declared size in memory (allocated as it
-        is decompressed, never ahead of it). :meth:`stream_block` reads any payload in bounded memory.
+        The payload is materialized, so its declared length is held to ``payload_bytes_max`` (the read's
+        total-size budget) before a byte is decompressed or copied: a 33 KB frame that declares 1 GiB is
+        refused with LimitExceededError, not allocated. :meth:`stream_block` reads any valid payload in
+        bounded memory.
         """
         header, metadata, stored = self._open_body(index, verify=verify)
+        _check_materialized(index, header.payload_length, payload_bytes_max)
         decoded = codec.decode_metadata(metadata) if metadata else {}
         if header.storage_flags & codec.STORAGE_COMPRESSED:
             payload = decompress_exact(stored, header.payload_length)
@@ -391,9 +400,11 @@ class ContainerReader:
                 self.release(index)
 
     def payload_view(self, index: int, *, verify: bool = True) -> memoryview:
-        """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted."""
+        """Block ``index``'s payload; zero-copy (a view of the mapping) when stored raw and unencrypted.
+        A compressed payload is materialized within ``limits.materialized_payload_bytes_max``."""
         header, _, stored = self._open_body(index, verify=verify)
         if header.storage_flags & codec.STORAGE_COMPRESSED:
+            _check_materialized(index, header.payload_length, limits.materialized_payload_bytes_max)
             return memoryview(decompress_exact(stored, header.payload_length))
         return stored
 
@@ -503,6 +514,18 @@ class ContainerReader:
         self.close()
 
 
+def _check_materialized(index: int, payload_length: int, budget: int) -> None:
+    """Refuse to build a payload in memory past ``budget`` bytes; decompression never outgrows the
+    declared length (compression.py), so checking the declared length bounds the allocation."""
+    if payload_length > budget:
+        raise LimitExceededError(
+            f"payload length of block {index}, to hold in memory",
+            payload_length,
+            budget,
+            hint="read it in pieces with stream_block (as `maif unpack` does)",
+        )
+
+
 def _close_mapping(mapping: mmap.mmap | None) -> None:
     if mapping is None:
         return
@@ -530,7 +553,7 @@ def _find_last_trailer(view: memoryview) -> int | None:
         pass  # no valid version ends at the end of the file: its tail is torn
     data = view.obj if isinstance(view.obj, mmap.mmap) else bytes(view)
     magic, magic_at = layout.TRAILER_MAGIC, layout.TRAILER.size - len(layout.TRAILER_MAGIC)
-    search_end = size
+    search_end = size - 1  # the candidate ending at the file's end was just tried (and charged)
     for _ in range(limits.trailer_candidates_max):
         found = data.rfind(magic, layout.FILE_HEADER.size, search_end)
         if found < 0:

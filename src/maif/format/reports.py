@@ -35,13 +35,26 @@ class Problem:
 
 @dataclass(slots=True)
 class VerificationReport:
-    """``ok`` only if there is no problem at all; ``signer_key_ids`` are trusted keys that signed."""
+    """``ok`` only if there is no problem at all.
+
+    ``signer_key_ids`` are the trusted keys with a valid signature on *some* version (the union);
+    ``signers_by_version[k]`` those with a valid signature on version k, each key once, in manifest order.
+    A policy such as "A and B signed" must look at the version it relies on, normally the last one
+    (:attr:`last_version_signer_key_ids`, or ``verify_container(..., required_signers=...)``): the last
+    version's signatures are covered by nothing, so a co-signature can be stripped (SPEC section 7).
+    """
 
     ok: bool
     problems: list[Problem]
     block_count: int
     versions: list[VersionInfo]
     signer_key_ids: list[bytes] = field(default_factory=list)
+    signers_by_version: list[list[bytes]] = field(default_factory=list)
+
+    @property
+    def last_version_signer_key_ids(self) -> list[bytes]:
+        """Trusted keys with a valid signature on the last complete version (empty when there is none)."""
+        return list(self.signers_by_version[-1]) if self.signers_by_version else []
 
     def bad_blocks(self) -> list[int]:
         return sorted({p.block_index for p in self.problems if p.block_index is not None})

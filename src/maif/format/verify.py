@@ -10,8 +10,12 @@ decryption key, of every encrypted block after its AES-GCM tag is checked. A sig
 bytes, so a valid signature does not excuse them.
 
 Trust comes only from ``trusted_keys``: a signature by a key the caller did not pass is ignored, and a
-version without a valid signature by a trusted key is a problem. Problems are collected, not raised, so
-one report locates every damaged block (by index) or region (by name).
+version without a valid signature by a trusted key is a problem. A key with several entries in one
+manifest counts once. ``required_signers`` (trusted too) must each have a valid signature on the last
+version, since signatures sit outside what they sign and a co-signature can be stripped (SPEC section 7).
+Every version after the first must repeat its predecessor's key wraps byte for byte (SPEC section 8): a
+later signer cannot add or swap recipients. Problems are collected, not raised, so one report locates
+every damaged block (by index) or region (by name).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+    from maif.format.aead import KeyWrap
     from maif.format.layout import Manifest
 
 
@@ -40,24 +45,43 @@ def verify_container(
     *,
     full: bool = True,
     decryption_key: X25519PrivateKey | None = None,
+    required_signers: Sequence[Ed25519PublicKey] = (),
 ) -> VerificationReport:
-    """Check ``path`` against ``trusted_keys``; ``ok`` only if nothing at all is wrong."""
+    """Check ``path`` against ``trusted_keys``; ``ok`` only if nothing at all is wrong (and each of
+    ``required_signers``, trusted as well, signed the last version)."""
     try:
         reader = ContainerReader.open(path, decryption_key=decryption_key)
     except MAIFError as error:
         return VerificationReport(False, [Problem(None, error.message, "file", kind_of(error))], 0, [])
     with reader:
         problems: list[Problem] = []
-        signers = _check_versions(reader, trusted_keys, problems)
+        signers_by_version = _check_versions(reader, [*trusted_keys, *required_signers], problems)
+        if signers_by_version:
+            _check_required_signers(required_signers, signers_by_version, problems)
         problems += [Problem(index, reason) for index, reason in sorted(reader.bad_entries.items())]
         if full:
             _check_blocks(reader, problems, check_encrypted=decryption_key is not None)
-        return VerificationReport(not problems, problems, len(reader), reader.versions, signers)
+        union = list(dict.fromkeys(key for signers in signers_by_version for key in signers))
+        return VerificationReport(
+            not problems, problems, len(reader), reader.versions, union, signers_by_version
+        )
+
+
+def _check_required_signers(
+    required: Sequence[Ed25519PublicKey], signers_by_version: list[list[bytes]], problems: list[Problem]
+) -> None:
+    last = len(signers_by_version) - 1
+    for key in required:
+        if signing.key_id(key) not in signers_by_version[last]:
+            reason = f"required signer {signing.key_id(key).hex()} has no valid signature on the last version"
+            problems.append(Problem(None, reason, f"version {last} manifest", "signature"))
 
 
 def _check_versions(
     reader: ContainerReader, trusted_keys: Sequence[Ed25519PublicKey], problems: list[Problem]
-) -> list[bytes]:
+) -> list[list[bytes]]:
+    """Every version's links, index digest, Merkle root, key wraps and signatures; the trusted keys that
+    validly signed each version (each key once)."""
     if reader.torn_tail_bytes:
         problems.append(
             Problem(
@@ -77,15 +101,23 @@ def _check_versions(
             Problem(None, "no trusted public keys were given; nothing can be verified", "file", "signature")
         )
     trusted = {signing.key_id(key): key for key in trusted_keys}
-    signers: list[bytes] = []
+    signers_by_version: list[list[bytes]] = []
     leaf_hashes = reader.leaf_hashes()
     frontier = merkle.Frontier()  # grows version by version: every root in O(n) total, not O(n x versions)
     previous_digest = bytes(32)
+    previous_wraps: tuple[KeyWrap, ...] = ()
     for number, (manifest, info) in enumerate(zip(reader.manifests, reader.versions, strict=True)):
         region = f"version {number} manifest"
         if manifest.previous_manifest_digest != previous_digest:
             problems.append(Problem(None, "does not link to the previous version's manifest", region))
         previous_digest = info.manifest_digest
+        if number and manifest.key_wraps != previous_wraps:
+            reason = (
+                "key wraps differ from the previous version's: recipients are fixed at creation, "
+                "every version repeats them byte for byte (SPEC section 8)"
+            )
+            problems.append(Problem(None, reason, region, "format"))
+        previous_wraps = manifest.key_wraps
         if blake3.blake3(reader.index_region(number)).digest() != manifest.index_digest:
             problems.append(
                 Problem(
@@ -95,10 +127,9 @@ def _check_versions(
         frontier.extend(leaf_hashes[frontier.size : manifest.block_count])
         if frontier.root() != manifest.merkle_root:
             problems.append(Problem(None, "Merkle root over the indexed digests does not match", region))
-        for key_id in _check_signatures(reader.file_header, manifest, trusted, region, problems):
-            if key_id not in signers:
-                signers.append(key_id)
-    return signers
+        valid = _check_signatures(reader.file_header, manifest, trusted, region, problems)
+        signers_by_version.append(list(dict.fromkeys(valid)))  # a duplicate entry adds no signer
+    return signers_by_version
 
 
 def _check_signatures(

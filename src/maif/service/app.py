@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -59,6 +60,7 @@ from maif.service.blocks import (
     BlockService,
     IdempotencyCache,
     Written,
+    check_id,
     digest_hex,
     header_text,
     location_of,
@@ -66,7 +68,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import ObservabilityMiddleware
+from maif.service.middleware import BodyDeadlines, ObservabilityMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -84,6 +86,8 @@ from maif.storage.engine import MAIFStorage
 
 API_VERSION = "1.0.0"
 DEFAULT_BODY_READ_TIMEOUT_S = 30.0
+DEFAULT_BODY_TOTAL_TIMEOUT_S = 60.0
+DEFAULT_BODY_BYTES_PER_S_MIN = 8 * 1024
 _LOG = logging.getLogger("maif.service")
 _DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 _HEADER_NUMBER_DIGITS_MAX = 19  # a Range or Content-Length beyond 2**63 is refused, not converted
@@ -151,6 +155,8 @@ def create_app(
     metrics_token: str | None = None,
     unsafe_anonymous_metrics: bool = False,
     body_read_timeout_s: float = DEFAULT_BODY_READ_TIMEOUT_S,
+    body_total_timeout_s: float = DEFAULT_BODY_TOTAL_TIMEOUT_S,
+    body_bytes_per_s_min: int = DEFAULT_BODY_BYTES_PER_S_MIN,
 ) -> FastAPI:
     """The service over ``storage`` and ``security_manager``. ``export_signing_key`` signs exported
     .maif files (a fresh key when None: exports are then verifiable with the key GET /v1/stats names);
@@ -160,11 +166,17 @@ def create_app(
     process's global provider when None: no-op unless an OpenTelemetry SDK was installed there);
     ``metrics_token``, when set, is the bearer token GET /metrics requires (otherwise an API token that
     may read the store's statistics, or nothing with ``unsafe_anonymous_metrics``: warned about); a
-    request body that sends nothing for ``body_read_timeout_s`` while incomplete is answered 408."""
+    request body that sends nothing for ``body_read_timeout_s`` while incomplete, or is not complete after
+    ``body_total_timeout_s`` of waiting plus 1 s per ``body_bytes_per_s_min`` bytes received, is answered
+    408 (maif.service.middleware)."""
     if metrics_token is not None and len(metrics_token) < 16:
         raise ConfigError("the metrics token must be at least 16 characters")
-    if not 0 < body_read_timeout_s < float("inf"):
-        raise ConfigError("body_read_timeout_s must be a positive number of seconds")
+    deadlines = (("body_read_timeout_s", body_read_timeout_s), ("body_total_timeout_s", body_total_timeout_s))
+    for name, seconds in deadlines:
+        if not 0 < seconds < float("inf"):
+            raise ConfigError(f"{name} must be a positive number of seconds")
+    if type(body_bytes_per_s_min) is not int or body_bytes_per_s_min < 1:
+        raise ConfigError("body_bytes_per_s_min must be a positive whole number of bytes per second")
     if unsafe_anonymous_metrics and metrics_token is None:
         _LOG.warning("GET /metrics is served to anyone (unsafe_anonymous_metrics)")
     metrics = ServiceMetrics()
@@ -191,7 +203,10 @@ def create_app(
     app = _build_app()
     app.state.service = state
     app.add_middleware(
-        ObservabilityMiddleware, metrics=metrics, tracer=tracer, body_read_timeout_s=body_read_timeout_s
+        ObservabilityMiddleware,
+        metrics=metrics,
+        tracer=tracer,
+        body_deadlines=BodyDeadlines(body_read_timeout_s, body_total_timeout_s, body_bytes_per_s_min),
     )
     return app
 
@@ -978,12 +993,17 @@ def _container_routes(router: APIRouter) -> None:
         request: Request,
         context: Caller,
         trusted_key: Annotated[list[str] | None, Query(max_length=limits.service_trusted_keys_max)] = None,
+        required_signer: Annotated[
+            list[str] | None, Query(max_length=limits.service_trusted_keys_max)
+        ] = None,
     ) -> schemas.VerifyReport:
         """Verify an uploaded .maif against the given trusted Ed25519 public keys (hex, raw 32 bytes) and
-        the service's export key; the report lists every problem found."""
+        the service's export key; the report lists every problem found. Each ``required_signer`` (hex,
+        trusted as well) must have a valid signature on the last version, or the file does not verify."""
         state = _state(request)
         await state.blocks.authorize_own(context, "verification", "verification")
         keys = [_public_key(text) for text in trusted_key or []] + [state.export_key.public_key()]
+        required = [_public_key(text) for text in required_signer or []]
         from maif.format.container import verify_container
 
         cap = limits.service_verify_upload_bytes_max
@@ -995,7 +1015,11 @@ def _container_routes(router: APIRouter) -> None:
             assert received.file is not None  # keep_in_memory_bytes=0: always spooled, even when empty
             with state.tracer.start_as_current_span("maif.verify") as span:
                 span.set_attribute("maif.upload.bytes", received.length)
-                report = await asyncio.to_thread(verify_container, received.file.proc_path, keys)
+                report = await asyncio.to_thread(
+                    functools.partial(verify_container, required_signers=required),
+                    received.file.proc_path,
+                    keys,
+                )
                 span.set_attribute("maif.verify.ok", report.ok)
         return schemas.VerifyReport(
             ok=report.ok,
@@ -1006,6 +1030,7 @@ def _container_routes(router: APIRouter) -> None:
                 for p in report.problems[:1000]
             ],
             signer_key_ids=[key_id.hex() for key_id in report.signer_key_ids],
+            last_version_signer_key_ids=[key_id.hex() for key_id in report.last_version_signer_key_ids],
         )
 
 
@@ -1092,7 +1117,9 @@ def _task_routes(router: APIRouter) -> None:
         from maif.format.block import new_block_id
 
         state = _state(request)
-        task_id = given.task_id or new_block_id()
+        task_id = check_id("task id", given.task_id or new_block_id())
+        for block_id in given.input_blocks:
+            check_id("input block id", block_id)
         try:
             task = AgentTask(
                 task_id, given.task_type, given.input_data, given.priority, tuple(given.input_blocks)
@@ -1105,7 +1132,7 @@ def _task_routes(router: APIRouter) -> None:
     @router.get("/v1/tasks/{task_id}", response_model=schemas.TaskStatus, responses=_REFUSALS)
     async def task_status(request: Request, context: Caller, task_id: str) -> schemas.TaskStatus:
         """The status of one of the caller's tasks, with the ids of the blocks it produced."""
-        return schemas.TaskStatus(**await _state(request).tasks.status(context, task_id))
+        return schemas.TaskStatus(**await _state(request).tasks.status(context, check_id("task id", task_id)))
 
 
 # ---- administration ----------------------------------------------------------------------------------
@@ -1227,4 +1254,12 @@ def _with_components_raw(app: FastAPI) -> dict[str, Any]:
     return document
 
 
-__all__ = ["API_VERSION", "DEFAULT_BODY_READ_TIMEOUT_S", "ServiceState", "create_app", "openapi_document"]
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_BODY_BYTES_PER_S_MIN",
+    "DEFAULT_BODY_READ_TIMEOUT_S",
+    "DEFAULT_BODY_TOTAL_TIMEOUT_S",
+    "ServiceState",
+    "create_app",
+    "openapi_document",
+]

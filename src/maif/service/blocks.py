@@ -7,9 +7,10 @@ Content-Digest checked, and only then stored as parts of exactly that size (bloc
 (MessagePack) and whose metadata records ``maif:streamed`` {length, sha256, parts}. Memory stays flat for
 a transfer of any size, and an abandoned or refused upload stores nothing (docs/adr/0060, 0061).
 
-Ids: the service refuses block, agent and parent ids holding a control character (Unicode category Cc:
-C0, DEL, C1) with a 400 problem before anything is authorised or stored; the storage layer refuses an
-empty block id, a lone surrogate and an oversized id the same way (:mod:`maif.validation`). Every other
+Ids: the service refuses block, agent and parent ids, task ids and a task's input block ids holding a
+control character (Unicode category Cc: C0, DEL, C1) or a lone surrogate with a 400 problem before
+anything is authorised, stored or queued (:func:`check_id`, the one check for all of them); the storage
+layer refuses an empty block id and an oversized id the same way (:mod:`maif.validation`). Every other
 id is stored as given and, wherever the service echoes it in a header (``Location``, ``X-MAIF-Agent-Id``),
 percent-encoded as UTF-8 (:func:`header_text`, :func:`location_of`): a header can carry only Latin-1, and
 a CR or LF in one would end it.
@@ -101,10 +102,16 @@ def _sensitivity_of(metadata: Mapping[str, Any]) -> tuple[Sensitivity, bool]:
 
 
 def check_id(name: str, value: str) -> str:
-    """``value``, unless it holds a control character (refused: 400 invalid-id). Length, emptiness and
-    lone surrogates are the storage layer's to refuse (MAIFBlock's checks)."""
-    if not value.isprintable() and any(unicodedata.category(char) == "Cc" for char in value):
-        raise ServiceProblem(400, "invalid-id", f"{name} must not hold a control character")
+    """``value``, unless it holds a control character or a lone surrogate (refused: 400 invalid-id). One
+    check for every id the service takes (block, agent, parent, task ids and a task's input blocks), so
+    none reaches a header, a log line or a derived block id unchecked. Length and emptiness are the
+    storage layer's (MAIFBlock's checks) and the schemas' to refuse."""
+    if not value.isprintable():  # O(1) for the common case; both refusals below are non-printable
+        categories = {unicodedata.category(char) for char in value}
+        if "Cc" in categories:
+            raise ServiceProblem(400, "invalid-id", f"{name} must not hold a control character")
+        if "Cs" in categories:
+            raise ServiceProblem(400, "invalid-id", f"{name} must not hold a lone surrogate (not UTF-8)")
     return value
 
 

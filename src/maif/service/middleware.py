@@ -6,10 +6,20 @@ Pure ASGI (not ``BaseHTTPMiddleware``) so streamed request and response bodies p
 chunk: the middleware counts bytes, it never buffers them.
 
 Every handler reads its request body through the ``receive`` this middleware hands down, so the body's
-deadline is kept here: while the body is incomplete, each wait for its next chunk may last at most
-``body_read_timeout_s``; a client that stalls longer is answered 408 (problem ``body-timeout``) and the
-connection is closed. A slow but steady sender is not cut off; the request head's deadline is
-:mod:`maif.service.connections`'.
+deadlines are kept here (:class:`BodyDeadlines`, docs/adr/0063):
+
+* per read: while the body is incomplete, each wait for its next chunk may last at most ``read_s``; a
+  client that stalls longer is cut off;
+* in total: the time spent waiting for the body's chunks may reach ``total_s`` plus one second per
+  ``bytes_per_s_min`` bytes received, so a client that drip-feeds (a byte a second, never stalling long
+  enough for the per-read deadline) is cut off after about ``total_s``, while an honest upload at least
+  that fast is never cut, however large. Only waiting counts: time the service itself spends (writing
+  parts, say) is not charged to the client.
+
+A client cut off is answered 408 (problem ``body-timeout``) and the connection is closed. This holds
+for JSON bodies too: FastAPI turns any error raised while it reads a JSON body into a 400 "error parsing
+the body", so once a deadline has passed the middleware replaces whatever the app answers with the 408.
+The request head's deadline is :mod:`maif.service.connections`'.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -50,18 +61,31 @@ class BodyTooLarge(Exception):
 
 
 class BodyTimeout(Exception):
-    pass
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class BodyDeadlines:
+    """How long a client may take to send a request body (see the module docstring)."""
+
+    read_s: float
+    total_s: float
+    bytes_per_s_min: int
+
+    def __post_init__(self) -> None:
+        assert self.read_s > 0 and self.total_s > 0 and self.bytes_per_s_min > 0
 
 
 class ObservabilityMiddleware:
     """Assigns a request id, caps JSON bodies, and records metrics and one JSON log line per request."""
 
     def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer, body_read_timeout_s: float
+        self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer, body_deadlines: BodyDeadlines
     ) -> None:
-        assert body_read_timeout_s > 0
         self.app = app
-        self.body_read_timeout_s = body_read_timeout_s
+        self.body_deadlines = body_deadlines
         self.metrics = metrics
         self.tracer = tracer
         self.tracing = not isinstance(tracer, DisabledTracer)
@@ -72,7 +96,13 @@ class ObservabilityMiddleware:
             return
         request_id = _request_id_of(scope)
         scope["maif.request_id"] = request_id
-        state: dict[str, Any] = {"status": 500, "bytes_in": 0, "bytes_out": 0, "started": False}
+        state: dict[str, Any] = {
+            "status": 500,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "started": False,
+            "body_timeout": None,  # the detail of a body deadline that passed
+        }
         body_cap = (
             None
             if (scope["method"], scope["path"]) in STREAMING_ENDPOINTS
@@ -98,18 +128,15 @@ class ObservabilityMiddleware:
                     return
                 await self.app(
                     scope,
-                    _counting_receive(receive, state, body_cap, self.body_read_timeout_s),
+                    _counting_receive(receive, state, body_cap, self.body_deadlines),
                     _tracking_send(send, state, request_id),
                 )
             except BodyTooLarge:
                 if not state["started"]:
                     await _send_too_large(send, request_id, body_cap or 0, state)
-            except BodyTimeout:
+            except BodyTimeout as timeout:
                 if not state["started"]:
-                    detail = f"no request body data for {self.body_read_timeout_s:g} s"
-                    await _send_problem(
-                        send, request_id, 408, "body-timeout", "Request Timeout", detail, state
-                    )
+                    await _send_body_timeout(send, request_id, timeout.detail, state)
             finally:
                 self.metrics.in_flight.dec()
                 _finish_span(span, scope, state)
@@ -195,17 +222,33 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-def _counting_receive(receive: Receive, state: dict[str, Any], cap: int | None, timeout_s: float) -> Receive:
+def _counting_receive(
+    receive: Receive, state: dict[str, Any], cap: int | None, deadlines: BodyDeadlines
+) -> Receive:
     body_complete = False
+    waited_s = 0.0
 
     async def counted() -> Message:
-        nonlocal body_complete
+        nonlocal body_complete, waited_s
         if body_complete:
             return await receive()  # after the body, only a disconnect comes: no deadline on waiting for it
+        total_s = deadlines.total_s + state["bytes_in"] / deadlines.bytes_per_s_min
+        wait_s = min(deadlines.read_s, total_s - waited_s)
+        started = time.monotonic()
         try:
-            message = await asyncio.wait_for(receive(), timeout_s)
+            if wait_s <= 0:
+                raise TimeoutError
+            message = await asyncio.wait_for(receive(), wait_s)
         except TimeoutError:
-            raise BodyTimeout() from None
+            state["body_timeout"] = (
+                f"no request body data for {deadlines.read_s:g} s"
+                if wait_s == deadlines.read_s
+                else f"request body not received within {deadlines.total_s:g} s "
+                f"(plus 1 s per {deadlines.bytes_per_s_min} bytes received)"
+            )
+            raise BodyTimeout(state["body_timeout"]) from None
+        finally:
+            waited_s += time.monotonic() - started
         if message["type"] == "http.request":
             state["bytes_in"] += len(message.get("body", b""))
             body_complete = not message.get("more_body", False)
@@ -218,6 +261,12 @@ def _counting_receive(receive: Receive, state: dict[str, Any], cap: int | None, 
 
 def _tracking_send(send: Send, state: dict[str, Any], request_id: str) -> Send:
     async def tracked(message: Message) -> None:
+        if state["body_timeout"] is not None:
+            # The app answered after a body deadline passed (FastAPI makes a 400 of it for JSON bodies):
+            # the client gets the 408 instead, and none of the app's answer.
+            if message["type"] == "http.response.start" and not state["started"]:
+                await _send_body_timeout(send, request_id, state["body_timeout"], state)
+            return
         if message["type"] == "http.response.start":
             state["status"] = message["status"]
             state["started"] = True
@@ -234,6 +283,10 @@ def _tracking_send(send: Send, state: dict[str, Any], request_id: str) -> Send:
 async def _send_too_large(send: Send, request_id: str, cap: int, state: dict[str, Any]) -> None:
     detail = f"request body is larger than {cap} bytes"
     await _send_problem(send, request_id, 413, "too-large", "Content Too Large", detail, state)
+
+
+async def _send_body_timeout(send: Send, request_id: str, detail: str, state: dict[str, Any]) -> None:
+    await _send_problem(send, request_id, 408, "body-timeout", "Request Timeout", detail, state)
 
 
 async def _send_problem(
@@ -297,4 +350,4 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
-__all__ = ["STREAMING_ENDPOINTS", "ObservabilityMiddleware", "configure_json_logging"]
+__all__ = ["STREAMING_ENDPOINTS", "BodyDeadlines", "ObservabilityMiddleware", "configure_json_logging"]

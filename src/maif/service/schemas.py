@@ -237,7 +237,8 @@ class VerifyReport(BaseModel):
     block_count: int
     versions: int
     problems: list[VerifyProblem]
-    signer_key_ids: list[str]
+    signer_key_ids: list[str]  # trusted keys with a valid signature on any version (the union)
+    last_version_signer_key_ids: list[str]  # ...on the last version: what an "A and B signed" policy needs
 
 
 class TaskIn(_Strict):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from maif import limits
 from maif.errors import (
     BackendError,
     BlockNotFoundError,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from maif.storage.engine import MAIFStorage
 
 _IMPORT_BATCH_RECORDS = 1000
+_IMPORT_BATCH_BYTES = 64 * 1024 * 1024  # payload bytes held in memory between two write_blocks calls
 
 
 async def export_blocks(storage: MAIFStorage, path: Path, selection: Sequence[str] | None,
@@ -67,11 +69,16 @@ async def import_blocks(storage: MAIFStorage, path: Path, trusted_keys: Sequence
     imported = 0
     try:
         batch = []
+        batch_bytes = 0
         for index in range(len(reader)):
-            batch.append(reader.block(index))
-            if len(batch) >= _IMPORT_BATCH_RECORDS:
+            # the container verified in full above, so a block's declared length is its real length:
+            # any block the store may hold (up to the format's limit) is imported
+            block = reader.block(index, payload_bytes_max=limits.block_payload_bytes_max)
+            batch.append(block)
+            batch_bytes += len(block.data)
+            if len(batch) >= _IMPORT_BATCH_RECORDS or batch_bytes >= _IMPORT_BATCH_BYTES:
                 imported += len(await storage.write_blocks(batch))
-                batch = []
+                batch, batch_bytes = [], 0
         if batch:
             imported += len(await storage.write_blocks(batch))
     finally:

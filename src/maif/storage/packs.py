@@ -130,9 +130,15 @@ def decode_chunk(digest: bytes, flags: int, stored: bytes, raw_length: int, wher
         raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} has unknown flags {flags:#x}")
     if flags & FLAG_ZSTD:
         try:
-            raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_length)
+            # Exactly one frame, as in a container (SPEC 4.2): a second frame, a skippable frame or junk
+            # after it is damage, refused like any other (zstd's default would ignore it).
+            raw = zstandard.ZstdDecompressor().decompress(
+                stored, max_output_size=raw_length, read_across_frames=False, allow_extra_data=False
+            )
         except zstandard.ZstdError as error:
-            raise IntegrityError(f"chunk {digest.hex()[:16]} at {where} does not decompress") from error
+            raise IntegrityError(
+                f"chunk {digest.hex()[:16]} at {where} is not exactly one valid zstd frame: {error}"
+            ) from error
     else:
         raw = stored
     if len(raw) != raw_length or content_digest(flags, raw) != digest:

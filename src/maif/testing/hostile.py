@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,44 @@ def zstd_frame(data: bytes, *, declare_size: bool = True) -> bytes:
     import zstandard
 
     return zstandard.ZstdCompressor(write_content_size=declare_size).compress(data)
+
+
+def one_gib_zstd_bomb(path: Path, key: Ed25519PrivateKey) -> Path:
+    """A signed container of one valid block: 1 GiB of zeros as a 33 KB zstd frame that declares it."""
+    bomb = record(
+        zstd_zero_frame(1 << 30),
+        storage_flags=COMPRESSED,
+        payload_length=1 << 30,
+        metadata=path_metadata("bomb.bin"),
+    )
+    return signed_container(path, [bomb], key)
+
+
+_PEAK_RSS_REPORT = """
+import atexit, sys
+
+def _report_peak_rss():
+    # VmHWM (this process's own peak), not ru_maxrss: Linux carries the parent's peak into ru_maxrss
+    # across (v)fork and exec, so under a large pytest parent ru_maxrss reports the parent's memory.
+    status = open("/proc/self/status").read()
+    sys.stderr.write(f"\\npeak_rss_mb={int(status.split('VmHWM:')[1].split()[0]) // 1024}\\n")
+
+atexit.register(_report_peak_rss)
+"""
+
+
+def run_measuring_peak_rss(
+    script: str, arguments: Sequence[str]
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run ``script`` in a fresh Python process (``sys.argv[1:]`` = ``arguments``); its result and its own
+    peak resident set in MB (Linux: /proc/self/status VmHWM, reported at exit)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS_REPORT + script, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result, int(result.stderr.rsplit("peak_rss_mb=", 1)[1])
 
 
 def signed_container(path: Path, records: Sequence[bytes], key: Ed25519PrivateKey) -> Path:
