@@ -47,7 +47,7 @@ KAFKA = "Kafka"  # the component named in errors, health() and metrics
 _log = logging.getLogger(__name__)
 _SKIPPED_REASONS_KEPT = 16  # the latest reasons for skipped records, for stats
 _CONSUMER_POLL_MS = 200
-_SESSION_TIMEOUT_MS = 10_000  # a member that dies loses its partitions to the others after this
+_SESSION_TIMEOUT_MS = 6_000  # a member that dies loses its partitions to the others after this
 _PRODUCE_BATCH_BYTES = 1 << 20
 
 
@@ -133,7 +133,10 @@ class KafkaCommitter(Committer):
         except (KafkaError, TimeoutError) as error:
             raise _unavailable("sending records", error, self._brokers) from error
         # Waited for without cancelling: a record the producer still holds may reach the log later, and
-        # must then be applied like any other (acknowledged or not, it is a valid write).
+        # must then be applied like any other (acknowledged or not, it is a valid write). Whatever
+        # becomes of the ones not waited for is retrieved, so it is never reported as unhandled.
+        for future in futures:
+            future.add_done_callback(_retrieve)
         _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         if pending:
             raise _unavailable(f"{len(pending)} of {len(futures)} record(s) not acknowledged within "
@@ -147,6 +150,11 @@ class KafkaCommitter(Committer):
             metadata = future.result()
             positions.append((int(metadata.partition), int(metadata.offset)))
         return positions
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 # ---- read-your-writes until the shared index holds a write ------------------------------------------
