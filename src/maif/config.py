@@ -125,6 +125,14 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``data_dir`` and write-ahead log) serve one store; ``redis_url`` adds a shared cache; ``qdrant_url``
     puts the vectors in Qdrant. ``node_id`` names this node in the shared store (default: a random id
     kept in ``data_dir/NODE``).
+
+    The shared log (docs/adr/0073-kafka-log.md): ``kafka_brokers`` (a list of "host:port", or one
+    comma-separated string) makes the write-ahead log a Kafka-protocol topic; it needs ``postgres_url``,
+    ``s3_endpoint`` and ``s3_bucket``. ``kafka_topic`` (default "maif-wal"; [A-Za-z0-9._-]) is created
+    with ``kafka_partitions`` partitions (default 8, at most ``limits.kafka_partitions_max``) when
+    missing; ``kafka_group`` (default "maif-<topic>") is the consumer group of the store's appliers;
+    ``kafka_write_timeout_s`` (default 5) bounds how long a write waits for the broker's
+    acknowledgement (then BackendUnavailableError) and for room while the appliers lag.
     """
 
     data_dir: str = "./maif-data"
