@@ -28,7 +28,7 @@ import pytest
 from kafka_node import block_of, ids_of
 
 from maif import limits
-from maif.errors import BackendUnavailableError, ConfigError
+from maif.errors import BackendUnavailableError, ConfigError, LimitExceededError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import encode_block
 from maif.storage.engine import MAIFStorage, create_maif_storage
@@ -92,6 +92,8 @@ def test_one_node_writes_through_the_kafka_log_and_applies_it(config_of: Callabl
             assert tier != "log" and block.data == blocks[11].data  # served from the shared backends now
             await storage.delete_block("k000")
             assert len(await storage.list_blocks(limit=1000)) == 49
+            with pytest.raises(LimitExceededError):  # refused before the broker sees it
+                await storage.write_block(MAIFBlock(data=bytes(limits.kafka_record_bytes_max + 1)))
             stats = await storage.get_stats()
             assert stats["kafka_records_applied_total"] == 51 and stats["kafka_records_skipped_total"] == 0
             assert stats["kafka_pending_records"] == 0 and stats["health"]["status"] == "ok"

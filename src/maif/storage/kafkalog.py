@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from maif import limits
 from maif.config import StorageConfig
-from maif.errors import BackendUnavailableError, ConfigError, MAIFError
+from maif.errors import BackendUnavailableError, ConfigError, LimitExceededError, MAIFError
 from maif.storage.applier import Applier, LogItem
 from maif.storage.backends.wrappers import RetryPolicy
 from maif.storage.health import Health
@@ -49,6 +49,8 @@ _SKIPPED_REASONS_KEPT = 16  # the latest reasons for skipped records, for stats
 _CONSUMER_POLL_MS = 200
 _SESSION_TIMEOUT_MS = 6_000  # a member that dies loses its partitions to the others after this
 _PRODUCE_BATCH_BYTES = 1 << 20
+_OFFSET_COMMIT_INTERVAL_S = 1.0
+_APPLY_LINGER_S = 0.005
 
 
 def check_config(config: StorageConfig) -> None:
@@ -106,6 +108,16 @@ class KafkaCommitter(Committer):
         self._brokers = list(brokers)
         self._write_timeout_s = write_timeout_s
         self._health = health
+
+    def append(self, payloads: Sequence[bytes], context: Any) -> asyncio.Future[int]:
+        """Queue records (refused at once when one is larger than a log record may be)."""
+        for payload in payloads:
+            if len(payload) > limits.kafka_record_bytes_max:
+                raise LimitExceededError("an encoded block for the Kafka log (bytes)", len(payload),
+                                         limits.kafka_record_bytes_max,
+                                         hint="store larger payloads in a store with a local log, or "
+                                              "split them")
+        return super().append(payloads, context)
 
     async def _write(self, group: list[Any]) -> None:
         items: list[LogItem] = [item for pending in group for item in pending.context]
@@ -221,6 +233,8 @@ class LogConsumer:
         self.failure: str | None = None
         self.waiting_for: BackendUnavailableError | None = None
         self.assigned: list[int] = []
+        self._uncommitted: dict[Any, int] = {}  # partition -> next offset, applied but not committed
+        self._committed_at = 0.0
         self.records_applied_total = 0
         self.records_skipped_total = 0
         self.skipped_reasons: deque[str] = deque(maxlen=_SKIPPED_REASONS_KEPT)
@@ -271,8 +285,7 @@ class LogConsumer:
         attempts = 0
         while not self._stopping.is_set():
             try:
-                batches = await self._consumer.getmany(timeout_ms=_CONSUMER_POLL_MS,
-                                                       max_records=limits.engine_apply_batch_records_max)
+                batches = await self._fetch()
                 attempts = 0
             except KafkaError as error:
                 attempts += 1
@@ -282,6 +295,22 @@ class LogConsumer:
             for partition, records in batches.items():
                 if not await self._apply_partition(partition, records):
                     return
+        await self._commit_offsets()
+
+    async def _fetch(self) -> dict[Any, list[Any]]:
+        """The next records by partition; a short batch lingers a moment and takes what arrived
+        meanwhile, so a trickle of small groups is applied as one batch (one S3 PUT, one index
+        transaction), as the local log's applier does."""
+        records_max = limits.engine_apply_batch_records_max
+        batches: dict[Any, list[Any]] = await self._consumer.getmany(timeout_ms=_CONSUMER_POLL_MS,
+                                                                     max_records=records_max)
+        taken = sum(len(records) for records in batches.values())
+        if 0 < taken < records_max:
+            await asyncio.sleep(_APPLY_LINGER_S)
+            more = await self._consumer.getmany(timeout_ms=0, max_records=records_max - taken)
+            for partition, records in more.items():
+                batches.setdefault(partition, []).extend(records)
+        return batches
 
     async def _sleep(self, delay_s: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -319,9 +348,19 @@ class LogConsumer:
             self._dimensions = self._backends.vectors.dimensions
         self.records_applied_total += len(items)
         self._on_applied(partition.partition, next_offset)
-        with contextlib.suppress(Exception):  # advisory: PostgreSQL holds the authoritative position
-            await self._consumer.commit({partition: next_offset})
+        self._uncommitted[partition] = next_offset
+        if time.monotonic() - self._committed_at >= _OFFSET_COMMIT_INTERVAL_S:
+            await self._commit_offsets()
         return True
+
+    async def _commit_offsets(self) -> None:
+        """Commit the Kafka offsets applied since the last commit. Advisory (PostgreSQL holds the
+        authoritative positions), so at most once a second: on Tansu each commit is an S3 write."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._committed_at = time.monotonic()
+        if offsets:
+            with contextlib.suppress(Exception):  # e.g. a partition revoked meanwhile: harmless
+                await self._consumer.commit(offsets)
 
     def _note_waiting(self, error: BackendUnavailableError) -> None:
         if self.waiting_for is None:
