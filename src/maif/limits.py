@@ -110,7 +110,7 @@ kafka_record_bytes_max: Final = 8 * MiB
 is larger is refused before it is produced (a broker's own cap is often 1 MiB: raise the topic's
 ``max.message.bytes`` to match); a larger record found on the topic is skipped, counted and logged."""
 
-kafka_pending_positions_poll_s: Final = 0.02
+kafka_pending_positions_poll_s: Final = 0.05
 """While this node has acknowledged writes not yet applied, how often it reads the shared applied
 positions (one small PostgreSQL query) to learn which of them another node applied."""
 

@@ -50,7 +50,7 @@ _CONSUMER_POLL_MS = 200
 _SESSION_TIMEOUT_MS = 6_000  # a member that dies loses its partitions to the others after this
 _PRODUCE_BATCH_BYTES = 1 << 20
 _OFFSET_COMMIT_INTERVAL_S = 1.0
-_APPLY_LINGER_S = 0.005
+_APPLY_LINGER_S = 0.05  # a trickle is applied in batches: each apply is an S3 PUT + PostgreSQL statements
 
 
 def check_config(config: StorageConfig) -> None:
@@ -280,27 +280,29 @@ class LogConsumer:
             self._consumer.seek(partition, positions.get(partition.partition, 0))
 
     async def _run(self) -> None:
-        from aiokafka.errors import KafkaError
-
         attempts = 0
         while not self._stopping.is_set():
             try:
                 batches = await self._fetch()
                 attempts = 0
-            except KafkaError as error:
+            except Exception as error:  # noqa: BLE001 - the broker or the network: wait, fetch again
                 attempts += 1
                 _log.warning("Kafka log: fetching records failed (%r); retrying", error)
                 await self._sleep(self._backoff.delay_s(min(attempts, 32)))
                 continue
             for partition, records in batches.items():
                 if not await self._apply_partition(partition, records):
+                    if self.failure is not None:
+                        # Leave the group, so the partitions go to members that can apply them.
+                        with contextlib.suppress(Exception):
+                            await self._consumer.stop()
                     return
         await self._commit_offsets()
 
     async def _fetch(self) -> dict[Any, list[Any]]:
         """The next records by partition; a short batch lingers a moment and takes what arrived
         meanwhile, so a trickle of small groups is applied as one batch (one S3 PUT, one index
-        transaction), as the local log's applier does."""
+        transaction), as the local log's applier does (ADR 0073 says why longer here)."""
         records_max = limits.engine_apply_batch_records_max
         batches: dict[Any, list[Any]] = await self._consumer.getmany(timeout_ms=_CONSUMER_POLL_MS,
                                                                      max_records=records_max)
