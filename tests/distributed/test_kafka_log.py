@@ -151,12 +151,12 @@ def test_acknowledged_blocks_survive_the_loss_of_the_node_that_took_them(
     writer_config = config_of("node-a")
     node = start_node(writer_config, "write", "0", "20", "2048")
     try:
-        lines = read_lines_until(node, lambda lines: sum(line.startswith("acked") for line in lines) >= 10)
+        lines = read_lines_until(node, lambda lines: sum(line.startswith("acked") for line in lines) >= 6)
     finally:
         sigkill(node)  # right after its acks: most of its writes were applied by nobody yet
     shutil.rmtree(writer_config["data_dir"])  # the node is gone, disk and all
     acked = [block_id for line in lines if line.startswith("acked") for block_id in line.split()[1:]]
-    assert len(acked) >= 200
+    assert len(acked) >= 120
 
     async def main() -> None:
         storage = await create_maif_storage(config_of("node-b"))
@@ -315,14 +315,14 @@ def test_the_broker_killed_and_restarted_mid_run_loses_no_acknowledged_block(
 
         try:
             writer = asyncio.create_task(write())
-            await asyncio.wait_for(acked_after(40), WAIT_S)
+            await asyncio.wait_for(acked_after(24), WAIT_S)
             await asyncio.to_thread(servers.kill, "tansu")
             refused_before = len(refusals)
             while len(refusals) == refused_before:  # writers learn it within the bound
                 await asyncio.sleep(0.05)
             assert storage.health()["degraded"].get("Kafka") is not None
             await asyncio.to_thread(servers.start, "tansu")
-            await asyncio.wait_for(acked_after(40), WAIT_S)  # writes go on once the broker is back
+            await asyncio.wait_for(acked_after(24), WAIT_S)  # writes go on once the broker is back
             stop.set()
             await writer
             await wait_readable(storage, {block_id: block_of(block_id, 1024).data for block_id in acked})
