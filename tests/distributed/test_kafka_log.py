@@ -335,3 +335,41 @@ def test_the_broker_killed_and_restarted_mid_run_loses_no_acknowledged_block(
     for error, waited_s in refusals:
         assert isinstance(error, BackendUnavailableError) and error.component == "Kafka", repr(error)
         assert waited_s < 2.0 * 2 + 5, f"a writer waited {waited_s:.1f} s"  # bounded: no hang
+
+
+# ---- two members of one group -------------------------------------------------------------------------
+
+def test_two_nodes_share_the_partitions_and_each_sees_what_the_other_applied(
+        config_of: Callable[..., dict[str, Any]]) -> None:
+    async def assignments(*stores: MAIFStorage) -> list[list[int]]:
+        return [(await store.get_stats())["kafka_partitions_assigned"] for store in stores]
+
+    async def main() -> None:
+        a = await create_maif_storage(config_of("node-a"))
+        try:
+            b = await create_maif_storage(config_of("node-b"))
+            try:
+                deadline = time.monotonic() + WAIT_S
+                while True:  # the group rebalances: both members get a share of the four partitions
+                    shares = await assignments(a, b)
+                    if all(shares) and sorted(shares[0] + shares[1]) == [0, 1, 2, 3]:
+                        break
+                    assert time.monotonic() < deadline, f"no balanced assignment: {shares}"
+                    await asyncio.sleep(0.2)
+                blocks = [block_of(block_id, 700) for block_id in ids_of(0, 40)]  # 8 agents: all partitions
+                await asyncio.gather(*(a.write_block(block) for block in blocks))
+                # A's query waits until the shared index holds all of them, B applying its share
+                assert [s.block_id for s in await a.list_blocks(limit=100)] == [x.id for x in blocks]
+                stats_a, stats_b = (await a.get_stats()), (await b.get_stats())
+                assert stats_a["kafka_pending_records"] == 0
+                assert stats_b["kafka_records_applied_total"] > 0  # B did apply some of A's writes
+                assert stats_a["kafka_records_applied_total"] + stats_b["kafka_records_applied_total"] \
+                    >= len(blocks)
+                for block in blocks:
+                    assert (await b.read_block(block.id)).data == block.data
+            finally:
+                await b.close()
+        finally:
+            await a.close()
+
+    asyncio.run(main())
