@@ -5,7 +5,8 @@ The point of this log: a block acknowledged by node A survives the total loss of
 SIGKILLed, its data_dir deleted): node B applies it from the log. Also: a record on the topic that is
 not a MAIF log record is skipped and counted, never stopping its partition; a crash between applying
 a batch and recording its position re-applies it harmlessly; the broker SIGKILLed and restarted
-mid-run gives writers a typed error (or a wait), never a lost acknowledged block.
+mid-run gives writers a typed error (or a wait), never a lost acknowledged block; two members of one
+group share the partitions, and the writing node's queries see the writes the other member applied.
 """
 
 from __future__ import annotations
