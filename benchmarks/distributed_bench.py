@@ -265,7 +265,7 @@ def source_state() -> dict[str, Any]:
     """The commit measured, and any uncommitted change under src/ (the working tree is what ran)."""
     def git(*arguments: str) -> str:
         done = subprocess.run(["git", *arguments], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
+        return done.stdout.rstrip()  # not strip(): porcelain lines begin with a status column
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]
     return {"maif_commit": git("rev-parse", "HEAD"), "maif_src_uncommitted": changed}

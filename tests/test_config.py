@@ -36,6 +36,28 @@ def test_seed_storage_keys_are_accepted_flat() -> None:
     assert storage.max_memory_mb == 128
 
 
+def test_kafka_brokers_from_the_environment_are_a_comma_separated_list() -> None:
+    storage = load_section(StorageConfig, None,
+                           environ={"MAIF_STORAGE_KAFKA_BROKERS": "10.0.0.1:9092, 10.0.0.2:9092"})
+    assert storage.kafka_broker_list == ["10.0.0.1:9092", "10.0.0.2:9092"]
+    assert (storage.kafka_topic, storage.kafka_partitions, storage.kafka_group) == ("maif-wal", 8, None)
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"kafka_brokers": ["no-port"]}, "kafka_brokers"),
+    ({"kafka_brokers": "127.0.0.1:99999"}, "kafka_brokers"),
+    ({"kafka_topic": "has space"}, "kafka_topic"),
+    ({"kafka_topic": ""}, "kafka_topic"),
+    ({"kafka_group": "a/b"}, "kafka_group"),
+    ({"kafka_partitions": 0}, "kafka_partitions"),
+    ({"kafka_partitions": 100_000}, "kafka_partitions"),
+    ({"kafka_write_timeout_s": 0}, "kafka_write_timeout_s"),
+])
+def test_bad_kafka_settings_are_refused_by_name(settings: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_section(StorageConfig, settings, environ={})
+
+
 def test_seed_security_keys() -> None:
     security = load_section(
         SecurityConfig,

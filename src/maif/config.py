@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -109,6 +110,9 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
         return (self.audience,) if isinstance(self.audience, str) else self.audience
 
 
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Storage engine settings. Every server URL is optional: without them the store is embedded.
 
@@ -122,6 +126,14 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``data_dir`` and write-ahead log) serve one store; ``redis_url`` adds a shared cache; ``qdrant_url``
     puts the vectors in Qdrant. ``node_id`` names this node in the shared store (default: a random id
     kept in ``data_dir/NODE``).
+
+    The shared log (docs/adr/0073-kafka-log.md): ``kafka_brokers`` (a list of "host:port", or one
+    comma-separated string) makes the write-ahead log a Kafka-protocol topic; it needs ``postgres_url``,
+    ``s3_endpoint`` and ``s3_bucket``. ``kafka_topic`` (default "maif-wal"; [A-Za-z0-9._-]) is created
+    with ``kafka_partitions`` partitions (default 8, at most ``limits.kafka_partitions_max``) when
+    missing; ``kafka_group`` (default "maif-<topic>") is the consumer group of the store's appliers;
+    ``kafka_write_timeout_s`` (default 5) bounds how long a write waits for the broker's
+    acknowledgement (then BackendUnavailableError) and for room while the appliers lag.
     """
 
     data_dir: str = "./maif-data"
@@ -134,7 +146,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     redis_url: str | None = None
     postgres_url: str | None = None
     node_id: str | None = None
-    kafka_brokers: tuple[str, ...] | None = None
+    kafka_brokers: tuple[str, ...] | str | None = None
+    kafka_topic: str = "maif-wal"
+    kafka_partitions: int = 8
+    kafka_group: str | None = None
+    kafka_write_timeout_s: float = 5.0
     qdrant_url: str | None = None
     s3_endpoint: str | None = None
     s3_bucket: str | None = None
@@ -151,6 +167,27 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("compression_threshold", self.compression_threshold, 0, 1 << 30)
         _require_range("max_memory_mb", self.max_memory_mb, 1, 1 << 20)
         _require_range("write_parallelism", self.write_parallelism, 1, 1024)
+        _require_range("kafka_partitions", self.kafka_partitions, 1, limits.kafka_partitions_max)
+        _require_range("kafka_write_timeout_s", self.kafka_write_timeout_s, 0.1, 300)
+        for key in ("kafka_topic", "kafka_group"):
+            name = getattr(self, key)
+            if name is not None and not _KAFKA_NAME.fullmatch(name):
+                raise ConfigError(f"{key} {name[:80]!r} must be 1-200 characters of [A-Za-z0-9._-]")
+        for broker in self.kafka_broker_list:
+            host, _, port = broker.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"kafka_brokers entry {broker[:80]!r} is not host:port",
+                                  hint='e.g. "127.0.0.1:9092", or a list of them')
+
+    @property
+    def kafka_broker_list(self) -> list[str]:
+        """``kafka_brokers`` as a list: a list as given, or a comma-separated string (the form of the
+        ``MAIF_STORAGE_KAFKA_BROKERS`` environment variable) split."""
+        brokers = self.kafka_brokers
+        if brokers is None:
+            return []
+        items = brokers.split(",") if isinstance(brokers, str) else list(brokers)
+        return [item.strip() for item in items]
 
 
 PCR_BANKS = ("sha256", "sha384", "sha512")

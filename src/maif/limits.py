@@ -109,6 +109,18 @@ engine_unapplied_bytes_min: Final = 8 * MiB
 engine_apply_batch_records_max: Final = 4096
 """Most log records the applier takes in one batch (one put_chunks, one index transaction)."""
 
+kafka_partitions_max: Final = 1024
+"""Most partitions a store's Kafka-protocol log topic may be created with (``kafka_partitions``)."""
+
+kafka_record_bytes_max: Final = 8 * MiB
+"""Largest record MAIF writes to (or applies from) the Kafka-protocol log: a block whose encoded form
+is larger is refused before it is produced (a broker's own cap is often 1 MiB: raise the topic's
+``max.message.bytes`` to match); a larger record found on the topic is skipped, counted and logged."""
+
+kafka_pending_positions_poll_s: Final = 0.05
+"""While this node has acknowledged writes not yet applied, how often it reads the shared applied
+positions (one small PostgreSQL query) to learn which of them another node applied."""
+
 engine_inline_read_bytes_max: Final = 256 * KiB
 """A warm block no larger than this is read on the event loop itself (index lookup on a read-only SQLite
 connection, pread of local pack frames: microseconds from the page cache) instead of through worker
@@ -487,3 +499,4 @@ assert agent_results_max <= agent_remembered_task_ids_max
 assert agent_id_bytes_max <= audit_event_text_bytes_max and jwk_kid_bytes_max < token_bytes_max
 # A search may filter on any agent id a block can carry.
 assert agent_id_bytes_max <= vector_filter_text_bytes_max
+assert kafka_record_bytes_max <= wal_group_bytes_max  # one record always fits one produce group

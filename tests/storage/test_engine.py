@@ -247,8 +247,8 @@ def test_stats_report_the_documented_keys(tmp_path: Path) -> None:
     assert stats["cache_hit_rate"] == pytest.approx(0.5)
 
 
-def test_the_kafka_log_setting_is_refused_not_ignored(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not available yet"):
+def test_the_kafka_log_without_the_shared_backends_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs the shared backends"):
         run(create_maif_storage({"data_dir": str(tmp_path), "kafka_brokers": ["127.0.0.1:1"]}))
 
 

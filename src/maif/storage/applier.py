@@ -39,6 +39,7 @@ class LogItem:
     vector: np.ndarray | None
     lsn: int = 0
     deleted: bool = False  # a tombstone: ``block`` carries only the id of the block deleted
+    position: tuple[int, int] | None = None  # (partition, offset) once in a Kafka-protocol log
 
     @property
     def cost_bytes(self) -> int:
@@ -112,10 +113,15 @@ class Applier:
         if embeddings:
             await self.vectors.add(embeddings)
 
-    async def checkpoint(self, applied_lsn: int) -> None:
-        """Make everything applied up to ``applied_lsn`` durable, in recovery's order."""
+    async def flush(self) -> None:
+        """Make the chunks and vectors applied so far durable (the index follows in :meth:`checkpoint`;
+        a shared index's rows are durable at each put)."""
         await self.chunks.flush()
         await self.vectors.flush()
+
+    async def checkpoint(self, applied_lsn: int) -> None:
+        """Make everything applied up to ``applied_lsn`` durable, in recovery's order."""
+        await self.flush()
         await self.index.set_applied_lsn(applied_lsn)
         await self.index.flush()
 

@@ -75,8 +75,8 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
         chunks: ChunkStore | None = None
         if config.postgres_url is not None:
             postgres = _module("maif.storage.backends.postgres")
-            index = await _reach(postgres.PostgresMetadataIndex(config.postgres_url, node_id=node,
-                                                                health=health).open(),
+            index = await _reach(postgres.PostgresMetadataIndex(config.postgres_url, node_id=_writer_of(
+                config, node), health=health).open(),
                                  "PostgreSQL", "postgres_url", opened)
             if config.qdrant_url is None:
                 vectors = await _reach(postgres.PgVectorIndex(config.postgres_url, node_id=node,
@@ -126,6 +126,15 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
             with contextlib.suppress(Exception):
                 await backend.close()
         raise
+
+
+def _writer_of(config: StorageConfig, node: str) -> str:
+    """Who the index rows name as their writer (ADR 0070's cross-node conflicts). With a Kafka-protocol
+    log the log itself is the one writer: it orders every write of a key (ADR 0073), and whichever node
+    applies a record must be able to replace the rows an earlier record of the same log wrote."""
+    if config.kafka_brokers is not None:
+        return f"log.{config.kafka_topic}"
+    return node
 
 
 def _retrying(config: StorageConfig, index: MetadataIndex, vectors: VectorIndex,

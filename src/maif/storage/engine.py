@@ -38,7 +38,6 @@ from maif.errors import (
     BackendError,
     BackendUnavailableError,
     BlockNotFoundError,
-    ConfigError,
     DurabilityError,
     FormatError,
     IntegrityError,
@@ -69,8 +68,8 @@ from maif.validation import require_instance
 
 if TYPE_CHECKING:
     from maif.storage.compaction import CompactionReport
+    from maif.storage.kafkalog import KafkaCommitter, KafkaLog
 
-_NOT_YET_KEYS = ("kafka_brokers",)  # the Kafka-protocol log: issue 11
 _CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
 _CHECKPOINT_INTERVAL_S = 5.0
 _APPLY_LINGER_S = 0.005
@@ -171,10 +170,10 @@ async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
     store_lock: StoreLock | None = None
     try:
         section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
-        for key in _NOT_YET_KEYS:
-            if getattr(section, key) is not None:
-                raise ConfigError(f"storage setting {key!r} names a distributed backend that is not "
-                                  "available yet in this build", hint="remove it to use the embedded store")
+        if section.kafka_brokers is not None:
+            from maif.storage.kafkalog import check_config
+
+            check_config(section)
         store_lock = await asyncio.to_thread(acquire_store_lock, section.data_dir)
         if backends is None:
             from maif.storage import distributed
@@ -227,7 +226,11 @@ class MAIFStorage:
         self._applier = Applier(backends.chunks, backends.index, backends.vectors)
         self._file_ops = wal_file_ops
         self._wal: WriteAheadLog | None = None
-        self._committer: GroupCommitter | None = None
+        # The log: the local write-ahead log's group committer, or the Kafka-protocol log's (ADR 0073);
+        # both queue records and resolve once they are durable, then call _on_commit.
+        self._committer: GroupCommitter | KafkaCommitter | None = None
+        self._kafka: KafkaLog | None = None
+        self._notify_tasks: set[asyncio.Task[None]] = set()
         self._unapplied: dict[str, LogItem] = {}
         self._apply_queue: deque[LogItem] = deque()
         self._inflight_bytes = 0  # queued for the log or waiting to be applied
@@ -274,6 +277,9 @@ class MAIFStorage:
     async def _open(self) -> None:
         data_dir = Path(self.config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.kafka_brokers is not None:
+            await self._open_kafka()
+            return
         self._checkpoint_lsn = await self._backends.index.applied_lsn()
         from maif.storage import rebuild
 
@@ -302,6 +308,30 @@ class MAIFStorage:
         self._space_ready.set()
         if self.recovery.corruption is not None:
             await self._finish_wal_repair()
+
+    async def _open_kafka(self) -> None:
+        """The log is a Kafka topic (ADR 0073): nothing to replay here; this node's consumer applies its
+        share of the topic from the positions recorded in PostgreSQL, whoever wrote the records."""
+        from maif.storage.kafkalog import KafkaLog
+
+        self._vector_dimensions = self._backends.vectors.dimensions
+        self._kafka = await KafkaLog.open(self.config, self._backends, self._applier, self._maintenance,
+                                          on_commit=self._on_commit)
+        self._committer = self._kafka.committer
+        self._kafka.start(on_visible=self._on_log_visible)
+        self._space_ready.set()
+
+    def _on_log_visible(self, items: list[LogItem]) -> None:
+        """This node's writes that the shared index now holds (applied by any node): stop serving them
+        from memory; queries wait for the oldest still pending."""
+        kafka = self._kafka
+        assert kafka is not None
+        oldest = kafka.pending.oldest_sequence()
+        applied_lsn = self._committed_lsn if oldest is None else oldest - 1
+        self._finish_applied(items, max(self._applied_lsn, applied_lsn))
+        task = asyncio.get_running_loop().create_task(self._notify_applied())
+        self._notify_tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._notify_tasks.discard)
 
     async def _finish_wal_repair(self) -> None:
         """Write again what a repair of the log salvaged: new records (new LSNs) in their old order,
@@ -357,6 +387,7 @@ class MAIFStorage:
         open's own error is the one that propagates (a failure here is logged)."""
         steps: list[Any] = [self._committer.close if self._committer is not None else None,
                             self._wal.close if self._wal is not None else None,
+                            self._kafka.close if self._kafka is not None else None,
                             self._backends.close]
         for task in (self._tier_task, self._applier_task):
             if task is not None:
@@ -393,6 +424,9 @@ class MAIFStorage:
             if not self._tier_task.cancelled():
                 self._tier_task.exception()
         try:
+            if self._kafka is not None:
+                await self._close_kafka()
+                return
             assert self._committer is not None and self._wal is not None
             await self._committer.close()
             self._work_ready.set()
@@ -409,6 +443,25 @@ class MAIFStorage:
                 await self._backends.close()
             finally:
                 self._release_store_lock()  # last: no other opener may start while the backends flush
+
+    async def _close_kafka(self) -> None:
+        """Produce what is queued, give the appliers a bounded time to apply this node's writes (they
+        are durable in the log either way: any node applies them), then stop the log."""
+        kafka = self._kafka
+        assert kafka is not None
+        try:
+            await kafka.committer.close()
+            deadline = time.monotonic() + _CLOSE_UNAVAILABLE_WAIT_S
+            async with self._applied:
+                while kafka.pending.count and time.monotonic() < deadline:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._applied.wait(), deadline - time.monotonic())
+            if kafka.pending.count:
+                _log.warning("store %s closes with %d acknowledged write(s) not yet applied: they are in "
+                             "the Kafka log; the store's other nodes (or this one, reopened) apply them",
+                             self.config.data_dir, kafka.pending.count)
+        finally:
+            await kafka.close()
 
     async def __aenter__(self) -> MAIFStorage:
         return self
@@ -443,31 +496,45 @@ class MAIFStorage:
         garbage for :meth:`compact` once no other block shares them. BlockNotFoundError when absent."""
         block_id = arguments.block_id(block_id)
         self._check_writable()
-        if not await self._exists(block_id):
+        agent_id = await self._agent_of(block_id)
+        if agent_id is None:
             raise BlockNotFoundError(f"no block with id {block_id!r}")
         payload = encode_tombstone(block_id)
-        item = LogItem(MAIFBlock(id=block_id, data=b""), payload, blake3.blake3(payload).digest(), None,
-                       deleted=True)
+        # The agent id only keys the deletion in a Kafka-protocol log, like the block it deletes (same
+        # partition, so it follows the write); the log record holds the block id alone.
+        item = LogItem(MAIFBlock(id=block_id, data=b"", agent_id=agent_id), payload,
+                       blake3.blake3(payload).digest(), None, deleted=True)
         lsn = await self._append_items([item])
         self._deletes_total += 1
         return DeleteReceipt(block_id, lsn)
 
-    async def _exists(self, block_id: str) -> bool:
+    async def _agent_of(self, block_id: str) -> str | None:
+        """The agent id of the block ``block_id`` names, None when there is no such block."""
         item = self._unapplied.get(block_id)
         if item is not None:
-            return not item.deleted
+            return None if item.deleted else item.block.agent_id
         if self._index_get_nowait is not None:
-            return self._index_get_nowait(block_id) is not None
-        return await self._backends.index.get(block_id) is not None
+            record = self._index_get_nowait(block_id)
+        else:
+            record = await self._backends.index.get(block_id)
+        return None if record is None else record.agent_id
 
     async def _append_items(self, items: list[LogItem]) -> int:
         """Log ``items`` with one append (group-committed), waiting for room first; their first LSN."""
         cost = sum(item.cost_bytes for item in items)
+        waited_since = time.monotonic()
         while self._inflight_bytes and self._inflight_bytes + cost > self._inflight_bytes_max:
             if self._blocked is not None:
                 raise self._degraded_refusal()
             self._space_ready.clear()
-            await self._space_ready.wait()
+            if self._kafka is None:
+                await self._space_ready.wait()
+            else:  # whoever applies this node's writes may be out: wait bounded, then refuse
+                remaining = self.config.kafka_write_timeout_s - (time.monotonic() - waited_since)
+                if remaining <= 0:
+                    raise self._log_backlog_refusal()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._space_ready.wait(), remaining)
             self._check_writable()
         assert self._committer is not None
         self._inflight_bytes += cost
@@ -497,6 +564,31 @@ class MAIFStorage:
             hint="retry later; every acknowledged write is in the local log and is applied when the "
                  "server answers again")
 
+    def _log_backlog_refusal(self) -> StoreDegradedError:
+        """A write refused because this node's writes in the Kafka log wait for their apply past the
+        unapplied-bytes bound for longer than ``kafka_write_timeout_s``."""
+        waiting = self._log_waiting_for()
+        return StoreDegradedError(
+            f"{self._inflight_bytes / 2**20:.1f} MiB of this node's acknowledged writes are in the Kafka "
+            f"log but not applied yet (bound {self._inflight_bytes_max / 2**20:.1f} MiB) and none was "
+            f"applied for {self.config.kafka_write_timeout_s:g} s: write refused, nothing written "
+            f"({waiting.message})", component=waiting.component, retry_after_s=waiting.retry_after_s,
+            hint="retry later; every acknowledged write is in the Kafka log and is applied once the "
+                 "appliers can reach the backends")
+
+    def _log_waiting_for(self) -> BackendUnavailableError:
+        """What applying this node's writes in the Kafka log waits for, as an error to raise."""
+        down = self._backends.health.down()
+        consumer = self._kafka.consumer if self._kafka is not None else None
+        if consumer is not None and consumer.waiting_for is not None:
+            return consumer.waiting_for
+        if down:
+            name, outage = sorted(down.items())[0]
+            return BackendUnavailableError(f"{name} is unavailable: {outage.reason}", component=name)
+        return BackendUnavailableError(
+            "the store's appliers (the members of the Kafka consumer group) have not applied this "
+            "node's writes yet", component="Kafka appliers", retry_after_s=1.0)
+
     def _check_vector_dimensions(self, items: Sequence[LogItem]) -> None:
         """Refuse, before the log, an embedding the vector index could not hold.
 
@@ -523,6 +615,9 @@ class MAIFStorage:
             raise DurabilityError(self._wal.failure, hint="reads still work; reopen the store to recover")
         if self._applier_failure is not None:
             raise BackendError(self._applier_failure, hint="reads still work; reopen the store to recover")
+        if self._kafka is not None and self._kafka.consumer.failure is not None:
+            raise BackendError(self._kafka.consumer.failure,
+                               hint="reads still work; reopen the store to recover")
 
     def _on_commit(self, first_lsn: int, last_lsn: int, items: list[LogItem]) -> None:
         """Runs after the sync, before the writers wake: make the blocks readable and queue them."""
@@ -530,7 +625,10 @@ class MAIFStorage:
             item.lsn = first_lsn + offset
             self._unapplied[item.block.id] = item
             self._backends.cache.discard(item.block.id)
-        self._apply_queue.extend(items)
+            if self._kafka is not None:
+                self._kafka.track(item)  # applied by whichever node owns its partition
+        if self._kafka is None:
+            self._apply_queue.extend(items)
         self._committed_lsn = last_lsn
         self._work_ready.set()
 
@@ -612,12 +710,19 @@ class MAIFStorage:
         return self._committer is None or self._committer.idle
 
     async def _mark_applied(self, batch: list[LogItem]) -> None:
+        self._finish_applied(batch, batch[-1].lsn)
+        await self._notify_applied()
+
+    def _finish_applied(self, batch: list[LogItem], applied_lsn: int) -> None:
+        """``batch`` is in the backends: readers find it there from now on; wake whoever waits."""
         for item in batch:
             if self._unapplied.get(item.block.id) is item:
                 del self._unapplied[item.block.id]
-        self._applied_lsn = batch[-1].lsn
+        self._applied_lsn = applied_lsn
         self._apply_generation += 1
         self._release(sum(item.cost_bytes for item in batch))
+
+    async def _notify_applied(self) -> None:
         async with self._applied:
             self._applied.notify_all()
 
@@ -652,10 +757,19 @@ class MAIFStorage:
     async def _wait_applied(self) -> None:
         """Queries see every acknowledged write: wait until the applier has caught up."""
         target = self._committed_lsn
-        deadline = time.monotonic() + _QUERY_UNAVAILABLE_WAIT_S
+        progress = self._applied_lsn
+        deadline = time.monotonic() + (_QUERY_UNAVAILABLE_WAIT_S if self._kafka is None
+                                       else self.config.kafka_write_timeout_s)
         async with self._applied:
             while self._applied_lsn < target and self._applier_failure is None:
                 blocked = self._blocked
+                if self._kafka is not None:
+                    # Another node may be the one applying, so the wait is always bounded: by
+                    # kafka_write_timeout_s without progress.
+                    if self._applied_lsn > progress:
+                        progress = self._applied_lsn
+                        deadline = time.monotonic() + self.config.kafka_write_timeout_s
+                    blocked = self._log_waiting_for()
                 if blocked is not None and time.monotonic() >= deadline:
                     raise BackendUnavailableError(
                         f"this query must see every acknowledged write, and applying them waits for "
@@ -813,7 +927,8 @@ class MAIFStorage:
         for how long and why; ``degraded_seconds_total`` sums every outage per component."""
         now = time.monotonic()
         health = self._backends.health
-        failure = (self._wal.failure if self._wal is not None else None) or self._applier_failure
+        failure = ((self._wal.failure if self._wal is not None else None) or self._applier_failure
+                   or (self._kafka.consumer.failure if self._kafka is not None else None))
         down = health.down()
         return {
             "status": "failed" if failure else "degraded" if down else "ok",

@@ -13,6 +13,11 @@ Keys of ``get_stats()`` (units last):
     wal_failure / applier_failure (None when healthy), unapplied_bytes / unapplied_bytes_max,
     cache_hit_rate, cache (the HotCache counters), compression_ratio, dedup_ratio,
     bytes_hot / bytes_warm / bytes_cold, blocks, vectors, chunks (the ChunkStore counters).
+With a Kafka-protocol log (ADR 0073) also: kafka_topic, kafka_group, kafka_partitions_assigned (this
+node's share), kafka_records_applied_total / kafka_records_skipped_total (by this node's consumer),
+kafka_skipped_reasons (the latest, bounded), kafka_pending_records (this node's writes not yet in the
+shared index), kafka_produce_groups_total, kafka_applier_failure; the wal_* keys then count this node's
+sequence numbers (wal_depth: its writes not yet applied).
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
         "tier_failure": storage._tier_failure,
         "chunks": chunk_stats,
     }
+    if storage._kafka is not None:
+        stats.update(storage._kafka.stats())
     stats["health"] = storage.health()
     if not storage._closed:  # from the servers, when they answer (stats serve /metrics while degraded)
         for key, counting in (("blocks", backends.index.count), ("vectors", backends.vectors.count)):

@@ -835,38 +835,57 @@ class _Pending:
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
 
 
-class GroupCommitter:
-    """Many writers, one write + one fdatasync per group, acks only after the sync.
+async def gather_companions(queued_records: Callable[[], int], batch_size: int, timeout_s: float) -> None:
+    """Let writers that are ready join the group about to go: yield to the event loop while records
+    keep arriving, up to ``batch_size`` of them and for at most ``timeout_s``. An idle store goes at
+    once; a busy one fills its groups."""
+    if timeout_s <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while queued_records() < batch_size and loop.time() < deadline:
+        before = queued_records()
+        await asyncio.sleep(0)
+        if queued_records() == before:
+            return
+
+
+class Committer:
+    """Many writers, one durable write per group, acks only after it: the grouping both logs share (the
+    local :class:`GroupCommitter`, and the Kafka-protocol log's
+    :class:`~maif.storage.kafkalog.KafkaCommitter`); a subclass says how a group is made durable.
 
     The committer task takes everything queued (up to ``batch_size`` records). When fewer are queued it
     yields to the event loop so writers that are ready can join, for at most ``batch_timeout_ms`` and
     only while new records keep arriving: an idle store acks at once, a busy one fills its groups.
-    The sync itself runs on a dedicated thread; while it runs, the next group gathers.
-    ``on_commit(first_lsn, last_lsn, context)`` runs on the event loop after the sync and before the
-    writer is woken, so a block is readable (read-your-writes) by the time its receipt exists.
+    While a group is being made durable, the next one gathers.
+    ``on_commit(first_lsn, last_lsn, context)`` runs on the event loop after the group is durable and
+    before the writer is woken, so a block is readable (read-your-writes) by the time its receipt exists.
+    A group that fails fails every queued writer too, with :meth:`_failure_of` the error.
     """
 
-    def __init__(self, wal: WriteAheadLog, *, batch_size: int, batch_timeout_ms: float,
+    task_name = "maif-committer"
+
+    def __init__(self, *, first_lsn: int, batch_size: int, batch_timeout_ms: float,
                  on_commit: Callable[[int, int, Any], None]) -> None:
-        self._wal = wal
         self._batch_size = min(batch_size, limits.wal_group_records_max)
         self._batch_timeout_s = batch_timeout_ms / 1000.0
         self._on_commit = on_commit
         self._queue: deque[_Pending] = deque()
         self._queued_records = 0
-        self._next_lsn = wal.next_lsn
+        self._next_lsn = first_lsn
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maif-wal")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.groups_total = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="maif-wal-committer")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.task_name)
 
     @property
     def failure(self) -> str | None:
-        return self._wal.failure
+        """Why the log refuses writes for good (None: it takes them)."""
+        return None
 
     @property
     def idle(self) -> bool:
@@ -881,21 +900,28 @@ class GroupCommitter:
         """Queue records; the future resolves to their first LSN once they are durable."""
         if self._closing:
             raise StoreClosedError("the store is closing; no new writes")
-        if self._wal.failure is not None:
-            raise DurabilityError(self._wal.failure, hint="reopen the store to recover")
         first = self._next_lsn
-        frame = frame_record
-        framed = [frame(first + offset, payload) for offset, payload in enumerate(payloads)]
         last = first + len(payloads) - 1
         self._next_lsn = last + 1
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(framed, first, last, context, future))
+        self._queue.append(_Pending(self._frame(first, payloads), first, last, context, future))
         self._queued_records += len(payloads)
         self._wakeup.set()
         return future
 
+    def _frame(self, first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
+        """What is queued for ``payloads`` (the local log frames each record with its LSN)."""
+        return list(payloads)
+
+    async def _write(self, group: list[_Pending]) -> None:
+        """Make the group durable, or raise."""
+        raise NotImplementedError
+
+    def _failure_of(self, error: BaseException) -> BaseException:
+        """The error every writer of a failed group (and every queued one) gets."""
+        return error
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue:
                 if self._closing:
@@ -903,14 +929,12 @@ class GroupCommitter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            await self._gather_companions(loop)
+            await gather_companions(lambda: self._queued_records, self._batch_size, self._batch_timeout_s)
             group = self._take_group()
-            data = b"".join(chunk for pending in group for chunk in pending.framed)
             try:
-                await loop.run_in_executor(self._executor, self._wal.append, data,
-                                           group[0].first_lsn, group[-1].last_lsn)
+                await self._write(group)
             except BaseException as error:  # noqa: BLE001 - every writer must learn the outcome
-                self._fail_all(group, error)
+                self._fail_all(group, self._failure_of(error))
                 continue
             self.groups_total += 1
             for pending in group:
@@ -918,16 +942,6 @@ class GroupCommitter:
             for pending in group:
                 if not pending.future.done():
                     pending.future.set_result(pending.first_lsn)
-
-    async def _gather_companions(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._batch_timeout_s <= 0:
-            return
-        deadline = loop.time() + self._batch_timeout_s
-        while self._queued_records < self._batch_size and loop.time() < deadline:
-            before = self._queued_records
-            await asyncio.sleep(0)
-            if self._queued_records == before:
-                return
 
     def _take_group(self) -> list[_Pending]:
         group: list[_Pending] = []
@@ -946,10 +960,9 @@ class GroupCommitter:
         self._queued_records -= records
         return group
 
-    def _fail_all(self, group: list[_Pending], error: BaseException) -> None:
-        """A failed group fails every queued writer too: their LSNs follow the lost ones."""
-        failure = error if isinstance(error, DurabilityError) else DurabilityError(
-            f"write-ahead log append failed: {error!r}")
+    def _fail_all(self, group: list[_Pending], failure: BaseException) -> None:
+        """A failed group fails every queued writer too (in the local log, their LSNs follow the lost
+        ones)."""
         everyone = group + list(self._queue)
         self._queue.clear()
         self._queued_records = 0
@@ -958,17 +971,58 @@ class GroupCommitter:
                 pending.future.set_exception(failure)
 
     async def close(self) -> None:
-        """Let queued writes finish (or fail), then stop the committer and its thread."""
+        """Let queued writes finish (or fail), then stop the committer."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
+
+
+class GroupCommitter(Committer):
+    """The local log's committer: one write + one fdatasync per group (:class:`Committer`), the sync on
+    a dedicated thread."""
+
+    task_name = "maif-wal-committer"
+
+    def __init__(self, wal: WriteAheadLog, *, batch_size: int, batch_timeout_ms: float,
+                 on_commit: Callable[[int, int, Any], None]) -> None:
+        super().__init__(first_lsn=wal.next_lsn, batch_size=batch_size, batch_timeout_ms=batch_timeout_ms,
+                         on_commit=on_commit)
+        self._wal = wal
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maif-wal")
+
+    @property
+    def failure(self) -> str | None:
+        return self._wal.failure
+
+    def append(self, payloads: Sequence[bytes], context: Any) -> asyncio.Future[int]:
+        if self._wal.failure is not None and not self._closing:
+            raise DurabilityError(self._wal.failure, hint="reopen the store to recover")
+        return super().append(payloads, context)
+
+    def _frame(self, first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
+        frame = frame_record
+        return [frame(first_lsn + offset, payload) for offset, payload in enumerate(payloads)]
+
+    async def _write(self, group: list[_Pending]) -> None:
+        data = b"".join(chunk for pending in group for chunk in pending.framed)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._wal.append, data,
+                                                         group[0].first_lsn, group[-1].last_lsn)
+
+    def _failure_of(self, error: BaseException) -> BaseException:
+        return error if isinstance(error, DurabilityError) else DurabilityError(
+            f"write-ahead log append failed: {error!r}")
+
+    async def close(self) -> None:
+        """Let queued writes finish (or fail), then stop the committer and its thread."""
+        await super().close()
         self._executor.shutdown(wait=True)
 
 
 __all__ = [
     "QUARANTINE_DIRECTORY",
     "SALVAGE_FILE",
+    "Committer",
     "FileOps",
     "GroupCommitter",
     "RecoveryReport",

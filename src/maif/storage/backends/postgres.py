@@ -1048,6 +1048,30 @@ class PostgresMetadataIndex(_OnDatabase, MetadataIndex):
     async def set_applied_lsn(self, lsn: int) -> None:
         await self.put([], applied_lsn=lsn)
 
+    async def log_positions(self, log: str) -> dict[int, int]:
+        """How far each partition of the shared log ``log`` (a Kafka topic) is applied: partition ->
+        the next offset to apply (Kafka's committed-offset convention; absent: nothing applied yet)."""
+        rows = await self._run("read the log positions", lambda connection: connection.fetch(
+            f"SELECT key, value FROM {self._db.quoted_schema}.node_state "  # noqa: S608 - checked name
+            "WHERE node_id = $1", _log_state_owner(log)))
+        return {int(row[0].removeprefix("partition:")): int(row[1]) for row in rows
+                if row[0].startswith("partition:")}
+
+    async def set_log_positions(self, log: str, positions: Mapping[int, int]) -> None:
+        """Record that every record of ``log`` before ``positions[partition]`` is applied and durable;
+        a position never moves back (two nodes applying one partition during a rebalance)."""
+        if not positions:
+            return
+        partitions = sorted(positions)
+        if any(isinstance(value, bool) or not isinstance(value, int) or value < 0
+               for value in (*partitions, *positions.values())):
+            raise FormatError(f"log positions must be non-negative integers, got {dict(positions)!r}")
+        await self._run("store the log positions", lambda connection: connection.execute(
+            f"INSERT INTO {self._db.quoted_schema}.node_state AS s (node_id, key, value) "  # noqa: S608
+            "SELECT $1, 'partition:' || p, v FROM unnest($2::int8[], $3::int8[]) AS t(p, v) "
+            "ON CONFLICT (node_id, key) DO UPDATE SET value = GREATEST(s.value, excluded.value)",
+            _log_state_owner(log), partitions, [positions[partition] for partition in partitions]))
+
     async def flush(self) -> None:
         await self._pool()  # every put committed: durable already (synchronous_commit is the server's)
 
@@ -1061,6 +1085,12 @@ class PostgresMetadataIndex(_OnDatabase, MetadataIndex):
                 _escape(block_type)))
         return int(value)
 
+
+
+def _log_state_owner(log: str) -> str:
+    """The ``node_state.node_id`` under which a shared log's positions are kept: never a node's id, which
+    cannot hold ':' (:func:`maif.storage.distributed.node_id_of`)."""
+    return f"log:{log}"
 
 
 async def _keep_session(connection: Any) -> None:

@@ -209,6 +209,15 @@ class RetryingMetadataIndex(MetadataIndex):
     async def set_applied_lsn(self, lsn: int) -> None:
         await self.policy.run("set_applied_lsn", lambda: self.inner.set_applied_lsn(lsn))
 
+    async def log_positions(self, log: str) -> dict[int, int]:
+        """A shared index's positions in the shared log (:mod:`maif.storage.kafkalog`), retried."""
+        inner: Any = self.inner
+        return dict(await self.policy.run("log_positions", lambda: inner.log_positions(log)))
+
+    async def set_log_positions(self, log: str, positions: Mapping[int, int]) -> None:
+        inner: Any = self.inner
+        await self.policy.run("set_log_positions", lambda: inner.set_log_positions(log, positions))
+
     async def flush(self) -> None:
         await self.policy.run("flush", self.inner.flush)
 
