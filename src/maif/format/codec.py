@@ -19,7 +19,6 @@ be consumed exactly. Every defect raises a :class:`~maif.errors.FormatError` (or
 from __future__ import annotations
 
 import struct
-import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -192,15 +191,10 @@ def _advance(raw: bytes, position: int, size: int) -> int:
 
 def _uuid_bytes(block_id: str) -> bytes | None:
     """The 16 raw bytes of a canonical (lowercase, hyphenated) UUID string, else None."""
-    if (
-        len(block_id) != 36
-        or block_id[8] != "-"
-        or block_id[13] != "-"
-        or block_id[18] != "-"
-        or block_id[23] != "-"
-    ):
+    # Hyphens at 8, 13, 18 and 23 (every fifth character from 8), and nowhere else: 32 characters remain.
+    if len(block_id) != 36 or block_id[8:24:5] != "----":
         return None
-    hex_digits = block_id[:8] + block_id[9:13] + block_id[14:18] + block_id[19:23] + block_id[24:]
+    hex_digits = block_id.replace("-", "")
     try:
         raw = bytes.fromhex(hex_digits)
     except ValueError:
@@ -297,7 +291,9 @@ def decode_header(buffer: bytes | memoryview, start: int, end: int) -> BlockHead
         raise LimitExceededError("block payload size", payload_length, limits.block_payload_bytes_max)
     block_type = _KNOWN_TYPES.get(fourcc) or normalize_block_type(fourcc)
     if field_flags & FIELD_ID_UUID:
-        block_id = str(uuid.UUID(bytes=cursor.take(16, "block id")))
+        # The canonical text form, as str(uuid.UUID(bytes=...)) spells it, without building a UUID.
+        digits = cursor.take(16, "block id").hex()
+        block_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
     else:
         block_id = cursor.text(_U16, "block id", limits.block_id_bytes_max, allow_empty=False)
         if _uuid_bytes(block_id) is not None:

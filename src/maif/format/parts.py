@@ -320,43 +320,68 @@ def part_set_problems(
     """Every part-set problem in the container (full verification, after each block's own checks).
 
     ``skip`` holds blocks already reported; they break any set they are in. Encrypted blocks are
-    checked only with ``decrypt`` (their metadata is sealed). A block without a metadata field, or whose
-    metadata bytes cannot hold a ``part`` key, is passed over without decoding it.
+    checked only with ``decrypt`` (their metadata is sealed). Only blocks whose header announces
+    metadata can be parts: the others are found in one vectorised pass over the header
+    bytes and passed over in runs, so a container of small blocks without metadata costs almost nothing.
     """
     problems: list[Problem] = []
     sequence = PartSequence()
-    for index in range(len(reader)):
-        try:
-            _check_one(reader, index, sequence, skip, decrypt=decrypt)
-        except IntegrityError as error:
-            reason = error.message.removesuffix(f" (block {index})")
-            problems.append(Problem(index, reason, kind="integrity"))
-        except MAIFError as error:
-            sequence.abandon()
-            from maif.format.verify import kind_of  # verify imports this module
-
-            problems.append(Problem(index, error.message, kind=kind_of(error)))
-    try:
-        sequence.finish(len(reader))
-    except IntegrityError as error:
-        reason = error.message.removesuffix(f" (block {error.block_index})")
-        problems.append(Problem(error.block_index, reason, kind="integrity"))
+    after_last = 0
+    for index in _candidates(reader, skip):
+        if index > after_last:  # a run of blocks that cannot be parts: the first one ends any open set
+            _judge(problems, after_last, sequence.begin, after_last, None, 0)
+        _judge(problems, index, _check_one, reader, index, sequence, skip, decrypt)
+        after_last = index + 1
+    if len(reader) > after_last:
+        _judge(problems, after_last, sequence.begin, after_last, None, 0)
+    _judge(problems, None, sequence.finish, len(reader))
     return problems
 
 
+def _judge(problems: list[Problem], index: int | None, check: Callable[..., None], *arguments: Any) -> None:
+    """Run one check; its refusal becomes a problem of the block it names (else ``index``)."""
+    try:
+        check(*arguments)
+    except IntegrityError as error:
+        where = error.block_index if error.block_index is not None else index
+        reason = error.message.removesuffix(f" (block {error.block_index})")
+        problems.append(Problem(where, reason, kind="integrity"))
+    except MAIFError as error:
+        from maif.format.verify import kind_of  # verify imports this module
+
+        problems.append(Problem(index, error.message, kind=kind_of(error)))
+
+
+def _candidates(reader: ContainerReader, skip: set[int]) -> list[int]:
+    """Blocks that may be parts, in index order: a header with the METADATA flag, plus every block in
+    ``skip`` or refused by the layout check (their flag bytes cannot be trusted)."""
+    import numpy as np
+
+    if not len(reader) or reader._mapping is None:
+        return sorted(skip | set(reader.bad_entries))
+    mapping = np.frombuffer(reader._mapping, dtype=np.uint8)
+    offsets = reader._offsets
+    inside = (offsets >= 0) & (offsets + 6 <= len(mapping))
+    field_flags = np.zeros(len(offsets), dtype=np.uint8)
+    field_flags[inside] = mapping[offsets[inside] + 5]
+    del mapping  # no buffer export may outlive this call (the reader closes its mapping)
+    found = set(np.flatnonzero((field_flags & codec.FIELD_METADATA) | ~inside).tolist())
+    return sorted(found | skip | set(reader.bad_entries))
+
+
 def _check_one(
-    reader: ContainerReader, index: int, sequence: PartSequence, skip: set[int], *, decrypt: bool
+    reader: ContainerReader, index: int, sequence: PartSequence, skip: set[int], decrypt: bool
 ) -> None:
     if index in skip:
         sequence.abandon()
         return
     record = reader.record(index)
+    if not record[5] & codec.FIELD_METADATA:  # the header is in the clear, encrypted or not
+        sequence.begin(index, None, 0)
+        return
     encrypted = record[4] & codec.STORAGE_ENCRYPTED
     if encrypted and not decrypt:
-        sequence.abandon()
-        return
-    if not record[5] & codec.FIELD_METADATA:
-        sequence.begin(index, None, 0)
+        sequence.abandon()  # its metadata is sealed: whether it is a part cannot be known
         return
     if not encrypted:
         header = codec.decode_header(record, 0, len(record))
