@@ -394,8 +394,12 @@ class ContainerReader:
                     raise FormatError(f"block {index} is encrypted but the container has no recipients: "
                                       "no key can ever read it (SPEC section 8)")
                 return
-            for _ in _stream(*self._split_body(index, record, header)).chunks:
-                pass
+            header, metadata, stored = self._split_body(index, record, header)
+            if metadata:
+                codec.decode_metadata(metadata)
+            if header.storage_flags & codec.STORAGE_COMPRESSED:  # a raw payload's length is checked above
+                for _ in iter_decompressed(stored, header.payload_length):
+                    pass
         finally:
             if len(record) >= PARALLEL_HASH_BYTES_MIN:
                 self.release(index)
