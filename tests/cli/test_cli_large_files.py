@@ -20,6 +20,7 @@ from test_cli_commands import keys, run, run_json  # noqa: F401 (keys is a fixtu
 from maif.cli.exit_codes import ExitCode
 from maif.cli.inputs import open_input_file, read_pieces
 from maif.cli.keyfiles import load_signing_key
+from maif.cli.packing import parse_size
 from maif.cli.progress import TransferProgress
 from maif.errors import FormatError
 from maif.format.block import MAIFBlock
@@ -115,6 +116,8 @@ def test_part_size_option_is_checked(tmp_path: Path, keys: Path, tree: Path) -> 
         result = run("pack", tree, "-o", tmp_path / "x.maif", "--key", keys / "maif.key", "--part-size", bad)
         assert result.exit_code == ExitCode.USAGE_ERROR, (bad, result.stderr)
     assert not (tmp_path / "x.maif").exists()
+    sizes = [parse_size(text) for text in ("4096", "1K", "16M", "16MiB", "1g")]
+    assert sizes == [4096, 1024, 16 << 20, 16 << 20, 1 << 30]
 
 
 def test_progress_draws_bytes_rate_and_eta_on_a_terminal_console() -> None:

@@ -8,7 +8,7 @@ it came from::
     {"path": "corpus/ozymandias.txt", "size_bytes": 666, "mtime_ns": 1732470000000000000,
      "media_type": "text/plain; charset=utf-8"}
 
-A file larger than the part size (``--part-size``, 64 MiB by default, at most one block's payload limit)
+A file larger than the part size (``--part-size``, 16 MiB by default, at most one block's payload limit)
 becomes a part set (docs/format/SPEC.md section 15): consecutive blocks of one part each, every one with
 the metadata above (``size_bytes`` is the whole file's) plus a ``part`` map tying it to its set, the last
 carrying the whole file's BLAKE3. Files are read in pieces of at most the part size, so memory holds one
@@ -53,7 +53,7 @@ from maif.format.parts import add_parts, check_part_bytes, part_count
 from maif.format.verify import verify_container
 
 DEFAULT_AGENT_ID = "maif-cli"
-DEFAULT_PART_BYTES = 64 << 20
+DEFAULT_PART_BYTES = 16 << 20
 PATH_KEY, SIZE_KEY, MTIME_KEY, MEDIA_TYPE_KEY = "path", "size_bytes", "mtime_ns", "media_type"
 
 
@@ -323,7 +323,7 @@ def pack_command(
         int, typer.Option("--compression-threshold", min=0, help="Compress payloads above this many bytes.")
     ] = 4096,
     force: Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")] = False,
-    part_size: PartSizeOption = "64M",
+    part_size: PartSizeOption = "16M",
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
@@ -376,7 +376,7 @@ def append_command(
         ),
     ] = None,
     agent: AgentOption = DEFAULT_AGENT_ID,
-    part_size: PartSizeOption = "64M",
+    part_size: PartSizeOption = "16M",
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
     json_output: JsonOption = False,
