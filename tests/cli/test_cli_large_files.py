@@ -9,8 +9,11 @@ import io
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -219,3 +222,46 @@ def test_peak_memory_stays_bounded_on_a_file_far_larger_than_a_part(
     peak_mb = int(completed.stdout.split()[-1]) / 1024
     assert (out / "sparse.bin").stat().st_size == 512 << 20
     assert peak_mb < 200, f"peak RSS {peak_mb:.0f} MB for a 512 MiB file in 8 MiB parts"
+
+
+def _kill_when(process: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert process.poll() is None, "the command finished before it could be killed"
+        assert time.monotonic() < deadline, "the command never reached the point to kill it at"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _partial_larger_than(directory: Path, size: int) -> bool:
+    """Whether a temporary ``*.partial`` file in ``directory`` has grown past ``size`` bytes."""
+    try:
+        partials = [path for path in directory.iterdir() if path.name.endswith(".partial")]
+        return any(path.stat().st_size > size for path in partials)
+    except FileNotFoundError:  # the directory is not made yet, or the file was just renamed
+        return False
+
+
+def test_kill_9_during_pack_or_unpack_never_leaves_a_file_under_its_name(
+    tmp_path: Path, keys: Path  # noqa: F811
+) -> None:
+    """A real process killed in the middle of a part set: the container and the unpacked file appear
+    under their names only complete (pack renames after the signed commit; unpack after the digest)."""
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as handle:
+        handle.truncate(96 << 20)
+    container = tmp_path / "big.maif"
+    maif = [sys.executable, "-m", "maif"]
+    pack = subprocess.Popen([*maif, "pack", str(big), "-o", str(container), "--key", str(keys / "maif.key"),
+                             "--part-size", "1M", "--compression-threshold", "1000000000"])
+    _kill_when(pack, lambda: _partial_larger_than(tmp_path, 4 << 20))
+    assert not container.exists()
+    run_json("pack", big, "-o", container, "--key", keys / "maif.key", "--part-size", "1M",
+             "--compression-threshold", "1000000000")
+    out = tmp_path / "out"
+    unpack = subprocess.Popen([*maif, "unpack", str(container), "-o", str(out), "-q"])
+    _kill_when(unpack, lambda: _partial_larger_than(out, 4 << 20))
+    assert not (out / "big.bin").exists()
+    run_json("unpack", container, "-o", out, "--trust", keys / "maif.pub")
+    assert (out / "big.bin").stat().st_size == 96 << 20
