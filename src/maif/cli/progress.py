@@ -11,18 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def _nothing(size: int) -> None:
@@ -36,6 +30,16 @@ class TransferProgress:
         self.enabled = enabled
         self._progress: Progress | None = None
         if enabled:
+            # Imported here: a bar is drawn only on a terminal, and `maif` should start fast elsewhere.
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             console = console or Console(stderr=True)
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
