@@ -265,3 +265,13 @@ def test_kill_9_during_pack_or_unpack_never_leaves_a_file_under_its_name(
     assert not (out / "big.bin").exists()
     run_json("unpack", container, "-o", out, "--trust", keys / "maif.pub")
     assert (out / "big.bin").stat().st_size == 96 << 20
+
+
+def test_a_name_near_the_file_system_limit_unpacks(tmp_path: Path, keys: Path) -> None:  # noqa: F811
+    """The temporary name beside it must fit too (255 bytes on most file systems)."""
+    name = "é" * 125 + ".txt"  # 254 bytes of UTF-8
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / name).write_text("x")
+    run_json("pack", tmp_path / "in", "-o", tmp_path / "n.maif", "--key", keys / "maif.key")
+    run_json("unpack", tmp_path / "n.maif", "-o", tmp_path / "out", "--trust", keys / "maif.pub")
+    assert [path.name for path in (tmp_path / "out" / "in").iterdir()] == [name]

@@ -93,7 +93,9 @@ class Extractor:
         directory_fd = self._open_parent(parts)
         try:
             self._check_room(parts[-1], directory_fd, joined)
-            temporary = f".{parts[-1][:200]}.{os.urandom(6).hex()}.partial"
+            # At most 1 + 100 + 1 + 12 + 8 bytes: within any file system's name limit whatever the name.
+            prefix = parts[-1].encode("utf-8", "surrogatepass")[:100].decode("utf-8", "ignore")
+            temporary = f".{prefix}.{os.urandom(6).hex()}.partial"
             try:
                 file_fd = os.open(temporary, _NEW_FILE_FLAGS, 0o644, dir_fd=directory_fd)
             except OSError as error:
