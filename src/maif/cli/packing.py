@@ -137,11 +137,9 @@ def _add_file(
             block = MAIFBlock(
                 block_type=detection.block_type, data=first.pop(), metadata=metadata, agent_id=agent_id
             )
-            index = writer.add(block, encrypt=encrypt)
-            block_id = block.id
+            index, block_id = writer.add(block, encrypt=encrypt), block.id
             del block
-            if next(pieces, None) is not None:  # runs the check that the file did not grow
-                raise AssertionError("a one-part file yielded a second piece")
+            _require_no_more(pieces)
             on_bytes(source.size_bytes)
         else:
             written = add_parts(
@@ -167,6 +165,12 @@ def _add_file(
     if count > 1:
         row["parts"] = count
     return row
+
+
+def _require_no_more(pieces: Iterator[bytes]) -> None:
+    """Run the pieces' end check (FormatError if the file grew) after the only piece was used."""
+    if next(pieces, None) is not None:
+        raise AssertionError("a one-piece file yielded a second piece")
 
 
 def _first_then(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
