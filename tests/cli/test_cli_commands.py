@@ -551,19 +551,19 @@ def test_pack_an_empty_directory_is_a_usage_error_and_writes_nothing(tmp_path: P
     assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "keys"]
 
 
-def test_pack_a_file_above_the_block_cap_is_refused(
+def test_pack_a_file_above_the_block_cap_stores_it_as_parts(
     tmp_path: Path, keys: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from maif import limits
 
     monkeypatch.setattr(limits, "block_payload_bytes_max", 100)
     big = tmp_path / "big.bin"
-    big.write_bytes(b"x" * 101)
-    document = run_json(
-        "pack", big, "-o", tmp_path / "out.maif", "--key", keys / "maif.key", code=ExitCode.LIMIT_EXCEEDED
-    )
-    assert document["error"]["type"] == "LimitExceededError"
-    assert not (tmp_path / "out.maif").exists()
+    big.write_bytes(bytes(range(250)))
+    document = run_json("pack", big, "-o", tmp_path / "out.maif", "--key", keys / "maif.key")
+    assert (document["files_added"], document["blocks_added"]) == (1, 3)  # the part size is capped at 100
+    assert document["blocks"][0]["parts"] == 3
+    run_json("unpack", tmp_path / "out.maif", "-o", tmp_path / "out", "--trust", keys / "maif.pub")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == bytes(range(250))
 
 
 def test_pack_into_a_missing_directory_is_an_io_error(tmp_path: Path, keys: Path, corpus: Path) -> None:

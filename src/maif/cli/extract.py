@@ -5,8 +5,10 @@ A recorded path comes from a file that may have been written by an attacker, so 
 1. lexically (:func:`checked_parts`): relative, ``/``-separated, no empty, ``.`` or ``..`` component, no
    NUL, no backslash or drive prefix that another OS would read as absolute, bounded in length and depth;
 2. on disk, while writing (:class:`Extractor`): every directory is opened relative to its parent's file
-   descriptor with ``O_NOFOLLOW | O_DIRECTORY`` and the file is created with ``O_NOFOLLOW | O_EXCL``, so a
-   symlink planted in the destination (before or during extraction) cannot redirect a write outside it.
+   descriptor with ``O_NOFOLLOW | O_DIRECTORY`` and the file is created under a fresh temporary name with
+   ``O_NOFOLLOW | O_EXCL``, then renamed over its name (a rename replaces a link, it never follows one),
+   so a symlink planted in the destination (before or during extraction) cannot redirect a write outside
+   it, and a file refused at its end never appears under its name.
 
 Both raise :class:`~maif.errors.UnsafePathError`.
 """
@@ -77,25 +79,31 @@ class Extractor:
         memory; if it raises (a payload refused at its end), the partial file is removed and the error
         propagates."""
         pieces = (data,) if isinstance(data, bytes | bytearray | memoryview) else data
+        with self.open_file(recorded_path) as pending:
+            for piece in pieces:
+                pending.write(piece)
+            return pending.commit(mtime_ns=mtime_ns, sync=False)
+
+    def open_file(self, recorded_path: object) -> PendingFile:
+        """A file written under a temporary name beside its final one; :meth:`PendingFile.commit` renames
+        it into place, and leaving its ``with`` block without a commit removes it. So a file that fails a
+        check at its end (a part set whose digest does not match) never appears under its name."""
         parts = checked_parts(recorded_path)
         joined = "/".join(parts)
         directory_fd = self._open_parent(parts)
         try:
-            self._make_room(parts[-1], directory_fd, joined)
+            self._check_room(parts[-1], directory_fd, joined)
+            # At most 1 + 100 + 1 + 12 + 8 bytes: within any file system's name limit whatever the name.
+            prefix = parts[-1].encode("utf-8", "surrogatepass")[:100].decode("utf-8", "ignore")
+            temporary = f".{prefix}.{os.urandom(6).hex()}.partial"
             try:
-                file_fd = os.open(parts[-1], _NEW_FILE_FLAGS, 0o644, dir_fd=directory_fd)
+                file_fd = os.open(temporary, _NEW_FILE_FLAGS, 0o644, dir_fd=directory_fd)
             except OSError as error:
                 raise _unsafe_or_raise(error, joined) from error
-            try:
-                _write_pieces(file_fd, pieces, mtime_ns)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(parts[-1], dir_fd=directory_fd)
-                raise
-        finally:
+        except BaseException:
             os.close(directory_fd)
-        self._written.add(joined)
-        return joined
+            raise
+        return PendingFile(self, directory_fd, file_fd, temporary, parts[-1], joined)
 
     def _open_parent(self, parts: list[str]) -> int:
         directory_fd = os.dup(self._root_fd)
@@ -114,7 +122,7 @@ class Extractor:
             raise
         return directory_fd
 
-    def _make_room(self, name: str, directory_fd: int, joined: str) -> None:
+    def _check_room(self, name: str, directory_fd: int, joined: str) -> None:
         try:
             status = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -127,7 +135,6 @@ class Extractor:
             raise ConfigError(
                 f"{joined!r} already exists in the destination", hint="pass --force to replace it"
             )
-        os.unlink(name, dir_fd=directory_fd)
 
     def close(self) -> None:
         os.close(self._root_fd)
@@ -139,13 +146,48 @@ class Extractor:
         self.close()
 
 
-def _write_pieces(file_fd: int, pieces: Iterable[bytes | memoryview], mtime_ns: int | None) -> None:
-    with open(file_fd, "wb", closefd=True) as handle:
-        for piece in pieces:
-            handle.write(piece)
-        handle.flush()  # before utime: a later flush would stamp the current time again
+class PendingFile:
+    """A file being extracted under a temporary name (:meth:`Extractor.open_file`)."""
+
+    def __init__(
+        self, extractor: Extractor, directory_fd: int, file_fd: int, temporary: str, name: str, joined: str
+    ) -> None:
+        self._extractor, self._directory_fd = extractor, directory_fd
+        self._handle = open(file_fd, "wb", closefd=True)  # noqa: SIM115 (closed by commit or __exit__)
+        self._temporary, self._name, self.joined = temporary, name, joined
+        self._done = False
+
+    def write(self, piece: bytes | memoryview) -> None:
+        self._handle.write(piece)
+
+    def commit(self, *, mtime_ns: int | None, sync: bool) -> str:
+        """Flush (and fsync when ``sync``), stamp the mtime and rename into place; the recorded path."""
+        self._handle.flush()  # before utime: a later flush would stamp the current time again
         if mtime_ns is not None:
-            os.utime(handle.fileno(), ns=(mtime_ns, mtime_ns))
+            os.utime(self._handle.fileno(), ns=(mtime_ns, mtime_ns))
+        if sync:
+            os.fsync(self._handle.fileno())
+        self._handle.close()
+        # Checked again at the rename: something may have appeared under the name since the open.
+        self._extractor._check_room(self._name, self._directory_fd, self.joined)
+        os.rename(self._temporary, self._name, src_dir_fd=self._directory_fd, dst_dir_fd=self._directory_fd)
+        if sync:
+            os.fsync(self._directory_fd)
+        self._done = True
+        self._extractor._written.add(self.joined)
+        return self.joined
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._handle.close()
+            if not self._done:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._temporary, dir_fd=self._directory_fd)
+        finally:
+            os.close(self._directory_fd)
 
 
 def _unsafe_or_raise(error: OSError, joined: str) -> BaseException:
@@ -157,4 +199,4 @@ def _unsafe_or_raise(error: OSError, joined: str) -> BaseException:
     return error
 
 
-__all__ = ["Extractor", "checked_parts"]
+__all__ = ["Extractor", "PendingFile", "checked_parts"]

@@ -13,11 +13,12 @@ than being silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from maif import limits
 from maif.errors import ConfigError, FormatError, LimitExceededError
@@ -37,10 +38,10 @@ class SkippedPath(NamedTuple):
     reason: str
 
 
-class FileContents(NamedTuple):
-    """The bytes of one input file as read, with the size and modification time of what was read."""
+class OpenInput(NamedTuple):
+    """One input file open for reading, with its size and modification time when it was opened."""
 
-    data: bytes
+    handle: BinaryIO
     size_bytes: int
     mtime_ns: int
 
@@ -124,11 +125,15 @@ def _checked_recorded_path(recorded: str) -> str:
     return recorded
 
 
-def read_input_file(path: Path) -> FileContents:
-    """The bytes of one regular file, refusing a symlink swapped in after the walk and capping the size.
+_NOT_WHILE_WRITTEN = "pack it when nothing is writing to it"
+
+
+@contextlib.contextmanager
+def open_input_file(path: Path) -> Iterator[OpenInput]:
+    """One regular file opened for reading, refusing a symlink or special file swapped in after the walk.
 
     ``O_NOFOLLOW`` and ``O_NONBLOCK`` close the window between the walk and the read: a path replaced by a
-    symlink fails, one replaced by a FIFO does not block; the size cap holds even if the file grows.
+    symlink fails, one replaced by a FIFO does not block. Nothing is read here: see :func:`read_pieces`.
     """
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     descriptor = os.open(path, flags)
@@ -136,15 +141,27 @@ def read_input_file(path: Path) -> FileContents:
         status = os.fstat(handle.fileno())
         if not stat.S_ISREG(status.st_mode):
             raise FormatError(f"{path} is no longer a regular file")
-        limit = limits.block_payload_bytes_max
-        if status.st_size > limit:
-            raise LimitExceededError(
-                f"size of {path}", status.st_size, limit, hint="a block holds one file; split it first"
-            )
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise LimitExceededError(f"size of {path}", len(data), limit)
-    return FileContents(data, len(data), status.st_mtime_ns)
+        yield OpenInput(handle, status.st_size, status.st_mtime_ns)
 
 
-__all__ = ["FileContents", "InputFile", "SkippedPath", "iter_input_files", "read_input_file"]
+def read_pieces(source: OpenInput, piece_bytes: int, path: Path) -> Iterator[bytes]:
+    """The file in pieces of ``piece_bytes`` (the last one shorter), exactly ``source.size_bytes`` in all:
+    one piece for an empty file. A file that shrinks or grows while it is read raises FormatError, so a
+    file's recorded size, part count and digest always describe the bytes that were packed."""
+    remaining = source.size_bytes
+    while True:
+        wanted = min(piece_bytes, remaining)
+        piece = source.handle.read(wanted)
+        if len(piece) != wanted:
+            raise FormatError(f"{path} shrank while it was being packed", hint=_NOT_WHILE_WRITTEN)
+        remaining -= wanted
+        if not remaining:
+            break
+        yield piece
+        del piece  # one piece in memory at a time: the consumer holds the next one only
+    if source.handle.read(1):
+        raise FormatError(f"{path} grew while it was being packed", hint=_NOT_WHILE_WRITTEN)
+    yield piece
+
+
+__all__ = ["InputFile", "OpenInput", "SkippedPath", "iter_input_files", "open_input_file", "read_pieces"]

@@ -24,6 +24,7 @@ the key is reported as above, since its recipients list cannot be trusted then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +35,7 @@ from rich.table import Table
 from maif.cli.exit_codes import ExitCode
 from maif.cli.keyfiles import load_trusted_keys, load_x25519_private_key
 from maif.cli.output import CommandOutput, plain, reporting_errors
+from maif.cli.progress import TransferProgress
 from maif.cli.views import reading, require_readable_container, version_row
 from maif.errors import DecryptionError, FormatError, IntegrityError, SignatureError
 from maif.format.aead import recipient_key_id
@@ -151,16 +153,20 @@ def verify_command(
             "repeat for several. Trusted as well.",
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar (only drawn when stderr is a terminal).")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Verify a container under trusted keys; list every problem with its block index."""
     output = CommandOutput(json_output=json_output)
-    with reporting_errors(output):
+    with reporting_errors(output), TransferProgress.for_terminal(quiet=quiet or quick) as progress:
         trusted_keys = load_trusted_keys(trust)
         required = load_trusted_keys(require_signer or [])
         decryption_key = load_x25519_private_key(decrypt_key) if decrypt_key is not None else None
         require_readable_container(container)
-        checks: dict[str, Any] = {"full": not quick, "required_signers": required}
+        on_progress = _progress_bars(progress, container)
+        checks: dict[str, Any] = {"full": not quick, "required_signers": required, "on_progress": on_progress}
         if decryption_key is not None and not _is_recipient(container, decryption_key):
             report = verify_container(container, trusted_keys, **checks)
             if report.ok:
@@ -184,6 +190,16 @@ def verify_command(
             err=True,
         )
     raise typer.Exit(int(verdict))
+
+
+def _progress_bars(progress: TransferProgress, container: Path) -> Callable[[str, int], None] | None:
+    """A "hash" and a "decode" bar over the container's record bytes, when a bar is drawn at all."""
+    if not progress.enabled:
+        return None
+    with reading(container) as reader:
+        record_bytes = sum(reader.entry(index).length for index in range(len(reader)))
+    bars = {phase: progress.task(phase, record_bytes) for phase in ("hash", "decode")}
+    return lambda phase, size: bars[phase](size)
 
 
 def _is_recipient(container: Path, decryption_key: X25519PrivateKey) -> bool:

@@ -34,6 +34,11 @@ _EXPORTS: dict[str, str] = {
     "Problem": "reports",
     "repair_container": "repair",
     "RepairReport": "reports",
+    "add_parts": "parts",
+    "parse_part": "parts",
+    "PartInfo": "parts",
+    "PartSequence": "parts",
+    "WrittenParts": "parts",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,9 +19,7 @@ be consumed exactly. Every defect raises a :class:`~maif.errors.FormatError` (or
 from __future__ import annotations
 
 import struct
-import uuid
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import blake3
 import msgspec
@@ -48,6 +46,9 @@ _FIELD_KNOWN: Final = FIELD_ID_UUID | FIELD_AGENT | FIELD_VERSION | FIELD_PARENT
 
 # fourcc, storage_flags, field_flags, timestamp (float64 seconds), payload length (plaintext, bytes)
 FIXED_HEADER: Final = struct.Struct("<4sBBdI")
+_FIXED_HEADER_WITH_UUID: Final = struct.Struct("<4sBBdI16s")
+_AGENT_FIELDS_CACHED_MAX: Final = 4096
+_agent_fields: dict[str, bytes] = {}
 _U8: Final = struct.Struct("<B")
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
@@ -73,9 +74,11 @@ _PREFIXED_SIZES: Final = {
 _CONTAINER_SIZES: Final = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
-@dataclass(frozen=True, slots=True)
-class BlockHeader:
-    """A decoded block header; ``body_offset`` is where metadata (then payload) begins in the buffer."""
+class BlockHeader(NamedTuple):
+    """A decoded block header; ``body_offset`` is where metadata (then payload) begins in the buffer.
+
+    A NamedTuple rather than a frozen dataclass: one is built per block read, and a frozen dataclass's
+    ``__init__`` (one ``object.__setattr__`` per field) cost a tenth of full verification."""
 
     block_type: Any
     storage_flags: int
@@ -192,15 +195,10 @@ def _advance(raw: bytes, position: int, size: int) -> int:
 
 def _uuid_bytes(block_id: str) -> bytes | None:
     """The 16 raw bytes of a canonical (lowercase, hyphenated) UUID string, else None."""
-    if (
-        len(block_id) != 36
-        or block_id[8] != "-"
-        or block_id[13] != "-"
-        or block_id[18] != "-"
-        or block_id[23] != "-"
-    ):
+    # Hyphens at 8, 13, 18 and 23 (every fifth character from 8), and nowhere else: 32 characters remain.
+    if len(block_id) != 36 or block_id[8:24:5] != "----":
         return None
-    hex_digits = block_id[:8] + block_id[9:13] + block_id[14:18] + block_id[19:23] + block_id[24:]
+    hex_digits = block_id.replace("-", "")
     try:
         raw = bytes.fromhex(hex_digits)
     except ValueError:
@@ -210,21 +208,45 @@ def _uuid_bytes(block_id: str) -> bytes | None:
 
 
 def encode_header(block: MAIFBlock, storage_flags: int, metadata_length: int) -> bytes:
-    """The block header: fixed fields, then the optional fields the flags announce."""
+    """The block header: fixed fields, then the optional fields the flags announce.
+
+    Written for the common block (a UUID id, an agent id, nothing else): one struct call packs the fixed
+    part with the raw id, and an agent id's encoded field is remembered (bounded), since an agent writes
+    many blocks."""
     assert storage_flags & ~_STORAGE_KNOWN == 0
-    parts: list[bytes] = []
-    field_flags = 0
+    field_flags, tail = 0, b""
+    if block.agent_id:
+        field_flags, tail = FIELD_AGENT, _agent_field(block.agent_id)
+    if metadata_length or block.parents or block.version != DEFAULT_BLOCK_VERSION:
+        more_flags, more = _rare_fields(block, metadata_length)
+        field_flags, tail = field_flags | more_flags, tail + more
+    fourcc = _KNOWN_FOURCCS.get(block.block_type) or fourcc_of(block.block_type)
     raw_id = _uuid_bytes(block.id)
     if raw_id is not None:
         field_flags |= FIELD_ID_UUID
-        parts.append(raw_id)
-    else:
-        encoded_id = block.id.encode("utf-8")
-        parts += (_U16.pack(len(encoded_id)), encoded_id)
-    if block.agent_id:
-        field_flags |= FIELD_AGENT
-        agent = block.agent_id.encode("utf-8")
-        parts += (_U16.pack(len(agent)), agent)
+        return _FIXED_HEADER_WITH_UUID.pack(
+            fourcc, storage_flags, field_flags, block.timestamp, len(block.data), raw_id
+        ) + tail
+    encoded_id = block.id.encode("utf-8")
+    fixed = FIXED_HEADER.pack(fourcc, storage_flags, field_flags, block.timestamp, len(block.data))
+    return b"".join((fixed, _U16.pack(len(encoded_id)), encoded_id, tail))
+
+
+def _agent_field(agent_id: str) -> bytes:
+    field = _agent_fields.get(agent_id)
+    if field is None:
+        encoded = agent_id.encode("utf-8")
+        field = _U16.pack(len(encoded)) + encoded
+        if len(_agent_fields) >= _AGENT_FIELDS_CACHED_MAX:
+            _agent_fields.clear()
+        _agent_fields[agent_id] = field
+    return field
+
+
+def _rare_fields(block: MAIFBlock, metadata_length: int) -> tuple[int, bytes]:
+    """The version label, parents and metadata length fields, and their flags."""
+    parts: list[bytes] = []
+    field_flags = 0
     if block.version != DEFAULT_BLOCK_VERSION:
         field_flags |= FIELD_VERSION
         version = block.version.encode("utf-8")
@@ -238,9 +260,7 @@ def encode_header(block: MAIFBlock, storage_flags: int, metadata_length: int) ->
     if metadata_length:
         field_flags |= FIELD_METADATA
         parts.append(_U32.pack(metadata_length))
-    fourcc = _KNOWN_FOURCCS.get(block.block_type) or fourcc_of(block.block_type)
-    fixed = FIXED_HEADER.pack(fourcc, storage_flags, field_flags, block.timestamp, len(block.data))
-    return fixed + b"".join(parts)
+    return field_flags, b"".join(parts)
 
 
 class _Cursor:
@@ -279,10 +299,18 @@ class _Cursor:
 
 def decode_header(buffer: bytes | memoryview, start: int, end: int) -> BlockHeader:
     """Parse the block header at ``buffer[start:end]`` (``end`` bounds the whole block)."""
-    cursor = _Cursor(buffer, start, end)
-    fourcc, storage_flags, field_flags, timestamp, payload_length = FIXED_HEADER.unpack(
-        cursor.take(FIXED_HEADER.size, "block header")
-    )
+    raw_id = None
+    if end - start >= _FIXED_HEADER_WITH_UUID.size and buffer[start + 5] & FIELD_ID_UUID:
+        # The common header in one struct call: the fixed part and the raw UUID id after it.
+        fourcc, storage_flags, field_flags, timestamp, payload_length, raw_id = (
+            _FIXED_HEADER_WITH_UUID.unpack_from(buffer, start)
+        )
+        cursor = _Cursor(buffer, start + _FIXED_HEADER_WITH_UUID.size, end)
+    else:
+        cursor = _Cursor(buffer, start, end)
+        fourcc, storage_flags, field_flags, timestamp, payload_length = FIXED_HEADER.unpack(
+            cursor.take(FIXED_HEADER.size, "block header")
+        )
     if storage_flags & ~_STORAGE_KNOWN:
         raise FormatError(
             f"block header has reserved storage flag bits set: {storage_flags:#04x}", offset=start + 4
@@ -297,7 +325,9 @@ def decode_header(buffer: bytes | memoryview, start: int, end: int) -> BlockHead
         raise LimitExceededError("block payload size", payload_length, limits.block_payload_bytes_max)
     block_type = _KNOWN_TYPES.get(fourcc) or normalize_block_type(fourcc)
     if field_flags & FIELD_ID_UUID:
-        block_id = str(uuid.UUID(bytes=cursor.take(16, "block id")))
+        # The canonical text form, as str(uuid.UUID(bytes=...)) spells it, without building a UUID.
+        digits = (raw_id if raw_id is not None else cursor.take(16, "block id")).hex()
+        block_id = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
     else:
         block_id = cursor.text(_U16, "block id", limits.block_id_bytes_max, allow_empty=False)
         if _uuid_bytes(block_id) is not None:

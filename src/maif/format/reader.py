@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 PARALLEL_HASH_BYTES_MIN: Final = 1 << 20
 """Blocks at least this large are hashed with all cores (blake3 max_threads=AUTO)."""
 _MADV_DONTNEED: Final = getattr(mmap, "MADV_DONTNEED", None)
+_PROGRESS_BATCH_BYTES: Final = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +280,12 @@ class ContainerReader:
         if chained_digest(self.previous_digest(index), (record,)) != self.digest(index):
             raise IntegrityError("stored bytes do not match the indexed BLAKE3 digest", block_index=index)
 
-    def digest_mismatches(self) -> list[int]:
+    def digest_mismatches(self, on_bytes: Callable[[int], None] | None = None) -> list[int]:
         """Blocks whose stored bytes do not reproduce their indexed chained digest (full verification).
 
         One tight loop over the mapping: small records are hashed in one call each, large ones with all
-        cores and then released from the mapping so the resident set stays flat.
+        cores and then released from the mapping so the resident set stays flat. ``on_bytes`` is told the
+        record bytes hashed, in batches of at least 8 MiB (for a progress bar).
         """
         if self._mapping is None or not len(self):
             return []
@@ -291,6 +293,7 @@ class ContainerReader:
         mapping, bad, hasher = self._mapping, self.bad_entries, blake3.blake3
         previous = layout.chain_genesis(self.file_id)
         mismatches = []
+        pending = 0
         for index, (start, end) in enumerate(zip(offsets, ends, strict=True)):
             expected = table[index * 32 : index * 32 + 32]
             if index in bad:
@@ -303,6 +306,13 @@ class ContainerReader:
                     mismatches.append(index)
                 self.release(index)
             previous = expected
+            if on_bytes is not None:
+                pending += end - start
+                if pending >= _PROGRESS_BATCH_BYTES:
+                    on_bytes(pending)
+                    pending = 0
+        if on_bytes is not None and pending:
+            on_bytes(pending)
         return mismatches
 
     # ---- blocks ----------------------------------------------------------------------------------
@@ -393,8 +403,12 @@ class ContainerReader:
                     raise FormatError(f"block {index} is encrypted but the container has no recipients: "
                                       "no key can ever read it (SPEC section 8)")
                 return
-            for _ in _stream(*self._split_body(index, record, header)).chunks:
-                pass
+            header, metadata, stored = self._split_body(index, record, header)
+            if metadata:
+                codec.decode_metadata(metadata)
+            if header.storage_flags & codec.STORAGE_COMPRESSED:  # a raw payload's length is checked above
+                for _ in iter_decompressed(stored, header.payload_length):
+                    pass
         finally:
             if len(record) >= PARALLEL_HASH_BYTES_MIN:
                 self.release(index)

@@ -21,15 +21,18 @@ every damaged block (by index) or region (by name).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
 
 import blake3
 
 from maif.errors import FormatError, LimitExceededError, MAIFError, SignatureError
 from maif.format import merkle, signing
+from maif.format.parts import part_set_problems
 from maif.format.reader import ContainerReader
 from maif.format.reports import Problem, VerificationReport
+
+PROGRESS_BATCH_BYTES: Final = 8 << 20
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -46,9 +49,13 @@ def verify_container(
     full: bool = True,
     decryption_key: X25519PrivateKey | None = None,
     required_signers: Sequence[Ed25519PublicKey] = (),
+    on_progress: Callable[[str, int], None] | None = None,
 ) -> VerificationReport:
     """Check ``path`` against ``trusted_keys``; ``ok`` only if nothing at all is wrong (and each of
-    ``required_signers``, trusted as well, signed the last version)."""
+    ``required_signers``, trusted as well, signed the last version).
+
+    ``on_progress(phase, record_bytes)`` is told, in full mode, how many record bytes each pass
+    ("hash", then "decode") has covered since its last call (every few MiB, for a progress bar)."""
     try:
         reader = ContainerReader.open(path, decryption_key=decryption_key)
     except MAIFError as error:
@@ -60,7 +67,10 @@ def verify_container(
             _check_required_signers(required_signers, signers_by_version, problems)
         problems += [Problem(index, reason) for index, reason in sorted(reader.bad_entries.items())]
         if full:
-            _check_blocks(reader, problems, check_encrypted=decryption_key is not None)
+            decrypt = decryption_key is not None
+            _check_blocks(reader, problems, check_encrypted=decrypt, on_progress=on_progress)
+            reported = {problem.block_index for problem in problems if problem.block_index is not None}
+            problems += part_set_problems(reader, reported, decrypt=decrypt)
         union = list(dict.fromkeys(key for signers in signers_by_version for key in signers))
         return VerificationReport(
             not problems, problems, len(reader), reader.versions, union, signers_by_version
@@ -164,16 +174,26 @@ def _check_signatures(
     return valid
 
 
-def _check_blocks(reader: ContainerReader, problems: list[Problem], *, check_encrypted: bool) -> None:
+def _check_blocks(
+    reader: ContainerReader,
+    problems: list[Problem],
+    *,
+    check_encrypted: bool,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> None:
     """Recompute every block's chained digest, then apply every SPEC section 4 rule to each block whose
     digest holds: header, metadata and payload (streamed, bounded memory); for an encrypted block without
     a decryption key, its header only."""
-    mismatches = reader.digest_mismatches()
+    hashed = None if on_progress is None else (lambda size: on_progress("hash", size))
+    mismatches = reader.digest_mismatches(on_bytes=hashed)
     problems += [
         Problem(index, "stored bytes do not match the indexed BLAKE3 digest") for index in mismatches
     ]
     skip = set(mismatches) | set(reader.bad_entries)
+    covered = _decode_progress(reader, on_progress)
     for index in range(len(reader)):
+        if covered is not None:
+            covered(index)
         if index in skip:
             continue
         try:
@@ -181,6 +201,28 @@ def _check_blocks(reader: ContainerReader, problems: list[Problem], *, check_enc
         except MAIFError as error:
             reason = error.message.removeprefix(f"block {index}: ").removesuffix(f" (block {index})")
             problems.append(Problem(index, reason, kind=kind_of(error)))
+    if covered is not None:
+        covered(len(reader))
+
+
+def _decode_progress(
+    reader: ContainerReader, on_progress: Callable[[str, int], None] | None
+) -> Callable[[int], None] | None:
+    """A ``covered(index)`` that tells ``on_progress`` the record bytes before ``index`` in batches of at
+    least 8 MiB (a callback per small block would cost more than checking it); None without one."""
+    if on_progress is None:
+        return None
+    state = {"reported_to": 0, "pending": 0}
+
+    def covered(index: int) -> None:
+        for done in range(state["reported_to"], index):
+            state["pending"] += reader.entry(done).length
+        state["reported_to"] = index
+        if state["pending"] >= PROGRESS_BATCH_BYTES or (index == len(reader) and state["pending"]):
+            on_progress("decode", state["pending"])
+            state["pending"] = 0
+
+    return covered
 
 
 def kind_of(error: MAIFError) -> str:

@@ -37,6 +37,7 @@ except ImportError:  # not POSIX: no advisory lock
 _WRITE_BUFFER_BYTES: Final = 1 << 20
 _SMALL_RECORD_BYTES_MAX: Final = 64 << 10
 _INDEX_ENTRY_PACK: Final = layout.INDEX_ENTRY.pack
+_blake3: Final = blake3.blake3
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -183,8 +184,8 @@ class ContainerWriter:
         if size < _SMALL_RECORD_BYTES_MAX:
             # One concatenation, one hash call and one write: small blocks are dominated by call overhead.
             record = b"".join(parts)
-            digest = blake3.blake3(self._previous_digest + record).digest()
-            self._write((record,))
+            digest = _blake3(self._previous_digest + record).digest()
+            self._write_one(record)
         else:
             digest = chained_digest(self._previous_digest, parts)
             self._write(parts)
@@ -227,9 +228,8 @@ class ContainerWriter:
         )
         assert frontier.size == self._block_count
         committed_at_ns = self._clock_ns()
-        manifest = self._signed_manifest(
-            index_bytes, frontier.root(), committed_at_ns, signing_keys, signer_ids
-        )
+        merkle_root = frontier.root()
+        manifest = self._signed_manifest(index_bytes, merkle_root, committed_at_ns, signing_keys, signer_ids)
         index_offset = self._position
         manifest_offset = index_offset + len(index_bytes)
         trailer = layout.Trailer(
@@ -246,7 +246,7 @@ class ContainerWriter:
         info = VersionInfo(
             self._version_number,
             frontier.size,
-            frontier.root(),
+            merkle_root,
             committed_at_ns,
             signer_ids,
             self._position,
@@ -297,9 +297,12 @@ class ContainerWriter:
         return manifest
 
     def _write(self, parts: Sequence[bytes]) -> None:
+        for part in parts:
+            self._write_one(part)
+
+    def _write_one(self, part: bytes) -> None:
         try:
-            for part in parts:
-                self._handle.write(part)
+            self._handle.write(part)
         except OSError as error:
             self._failed = True  # the file now holds a partial record: only close() (truncation) is safe
             raise io_error("write", self._path, error) from error
