@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def start_server(
     max_memory_mb: int = 64,
     service: dict[str, Any] | None = None,
     environment: dict[str, str] | None = None,
+    launcher: Sequence[str] = ("-m", "maif.service"),
 ) -> Server:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -74,8 +76,7 @@ def start_server(
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "maif.service",
+            *launcher,
             "--host",
             "127.0.0.1",
             "--port",

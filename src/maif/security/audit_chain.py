@@ -29,7 +29,6 @@ positions in the whole history.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
@@ -58,6 +57,7 @@ from maif.errors import (
 from maif.security.audit import (
     AuditEntry,
     AuditLog,
+    AuditTicket,
     SignedCheckpoint,
     TrustedKey,
     _nothing_signed_error,
@@ -367,27 +367,18 @@ class SegmentedAuditLog:
     def append(self, event: Mapping[str, Any]) -> AuditEntry:
         """:meth:`AuditLog.append` on the current segment, rolling over first when it is full."""
         segment, entry, target, checkpoint_error = self._write_entry(event)
-        segment._sync_to(target)
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+        return AuditTicket(segment, entry, target, checkpoint_error).wait()
+
+    def append_deferred(self, event: Mapping[str, Any]) -> AuditTicket:
+        """:meth:`AuditLog.append_deferred` on the current segment. A rollover after our write seals
+        (syncs) the segment the ticket points at, so its wait returns at once."""
+        segment, entry, target, checkpoint_error = self._write_entry(event)
+        segment._request_flush()
+        return AuditTicket(segment, entry, target, checkpoint_error)
 
     async def append_async(self, event: Mapping[str, Any]) -> AuditEntry:
         """:meth:`AuditLog.append_async` on the current segment, rolling over first when it is full."""
-        segment, entry, target, checkpoint_error = self._write_entry(event)
-        if segment._synced_offset < target:
-            try:
-                waiting = asyncio.get_running_loop().run_in_executor(
-                    segment._sync_executor(), segment._sync_to, target
-                )
-            except (StoreClosedError, RuntimeError):
-                # Sealed and closed by a rollover after our write; sealing synced every written frame.
-                segment._sync_to(target)
-            else:
-                await waiting
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+        return await self.append_deferred(event).wait_async()
 
     def _write_entry(self, event: Mapping[str, Any]) -> tuple[AuditLog, AuditEntry, int, MAIFError | None]:
         with self._lock:

@@ -66,7 +66,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import ObservabilityMiddleware
+from maif.service.middleware import AuditDurabilityMiddleware, ObservabilityMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -190,6 +190,7 @@ def create_app(
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
+    app.add_middleware(AuditDurabilityMiddleware)  # innermost: every response, problems included, waits
     app.add_middleware(
         ObservabilityMiddleware, metrics=metrics, tracer=tracer, body_read_timeout_s=body_read_timeout_s
     )
