@@ -194,7 +194,19 @@ def test_metrics_reflect_the_traffic(client: httpx.Client, server: Any) -> None:
     assert "maif_http_request_duration_seconds_bucket" in after and "maif_storage_blocks" in after
     audited = r"maif_audit_log_entries"
     assert counter(after, audited) - counter(before, audited) >= 5  # one gate decision per write at least
-    assert counter(after, "maif_audit_log_entries_max") == 1 << 24
+    assert counter(after, "maif_audit_log_segments_max") == 1 << 24
+    # Prometheus naming: counts are counters with _total, and no *_created series (issue 13).
+    assert "_created" not in after
+    assert re.search(r"^# TYPE maif_storage_writes_total counter$", after, re.MULTILINE)
+    assert re.search(r"^# TYPE maif_storage_wal_syncs_total counter$", after, re.MULTILINE)
+    assert counter(after, "maif_storage_writes_total") - counter(before, "maif_storage_writes_total") >= 5
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", after, re.MULTILINE))
+    assert all(name.endswith("_total") for name, kind in types.items() if kind == "counter")
+    assert not any(name.endswith("_total") for name, kind in types.items() if kind == "gauge")
+    agent_queue = ("queue_depth_tasks", "tasks_in_flight", "tasks_completed_total", "task_retries_total",
+                   "tasks_dead_lettered_total")
+    for name in (f"maif_agent_{suffix}" for suffix in agent_queue):
+        assert re.search(rf"^{name} ", after, re.MULTILINE), name
     # No per-id labels: neither block ids nor agent ids become label values.
     assert all(response.json()["block_id"] not in after for response in written) and "agent-1" not in after
 

@@ -174,19 +174,21 @@ def create_app(
     )
     spool.sweep()
     blocks = BlockService(storage, security_manager, metrics, spool, tracer, embedding_dimensions)
+    tasks = TaskRunner(storage, blocks)
     state = ServiceState(
         storage=storage,
         manager=security_manager,
         metrics=metrics,
         authenticator=Authenticator(security_manager),
         blocks=blocks,
-        tasks=TaskRunner(storage, blocks),
+        tasks=tasks,
         export_key=export_signing_key or Ed25519PrivateKey.generate(),
         spool=spool,
         tracer=tracer,
         metrics_token=metrics_token,
         unsafe_anonymous_metrics=unsafe_anonymous_metrics,
     )
+    metrics.observe_agents(tasks.figures)
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
@@ -1087,8 +1089,14 @@ def _operations_routes(router: APIRouter) -> None:
             await state.blocks.authorize_own(context, "stats", "stats")
         with contextlib.suppress(MAIFError):
             state.metrics.observe_storage(await state.storage.get_stats())
-        state.metrics.audit_entries.set(state.manager.audit_log.size)
+        _observe_audit(state.metrics, state.manager.audit_log)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _observe_audit(metrics: ServiceMetrics, log: Any) -> None:
+    """The whole chain's entry count (archived segments included) and the current segment's number."""
+    metrics.audit_entries.set(getattr(log, "total_entries", log.size))
+    metrics.audit_segment.set(getattr(log, "segment_number", 0))
 
 
 def _require_metrics_token(header: str | None, expected: str) -> None:
