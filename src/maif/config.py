@@ -156,7 +156,8 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Security settings: who is trusted to vouch for identities and hardware, and the trust floors.
 
     ``audience`` is accepted from every provider that sets no ``audience`` of its own (with its
-    ``client_id``); a provider's ``audience`` takes precedence over it.
+    ``client_id``); a provider's ``audience`` takes precedence over it. ``audit_segment_entries`` and
+    ``audit_segment_bytes`` bound one audit segment (the log rolls over at the first reached).
     """
 
     oauth_providers: dict[str, OAuthProviderConfig] = msgspec.field(default_factory=dict)
@@ -164,11 +165,17 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     min_trust_level_write: int = 2
     min_trust_level_read_sensitive: int = 3
     audience: str = "urn:maif:store"
+    audit_segment_entries: int = limits.audit_segment_entries_max
+    audit_segment_bytes: int = limits.audit_segment_bytes_max
 
     def __post_init__(self) -> None:
         check_issuer_namespaces(self.oauth_providers)
         _require_range("min_trust_level_write", self.min_trust_level_write, 0, 5)
         _require_range("min_trust_level_read_sensitive", self.min_trust_level_read_sensitive, 0, 5)
+        # The audit log rolls over to a new segment at whichever bound comes first (docs/adr/0022).
+        entries, size = self.audit_segment_entries, self.audit_segment_bytes
+        _require_range("audit_segment_entries", entries, 2, limits.audit_segment_entries_max)
+        _require_range("audit_segment_bytes", size, 4096, limits.audit_segment_bytes_max)
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -61,11 +61,12 @@ def start_server(
     service: dict[str, Any] | None = None,
     environment: dict[str, str] | None = None,
     launcher: Sequence[str] = ("-m", "maif.service"),
+    security: dict[str, Any] | None = None,
 ) -> Server:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "storage": {"data_dir": str(directory / "data"), "max_memory_mb": max_memory_mb},
-        "security": issuer.config(),
+        "security": {**issuer.config(), **(security or {})},
         "service": {"log_level": "warning", "graceful_shutdown_s": 30, **(service or {})},
     }
     config_file = directory / "maif.json"

@@ -9,9 +9,11 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+from server_process import start_server
 
 from maif.format import merkle
 
@@ -139,8 +141,42 @@ def test_audit_entries_carry_verifiable_inclusion_proofs(client: httpx.Client) -
         assert entry["actor"] == "agent-1"
         proof = [bytes.fromhex(node) for node in entry["inclusion_proof"]]
         merkle.verify_inclusion(
-            bytes.fromhex(entry["leaf_hash"]), entry["index"], page["tree_size"], proof, root
+            bytes.fromhex(entry["leaf_hash"]), entry["segment_index"], page["tree_size"], proof, root
         )
+        assert entry["index"] == page["segment_first_index"] + entry["segment_index"]
+
+
+def test_audit_pages_cover_every_segment_of_the_history(
+    oidc_issuer: Any, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """With a four-entry segment the history spans many segments; paging from 0 by next_start walks
+    all of it, each page's proofs in its own segment's tree (a sealed segment's: its signed head's)."""
+    server = start_server(tmp_path / "tiny-segments", oidc_issuer, security={"audit_segment_entries": 4})
+    try:
+        headers = {"Authorization": f"Bearer {tokens['agent-1']}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+            for index in range(6):
+                assert _write(client, f"segmented {index}".encode()).status_code == 201
+            positions, segments, start = [], set(), 0
+            while start is not None:
+                page = client.get("/v1/audit", params={"start": start, "limit": 5}).json()
+                root = bytes.fromhex(page["root"])
+                for entry in page["entries"]:
+                    proof = [bytes.fromhex(node) for node in entry["inclusion_proof"]]
+                    leaf = bytes.fromhex(entry["leaf_hash"])
+                    merkle.verify_inclusion(leaf, entry["segment_index"], page["tree_size"], proof, root)
+                    positions.append(entry["index"])
+                if page["entries"] and page["segment"] != max(segments | {page["segment"]}):
+                    raise AssertionError("pages went backwards")
+                segments.add(page["segment"])
+                start = page["next_start"]
+            assert len(segments) >= 3 and positions == sorted(set(positions))
+            assert positions[0] == 0  # the history from its first entry, not the current segment's
+            metrics = client.get("/metrics").text
+            entries_gauge = float(re.search(r"^maif_audit_log_entries ([0-9.e+]+)$", metrics, re.M).group(1))
+            assert entries_gauge >= page["total_entries"] > page["tree_size"]
+    finally:
+        server.stop()
 
 
 def test_export_streams_a_signed_container_that_verify_accepts(client: httpx.Client) -> None:
