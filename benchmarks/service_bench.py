@@ -26,6 +26,8 @@
                       order audited, unaudited, audited, unaudited; achieved writes/s and p99 per load,
                       the medians per server, and audited/unaudited ratios of throughput at the highest
                       load (saturation) and of p99 at each load. Writes benchmarks/results/service_audit.json.
+                      --baseline-src DIR adds the audited service run from another checkout's src (e.g.
+                      before a change) as a third server in the same rotation.
 
 Each run starts its own issuer and server on 127.0.0.1 (free ports) and writes
 benchmarks/results/service.json (the soak alone, with --soak-only, writes service_soak.json).
@@ -461,6 +463,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "service.json")
     parser.add_argument("--audit-compare", action="store_true", help="audited against unaudited only")
     parser.add_argument("--compare-loads", default="1000,3000", help="offered writes/s, comma-separated")
+    parser.add_argument("--baseline-src", help="with --audit-compare: also the audited service from this src")
     arguments = parser.parse_args()
     if arguments.audit_compare and arguments.output.name == "service.json":
         arguments.output = arguments.output.with_name("service_audit.json")
@@ -569,15 +572,25 @@ def _median(runs: list[list[dict[str, Any]]], index: int, field: str) -> float:
 def _audit_compare(
     fixtures: Any, issuer: Any, token: str, directory: Path, arguments: Any
 ) -> dict[str, Any]:
-    """Audited and unaudited servers in turn (ABAB), the same loads against each; ratios of medians."""
+    """Audited and unaudited servers in turn (ABAB; with --baseline-src, audited from that tree too:
+    ABCABC), the same loads against each; ratios of medians."""
     loads = tuple(int(load) for load in arguments.compare_loads.split(","))
     unaudited = (str(REPO / "benchmarks" / "unaudited_service.py"),)
-    launchers = {"audited": ("-m", "maif.service"), "unaudited": unaudited}
-    rounds: dict[str, list[list[dict[str, Any]]]] = {"audited": [], "unaudited": []}
-    for turn in range(4):
-        kind = "audited" if turn % 2 == 0 else "unaudited"
+    service = ("-m", "maif.service")
+    kinds: dict[str, tuple[tuple[str, ...], dict[str, str] | None]] = {
+        "audited": (service, None),
+        "unaudited": (unaudited, None),
+    }
+    if arguments.baseline_src:
+        kinds["audited_baseline"] = (service, {"PYTHONPATH": arguments.baseline_src})
+    rounds: dict[str, list[list[dict[str, Any]]]] = {kind: [] for kind in kinds}
+    load_average_start = os.getloadavg()[0]
+    for turn in range(2 * len(kinds)):
+        kind = list(kinds)[turn % len(kinds)]
+        launcher, environment = kinds[kind]
         server = fixtures.start_server(
-            directory / f"{kind}-{turn}", issuer, max_memory_mb=256, launcher=launchers[kind]
+            directory / f"{kind}-{turn}", issuer, max_memory_mb=256, launcher=launcher,
+            environment=environment,
         )
         try:
             _write_phases(server.url, token, 2.0, 256, False, (300,), server.process.pid)  # warm-up
@@ -589,6 +602,7 @@ def _audit_compare(
             phase.pop("ids")
         rounds[kind].append(phases)
     summary: dict[str, Any] = {"loads_per_s": list(loads), "rounds": rounds}
+    summary["load_average_1m_start"], summary["load_average_1m_end"] = load_average_start, os.getloadavg()[0]
     for kind, runs in rounds.items():
         summary[kind] = [
             {
@@ -604,6 +618,10 @@ def _audit_compare(
         audited[-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
     )
     summary["audit_cost_fraction_of_throughput"] = 1 - summary["throughput_ratio_at_highest_load"]
+    if "audited_baseline" in summary:
+        summary["baseline_throughput_ratio_at_highest_load"] = (
+            summary["audited_baseline"][-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
+        )
     summary["p99_ratio_per_load"] = [
         a["latency_ms_p99"] / u["latency_ms_p99"] for a, u in zip(audited, unaudited, strict=True)
     ]
