@@ -20,6 +20,15 @@
                       --soak-reads-only: 5,000 blocks first, then only reads at --soak-rate, so the
                       store does not grow and RSS growth left would be the service's own.
 
+  audit_compare       with --audit-compare (alone): small writes at --compare-loads offered rates against
+                      the real service and against benchmarks/unaudited_service.py (the same service with
+                      the gate's audit records switched off), servers started in turn in the same run,
+                      order audited, unaudited, audited, unaudited; achieved writes/s and p99 per load,
+                      the medians per server, and audited/unaudited ratios of throughput at the highest
+                      load (saturation) and of p99 at each load. Writes benchmarks/results/service_audit.json.
+                      --baseline-src DIR adds the audited service run from another checkout's src (e.g.
+                      before a change) as a third server in the same rotation.
+
 Each run starts its own issuer and server on 127.0.0.1 (free ports) and writes
 benchmarks/results/service.json (the soak alone, with --soak-only, writes service_soak.json).
 """
@@ -452,7 +461,12 @@ def main() -> None:
         "--soak-reads-only", action="store_true", help="the soak only reads (5,000 blocks written first)"
     )
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "service.json")
+    parser.add_argument("--audit-compare", action="store_true", help="audited against unaudited only")
+    parser.add_argument("--compare-loads", default="1000,3000", help="offered writes/s, comma-separated")
+    parser.add_argument("--baseline-src", help="with --audit-compare: also the audited service from this src")
     arguments = parser.parse_args()
+    if arguments.audit_compare and arguments.output.name == "service.json":
+        arguments.output = arguments.output.with_name("service_audit.json")
     if arguments.soak_only and arguments.output.name == "service.json":
         suffix = "_reads_only" if arguments.soak_reads_only else ""
         arguments.output = arguments.output.with_name(f"service_soak{suffix}.json")
@@ -472,36 +486,45 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=REPO / ".work") as scratch:
             directory = Path(scratch)
             results["fsync_peer_syncs_per_s"] = round(fsync_peer(directory), 1)
-            server = fixtures.start_server(directory / "server", issuer, max_memory_mb=256)
-            try:
-                url = server.url
-                results["rss_mib_idle"] = round(server.rss_bytes() / MiB, 1)
-                if not arguments.soak_only:
-                    _phases(results, arguments, url, token, server)
-                if arguments.soak_s > 0:
-                    results["soak_store_before"] = _store_growth(server, token)
-                    results["soak"] = run_job(
-                        {
-                            "kind": "soak",
-                            "url": url,
-                            "token": token,
-                            "seconds": arguments.soak_s,
-                            "rate": arguments.soak_rate,
-                            "window_s": arguments.soak_window_s,
-                            "reads_only": arguments.soak_reads_only,
-                        },
-                        server.process.pid,
-                    )
-                    results["soak_store_after"] = _store_growth(server, token)
-                results["rss_mib_end"] = round(server.rss_bytes() / MiB, 1)
-                results["rss_mib_peak_whole_run"] = round(server.rss_bytes("VmHWM") / MiB, 1)
-            finally:
-                server.stop()
+            if arguments.audit_compare:
+                results["audit_compare"] = _audit_compare(fixtures, issuer, token, directory, arguments)
+            else:
+                _run_phases(results, arguments, fixtures, issuer, token, directory)
     finally:
         fixtures.security_fixtures.stop_issuer(issuer)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def _run_phases(
+    results: dict[str, Any], arguments: Any, fixtures: Any, issuer: Any, token: str, directory: Path
+) -> None:
+    server = fixtures.start_server(directory / "server", issuer, max_memory_mb=256)
+    try:
+        url = server.url
+        results["rss_mib_idle"] = round(server.rss_bytes() / MiB, 1)
+        if not arguments.soak_only:
+            _phases(results, arguments, url, token, server)
+        if arguments.soak_s > 0:
+            results["soak_store_before"] = _store_growth(server, token)
+            results["soak"] = run_job(
+                {
+                    "kind": "soak",
+                    "url": url,
+                    "token": token,
+                    "seconds": arguments.soak_s,
+                    "rate": arguments.soak_rate,
+                    "window_s": arguments.soak_window_s,
+                    "reads_only": arguments.soak_reads_only,
+                },
+                server.process.pid,
+            )
+            results["soak_store_after"] = _store_growth(server, token)
+        results["rss_mib_end"] = round(server.rss_bytes() / MiB, 1)
+        results["rss_mib_peak_whole_run"] = round(server.rss_bytes("VmHWM") / MiB, 1)
+    finally:
+        server.stop()
 
 
 def _write_phases(
@@ -540,6 +563,69 @@ def _phases(results: dict[str, Any], arguments: Any, url: str, token: str, serve
         {"kind": "big", "url": url, "token": token, "bytes": int(arguments.big_gib * 1024) * MiB},
         server.process.pid,
     )
+
+
+def _median(runs: list[list[dict[str, Any]]], index: int, field: str) -> float:
+    return statistics.median(run[index][field] for run in runs)
+
+
+def _audit_compare(
+    fixtures: Any, issuer: Any, token: str, directory: Path, arguments: Any
+) -> dict[str, Any]:
+    """Audited and unaudited servers in turn (ABAB; with --baseline-src, audited from that tree too:
+    ABCABC), the same loads against each; ratios of medians."""
+    loads = tuple(int(load) for load in arguments.compare_loads.split(","))
+    unaudited = (str(REPO / "benchmarks" / "unaudited_service.py"),)
+    service = ("-m", "maif.service")
+    kinds: dict[str, tuple[tuple[str, ...], dict[str, str] | None]] = {
+        "audited": (service, None),
+        "unaudited": (unaudited, None),
+    }
+    if arguments.baseline_src:
+        kinds["audited_baseline"] = (service, {"PYTHONPATH": arguments.baseline_src})
+    rounds: dict[str, list[list[dict[str, Any]]]] = {kind: [] for kind in kinds}
+    load_average_start = os.getloadavg()[0]
+    for turn in range(2 * len(kinds)):
+        kind = list(kinds)[turn % len(kinds)]
+        launcher, environment = kinds[kind]
+        server = fixtures.start_server(
+            directory / f"{kind}-{turn}", issuer, max_memory_mb=256, launcher=launcher,
+            environment=environment,
+        )
+        try:
+            _write_phases(server.url, token, 2.0, 256, False, (300,), server.process.pid)  # warm-up
+            pid = server.process.pid
+            phases = _write_phases(server.url, token, arguments.phase_s, 256, False, loads, pid)
+        finally:
+            server.stop()
+        for phase in phases:
+            phase.pop("ids")
+        rounds[kind].append(phases)
+    summary: dict[str, Any] = {"loads_per_s": list(loads), "rounds": rounds}
+    summary["load_average_1m_start"], summary["load_average_1m_end"] = load_average_start, os.getloadavg()[0]
+    for kind, runs in rounds.items():
+        summary[kind] = [
+            {
+                "offered_per_s": load,
+                "achieved_writes_per_s": _median(runs, index, "achieved_writes_per_s"),
+                "latency_ms_p99": _median(runs, index, "latency_ms_p99"),
+                "errors": sum(run[index]["errors"] for run in runs),
+            }
+            for index, load in enumerate(loads)
+        ]
+    audited, unaudited = summary["audited"], summary["unaudited"]
+    summary["throughput_ratio_at_highest_load"] = (
+        audited[-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
+    )
+    summary["audit_cost_fraction_of_throughput"] = 1 - summary["throughput_ratio_at_highest_load"]
+    if "audited_baseline" in summary:
+        summary["baseline_throughput_ratio_at_highest_load"] = (
+            summary["audited_baseline"][-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
+        )
+    summary["p99_ratio_per_load"] = [
+        a["latency_ms_p99"] / u["latency_ms_p99"] for a, u in zip(audited, unaudited, strict=True)
+    ]
+    return summary
 
 
 if __name__ == "__main__":

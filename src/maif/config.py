@@ -198,7 +198,8 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Security settings: who is trusted to vouch for identities and hardware, and the trust floors.
 
     ``audience`` is accepted from every provider that sets no ``audience`` of its own (with its
-    ``client_id``); a provider's ``audience`` takes precedence over it.
+    ``client_id``); a provider's ``audience`` takes precedence over it. ``audit_segment_entries`` and
+    ``audit_segment_bytes`` bound one audit segment (the log rolls over at the first reached).
 
     Trust levels 3 to 5 (docs/identity-providers.md, "Trust levels 3 to 5"): ``trusted_tpm_roots`` are
     the EK CA certificates (PEM text, or paths of PEM/DER files); ``golden_pcrs`` is the PCR policy,
@@ -223,11 +224,17 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     audience: str = "urn:maif:store"
     master_key_file: str | None = None
     unsafe_master_key_in_data_dir: bool = False
+    audit_segment_entries: int = limits.audit_segment_entries_max
+    audit_segment_bytes: int = limits.audit_segment_bytes_max
 
     def __post_init__(self) -> None:
         check_issuer_namespaces(self.oauth_providers)
         _require_range("min_trust_level_write", self.min_trust_level_write, 0, 5)
         _require_range("min_trust_level_read_sensitive", self.min_trust_level_read_sensitive, 0, 5)
+        # The audit log rolls over to a new segment at whichever bound comes first (docs/adr/0022).
+        entries, size = self.audit_segment_entries, self.audit_segment_bytes
+        _require_range("audit_segment_entries", entries, 2, limits.audit_segment_entries_max)
+        _require_range("audit_segment_bytes", size, 4096, limits.audit_segment_bytes_max)
         self.golden_pcr_policy()  # refuses a malformed policy now, not at the first quote
         self.approver_keys()
         if self.approvers:

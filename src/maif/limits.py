@@ -250,6 +250,9 @@ audit_segment_bytes_max: Final = 256 * MiB
 audit_segments_max: Final = 1 << 24
 """Most segment files one audit log directory holds (and one verification walks)."""
 
+audit_sync_waiters_max: Final = 1 << 16
+"""Most asynchronous appends waiting at once for one audit log's sync (one per request in flight)."""
+
 # security: TPM 2.0 attestation (maif.security.tpm, maif.security.attestation)
 tpm_public_bytes_max: Final = 1024
 """Largest TPMT_PUBLIC accepted (an RSA-4096 key with a SHA-512 policy is about 600 bytes)."""

@@ -241,3 +241,36 @@ def test_require_witness_refuses_to_run_without_one(log_path: Path, signer: Memo
     )
     assert result.exit_code == ExitCode.USAGE_ERROR, result.output
     assert "needs --witness" in result.stderr
+
+
+def test_archive_moves_old_segments_and_what_remains_and_the_archive_both_verify(
+    tmp_path: Path, signer: MemorySigner
+) -> None:
+    from maif.security.audit_chain import SegmentedAuditLog, list_segments
+
+    directory = tmp_path / "audit"
+    with SegmentedAuditLog.open(directory, signer, segment_entries_max=3) as log:
+        for number in range(20):
+            log.append({"actor": "agent-1", "action": "read", "resource": f"b/{number}", "decision": "allow"})
+        newest = log.segment_number
+    key = _hex_key(signer)
+    archived = runner.invoke(audit_app, ["archive", str(directory), "--before-segment", "4", "--json"])
+    assert archived.exit_code == 0, archived.output
+    moved = json.loads(archived.output)["moved"]
+    archive = tmp_path / "audit-archive"
+    assert [Path(name).parent for name in moved] == [archive] * 4
+    assert [number for number, _ in list_segments(directory)] == list(range(4, newest + 1))
+    # What remains never verifies as if it were the whole history...
+    assert runner.invoke(audit_app, ["verify", str(directory), "--trust", key]).exit_code != 0
+    # ...but does from the first segment left, and says what is missing.
+    remains = runner.invoke(audit_app, ["verify", str(directory), "--trust", key, "--from-segment", "4"])
+    assert remains.exit_code == 0, remains.output
+    assert "segments 0..3" in remains.output and "archived" in remains.output
+    document = runner.invoke(
+        audit_app, ["verify", str(directory), "--trust", key, "--from-segment", "4", "--json"]
+    )
+    assert json.loads(document.output)["archived"]["segments"] == [0, 3]
+    assert runner.invoke(audit_app, ["verify", str(archive), "--trust", key]).exit_code == 0
+    # The newest segment (the one a writer appends to) never moves.
+    refused = runner.invoke(audit_app, ["archive", str(directory), "--before-segment", str(newest + 1)])
+    assert refused.exit_code != 0 and list_segments(directory)

@@ -346,3 +346,54 @@ def test_a_chain_with_no_signed_checkpoint_is_refused_even_with_an_unsigned_tail
     log.close()
     report = verify_audit_chain(directory, [signer.public_key])
     assert report.fully_signed
+
+
+def test_pages_walk_the_whole_history_with_proofs_in_each_segments_tree(tmp_path: Path) -> None:
+    from maif.format import merkle
+    from maif.security.audit_chain import read_chain_page
+
+    signer = MemorySigner()
+    with SegmentedAuditLog.open(tmp_path / "chain", signer, segment_entries_max=4) as log:
+        for number in range(30):
+            log.append(event(number))
+        total, seen, start, segments = log.total_entries, [], 0, set()
+        while start < total:
+            page = read_chain_page(log, start, 3)
+            assert page is not None
+            segments.add(page.segment)
+            for entry, proof in zip(page.entries, page.proofs, strict=True):
+                merkle.verify_inclusion(entry.hash, entry.index, page.tree_size, proof, page.root)
+                seen.append(page.first_index + entry.index)
+            if not page.current:  # a sealed segment's proofs are in the tree its sealed head signs
+                assert page.checkpoint is not None
+                assert (page.checkpoint.tree_size, page.checkpoint.root) == (page.tree_size, page.root)
+            start = min(page.first_index + page.tree_size, start + 3)
+        assert seen == list(range(total)) and len(segments) > 8
+        only_mine = read_chain_page(log, 0, 4, lambda entry: entry.resource == "block/1")
+        assert only_mine is not None and [entry.resource for entry in only_mine.entries] == ["block/1"]
+        archive_segments(tmp_path / "chain", tmp_path / "archive", before_segment=3)
+        assert read_chain_page(log, 0, 3) is None  # archived: not served, never mistaken for others
+        assert read_chain_page(log, total, 3) is None
+        later = read_chain_page(log, 12, 3)
+        assert later is not None and later.first_index + later.entries[0].index == 12
+
+
+def test_the_segment_size_comes_from_the_security_config_and_is_validated(tmp_path: Path) -> None:
+    import secrets
+
+    from maif.config import SecurityConfig, load_section
+    from maif.errors import ConfigError
+    from maif.security.manager import create_maif_security_manager
+
+    for bad in ({"audit_segment_entries": 1}, {"audit_segment_entries": (1 << 20) + 1},
+                {"audit_segment_bytes": 4095}, {"audit_segment_entries": "many"}):
+        with pytest.raises(ConfigError):
+            load_section(SecurityConfig, bad)
+    manager = create_maif_security_manager(
+        {"audit_segment_entries": 3}, data_dir=tmp_path / "security", master_key=secrets.token_bytes(32)
+    )
+    with manager:
+        log = manager.audit_log
+        for number in range(10):
+            log.append(event(number))
+        assert isinstance(log, SegmentedAuditLog) and log.segment_number >= 3

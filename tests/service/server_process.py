@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,13 @@ def start_server(
     max_memory_mb: int = 64,
     service: dict[str, Any] | None = None,
     environment: dict[str, str] | None = None,
+    launcher: Sequence[str] = ("-m", "maif.service"),
+    security: dict[str, Any] | None = None,
 ) -> Server:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "storage": {"data_dir": str(directory / "data"), "max_memory_mb": max_memory_mb},
-        "security": issuer.config(),
+        "security": {**issuer.config(), **(security or {})},
         "service": {"log_level": "warning", "graceful_shutdown_s": 30, **(service or {})},
     }
     config_file = directory / "maif.json"
@@ -74,8 +77,7 @@ def start_server(
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "maif.service",
+            *launcher,
             "--host",
             "127.0.0.1",
             "--port",

@@ -9,10 +9,12 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from server_process import start_server
 
 from maif.format import merkle, signing
 
@@ -140,8 +142,42 @@ def test_audit_entries_carry_verifiable_inclusion_proofs(client: httpx.Client) -
         assert entry["actor"] == "agent-1"
         proof = [bytes.fromhex(node) for node in entry["inclusion_proof"]]
         merkle.verify_inclusion(
-            bytes.fromhex(entry["leaf_hash"]), entry["index"], page["tree_size"], proof, root
+            bytes.fromhex(entry["leaf_hash"]), entry["segment_index"], page["tree_size"], proof, root
         )
+        assert entry["index"] == page["segment_first_index"] + entry["segment_index"]
+
+
+def test_audit_pages_cover_every_segment_of_the_history(
+    oidc_issuer: Any, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    """With a four-entry segment the history spans many segments; paging from 0 by next_start walks
+    all of it, each page's proofs in its own segment's tree (a sealed segment's: its signed head's)."""
+    server = start_server(tmp_path / "tiny-segments", oidc_issuer, security={"audit_segment_entries": 4})
+    try:
+        headers = {"Authorization": f"Bearer {tokens['agent-1']}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+            for index in range(6):
+                assert _write(client, f"segmented {index}".encode()).status_code == 201
+            positions, segments, start = [], set(), 0
+            while start is not None:
+                page = client.get("/v1/audit", params={"start": start, "limit": 5}).json()
+                root = bytes.fromhex(page["root"])
+                for entry in page["entries"]:
+                    proof = [bytes.fromhex(node) for node in entry["inclusion_proof"]]
+                    leaf = bytes.fromhex(entry["leaf_hash"])
+                    merkle.verify_inclusion(leaf, entry["segment_index"], page["tree_size"], proof, root)
+                    positions.append(entry["index"])
+                if page["entries"] and page["segment"] != max(segments | {page["segment"]}):
+                    raise AssertionError("pages went backwards")
+                segments.add(page["segment"])
+                start = page["next_start"]
+            assert len(segments) >= 3 and positions == sorted(set(positions))
+            assert positions[0] == 0  # the history from its first entry, not the current segment's
+            metrics = client.get("/metrics").text
+            entries_gauge = float(re.search(r"^maif_audit_log_entries ([0-9.e+]+)$", metrics, re.M).group(1))
+            assert entries_gauge >= page["total_entries"] > page["tree_size"]
+    finally:
+        server.stop()
 
 
 def test_export_streams_a_signed_container_that_verify_accepts(client: httpx.Client) -> None:
@@ -220,7 +256,19 @@ def test_metrics_reflect_the_traffic(client: httpx.Client, server: Any) -> None:
     assert "maif_http_request_duration_seconds_bucket" in after and "maif_storage_blocks" in after
     audited = r"maif_audit_log_entries"
     assert counter(after, audited) - counter(before, audited) >= 5  # one gate decision per write at least
-    assert counter(after, "maif_audit_log_entries_max") == 1 << 24
+    assert counter(after, "maif_audit_log_segments_max") == 1 << 24
+    # Prometheus naming: counts are counters with _total, and no *_created series (issue 13).
+    assert "_created" not in after
+    assert re.search(r"^# TYPE maif_storage_writes_total counter$", after, re.MULTILINE)
+    assert re.search(r"^# TYPE maif_storage_wal_syncs_total counter$", after, re.MULTILINE)
+    assert counter(after, "maif_storage_writes_total") - counter(before, "maif_storage_writes_total") >= 5
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", after, re.MULTILINE))
+    assert all(name.endswith("_total") for name, kind in types.items() if kind == "counter")
+    assert not any(name.endswith("_total") for name, kind in types.items() if kind == "gauge")
+    agent_queue = ("queue_depth_tasks", "tasks_in_flight", "tasks_completed_total", "task_retries_total",
+                   "tasks_dead_lettered_total")
+    for name in (f"maif_agent_{suffix}" for suffix in agent_queue):
+        assert re.search(rf"^{name} ", after, re.MULTILINE), name
     # No per-id labels: neither block ids nor agent ids become label values.
     assert all(response.json()["block_id"] not in after for response in written) and "agent-1" not in after
 

@@ -4,6 +4,7 @@ input blocks are read through the gate."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 
 import httpx
@@ -47,11 +48,23 @@ def test_unknown_task_types_are_refused_at_submission(client: httpx.Client) -> N
     assert client.get("/v1/tasks/t-bad").json()["status"] == "pending"  # never queued, so never ran
 
 
+def _metric(text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, f"{name} missing from /metrics"
+    return float(match.group(1))
+
+
 def test_a_failing_task_reports_failed_with_its_reason(client: httpx.Client) -> None:
+    before = client.get("/metrics").text
     # text_analysis needs a text; an input_data without one fails every attempt, then is dead-lettered.
     client.post("/v1/tasks", json={"task_id": "t-fails", "task_type": "text_analysis", "input_data": {}})
     status = _wait_for(client, "t-fails")
     assert status["status"] == "failed" and status["reason"]
+    after = client.get("/metrics").text  # the agent queue's counters moved (issue 13)
+    for name in ("maif_agent_tasks_dead_lettered_total", "maif_agent_tasks_submitted_total"):
+        assert _metric(after, name) - _metric(before, name) == 1, name
+    assert _metric(after, "maif_agent_task_retries_total") > _metric(before, "maif_agent_task_retries_total")
+    assert _metric(after, "maif_agent_queue_depth_tasks") == 0 and _metric(after, "maif_agents") >= 1
 
 
 def test_a_task_cannot_read_input_blocks_its_submitter_may_not_read(client: httpx.Client) -> None:

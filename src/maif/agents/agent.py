@@ -372,6 +372,11 @@ class MAIFAgent:
         return self._in_flight
 
     @property
+    def counters(self) -> dict[str, int]:
+        """Running totals since start: submitted, completed, retries, dead_lettered, rejected_full, ..."""
+        return dict(self._counters)
+
+    @property
     def load(self) -> int:
         """Queue depth plus in-flight work: what least-loaded balancing compares."""
         return len(self._heap) + self._in_flight

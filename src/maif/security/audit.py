@@ -21,6 +21,10 @@ Integers are little-endian. Three independent protections overlap:
 
 Durability: :meth:`AuditLog.append` returns only after its frame is on disk (``fdatasync``); concurrent
 appenders share one sync (group commit). A sync failure is never retried: the log refuses further writes.
+:meth:`AuditLog.append_deferred` writes the frame and hands back an :class:`AuditTicket` whose wait
+returns once it is on disk; the log's flusher thread starts syncing at once, so the sync runs while the
+caller does its own work. Inside :func:`audit_barrier` (the HTTP service opens one per request) the gate
+collects these tickets and the barrier is awaited before the response is sent (ADR 0023).
 Recovery: opening a log truncates a *torn tail* (an incomplete last frame, or a zero-filled end, as a crash
 leaves), and refuses anything else: a damaged frame in the middle, or even the last complete frame with a
 bad digest, is an :class:`~maif.errors.IntegrityError` naming the first bad entry.
@@ -35,8 +39,8 @@ the decision is still recorded.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import contextvars
 import enum
 import fcntl
 import math
@@ -515,6 +519,10 @@ class AuditLog:
         self._lock = threading.Lock()
         self._sync_condition = threading.Condition()
         self._syncing = False
+        self._flush_wanted = False
+        self._stopping = False
+        self._flusher: threading.Thread | None = None
+        self._async_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._failure: DurabilityError | None = None
         self._closed = False
         self._leaves = bytearray()
@@ -526,7 +534,6 @@ class AuditLog:
         self._last_checkpoint_clock = clock()
         self._written_offset = 0
         self._synced_offset = 0
-        self._sync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self.recovered_tail_bytes = 0
         """Bytes of a torn tail (a crash mid-append) cut off when the log was opened."""
 
@@ -628,37 +635,25 @@ class AuditLog:
         the log is no longer being signed (fail closed) and must not append the entry again.
         """
         entry, target, checkpoint_error = self._write_entry(event)
-        self._sync_to(target)
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+        return AuditTicket(self, entry, target, checkpoint_error).wait()
+
+    def append_deferred(self, event: Mapping[str, Any]) -> AuditTicket:
+        """Write ``event``'s frame now and return at once; the ticket's wait returns once it is on disk.
+
+        The flusher thread starts a sync right away (sharing it with every frame written meanwhile), so
+        a caller that has other work to do before it needs the guarantee does that work while the disk
+        syncs. Until the ticket is waited for, nothing may be acknowledged on the strength of the entry.
+        """
+        entry, target, checkpoint_error = self._write_entry(event)
+        self._request_flush()
+        return AuditTicket(self, entry, target, checkpoint_error)
 
     async def append_async(self, event: Mapping[str, Any]) -> AuditEntry:
         """:meth:`append` for an event loop: the frame is written on the calling thread (a page-cache
-        write of a few hundred bytes) and the wait for durability runs on the log's own sync thread, so
-        callers never hold a thread of a shared pool while a sync is in progress. Concurrent callers
-        share syncs (group commit) exactly as with :meth:`append`."""
-        entry, target, checkpoint_error = self._write_entry(event)
-        if self._synced_offset < target:
-            try:
-                waiting = asyncio.get_running_loop().run_in_executor(
-                    self._sync_executor(), self._sync_to, target
-                )
-            except RuntimeError as error:  # the log closed between the write and the wait
-                raise StoreClosedError(f"audit log {self._path} closed while appending") from error
-            await waiting
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
-
-    def _sync_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._lock:
-            self._require_writable()
-            if self._sync_thread is None:
-                self._sync_thread = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="maif-audit-sync"
-                )
-            return self._sync_thread
+        write of a few hundred bytes) and the wait for durability is a future the flusher thread
+        resolves, so callers never hold a thread while a sync is in progress. Concurrent callers share
+        syncs (group commit) exactly as with :meth:`append`."""
+        return await self.append_deferred(event).wait_async()
 
     def _write_entry(self, event: Mapping[str, Any]) -> tuple[AuditEntry, int, MAIFError | None]:
         """Frame and write one entry (not yet synced): the entry, the offset to sync to, and a signer
@@ -711,13 +706,16 @@ class AuditLog:
             if self._failure is None and self._unsigned_entries() > 0:
                 self.checkpoint()
         finally:
-            with self._lock:
-                sync_thread, self._sync_thread = self._sync_thread, None
-            if sync_thread is not None:
-                sync_thread.shutdown(wait=True)  # its queued waits return (synced) or raise
+            with self._sync_condition:
+                self._stopping = True
+                flusher = self._flusher
+                self._sync_condition.notify_all()
+            if flusher is not None:
+                flusher.join()
             with self._sync_condition:
                 while self._syncing:  # let an appender's sync finish before the descriptor goes
                     self._sync_condition.wait()
+                self._settle_waiters(StoreClosedError(f"audit log {self._path} closed before the sync"))
             with self._lock:
                 self._closed = True
                 os.close(self._descriptor)
@@ -782,6 +780,7 @@ class AuditLog:
                 if self._synced_offset >= target:
                     return
                 if self._failure is not None:
+                    self._settle_waiters(self._failure)
                     raise self._failure
                 if not self._syncing:
                     self._syncing = True
@@ -801,7 +800,67 @@ class AuditLog:
                 self._syncing = False
                 if self._failure is None:
                     self._synced_offset = max(self._synced_offset, covered)
+                self._settle_waiters(self._failure)
                 self._sync_condition.notify_all()
+
+    def _settle_waiters(self, failure: MAIFError | None) -> None:
+        """Wake the async waiters the last sync covered, or all of them with ``failure`` (caller holds
+        ``self._sync_condition``)."""
+        if failure is None:
+            synced = self._synced_offset
+            ready = [waiter for waiter in self._async_waiters if waiter[0] <= synced]
+            self._async_waiters = [waiter for waiter in self._async_waiters if waiter[0] > synced]
+        else:
+            ready, self._async_waiters = self._async_waiters, []
+        for _, future in ready:
+            with contextlib.suppress(RuntimeError):  # its event loop has closed: nobody is waiting
+                future.get_loop().call_soon_threadsafe(_settle_future, future, failure)
+
+    async def _wait_synced_async(self, target: int) -> None:
+        """Wait, without holding a thread, until the flusher has synced up to ``target``."""
+        with self._sync_condition:
+            if self._synced_offset >= target:
+                return
+            if self._failure is not None:
+                raise self._failure
+            if len(self._async_waiters) >= limits.audit_sync_waiters_max:
+                raise LimitExceededError(
+                    "audit appends waiting for a sync", len(self._async_waiters) + 1,
+                    limits.audit_sync_waiters_max,
+                )
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._async_waiters.append((target, future))
+        self._request_flush()
+        await future
+
+    def _request_flush(self) -> None:
+        """Ask the flusher thread for a sync of everything written so far (starting it on first use)."""
+        with self._sync_condition:
+            if self._stopping:
+                return  # close() syncs every written frame itself
+            self._flush_wanted = True
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name=f"maif-audit-flush-{self._path.name}", daemon=True
+                )
+                self._flusher.start()
+            self._sync_condition.notify_all()
+
+    def _flush_loop(self) -> None:
+        """Sync while frames keep arriving: each sync covers every frame written before it began."""
+        while True:
+            with self._sync_condition:
+                while not self._flush_wanted and not self._stopping:
+                    self._sync_condition.wait()
+                if not self._flush_wanted:
+                    return
+                self._flush_wanted = False
+            with self._lock:
+                target = self._written_offset
+            try:
+                self._sync_to(target)
+            except MAIFError:
+                return  # the failure is the log's now; every waiter has been told
 
     # ---- reading and proofs ------------------------------------------------------------------------
 
@@ -863,6 +922,109 @@ class AuditLog:
             if not 0 <= tree_size <= size:
                 raise IntegrityError(f"tree size {tree_size} outside a log of {size} entries")
             return _LeafList(bytes(self._leaves[: tree_size * 32]))
+
+
+def _settle_future(future: asyncio.Future[None], failure: MAIFError | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
+
+
+class AuditTicket:
+    """An entry whose frame is written, not necessarily yet on disk (:meth:`AuditLog.append_deferred`).
+
+    :meth:`wait` and :meth:`wait_async` return the entry once it is durable; they raise the log's
+    :class:`~maif.errors.DurabilityError` when the sync failed, and then (once the entry is durable) a
+    signer error from a checkpoint that fell due with this entry, as :meth:`AuditLog.append` does.
+    """
+
+    __slots__ = ("_log", "_target", "checkpoint_error", "entry")
+
+    def __init__(
+        self, log: AuditLog, entry: AuditEntry, target: int, checkpoint_error: MAIFError | None
+    ) -> None:
+        self._log = log
+        self._target = target
+        self.entry = entry
+        self.checkpoint_error = checkpoint_error
+
+    @property
+    def log(self) -> AuditLog:
+        return self._log
+
+    @property
+    def target(self) -> int:
+        """The log offset up to which the file must be synced for this entry to be durable."""
+        return self._target
+
+    @property
+    def durable(self) -> bool:
+        """True once a sync has covered this entry (it never becomes false again)."""
+        return self._log._synced_offset >= self._target
+
+    def wait(self) -> AuditEntry:
+        self._log._sync_to(self._target)
+        return self._checked()
+
+    async def wait_async(self) -> AuditEntry:
+        await self._log._wait_synced_async(self._target)
+        return self._checked()
+
+    def _checked(self) -> AuditEntry:
+        if self.checkpoint_error is not None:
+            raise self.checkpoint_error
+        return self.entry
+
+
+class AuditBarrier:
+    """The audit entries one response depends on: :meth:`wait` returns once all are on disk.
+
+    Holds the latest ticket per log (a later sync point covers every earlier frame of that log), so it
+    stays as small as the number of logs written to, however many decisions the request made.
+    """
+
+    def __init__(self) -> None:
+        self._tickets: dict[int, AuditTicket] = {}
+
+    def add(self, ticket: AuditTicket) -> None:
+        held = self._tickets.get(id(ticket.log))
+        if held is None or held.target < ticket.target:
+            self._tickets[id(ticket.log)] = ticket
+
+    @property
+    def pending(self) -> int:
+        return len(self._tickets)
+
+    async def wait(self) -> None:
+        while self._tickets:
+            _, ticket = self._tickets.popitem()
+            await ticket.wait_async()
+
+
+_BARRIER: contextvars.ContextVar[AuditBarrier | None] = contextvars.ContextVar(
+    "maif_audit_barrier", default=None
+)
+
+
+def current_audit_barrier() -> AuditBarrier | None:
+    """The barrier of the request being served, if the caller opened one (:func:`audit_barrier`)."""
+    return _BARRIER.get()
+
+
+@contextlib.contextmanager
+def audit_barrier() -> Iterator[AuditBarrier]:
+    """Within this block, asynchronous gate decisions do not wait for their audit entries' sync: they
+    add them to the barrier, and the caller MUST ``await barrier.wait()`` before it tells anyone the
+    outcome (the HTTP service does so before sending a response's first byte)."""
+    barrier = AuditBarrier()
+    token = _BARRIER.set(barrier)
+    try:
+        yield barrier
+    finally:
+        _BARRIER.reset(token)
 
 
 class _LeafList(Sequence[bytes]):
@@ -1138,11 +1300,15 @@ def encode_checkpoint(checkpoint: SignedCheckpoint) -> bytes:
 
 
 __all__ = [
+    "AuditBarrier",
     "AuditEntry",
     "AuditLog",
+    "AuditTicket",
     "AuditVerificationReport",
     "SignedCheckpoint",
+    "audit_barrier",
     "checkpoint_payload",
+    "current_audit_barrier",
     "decode_checkpoint",
     "encode_checkpoint",
     "read_audit_log",

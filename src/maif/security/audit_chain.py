@@ -29,7 +29,6 @@ positions in the whole history.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import re
@@ -55,11 +54,14 @@ from maif.errors import (
     StorageError,
     StoreClosedError,
 )
+from maif.format import merkle
 from maif.security.audit import (
     AuditEntry,
     AuditLog,
+    AuditTicket,
     SignedCheckpoint,
     TrustedKey,
+    _LeafList,
     _nothing_signed_error,
     _Replay,
     _trust_table,
@@ -367,27 +369,18 @@ class SegmentedAuditLog:
     def append(self, event: Mapping[str, Any]) -> AuditEntry:
         """:meth:`AuditLog.append` on the current segment, rolling over first when it is full."""
         segment, entry, target, checkpoint_error = self._write_entry(event)
-        segment._sync_to(target)
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+        return AuditTicket(segment, entry, target, checkpoint_error).wait()
+
+    def append_deferred(self, event: Mapping[str, Any]) -> AuditTicket:
+        """:meth:`AuditLog.append_deferred` on the current segment. A rollover after our write seals
+        (syncs) the segment the ticket points at, so its wait returns at once."""
+        segment, entry, target, checkpoint_error = self._write_entry(event)
+        segment._request_flush()
+        return AuditTicket(segment, entry, target, checkpoint_error)
 
     async def append_async(self, event: Mapping[str, Any]) -> AuditEntry:
         """:meth:`AuditLog.append_async` on the current segment, rolling over first when it is full."""
-        segment, entry, target, checkpoint_error = self._write_entry(event)
-        if segment._synced_offset < target:
-            try:
-                waiting = asyncio.get_running_loop().run_in_executor(
-                    segment._sync_executor(), segment._sync_to, target
-                )
-            except (StoreClosedError, RuntimeError):
-                # Sealed and closed by a rollover after our write; sealing synced every written frame.
-                segment._sync_to(target)
-            else:
-                await waiting
-        if checkpoint_error is not None:
-            raise checkpoint_error
-        return entry
+        return await self.append_deferred(event).wait_async()
 
     def _write_entry(self, event: Mapping[str, Any]) -> tuple[AuditLog, AuditEntry, int, MAIFError | None]:
         with self._lock:
@@ -511,6 +504,128 @@ def archive_segments(
         _move_durably(path, target / path.name)
         moved.append(target / path.name)
     return moved
+
+
+# ---- reading the whole history -------------------------------------------------------------------
+
+
+class ChainPage(msgspec.Struct, frozen=True):
+    """Entries of one segment of a chain with their RFC 9162 inclusion proofs in that segment's tree.
+
+    ``index`` of each entry is its position within the segment (the proof's leaf index); its place in
+    the whole history is ``first_index + entry.index``. For a sealed segment the tree is the whole
+    segment and ``checkpoint`` is its sealed head (which the next segment's link entry records); for
+    the current segment it is the tree so far and its latest checkpoint.
+    """
+
+    segment: int
+    first_index: int
+    tree_size: int
+    root: bytes
+    entries: list[AuditEntry]
+    proofs: list[list[bytes]]
+    checkpoint: SignedCheckpoint | None
+    current: bool
+
+
+def read_chain_page(
+    log: SegmentedAuditLog, start: int, limit: int, keep: Callable[[AuditEntry], bool] = lambda entry: True
+) -> ChainPage | None:
+    """The entries at history positions [start, start + limit) that ``keep`` selects, cut at the end of
+    the segment holding ``start`` (a page never spans two segments, so its proofs share one tree).
+
+    None if ``start`` lies in archived segments or beyond the end. Memory is bounded by one segment: a
+    sealed segment is streamed from its file once, keeping its leaf hashes (32 bytes per entry).
+    """
+    current_first = log.first_index
+    if start >= current_first:
+        return _current_page(log, start - current_first, limit, keep)
+    located = _locate_sealed(log, start)
+    if located is None:
+        return None
+    number, path, first_index = located
+    return _sealed_page(number, path, first_index, start - first_index, limit, keep)
+
+
+def _current_page(
+    log: SegmentedAuditLog, local_start: int, limit: int, keep: Callable[[AuditEntry], bool]
+) -> ChainPage | None:
+    segment = log.current
+    tree_size = segment.size
+    if local_start >= tree_size:
+        return None
+    stop = min(tree_size, local_start + limit)
+    entries = [entry for entry in segment.entries(local_start, stop) if keep(entry)]
+    return ChainPage(
+        segment=log.segment_number,
+        first_index=log.first_index,
+        tree_size=tree_size,
+        root=segment.root(tree_size),
+        entries=entries,
+        proofs=[segment.inclusion_proof(entry.index, tree_size) for entry in entries],
+        checkpoint=segment.latest_checkpoint,
+        current=True,
+    )
+
+
+def _locate_sealed(log: SegmentedAuditLog, start: int) -> tuple[int, Path, int] | None:
+    """(number, path, first index) of the sealed segment holding history position ``start``: a binary
+    search over the segments present, reading one link entry per step."""
+    current = log.segment_number
+    sealed = [(number, path) for number, path in list_segments(log.directory) if number < current]
+    low, high, found = 0, len(sealed) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        first_index = _first_index_of(*sealed[middle])
+        if first_index <= start:
+            found, low = (*sealed[middle], first_index), middle + 1
+        else:
+            high = middle - 1
+    return found
+
+
+def _first_index_of(number: int, path: Path) -> int:
+    if number == 0:
+        return 0
+    for record in read_audit_log(path):
+        if isinstance(record, AuditEntry):
+            return parse_link(record).first_index
+        break
+    raise IntegrityError(f"{path.name} does not begin with its link entry", block_index=0)
+
+
+def _sealed_page(
+    number: int,
+    path: Path,
+    first_index: int,
+    local_start: int,
+    limit: int,
+    keep: Callable[[AuditEntry], bool],
+) -> ChainPage | None:
+    leaves = bytearray()
+    entries: list[AuditEntry] = []
+    checkpoint: SignedCheckpoint | None = None
+    for record in read_audit_log(path):
+        if isinstance(record, SignedCheckpoint):
+            checkpoint = record
+            continue
+        leaves += record.hash
+        if local_start <= record.index < local_start + limit and keep(record):
+            entries.append(record)
+    tree_size = len(leaves) // 32
+    if local_start >= tree_size:
+        return None
+    leaf_list = _LeafList(bytes(leaves))
+    return ChainPage(
+        segment=number,
+        first_index=first_index,
+        tree_size=tree_size,
+        root=merkle.root(leaf_list),
+        entries=entries,
+        proofs=[merkle.inclusion_proof(leaf_list, entry.index) for entry in entries],
+        checkpoint=checkpoint,
+        current=False,
+    )
 
 
 # ---- offline verification --------------------------------------------------------------------------
@@ -779,6 +894,7 @@ __all__ = [
     "LINK_ACTION",
     "LINK_ACTOR",
     "AuditChainReport",
+    "ChainPage",
     "SegmentLink",
     "SegmentedAuditLog",
     "archive_segments",
@@ -787,6 +903,7 @@ __all__ = [
     "list_segments",
     "parse_link",
     "read_audit_chain",
+    "read_chain_page",
     "segment_name",
     "verify_audit_chain",
 ]

@@ -5,7 +5,10 @@ about to do (:meth:`Grant.require`). Only :class:`Gate` can create grants (the c
 module-private capability), so holding one proves the policy allowed that action on that resource.
 
 Every decision, allowed or denied, is appended to the audit log before the gate answers (durably: one
-fdatasync, shared by concurrent callers through the log's group commit). A caller deciding many resources
+fdatasync, shared by concurrent callers through the log's group commit). Inside an
+:func:`~maif.security.audit.audit_barrier` (the HTTP service, one per request) :meth:`Gate.authorize_async`
+answers once the entry is written and the barrier holds the wait for its sync, which the service awaits
+before it sends the response (ADR 0023). A caller deciding many resources
 at once (a batch of writes) uses :meth:`Gate.authorize_many`: all or nothing, one audit entry. If the
 audit log cannot record an allowed decision the request is refused (fail closed): an unrecorded access is
 worse than an unavailable one.
@@ -23,6 +26,7 @@ import blake3
 
 from maif import limits
 from maif.errors import AuthorizationError, MAIFError
+from maif.security.audit import current_audit_barrier
 from maif.security.policy import AccessRequest, Action, Operation, Policy, Resource, classify
 from maif.security.trust import ContextSealer, SecurityContext, TrustLevel
 
@@ -109,6 +113,9 @@ class Grant:
         )
 
 
+# Operations whose grant lets the caller change the store: their audit entries are durable before the grant.
+_EFFECTS = frozenset({Operation.WRITE_OWN, Operation.WRITE_SHARED, Operation.ADMINISTER})
+
 class Gate:
     """Decides requests with ``policy`` on contexts sealed by ``sealer``; records each decision."""
 
@@ -150,15 +157,19 @@ class Gate:
 
     async def authorize_async(self, context: SecurityContext, action: Action, resource: Resource) -> Grant:
         """:meth:`authorize` for an event loop: the decision and the audit frame are made on the calling
-        thread (microseconds); only the wait for the audit record's durability is awaited, on the
-        log's own sync thread (:meth:`AuditLog.append_async`), or in a worker thread for other sinks."""
+        thread (microseconds); only the wait for the audit record's durability is awaited (a future the
+        log's flusher thread resolves), or left to the request's audit barrier when one is open."""
         now = self._clock()
         try:
             operation = self.evaluate(context, action, resource)
         except AuthorizationError as error:
             await self._record_async(_decision_event(context, action, resource, "deny", error.message, now))
             raise
-        await self._record_async(_decision_event(context, action, resource, "allow", str(operation), now))
+        # A grant that lets the request change the store waits for its entry's sync before it is handed
+        # out, so no effect can outlive a crash without its audit record (ADR 0023); reads and refusals
+        # change nothing and leave the wait to the request's barrier.
+        await self._record_async(_decision_event(context, action, resource, "allow", str(operation), now),
+                                 durable_now=operation in _EFFECTS)
         return self._grant(context, action, resource, operation, now)
 
     def authorize_many(
@@ -213,13 +224,21 @@ class Gate:
         except MAIFError as error:
             raise _unrecorded(error) from error
 
-    async def _record_async(self, event: dict[str, Any]) -> None:
-        append_async = getattr(self._audit, "append_async", None)
+    async def _record_async(self, event: dict[str, Any], *, durable_now: bool = False) -> None:
+        """Record on the loop's thread; wait for the entry's sync now (always with ``durable_now``), or,
+        inside an :func:`~maif.security.audit.audit_barrier`, leave that wait to the barrier (awaited
+        before the response is sent) so the sync overlaps the request's own work."""
+        append_deferred = getattr(self._audit, "append_deferred", None)
         try:
-            if append_async is not None:
-                await append_async(event)
-            else:
+            if append_deferred is None:
                 await asyncio.to_thread(self._audit.append, event)
+                return
+            ticket = append_deferred(event)
+            barrier = current_audit_barrier()
+            if durable_now or barrier is None or ticket.checkpoint_error is not None:
+                await ticket.wait_async()  # a signer refusal fails the decision itself, as before
+            else:
+                barrier.add(ticket)
         except MAIFError as error:
             raise _unrecorded(error) from error
 

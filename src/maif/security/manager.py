@@ -689,6 +689,8 @@ def create_maif_security_manager(
         keystore.signer(AUDIT_SIGNER_AGENT_ID),
         clock=clock,
         legacy_file=directory / "audit.log",
+        segment_entries_max=security.audit_segment_entries,
+        segment_bytes_max=security.audit_segment_bytes,
     )
     try:
         if attestation_verifier is None and security.trusted_tpm_roots:

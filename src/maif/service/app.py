@@ -50,6 +50,8 @@ from maif import limits
 from maif.errors import AttestationError, ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
+from maif.security.audit import AuditEntry, SignedCheckpoint
+from maif.security.audit_chain import SegmentedAuditLog, read_chain_page
 from maif.security.manager import SecurityManager
 from maif.security.policy import Action, Resource
 from maif.security.trust import Approval, KeyPossessionProof, SecurityContext
@@ -68,7 +70,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import BodyDeadlines, ObservabilityMiddleware
+from maif.service.middleware import AuditDurabilityMiddleware, BodyDeadlines, ObservabilityMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -186,22 +188,25 @@ def create_app(
     )
     spool.sweep()
     blocks = BlockService(storage, security_manager, metrics, spool, tracer, embedding_dimensions)
+    tasks = TaskRunner(storage, blocks)
     state = ServiceState(
         storage=storage,
         manager=security_manager,
         metrics=metrics,
         authenticator=Authenticator(security_manager),
         blocks=blocks,
-        tasks=TaskRunner(storage, blocks),
+        tasks=tasks,
         export_key=export_signing_key or Ed25519PrivateKey.generate(),
         spool=spool,
         tracer=tracer,
         metrics_token=metrics_token,
         unsafe_anonymous_metrics=unsafe_anonymous_metrics,
     )
+    metrics.observe_agents(tasks.figures)
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
+    app.add_middleware(AuditDurabilityMiddleware)  # innermost: every response, problems included, waits
     app.add_middleware(
         ObservabilityMiddleware,
         metrics=metrics,
@@ -920,17 +925,23 @@ def _evidence(request: schemas.BootstrapRequest) -> dict[str, Any]:
 # ---- audit, export, verify ---------------------------------------------------------------------------
 
 
+_AUDIT_HISTORY_ENTRIES_MAX = limits.audit_segments_max * limits.audit_segment_entries_max
+
+
 def _container_routes(router: APIRouter) -> None:
     @router.get("/v1/audit", response_model=schemas.AuditPage, responses=_REFUSALS)
     async def audit(
         request: Request,
         context: Caller,
-        start: Annotated[int, Query(ge=0, le=limits.audit_log_entries_max)] = 0,
+        start: Annotated[int, Query(ge=0, le=_AUDIT_HISTORY_ENTRIES_MAX)] = 0,
         limit: Annotated[int, Query(ge=1, le=limits.service_audit_page_entries_max)] = 50,
         old_size: Annotated[int | None, Query(ge=0, le=limits.audit_log_entries_max)] = None,
     ) -> schemas.AuditPage:
-        """The caller's own audit entries in [start, start+limit), each with an RFC 9162 inclusion proof
-        in the current tree, the latest signed checkpoint, and a consistency proof from it (or old_size)."""
+        """The caller's own audit entries at history positions [start, start+limit), cut at the end of
+        the segment holding ``start`` (``next_start`` continues), each with an RFC 9162 inclusion proof
+        in that segment's tree (leaf ``segment_index``); the segment's latest signed checkpoint (a sealed
+        segment's head); for the current segment a consistency proof from it (or old_size). Entries
+        in archived segments answer 410."""
         state = _state(request)
         await state.blocks.authorize_own(context, "audit-log", "audit-log")
         return await asyncio.to_thread(_audit_page, state.manager, context.agent_id, start, limit, old_size)
@@ -1037,51 +1048,69 @@ def _container_routes(router: APIRouter) -> None:
 def _audit_page(
     manager: SecurityManager, agent_id: str, start: int, limit: int, old_size: int | None
 ) -> schemas.AuditPage:
+    """One page of the whole audit history (every segment still present), never spanning two segments,
+    so every proof in it is in one tree: the segment's (sealed: all of it; current: so far)."""
     log = manager.audit_log
-    tree_size = log.size
-    if old_size is not None and old_size > tree_size:
+    if not isinstance(log, SegmentedAuditLog):
+        raise ServiceProblem(503, "unavailable", "this service's audit log is not a segment directory")
+    total = log.total_entries
+    position = min(start, total - 1)  # past the end: an empty page of the current segment
+    wanted = limit if start < total else 0
+    page = read_chain_page(log, position, wanted, lambda entry: entry.actor == agent_id)
+    if page is None:
         raise ServiceProblem(
-            400, "invalid-request", f"old_size {old_size} is beyond the log's {tree_size} entries"
+            410, "archived", f"audit entries before {log.first_index} are archived, not served here"
         )
-    stop = min(tree_size, start + limit)
-    entries = []
-    for entry in manager.get_audit_log(start, stop) if start < stop else []:
-        if entry.actor != agent_id:
-            continue
-        entries.append(
-            schemas.AuditEntryOut(
-                index=entry.index,
-                time=entry.time,
-                actor=entry.actor,
-                action=entry.action,
-                resource=entry.resource,
-                decision=entry.decision,
-                reason=entry.reason,
-                details=dict(entry.details),
-                prev_hash=entry.prev_hash.hex(),
-                leaf_hash=entry.hash.hex(),
-                inclusion_proof=[node.hex() for node in log.inclusion_proof(entry.index, tree_size)],
-            )
+    if old_size is not None and (not page.current or old_size > page.tree_size):
+        raise ServiceProblem(
+            400, "invalid-request", f"old_size {old_size} is beyond the current segment's {page.tree_size}"
         )
-    checkpoint = log.latest_checkpoint
+    checkpoint = page.checkpoint
     base = old_size if old_size is not None else (checkpoint.tree_size if checkpoint is not None else None)
-    consistency = [node.hex() for node in log.consistency_proof(base, tree_size)] if base else []
+    consistency = log.consistency_proof(base, page.tree_size) if base and page.current else []
+    stop = min(page.first_index + page.tree_size, start + limit)
+    entries = [
+        _audit_entry_out(entry, proof, page.first_index)
+        for entry, proof in zip(page.entries, page.proofs, strict=True)
+    ]
     return schemas.AuditPage(
-        tree_size=tree_size,
-        root=log.root(tree_size).hex(),
+        tree_size=page.tree_size,
+        root=page.root.hex(),
+        segment=page.segment,
+        segment_first_index=page.first_index,
+        total_entries=total,
         entries=entries,
-        next_start=stop if stop < tree_size else None,
-        checkpoint=None
-        if checkpoint is None
-        else schemas.CheckpointOut(
-            log_id=checkpoint.log_id.hex(),
-            tree_size=checkpoint.tree_size,
-            root=checkpoint.root.hex(),
-            timestamp=checkpoint.timestamp,
-            key_id=checkpoint.key_id.hex(),
-            signature=checkpoint.signature.hex(),
-        ),
-        consistency_proof=consistency,
+        next_start=stop if stop < total else None,
+        checkpoint=None if checkpoint is None else _checkpoint_out(checkpoint),
+        consistency_proof=[node.hex() for node in consistency],
+    )
+
+
+def _audit_entry_out(entry: AuditEntry, proof: list[bytes], first_index: int) -> schemas.AuditEntryOut:
+    return schemas.AuditEntryOut(
+        index=first_index + entry.index,
+        segment_index=entry.index,
+        time=entry.time,
+        actor=entry.actor,
+        action=entry.action,
+        resource=entry.resource,
+        decision=entry.decision,
+        reason=entry.reason,
+        details=dict(entry.details),
+        prev_hash=entry.prev_hash.hex(),
+        leaf_hash=entry.hash.hex(),
+        inclusion_proof=[node.hex() for node in proof],
+    )
+
+
+def _checkpoint_out(checkpoint: SignedCheckpoint) -> schemas.CheckpointOut:
+    return schemas.CheckpointOut(
+        log_id=checkpoint.log_id.hex(),
+        tree_size=checkpoint.tree_size,
+        root=checkpoint.root.hex(),
+        timestamp=checkpoint.timestamp,
+        key_id=checkpoint.key_id.hex(),
+        signature=checkpoint.signature.hex(),
     )
 
 
@@ -1217,8 +1246,14 @@ def _operations_routes(router: APIRouter) -> None:
             await state.blocks.authorize_own(context, "stats", "stats")
         with contextlib.suppress(MAIFError):
             state.metrics.observe_storage(await state.storage.get_stats())
-        state.metrics.audit_entries.set(state.manager.audit_log.size)
+        _observe_audit(state.metrics, state.manager.audit_log)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _observe_audit(metrics: ServiceMetrics, log: Any) -> None:
+    """The whole chain's entry count (archived segments included) and the current segment's number."""
+    metrics.audit_entries.set(getattr(log, "total_entries", log.size))
+    metrics.audit_segment.set(getattr(log, "segment_number", 0))
 
 
 def _require_metrics_token(header: str | None, expected: str) -> None:

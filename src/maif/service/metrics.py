@@ -1,5 +1,10 @@
 """Prometheus metrics of the HTTP service and its store (``maif_`` prefix, base units, no per-id labels).
 
+Naming follows the Prometheus conventions: base units in the name (``_seconds``, ``_bytes``), counters
+typed as counters and exposed with ``_total``, gauges without it. No ``*_created`` series: they double
+the series count and the start time is ``process_start_time_seconds``'s business
+(``disable_created_metrics``, process-wide, at import).
+
 Each app owns a :class:`ServiceMetrics` with its own registry (several apps in one process, as in the
 tests, never share counters). Request metrics are labelled by the route TEMPLATE (``/v1/blocks/{block_id}``),
 never by a concrete path, so cardinality is bounded by the number of routes. Storage figures come from
@@ -8,10 +13,17 @@ never by a concrete path, so cardinality is bounded by the number of routes. Sto
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,8 +47,10 @@ _LATENCY_BUCKETS_S = (
     30.0,
 )
 
-# get_stats() key -> (metric name, help); counters in the store are exported as gauges named for what
-# they are (a *_total from another process's view is still monotonic, but we only mirror its value).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# get_stats() key -> (metric name, help). Gauges are levels; counters count since the store opened and
+# are exposed as counters (the name here is without ``_total``, which the exposition adds).
 _STORAGE_GAUGES = {
     "wal_depth": ("maif_storage_wal_depth_records", "Acknowledged log records not yet applied."),
     "unapplied_bytes": ("maif_storage_unapplied_bytes", "Bytes acknowledged or queued but not applied."),
@@ -47,9 +61,52 @@ _STORAGE_GAUGES = {
     "bytes_warm": ("maif_storage_warm_bytes", "Bytes in the warm tier (local packs)."),
     "bytes_cold": ("maif_storage_cold_bytes", "Bytes in the cold tier."),
     "blocks": ("maif_storage_blocks", "Blocks in the metadata index."),
-    "writes_total": ("maif_storage_writes", "Blocks written since the store opened."),
-    "wal_syncs_total": ("maif_storage_wal_syncs", "Log syncs (fdatasync) since the store opened."),
 }
+_STORAGE_COUNTERS = {
+    "writes_total": ("maif_storage_writes", "Blocks written since the store opened."),
+    "reads_total": ("maif_storage_reads", "Blocks read since the store opened."),
+    "deletes_total": ("maif_storage_deletes", "Blocks deleted since the store opened."),
+    "conflicts_total": ("maif_storage_conflicts", "Write conflicts between nodes since the store opened."),
+    "wal_syncs_total": ("maif_storage_wal_syncs", "Log syncs (fdatasync) since the store opened."),
+    "wal_groups_total": ("maif_storage_wal_groups", "Group commits since the store opened."),
+    "wal_bytes_written_total": ("maif_storage_wal_written_bytes", "Bytes appended to the write-ahead log."),
+    "compactions_total": ("maif_storage_compactions", "Compactions run since the store opened."),
+    "compaction_bytes_reclaimed_total": (
+        "maif_storage_compaction_reclaimed_bytes", "Bytes compaction reclaimed since the store opened."
+    ),
+    "packs_moved_cold_total": ("maif_storage_packs_moved_cold", "Packs moved to the cold tier."),
+}
+# TaskRunner.figures() key -> (metric name, help, counter?), summed over the service's task agents.
+_AGENT_FIGURES = {
+    "agents": ("maif_agents", "Task agents running in the service.", False),
+    "queue_depth": ("maif_agent_queue_depth_tasks", "Tasks queued, not yet started.", False),
+    "in_flight": ("maif_agent_tasks_in_flight", "Tasks being run.", False),
+    "submitted": ("maif_agent_tasks_submitted", "Tasks accepted.", True),
+    "completed": ("maif_agent_tasks_completed", "Tasks finished with their blocks stored.", True),
+    "retries": ("maif_agent_task_retries", "Task attempts retried after a failure.", True),
+    "dead_lettered": ("maif_agent_tasks_dead_lettered", "Tasks given up on (dead letters).", True),
+    "rejected_full": ("maif_agent_tasks_rejected_full", "Submissions refused: the queue was full.", True),
+}
+
+
+class _FiguresCollector(Collector):
+    """Gauges and counters mirrored from a figures dict read at scrape time (the store's last
+    ``get_stats()``, the task agents' sums): values another object counts, typed for what they are."""
+
+    def __init__(
+        self, table: dict[str, tuple[str, str, bool]], figures: Callable[[], dict[str, Any]]
+    ) -> None:
+        self._table = table
+        self._figures = figures
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        figures = self._figures()
+        for key, (name, help_text, counter) in self._table.items():
+            value = figures.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            family = CounterMetricFamily if counter else GaugeMetricFamily
+            yield family(name, help_text, value=float(value))
 
 
 class _DegradedCollector(Collector):
@@ -127,29 +184,39 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=registry,
         )
-        self.storage = {
-            key: Gauge(name, help_text, registry=registry)
-            for key, (name, help_text) in _STORAGE_GAUGES.items()
-        }
+        self._storage_figures: dict[str, Any] = {}
+        storage_table = {key: (*entry, False) for key, entry in _STORAGE_GAUGES.items()}
+        storage_table.update({key: (*entry, True) for key, entry in _STORAGE_COUNTERS.items()})
+        registry.register(_FiguresCollector(storage_table, lambda: self._storage_figures))
+        self._agent_figures: Callable[[], dict[str, Any]] = dict
+        registry.register(_FiguresCollector(_AGENT_FIGURES, lambda: self._agent_figures()))
         self.degraded = _DegradedCollector()
         registry.register(self.degraded)
         self.ready = Gauge("maif_service_ready", "1 while the service accepts requests.", registry=registry)
         self.audit_entries = Gauge(
-            "maif_audit_log_entries", "Entries in the audit log (one per gate decision).", registry=registry
-        )
-        self.audit_entries_max = Gauge(
-            "maif_audit_log_entries_max",
-            "Entries one audit log may hold; at that size every gate decision is refused.",
+            "maif_audit_log_entries",
+            "Entries in the whole audit chain, archived segments included (one per gate decision).",
             registry=registry,
         )
-        self.audit_entries_max.set(limits.audit_log_entries_max)
+        self.audit_segment = Gauge(
+            "maif_audit_log_segment_number",
+            "Number of the audit segment being written (segments 0..N exist unless archived).",
+            registry=registry,
+        )
+        self.audit_segments_max = Gauge(
+            "maif_audit_log_segments_max",
+            "Segment files one audit directory may hold; archive old segments (maif audit archive) first.",
+            registry=registry,
+        )
+        self.audit_segments_max.set(limits.audit_segments_max)
 
     def observe_storage(self, stats: dict[str, Any]) -> None:
         self.degraded.health = dict(stats.get("health") or {})
-        for key, gauge in self.storage.items():
-            value = stats.get(key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                gauge.set(float(value))
+        self._storage_figures = dict(stats)
+
+    def observe_agents(self, figures: Callable[[], dict[str, Any]]) -> None:
+        """Read the task agents' summed figures (``TaskRunner.figures``) at every scrape."""
+        self._agent_figures = figures
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

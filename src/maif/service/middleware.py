@@ -25,6 +25,7 @@ The request head's deadline is :mod:`maif.service.connections`'.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -38,6 +39,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from maif import limits
+from maif.errors import MAIFError
+from maif.security.audit import audit_barrier
 from maif.service.metrics import ServiceMetrics
 from maif.service.problems import PROBLEM_MEDIA_TYPE
 from maif.service.tracing import DisabledTracer
@@ -319,6 +322,49 @@ async def _send_problem(
     state["bytes_out"] += len(body)
 
 
+class AuditDurabilityMiddleware:
+    """Holds each response's first byte until the audit entries of the request's decisions are durable.
+
+    The gate writes each decision's audit frame before it answers, but inside this middleware's
+    :func:`~maif.security.audit.audit_barrier` it does not wait for the sync: the sync (shared with every
+    other request's entries) runs while the request does its own work, and is awaited here, before the
+    response starts. If the audit log cannot make them durable the response is replaced by a 503: no
+    caller ever learns an outcome whose audit record might be lost (ADR 0023).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def send_when_audited(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and barrier.pending:
+                try:
+                    await barrier.wait()
+                except MAIFError as error:
+                    refused = True
+                    detail = f"the audit log could not record this request's decisions: {error.message}"
+                    request_id = str(scope.get("maif.request_id", "unknown"))
+                    title, state = "Service Unavailable", {"bytes_out": 0}
+                    await _send_problem(send, request_id, 503, "unavailable", title, detail, state)
+            if not refused:
+                await send(message)
+
+        with audit_barrier() as barrier:
+            try:
+                await self.app(scope, receive, send_when_audited)
+                await barrier.wait()  # decisions made after the response started (none today)
+            except BaseException:
+                with contextlib.suppress(MAIFError):  # whoever answers the failure, answer it after the sync
+                    await barrier.wait()
+                raise
+
+
 def configure_json_logging(level: str = "INFO") -> None:
     """One JSON object per line on stderr for the service's loggers (access log and errors)."""
     handler = logging.StreamHandler()
@@ -350,4 +396,10 @@ class _JSONFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
-__all__ = ["STREAMING_ENDPOINTS", "BodyDeadlines", "ObservabilityMiddleware", "configure_json_logging"]
+__all__ = [
+    "STREAMING_ENDPOINTS",
+    "AuditDurabilityMiddleware",
+    "BodyDeadlines",
+    "ObservabilityMiddleware",
+    "configure_json_logging",
+]

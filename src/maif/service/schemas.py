@@ -191,7 +191,8 @@ class SessionOut(BaseModel):
 
 
 class AuditEntryOut(BaseModel):
-    index: int
+    index: int  # position in the whole history (every segment)
+    segment_index: int  # position in its segment: the leaf index of ``inclusion_proof``
     time: float
     actor: str
     action: str
@@ -214,11 +215,14 @@ class CheckpointOut(BaseModel):
 
 
 class AuditPage(BaseModel):
-    tree_size: int
+    tree_size: int  # entries in the page's segment tree (sealed: the whole segment)
     root: str
+    segment: int
+    segment_first_index: int  # history position of the segment's entry 0
+    total_entries: int  # in the whole history, archived segments included
     entries: list[AuditEntryOut]
     next_start: int | None
-    checkpoint: CheckpointOut | None  # the latest signed checkpoint
+    checkpoint: CheckpointOut | None  # the segment's latest signed checkpoint (sealed: its head)
     consistency_proof: list[str]  # from checkpoint.tree_size (or old_size) to tree_size
 
 

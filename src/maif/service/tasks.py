@@ -87,6 +87,17 @@ class TaskRunner:
                 self._agents[agent_id] = agent
             return agent
 
+    def figures(self) -> dict[str, int]:
+        """Queue depth, in-flight tasks and the agents' counters, summed over this service's agents."""
+        totals = dict.fromkeys(("queue_depth", "in_flight", "submitted", "completed", "retries"), 0)
+        totals.update(agents=len(self._agents), dead_lettered=0, rejected_full=0)
+        for agent in list(self._agents.values()):
+            totals["queue_depth"] += agent.queue_depth
+            totals["in_flight"] += agent.in_flight
+            for name, value in agent.counters.items():
+                totals[name] = totals.get(name, 0) + value
+        return totals
+
     async def stop(self) -> None:
         """Drain every agent: accepted tasks run to completion before the store closes."""
         for agent in list(self._agents.values()):
