@@ -29,6 +29,7 @@ from maif.cli.store_commands import (
 )
 from maif.cli.unpacking import unpack_command
 from maif.cli.verification import verify_command
+from maif.cli.worker import worker_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -47,6 +48,7 @@ app.command("repair")(repair_command)
 app.command("demo")(demo_command)
 app.command("format-demo")(format_demo_command)
 app.command("serve")(serve_command)
+app.command("worker")(worker_command)
 app.command("export")(export_command)
 app.command("import")(import_command)
 app.command("search")(search_command)
