@@ -114,6 +114,9 @@ class Worker:
         return len(self._held)
 
     async def run(self) -> None:
+        # A restarted worker first applies what its log still holds (results of tasks whose ack was
+        # lost), so a redelivery finds them stored instead of running the task again.
+        await self._wait_applied()
         for agent in self.agents:
             await agent.start()
         background = [
