@@ -19,8 +19,10 @@ REGISTRY = HandlerRegistry.with_builtins()
 
 def test_a_task_survives_the_round_trip() -> None:
     task = AgentTask("t-1", "text_analysis", {"text": "hello", "n": [1, 2.5, None]}, priority=3,
-                     input_blocks=("a:1", "b:2"))
+                     input_blocks=("a:1", "b:2"), submitted_at=1700000000.5)
     assert decode_task(encode_task(task), REGISTRY) == task
+    stamped = decode_task(encode_task(AgentTask("t-2", "text_analysis", {})), REGISTRY)
+    assert stamped.submitted_at is not None and stamped.submitted_at > 1.7e9  # the queue dates it
 
 
 @pytest.mark.parametrize(
@@ -42,10 +44,12 @@ def test_a_task_survives_the_round_trip() -> None:
         (msgspec.msgpack.encode({"task_id": "x", "task_type": "text_analysis", "input_data": {},
                                  "input_blocks": ["b"] * (limits.agent_input_blocks_max + 1)}),
          "input blocks"),
+        (msgspec.msgpack.encode({"task_id": "x", "task_type": "text_analysis", "input_data": {},
+                                 "submitted_at": 1e300}), "submitted_at"),
         (b"\x00" * (limits.queue_task_bytes_max + 1), "exceeds"),
     ],
     ids=["empty", "not-msgpack", "array", "missing-field", "unknown-field", "input-not-a-map", "empty-id",
-         "long-id", "unknown-type", "too-many-inputs", "oversized"],
+         "long-id", "unknown-type", "too-many-inputs", "bad-date", "oversized"],
 )
 def test_a_message_that_is_not_a_valid_task_is_refused_with_its_reason(message: bytes, reason: str) -> None:
     with pytest.raises(TaskMessageError) as caught:

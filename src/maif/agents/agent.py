@@ -76,11 +76,14 @@ class MAIFAgent:
         backoff_base_s: float = _BACKOFF_BASE_S,
         block_namespace: str | None = None,
         store_dead_letters: bool = True,
+        reproducible_results: bool = False,
     ) -> None:
         """``block_namespace`` (default: the agent id) begins the ids of the blocks a task produces
         (``<namespace>:<task>:<n>``): the agents of `maif worker` share one, so a task gets the same ids
         whichever agent runs it. ``store_dead_letters=False`` leaves storing a dead-letter record to
-        the caller (a worker records one only after the task's last delivery)."""
+        the caller (a worker records one only after the task's last delivery). ``reproducible_results``
+        leaves the attempt out of the provenance and dates results by the task's ``submitted_at``, so
+        two runs of one task by a deterministic handler store the same bytes (ADR 0074)."""
         if not isinstance(agent_id, str) or not 0 < len(agent_id.encode("utf-8", "replace")) <= 200:
             raise AgentError("agent_id must be a non-empty string of at most 200 bytes")
         if (security_manager is None) != (security_context is None):
@@ -92,6 +95,7 @@ class MAIFAgent:
         self.agent_id = agent_id
         self.block_namespace = agent_id if block_namespace is None else block_namespace
         self._store_dead_letters = store_dead_letters
+        self._reproducible = reproducible_results
         self.storage = storage
         self.config = config if isinstance(config, AgentConfig) else load_section(AgentConfig, config)
         self.registry = registry or HandlerRegistry.with_builtins()
@@ -549,6 +553,9 @@ class MAIFAgent:
     ) -> list[MAIFBlock]:
         if not drafts:
             return []
+        if self._reproducible:
+            return stamp(self.agent_id, task, handler, drafts, inputs, None, namespace=self.block_namespace,
+                         timestamp=task.submitted_at)
         return stamp(self.agent_id, task, handler, drafts, inputs, attempt, namespace=self.block_namespace)
 
     async def _persist(self, produced: list[tuple[AgentTask, list[MAIFBlock], int]]) -> None:

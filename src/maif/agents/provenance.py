@@ -56,12 +56,14 @@ def stamp(
     handler: Handler,
     drafts: Sequence[BlockDraft],
     inputs: Sequence[MAIFBlock],
-    attempt: int,
+    attempt: int | None,
     *,
     namespace: str | None = None,
+    timestamp: float | None = None,
 ) -> list[MAIFBlock]:
     """The drafts as blocks with ids (``<namespace or agent>:<task>:<n>``), agent, parents and the
-    provenance record."""
+    provenance record. Reproducible results (a worker's) pass ``attempt=None`` (not recorded) and the
+    task's submission time as ``timestamp``: their bytes then depend only on the task and the handler."""
     input_ids = tuple(block.id for block in inputs)
     record = {
         "task_id": task.task_id,
@@ -69,7 +71,7 @@ def stamp(
         "agent_id": agent_id,
         "handler": handler.name,
         "handler_version": handler.version,
-        "attempt": attempt,
+        **({} if attempt is None else {"attempt": attempt}),
         "input_digest": input_digest(task.input_data),
         "input_block_digests": {block.id: block_digest(block).hex() for block in inputs},
     }
@@ -87,6 +89,7 @@ def stamp(
                 agent_id=agent_id,
                 version=handler.version,
                 parents=derived + input_ids,
+                **({} if timestamp is None else {"timestamp": timestamp}),
             )
         )
     return blocks

@@ -82,8 +82,9 @@ _DECODER = msgspec.msgpack.Decoder(TaskMessage)
 
 def encode_task(task: AgentTask) -> bytes:
     """The task as a queue message; LimitExceededError above ``limits.queue_task_bytes_max``."""
+    submitted_at = time.time() if task.submitted_at is None else task.submitted_at
     message = TaskMessage(
-        task.task_id, task.task_type, task.input_data, task.priority, task.input_blocks, time.time()
+        task.task_id, task.task_type, task.input_data, task.priority, task.input_blocks, submitted_at
     )
     try:
         data = _ENCODER.encode(message)
@@ -106,7 +107,8 @@ def decode_task(data: bytes, registry: HandlerRegistry) -> AgentTask:
         raise TaskMessageError(f"not a task message: {error}") from None
     try:
         task = AgentTask(
-            message.task_id, message.task_type, message.input_data, message.priority, message.input_blocks
+            message.task_id, message.task_type, message.input_data, message.priority, message.input_blocks,
+            message.submitted_at,
         )
     except AgentError as error:
         raise TaskMessageError(f"invalid task: {error.message}") from None

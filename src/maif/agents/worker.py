@@ -78,17 +78,22 @@ class Worker:
         self._registry = registry or HandlerRegistry.with_builtins()
         self._executor = ThreadPoolExecutor(config.processing_threads, thread_name_prefix="maif-worker")
         one_attempt = msgspec.structs.replace(config, max_retries=0, task_queue_size=self.capacity)
+        # Every agent of every worker of this queue is the one producer ``<task_stream>``, and results
+        # are reproducible: a task run twice (its first worker killed after storing, before its store
+        # applied) by a deterministic handler stores the same bytes, which the shared store takes as
+        # the same write, not a conflict (ADR 0074). Which worker ran what is in the worker's heartbeat.
         self.agents = [
             MAIFAgent(
-                f"{self.worker_id}/agent-{index}",
+                self.namespace,
                 storage,
                 one_attempt,
                 registry=self._registry,
                 executor=self._executor,
                 block_namespace=self.namespace,
                 store_dead_letters=False,
+                reproducible_results=True,
             )
-            for index in range(agents)
+            for _ in range(agents)
         ]
         self._held: dict[int, Any] = {}  # stream sequence -> message being worked on
         self._handlers: set[asyncio.Task[None]] = set()
