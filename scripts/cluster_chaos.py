@@ -47,6 +47,7 @@ from worker_nodes import WorkerCluster, work_tasks  # noqa: E402
 
 SUMMARY = ROOT / "benchmarks" / "results" / "cluster_chaos.json"
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+DELAY = {"MAIF_TEST_WORK_DELAY_S": "0.02"}
 LOW_WATER = 300
 BATCH = 600
 
@@ -86,7 +87,7 @@ def main() -> int:
 def campaign(cluster: WorkerCluster, nats: object, options: argparse.Namespace) -> dict[str, object]:
     rng = random.Random(options.seed)  # noqa: S311 - a reproducible schedule, not a secret
     started_at = time.monotonic()
-    workers = {f"w{index}": cluster.start(f"w{index}", agents=2, env={"MAIF_TEST_WORK_DELAY_S": "0.02"})
+    workers = {f"w{index}": cluster.start(f"w{index}", agents=2, env=DELAY)
                for index in range(options.workers)}
     accepted: list[str] = []
     kills = restarts = kills_mid_task = unexpected_exits = 0
@@ -106,7 +107,7 @@ def campaign(cluster: WorkerCluster, nats: object, options: argparse.Namespace) 
             workers[name].kill()
             kills += 1
             kills_mid_task += holding
-            workers[name] = cluster.start(name, agents=2, env={"MAIF_TEST_WORK_DELAY_S": "0.02"}, wait=False)
+            workers[name] = cluster.start(name, agents=2, env=DELAY, wait=False)
         if restarts < options.broker_restarts and (kills % restart_every == 0 or kills >= options.kills):
             nats.kill("nats")  # type: ignore[attr-defined]
             nats.start("nats")  # type: ignore[attr-defined]
@@ -115,7 +116,7 @@ def campaign(cluster: WorkerCluster, nats: object, options: argparse.Namespace) 
             if not process.alive:
                 unexpected_exits += 1
                 print(f"worker {name} exited {process.popen.returncode}:\n{process.output()[-2000:]}")
-                workers[name] = cluster.start(name, agents=2, env={"MAIF_TEST_WORK_DELAY_S": "0.02"}, wait=False)
+                workers[name] = cluster.start(name, agents=2, env=DELAY, wait=False)
     chaos_s = time.monotonic() - started_at
     cluster.wait_until(lambda: cluster.stats()["queue_depth"] == 0, 600, "the queue drained", poll_s=1.0)
     stored = cluster.stored_results()

@@ -75,6 +75,8 @@ class WorkerCluster:
     agent: dict[str, Any] = field(default_factory=dict)
     stream: str = field(default_factory=lambda: "T" + uuid.uuid4().hex[:12].upper())
     processes: list[WorkerProcess] = field(default_factory=list)
+    handlers: str = "worker_handlers"
+    python_path: list[Path] = field(default_factory=list)
 
     @property
     def agent_config(self) -> AgentConfig:
@@ -91,7 +93,7 @@ class WorkerCluster:
         }))
         environment = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE)]),
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), *map(str, self.python_path)]),
             "MAIF_STORAGE_POSTGRES_URL": self.postgres_url,
             "MAIF_STORAGE_S3_ENDPOINT": self.s3_endpoint,
             "MAIF_STORAGE_S3_BUCKET": self.s3_bucket,
@@ -103,7 +105,7 @@ class WorkerCluster:
         with log.open("wb") as output:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "maif", "worker", "--config", str(config), "--agents", str(agents),
-                 "--worker-id", name, "--handlers", "worker_handlers"],
+                 "--worker-id", name, "--handlers", self.handlers],
                 stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=node,
             )
         process = WorkerProcess(name, popen, log)
