@@ -15,8 +15,10 @@ Per delivered message, in order:
    Failure: nak with backoff (the next attempt may run on any worker) or, on the last attempt, store
    the dead-letter record, publish the dead letter, ack.
 
-Pulling is the load balancing: a worker fetches only as many tasks as it has free slots
-(``agents x batch_size``, at most ``task_queue_size``), so a slow worker takes fewer.
+Pulling is the load balancing: a worker fetches only as many tasks as its agents have free slots
+(``agents x batch_size`` tasks running at once), so a slow worker takes fewer. A finished task frees its
+slot at once; it waits for the apply (and its ack) outside the slots, with at most ``task_queue_size``
+tasks held in all.
 
 Stopping (:meth:`Worker.stop`, SIGTERM in `maif worker`): no more pulls; tasks accepted but not started
 are handed back at once (nak without delay); running tasks finish and are acknowledged; then the agents
@@ -74,10 +76,11 @@ class Worker:
         self.config = config
         self.worker_id = worker_id or default_worker_id()
         self.namespace = config.task_stream
-        self.capacity = min(agents * config.batch_size, config.task_queue_size, limits.worker_in_flight_max)
+        self.capacity = min(agents * config.batch_size, limits.worker_in_flight_max)
+        self.held_max = min(max(self.capacity, config.task_queue_size), limits.worker_in_flight_max)
         self._registry = registry or HandlerRegistry.with_builtins()
         self._executor = ThreadPoolExecutor(config.processing_threads, thread_name_prefix="maif-worker")
-        one_attempt = msgspec.structs.replace(config, max_retries=0, task_queue_size=self.capacity)
+        one_attempt = msgspec.structs.replace(config, max_retries=0, task_queue_size=self.held_max)
         # Every agent of every worker of this queue is the one producer ``<task_stream>``, and results
         # are reproducible: a task run twice (its first worker killed after storing, before its store
         # applied) by a deterministic handler stores the same bytes, which the shared store takes as
@@ -95,7 +98,8 @@ class Worker:
             )
             for _ in range(agents)
         ]
-        self._held: dict[int, Any] = {}  # stream sequence -> message being worked on
+        self._held: dict[int, Any] = {}  # stream sequence -> message pulled and not yet answered
+        self._running = 0  # of those, the ones an agent holds (submitted, no result yet)
         self._handlers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -142,7 +146,7 @@ class Worker:
     async def _pull_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            free = self.capacity - len(self._held)
+            free = min(self.capacity - self._running, self.held_max - len(self._held))
             if free <= 0:
                 self._slot_freed.clear()
                 await _first(self._slot_freed.wait(), self._stopping.wait())
@@ -202,9 +206,14 @@ class Worker:
             await _acked(message)
             return
         agent = self._least_loaded()
+        self._running += 1
         try:
-            await agent.submit_task(task)
-            await agent.result(task.task_id)
+            try:
+                await agent.submit_task(task)
+                await agent.result(task.task_id)
+            finally:
+                self._running -= 1
+                self._slot_freed.set()
         except TaskFailedError as error:
             await self._failed_attempt(message, task, error.message, deliveries)
         except AgentError:  # withdrawn by a draining worker: back to the queue at once
