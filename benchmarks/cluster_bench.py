@@ -137,17 +137,21 @@ def run_once(cluster: WorkerCluster, nats: Any, kind: str, workers: int, agents:
         tasks = [AgentTask(f"{prefix}{n}", "model_call", {}) for n in range(count)]
     wanted = {cluster.result_id(task.task_id) for task in tasks}
     broker_cpu_before = process_cpu_s(nats.pid("nats"))
+    worker_pids = [process.popen.pid for process in cluster.processes if process.alive]
+    workers_cpu_before = sum(process_cpu_s(pid) for pid in worker_pids)
     started = time.perf_counter()
     publish_s = asyncio.run(publish_all(cluster, tasks))
     cluster.wait_until(lambda: wanted <= set(cluster.stored_results()), 900, f"{count} {kind} results",
                        poll_s=0.05)
     elapsed = time.perf_counter() - started
     broker_cpu = process_cpu_s(nats.pid("nats")) - broker_cpu_before
+    workers_cpu = sum(process_cpu_s(pid) for pid in worker_pids) - workers_cpu_before
     run: dict[str, Any] = {
         "kind": kind, "workers": workers, "agents": agents, "tasks": count,
         "seconds": round(elapsed, 3), "tasks_per_s": round(count / elapsed, 1),
         "publish_seconds": round(publish_s, 3),
         "broker_cpu_s": round(broker_cpu, 3), "broker_cpu_us_per_task": round(broker_cpu / count * 1e6, 1),
+        "workers_cpu_s": round(workers_cpu, 3), "worker_cpu_us_per_task": round(workers_cpu / count * 1e6, 1),
     }
     if kind == "io":
         limit = agents / MODEL_DELAY_S
@@ -190,8 +194,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "tasks_per_s_10_agents": low["tasks_per_s"], "tasks_per_s_1000_agents": high["tasks_per_s"],
                 "efficiency_10_to_1000_agents": round(high["tasks_per_s"] / low["tasks_per_s"] / 100, 4),
             }
-    costs = sorted(run["broker_cpu_us_per_task"] for run in runs)
-    summary["broker_cpu_us_per_task_median"] = costs[len(costs) // 2] if costs else None
+    for key in ("broker_cpu_us_per_task", "worker_cpu_us_per_task"):
+        for kind in ("cpu", "io"):
+            costs = sorted(run[key] for run in runs if run["kind"] == kind)
+            summary[f"{key}_median_{kind}"] = costs[len(costs) // 2] if costs else None
     return summary
 
 

@@ -71,7 +71,7 @@ def main() -> int:
                 tempfile.TemporaryDirectory(prefix="maif-chaos-") as directory:
             cluster = WorkerCluster(Path(directory), pg, env["MAIF_STORAGE_S3_ENDPOINT"], bucket,
                                     nats.env()["MAIF_STORAGE_NATS_URL"],
-                                    agent={"max_retries": 10, "task_ack_wait_s": 2})
+                                    agent={"max_retries": 20, "task_ack_wait_s": 2})
             try:
                 summary = campaign(cluster, nats, options)
             finally:

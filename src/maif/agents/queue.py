@@ -12,9 +12,11 @@ What lives on the broker, all named after ``agent.task_stream`` (default MAIF_TA
   messages at most ``limits.queue_task_bytes_max``, and a duplicate window: a task id published again
   within it is stored once (a publisher retrying after a lost acknowledgement);
 - the durable pull consumer ``workers``: explicit acknowledgement, ``task_ack_wait_s``, and
-  ``max_deliver = max_retries + 2``: deliveries 1 .. max_retries+1 are attempts; a further delivery
-  happens only when every attempt died without an answer (the worker was killed or hung), and the worker
-  that receives it dead-letters the task without running it (a task that kills its workers stops);
+  ``max_deliver = max_retries + 1`` (each delivery is one attempt). A task whose last attempt died
+  without an answer (its worker killed or hung) is no longer delivered but stays in the stream; the
+  broker's MAX_DELIVERIES advisory for it is kept in the stream ``<stream>_EXHAUSTED``, and
+  :meth:`TaskQueue.sweep_exhausted`, which every worker runs every few seconds, dead-letters and deletes
+  such tasks (so a task that kills its workers stops, and nothing is left behind unseen);
 - the stream ``<stream>_DEAD`` (subject ``<stream>.dead``): dead letters, the original message as body
   and the reason in headers, keeping the newest ``dead_letter_messages_max`` (limits retention, discard
   old);
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -135,8 +138,10 @@ class TaskQueue:
         self.dead_stream = f"{config.task_stream}_DEAD"
         self.task_subject = f"{config.task_stream}.tasks"
         self.dead_subject = f"{config.task_stream}.dead"
-        self.max_deliver = config.max_retries + 2
+        self.max_deliver = config.max_retries + 1
+        self.exhausted_stream = f"{config.task_stream}_EXHAUSTED"
         self._subscription: Any = None
+        self._sweeper: Any = None
         self._heartbeats: Any = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -248,6 +253,17 @@ class TaskQueue:
             filter_subject=self.task_subject,
         )
         await self._guard(self._js.add_consumer(self.stream, consumer), "create the workers' consumer")
+        await self._ensure_stream(
+            StreamConfig(
+                name=self.exhausted_stream,
+                subjects=[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{CONSUMER}"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                max_msgs=config.dead_letter_messages_max,
+            )
+        )
+        sweeper = ConsumerConfig(durable_name="sweeper", ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0)
+        await self._guard(self._js.add_consumer(self.exhausted_stream, sweeper), "create the sweeper")
         bucket = KeyValueConfig(
             bucket=f"{self.stream}_WORKERS",
             history=1,
@@ -340,6 +356,49 @@ class TaskQueue:
         }
         await self._guard(self._js.publish(self.dead_subject, data, headers=headers), "store a dead letter")
 
+    async def sweep_exhausted(self, worker: str, done: Callable[[str], Awaitable[bool]],
+                              count_max: int = 256) -> int:
+        """Dead-letter and delete the tasks the broker gave up on (their last delivery went unanswered);
+        how many were dead-lettered. A task whose result ``done(task_id)`` finds stored (its answers were
+        what got lost) is only deleted. The broker's MAX_DELIVERIES advisories are kept in the stream
+        ``<S>_EXHAUSTED`` (so none is missed while no worker runs) and taken from it like tasks; handling
+        one is idempotent (the dead letter's id is the task's sequence; a task already gone is skipped)."""
+        import nats
+        from nats.js.errors import NotFoundError
+
+        if self._sweeper is None:
+            self._sweeper = await self._guard(
+                self._js.pull_subscribe_bind("sweeper", self.exhausted_stream), "bind to the advisories")
+        try:
+            advisories = await self._sweeper.fetch(count_max, timeout=0.5)
+        except TimeoutError:
+            return 0
+        except (nats.errors.Error, OSError) as error:
+            raise BackendUnavailableError(f"NATS did not deliver advisories: {type(error).__name__}",
+                                          component="nats") from None
+        swept = 0
+        for advisory in advisories:
+            try:
+                sequence = int(json.loads(advisory.data)["stream_seq"])
+                message = await self._js.get_msg(self.stream, sequence)
+            except (ValueError, KeyError, TypeError, NotFoundError):
+                await advisory.ack()  # not an advisory we understand, or the task is gone already
+                continue
+            except (TimeoutError, nats.errors.Error) as error:
+                raise BackendUnavailableError(f"NATS did not answer a sweep: {type(error).__name__}",
+                                              component="nats") from None
+            task_id = _task_id_of(message.data or b"")
+            if not (task_id and await done(task_id)):
+                reason = (f"delivered {self.max_deliver} times without an answer (each worker that took it "
+                          "died, hung or lost the broker before it acknowledged)")
+                await self.dead_letter(message.data or b"", reason, task_id=task_id,
+                                       deliveries=self.max_deliver, sequence=sequence, worker=worker)
+                swept += 1
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_msg(self.stream, sequence)
+            await advisory.ack()
+        return swept
+
     async def dead_letters(self, count: int) -> list[dict[str, Any]]:
         """The oldest ``count`` dead letters still kept: task id, reason, deliveries, worker, size."""
         from nats.js.api import DeliverPolicy
@@ -400,19 +459,21 @@ class TaskQueue:
         """The latest heartbeat of every live worker (expired ones are gone)."""
         import nats
 
-        try:
-            keys = await self._heartbeats.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        except (TimeoutError, nats.errors.Error) as error:
-            raise BackendUnavailableError(f"NATS did not list heartbeats: {type(error).__name__}",
-                                          component="nats") from None
+        # The keys from the bucket's stream subjects: kv.keys() would leave an ordered consumer on the
+        # broker behind every call.
+        bucket = f"{self.stream}_WORKERS"
+        info = await self._guard(self._js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>"),
+                                 "list heartbeats")
+        keys = [subject.split(".", 2)[2] for subject in (info.state.subjects or {})]
         beats: list[dict[str, Any]] = []
         for key in keys[: limits.cluster_workers_max]:
             try:
                 entry = await self._heartbeats.get(key)
             except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
                 continue
+            except (TimeoutError, nats.errors.Error) as error:
+                raise BackendUnavailableError(f"NATS did not return a heartbeat: {type(error).__name__}",
+                                              component="nats") from None
             if entry.value:
                 with contextlib.suppress(ValueError):
                     beats.append(json.loads(entry.value))
@@ -431,6 +492,16 @@ async def cluster_stats(queue: TaskQueue) -> dict[str, Any]:
     totals = {key: round(sum(float(beat.get(key, 0) or 0) for beat in workers), 3) for key in _WORKER_TOTALS}
     return {"mode": "distributed", "stream": queue.stream, "workers": len(workers), **state,
             "totals": totals, "per_worker": workers}
+
+
+def _task_id_of(data: bytes) -> str:
+    """The task id of a message, if it has one (for a dead letter's header), else ""."""
+    try:
+        message = msgspec.msgpack.decode(data[: limits.queue_task_bytes_max])
+    except msgspec.DecodeError:
+        return ""
+    task_id = message.get("task_id") if isinstance(message, dict) else None
+    return task_id[: limits.task_id_chars_max] if isinstance(task_id, str) else ""
 
 
 def _ephemeral(deliver_policy: Any) -> Any:

@@ -5,15 +5,17 @@ in the shared store (docs/adr/0074-distributed-agents.md). `maif worker` runs on
 Per delivered message, in order:
 
 1. decode it (:func:`maif.agents.queue.decode_task`); not a valid task: dead letter with the reason, ack;
-2. a delivery past the last attempt (every attempt died unanswered): dead letter, ack, never run;
-3. the task's first result block (``<task_stream>:<task>:0``) or its dead-letter record already stored
+2. the task's first result block (``<task_stream>:<task>:0``) or its dead-letter record already stored
    (a previous delivery finished but its ack was lost): ack without running;
-4. run it in the least-loaded agent (one attempt per delivery); while it runs, the worker tells the
+3. run it in the least-loaded agent (one attempt per delivery); while it runs, the worker tells the
    broker it is in progress every third of ``task_ack_wait_s``, so only a dead or hung worker's task is
    delivered again;
-5. success: wait until the result is applied to the shared store (visible to every node), then ack.
+4. success: wait until the result is applied to the shared store (visible to every node), then ack.
    Failure: nak with backoff (the next attempt may run on any worker) or, on the last attempt, store
    the dead-letter record, publish the dead letter, ack.
+
+A task whose last delivery went unanswered (its worker was killed or hung) is found by the sweep every
+worker runs every ``SWEEP_INTERVAL_S`` (:meth:`TaskQueue.sweep_exhausted`) and dead-lettered.
 
 Pulling is the load balancing: a worker fetches only as many tasks as its agents have free slots
 (``agents x batch_size`` tasks running at once), so a slow worker takes fewer. A finished task frees its
@@ -50,6 +52,7 @@ from maif.format.block import MAIFBlock, MAIFBlockType
 
 log = logging.getLogger("maif.agents.worker")
 _BACKOFF_BASE_S = 0.05
+SWEEP_INTERVAL_S = 5.0
 
 
 def default_worker_id() -> str:
@@ -131,6 +134,7 @@ class Worker:
         background = [
             asyncio.create_task(self._keep_in_progress(), name="maif-worker-progress"),
             asyncio.create_task(self._heartbeat_loop(), name="maif-worker-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="maif-worker-sweep"),
         ]
         try:
             await self._pull_loop()
@@ -196,11 +200,6 @@ class Worker:
             self.counters["invalid"] += 1
             await self._dead_letter(message, "", error.message, deliveries)
             return
-        if deliveries > self.config.max_retries + 1:
-            reason = (f"attempted {deliveries - 1} times without an answer (each worker died or hung "
-                      f"before it acknowledged)")
-            await self._give_up(message, task, reason, deliveries)
-            return
         if await self._already_stored(task, deliveries):
             self.counters["already_done"] += 1
             await _acked(message)
@@ -255,6 +254,11 @@ class Worker:
         self.counters["dead_lettered"] += 1
         log.warning("worker %s: task %r dead-lettered: %s", self.worker_id, task_id, reason)
 
+    async def _done(self, task_id: str) -> bool:
+        return await self._stored(block_id_for(self.namespace, task_id, 0)) or await self._stored(
+            dead_letter_block_id(self.namespace, task_id)
+        )
+
     async def _already_stored(self, task: AgentTask, deliveries: int) -> bool:
         if await self._stored(block_id_for(self.namespace, task.task_id, 0)):
             return True
@@ -290,6 +294,12 @@ class Worker:
             with contextlib.suppress(MAIFError):
                 await self.queue.put_heartbeat(self.worker_id, self.heartbeat())
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            with contextlib.suppress(MAIFError):
+                self.counters["dead_lettered"] += await self.queue.sweep_exhausted(self.worker_id, self._done)
+            await asyncio.sleep(SWEEP_INTERVAL_S)
 
     def heartbeat(self) -> dict[str, Any]:
         """This worker's load and counters, as published to the cluster (small and bounded)."""
