@@ -12,21 +12,28 @@ one per test (``private_servers("nats")``), so it can be killed; PostgreSQL and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from worker_nodes import REPO, WorkerCluster, work_tasks
 
 from maif import limits
+from maif.agents.queue import TaskQueue
 from maif.agents.tasks import AgentTask
+from maif.config import AgentConfig
+from maif.errors import QueueFullError
 
 
 @pytest.fixture
@@ -51,7 +58,8 @@ def assert_exactly_once(cluster: WorkerCluster, tasks: list[AgentTask]) -> None:
 
 
 def test_workers_share_the_queue_and_store_each_result_once(cluster: WorkerCluster) -> None:
-    workers = [cluster.start(f"w{index}", agents=2) for index in range(3)]
+    workers = [cluster.start(f"w{index}", agents=2, args=("--metrics-port", "0") if index == 0 else ())
+               for index in range(3)]
     tasks = work_tasks(90, seconds=0.05)
     assert cluster.publish(tasks) == 90
     assert cluster.publish(tasks[:5]) == 0  # the same task ids again: stored once by the broker
@@ -62,6 +70,13 @@ def test_workers_share_the_queue_and_store_each_result_once(cluster: WorkerClust
     done_by = {beat["worker_id"]: beat["completed"] for beat in stats["per_worker"]}
     assert sum(done_by.values()) == 90 and all(count > 0 for count in done_by.values()), done_by
     assert_exactly_once(cluster, tasks)
+    port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", workers[0].output())
+    assert port, workers[0].output()
+    def scraped() -> str:
+        return httpx.get(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=10).text
+    cluster.wait_until(lambda: 'maif_worker_completed_tasks{worker="w2"}' in scraped(), 10, "metrics")
+    metrics = scraped()
+    assert "maif_queue_depth_tasks 0.0" in metrics and "maif_queue_workers 3.0" in metrics, metrics
     assert [worker.terminate() for worker in workers] == [0, 0, 0]
 
 
@@ -163,6 +178,25 @@ def test_a_slow_worker_takes_fewer_tasks(cluster: WorkerCluster) -> None:
     assert ran[slow.popen.pid] * 4 < ran[fast.popen.pid], ran
     assert_exactly_once(cluster, tasks)
     assert [fast.terminate(), slow.terminate()] == [0, 0]
+
+
+def test_a_full_queue_refuses_a_submission_with_a_typed_error(services_env: dict[str, str]) -> None:
+    config = AgentConfig(task_stream="FULL" + uuid.uuid4().hex[:8].upper(), task_stream_messages_max=2)
+
+    async def scenario() -> None:
+        queue = await TaskQueue.connect(services_env["MAIF_STORAGE_NATS_URL"], config)
+        try:
+            assert await queue.publish(AgentTask("a", "text_analysis", {}))
+            assert await queue.publish(AgentTask("b", "text_analysis", {}))
+            with pytest.raises(QueueFullError):
+                await queue.publish(AgentTask("c", "text_analysis", {}))
+            assert (await queue.stats())["queue_depth"] == 2
+        finally:  # the shared broker keeps nothing of this test
+            for stream in (queue.stream, queue.dead_stream, queue.exhausted_stream, f"KV_{queue.stream}_WORKERS"):
+                await queue._js.delete_stream(stream)
+            await queue.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_worker_whose_broker_is_unreachable_says_so_in_one_line(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ class WorkerCluster:
         return AgentConfig(**{"task_stream": self.stream, **self.agent})
 
     def start(self, name: str, *, agents: int = 1, env: dict[str, str] | None = None,
-              wait: bool = True) -> WorkerProcess:
+              wait: bool = True, args: tuple[str, ...] = ()) -> WorkerProcess:
         node = self.directory / name
         node.mkdir(parents=True, exist_ok=True)
         config = node / "worker.json"
@@ -105,7 +105,7 @@ class WorkerCluster:
         with log.open("wb") as output:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "maif", "worker", "--config", str(config), "--agents", str(agents),
-                 "--worker-id", name, "--handlers", self.handlers],
+                 "--worker-id", name, "--handlers", self.handlers, *args],
                 stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=node,
             )
         process = WorkerProcess(name, popen, log)
