@@ -192,7 +192,8 @@ def test_a_full_queue_refuses_a_submission_with_a_typed_error(services_env: dict
                 await queue.publish(AgentTask("c", "text_analysis", {}))
             assert (await queue.stats())["queue_depth"] == 2
         finally:  # the shared broker keeps nothing of this test
-            for stream in (queue.stream, queue.dead_stream, queue.exhausted_stream, f"KV_{queue.stream}_WORKERS"):
+            streams = (queue.stream, queue.dead_stream, queue.exhausted_stream, f"KV_{queue.stream}_WORKERS")
+            for stream in streams:
                 await queue._js.delete_stream(stream)
             await queue.close()
 
