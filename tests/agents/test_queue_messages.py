@@ -78,3 +78,30 @@ def test_queue_settings_are_range_checked() -> None:
                 {"task_ack_wait_s": 0}, {"task_stream_bytes_max": 10}, {"dead_letter_messages_max": 0}):
         with pytest.raises(ConfigError):
             load_section(AgentConfig, bad, environ={})
+
+
+def test_a_worker_loop_stops_when_a_library_turns_its_cancellation_into_an_error() -> None:
+    """nats-py answers a cancelled request with its own TimeoutError; a worker's periodic loop (heartbeat,
+    sweep, progress) must stop anyway, or SIGTERM would wait for ever on it."""
+    import asyncio
+
+    from maif.agents.worker import every
+    from maif.errors import BackendUnavailableError
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def body() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise BackendUnavailableError("request cancelled", component="nats") from None
+
+        loop = asyncio.create_task(every(0.01, body))
+        await started.wait()
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(loop, 5)
+
+    asyncio.run(scenario())

@@ -58,7 +58,12 @@ class WorkerProcess:
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(timeout_s)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.send_signal(signal.SIGUSR1)  # the worker prints what it waits for
+            time.sleep(2)
+            raise AssertionError(f"worker {self.name} did not stop:\n{self.output()[-8000:]}") from None
 
     @property
     def alive(self) -> bool:

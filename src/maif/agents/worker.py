@@ -35,6 +35,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -132,9 +133,11 @@ class Worker:
         for agent in self.agents:
             await agent.start()
         background = [
-            asyncio.create_task(self._keep_in_progress(), name="maif-worker-progress"),
-            asyncio.create_task(self._heartbeat_loop(), name="maif-worker-heartbeat"),
-            asyncio.create_task(self._sweep_loop(), name="maif-worker-sweep"),
+            asyncio.create_task(every(max(0.5, self.config.task_ack_wait_s / 3), self._keep_in_progress),
+                                name="maif-worker-progress"),
+            asyncio.create_task(every(HEARTBEAT_INTERVAL_S, self._put_heartbeat),
+                                name="maif-worker-heartbeat"),
+            asyncio.create_task(every(SWEEP_INTERVAL_S, self._sweep), name="maif-worker-sweep"),
         ]
         try:
             await self._pull_loop()
@@ -282,24 +285,15 @@ class Worker:
     # ---- keeping the broker informed ---------------------------------------------------------------
     async def _keep_in_progress(self) -> None:
         """Reset the ack timer of every task this worker holds, so only a dead worker's tasks return."""
-        interval = max(0.5, self.config.task_ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            for message in list(self._held.values()):
-                with contextlib.suppress(Exception):  # broker away: its ack timer decides
-                    await message.in_progress()
+        for message in list(self._held.values()):
+            with contextlib.suppress(Exception):  # broker away: its ack timer decides
+                await message.in_progress()
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            with contextlib.suppress(MAIFError):
-                await self.queue.put_heartbeat(self.worker_id, self.heartbeat())
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+    async def _put_heartbeat(self) -> None:
+        await self.queue.put_heartbeat(self.worker_id, self.heartbeat())
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            with contextlib.suppress(MAIFError):
-                self.counters["dead_lettered"] += await self.queue.sweep_exhausted(self.worker_id, self._done)
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+    async def _sweep(self) -> None:
+        self.counters["dead_lettered"] += await self.queue.sweep_exhausted(self.worker_id, self._done)
 
     def heartbeat(self) -> dict[str, Any]:
         """This worker's load and counters, as published to the cluster (small and bounded)."""
@@ -319,6 +313,21 @@ class Worker:
             "at": time.time(),
             **self.counters,
         }
+
+
+async def every(interval_s: float, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` every ``interval_s`` until cancelled; its MAIF errors (a broker away) are skipped.
+
+    Cancellation is honoured even when a library turned it into an error on the way (nats-py answers a
+    cancelled request with its TimeoutError, which ``body`` sees as BackendUnavailableError): the loop
+    checks that it is being cancelled after each round instead of trusting the exception to arrive."""
+    while True:
+        with contextlib.suppress(MAIFError):
+            await body()
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise asyncio.CancelledError
+        await asyncio.sleep(interval_s)
 
 
 async def _acked(message: Any) -> None:
@@ -343,4 +352,4 @@ async def _first(*awaitables: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["Worker", "default_worker_id"]
+__all__ = ["Worker", "default_worker_id", "every"]

@@ -14,10 +14,10 @@ be reached at start: one line naming it and its setting, exit 9.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -54,6 +54,7 @@ async def run_worker(config: Path, agents: int, worker_id: str | None, metrics_p
             loop = asyncio.get_running_loop()
             for signal_number in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signal_number, worker.stop)
+            loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
             exporter = _serve_metrics(queue, metrics_port) if metrics_port is not None else None
             typer.echo(f"maif worker {worker.worker_id}: {agents} agent{'s' if agents != 1 else ''}, "
                        f"{worker.capacity} slots, pulling from {queue.stream}")
@@ -67,6 +68,13 @@ async def run_worker(config: Path, agents: int, worker_id: str | None, metrics_p
             await storage.close()
     finally:
         await queue.close()
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: print every asyncio task's stack on stderr (what a worker that does not stop waits for)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=6, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _registry(modules: list[str]) -> HandlerRegistry:
@@ -90,17 +98,18 @@ def _serve_metrics(queue: object, port: int) -> asyncio.Task[None]:
 
     from maif.agents.metrics import cluster_registry
     from maif.agents.queue import cluster_stats
+    from maif.agents.worker import every
 
     registry, collector = cluster_registry()
     server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
     typer.echo(f"maif worker: metrics on http://127.0.0.1:{server.server_port}/metrics")
 
+    async def snapshot() -> None:
+        collector.snapshot = await cluster_stats(queue)  # type: ignore[arg-type]
+
     async def refresh() -> None:
         try:
-            while True:
-                with contextlib.suppress(MAIFError):
-                    collector.snapshot = await cluster_stats(queue)  # type: ignore[arg-type]
-                await asyncio.sleep(_SNAPSHOT_INTERVAL_S)
+            await every(_SNAPSHOT_INTERVAL_S, snapshot)
         finally:
             server.shutdown()
 
