@@ -24,6 +24,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
@@ -134,6 +135,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     missing; ``kafka_group`` (default "maif-<topic>") is the consumer group of the store's appliers;
     ``kafka_write_timeout_s`` (default 5) bounds how long a write waits for the broker's
     acknowledgement (then BackendUnavailableError) and for room while the appliers lag.
+
+    ``nats_url`` (``nats://[user:password@]host:port`` or ``tls://...``) is the NATS JetStream server of
+    the agent task queue: `maif worker` pulls from it and ``maif_agent_cluster(..., nats_url=...)``
+    submits into it (docs/adr/0074-distributed-agents.md; the queue's own settings are in the agent
+    section). The store itself does not use it.
     """
 
     data_dir: str = "./maif-data"
@@ -151,6 +157,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     kafka_partitions: int = 8
     kafka_group: str | None = None
     kafka_write_timeout_s: float = 5.0
+    nats_url: str | None = None
     qdrant_url: str | None = None
     s3_endpoint: str | None = None
     s3_bucket: str | None = None
@@ -178,6 +185,8 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(f"kafka_brokers entry {broker[:80]!r} is not host:port",
                                   hint='e.g. "127.0.0.1:9092", or a list of them')
+        if self.nats_url is not None:
+            check_nats_url(self.nats_url)
 
     @property
     def kafka_broker_list(self) -> list[str]:
@@ -293,13 +302,28 @@ def _hex_bytes(what: str, text: str, size: int) -> bytes:
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Agent runtime settings."""
+    """Agent runtime settings.
+
+    The distributed task queue (with the storage section's ``nats_url``; docs/adr/0074): tasks go to
+    the JetStream work-queue stream ``task_stream`` (subject ``<task_stream>.tasks``), which holds at most
+    ``task_stream_messages_max`` tasks and ``task_stream_bytes_max`` bytes (a submission that finds it
+    full gets QueueFullError); a worker must acknowledge a task within ``task_ack_wait_s`` of its
+    delivery or of its last progress signal, else it is delivered again; each task is attempted at most
+    ``max_retries + 1`` times; dead letters go to the stream ``<task_stream>_DEAD``, which keeps the
+    newest ``dead_letter_messages_max``. ``task_queue_size`` also caps the tasks one `maif worker`
+    holds at once.
+    """
 
     task_queue_size: int = 1000
     processing_threads: int = 2
     batch_size: int = 32
     batch_timeout_ms: float = 10.0
     max_retries: int = 3
+    task_stream: str = "MAIF_TASKS"
+    task_ack_wait_s: float = 30.0
+    task_stream_messages_max: int = 1_000_000
+    task_stream_bytes_max: int = 1 << 30
+    dead_letter_messages_max: int = 100_000
 
     def __post_init__(self) -> None:
         _require_range("task_queue_size", self.task_queue_size, 1, 10_000_000)
@@ -307,6 +331,32 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("batch_size", self.batch_size, 1, 100_000)
         _require_range("batch_timeout_ms", self.batch_timeout_ms, 0, 60_000)
         _require_range("max_retries", self.max_retries, 0, 100)
+        _require_range("task_ack_wait_s", self.task_ack_wait_s, 1, 24 * 3600)
+        _require_range("task_stream_messages_max", self.task_stream_messages_max, 1, 1 << 40)
+        _require_range("task_stream_bytes_max", self.task_stream_bytes_max, 1 << 20, 1 << 50)
+        _require_range("dead_letter_messages_max", self.dead_letter_messages_max, 1, 1 << 40)
+        name = self.task_stream
+        if not 0 < len(name) <= 32 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
+            raise ConfigError(
+                f"task_stream must be 1 to 32 ASCII letters, digits, '_' or '-', got {name!r}",
+                hint="it names JetStream streams and subjects, which refuse '.', '*', '>' and spaces",
+            )
+
+
+def check_nats_url(url: str) -> None:
+    """Refuse a ``nats_url`` that is not ``nats://`` or ``tls://`` with a host (never echoing a password)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        host = None
+    if host is None or parts.scheme not in ("nats", "tls"):
+        raise ConfigError(
+            "nats_url must be nats://[user:password@]host[:port] or tls://... (the value is not shown: "
+            "it may hold a password)",
+            hint="`scripts/services env` prints the URL of the local servers",
+        )
 
 
 _PREFIX_HINT = (
@@ -469,5 +519,6 @@ __all__ = [
     "SecurityConfig",
     "StorageConfig",
     "check_issuer_namespaces",
+    "check_nats_url",
     "load_section",
 ]

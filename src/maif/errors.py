@@ -36,7 +36,8 @@ the two are never mixed. Foreign exceptions are converted at the boundary with `
     │   └── AuthorizationError      the caller is known but may not do this to this resource
     └── AgentError                  the agent runtime could not accept or run a task
         ├── QueueFullError          a bounded queue is full (backpressure)
-        └── TaskFailedError         a task failed after its retries
+        ├── TaskFailedError         a task failed after its retries
+        └── TaskMessageError        a message on the task queue is not a valid task    [ValueError]
 
 Each error carries a one-line message and, where useful, a ``hint`` for the human reading it.
 Messages never contain secrets (tokens, keys, plaintext).
@@ -246,6 +247,11 @@ class TaskFailedError(AgentError):
     """A task failed after all its retries."""
 
 
+class TaskMessageError(AgentError, ValueError):
+    """A message on the distributed task queue is not a valid task (wrong schema, oversized, unknown task
+    type): a worker dead-letters it with this message as the reason and never runs it."""
+
+
 __all__ = [
     "AgentError",
     "ArgumentTypeError",
@@ -274,6 +280,7 @@ __all__ = [
     "StoreDegradedError",
     "StoreLockedError",
     "TaskFailedError",
+    "TaskMessageError",
     "TokenError",
     "TruncatedError",
     "UnsafePathError",

@@ -350,6 +350,26 @@ task_id_chars_max: Final = 128
 agent_keywords_max: Final = 20
 """Most keywords / entities / relations a built-in handler reports per kind per task."""
 
+# --- distributed agents: the NATS JetStream task queue (maif.agents.queue, `maif worker`) -------------
+queue_task_bytes_max: Final = 1 * MiB
+"""Largest task message on the queue (the encoded task); larger ones are refused at submission and
+dead-lettered if they reach a worker by another route."""
+
+queue_dead_letter_reason_chars_max: Final = 500
+"""Longest reason a dead-letter message carries."""
+
+queue_fetch_batch_max: Final = 256
+"""Most tasks one worker pulls in one fetch (it pulls at most its free slots)."""
+
+worker_in_flight_max: Final = 100_000
+"""Most tasks one `maif worker` process holds (pulled, not yet acknowledged) at once."""
+
+cluster_workers_max: Final = 4096
+"""Most workers whose heartbeat the cluster's key-value bucket holds (its size bound)."""
+
+worker_heartbeat_bytes_max: Final = 4096
+"""Largest heartbeat (a worker's load and counters) one worker publishes."""
+
 
 # --- HTTP service (maif.service) --------------------------------------------------------------
 service_json_body_bytes_max: Final = 2 * MiB
@@ -498,6 +518,9 @@ assert service_export_blocks_max <= gate_batch_resources_max
 assert service_header_metadata_bytes_max <= block_metadata_bytes_max
 # An agent forgets a task's outcome before its id, so result() can tell "forgotten" from "never accepted".
 assert agent_results_max <= agent_remembered_task_ids_max
+# A task message holds at most its input blocks' ids, and a dead letter carries the whole message.
+assert agent_input_blocks_max * block_id_bytes_max < queue_task_bytes_max
+assert queue_fetch_batch_max <= worker_in_flight_max
 # An agent id is a token subject, and the audit log records it as an actor.
 assert agent_id_bytes_max <= audit_event_text_bytes_max and jwk_kid_bytes_max < token_bytes_max
 # A search may filter on any agent id a block can carry.

@@ -204,3 +204,49 @@ def test_drain_before_start_is_refused_not_hung(with_store: Any) -> None:
         assert (await agent.get_stats())["completed"] == 1
 
     with_store(body)
+
+
+def test_reproducible_results_are_the_same_bytes_and_withdrawn_tasks_go_back(with_store: Any) -> None:
+    """A worker's agents (ADR 0074): two runs of one task by different agent objects, at different times,
+    store byte-identical blocks (so a re-run after a kill is the same write), and draining hands back the
+    tasks not yet started while the running one finishes."""
+    from maif.format.codec import block_digest
+
+    async def body(storage: Any) -> None:
+        task = AgentTask("same", "text_analysis", {"text": "one two three"}, submitted_at=1_700_000_000.0)
+        digests = []
+        for attempt in range(2):
+            agent = MAIFAgent("Q", storage, FAST, block_namespace="Q", reproducible_results=True,
+                              store_dead_letters=False)
+            async with agent:
+                await agent.submit_task(task)
+                outcome = await agent.result("same")
+            digests.append([block_digest(await storage.read_block(block)) for block in outcome.block_ids])
+            assert outcome.block_ids[0] == "Q:same:0"
+            await asyncio.sleep(0.01 * (attempt + 1))
+        assert digests[0] == digests[1]
+
+        gate = asyncio.Event()
+        log: list[str] = []
+        agent = MAIFAgent("g", storage, {"batch_size": 1, "batch_timeout_ms": 1.0},
+                          registry=recording_registry(log, gate=gate))
+        await agent.start()
+        for name in ("first", "second", "third"):
+            await agent.submit_task(AgentTask(name, "note", {}))
+        while agent.in_flight == 0:
+            await asyncio.sleep(0.001)
+        waiting = asyncio.ensure_future(agent.result("second"))
+        await asyncio.sleep(0)  # result() is waiting
+        withdrawn = agent.withdraw_queued()
+        assert [task.task_id for task in withdrawn] == ["second", "third"]
+        with pytest.raises(AgentError, match="withdrawn"):
+            await waiting
+        gate.set()
+        await agent.result("first")
+        assert not await agent.submit_task(AgentTask("first", "note", {}))  # remembered: not run twice
+        agent.forget("first")  # a worker forgets once the queue has the answer
+        assert await agent.submit_task(AgentTask("first", "note", {}))
+        await agent.stop()
+        assert log == ["first", "first"]
+
+    with_store(body)

@@ -46,7 +46,7 @@ from typing import Any
 
 from maif import limits, validation
 from maif.agents.handlers.registry import Handler, HandlerRegistry
-from maif.agents.provenance import block_id_for, signature_blocks, stamp
+from maif.agents.provenance import block_id_for, dead_letter_block_id, signature_blocks, stamp
 from maif.agents.tasks import AgentTask, DeadLetter, TaskOutcome
 from maif.config import AgentConfig, ConfigSource, load_section
 from maif.errors import AgentError, LimitExceededError, MAIFError, QueueFullError, TaskFailedError
@@ -74,7 +74,16 @@ class MAIFAgent:
         security_context: Any = None,
         executor: ThreadPoolExecutor | None = None,
         backoff_base_s: float = _BACKOFF_BASE_S,
+        block_namespace: str | None = None,
+        store_dead_letters: bool = True,
+        reproducible_results: bool = False,
     ) -> None:
+        """``block_namespace`` (default: the agent id) begins the ids of the blocks a task produces
+        (``<namespace>:<task>:<n>``): the agents of `maif worker` share one, so a task gets the same ids
+        whichever agent runs it. ``store_dead_letters=False`` leaves storing a dead-letter record to
+        the caller (a worker records one only after the task's last delivery). ``reproducible_results``
+        leaves the attempt out of the provenance and dates results by the task's ``submitted_at``, so
+        two runs of one task by a deterministic handler store the same bytes (ADR 0074)."""
         if not isinstance(agent_id, str) or not 0 < len(agent_id.encode("utf-8", "replace")) <= 200:
             raise AgentError("agent_id must be a non-empty string of at most 200 bytes")
         if (security_manager is None) != (security_context is None):
@@ -84,6 +93,9 @@ class MAIFAgent:
                 f"the security context is not agent {agent_id!r}'s: an agent signs only as itself"
             )
         self.agent_id = agent_id
+        self.block_namespace = agent_id if block_namespace is None else block_namespace
+        self._store_dead_letters = store_dead_letters
+        self._reproducible = reproducible_results
         self.storage = storage
         self.config = config if isinstance(config, AgentConfig) else load_section(AgentConfig, config)
         self.registry = registry or HandlerRegistry.with_builtins()
@@ -269,7 +281,7 @@ class MAIFAgent:
                 return record
         if task_id not in self._states:
             if task_id in self._finished:
-                first_block = block_id_for(self.agent_id, task_id, 0)
+                first_block = block_id_for(self.block_namespace, task_id, 0)
                 raise AgentError(
                     f"agent {self.agent_id!r} no longer keeps the outcome of task {task_id!r}",
                     hint=f"it keeps the last {limits.agent_results_max}; its blocks are in the store "
@@ -293,6 +305,29 @@ class MAIFAgent:
         if future is None or future.cancelled():
             future = self._waiters[task_id] = asyncio.get_running_loop().create_future()
         return future
+
+    def forget(self, task_id: str) -> None:
+        """Forget a finished task's id and outcome, so the same id may be submitted and run again (a
+        worker does this once the queue has the task's acknowledgement or its next delivery is due)."""
+        if task_id not in self._states:
+            self._finished.pop(task_id, None)
+            self._results.pop(task_id, None)
+
+    def withdraw_queued(self) -> list[AgentTask]:
+        """Take back every task accepted but not yet started (a draining worker hands them back to the
+        queue); whoever waits on one in :meth:`result` gets AgentError. Running tasks are untouched."""
+        withdrawn = [entry[2] for entry in sorted(self._heap)]
+        self._heap.clear()
+        for task in withdrawn:
+            self._states.pop(task.task_id, None)
+            self._enqueued_at.pop(task.task_id, None)
+            future = self._waiters.pop(task.task_id, None)
+            if future is not None and not future.done():
+                future.set_exception(AgentError(f"task {task.task_id!r} was withdrawn before it started"))
+        self._space.set()
+        if not self._in_flight:
+            self._idle.set()
+        return withdrawn
 
     # ---- never dropping accepted work quietly (ADR 0051) ------------------------------------------
     def _watch(self) -> None:
@@ -523,7 +558,10 @@ class MAIFAgent:
     ) -> list[MAIFBlock]:
         if not drafts:
             return []
-        return stamp(self.agent_id, task, handler, drafts, inputs, attempt)
+        if self._reproducible:
+            return stamp(self.agent_id, task, handler, drafts, inputs, None, namespace=self.block_namespace,
+                         timestamp=task.submitted_at)
+        return stamp(self.agent_id, task, handler, drafts, inputs, attempt, namespace=self.block_namespace)
 
     async def _persist(self, produced: list[tuple[AgentTask, list[MAIFBlock], int]]) -> None:
         blocks = [block for _, task_blocks, _ in produced for block in task_blocks]
@@ -574,8 +612,8 @@ class MAIFAgent:
         self, task: AgentTask, reason: str, attempts: int, *, write_record: bool = True
     ) -> None:
         record_id: str | None = None
-        if write_record and self.storage is not None:
-            record_id = block_id_for(self.agent_id, task.task_id, 0) + ":dead-letter"
+        if write_record and self._store_dead_letters and self.storage is not None:
+            record_id = dead_letter_block_id(self.block_namespace, task.task_id)
             record = MAIFBlock(
                 id=record_id,
                 block_type=MAIFBlockType.METADATA,

@@ -39,9 +39,15 @@ def input_digest(input_data: dict[str, Any]) -> str:
     return blake3.blake3(encoded).hexdigest()
 
 
-def block_id_for(agent_id: str, task_id: str, index: int) -> str:
-    """Deterministic, so a re-run of the same task replaces rather than duplicates its blocks."""
-    return f"{agent_id}:{task_id}:{index}"
+def block_id_for(namespace: str, task_id: str, index: int) -> str:
+    """Deterministic, so a re-run of the same task replaces rather than duplicates its blocks; the
+    namespace is the agent id, or the task stream for the agents of `maif worker`."""
+    return f"{namespace}:{task_id}:{index}"
+
+
+def dead_letter_block_id(namespace: str, task_id: str) -> str:
+    """The id of the stored record of a task that failed for good."""
+    return block_id_for(namespace, task_id, 0) + ":dead-letter"
 
 
 def stamp(
@@ -50,9 +56,14 @@ def stamp(
     handler: Handler,
     drafts: Sequence[BlockDraft],
     inputs: Sequence[MAIFBlock],
-    attempt: int,
+    attempt: int | None,
+    *,
+    namespace: str | None = None,
+    timestamp: float | None = None,
 ) -> list[MAIFBlock]:
-    """The drafts as blocks with ids, agent, parents and the provenance record."""
+    """The drafts as blocks with ids (``<namespace or agent>:<task>:<n>``), agent, parents and the
+    provenance record. Reproducible results (a worker's) pass ``attempt=None`` (not recorded) and the
+    task's submission time as ``timestamp``: their bytes then depend only on the task and the handler."""
     input_ids = tuple(block.id for block in inputs)
     record = {
         "task_id": task.task_id,
@@ -60,7 +71,7 @@ def stamp(
         "agent_id": agent_id,
         "handler": handler.name,
         "handler_version": handler.version,
-        "attempt": attempt,
+        **({} if attempt is None else {"attempt": attempt}),
         "input_digest": input_digest(task.input_data),
         "input_block_digests": {block.id: block_digest(block).hex() for block in inputs},
     }
@@ -71,13 +82,14 @@ def stamp(
         metadata = {**draft.metadata, "provenance": {**record, "role": draft.role}}
         blocks.append(
             MAIFBlock(
-                id=block_id_for(agent_id, task.task_id, index),
+                id=block_id_for(agent_id if namespace is None else namespace, task.task_id, index),
                 block_type=draft.block_type,
                 data=draft.data,
                 metadata=metadata,
                 agent_id=agent_id,
                 version=handler.version,
                 parents=derived + input_ids,
+                **({} if timestamp is None else {"timestamp": timestamp}),
             )
         )
     return blocks
@@ -132,6 +144,7 @@ __all__ = [
     "SIGNATURE_SUFFIX",
     "ProvenanceCheck",
     "block_id_for",
+    "dead_letter_block_id",
     "input_digest",
     "signature_blocks",
     "stamp",

@@ -19,7 +19,9 @@ class AgentTask:
     """One unit of work. ``priority``: higher runs first (ties run in submission order).
 
     ``input_blocks`` names stored blocks the task reads; they become the parents of every block the
-    task produces, and their digests are recorded in the provenance.
+    task produces, and their digests are recorded in the provenance. ``submitted_at`` (Unix seconds) is
+    set by the distributed queue: the timestamp of a worker's results, so they do not depend on when or
+    where the task ran (docs/adr/0074-distributed-agents.md).
     """
 
     task_id: str
@@ -27,6 +29,7 @@ class AgentTask:
     input_data: dict[str, Any]
     priority: int = 1
     input_blocks: tuple[str, ...] = ()
+    submitted_at: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, str) or not 0 < len(self.task_id) <= limits.task_id_chars_max:
@@ -43,6 +46,11 @@ class AgentTask:
         object.__setattr__(self, "input_blocks", tuple(self.input_blocks))
         if not all(isinstance(block_id, str) for block_id in self.input_blocks):
             raise AgentError("input_blocks must be block id strings")
+        if self.submitted_at is not None and (
+            not isinstance(self.submitted_at, int | float) or isinstance(self.submitted_at, bool)
+            or not 0 <= self.submitted_at < 1e11
+        ):
+            raise AgentError("submitted_at must be None or Unix seconds")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "demo": LazyCommand("maif.cli.demo_full", "demo_command", "Run agents over a corpus into a signed store; search, export, verify and catch tampering."),  # noqa: E501
     "format-demo": LazyCommand("maif.cli.demo", "demo_command", "Show the format working: keys, pack, verify, refuse an untrusted key, catch a flipped byte, append."),  # noqa: E501
     "serve": LazyCommand("maif.cli.serve", "serve_command", "Serve the authenticated HTTP API (/v1), /metrics, /healthz and /readyz."),  # noqa: E501
+    "worker": LazyCommand("maif.cli.worker", "worker_command", "Run agents that pull tasks from the shared NATS JetStream queue into the shared store."),  # noqa: E501
     "export": LazyCommand("maif.cli.store_commands", "export_command", "Export blocks of a store (all, the --agent/--type matches, or the --id blocks) to a signed .maif."),  # noqa: E501
     "import": LazyCommand("maif.cli.store_commands", "import_command", "Import a container's blocks into a store, only if it verifies under a --trust key."),  # noqa: E501
     "search": LazyCommand("maif.cli.store_commands", "search_command", "Find the EMBEDDING blocks most similar (cosine) to a query vector or text."),  # noqa: E501

@@ -1,0 +1,355 @@
+"""A worker: agents in one process that pull tasks from the NATS JetStream queue and store their results
+in the shared store (docs/adr/0074-distributed-agents.md). `maif worker` runs one; a distributed
+``maif_agent_cluster`` may run one in-process.
+
+Per delivered message, in order:
+
+1. decode it (:func:`maif.agents.queue.decode_task`); not a valid task: dead letter with the reason, ack;
+2. the task's first result block (``<task_stream>:<task>:0``) or its dead-letter record already stored
+   (a previous delivery finished but its ack was lost): ack without running;
+3. run it in the least-loaded agent (one attempt per delivery); while it runs, the worker tells the
+   broker it is in progress every third of ``task_ack_wait_s``, so only a dead or hung worker's task is
+   delivered again;
+4. success: wait until the result is applied to the shared store (visible to every node), then ack.
+   Failure: nak with backoff (the next attempt may run on any worker) or, on the last attempt, store
+   the dead-letter record, publish the dead letter, ack.
+
+A task whose last delivery went unanswered (its worker was killed or hung) is found by the sweep every
+worker runs every ``SWEEP_INTERVAL_S`` (:meth:`TaskQueue.sweep_exhausted`) and dead-lettered.
+
+Pulling is the load balancing: a worker fetches only as many tasks as its agents have free slots
+(``agents x batch_size`` tasks running at once), so a slow worker takes fewer. A finished task frees its
+slot at once; it waits for the apply (and its ack) outside the slots, with at most ``task_queue_size``
+tasks held in all.
+
+Stopping (:meth:`Worker.stop`, SIGTERM in `maif worker`): no more pulls; tasks accepted but not started
+are handed back at once (nak without delay); running tasks finish and are acknowledged; then the agents
+stop and the worker returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+
+from maif import limits
+from maif.agents.agent import MAIFAgent
+from maif.agents.handlers.registry import HandlerRegistry
+from maif.agents.provenance import block_id_for, dead_letter_block_id
+from maif.agents.queue import HEARTBEAT_INTERVAL_S, TaskQueue, decode_task
+from maif.agents.tasks import AgentTask
+from maif.config import AgentConfig
+from maif.errors import AgentError, BackendUnavailableError, MAIFError, TaskFailedError, TaskMessageError
+from maif.format.block import MAIFBlock, MAIFBlockType
+
+log = logging.getLogger("maif.agents.worker")
+_BACKOFF_BASE_S = 0.05
+SWEEP_INTERVAL_S = 5.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    """``agents`` agents over ``storage`` pulling from ``queue``; :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        storage: Any,
+        queue: TaskQueue,
+        config: AgentConfig,
+        *,
+        agents: int = 1,
+        worker_id: str | None = None,
+        registry: HandlerRegistry | None = None,
+    ) -> None:
+        if not 1 <= agents <= 100_000:
+            raise AgentError("a worker runs between 1 and 100000 agents")
+        self.storage = storage
+        self.queue = queue
+        self.config = config
+        self.worker_id = worker_id or default_worker_id()
+        self.namespace = config.task_stream
+        self.capacity = min(agents * config.batch_size, limits.worker_in_flight_max)
+        self.held_max = min(max(self.capacity, config.task_queue_size), limits.worker_in_flight_max)
+        self._registry = registry or HandlerRegistry.with_builtins()
+        self._executor = ThreadPoolExecutor(config.processing_threads, thread_name_prefix="maif-worker")
+        one_attempt = msgspec.structs.replace(config, max_retries=0, task_queue_size=self.held_max)
+        # Every agent of every worker of this queue is the one producer ``<task_stream>``, and results
+        # are reproducible: a task run twice (its first worker killed after storing, before its store
+        # applied) by a deterministic handler stores the same bytes, which the shared store takes as
+        # the same write, not a conflict (ADR 0074). Which worker ran what is in the worker's heartbeat.
+        self.agents = [
+            MAIFAgent(
+                self.namespace,
+                storage,
+                one_attempt,
+                registry=self._registry,
+                executor=self._executor,
+                block_namespace=self.namespace,
+                store_dead_letters=False,
+                reproducible_results=True,
+            )
+            for _ in range(agents)
+        ]
+        self._held: dict[int, Any] = {}  # stream sequence -> message pulled and not yet answered
+        self._running = 0  # of those, the ones an agent holds (submitted, no result yet)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._next_agent = 0
+        self.counters = dict.fromkeys(
+            ("completed", "failed_attempts", "dead_lettered", "invalid", "already_done", "redeliveries",
+             "handed_back", "pulls_failed"),
+            0,
+        )
+        self._started_at = time.time()
+        self._rate = (time.monotonic(), 0)
+        self.tasks_per_s = 0.0
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to drain and return (safe from a signal handler)."""
+        self._stopping.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)
+
+    async def run(self) -> None:
+        # A restarted worker first applies what its log still holds (results of tasks whose ack was
+        # lost), so a redelivery finds them stored instead of running the task again.
+        await self._wait_applied()
+        for agent in self.agents:
+            await agent.start()
+        background = [
+            asyncio.create_task(every(max(0.5, self.config.task_ack_wait_s / 3), self._keep_in_progress),
+                                name="maif-worker-progress"),
+            asyncio.create_task(every(HEARTBEAT_INTERVAL_S, self._put_heartbeat),
+                                name="maif-worker-heartbeat"),
+            asyncio.create_task(every(SWEEP_INTERVAL_S, self._sweep), name="maif-worker-sweep"),
+        ]
+        try:
+            await self._pull_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*(agent.stop() for agent in self.agents), return_exceptions=True)
+            self._executor.shutdown(wait=True)
+            await self.queue.delete_heartbeat(self.worker_id)
+
+    async def _pull_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            free = min(self.capacity - self._running, self.held_max - len(self._held))
+            if free <= 0:
+                self._slot_freed.clear()
+                await _first(self._slot_freed.wait(), self._stopping.wait())
+                continue
+            try:
+                messages = await self.queue.pull(min(free, limits.queue_fetch_batch_max), timeout_s=1.0)
+                failures = 0
+            except BackendUnavailableError as error:
+                self.counters["pulls_failed"] += 1
+                failures += 1
+                if failures == 1:
+                    log.warning("worker %s: %s; retrying", self.worker_id, error.message)
+                await _first(asyncio.sleep(min(2.0, 0.1 * failures)), self._stopping.wait())
+                continue
+            for message in messages:
+                self._held[message.metadata.sequence.stream] = message
+                handler = asyncio.create_task(self._handle(message))
+                self._handlers.add(handler)
+                handler.add_done_callback(self._handlers.discard)
+
+    async def _drain(self) -> None:
+        """Hand back what has not started, let what runs finish (each handler acks its own)."""
+        for agent in self.agents:
+            withdrawn = agent.withdraw_queued()
+            self.counters["handed_back"] += len(withdrawn)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers))
+
+    # ---- one message -------------------------------------------------------------------------------
+    async def _handle(self, message: Any) -> None:
+        sequence = message.metadata.sequence.stream
+        try:
+            await self._process(message)
+        except Exception:  # a bug must not kill the worker: the message is delivered again later
+            log.exception("worker %s: message %d failed unexpectedly", self.worker_id, sequence)
+        finally:
+            self._held.pop(sequence, None)
+            self._slot_freed.set()
+
+    async def _process(self, message: Any) -> None:
+        deliveries = int(message.metadata.num_delivered)
+        if deliveries > 1:
+            self.counters["redeliveries"] += 1
+        try:
+            task = decode_task(message.data, self._registry)
+        except TaskMessageError as error:
+            self.counters["invalid"] += 1
+            await self._dead_letter(message, "", error.message, deliveries)
+            return
+        if await self._already_stored(task, deliveries):
+            self.counters["already_done"] += 1
+            await _acked(message)
+            return
+        agent = self._least_loaded()
+        self._running += 1
+        try:
+            try:
+                await agent.submit_task(task)
+                await agent.result(task.task_id)
+            finally:
+                self._running -= 1
+                self._slot_freed.set()
+        except TaskFailedError as error:
+            await self._failed_attempt(message, task, error.message, deliveries)
+        except AgentError:  # withdrawn by a draining worker: back to the queue at once
+            await _nakked(message, 0.0)
+        else:
+            await self._wait_applied()
+            await _acked(message)
+            self.counters["completed"] += 1
+        finally:
+            agent.forget(task.task_id)
+
+    async def _failed_attempt(self, message: Any, task: AgentTask, reason: str, deliveries: int) -> None:
+        self.counters["failed_attempts"] += 1
+        if deliveries <= self.config.max_retries:
+            delay = min(_BACKOFF_BASE_S * 2 ** (deliveries - 1), limits.agent_retry_backoff_s_max)
+            await _nakked(message, delay)
+            return
+        await self._give_up(message, task, reason, deliveries)
+
+    async def _give_up(self, message: Any, task: AgentTask, reason: str, deliveries: int) -> None:
+        """Store the dead-letter record, publish the dead letter, then ack (in that order: a crash in
+        between delivers the task again, and both steps are idempotent)."""
+        record = MAIFBlock(
+            id=dead_letter_block_id(self.namespace, task.task_id),
+            block_type=MAIFBlockType.METADATA,
+            agent_id=self.agents[0].agent_id,
+            metadata={"dead_letter": {"task_id": task.task_id, "task_type": task.task_type,
+                                      "reason": reason[: limits.queue_dead_letter_reason_chars_max],
+                                      "attempts": min(deliveries, self.config.max_retries + 1)}},
+        )
+        await self.storage.write_block(record)
+        await self._wait_applied()
+        await self._dead_letter(message, task.task_id, reason, deliveries)
+
+    async def _dead_letter(self, message: Any, task_id: str, reason: str, deliveries: int) -> None:
+        await self.queue.dead_letter(message.data, reason, task_id=task_id, deliveries=deliveries,
+                                     sequence=message.metadata.sequence.stream, worker=self.worker_id)
+        await _acked(message)
+        self.counters["dead_lettered"] += 1
+        log.warning("worker %s: task %r dead-lettered: %s", self.worker_id, task_id, reason)
+
+    async def _done(self, task_id: str) -> bool:
+        return await self._stored(block_id_for(self.namespace, task_id, 0)) or await self._stored(
+            dead_letter_block_id(self.namespace, task_id)
+        )
+
+    async def _already_stored(self, task: AgentTask, deliveries: int) -> bool:
+        if await self._stored(block_id_for(self.namespace, task.task_id, 0)):
+            return True
+        return deliveries > 1 and await self._stored(dead_letter_block_id(self.namespace, task.task_id))
+
+    async def _stored(self, block_id: str) -> bool:
+        # The engine's existence check (its log map, then the shared index): no payload is read.
+        return bool(await self.storage._exists(block_id))
+
+    async def _wait_applied(self) -> None:
+        """Results are acknowledged to the queue only once other nodes see them (ADR 0074)."""
+        await self.storage._wait_applied()
+
+    def _least_loaded(self) -> MAIFAgent:
+        from maif.agents.cluster import least_loaded  # cluster imports this module when distributed
+
+        chosen = least_loaded(self.agents, self._next_agent)
+        self._next_agent = (chosen + 1) % len(self.agents)
+        return self.agents[chosen]
+
+    # ---- keeping the broker informed ---------------------------------------------------------------
+    async def _keep_in_progress(self) -> None:
+        """Reset the ack timer of every task this worker holds, so only a dead worker's tasks return."""
+        for message in list(self._held.values()):
+            with contextlib.suppress(Exception):  # broker away: its ack timer decides
+                await message.in_progress()
+
+    async def _put_heartbeat(self) -> None:
+        await self.queue.put_heartbeat(self.worker_id, self.heartbeat())
+
+    async def _sweep(self) -> None:
+        self.counters["dead_lettered"] += await self.queue.sweep_exhausted(self.worker_id, self._done)
+
+    def heartbeat(self) -> dict[str, Any]:
+        """This worker's load and counters, as published to the cluster (small and bounded)."""
+        now, done = time.monotonic(), self.counters["completed"]
+        last_at, last_done = self._rate
+        if now - last_at >= 1.0:
+            self.tasks_per_s = round((done - last_done) / (now - last_at), 3)
+            self._rate = (now, done)
+        return {
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "agents": len(self.agents),
+            "capacity": self.capacity,
+            "in_flight": len(self._held),
+            "tasks_per_s": self.tasks_per_s,
+            "started_at": self._started_at,
+            "at": time.time(),
+            **self.counters,
+        }
+
+
+async def every(interval_s: float, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` every ``interval_s`` until cancelled; its MAIF errors (a broker away) are skipped.
+
+    Cancellation is honoured even when a library turned it into an error on the way (nats-py answers a
+    cancelled request with its TimeoutError, which ``body`` sees as BackendUnavailableError): the loop
+    checks that it is being cancelled after each round instead of trusting the exception to arrive."""
+    while True:
+        with contextlib.suppress(MAIFError):
+            await body()
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise asyncio.CancelledError
+        await asyncio.sleep(interval_s)
+
+
+async def _acked(message: Any) -> None:
+    # A lost ack (broker away) means one more delivery, which step 3 answers without running the task.
+    with contextlib.suppress(Exception):
+        await message.ack()
+
+
+async def _nakked(message: Any, delay_s: float) -> None:
+    with contextlib.suppress(Exception):  # lost: the ack timer delivers it again
+        await message.nak(delay=delay_s if delay_s > 0 else None)
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of ``awaitables`` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["Worker", "default_worker_id", "every"]

@@ -1,0 +1,236 @@
+"""`maif worker` processes on one shared store (PostgreSQL + S3) and one NATS, for tests/distributed/
+test_workers.py and scripts/cluster_chaos.py.
+
+A :class:`WorkerCluster` names a fresh stream on the broker and writes each worker its own config
+(data_dir, node id); :meth:`WorkerCluster.start` runs ``python -m maif worker`` with the test handlers
+(worker_handlers.py) and waits for its ready line. The queue and the store are read with the library:
+:meth:`publish`, :meth:`stats`, :meth:`dead_letters`, and :func:`stored_results` / :func:`conflicts`
+straight from PostgreSQL (what every node sees).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from maif.agents.queue import TaskQueue, cluster_stats
+from maif.agents.tasks import AgentTask
+from maif.config import AgentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while "pulling from" not in self.output():
+            if self.popen.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.popen.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.name} not ready after {timeout_s} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(30)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.send_signal(signal.SIGUSR1)  # the worker prints what it waits for
+            time.sleep(2)
+            raise AssertionError(f"worker {self.name} did not stop:\n{self.output()[-8000:]}") from None
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class WorkerCluster:
+    directory: Path
+    postgres_url: str
+    s3_endpoint: str
+    s3_bucket: str
+    nats_url: str
+    agent: dict[str, Any] = field(default_factory=dict)
+    stream: str = field(default_factory=lambda: "T" + uuid.uuid4().hex[:12].upper())
+    processes: list[WorkerProcess] = field(default_factory=list)
+    handlers: str = "worker_handlers"
+    python_path: list[Path] = field(default_factory=list)
+
+    @property
+    def agent_config(self) -> AgentConfig:
+        return AgentConfig(**{"task_stream": self.stream, **self.agent})
+
+    def start(self, name: str, *, agents: int = 1, env: dict[str, str] | None = None,
+              wait: bool = True, args: tuple[str, ...] = ()) -> WorkerProcess:
+        node = self.directory / name
+        node.mkdir(parents=True, exist_ok=True)
+        config = node / "worker.json"
+        config.write_text(json.dumps({
+            "storage": {"data_dir": str(node / "data"), "node_id": name, "tier_interval_s": 0},
+            "agent": {"task_stream": self.stream, **self.agent},
+        }))
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(HERE), *map(str, self.python_path)]),
+            "MAIF_STORAGE_POSTGRES_URL": self.postgres_url,
+            "MAIF_STORAGE_S3_ENDPOINT": self.s3_endpoint,
+            "MAIF_STORAGE_S3_BUCKET": self.s3_bucket,
+            "MAIF_STORAGE_NATS_URL": self.nats_url,
+            "MAIF_TEST_STARTED_DIR": str(self.started_dir),
+            **(env or {}),
+        }
+        log = node / f"worker-{len(self.processes)}.log"
+        with log.open("wb") as output:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "maif", "worker", "--config", str(config), "--agents", str(agents),
+                 "--worker-id", name, "--handlers", self.handlers, *args],
+                stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=node,
+            )
+        process = WorkerProcess(name, popen, log)
+        self.processes.append(process)
+        if wait:
+            process.wait_ready()
+        return process
+
+    @property
+    def started_dir(self) -> Path:
+        path = self.directory / "started"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def started(self) -> list[tuple[str, int]]:
+        """(task id, worker pid) for every time a test_work task began running."""
+        pairs = []
+        for marker in self.started_dir.iterdir():
+            task_id, _, pid = marker.name.rpartition(".")
+            pairs.append((task_id, int(pid)))
+        return pairs
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.alive:
+                process.kill()
+
+    # ---- the queue and the store, from outside --------------------------------------------------------
+    async def queue(self) -> TaskQueue:
+        return await TaskQueue.connect(self.nats_url, self.agent_config)
+
+    def publish(self, tasks: Iterable[AgentTask]) -> int:
+        async def run() -> int:
+            queue = await self.queue()
+            try:
+                return sum([await queue.publish(task) for task in tasks])
+            finally:
+                await queue.close()
+
+        return asyncio.run(run())
+
+    def publish_raw(self, messages: Iterable[bytes]) -> None:
+        async def run() -> None:
+            queue = await self.queue()
+            try:
+                for message in messages:
+                    await queue._js.publish(queue.task_subject, message)
+            finally:
+                await queue.close()
+
+        asyncio.run(run())
+
+    def stats(self) -> dict[str, Any]:
+        async def run() -> dict[str, Any]:
+            queue = await self.queue()
+            try:
+                return await cluster_stats(queue)
+            finally:
+                await queue.close()
+
+        return asyncio.run(run())
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        async def run() -> list[dict[str, Any]]:
+            queue = await self.queue()
+            try:
+                return await queue.dead_letters(1000)
+            finally:
+                await queue.close()
+
+        return asyncio.run(run())
+
+    def result_id(self, task_id: str) -> str:
+        return f"{self.stream}:{task_id}:0"
+
+    def stored_results(self) -> dict[str, int]:
+        """Result block id -> rows in the shared index (one each, or the store lost or doubled one)."""
+        return asyncio.run(_query_counts(self.postgres_url, f"{self.stream}:%"))
+
+    def conflicts(self) -> int:
+        return asyncio.run(_conflict_count(self.postgres_url, f"{self.stream}:%"))
+
+    def wait_until(self, predicate: Any, timeout_s: float, what: str, poll_s: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {p.name}:\n{p.output()[-3000:]}" for p in self.processes)
+                raise AssertionError(f"not true after {timeout_s} s: {what}\n{logs}")
+            time.sleep(poll_s)
+
+    def wait_for_results(self, task_ids: Iterable[str], timeout_s: float) -> None:
+        wanted = {self.result_id(task_id) for task_id in task_ids}
+        self.wait_until(lambda: wanted <= set(self.stored_results()), timeout_s,
+                        f"{len(wanted)} results stored")
+
+
+async def _query_counts(url: str, pattern: str) -> dict[str, int]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT block_id, count(*) AS n FROM maif.blocks WHERE block_id LIKE $1 GROUP BY block_id",
+            pattern)
+    except asyncpg.UndefinedTableError:
+        return {}
+    finally:
+        await connection.close()
+    return {row["block_id"]: int(row["n"]) for row in rows}
+
+
+async def _conflict_count(url: str, pattern: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM maif.conflicts WHERE block_id LIKE $1",
+                                             pattern))
+    except asyncpg.UndefinedTableError:
+        return 0
+    finally:
+        await connection.close()
+
+
+def work_tasks(count: int, prefix: str = "w", seconds: float | None = None) -> list[AgentTask]:
+    data: dict[str, Any] = {} if seconds is None else {"seconds": seconds}
+    return [AgentTask(f"{prefix}{index}", "test_work", dict(data)) for index in range(count)]
