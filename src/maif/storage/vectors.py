@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -143,22 +144,27 @@ def check_vector(vector: np.ndarray, ndim: int | None = None) -> np.ndarray:
         raise FormatError(f"a vector must be one-dimensional and non-empty, got shape {array.shape}")
     if array.shape[0] > limits.vector_dimensions_max:
         raise LimitExceededError("vector dimensions", array.shape[0], limits.vector_dimensions_max)
-    if ndim is not None and array.shape[0] != ndim:
-        raise FormatError(
-            f"vector has {array.shape[0]} dimensions; this index holds {ndim}-dimensional vectors"
-        )
-    if not np.all(np.isfinite(array)):
+    if ndim is not None:
+        check_dimensions(array, ndim)
+    if not np.isfinite(array).all():
         raise FormatError("vector holds NaN or infinite values")
-    norm = float(np.linalg.norm(array.astype(np.float64)))
-    if norm == 0.0:
+    as_float64 = array.astype(np.float64)
+    if as_float64.dot(as_float64) == 0.0:  # float64 squares of float32 values neither overflow nor vanish
         raise FormatError("vector has zero norm; cosine similarity is undefined for it")
     return array
+
+
+def check_dimensions(vector: np.ndarray, ndim: int | None) -> None:
+    if vector.shape[0] != ndim:
+        raise FormatError(
+            f"vector has {vector.shape[0]} dimensions; this index holds {ndim}-dimensional vectors")
 
 
 def unit_vector(vector: np.ndarray) -> np.ndarray:
     """The vector scaled to length 1 (computed in float64), so float32 distance math cannot overflow."""
     as_float64 = vector.astype(np.float64)
-    return (as_float64 / np.linalg.norm(as_float64)).astype(np.float32)
+    unit: np.ndarray = (as_float64 / math.sqrt(as_float64.dot(as_float64))).astype(np.float32)
+    return unit
 
 
 def check_attributes(attributes: Mapping[str, str] | None, what: str) -> dict[str, str]:
@@ -573,7 +579,7 @@ class UsearchVectorIndex(VectorIndex):
     ) -> list[tuple[str, float]]:
         if self._index is None or limit == 0 or len(self._key_of) == 0:
             return []
-        check_vector(vector, self._ndim)
+        check_dimensions(vector, self._ndim)  # checked in search(); the dimension is read under the lock
         stored = quantise(vector, self.dtype)
         total = len(self._key_of)
         fetch = limit * _RESCORE_FACTOR if self._exact is not None else limit
@@ -641,6 +647,18 @@ class UsearchVectorIndex(VectorIndex):
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._locked, self._flush_locked)
+
+    def set_expansion_search(self, expansion_search: int) -> None:
+        """Walk the graph wider (better recall) or narrower (faster) from now on; persisted with the
+        next generation."""
+        if not isinstance(expansion_search, int) or not 1 <= expansion_search <= _HNSW_PARAMETER_MAX:
+            raise ArgumentValueError(
+                f"expansion_search must be 1..{_HNSW_PARAMETER_MAX}, not {expansion_search!r}")
+        with self._lock:
+            self.parameters = (*self.parameters[:2], expansion_search)
+            if self._index is not None:
+                self._index.expansion_search = expansion_search  # type: ignore[misc]  # settable at run time
+                self._dirty = True
 
     async def count(self) -> int:
         return len(self._key_of)
