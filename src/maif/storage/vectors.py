@@ -396,6 +396,8 @@ class UsearchVectorIndex(VectorIndex):
         index.load(str(index_path))
         if index.ndim != mapping.ndim:
             raise _Damaged(f"index.usearch holds {index.ndim}-dimensional vectors, its map {mapping.ndim}")
+        if index.dtype.name.lower() != mapping.dtype:  # usearch takes the dtype from the file it loads
+            raise _Damaged(f"index.usearch holds {index.dtype.name.lower()}, its map says {mapping.dtype}")
         keys = np.fromiter((key for _, key, _ in mapping.items), dtype=np.uint64, count=len(mapping.items))
         if len(keys) and not bool(np.all(index.contains(keys))):
             raise _Damaged(f"its map names {len(keys)} vectors but index.usearch lacks some of them")
