@@ -257,35 +257,52 @@ def quantise(unit_vectors: np.ndarray, dtype: str) -> np.ndarray:
 
 class _ExactVectors:
     """The float32 unit vectors of a quantised index, one row per usearch key: its candidates are
-    ranked on these, so near-ties the int8 rounding would blur keep their exact order and score."""
+    ranked on these, so near-ties the int8 rounding would blur keep their exact order and score.
 
-    def __init__(self, ndim: int, matrix: np.ndarray | None = None, keys: Sequence[int] = ()) -> None:
+    ``row_of_key`` is an array indexed by key (-1: none), so a search maps its candidates to rows in
+    one numpy step; it grows with the keys issued, 8 bytes each, like the index itself."""
+
+    def __init__(self, ndim: int, matrix: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
         self.matrix = matrix if matrix is not None else np.empty((_EXACT_ROWS_MIN, ndim), dtype=np.float32)
-        self.row_of: dict[int, int] = {key: row for row, key in enumerate(keys)}
+        self.row_of_key = np.full(_EXACT_ROWS_MIN, -1, dtype=np.int64)
         self.free_rows: list[int] = []
-        self.rows_used = len(self.row_of)
+        self.rows_used = 0
+        if keys is not None and len(keys):
+            self.row_of_key = _grown(self.row_of_key, int(keys.max()) + 1, -1)
+            self.row_of_key[keys] = np.arange(len(keys))
+            self.rows_used = len(keys)
 
     def put(self, keys: Sequence[int], vectors: np.ndarray) -> None:
         rows = []
-        for key in keys:
+        for _ in keys:
             if self.free_rows:
-                row = self.free_rows.pop()
+                rows.append(self.free_rows.pop())
             else:
-                row, self.rows_used = self.rows_used, self.rows_used + 1
-            rows.append(row)
-            self.row_of[key] = row
-        if self.rows_used > len(self.matrix):  # grow geometrically: amortised O(1) per vector
-            grown = np.empty((max(self.rows_used, 2 * len(self.matrix)), self.matrix.shape[1]), np.float32)
-            grown[: len(self.matrix)] = self.matrix
-            self.matrix = grown
+                rows.append(self.rows_used)
+                self.rows_used += 1
+        self.matrix = _grown(self.matrix, self.rows_used)
+        self.row_of_key = _grown(self.row_of_key, max(keys) + 1, -1)
+        self.row_of_key[list(keys)] = rows
         self.matrix[rows] = vectors
 
     def drop(self, key: int) -> None:
-        self.free_rows.append(self.row_of.pop(key))
+        self.free_rows.append(int(self.row_of_key[key]))
+        self.row_of_key[key] = -1
 
-    def of(self, keys: Sequence[int]) -> np.ndarray:
-        rows: np.ndarray = self.matrix[[self.row_of[key] for key in keys]]
+    def of(self, keys: np.ndarray) -> np.ndarray:
+        rows: np.ndarray = self.matrix[self.row_of_key[keys]]
         return rows
+
+
+def _grown(array: np.ndarray, length: int, fill: int | None = None) -> np.ndarray:
+    """``array`` with at least ``length`` rows, doubling (amortised O(1) per row); new rows ``fill``."""
+    if length <= len(array):
+        return array
+    grown = np.empty((max(length, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    if fill is not None:
+        grown[len(array) :] = fill
+    return grown
 
 
 def _file_digest(path: Path) -> bytes:
@@ -485,7 +502,8 @@ class UsearchVectorIndex(VectorIndex):
         self._index.save(str(index_path))
         items = [(block_id, key, self._attributes[key]) for block_id, key in self._key_of.items()]
         if self._exact is not None:
-            exact_path.write_bytes(self._exact.of([key for _, key, _ in items]).astype("<f4").tobytes())
+            keys = np.fromiter((key for _, key, _ in items), dtype=np.int64, count=len(items))
+            exact_path.write_bytes(self._exact.of(keys).astype("<f4").tobytes())
         mapping = _VectorMap(
             self._ndim,
             self._next_key,
@@ -591,7 +609,7 @@ class UsearchVectorIndex(VectorIndex):
             found = self._index.search(stored, fetch if not exact else total, threads=1, exact=exact)
             keys, distances = found.keys, found.distances
             if self._exact is not None and len(keys):
-                scores = self._exact.of(keys.tolist()) @ vector
+                scores = self._exact.of(keys.astype(np.int64)) @ vector
                 order = np.argsort(-scores, kind="stable")
                 keys, distances = keys[order], 1.0 - scores[order]
             hits = self._filter_hits(keys, distances, limit, score_threshold, wanted)
@@ -609,11 +627,11 @@ class UsearchVectorIndex(VectorIndex):
     ) -> list[tuple[str, float]]:
         hits: list[tuple[str, float]] = []
         for key, distance in zip(keys.tolist(), distances.tolist(), strict=True):
-            score = 1.0 - float(distance)
+            score = 1.0 - distance
             if score_threshold is not None and score < score_threshold:
                 break  # results come best first
-            block_id = self._id_of.get(int(key))
-            if block_id is None or not matches(self._attributes[int(key)], wanted):
+            block_id = self._id_of.get(key)
+            if block_id is None or (wanted and not matches(self._attributes[key], wanted)):
                 continue
             hits.append((block_id, score))
             if len(hits) == limit:
@@ -707,7 +725,7 @@ def _load_exact(path: Path, mapping: _VectorMap, keys: np.ndarray) -> _ExactVect
     rows = np.fromfile(path, dtype="<f4").astype(np.float32).reshape(len(mapping.items), mapping.ndim)
     matrix = np.empty((max(len(rows), _EXACT_ROWS_MIN), mapping.ndim), dtype=np.float32)
     matrix[: len(rows)] = rows
-    return _ExactVectors(mapping.ndim, matrix, keys.tolist())
+    return _ExactVectors(mapping.ndim, matrix, keys.astype(np.int64))
 
 
 def _fsync_path(path: Path) -> None:
