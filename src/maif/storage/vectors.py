@@ -56,6 +56,10 @@ _VECTOR_DTYPES = ("f32", "i8")
 _INT8_SCALE = 127.0
 _RESCORE_FACTOR = 2  # a quantised index fetches limit x this candidates and ranks them on float32
 _EXACT_ROWS_MIN = 1024
+# Batches smaller than this are inserted on one thread: a single-threaded build is deterministic (the same
+# graph, so the same answers, for the same inserts), and small batches (the applier's) gain little from
+# more threads; a rebuild's large batches use every core.
+_PARALLEL_ADD_MIN = 8192
 _OVERFETCH_FACTOR = 4
 _OVERFETCH_MIN = 32
 _JSON_BYTES_PER_DIMENSION_MAX = 32
@@ -559,7 +563,8 @@ class UsearchVectorIndex(VectorIndex):
         keys = list(range(self._next_key, self._next_key + len(latest)))
         self._next_key += len(latest)
         vectors = np.stack([vector for vector, _ in latest.values()])
-        self._index.add(np.asarray(keys, dtype=np.uint64), quantise(vectors, self.dtype))
+        self._index.add(np.asarray(keys, dtype=np.uint64), quantise(vectors, self.dtype),
+                        threads=0 if len(keys) >= _PARALLEL_ADD_MIN else 1)
         if self._exact is not None:
             self._exact.put(keys, vectors)
         for key, (block_id, (_, attributes)) in zip(keys, latest.items(), strict=True):
