@@ -48,9 +48,9 @@ from maif.errors import ArgumentValueError, BackendError, FormatError, LimitExce
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.storage.backends.base import Capabilities, VectorIndex
 
-HNSW_CONNECTIVITY = 24
+HNSW_CONNECTIVITY = 16  # ADR 0033 (stores written before keep the parameters in their maps)
 HNSW_EXPANSION_ADD = 128
-HNSW_EXPANSION_SEARCH = 64
+HNSW_EXPANSION_SEARCH = 96
 VECTOR_DTYPE = "i8"  # how new indexes store vectors (ADR 0032): "i8" quantised, or "f32"
 _VECTOR_DTYPES = ("f32", "i8")
 _INT8_SCALE = 127.0
