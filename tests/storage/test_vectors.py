@@ -18,7 +18,7 @@ from maif.errors import BackendError, FormatError, LimitExceededError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.storage.backends.memory import MemoryVectorIndex
 from maif.storage.engine import create_maif_storage
-from maif.storage.vectors import QUARANTINE_KEEP, UsearchVectorIndex, embedding_of
+from maif.storage.vectors import HNSW_EXPANSION_SEARCH, QUARANTINE_KEEP, UsearchVectorIndex, embedding_of
 from maif.testing.conformance import clustered_vectors, flip_byte, run
 
 
@@ -82,31 +82,190 @@ def test_oversized_embeddings_are_refused_before_decoding() -> None:
         embedding_of(embedding_block(huge_json))
 
 
-def _recall(directory: Path, **parameters: int) -> float:
+def _recall(directory: Path, expansions: tuple[int, ...], **parameters: int) -> list[float]:
     """recall@10 of the HNSW index against exact search on a small, deliberately hard clustered set
-    (100 near-equidistant members per cluster)."""
+    (100 near-equidistant members per cluster), one figure per expansion_search of ``expansions``."""
     vectors = clustered_vectors(3000, 64, seed=11, clusters=30)
     queries = clustered_vectors(100, 64, seed=12, clusters=30)
 
-    async def scenario() -> float:
+    async def scenario() -> list[float]:
         hnsw, exact = UsearchVectorIndex(directory, **parameters), MemoryVectorIndex()
         items = [(f"v{i}", vector, {}) for i, vector in enumerate(vectors)]
         await hnsw.add(items)
         await exact.add(items)
-        found = 0
-        for query in queries:
-            truth = {block_id for block_id, _ in await exact.search(query, 10)}
-            found += len(truth & {block_id for block_id, _ in await hnsw.search(query, 10)})
+        truths = [{block_id for block_id, _ in await exact.search(query, 10)} for query in queries]
+        recalls = []
+        for expansion_search in expansions:
+            hnsw.set_expansion_search(expansion_search)
+            found = [{block_id for block_id, _ in await hnsw.search(query, 10)} for query in queries]
+            recalls.append(sum(map(len, map(set.intersection, truths, found))) / (10 * len(queries)))
         await hnsw.close()
-        return found / (10 * len(queries))
+        return recalls
 
     return run(scenario())
 
 
 def test_hnsw_recall_against_exact_search(tmp_path: Path) -> None:
-    # Defaults (ADR 0032) measured 0.946 here; 0.985 on the 300k benchmark set.
-    assert _recall(tmp_path / "default") >= 0.92
-    assert _recall(tmp_path / "wider", expansion_search=128) >= 0.97
+    # The defaults (ADR 0033: int8 walk, float32 re-ranking, 16/128/96) measure 0.982 on this deliberately
+    # hard set; 24/128/64 0.964, about 0.935 without the re-ranking. A batch this small is inserted on one
+    # thread, so the graph is the same every run (parallel builds of 24/128/64 ranged 0.934-0.975).
+    default, wider = _recall(tmp_path, (HNSW_EXPANSION_SEARCH, 128))
+    assert default >= 0.95
+    assert wider >= 0.97
+
+
+# ---- quantised index: int8 graph walk, float32 ranking, old float32 generations ---------------------
+
+
+def _exact_and_quantised(
+    directory: Path, vectors: np.ndarray, attributes: Any = lambda number: {}
+) -> tuple[MemoryVectorIndex, UsearchVectorIndex]:
+    exact, quantised = MemoryVectorIndex(), UsearchVectorIndex(directory)
+    items = [(f"v{number}", vector, attributes(number)) for number, vector in enumerate(vectors)]
+    run(exact.add(items))
+    run(quantised.add(items))
+    assert quantised.dtype == "i8"
+    return exact, quantised
+
+
+def test_quantised_index_returns_exact_search_results_and_scores_on_easy_data(tmp_path: Path) -> None:
+    """Spread-out vectors: the int8 walk finds the true top 10 and the float32 ranking gives them in
+    exact order with exact scores (int8 scores alone are off by up to about 0.003 on such data)."""
+    vectors = np.random.default_rng(5).standard_normal((400, 48)).astype(np.float32)
+    queries = np.random.default_rng(6).standard_normal((30, 48)).astype(np.float32)
+    exact, quantised = _exact_and_quantised(tmp_path, vectors)
+
+    async def scenario() -> None:
+        for query in queries:
+            truth, found = await exact.search(query, 10), await quantised.search(query, 10)
+            assert [block_id for block_id, _ in found] == [block_id for block_id, _ in truth]
+            assert [score for _, score in found] == pytest.approx([score for _, score in truth], abs=1e-6)
+            above = await quantised.search(query, 10, score_threshold=truth[4][1] - 1e-6)
+            assert [block_id for block_id, _ in above] == [block_id for block_id, _ in truth[:5]]
+        await quantised.close()
+
+    run(scenario())
+
+
+def test_quantised_index_filters_even_a_rare_value(tmp_path: Path) -> None:
+    """Filtered search over-fetches, re-ranks and widens: a value held by 1 vector in 10 and one held by a
+    single vector both return what exact filtered search returns."""
+    vectors = clustered_vectors(2000, 32, seed=21, clusters=10)
+    exact, quantised = _exact_and_quantised(
+        tmp_path, vectors, lambda number: {"agent_id": "loner" if number == 1234 else f"a{number % 10}"})
+
+    async def scenario() -> None:
+        for query in vectors[:20]:
+            for filters in ({"agent_id": "a3"}, {"agent_id": "loner"}):
+                truth = await exact.search(query, 10, filters=filters)
+                found = await quantised.search(query, 10, filters=filters)
+                assert {block_id for block_id, _ in found} == {block_id for block_id, _ in truth}
+        assert await quantised.search(vectors[0], 5, filters={"agent_id": "nobody"}) == []
+        await quantised.close()
+
+    run(scenario())
+
+
+def test_quantised_index_survives_overwrite_remove_and_reopen(tmp_path: Path) -> None:
+    """The float32 rows follow their vectors through overwrite, removal (rows reused), flush and reload."""
+    vectors = clustered_vectors(300, 16, seed=31)
+    exact, quantised = _exact_and_quantised(tmp_path, vectors)
+
+    async def scenario() -> None:
+        changes = [(f"v{number}", -vectors[number], {}) for number in range(0, 300, 7)]
+        for index in (exact, quantised):
+            await index.add(changes)
+            await index.remove([f"v{number}" for number in range(3, 300, 11)])
+            await index.add([("new", vectors[5] + 0.01, {})])
+        await quantised.close()
+        reopened = UsearchVectorIndex(tmp_path)
+        assert reopened.damage is None and reopened.dtype == "i8"
+        assert await reopened.count() == await exact.count()
+        for query in vectors[:30]:
+            truth, found = await exact.search(query, 5), await reopened.search(query, 5)
+            assert [block_id for block_id, _ in found] == [block_id for block_id, _ in truth]
+            assert [score for _, score in found] == pytest.approx([score for _, score in truth], abs=1e-6)
+        await reopened.close()
+
+    run(scenario())
+
+
+def _write_float32_generation(directory: Path, vectors: np.ndarray) -> None:
+    """A generation as MAIF wrote it before quantisation: float32 usearch file, map without dtype."""
+    import blake3
+    import msgspec
+    from usearch.index import Index
+
+    generation = directory / "gen-3"
+    generation.mkdir(parents=True)
+    index = Index(ndim=vectors.shape[1], metric="cos", dtype="f32", connectivity=24, expansion_add=128,
+                  expansion_search=64)
+    index.add(np.arange(1, len(vectors) + 1, dtype=np.uint64), vectors)
+    index.save(str(generation / "index.usearch"))
+    usearch_bytes = (generation / "index.usearch").read_bytes()
+    body = msgspec.msgpack.encode({
+        "ndim": vectors.shape[1], "next_key": len(vectors) + 1, "connectivity": 24, "expansion_add": 128,
+        "expansion_search": 64, "items": [[f"v{n}", n + 1, {}] for n in range(len(vectors))],
+        "index_bytes": len(usearch_bytes), "index_digest": blake3.blake3(usearch_bytes).digest()})
+    header = struct.Struct("<8sH6s32s").pack(b"MAIFVMAP", 1, bytes(6), blake3.blake3(body).digest())
+    (generation / "map.msgpack").write_bytes(header + body)
+    (directory / "CURRENT").write_text("gen-3\n")
+
+
+def test_an_old_float32_generation_keeps_working_until_it_is_rebuilt(tmp_path: Path) -> None:
+    vectors = clustered_vectors(500, 24, seed=41)
+    _write_float32_generation(tmp_path, vectors)
+    exact = MemoryVectorIndex()
+    run(exact.add([(f"v{n}", vector, {}) for n, vector in enumerate(vectors)]))
+
+    async def scenario() -> None:
+        old = UsearchVectorIndex(tmp_path)
+        assert old.damage is None and old.dtype == "f32" and await old.count() == 500
+        truth = [block_id for block_id, _ in await exact.search(vectors[9], 3)]
+        assert [block_id for block_id, _ in await old.search(vectors[9], 3)] == truth
+        await old.add([("added", vectors[1] * 2, {})])
+        await old.close()
+        reopened = UsearchVectorIndex(tmp_path)  # still float32: no silent multi-minute conversion at open
+        assert reopened.damage is None and reopened.dtype == "f32" and await reopened.count() == 501
+        await reopened.clear()  # what a rebuild does first; the rebuilt index is quantised
+        await reopened.add([(f"v{n}", vector, {}) for n, vector in enumerate(vectors)])
+        await reopened.close()
+        rebuilt = UsearchVectorIndex(tmp_path)
+        assert rebuilt.dtype == "i8" and (tmp_path / "CURRENT").read_text().strip() == "gen-5"
+        assert [block_id for block_id, _ in await rebuilt.search(vectors[9], 3)] == truth
+        await rebuilt.close()
+
+    run(scenario())
+
+
+def test_an_unfiltered_search_waits_for_a_flush_without_blocking_the_event_loop(tmp_path: Path) -> None:
+    """Searches run inline only when the index is free; while another thread holds it (a flush) the search
+    goes to a worker thread, so other tasks keep running, and it then answers correctly."""
+    import threading
+
+    vectors = clustered_vectors(200, 8, seed=51)
+    _, index = _exact_and_quantised(tmp_path, vectors)
+    released = threading.Event()
+
+    async def scenario() -> None:
+        index._lock.acquire()
+        threading.Timer(0.3, lambda: (released.set(), index._lock.release())).start()
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not released.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        hits = await index.search(vectors[4], 1)
+        await ticking
+        assert released.is_set() and ticks >= 5, "the event loop was blocked while the index was held"
+        assert hits[0][0] == "v4"
+        await index.close()
+
+    run(scenario())
 
 
 def test_crash_before_current_is_replaced_keeps_the_old_generation(tmp_path: Path) -> None:
@@ -311,6 +470,10 @@ def _corruptions(directory: Path) -> list[tuple[str, Any]]:
         cases.append((f"index.usearch byte {offset} flipped", flip("index.usearch", offset)))
     for offset in sorted({0, 5, 8, 12, 40, 41, map_size // 2, map_size - 1}):
         cases.append((f"map.msgpack byte {offset} flipped", flip("map.msgpack", offset)))
+    exact_size = (directory / "gen-1" / "vectors.f32").stat().st_size
+    for offset in sorted({0, 3, exact_size // 2, exact_size - 1}):
+        cases.append((f"vectors.f32 byte {offset} flipped", flip("vectors.f32", offset)))
+        cases.append((f"vectors.f32 cut at {offset}", truncate("vectors.f32", offset)))
     cases += [
         ("map.msgpack cut at 20", truncate("map.msgpack", 20)),
         ("index.usearch empty", truncate("index.usearch", 0)),
@@ -318,6 +481,10 @@ def _corruptions(directory: Path) -> list[tuple[str, Any]]:
         ("map.msgpack garbage", write(directory / "gen-1" / "map.msgpack", os.urandom(map_size))),
         ("map.msgpack deleted", lambda: (directory / "gen-1" / "map.msgpack").unlink()),
         ("index.usearch deleted", lambda: (directory / "gen-1" / "index.usearch").unlink()),
+        ("vectors.f32 deleted", lambda: (directory / "gen-1" / "vectors.f32").unlink()),
+        ("map names another dtype", lambda: _rewrite_map(directory, dtype="f32")),
+        ("map names an unknown dtype", lambda: _rewrite_map(directory, dtype="f64")),
+        ("map forgets the float32 rows", lambda: _rewrite_map(directory, exact_digest=None)),
         ("CURRENT deleted", lambda: (directory / "CURRENT").unlink()),
         ("CURRENT names a missing generation", write(directory / "CURRENT", b"gen-7\n")),
         ("CURRENT is garbage", write(directory / "CURRENT", b"\xff\x00gen")),
@@ -329,7 +496,9 @@ def _corruptions(directory: Path) -> list[tuple[str, Any]]:
     return cases
 
 
-def _rewrite_map(directory: Path, *, ndim: int | None = None, extra_item: bool = False) -> None:
+def _rewrite_map(
+    directory: Path, *, ndim: int | None = None, extra_item: bool = False, **fields: Any
+) -> None:
     """A well-formed map (checksum recomputed) that disagrees with its usearch file."""
     import blake3
     import msgspec
@@ -343,6 +512,7 @@ def _rewrite_map(directory: Path, *, ndim: int | None = None, extra_item: bool =
     if extra_item:
         mapping["items"].append(["ghost", mapping["next_key"], {}])
         mapping["next_key"] += 1
+    mapping.update(fields)
     body = msgspec.msgpack.encode(mapping)
     path.write_bytes(header.pack(b"MAIFVMAP", 1, bytes(6), blake3.blake3(body).digest()) + body)
 

@@ -3,19 +3,23 @@
 :func:`embedding_of` accepts the two payload forms MAIF has seen: little-endian float32 (optionally
 described by metadata ``{"dtype": "float32", "dim": N}``) and the seed's JSON ``{"vector": [...]}``.
 
-:class:`UsearchVectorIndex` keeps an HNSW graph (cosine metric, float32) whose integer keys map to
-block ids. Filters (agent_id, block_type or any other string attribute) are applied by over-fetching
+:class:`UsearchVectorIndex` keeps an HNSW graph (cosine metric) whose integer keys map to block ids.
+New indexes store each vector quantised to int8 (:func:`quantise`) for the graph walk, beside its
+float32 unit vector, on which the top ``2 x limit`` candidates are re-ranked and scored, so scores
+are exact; generations written before quantisation hold float32 only and keep working as they are.
+Filters (agent_id, block_type or any other string attribute) are applied by over-fetching
 candidates and filtering them, widening the candidate set until enough hits match or the whole index
-has been searched exactly, so a rare filter value still finds its vectors. HNSW parameters come from
-``benchmarks/vector_bench.py`` (docs/adr/0032-hnsw-parameters.md).
+has been searched exactly, so a rare filter value still finds its vectors. HNSW parameters and the
+dtype come from ``benchmarks/vector_bench.py`` (docs/adr/0032-hnsw-parameters.md).
 
 Persistence: ``flush`` writes a new generation directory ``vectors/gen-<n>/`` holding the usearch
-file and the id mapping, syncs both, then atomically replaces ``vectors/CURRENT`` to name it, so a
-crash leaves either the old or the new generation, never a mix. Older generations are then removed.
-If the directory is missing the index starts empty and the engine's log replay rebuilds it.
-The map carries a BLAKE3 checksum of itself and the size and BLAKE3 digest of the usearch file, checked
-before usearch parses a byte. The index is derived state: a damaged generation never makes opening fail;
-it is moved into ``vectors/quarantine/``, the index starts empty and ``damage`` says what was wrong, so
+file, the id mapping and, for a quantised index, the float32 rows ``vectors.f32``; syncs them, then
+atomically replaces ``vectors/CURRENT`` to name it, so a crash leaves either the old or the new
+generation, never a mix. Older generations are then removed. If the directory is missing the index
+starts empty and the engine's log replay rebuilds it. The map carries a BLAKE3 checksum of itself
+and the sizes and BLAKE3 digests of the usearch file and the float32 rows, checked before usearch
+parses a byte. The index is derived state: a damaged generation never makes opening fail; it is
+moved into ``vectors/quarantine/``, the index starts empty and ``damage`` says what was wrong, so
 the engine can rebuild it from the blocks.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -39,13 +44,22 @@ import numpy as np
 from usearch.index import Index
 
 from maif import limits
-from maif.errors import BackendError, FormatError, LimitExceededError, StoreClosedError
+from maif.errors import ArgumentValueError, BackendError, FormatError, LimitExceededError, StoreClosedError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.storage.backends.base import Capabilities, VectorIndex
 
-HNSW_CONNECTIVITY = 24
+HNSW_CONNECTIVITY = 16  # ADR 0033 (stores written before keep the parameters in their maps)
 HNSW_EXPANSION_ADD = 128
-HNSW_EXPANSION_SEARCH = 64
+HNSW_EXPANSION_SEARCH = 96
+VECTOR_DTYPE = "i8"  # how new indexes store vectors (ADR 0032): "i8" quantised, or "f32"
+_VECTOR_DTYPES = ("f32", "i8")
+_INT8_SCALE = 127.0
+_RESCORE_FACTOR = 2  # a quantised index fetches limit x this candidates and ranks them on float32
+_EXACT_ROWS_MIN = 1024
+# Batches smaller than this are inserted on one thread: a single-threaded build is deterministic (the same
+# graph, so the same answers, for the same inserts), and small batches (the applier's) gain little from
+# more threads; a rebuild's large batches use every core.
+_PARALLEL_ADD_MIN = 8192
 _OVERFETCH_FACTOR = 4
 _OVERFETCH_MIN = 32
 _JSON_BYTES_PER_DIMENSION_MAX = 32
@@ -134,22 +148,27 @@ def check_vector(vector: np.ndarray, ndim: int | None = None) -> np.ndarray:
         raise FormatError(f"a vector must be one-dimensional and non-empty, got shape {array.shape}")
     if array.shape[0] > limits.vector_dimensions_max:
         raise LimitExceededError("vector dimensions", array.shape[0], limits.vector_dimensions_max)
-    if ndim is not None and array.shape[0] != ndim:
-        raise FormatError(
-            f"vector has {array.shape[0]} dimensions; this index holds {ndim}-dimensional vectors"
-        )
-    if not np.all(np.isfinite(array)):
+    if ndim is not None:
+        check_dimensions(array, ndim)
+    if not np.isfinite(array).all():
         raise FormatError("vector holds NaN or infinite values")
-    norm = float(np.linalg.norm(array.astype(np.float64)))
-    if norm == 0.0:
+    as_float64 = array.astype(np.float64)
+    if as_float64.dot(as_float64) == 0.0:  # float64 squares of float32 values neither overflow nor vanish
         raise FormatError("vector has zero norm; cosine similarity is undefined for it")
     return array
+
+
+def check_dimensions(vector: np.ndarray, ndim: int | None) -> None:
+    if vector.shape[0] != ndim:
+        raise FormatError(
+            f"vector has {vector.shape[0]} dimensions; this index holds {ndim}-dimensional vectors")
 
 
 def unit_vector(vector: np.ndarray) -> np.ndarray:
     """The vector scaled to length 1 (computed in float64), so float32 distance math cannot overflow."""
     as_float64 = vector.astype(np.float64)
-    return (as_float64 / np.linalg.norm(as_float64)).astype(np.float32)
+    unit: np.ndarray = (as_float64 / math.sqrt(as_float64.dot(as_float64))).astype(np.float32)
+    return unit
 
 
 def check_attributes(attributes: Mapping[str, str] | None, what: str) -> dict[str, str]:
@@ -179,6 +198,9 @@ class _VectorMap(msgspec.Struct):
     items: list[tuple[str, int, dict[str, str]]]
     index_bytes: int | None = None
     index_digest: bytes | None = None
+    dtype: str = "f32"  # generations written before quantisation stored float32
+    exact_bytes: int | None = None  # vectors.f32: the float32 rows of an "i8" index, in items order
+    exact_digest: bytes | None = None
 
 
 class _Damaged(Exception):
@@ -209,6 +231,8 @@ def _decode_map(raw: bytes) -> _VectorMap:
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise _Damaged(f"map.msgpack does not decode ({error})") from error
     parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
+    if mapping.dtype not in _VECTOR_DTYPES:
+        raise _Damaged(f"map.msgpack names an unknown vector dtype {mapping.dtype[:16]!r}")
     if not 1 <= mapping.ndim <= limits.vector_dimensions_max or not all(
             1 <= value <= _HNSW_PARAMETER_MAX for value in parameters):
         raise _Damaged(f"map.msgpack holds impossible parameters (ndim {mapping.ndim}, HNSW {parameters})")
@@ -219,6 +243,72 @@ def _decode_map(raw: bytes) -> _VectorMap:
     return mapping
 
 
+def quantise(unit_vectors: np.ndarray, dtype: str) -> np.ndarray:
+    """Unit vectors (one per row, or one 1-D vector) in the form an index of ``dtype`` stores.
+
+    For "i8", each vector is scaled so its largest component is +-127 and rounded: cosine does not
+    depend on a vector's length, so the per-vector scale needs no storing, and using the whole int8
+    range keeps the rounding error per component within 0.5/127 of the largest one. usearch compares
+    int8 vectors with integer dot products (a quarter of float32's memory traffic); the graph walk
+    uses them and the final ranking uses the float32 vectors (:class:`_ExactVectors`).
+    """
+    if dtype == "f32":
+        return unit_vectors
+    largest = np.max(np.abs(unit_vectors), axis=-1, keepdims=True)  # > 0: unit vectors are non-zero
+    quantised: np.ndarray = np.rint(unit_vectors * (_INT8_SCALE / largest)).astype(np.int8)
+    return quantised
+
+
+class _ExactVectors:
+    """The float32 unit vectors of a quantised index, one row per usearch key: its candidates are
+    ranked on these, so near-ties the int8 rounding would blur keep their exact order and score.
+
+    ``row_of_key`` is an array indexed by key (-1: none), so a search maps its candidates to rows in
+    one numpy step; it grows with the keys issued, 8 bytes each, like the index itself."""
+
+    def __init__(self, ndim: int, matrix: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+        self.matrix = matrix if matrix is not None else np.empty((_EXACT_ROWS_MIN, ndim), dtype=np.float32)
+        self.row_of_key = np.full(_EXACT_ROWS_MIN, -1, dtype=np.int64)
+        self.free_rows: list[int] = []
+        self.rows_used = 0
+        if keys is not None and len(keys):
+            self.row_of_key = _grown(self.row_of_key, int(keys.max()) + 1, -1)
+            self.row_of_key[keys] = np.arange(len(keys))
+            self.rows_used = len(keys)
+
+    def put(self, keys: Sequence[int], vectors: np.ndarray) -> None:
+        rows = []
+        for _ in keys:
+            if self.free_rows:
+                rows.append(self.free_rows.pop())
+            else:
+                rows.append(self.rows_used)
+                self.rows_used += 1
+        self.matrix = _grown(self.matrix, self.rows_used)
+        self.row_of_key = _grown(self.row_of_key, max(keys) + 1, -1)
+        self.row_of_key[list(keys)] = rows
+        self.matrix[rows] = vectors
+
+    def drop(self, key: int) -> None:
+        self.free_rows.append(int(self.row_of_key[key]))
+        self.row_of_key[key] = -1
+
+    def of(self, keys: np.ndarray) -> np.ndarray:
+        rows: np.ndarray = self.matrix[self.row_of_key[keys]]
+        return rows
+
+
+def _grown(array: np.ndarray, length: int, fill: int | None = None) -> np.ndarray:
+    """``array`` with at least ``length`` rows, doubling (amortised O(1) per row); new rows ``fill``."""
+    if length <= len(array):
+        return array
+    grown = np.empty((max(length, 2 * len(array)), *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    if fill is not None:
+        grown[len(array) :] = fill
+    return grown
+
+
 def _file_digest(path: Path) -> bytes:
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     hasher.update_mmap(path)
@@ -226,7 +316,12 @@ def _file_digest(path: Path) -> bytes:
 
 
 class UsearchVectorIndex(VectorIndex):
-    """HNSW cosine index (usearch, float32) with block-id keys and string filters, persisted on flush."""
+    """HNSW cosine index (usearch; vectors stored as int8 or float32) with block-id keys and string
+    filters, persisted on flush.
+
+    ``dtype`` is how a new index stores vectors; a persisted generation keeps the dtype it was written
+    with (float32 for generations from before quantisation) until the index is cleared and rebuilt.
+    """
 
     capabilities = Capabilities(durable=True, shared_between_processes=False, filtered_search=False)
 
@@ -237,15 +332,22 @@ class UsearchVectorIndex(VectorIndex):
         connectivity: int = HNSW_CONNECTIVITY,
         expansion_add: int = HNSW_EXPANSION_ADD,
         expansion_search: int = HNSW_EXPANSION_SEARCH,
+        dtype: str = VECTOR_DTYPE,
     ) -> None:
+        if dtype not in _VECTOR_DTYPES:
+            raise ArgumentValueError(f"vector dtype must be one of {_VECTOR_DTYPES}, not {dtype!r}")
         self.directory = Path(directory)
         self.parameters = (connectivity, expansion_add, expansion_search)
+        self._dtype_for_new = dtype
+        self.dtype = dtype
+        """How the current index stores vectors: "i8" (quantised) or "f32"."""
         self._lock = threading.Lock()
         self._index: Index | None = None
         self._ndim: int | None = None
         self._key_of: dict[str, int] = {}
         self._id_of: dict[int, str] = {}
         self._attributes: dict[int, dict[str, str]] = {}
+        self._exact: _ExactVectors | None = None  # only for a quantised index
         self._next_key = 1
         self._generation = 0
         self._dirty = False
@@ -311,10 +413,12 @@ class UsearchVectorIndex(VectorIndex):
             if _file_digest(index_path) != mapping.index_digest:
                 raise _Damaged("index.usearch fails its BLAKE3 check")
         parameters = (mapping.connectivity, mapping.expansion_add, mapping.expansion_search)
-        index = self._new_index(mapping.ndim, parameters)
+        index = self._new_index(mapping.ndim, parameters, mapping.dtype)
         index.load(str(index_path))
         if index.ndim != mapping.ndim:
             raise _Damaged(f"index.usearch holds {index.ndim}-dimensional vectors, its map {mapping.ndim}")
+        if index.dtype.name.lower() != mapping.dtype:  # usearch takes the dtype from the file it loads
+            raise _Damaged(f"index.usearch holds {index.dtype.name.lower()}, its map says {mapping.dtype}")
         keys = np.fromiter((key for _, key, _ in mapping.items), dtype=np.uint64, count=len(mapping.items))
         if len(keys) and not bool(np.all(index.contains(keys))):
             raise _Damaged(f"its map names {len(keys)} vectors but index.usearch lacks some of them")
@@ -328,6 +432,8 @@ class UsearchVectorIndex(VectorIndex):
             _log.info("vector index %s: dropped %d vectors no block names", generation, len(orphans))
         if len(index) != len(keys):
             raise _Damaged(f"index.usearch holds {len(index)} vectors but its map names {len(keys)}")
+        if mapping.dtype != "f32":
+            self._exact = _load_exact(generation / "vectors.f32", mapping, keys)
         for block_id, key, attributes in mapping.items:
             self._key_of[block_id] = key
             self._id_of[key] = block_id
@@ -336,9 +442,12 @@ class UsearchVectorIndex(VectorIndex):
         self._ndim = mapping.ndim
         self._next_key = mapping.next_key
         self.parameters = parameters
+        self.dtype = mapping.dtype
 
     def _start_empty(self) -> None:
+        self.dtype = self._dtype_for_new
         self._index = None
+        self._exact = None
         self._ndim = None
         self._key_of.clear()
         self._id_of.clear()
@@ -367,12 +476,13 @@ class UsearchVectorIndex(VectorIndex):
         except OSError as error:
             _log.warning("could not move the damaged vector index %s aside: %s", self.directory, error)
 
-    def _new_index(self, ndim: int, parameters: tuple[int, int, int] | None = None) -> Index:
+    def _new_index(self, ndim: int, parameters: tuple[int, int, int] | None = None,
+                   dtype: str | None = None) -> Index:
         connectivity, expansion_add, expansion_search = parameters or self.parameters
         return Index(
             ndim=ndim,
             metric="cos",
-            dtype="f32",
+            dtype=dtype or self.dtype,
             connectivity=connectivity,
             expansion_add=expansion_add,
             expansion_search=expansion_search,
@@ -392,18 +502,25 @@ class UsearchVectorIndex(VectorIndex):
         target = self.directory / f"gen-{generation}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir()
-        index_path = target / "index.usearch"
+        index_path, exact_path = target / "index.usearch", target / "vectors.f32"
         self._index.save(str(index_path))
+        items = [(block_id, key, self._attributes[key]) for block_id, key in self._key_of.items()]
+        if self._exact is not None:
+            keys = np.fromiter((key for _, key, _ in items), dtype=np.int64, count=len(items))
+            exact_path.write_bytes(self._exact.of(keys).astype("<f4").tobytes())
         mapping = _VectorMap(
             self._ndim,
             self._next_key,
             *self.parameters,
-            items=[(block_id, key, self._attributes[key]) for block_id, key in self._key_of.items()],
+            items=items,
             index_bytes=index_path.stat().st_size,
             index_digest=_file_digest(index_path),
+            dtype=self.dtype,
+            exact_bytes=exact_path.stat().st_size if self._exact is not None else None,
+            exact_digest=_file_digest(exact_path) if self._exact is not None else None,
         )
         (target / "map.msgpack").write_bytes(_encode_map(mapping))
-        for path in (target / "index.usearch", target / "map.msgpack"):
+        for path in (index_path, target / "map.msgpack", *([exact_path] if self._exact else [])):
             _fsync_path(path)
         _fsync_path(target)
         temporary = self.directory / "CURRENT.tmp"
@@ -431,6 +548,7 @@ class UsearchVectorIndex(VectorIndex):
         if self._ndim is None:
             self._ndim = items[0][1].shape[0]
             self._index = self._new_index(self._ndim)
+            self._exact = _ExactVectors(self._ndim) if self.dtype != "f32" else None
         for _, vector, _ in items:
             check_vector(vector, self._ndim)
         assert self._index is not None
@@ -441,13 +559,14 @@ class UsearchVectorIndex(VectorIndex):
         for block_id in latest:
             old_key = self._key_of.pop(block_id, None)
             if old_key is not None:
-                self._index.remove(old_key)
-                del self._id_of[old_key], self._attributes[old_key]
-                self._dirty = True
+                self._forget(old_key)
         keys = list(range(self._next_key, self._next_key + len(latest)))
         self._next_key += len(latest)
         vectors = np.stack([vector for vector, _ in latest.values()])
-        self._index.add(np.asarray(keys, dtype=np.uint64), vectors)
+        self._index.add(np.asarray(keys, dtype=np.uint64), quantise(vectors, self.dtype),
+                        threads=0 if len(keys) >= _PARALLEL_ADD_MIN else 1)
+        if self._exact is not None:
+            self._exact.put(keys, vectors)
         for key, (block_id, (_, attributes)) in zip(keys, latest.items(), strict=True):
             self._key_of[block_id], self._id_of[key], self._attributes[key] = key, block_id, attributes
         self._dirty = True
@@ -466,6 +585,16 @@ class UsearchVectorIndex(VectorIndex):
             raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
+        if not wanted and self._lock.acquire(blocking=False):
+            # An unfiltered search of the in-memory graph takes a few hundred microseconds, less than
+            # the hop to a worker thread and back; it runs on the event loop unless a flush or an add
+            # holds the index. Filtered searches may widen to an exact scan, so they stay in a thread.
+            try:
+                result: list[tuple[str, float]] = self._guarded(
+                    self._search_locked, vector, limit, score_threshold, wanted)
+                return result
+            finally:
+                self._lock.release()
         return await asyncio.to_thread(
             self._locked, self._search_locked, vector, limit, score_threshold, wanted
         )
@@ -475,13 +604,20 @@ class UsearchVectorIndex(VectorIndex):
     ) -> list[tuple[str, float]]:
         if self._index is None or limit == 0 or len(self._key_of) == 0:
             return []
-        check_vector(vector, self._ndim)
+        check_dimensions(vector, self._ndim)  # checked in search(); the dimension is read under the lock
+        stored = quantise(vector, self.dtype)
         total = len(self._key_of)
-        fetch = min(total, max(limit * _OVERFETCH_FACTOR if wanted else limit, _OVERFETCH_MIN))
+        fetch = limit * _RESCORE_FACTOR if self._exact is not None else limit
+        fetch = min(total, max(fetch * _OVERFETCH_FACTOR, _OVERFETCH_MIN) if wanted else fetch)
         while True:
             exact = fetch >= total
-            found = self._index.search(vector, fetch if not exact else total, exact=exact)
-            hits = self._filter_hits(found.keys, found.distances, limit, score_threshold, wanted)
+            found = self._index.search(stored, fetch if not exact else total, threads=1, exact=exact)
+            keys, distances = found.keys, found.distances
+            if self._exact is not None and len(keys):
+                scores = self._exact.of(keys.astype(np.int64)) @ vector
+                order = np.argsort(-scores, kind="stable")
+                keys, distances = keys[order], 1.0 - scores[order]
+            hits = self._filter_hits(keys, distances, limit, score_threshold, wanted)
             if len(hits) >= limit or exact or (len(found.keys) < fetch):
                 return hits
             fetch = min(total, fetch * _OVERFETCH_FACTOR)
@@ -496,11 +632,11 @@ class UsearchVectorIndex(VectorIndex):
     ) -> list[tuple[str, float]]:
         hits: list[tuple[str, float]] = []
         for key, distance in zip(keys.tolist(), distances.tolist(), strict=True):
-            score = 1.0 - float(distance)
+            score = 1.0 - distance
             if score_threshold is not None and score < score_threshold:
                 break  # results come best first
-            block_id = self._id_of.get(int(key))
-            if block_id is None or not matches(self._attributes[int(key)], wanted):
+            block_id = self._id_of.get(key)
+            if block_id is None or (wanted and not matches(self._attributes[key], wanted)):
                 continue
             hits.append((block_id, score))
             if len(hits) == limit:
@@ -517,28 +653,37 @@ class UsearchVectorIndex(VectorIndex):
         removed = 0
         for block_id in block_ids:
             key = self._key_of.pop(block_id, None)
-            if key is None:
-                continue
-            assert self._index is not None
-            self._index.remove(key)
-            del self._id_of[key], self._attributes[key]
-            removed += 1
-        self._dirty = self._dirty or removed > 0
+            if key is not None:
+                self._forget(key)
+                removed += 1
         return removed
 
-    async def clear(self) -> None:
-        await asyncio.to_thread(self._locked, self._clear_locked)
-
-    def _clear_locked(self) -> None:
-        self._index = None
-        self._ndim = None
-        self._key_of.clear()
-        self._id_of.clear()
-        self._attributes.clear()
+    def _forget(self, key: int) -> None:
+        """Remove ``key``'s vector everywhere (its block id is already out of ``_key_of``)."""
+        assert self._index is not None
+        self._index.remove(key)
+        del self._id_of[key], self._attributes[key]
+        if self._exact is not None:
+            self._exact.drop(key)
         self._dirty = True
+
+    async def clear(self) -> None:
+        await asyncio.to_thread(self._locked, self._start_empty)
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._locked, self._flush_locked)
+
+    def set_expansion_search(self, expansion_search: int) -> None:
+        """Walk the graph wider (better recall) or narrower (faster) from now on; persisted with the
+        next generation."""
+        if not isinstance(expansion_search, int) or not 1 <= expansion_search <= _HNSW_PARAMETER_MAX:
+            raise ArgumentValueError(
+                f"expansion_search must be 1..{_HNSW_PARAMETER_MAX}, not {expansion_search!r}")
+        with self._lock:
+            self.parameters = (*self.parameters[:2], expansion_search)
+            if self._index is not None:
+                self._index.expansion_search = expansion_search  # type: ignore[misc]  # settable at run time
+                self._dirty = True
 
     async def count(self) -> int:
         return len(self._key_of)
@@ -557,14 +702,35 @@ class UsearchVectorIndex(VectorIndex):
 
     def _locked(self, function: Any, *args: Any) -> Any:
         with self._lock:
-            if self._closed:
-                raise StoreClosedError("vector index is closed")
-            try:
-                return function(*args)
-            except OSError as error:
-                raise BackendError(f"vector index {self.directory} failed: {error.strerror}") from error
-            except RuntimeError as error:  # usearch reports its failures as RuntimeError
-                raise BackendError(f"vector index {self.directory} failed: {error}") from error
+            return self._guarded(function, *args)
+
+    def _guarded(self, function: Any, *args: Any) -> Any:
+        """``function(*args)`` with usearch's and the file system's failures as BackendError (the
+        caller holds the lock)."""
+        if self._closed:
+            raise StoreClosedError("vector index is closed")
+        try:
+            return function(*args)
+        except OSError as error:
+            raise BackendError(f"vector index {self.directory} failed: {error.strerror}") from error
+        except RuntimeError as error:  # usearch reports its failures as RuntimeError
+            raise BackendError(f"vector index {self.directory} failed: {error}") from error
+
+
+def _load_exact(path: Path, mapping: _VectorMap, keys: np.ndarray) -> _ExactVectors:
+    """The float32 rows of a quantised generation, checked against the size and digest its map holds."""
+    expected = len(mapping.items) * mapping.ndim * 4
+    if mapping.exact_digest is None or mapping.exact_bytes != expected:
+        raise _Damaged(f"map.msgpack records {mapping.exact_bytes} bytes of float32 rows, not {expected}")
+    size = path.stat().st_size
+    if size != expected:
+        raise _Damaged(f"vectors.f32 is {size} bytes, its map says {expected}")
+    if _file_digest(path) != mapping.exact_digest:
+        raise _Damaged("vectors.f32 fails its BLAKE3 check")
+    rows = np.fromfile(path, dtype="<f4").astype(np.float32).reshape(len(mapping.items), mapping.ndim)
+    matrix = np.empty((max(len(rows), _EXACT_ROWS_MIN), mapping.ndim), dtype=np.float32)
+    matrix[: len(rows)] = rows
+    return _ExactVectors(mapping.ndim, matrix, keys.astype(np.int64))
 
 
 def _fsync_path(path: Path) -> None:
@@ -575,4 +741,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["UsearchVectorIndex", "check_attributes", "check_vector", "embedding_of", "matches", "unit_vector"]
+__all__ = [
+    "UsearchVectorIndex", "check_attributes", "check_vector", "embedding_of", "matches", "quantise",
+    "unit_vector",
+]
