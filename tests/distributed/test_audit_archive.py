@@ -91,6 +91,10 @@ def test_archived_segments_leave_a_verifiable_remainder_and_the_whole_chain_veri
     assert document["first_segment"] == 6 and document["archived"]["to"] == world["url"]
     assert document["archived"]["keys"] == [entry.key for entry in manifest.segments]
 
+    human = cli("verify", str(world["dir"]), "--trust", world["key"])
+    assert human.exit_code == 0 and f"archived in {world['url']}" in human.output
+    assert verify(world, "--from-segment", "7").exit_code == 0  # a later start still links to a local one
+
     whole = verify(world, "--fetch-archived")
     assert whole.exit_code == 0, whole.output
     document = json.loads(whole.stdout)

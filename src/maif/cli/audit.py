@@ -1,8 +1,9 @@
 """`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
 
     maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--require-witness]
-                      [--allow-unsigned-tail] [--from-segment N] [--json]
+                      [--allow-unsigned-tail] [--from-segment N] [--fetch-archived] [--json]
     maif audit show PATH [--start N] [--limit N] [--json]
+    maif audit archive DIR --before-segment N [--to PATH | --to s3://BUCKET/PREFIX] [--json]
     maif audit checkpoint PATH --output FILE [--json]
 
 PATH is a segmented audit log directory (docs/adr/0022-audit-segment-chain.md) or one audit log file (a

@@ -47,6 +47,7 @@ from maif.security.audit_chain import (
     _link_error,
     list_segments,
     numbered_link,
+    segment_name,
     verify_segment_sequence,
 )
 from maif.storage.backends.base import ObjectStore
@@ -287,6 +288,8 @@ def check_manifest_anchor(
         return
     previous = report.first_segment - 1
     if previous >= len(manifest.segments):
+        if (Path(directory) / segment_name(previous)).exists():
+            return  # verified from a later segment on purpose (--from-segment): it links to a local one
         raise IntegrityError(
             f"audit log {directory}: segments {len(manifest.segments)}..{previous} are neither here nor "
             "in the archive manifest (dropped)",
