@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgspec
@@ -50,7 +50,9 @@ from maif.security.audit_chain import (
     segment_name,
     verify_segment_sequence,
 )
-from maif.storage.backends.base import ObjectStore
+
+if TYPE_CHECKING:  # the interface only: maif.security never imports storage at run time (DESIGN.md)
+    from maif.storage.backends.base import ObjectStore
 
 MANIFEST_NAME = "archive-manifest.json"
 MANIFEST_VERSION = 1
