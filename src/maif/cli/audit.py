@@ -1,8 +1,9 @@
 """`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
 
     maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--require-witness]
-                      [--allow-unsigned-tail] [--from-segment N] [--json]
+                      [--allow-unsigned-tail] [--from-segment N] [--fetch-archived] [--json]
     maif audit show PATH [--start N] [--limit N] [--json]
+    maif audit archive DIR --before-segment N [--to PATH | --to s3://BUCKET/PREFIX] [--json]
     maif audit checkpoint PATH --output FILE [--json]
 
 PATH is a segmented audit log directory (docs/adr/0022-audit-segment-chain.md) or one audit log file (a
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -112,6 +113,17 @@ def verify_command(
             "--from-segment", min=0, help="Verify a directory from this segment on (earlier ones archived)."
         ),
     ] = None,
+    fetch_archived: Annotated[
+        bool,
+        typer.Option(
+            "--fetch-archived",
+            help="Fetch the segments archived to an object store (its manifest) and verify the whole chain.",
+        ),
+    ] = False,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option("--s3-endpoint", help="S3 endpoint URL for --fetch-archived (default: the manifest's)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Check every frame, chain link, Merkle root and checkpoint signature of an audit log."""
@@ -127,8 +139,11 @@ def verify_command(
         trusted = [load_trust_argument(value) for value in trust]
         witness_checkpoint = None if witness is None else _read_checkpoint_file(witness)
         if path.is_dir():
-            _verify_directory(output, path, trusted, witness_checkpoint, allow_unsigned_tail, from_segment)
+            options = _DirectoryOptions(allow_unsigned_tail, from_segment, fetch_archived, s3_endpoint)
+            _verify_directory(output, path, trusted, witness_checkpoint, options)
             return
+        if fetch_archived:
+            raise ConfigError(f"--fetch-archived needs a segmented audit log directory; {path} is a file")
         if from_segment is not None:
             raise ConfigError(f"--from-segment needs a segmented audit log directory; {path} is a file")
         try:
@@ -163,22 +178,47 @@ def verify_command(
         output.human(_freshness(witness_checkpoint))
 
 
+class _DirectoryOptions(NamedTuple):
+    allow_unsigned_tail: bool
+    from_segment: int | None
+    fetch_archived: bool
+    s3_endpoint: str | None
+
+
 def _verify_directory(
     output: CommandOutput,
     path: Path,
     trusted: list[Ed25519PublicKey],
     witness: Any,
-    allow_unsigned_tail: bool,
-    from_segment: int | None,
+    options: _DirectoryOptions,
 ) -> None:
+    from maif.security.audit_archive import check_manifest_anchor, read_manifest, split_archived
     from maif.security.audit_chain import verify_audit_chain
 
-    try:
-        report = verify_audit_chain(
-            path, trusted, from_segment=from_segment, witness=witness, allow_unsigned_tail=allow_unsigned_tail
-        )
-    except StorageError as error:
-        raise _unreadable_as_malformed(output, error) from None
+    manifest = read_manifest(path)
+    from_segment = options.from_segment
+    if options.fetch_archived:
+        if manifest is None:
+            raise ConfigError(f"--fetch-archived: {path} has no archive manifest (nothing archived to S3)")
+        if from_segment is not None:
+            raise ConfigError("--fetch-archived verifies from segment 0; leave out --from-segment")
+        report = _verify_fetching(path, trusted, witness, options, manifest)
+    else:
+        archived, local = split_archived(path, manifest)
+        if manifest is not None and from_segment is None and archived:
+            from_segment = local[0][0] if local else None
+        try:
+            report = verify_audit_chain(
+                path,
+                trusted,
+                from_segment=from_segment,
+                witness=witness,
+                allow_unsigned_tail=options.allow_unsigned_tail,
+            )
+        except StorageError as error:
+            raise _unreadable_as_malformed(output, error) from None
+        if manifest is not None:
+            check_manifest_anchor(path, manifest, report)
     document: dict[str, Any] = {
         "ok": True,
         "path": str(path),
@@ -198,7 +238,24 @@ def _verify_directory(
     if report.torn_tail_bytes:
         output.warn(f"{report.torn_tail_bytes} bytes of an incomplete record at the end (a crash mid-append)")
     anchored = ""
-    if report.anchor is not None:
+    if options.fetch_archived and manifest is not None:
+        fetched = len(split_archived(path, manifest)[0])
+        document["fetched"] = {"segments": fetched, "from": manifest.location}
+        output.human(f"segments 0..{fetched - 1} fetched from {manifest.location} and verified with the rest")
+    elif report.anchor is not None and manifest is not None:
+        where = manifest.location
+        document["archived"] = {
+            "segments": [0, report.first_segment - 1],
+            "entries": report.first_index,
+            "to": where,
+            "keys": [entry.key for entry in manifest.segments[: report.first_segment]],
+        }
+        output.human(
+            f"segments 0..{report.first_segment - 1} (entries 0..{report.first_index - 1}) are archived in "
+            f"{where} (manifest {path}/archive-manifest.json, linked); not fetched: pass --fetch-archived "
+            "to verify them too"
+        )
+    elif report.anchor is not None:
         anchored = f", anchored on the signed head of segment {report.first_segment - 1}"
         document["archived"] = {"segments": [0, report.first_segment - 1], "entries": report.first_index}
         output.human(
@@ -213,6 +270,44 @@ def _verify_directory(
     )
     output.human(_freshness(witness))
     output.result(document)
+
+
+def _s3_store(url: str, endpoint: str | None) -> Any:
+    """An S3ObjectStore for ``s3://BUCKET[/PREFIX]``; the endpoint from the argument or the storage config."""
+    from urllib.parse import urlsplit
+
+    from maif.config import StorageConfig, load_section
+    from maif.storage.backends.s3 import S3ObjectStore
+
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ConfigError(f"{url!r} is not an s3://BUCKET/PREFIX location")
+    if endpoint is None:
+        endpoint = load_section(StorageConfig).s3_endpoint
+    return S3ObjectStore(endpoint_url=endpoint, bucket=parts.netloc, prefix=parts.path.strip("/"))
+
+
+def _verify_fetching(
+    path: Path, trusted: list[Ed25519PublicKey], witness: Any, options: _DirectoryOptions, manifest: Any
+) -> Any:
+    import asyncio
+
+    from maif.security.audit_archive import verify_with_archive
+
+    store = _s3_store(manifest.location, options.s3_endpoint or manifest.endpoint)
+    with asyncio.Runner() as runner:
+        try:
+            return verify_with_archive(
+                path,
+                trusted,
+                store,
+                where=store.where,
+                run=runner.run,
+                witness=witness,
+                allow_unsigned_tail=options.allow_unsigned_tail,
+            )
+        finally:
+            runner.run(store.close())
 
 
 def _proven(entries: int, last_signed: int, head: Any) -> str:
@@ -279,7 +374,14 @@ def archive_command(
         int, typer.Option("--before-segment", min=1, help="Move every segment numbered below this one.")
     ],
     to: Annotated[
-        Path | None, typer.Option("--to", help="Archive directory (default: DIR-archive beside DIR).")
+        str | None,
+        typer.Option(
+            "--to", help="Archive directory (default: DIR-archive beside DIR), or s3://BUCKET/PREFIX."
+        ),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option("--s3-endpoint", help="S3 endpoint URL (default: s3_endpoint of the storage config)."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
@@ -290,7 +392,12 @@ def archive_command(
     with reporting_errors(output):
         if not path.is_dir():
             raise ConfigError(f"{path} is not an audit log directory")
-        destination = to if to is not None else path.with_name(path.name + "-archive")
+        if to is not None and to.startswith("s3://"):
+            _archive_to_s3(output, path, before_segment, to, s3_endpoint)
+            return
+        if s3_endpoint is not None:
+            raise ConfigError("--s3-endpoint goes with --to s3://BUCKET/PREFIX")
+        destination = Path(to) if to is not None else path.with_name(path.name + "-archive")
         moved = archive_segments(path, destination, before_segment=before_segment)
         output.result(
             {"ok": True, "path": str(path), "archive": str(destination), "moved": [str(p) for p in moved]}
@@ -303,6 +410,44 @@ def archive_command(
             f"what remains with `maif audit verify {path} --from-segment {before_segment} --trust KEY`, the "
             f"archive with `maif audit verify {destination} --trust KEY`"
         )
+
+
+def _archive_to_s3(
+    output: CommandOutput, path: Path, before_segment: int, url: str, s3_endpoint: str | None
+) -> None:
+    import asyncio
+
+    from maif.security.audit_archive import archive_segments_to_store
+
+    store = _s3_store(url, s3_endpoint)
+
+    async def archive() -> list[Any]:
+        try:
+            return await archive_segments_to_store(
+                path, store, before_segment=before_segment, location=url, endpoint=store.endpoint_url
+            )
+        finally:
+            await store.close()
+
+    done = asyncio.run(archive())
+    output.result(
+        {
+            "ok": True,
+            "path": str(path),
+            "archive": url,
+            "archived": [
+                {"segment": e.segment, "key": e.key, "size": e.size, "digest": e.digest} for e in done
+            ],
+        }
+    )
+    if not done:
+        output.human(f"nothing below segment {before_segment} in {path}: nothing archived")
+        return
+    output.human(
+        f"archived {len(done)} segment(s) ({done[0].segment}..{done[-1].segment}) to {url} in {store.where}, "
+        f"each read back and checked (BLAKE3) before removal; verify what remains with `maif audit verify "
+        f"{path} --trust KEY`, the whole chain with `maif audit verify {path} --fetch-archived --trust KEY`"
+    )
 
 
 @audit_app.command("checkpoint")

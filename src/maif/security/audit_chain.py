@@ -29,6 +29,7 @@ positions in the whole history.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -723,12 +724,7 @@ class _ChainCursor:
             return
         if first is None:
             raise _link_error(path, "the segment holds no link entry (emptied or replaced)")
-        try:
-            link = parse_link(first)
-        except FormatError as error:
-            raise _link_error(path, error.message) from None
-        if link.segment != number:
-            raise _link_error(path, f"the link names segment {link.segment}: files renamed or reordered")
+        link = numbered_link(path, number, first)
         if self.previous is None:  # the oldest segment verified: anchor on the head it records
             try:
                 _verify_signature(link.previous, table)
@@ -758,6 +754,18 @@ class _ChainCursor:
         self.previous = (path, walk)
 
 
+def numbered_link(path: Path, number: int, first: AuditEntry) -> SegmentLink:
+    """The link entry 0 of segment ``number`` (file ``path``) records; a located IntegrityError unless it
+    is a well-formed link naming that segment."""
+    try:
+        link = parse_link(first)
+    except FormatError as error:
+        raise _link_error(path, error.message) from None
+    if link.segment != number:
+        raise _link_error(path, f"the link names segment {link.segment}: files renamed or reordered")
+    return link
+
+
 def _link_error(path: Path, problem: str) -> IntegrityError:
     return IntegrityError(f"audit segment {path}: entry 0: {problem}", block_index=0)
 
@@ -782,24 +790,55 @@ def verify_audit_chain(
     Raises a located error naming the segment file and ``block_index`` = the entry within it.
     """
     folder = Path(directory)
+    segments = [(n, p) for n, p in list_segments(folder) if from_segment is None or n >= from_segment]
+    return verify_segment_sequence(
+        folder,
+        segments,
+        trusted_keys,
+        expected_first=0 if from_segment is None else from_segment,
+        witness=witness,
+        allow_unsigned_tail=allow_unsigned_tail,
+    )
+
+
+def _local_segment(number: int, path: Path) -> contextlib.AbstractContextManager[Path]:
+    return contextlib.nullcontext(path)
+
+
+def verify_segment_sequence(
+    folder: Path,
+    segments: Sequence[tuple[int, Path]],
+    trusted_keys: Sequence[TrustedKey],
+    *,
+    expected_first: int,
+    witness: SignedCheckpoint | None = None,
+    allow_unsigned_tail: bool = False,
+    open_segment: Callable[[int, Path], contextlib.AbstractContextManager[Path]] = _local_segment,
+) -> AuditChainReport:
+    """The checks of :func:`verify_audit_chain` over ``segments`` (number, name), oldest first.
+
+    ``open_segment(number, path)`` gives the local file to read for a segment, one at a time (the
+    archive fetches archived segments through it, so at most one is on local disk); messages name
+    ``path``.
+    """
     table = _trust_table(trusted_keys)
     if not table:
         raise CryptoError("verifying an audit log needs at least one trusted public key")
     if witness is not None:
         _verify_signature(witness, table)
-    segments = [(n, p) for n, p in list_segments(folder) if from_segment is None or n >= from_segment]
     if not segments:
-        raise FormatError(f"{folder} holds no audit segment numbered {from_segment or 0} or later")
-    _require_contiguous(folder, segments, 0 if from_segment is None else from_segment)
+        raise FormatError(f"{folder} holds no audit segment numbered {expected_first} or later")
+    _require_contiguous(folder, list(segments), expected_first)
     cursor, signing_keys, checkpoints, witnessed = _ChainCursor(), list[bytes](), 0, False
     first_index, last, signed_entries = 0, None, 0
     for position, (number, path) in enumerate(segments):
-        walk = _walk_segment(path, table, signing_keys, witness)
-        cursor.check_link(number, path, walk, table)
-        if position == 0:
-            first_index = cursor.next_index
-        if position < len(segments) - 1:
-            _require_sealed(path, walk)
+        with open_segment(number, path) as local:
+            walk = _walk_segment(local, table, signing_keys, witness)
+            cursor.check_link(number, path, walk, table)
+            if position == 0:
+                first_index = cursor.next_index
+            if position < len(segments) - 1:
+                _require_sealed(path, walk)
         cursor.advance(path, walk)
         checkpoints += walk.checkpoints
         signed_entries += 0 if walk.last_checkpoint is None else walk.last_checkpoint.tree_size
@@ -901,9 +940,11 @@ __all__ = [
     "latest_chain_checkpoint",
     "link_event",
     "list_segments",
+    "numbered_link",
     "parse_link",
     "read_audit_chain",
     "read_chain_page",
     "segment_name",
     "verify_audit_chain",
+    "verify_segment_sequence",
 ]
