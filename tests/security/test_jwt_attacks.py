@@ -14,7 +14,7 @@ import json
 import secrets
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jwt
@@ -164,17 +164,23 @@ def test_unknown_kid_flood_costs_the_issuer_at_most_one_jwks_request(
     assert verifier.verify(oidc_issuer.mint()).subject == "agent-1"  # legitimate tokens still pass
 
 
+def _at(offset_s: int) -> Callable[[], int]:
+    """A time claim ``offset_s`` from the moment the token is minted (not from collection time: the
+    whole suite can run for longer than the offsets)."""
+    return lambda: int(time.time()) + offset_s
+
+
 @pytest.mark.parametrize(
     ("claims", "drop", "reason"),
     [
-        ({"exp": int(time.time()) - 120}, (), "expired"),
-        ({"nbf": int(time.time()) + 600}, (), "not yet valid"),
-        ({"iat": int(time.time()) + 600, "exp": int(time.time()) + 900}, (), "not yet valid"),
+        ({"exp": _at(-120)}, (), "expired"),
+        ({"nbf": _at(600)}, (), "not yet valid"),
+        ({"iat": _at(600), "exp": _at(900)}, (), "not yet valid"),
         ({}, ("exp",), "exp"),
         ({}, ("iat",), "iat"),
         ({}, ("sub",), "sub"),
         ({"exp": "tomorrow"}, (), "Expiration"),
-        ({"iat": int(time.time()) - 10, "exp": int(time.time()) + 2 * 86400}, (), "lifetime"),
+        ({"iat": _at(-10), "exp": _at(2 * 86400)}, (), "lifetime"),
         ({"sub": ""}, (), "subject"),
         ({"sub": 42}, (), "(?i)sub"),
         ({"scope": {"maif:admin": True}}, (), "scope"),
@@ -183,7 +189,8 @@ def test_unknown_kid_flood_costs_the_issuer_at_most_one_jwks_request(
 def test_bad_time_and_subject_claims_are_refused(
     verifier: TokenVerifier, oidc_issuer: Any, claims: dict[str, Any], drop: tuple[str, ...], reason: str
 ) -> None:
-    refused(verifier, oidc_issuer.mint(claims, drop=drop), match=reason)
+    minted = {name: value() if callable(value) else value for name, value in claims.items()}
+    refused(verifier, oidc_issuer.mint(minted, drop=drop), match=reason)
 
 
 def test_wrong_or_prefix_issuer_is_refused(verifier: TokenVerifier, oidc_issuer: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from maif.config import StorageConfig
 from maif.errors import (
+    ArgumentValueError,
     BlockNotFoundError,
     ConfigError,
     FormatError,
@@ -402,6 +403,23 @@ def test_memory_stays_bounded_while_ingesting_many_small_blocks(tmp_path: Path) 
     # runs (the spread is allocator and apply-batch timing). 180 MB over the budget still catches a
     # leak (which grows with the block count) while not failing on that spread.
     assert peak_rss_mb <= 64 + 180, f"peak RSS {peak_rss_mb} MB"
+
+
+def test_exists_and_wait_applied_are_public(tmp_path: Path) -> None:
+    """The queue workers (ADR 0074) ask whether a result is stored and wait until every node sees it."""
+
+    async def body(storage: MAIFStorage) -> None:
+        assert not await storage.exists("a")
+        await storage.write_block(MAIFBlock(id="a", data=b"x"))  # no agent id: still a block
+        assert await storage.exists("a")  # acknowledged, perhaps not yet applied
+        await storage.wait_applied()
+        assert await storage.exists("a")
+        await storage.delete_block("a")
+        assert not await storage.exists("a")
+        with pytest.raises(ArgumentValueError):
+            await storage.exists("")
+
+    with_store(tmp_path / "d", body)
 
 
 def test_import_takes_a_block_larger_than_the_readers_default_budget(tmp_path: Path) -> None:

@@ -269,11 +269,11 @@ class Worker:
 
     async def _stored(self, block_id: str) -> bool:
         # The engine's existence check (its log map, then the shared index): no payload is read.
-        return bool(await self.storage._exists(block_id))
+        return bool(await self.storage.exists(block_id))
 
     async def _wait_applied(self) -> None:
         """Results are acknowledged to the queue only once other nodes see them (ADR 0074)."""
-        await self.storage._wait_applied()
+        await self.storage.wait_applied()
 
     def _least_loaded(self) -> MAIFAgent:
         from maif.agents.cluster import least_loaded  # cluster imports this module when distributed

@@ -508,6 +508,17 @@ class MAIFStorage:
         self._deletes_total += 1
         return DeleteReceipt(block_id, lsn)
 
+    async def exists(self, block_id: str) -> bool:
+        """Whether ``block_id`` names a block: stored, or acknowledged and not yet applied, and not
+        deleted. Reads no payload (the log's map, then the index)."""
+        return await self._agent_of(arguments.block_id(block_id)) is not None
+
+    async def wait_applied(self) -> None:
+        """Return once every write this node has acknowledged is applied, so every node (and every
+        query) sees it; bounded like queries are (BackendUnavailableError while a server is out)."""
+        self._check_open()
+        await self._wait_applied()
+
     async def _agent_of(self, block_id: str) -> str | None:
         """The agent id of the block ``block_id`` names, None when there is no such block."""
         item = self._unapplied.get(block_id)
