@@ -539,10 +539,9 @@ class MAIFStorage:
         assert self._committer is not None
         self._inflight_bytes += cost
         try:
-            future = self._committer.append([item.encoded for item in items], items)
-            # Shielded: a cancelled caller does not un-write queued records; if they commit, the
-            # applier releases their bytes like any others.
-            first_lsn = await asyncio.shield(future)
+            # A cancelled caller cancels only this future: the committer still writes the queued records
+            # (it sets results only on futures not done), and the applier releases their bytes.
+            first_lsn = await self._committer.append([item.encoded for item in items], items)
         except asyncio.CancelledError:
             raise
         except BaseException:
