@@ -1094,9 +1094,12 @@ def log_item(payload: bytes, lsn: int) -> LogItem:
     return _item_of(decode_block(payload), payload, lsn)
 
 
+_EMBEDDING = MAIFBlockType.EMBEDDING  # looked up once: an enum member lookup costs per block
+
+
 def _item_of(block: MAIFBlock, encoded: bytes, lsn: int) -> LogItem:
     vector = None
-    if block.block_type is MAIFBlockType.EMBEDDING:
+    if block.block_type is _EMBEDDING:
         from maif.storage.vectors import embedding_of
 
         vector = embedding_of(block)

@@ -84,9 +84,10 @@ def seal_trailer(body_length: int, body_digest: bytes) -> bytes:
     return _SEAL_TRAILER.pack(SEAL_MAGIC, body_length, body_digest)
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkLocation:
-    """Where one chunk's frame lives: pack id, frame offset, and the lengths from its header."""
+class ChunkLocation(msgspec.Struct, frozen=True):
+    """Where one chunk's frame lives: pack id, frame offset, and the lengths from its header.
+    (A msgspec struct rather than a frozen dataclass: built once per stored frame, its constructor runs
+    in C, several times cheaper on the applier's path.)"""
 
     pack_id: int
     offset: int
@@ -557,6 +558,9 @@ class PackStore:
         if location.flags & FLAG_RECORD:
             self._records_indexed += 1
             return
+        self._locate_chunk(digest, location)
+
+    def _locate_chunk(self, digest: bytes, location: ChunkLocation) -> None:
         previous = self._locations.get(digest)
         if previous is not None:
             self.counters["raw_bytes"] -= previous.raw_length
@@ -693,11 +697,17 @@ class PackStore:
             self._fail("short write to a pack")
             raise DurabilityError(f"short write to pack {self._active_id} (disk full?)")
         pack_id = self._active_id
-        for digest, flags, raw_length, stored_length in staged.entries:
+        records = 0
+        for digest, flags, raw_length, stored_length in staged.entries:  # _add_location, per batch
             location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
             offset += _FRAME_HEADER.size + stored_length
-            self._add_location(digest, location)
             self._unindexed.append((digest, location))
+            if flags & FLAG_RECORD:
+                records += 1
+            else:
+                self._locate_chunk(digest, location)
+        self._records_indexed += records
+        self._indexed_end[pack_id] = max(self._indexed_end.get(pack_id, 0), offset)
         self._pack_sizes[pack_id] = offset
         self._active_dirty = True
         staged.clear()
