@@ -100,7 +100,7 @@ class ChunkLocation(msgspec.Struct, frozen=True):
         return self.offset + _FRAME_HEADER.size + self.stored_length
 
 
-_STAGED_BYTES_MAX: Final = 1 << 20  # frames written with one system call by put_chunks/put_records
+_STAGED_BYTES_MAX: Final = 1 << 16  # one write per 64 KiB of frames (put_chunks, put_records); see ADR 0044
 
 
 class _StagedFrames:
