@@ -17,6 +17,7 @@ from maif.storage.backends.local import (
 )
 from maif.storage.backends.memory import MemoryMetadataIndex
 from maif.storage.packs import pack_file_name
+from maif.storage.records import BlockRecord, tombstone_record
 from maif.testing.conformance import (
     ChunkStoreTests,
     MetadataIndexTests,
@@ -153,6 +154,44 @@ def test_sqlite_index_agrees_with_the_memory_model(
                 if page:
                     after = page[-1].block_id
                     assert await sqlite.query(after=after, **query) == await model.query(after=after, **query)
+        finally:
+            await sqlite.close()
+
+    run(scenario())
+
+
+WRITES_AND_DELETIONS = st.lists(
+    st.one_of(RECORDS.map(lambda records: ("write", records)),
+              st.integers(0, 60).map(lambda number: ("delete", number))),
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=WRITES_AND_DELETIONS, queries=st.lists(QUERIES, min_size=1, max_size=5))
+def test_one_batched_put_indexes_as_one_put_per_record(
+    tmp_path_factory: pytest.TempPathFactory, steps: list, queries: list
+) -> None:
+    """The SQLite index writes a batch run by run (executemany); it must still answer as if each record
+    were put alone, in order: a later write of an id wins, with its own parents, and a deletion in the
+    middle of a batch removes only what came before it."""
+    batch: list[BlockRecord] = []
+    for kind, value in steps:
+        batch.extend(value if kind == "write" else [tombstone_record(f"block-{value:04d}", len(batch) + 1)])
+
+    async def scenario() -> None:
+        sqlite = LocalMetadataIndex(tmp_path_factory.mktemp("batched") / "index.sqlite")
+        model = MemoryMetadataIndex()
+        try:
+            await sqlite.put(batch)
+            for record in batch:
+                await model.put([record])
+            assert await sqlite.count() == await model.count()
+            for query in queries:
+                assert await sqlite.query(**query) == await model.query(**query), query
+            for number in range(61):  # every parent link, each rebuilt from the last write of its child
+                parent = f"block-{number:04d}"
+                assert await sqlite.query(parent=parent) == await model.query(parent=parent), parent
         finally:
             await sqlite.close()
 

@@ -350,3 +350,17 @@ def test_index_rebuild_keeps_cold_pack_entries(tmp_path: Path) -> None:
     reopened.close()
     again = PackStore(tmp_path, pack_bytes_max=30_000)  # the rewritten index is clean
     assert again.counters["index_rebuilds"] == 0 and len(again.has([d for d, _ in chunks])) == 12
+
+
+def test_a_batch_written_with_one_write_stores_a_repeated_chunk_once_and_reads_back(tmp_path: Path) -> None:
+    chunks = chunks_of(40, size=1_000)
+    store = PackStore(tmp_path, pack_bytes_max=30_000)
+    new_bytes = store.put_chunks(chunks + chunks[:5] + [chunks[7]])  # repeats inside one call
+    assert new_bytes == 40 * 1_000
+    assert store.counters["dedup_hits"] == 6
+    store.close()
+    reopened = PackStore(tmp_path, pack_bytes_max=30_000)
+    assert all(reopened.get_chunk(digest) == data for digest, data in chunks)
+    assert reopened.scrub(1.0) == []
+    assert reopened.stats()["packs"] >= 2  # the batch crossed pack boundaries
+    reopened.close()

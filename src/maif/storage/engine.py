@@ -550,10 +550,9 @@ class MAIFStorage:
         assert self._committer is not None
         self._inflight_bytes += cost
         try:
-            future = self._committer.append([item.encoded for item in items], items)
-            # Shielded: a cancelled caller does not un-write queued records; if they commit, the
-            # applier releases their bytes like any others.
-            first_lsn = await asyncio.shield(future)
+            # A cancelled caller cancels only this future: the committer still writes the queued records
+            # (it sets results only on futures not done), and the applier releases their bytes.
+            first_lsn = await self._committer.append([item.encoded for item in items], items)
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -1106,9 +1105,12 @@ def log_item(payload: bytes, lsn: int) -> LogItem:
     return _item_of(decode_block(payload), payload, lsn)
 
 
+_EMBEDDING = MAIFBlockType.EMBEDDING  # looked up once: an enum member lookup costs per block
+
+
 def _item_of(block: MAIFBlock, encoded: bytes, lsn: int) -> LogItem:
     vector = None
-    if block.block_type is MAIFBlockType.EMBEDDING:
+    if block.block_type is _EMBEDDING:
         from maif.storage.vectors import embedding_of
 
         vector = embedding_of(block)

@@ -294,24 +294,10 @@ def _put(connection: sqlite3.Connection, records: list[BlockRecord], applied_lsn
         raise FormatError(f"applied LSN must be a non-negative integer, got {applied_lsn!r}")
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for record in records:
-            if record.deleted:
-                _delete(connection, record, newer_only)
-                continue
-            if newer_only:
-                buried = connection.execute("SELECT lsn FROM tombstones WHERE block_id = ?",
-                                            (record.block_id,)).fetchone()
-                if buried is not None and buried[0] >= record.lsn:
-                    continue  # deleted after this record was written
-                if connection.execute(_UPSERT_NEWER, _row_of(record)).rowcount == 0:
-                    continue  # an equal or newer record of this block is already indexed
-            else:
-                connection.execute(_UPSERT, _row_of(record))
-            connection.execute("DELETE FROM parents WHERE child = ?", (record.block_id,))
-            connection.executemany(
-                "INSERT OR IGNORE INTO parents (parent, child) VALUES (?, ?)",
-                [(parent, record.block_id) for parent in record.parents],
-            )
+        if newer_only:
+            _put_newer(connection, records)
+        else:
+            _put_runs(connection, records)
         if applied_lsn is not None:
             connection.execute(
                 "INSERT INTO state (key, value) VALUES ('applied_lsn', ?) "
@@ -339,6 +325,46 @@ def _disk_full(path: Path, error: BaseException) -> BackendError | None:
     return BackendError(f"metadata index {path}: the disk is full ({error})",
                         hint=f"free space on the file system holding {path.parent}, then reopen the store "
                         "(its log still holds every acknowledged block)")
+
+
+def _put_newer(connection: sqlite3.Connection, records: list[BlockRecord]) -> None:
+    """Index ``records`` one by one, each only where no newer record or tombstone of its id is."""
+    for record in records:
+        if record.deleted:
+            _delete(connection, record, True)
+            continue
+        buried = connection.execute("SELECT lsn FROM tombstones WHERE block_id = ?",
+                                    (record.block_id,)).fetchone()
+        if buried is not None and buried[0] >= record.lsn:
+            continue  # deleted after this record was written
+        if connection.execute(_UPSERT_NEWER, _row_of(record)).rowcount == 0:
+            continue  # an equal or newer record of this block is already indexed
+        connection.execute("DELETE FROM parents WHERE child = ?", (record.block_id,))
+        connection.executemany("INSERT OR IGNORE INTO parents (parent, child) VALUES (?, ?)",
+                               [(parent, record.block_id) for parent in record.parents])
+
+
+def _put_runs(connection: sqlite3.Connection, records: list[BlockRecord]) -> None:
+    """Index ``records`` in order, each run of writes between deletions with three executemany calls:
+    the rows (a later write of an id replaces an earlier one, as one by one), then each id's parent
+    links, rebuilt from the last write of the id in the run."""
+    start = 0
+    while start < len(records):
+        if records[start].deleted:
+            _delete(connection, records[start], False)
+            start += 1
+            continue
+        end = start
+        while end < len(records) and not records[end].deleted:
+            end += 1
+        run = records[start:end]
+        connection.executemany(_UPSERT, [_row_of(record) for record in run])
+        last_of = {record.block_id: record for record in run}
+        connection.executemany("DELETE FROM parents WHERE child = ?", [(block_id,) for block_id in last_of])
+        links = [(parent, block_id) for block_id, record in last_of.items() for parent in record.parents]
+        if links:
+            connection.executemany("INSERT OR IGNORE INTO parents (parent, child) VALUES (?, ?)", links)
+        start = end
 
 
 def _delete(connection: sqlite3.Connection, tombstone: BlockRecord, newer_only: bool) -> None:
