@@ -269,7 +269,7 @@ class Worker:
 
     async def _stored(self, block_id: str) -> bool:
         # The engine's existence check (its log map, then the shared index): no payload is read.
-        return bool(await self.storage._exists(block_id))
+        return await self.storage._agent_of(block_id) is not None
 
     async def _wait_applied(self) -> None:
         """Results are acknowledged to the queue only once other nodes see them (ADR 0074)."""
