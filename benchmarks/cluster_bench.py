@@ -2,6 +2,7 @@
 agents in total, a CPU-bound and an I/O-bound task; one run, JSON in benchmarks/results/cluster_bench.json.
 
     .venv/bin/python benchmarks/cluster_bench.py [--tasks 3000] [--workers 1,2,4,8] [--agents 10,100,1000]
+        [--kinds cpu,io]
 
 - CPU-bound: the built-in ``text_analysis`` handler on a 2 KB text (tokenising, statistics, keywords, an
   embedding), run in the worker's thread pool.
@@ -63,6 +64,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--agents", default="10,100,1000")
+    parser.add_argument("--kinds", default="cpu,io", help="cpu, io or both")
     parser.add_argument("--output", type=Path, default=RESULTS)
     options = parser.parse_args()
     shared = SharedServers(services_state_dir())
@@ -78,7 +80,8 @@ def main() -> int:
             runs = []
             for workers in map(int, options.workers.split(",")):
                 for agents in map(int, options.agents.split(",")):
-                    runs += measure(workers, agents, options.tasks, pg, env, bucket, nats, model_url)
+                    runs += measure(workers, agents, options.tasks, pg, env, bucket, nats, model_url,
+                                    options.kinds.split(","))
     finally:
         stub.kill()
         stub.wait()
@@ -101,7 +104,7 @@ def main() -> int:
 
 
 def measure(workers: int, agents: int, count: int, pg: str, env: dict[str, str], bucket: str, nats: Any,
-            model_url: str) -> list[dict[str, Any]]:
+            model_url: str, kinds: list[str]) -> list[dict[str, Any]]:
     import tempfile
 
     per_worker = max(1, agents // workers)
@@ -118,7 +121,7 @@ def measure(workers: int, agents: int, count: int, pg: str, env: dict[str, str],
             for process in processes:
                 process.wait_ready(120)
             results = []
-            for kind in ("cpu", "io"):
+            for kind in kinds:
                 results.append(run_once(cluster, nats, kind, workers, per_worker * workers, count))
                 print(json.dumps(results[-1]), flush=True)
             for process in processes:

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from http_client import HTTPConnection
+
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 SMALL_LOADS_PER_S = (100, 300, 600, 1000)
@@ -91,34 +93,6 @@ def _percentile(ordered: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-class _Connection:
-    """A minimal HTTP/1.1 keep-alive client connection (asyncio streams): httpx costs the load process
-    about a millisecond of CPU per request, which on this 2-core machine starves the server under test."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-        self.writer.write(head.encode() + body)
-        status_line = await self.reader.readline()
-        length = 0
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        payload = await self.reader.readexactly(length)
-        return int(status_line.split()[1]), payload
-
-
 async def _open_loop(
     url: str,
     token: str,
@@ -145,7 +119,7 @@ async def _open_loop(
 
     async def worker() -> None:
         nonlocal errors
-        connection = _Connection(host, int(port))
+        connection = HTTPConnection(host, int(port))
         while not schedule.empty():
             index = schedule.get_nowait()
             scheduled = start + index / rate_per_s
@@ -156,7 +130,7 @@ async def _open_loop(
                 status, answer = await connection.request("POST", "/v1/blocks", headers, body)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 errors += 1
-                connection = _Connection(host, int(port))
+                connection = HTTPConnection(host, int(port))
                 continue
             if status != 201:
                 errors += 1
@@ -278,7 +252,7 @@ async def _soak(
     chooser = random.Random(7)
 
     async def worker() -> None:
-        connection = _Connection(host, int(port))
+        connection = HTTPConnection(host, int(port))
         while not schedule.empty():
             offset, kind, index = schedule.get_nowait()
             scheduled = start + offset
@@ -295,7 +269,7 @@ async def _soak(
                 status, answer = await connection.request(*request)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 events.append((offset, kind, None))
-                connection = _Connection(host, int(port))
+                connection = HTTPConnection(host, int(port))
                 continue
             if status not in (200, 201):
                 events.append((offset, kind, None))
@@ -333,7 +307,7 @@ async def _prefill(host: str, port: int, headers: dict[str, str], payload: bytes
         queue.put_nowait(index)
 
     async def worker() -> None:
-        connection = _Connection(host, port)
+        connection = HTTPConnection(host, port)
         while not queue.empty():
             index = queue.get_nowait()
             data = payload[:-8] + (10**9 + index).to_bytes(8, "little")

@@ -36,7 +36,16 @@ def least_loaded(agents: list[MAIFAgent], start: int) -> int:
     """The index of the agent with the least queue depth + in-flight work; ties go to the first one
     from ``start`` on, so equal loads rotate."""
     count = len(agents)
-    return min(((start + offset) % count for offset in range(count)), key=lambda index: agents[index].load)
+    best = start % count
+    best_load = agents[best].load
+    for offset in range(1, count):
+        if best_load == 0:  # an idle agent: none can be less loaded (stops the scan of 1000s of agents)
+            break
+        index = (start + offset) % count
+        load = agents[index].load
+        if load < best_load:
+            best, best_load = index, load
+    return best
 
 
 class AgentCluster:
