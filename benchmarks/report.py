@@ -186,10 +186,11 @@ def load_average(stem: str, document: dict[str, Any], manifest: dict[str, Any]) 
         if "load_average" in key and isinstance(value, int | float):
             return f"{value:.2f} ({key})"
     machine = document.get("machine") or {}
-    for key in ("load_average_at_start", "load_average_start"):
+    for key, when in (("load_average_at_start", "start"), ("load_average_start", "start"),
+                      ("load_average_at_end", "end"), ("load_average_end", "end")):
         values = machine.get(key)
         if isinstance(values, list) and values:
-            return f"{values[0]:.2f} (1-min, at start)"
+            return f"{values[0]:.2f} (1-min, at {when})"
     return "not recorded"
 
 
