@@ -51,8 +51,9 @@ def _result_times() -> dict[str, float]:
 
 
 def run(names: list[str]) -> int:
+    runs: list[dict[str, object]] = []
     manifest = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "commit": _commit(), "cpus": os.cpu_count(), "mode": "full", "benchmarks": []}
+                "commit": _commit(), "cpus": os.cpu_count(), "mode": "full", "benchmarks": runs}
     failures = 0
     for name in names:
         script = BENCHMARKS / f"{name}_bench.py"
@@ -66,7 +67,7 @@ def run(names: list[str]) -> int:
         entry = {"name": name, "exit_code": code, "elapsed_s": round(time.monotonic() - started, 1),
                  "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
                  "results": written}
-        manifest["benchmarks"].append(entry)  # type: ignore[attr-defined]
+        runs.append(entry)
         failures += code != 0
         print(f"== {name}: exit {code} in {entry['elapsed_s']} s, wrote {', '.join(written) or 'nothing'}",
               flush=True)
