@@ -21,8 +21,10 @@ from server_process import start_server as start_server_for
 
 MiB = 1024 * 1024
 UPLOAD_BYTES = 1024 * MiB
-# An eighth of the 1 GiB moved each way: the store's 64 MiB memory budget (the hot cache fills with the
-# parts), about two 4 MiB parts in flight, and allocator slack. Holding the body would cost 1 GiB.
+# An eighth of the 1 GiB moved each way. The server's store has max_memory_mb = 64 (a 16 MiB hot cache that
+# fills with parts, 16 MiB of unapplied writes), a few 4 MiB parts are in flight, and `maif serve` returns
+# freed megabyte buffers to the system (docs/adr/0083): measured 62-63 MiB here, 100-132 MiB before that.
+# Holding the body would cost 1 GiB.
 RSS_GROWTH_BYTES_MAX = 128 * MiB
 
 

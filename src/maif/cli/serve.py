@@ -137,8 +137,10 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
     from maif.service.app import create_app
     from maif.service.connections import guarded_protocol
     from maif.service.middleware import configure_json_logging
+    from maif.storage.allocator import bound_allocator_retention
     from maif.storage.engine import create_maif_storage
 
+    bound_allocator_retention()  # freed 4 MiB parts go back to the system (docs/adr/0083)
     storage_config = load_section(StorageConfig, config)
     security_config = load_section(SecurityConfig, config)
     service_config = _service_section(config)

@@ -37,8 +37,10 @@ async def run_worker(config: Path, agents: int, worker_id: str | None, metrics_p
                      handler_modules: list[str] | None = None) -> None:
     from maif.agents.queue import TaskQueue
     from maif.agents.worker import Worker
+    from maif.storage.allocator import bound_allocator_retention
     from maif.storage.engine import create_maif_storage
 
+    bound_allocator_retention()  # docs/adr/0083
     storage_config = load_section(StorageConfig, config)
     agent_config = load_section(AgentConfig, config)
     if not storage_config.nats_url:
