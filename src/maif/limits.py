@@ -314,6 +314,10 @@ attestation_pending_enrollments_max: Final = 4096
 attestation_enrolled_agents_max: Final = 1_000_000
 """Most agents one verifier keeps an enrolled attestation key for."""
 
+attestation_state_file_bytes_max: Final = 64 * MiB
+"""Largest sealed attestation state file (maif.security.enrollments): about 150k enrolled agents with RSA
+AKs. Rewritten whole on each enrolment, so a deployment near it wants a database instead."""
+
 
 # --- agent runtime -----------------------------------------------------------------------------
 agent_remembered_task_ids_max: Final = 1_000_000

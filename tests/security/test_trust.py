@@ -44,6 +44,9 @@ class ContractAttestationVerifier:
         self.valid_for_s = valid_for_s
         self.bindings: list[bytes | None] = []
 
+    def close(self) -> None:
+        """The contract's close (the real verifier writes its newest TPM clocks there)."""
+
     def new_challenge(self, agent_id: str) -> bytes:
         nonce = os.urandom(32)
         self.nonces[nonce] = agent_id

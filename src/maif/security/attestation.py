@@ -22,6 +22,7 @@ Every failure raises :class:`~maif.errors.AttestationError` with the reason; not
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -29,7 +30,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -43,6 +44,13 @@ from cryptography.x509.oid import ExtensionOID
 from maif import limits
 from maif.errors import AttestationError
 from maif.security import tpm
+from maif.security.enrollments import (
+    CLOCK_FLUSH_INTERVAL_S,
+    AttestationState,
+    ClockRecord,
+    EnrolledRecord,
+    EnrollmentFile,
+)
 
 __all__ = [
     "AttestationResult",
@@ -388,6 +396,10 @@ class AttestationVerifier:
     ``golden_pcrs`` is the PCR policy: a quote must select exactly these PCRs and carry exactly these
     values. Without golden values every quote is refused (fail closed): the TPM alone proves which key
     signed, not what ran.
+
+    With ``state_file`` the enrolments and each AK's newest clock are kept there and reloaded on start
+    (:mod:`maif.security.enrollments`); without it they live as long as this object. Call :meth:`close`
+    when done, so the newest clocks are written.
     """
 
     def __init__(
@@ -399,6 +411,7 @@ class AttestationVerifier:
         clock: Callable[[], float] = time.time,
         enrollment_ttl_s: float = 300.0,
         result_valid_for_s: float = 300.0,
+        state_file: EnrollmentFile | None = None,
     ) -> None:
         if not trusted_roots:
             raise AttestationError("an attestation verifier needs at least one trusted TPM root certificate")
@@ -417,6 +430,14 @@ class AttestationVerifier:
         self._enrolled: dict[str, EnrolledKey] = {}
         self._enrolled_ak: dict[str, tpm.TpmPublic] = {}  # parsed and checked once, at enrollment
         self._last_clock: dict[bytes, _ClockState] = {}
+        # Enrolments and clocks survive a restart in this sealed file (maif.security.enrollments).
+        self._state_file = state_file
+        self._generation = 0
+        self._clocks_written_at = time.monotonic()
+        self._clocks_unwritten = False
+        if state_file is not None:
+            with self._lock, state_file.locked():
+                self._adopt(state_file.load())
 
     # -- challenges --
     def new_challenge(self, agent_id: str) -> bytes:
@@ -484,6 +505,7 @@ class AttestationVerifier:
         _check_agent_id(agent_id)
         now = self._clock()
         with self._lock:
+            self._refresh_state()
             if agent_id in self._enrolled:
                 raise AttestationError(
                     f"agent {agent_id!r} already has an enrolled attestation key",
@@ -541,7 +563,7 @@ class AttestationVerifier:
             pending.ek_certificate_sha256,
             now,
         )
-        with self._lock:
+        with self._lock, self._changing_state():
             if agent_id in self._enrolled:
                 raise AttestationError(f"agent {agent_id!r} already has an enrolled attestation key")
             if len(self._enrolled) >= limits.attestation_enrolled_agents_max:
@@ -552,11 +574,12 @@ class AttestationVerifier:
 
     def enrolled_key(self, agent_id: str) -> EnrolledKey | None:
         with self._lock:
+            self._refresh_state()
             return self._enrolled.get(agent_id)
 
     def revoke_enrollment(self, agent_id: str) -> None:
         """Forget the agent's AK (and its clock history); its quotes are refused until it enrolls again."""
-        with self._lock:
+        with self._lock, self._changing_state():
             enrolled = self._enrolled.pop(agent_id, None)
             self._enrolled_ak.pop(agent_id, None)
             if enrolled is not None:
@@ -581,6 +604,7 @@ class AttestationVerifier:
         if binding is not None and not isinstance(binding, bytes):
             raise AttestationError("a quote binding must be bytes")
         with self._lock:
+            self._refresh_state()
             enrolled = self._enrolled.get(agent_id)
             enrolled_ak = self._enrolled_ak.get(agent_id)
             golden = self._golden
@@ -624,6 +648,85 @@ class AttestationVerifier:
                 if same_boot and current.restart_count == last.restart_count and current.clock < last.clock:
                     raise AttestationError("the TPM's clock went backwards (state rollback or replay)")
             self._last_clock[ak_name] = current
+            self._clocks_unwritten = True
+            if time.monotonic() - self._clocks_written_at >= CLOCK_FLUSH_INTERVAL_S:
+                self._write_clocks()
+
+    # -- durable state --
+    def close(self) -> None:
+        """Write the clocks accepted since the last write (no-op without a state file)."""
+        with self._lock:
+            self._write_clocks()
+
+    def _write_clocks(self) -> None:
+        if self._state_file is not None and self._clocks_unwritten:
+            with self._changing_state():
+                pass
+
+    def _refresh_state(self) -> None:
+        """Adopt the state file when another process replaced it (call with the lock held)."""
+        if self._state_file is not None and self._state_file.stale():
+            with self._state_file.locked():
+                self._adopt(self._state_file.load())
+
+    @contextlib.contextmanager
+    def _changing_state(self) -> Iterator[None]:
+        """Change enrolments on the newest copy of the state and write it before the change counts
+        (call with the lock held). A change that raises, or whose write fails, is undone."""
+        if self._state_file is None:
+            yield
+            return
+        with self._state_file.locked():
+            if self._state_file.stale():
+                self._adopt(self._state_file.load())
+            saved = (dict(self._enrolled), dict(self._enrolled_ak), dict(self._last_clock))
+            try:
+                yield
+                state = self._snapshot()
+                self._state_file.save(state)
+            except BaseException:
+                self._enrolled, self._enrolled_ak, self._last_clock = saved
+                raise
+            self._generation = state.generation
+            self._clocks_written_at = time.monotonic()
+            self._clocks_unwritten = False
+
+    def _adopt(self, state: AttestationState) -> None:
+        """The file's enrolments replace ours; for clocks the later of ours and the file's wins."""
+        enrolled: dict[str, EnrolledKey] = {}
+        enrolled_ak: dict[str, tpm.TpmPublic] = {}
+        for record in state.enrolled:
+            enrolled[record.agent_id] = EnrolledKey(
+                record.agent_id, record.ak_public, record.ak_name, record.ak_qualified_name, record.ek_name,
+                record.ek_certificate_sha256, record.enrolled_at,
+            )
+            enrolled_ak[record.agent_id] = _check_ak_public(record.ak_public)
+        clocks = dict(self._last_clock)
+        for item in state.clocks:
+            stored = _ClockState(item.reset_count, item.restart_count, item.clock)
+            mine = clocks.get(item.ak_name)
+            if mine is None or _clock_key(stored) > _clock_key(mine):
+                clocks[item.ak_name] = stored
+        self._enrolled, self._enrolled_ak, self._last_clock = enrolled, enrolled_ak, clocks
+        self._generation = state.generation
+
+    def _snapshot(self) -> AttestationState:
+        return AttestationState(
+            self._generation + 1,
+            [
+                EnrolledRecord(key.agent_id, key.ak_public, key.ak_name, key.ak_qualified_name, key.ek_name,
+                               key.ek_certificate_sha256, key.enrolled_at)
+                for key in self._enrolled.values()
+            ],
+            [
+                ClockRecord(ak_name, state.reset_count, state.restart_count, state.clock)
+                for ak_name, state in self._last_clock.items()
+            ],
+        )
+
+
+def _clock_key(state: _ClockState) -> tuple[int, int, int]:
+    return (state.reset_count, state.restart_count, state.clock)
 
 
 # --- checks ----------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import fcntl
 import math
 import os
 import struct
@@ -70,6 +69,7 @@ from maif.errors import (
     LimitExceededError,
     SignatureError,
 )
+from maif.security.sealed_file import NONCE_BYTES, TAG_BYTES, SealedFile, derive_key
 
 MASTER_KEY_BYTES = 32
 KEY_ID_BYTES = 16
@@ -78,14 +78,10 @@ SIGNATURE_BYTES = 64
 
 _MAGIC = b"MAIFKEYS"
 _VERSION = 1
-_HEADER = struct.Struct("<8sHH16s12s")
-_NONCE_BYTES = 12
-_TAG_BYTES = 16
-_SEALED_BYTES = _NONCE_BYTES + 32 + _TAG_BYTES
-_RELOAD_INTERVAL_S = 1.0  # the longest a change made by another process can go unseen
+_NONCE_BYTES = NONCE_BYTES
+_SEALED_BYTES = NONCE_BYTES + 32 + TAG_BYTES
 _FUTURE_SKEW_S = 300.0  # signatures dated further ahead of our clock than this are refused
 
-_CONTEXT_MASTER_ID = "MAIF keystore 2026-11 master key id"
 _CONTEXT_INDEX_KEY = "MAIF keystore 2026-11 index encryption key"
 _CONTEXT_WRAP_KEY = "MAIF keystore 2026-11 data key wrapping key"
 
@@ -244,10 +240,6 @@ def _decode_master_key(text: bytes, source: str) -> bytes:
     return decoded
 
 
-def _derive(master_key: bytes, context: str) -> bytes:
-    return blake3.blake3(master_key, derive_key_context=context).digest()
-
-
 def _length_prefixed(*parts: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(part)) + part for part in parts)
 
@@ -318,15 +310,11 @@ class KeyStore:
 
     def __init__(self, path: Path, master_key: bytes, clock: Callable[[], float]) -> None:
         self._path = path
-        self._lock_path = path.with_name(path.name + ".lock")
-        self._master_id = _derive(master_key, _CONTEXT_MASTER_ID)[:16]
-        self._index_key = _derive(master_key, _CONTEXT_INDEX_KEY)
-        self._wrap_key = _derive(master_key, _CONTEXT_WRAP_KEY)
+        self._file = _sealed_file(path, master_key)
+        self._wrap_key = derive_key(master_key, _CONTEXT_WRAP_KEY)
         self._clock = clock
         self._mutex = threading.RLock()
         self._index = _Index(generation=0, keys=[])
-        self._file_identity: tuple[int, int, int] | None = None
-        self._loaded_at = -math.inf
 
     @classmethod
     def open(
@@ -336,7 +324,7 @@ class KeyStore:
         if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_BYTES:
             raise CryptoError(f"the master key must be {MASTER_KEY_BYTES} bytes")
         store = cls(Path(path), master_key, clock)
-        with store._mutex, store._file_lock():
+        with store._mutex, store._file.locked():
             if store._path.exists():
                 store._load()
             else:
@@ -486,8 +474,8 @@ class KeyStore:
         """Re-wrap every data key and re-encrypt the index under a new master key (sealed keys stay)."""
         if not isinstance(new_master_key, bytes) or len(new_master_key) != MASTER_KEY_BYTES:
             raise CryptoError(f"the master key must be {MASTER_KEY_BYTES} bytes")
-        new_wrap_key = _derive(new_master_key, _CONTEXT_WRAP_KEY)
-        with self._mutex, self._file_lock():
+        new_wrap_key = derive_key(new_master_key, _CONTEXT_WRAP_KEY)
+        with self._mutex, self._file.locked():
             self._load()
             records = []
             for record in self._index.keys:
@@ -497,8 +485,7 @@ class KeyStore:
                     rewrapped = _seal(new_wrap_key, data_key, ad)
                     record = msgspec.structs.replace(record, wrapped_data_key=rewrapped)
                 records.append(record)
-            self._master_id = _derive(new_master_key, _CONTEXT_MASTER_ID)[:16]
-            self._index_key = _derive(new_master_key, _CONTEXT_INDEX_KEY)
+            self._file = _sealed_file(self._path, new_master_key)
             self._wrap_key = new_wrap_key
             self._write(_Index(self._index.generation + 1, records))
 
@@ -571,7 +558,7 @@ class KeyStore:
     @contextlib.contextmanager
     def _mutate(self) -> Iterator[list[_KeyRecord]]:
         """Reload under the file lock, let the caller change the records, then write atomically."""
-        with self._mutex, self._file_lock():
+        with self._mutex, self._file.locked():
             self._load()
             records = list(self._index.keys)
             yield records
@@ -580,106 +567,31 @@ class KeyStore:
                     raise LimitExceededError("keystore keys", len(records), limits.keystore_keys_max)
                 self._write(_Index(self._index.generation + 1, records))
 
-    @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        try:
-            descriptor = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as error:
-            raise CryptoError(f"cannot lock keystore {self._path}: {error.strerror}") from error
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(descriptor)
-
     def _refresh(self) -> None:
-        """Reload if another process replaced the file, and at least every ``_RELOAD_INTERVAL_S``.
-
-        A rename gives the file a new inode and mtime, but inode numbers are reused and mtimes are
-        coarse (milliseconds), so two quick writes of equal size could look alike: the periodic reload
-        bounds how long a revocation written by another process can go unseen.
-        """
-        try:
-            status = os.stat(self._path)
-        except OSError as error:
-            raise CryptoError(f"keystore {self._path} cannot be read: {error.strerror}") from error
-        stale = time.monotonic() - self._loaded_at >= _RELOAD_INTERVAL_S
-        if stale or (status.st_ino, status.st_mtime_ns, status.st_size) != self._file_identity:
+        """Reload if another process replaced the file (and at least every second; see SealedFile.stale)."""
+        if self._file.stale():
             self._load()
 
     def _load(self) -> None:
-        try:
-            with self._path.open("rb") as handle:
-                status = os.fstat(handle.fileno())
-                data = handle.read(limits.keystore_file_bytes_max + 1)
-        except OSError as error:
-            raise CryptoError(f"keystore {self._path} cannot be read: {error.strerror}") from error
-        self._index = self._decode(data)
-        self._file_identity = (status.st_ino, status.st_mtime_ns, status.st_size)
-        self._loaded_at = time.monotonic()
-
-    def _decode(self, data: bytes) -> _Index:
-        if len(data) > limits.keystore_file_bytes_max:
-            raise LimitExceededError("keystore file", len(data), limits.keystore_file_bytes_max)
-        if len(data) < _HEADER.size + _TAG_BYTES:
-            raise FormatError(f"keystore {self._path} is truncated ({len(data)} bytes)")
-        magic, version, reserved, master_id, nonce = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise FormatError(f"{self._path} is not a MAIF keystore (bad magic)", offset=0)
-        if version != _VERSION or reserved != 0:
-            raise FormatError(f"keystore {self._path} has unsupported version {version}.{reserved}", offset=8)
-        if master_id != self._master_id:
-            raise DecryptionError(
-                f"the master key does not open keystore {self._path}",
-                hint="wrong master key, or the keystore header was altered",
-            )
-        try:
-            plaintext = AESGCM(self._index_key).decrypt(nonce, data[_HEADER.size :], data[: _HEADER.size])
-        except InvalidTag as error:
-            raise DecryptionError(f"keystore {self._path} failed authentication: it was altered") from error
+        plaintext = self._file.read()
+        if plaintext is None:
+            raise CryptoError(f"keystore {self._path} cannot be read: it does not exist")
         try:
             index = _INDEX_DECODER.decode(plaintext)
         except msgspec.DecodeError as error:  # authenticated yet malformed: written by a buggy writer
             raise FormatError(f"keystore {self._path} index is malformed: {error}") from error
         if len(index.keys) > limits.keystore_keys_max:
             raise LimitExceededError("keystore keys", len(index.keys), limits.keystore_keys_max)
-        return index
+        self._index = index
 
     def _write(self, index: _Index) -> None:
-        nonce = os.urandom(_NONCE_BYTES)
-        header = _HEADER.pack(_MAGIC, _VERSION, 0, self._master_id, nonce)
-        data = header + AESGCM(self._index_key).encrypt(nonce, _ENCODER.encode(index), header)
-        if len(data) > limits.keystore_file_bytes_max:
-            raise LimitExceededError("keystore file", len(data), limits.keystore_file_bytes_max)
-        _write_atomically(self._path, data)
+        self._file.write(_ENCODER.encode(index))
         self._index = index
-        status = os.stat(self._path)
-        self._file_identity = (status.st_ino, status.st_mtime_ns, status.st_size)
-        self._loaded_at = time.monotonic()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename over ``path``, fsync the directory: old or new, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise CryptoError(f"keystore {path} could not be written: {error.strerror}") from error
+def _sealed_file(path: Path, master_key: bytes) -> SealedFile:
+    return SealedFile(path, master_key, magic=_MAGIC, version=_VERSION, key_context=_CONTEXT_INDEX_KEY,
+                      what="keystore", bytes_max=limits.keystore_file_bytes_max)
 
 
 def _seal_associated_data(record: _KeyRecord) -> bytes:

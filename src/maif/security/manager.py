@@ -62,6 +62,7 @@ from maif.security.attestation import (
 from maif.security.audit import AuditEntry, AuditLog
 from maif.security.audit_chain import SegmentedAuditLog
 from maif.security.credentials import BasicIdentity, CredentialStore
+from maif.security.enrollments import EnrollmentFile
 from maif.security.gate import Gate, Grant, audit_event
 from maif.security.identity import TokenVerifier, VerifiedToken
 from maif.security.keys import KeyInfo, KeyStore, Signer, generate_master_key, master_key_from_environment
@@ -572,7 +573,11 @@ class SecurityManager:
         return self._audit
 
     def close(self) -> None:
-        self._audit.close()
+        try:
+            if self.attestation_verifier is not None:
+                self.attestation_verifier.close()  # the newest TPM clocks (maif.security.enrollments)
+        finally:
+            self._audit.close()
 
     def __enter__(self) -> SecurityManager:
         return self
@@ -696,7 +701,10 @@ def create_maif_security_manager(
         if attestation_verifier is None and security.trusted_tpm_roots:
             roots = [_load_root(source) for source in security.trusted_tpm_roots]
             policy = golden_pcrs if golden_pcrs is not None else security.golden_pcr_policy() or None
-            attestation_verifier = AttestationVerifier(roots, golden_pcrs=policy, clock=clock)
+            attestation_verifier = AttestationVerifier(
+                roots, golden_pcrs=policy, clock=clock,
+                state_file=EnrollmentFile(directory / "attestation.maifstate", key),
+            )
         return SecurityManager(
             security,
             token_verifier=token_verifier
