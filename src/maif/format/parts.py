@@ -40,6 +40,8 @@ _LAST_PART_KEYS: Final = _REQUIRED_KEYS | {"blake3"}
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 # A part's metadata map is encoded with sorted keys, so this fixstr key is in the bytes of every part.
 _PART_KEY_ENCODED: Final = b"\xa4part"
+_FIELD_FLAGS_AT: Final = 5
+"""Offset of a block header's field_flags byte (after the fourcc and storage_flags, codec.FIXED_HEADER)."""
 _PARALLEL_HASH_BYTES_MIN: Final = 1 << 20
 
 
@@ -355,17 +357,15 @@ def _judge(problems: list[Problem], index: int | None, check: Callable[..., None
 def _candidates(reader: ContainerReader, skip: set[int]) -> list[int]:
     """Blocks that may be parts, in index order: a header with the METADATA flag, plus every block in
     ``skip`` or refused by the layout check (their flag bytes cannot be trusted)."""
-    import numpy as np
-
-    if not len(reader) or reader._mapping is None:
+    mapping = reader._mapping
+    if not len(reader) or mapping is None:
         return sorted(skip | set(reader.bad_entries))
-    mapping = np.frombuffer(reader._mapping, dtype=np.uint8)
-    offsets = reader._offsets
-    inside = (offsets >= 0) & (offsets + 6 <= len(mapping))
-    field_flags = np.zeros(len(offsets), dtype=np.uint8)
-    field_flags[inside] = mapping[offsets[inside] + 5]
-    del mapping  # no buffer export may outlive this call (the reader closes its mapping)
-    found = set(np.flatnonzero((field_flags & codec.FIELD_METADATA) | ~inside).tolist())
+    flags_at, size, metadata_flag = _FIELD_FLAGS_AT, len(mapping), codec.FIELD_METADATA
+    found = {
+        index
+        for index, offset in enumerate(reader._offsets)
+        if offset + flags_at >= size or mapping[offset + flags_at] & metadata_flag
+    }
     return sorted(found | skip | set(reader.bad_entries))
 
 
@@ -376,7 +376,7 @@ def _check_one(
         sequence.abandon()
         return
     record = reader.record(index)
-    if not record[5] & codec.FIELD_METADATA:  # the header is in the clear, encrypted or not
+    if not record[_FIELD_FLAGS_AT] & codec.FIELD_METADATA:  # the header is in the clear, encrypted or not
         sequence.begin(index, None, 0)
         return
     encrypted = record[4] & codec.STORAGE_ENCRYPTED
