@@ -20,8 +20,9 @@ from maif.cli.main import COMMANDS, app, load_command
 HEAVY = ("numpy", "fastapi", "rich", "maif.storage", "maif.service", "maif.security.manager", "maif.format")
 # What `maif verify` of a file without embeddings does without (ADR 0082): numpy (the reader's index is
 # decoded with the standard library), pydantic (Typer's converters for path, text and flag parameters are
-# replaced by maif.cli.plain_values), the store and the service.
-NOT_FOR_VERIFY = ("numpy", "pydantic", "pydantic_core", "fastapi", "maif.storage", "maif.service")
+# replaced by maif.cli.plain_values), the store, the service, and Rich's tables (drawn only on failure).
+NOT_FOR_VERIFY = ("numpy", "pydantic", "pydantic_core", "fastapi", "maif.storage", "maif.service",
+                  "rich.table")
 
 
 def modules_after(code: str) -> set[str]:
