@@ -79,7 +79,7 @@ if RuntimeParam is not None:
 
     @dataclass(frozen=True)
     class _PlainValues(RuntimeParam):
-        """Typer's conversion of ``Path``/``str`` (or a list of them) without its pydantic adapter."""
+        """Typer's conversion of ``Path``, ``str`` or ``bool`` (or a list of them) without pydantic."""
 
         descriptor: Any
         many: bool
