@@ -1,7 +1,8 @@
 """The reader's index decoding (standard-library arrays, no numpy) against a plain struct reference.
 
 Random index regions, valid or damaged: the offsets, the record ends and the entries that break the
-no-holes layout must be exactly what decoding entry by entry with ``struct`` gives.
+no-holes layout must be exactly what decoding entry by entry with ``struct`` gives. The part check's
+candidates (blocks whose header announces metadata) likewise, on a real container and a damaged one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from maif.format import layout
-from maif.format.reader import _decode_index, _layout_breaks
+from maif.format.parts import _candidates
+from maif.format.reader import ContainerReader, _decode_index, _layout_breaks
 
 SEGMENT_START = 32
 
@@ -51,3 +53,18 @@ def test_array_decoding_matches_the_struct_reference(offsets: list[int], data: A
     assert starts.tolist() == expected_starts
     assert stops.tolist() == expected_stops
     assert _layout_breaks(starts, stops, trailer) == expected_broken
+
+
+def test_part_candidates_are_the_blocks_announcing_metadata_plus_those_the_layout_refused(build: Any) -> None:
+    path = build((7,))  # conftest.sample_block: blocks 0, 3 and 6 carry metadata
+    with ContainerReader.open(path) as reader:
+        assert _candidates(reader, set()) == [0, 3, 6]  # gathered in C loops: every offset in the file
+        assert _candidates(reader, {5}) == [0, 3, 5, 6]
+        index_offset = reader._versions[0].trailer.index_offset
+    data = bytearray(path.read_bytes())
+    entry_1 = index_offset + layout.INDEX_ENTRY.size
+    data[entry_1 : entry_1 + 8] = (1 << 40).to_bytes(8, "little")  # block 1 starts far past the file's end
+    path.write_bytes(bytes(data))
+    with ContainerReader.open(path) as reader:
+        assert set(reader.bad_entries) == {0, 1}
+        assert _candidates(reader, set()) == [0, 1, 3, 6]  # the walk that checks each offset
