@@ -10,6 +10,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -17,6 +18,11 @@ from typer.testing import CliRunner
 from maif.cli.main import COMMANDS, app, load_command
 
 HEAVY = ("numpy", "fastapi", "rich", "maif.storage", "maif.service", "maif.security.manager", "maif.format")
+# What `maif verify` of a file without embeddings does without (ADR 0082): numpy (the reader's index is
+# decoded with the standard library), pydantic (Typer's converters for path, text and flag parameters are
+# replaced by maif.cli.plain_values), the store, the service, and Rich's tables (drawn only on failure).
+NOT_FOR_VERIFY = ("numpy", "pydantic", "pydantic_core", "fastapi", "maif.storage", "maif.service",
+                  "rich.table")
 
 
 def modules_after(code: str) -> set[str]:
@@ -35,21 +41,43 @@ def test_importing_the_entry_point_loads_no_heavy_module() -> None:
     assert not any(loaded(modules, entry.module) for entry in COMMANDS.values())
 
 
-def test_help_lists_every_command_without_importing_one() -> None:
-    code = (
-        "import contextlib, io, sys\nfrom maif.cli.main import app\nsys.argv = ['maif', '--help']\n"
-        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n    app()"
-    )
-    modules = modules_after(code)
-    assert [name for name in HEAVY if loaded(modules, name)] == []
+def test_help_lists_every_command_without_importing_one(tmp_path: Path) -> None:
+    modules = modules_after(run_in_fresh_interpreter(["--help"], tmp_path))
+    assert [name for name in (*HEAVY, "pydantic") if loaded(modules, name)] == []
     listing = CliRunner().invoke(app, ["--help"]).output
     assert all(f"  {name} " in listing for name in COMMANDS)
+
+
+def run_in_fresh_interpreter(arguments: list[str], cwd: Path) -> str:
+    """The code that runs ``maif ARGUMENTS`` the way the console script does and asserts it exits 0."""
+    return (
+        f"import contextlib, io, os, sys\nos.chdir({str(cwd)!r})\nfrom maif.cli.main import app\n"
+        f"sys.argv = ['maif', *{arguments!r}]\nstatus = None\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        app()\n    except SystemExit as exit:\n        status = exit.code\n"
+        "assert status in (0, None), status"
+    )
 
 
 def test_verify_imports_the_format_but_not_the_store_or_the_service() -> None:
     modules = modules_after("from maif.cli.main import load_command\nload_command('verify')")
     assert loaded(modules, "maif.format")
     assert not loaded(modules, "maif.storage") and not loaded(modules, "fastapi")
+
+
+def test_verifying_a_small_file_imports_neither_numpy_nor_pydantic(tmp_path: Path) -> None:
+    runner = CliRunner()
+    (tmp_path / "one.txt").write_text("one block\n")
+    assert runner.invoke(app, ["keygen", "-o", str(tmp_path / "keys")]).exit_code == 0
+    packed = runner.invoke(app, ["pack", str(tmp_path / "one.txt"), "-o", str(tmp_path / "one.maif"), "--key",
+                                 str(tmp_path / "keys" / "maif.key")])
+    assert packed.exit_code == 0, packed.output
+    verify = ["verify", "one.maif", "--trust", "keys/maif.pub"]
+    modules = modules_after(run_in_fresh_interpreter(verify, tmp_path))
+    assert loaded(modules, "maif.format.verify")
+    assert [name for name in NOT_FOR_VERIFY if loaded(modules, name)] == []
+    help_modules = modules_after(run_in_fresh_interpreter(["verify", "--help"], tmp_path))
+    assert [name for name in NOT_FOR_VERIFY if loaded(help_modules, name)] == []
 
 
 FUNCTION_COMMANDS = [name for name, entry in COMMANDS.items() if entry.attribute.endswith("_command")]

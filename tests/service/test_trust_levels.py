@@ -82,6 +82,16 @@ def security_config(
     }
 
 
+def refused_evidence(answer: httpx.Response) -> bool:
+    """The bootstrap of a caller whose token verified but whose evidence (quote, key proof, approvals)
+    was refused: 403 with the attestation-refused problem type, not 401 (ADR 0080)."""
+    return (
+        answer.status_code == 403
+        and answer.json()["type"] == "urn:maif:problem:attestation-refused"
+        and "WWW-Authenticate" not in answer.headers
+    )
+
+
 class Agent:
     """One agent's HTTP client: its bearer token, and the session of its highest context so far."""
 
@@ -206,7 +216,7 @@ async def _walk(
     assert read.content == SECRET_PAYLOAD
     # ... and the same quote again is a replayed nonce.
     replayed = await agent.post("/v1/trust/bootstrap", evidence)
-    assert replayed.status_code == 401 and "nonce" in replayed.json()["detail"]
+    assert refused_evidence(replayed) and "nonce" in replayed.json()["detail"]
 
     # Level 4: register the agent's own key (from the level-3 session), then prove it bound to the TPM.
     key = Ed25519PrivateKey.generate()
@@ -258,12 +268,12 @@ async def _attacks(
     # A quote from a different TPM (a genuine one, enrolled for another agent) over agent-1's nonce.
     nonce = await fresh.challenge()
     other_tpm = await fresh.bootstrap({"attestation": attestation_json(tpm_b, ak_b, nonce)})
-    assert other_tpm.status_code == 401 and "attestation key other than" in other_tpm.json()["detail"]
+    assert refused_evidence(other_tpm) and "attestation key other than" in other_tpm.json()["detail"]
 
     # A genuine, enrolled TPM whose PCR 7 is not one of the golden values.
     nonce = await stranger.challenge()
     not_golden = await stranger.bootstrap({"attestation": attestation_json(tpm_b, ak_b, nonce)})
-    assert not_golden.status_code == 401 and "PCR sha256:7" in not_golden.json()["detail"]
+    assert refused_evidence(not_golden) and "PCR sha256:7" in not_golden.json()["detail"]
 
     # A key proof by a foreign key: the quote binds and the proof signs with a key never registered.
     foreign_key = Ed25519PrivateKey.generate()
@@ -274,7 +284,7 @@ async def _attacks(
             "key_proof": key_proof(AGENT, foreign_key, nonce),
         }
     )
-    assert foreign_proof.status_code == 401 and "not a registered key" in foreign_proof.json()["detail"]
+    assert refused_evidence(foreign_proof) and "not a registered key" in foreign_proof.json()["detail"]
     # ... or the registered key's id with a foreign key's signature.
     nonce = await fresh.challenge()
     forged = key_proof(AGENT, key, nonce)
@@ -282,7 +292,7 @@ async def _attacks(
     forged_proof = await fresh.bootstrap(
         {"attestation": attestation_json(tpm_a, ak_a, nonce, public), "key_proof": forged}
     )
-    assert forged_proof.status_code == 401 and "proof of key possession" in forged_proof.json()["detail"]
+    assert refused_evidence(forged_proof) and "proof of key possession" in forged_proof.json()["detail"]
 
     # Approvals: a non-approver, an approver's id with a stranger's key, and one valid approval of two.
     mallory = Ed25519PrivateKey.generate()
@@ -300,8 +310,17 @@ async def _attacks(
                 "approvals": approvals_json(AGENT, nonce, signers),
             }
         )
-        assert below_k.status_code == 401 and "1 valid approvals" in below_k.json()["detail"], below_k.text
+        assert refused_evidence(below_k) and "1 valid approvals" in below_k.json()["detail"], below_k.text
     assert fresh.headers == fresh.token_headers  # no refused bootstrap opened a session
+    # The same evidence with a token that does not verify: who is asking is unknown, so 401 (not 403).
+    nonce = await fresh.challenge()
+    forged_token = fresh.token_headers["Authorization"][:-4] + "AAAA"
+    unauthenticated = await http.post(
+        "/v1/trust/bootstrap",
+        json={"attestation": attestation_json(tpm_a, ak_a, nonce)},
+        headers={"Authorization": forged_token},
+    )
+    assert unauthenticated.status_code == 401 and "WWW-Authenticate" in unauthenticated.headers
 
     # Registering a key needs HARDWARE_ATTESTED and a signature by that key.
     new_key = Ed25519PrivateKey.generate()

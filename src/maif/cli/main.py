@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import typer
 from typer.core import TyperGroup
 
+from maif.cli.plain_values import convert_without_pydantic
+
 
 class LazyCommand(NamedTuple):
     module: str
@@ -51,22 +53,27 @@ COMMANDS: dict[str, LazyCommand] = {
 
 
 def load_command(name: str) -> Any:
-    """The Click command (or group) for ``name``, importing its module now."""
+    """The Click command (or group) for ``name``, importing its module now; its path and text
+    parameters are converted without pydantic (maif.cli.plain_values)."""
     entry = COMMANDS[name]
     target = getattr(importlib.import_module(entry.module), entry.attribute)
     if isinstance(target, typer.Typer):
         group = typer.main.get_group(target)
         group.name, group.help = name, entry.summary
-        return group
+        return convert_without_pydantic(group)
     single = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
     single.command(name)(target)
     command = typer.main.get_command(single)
     command.name = name
-    return command
+    return convert_without_pydantic(command)
 
 
 class _LazyGroup(TyperGroup):
     """A group whose listed commands are imported only when one is run (or its help is shown)."""
+
+    def __init__(self, *arguments: Any, **options: Any) -> None:
+        super().__init__(*arguments, **options)
+        convert_without_pydantic(self)
 
     def list_commands(self, ctx: Any) -> list[str]:
         return [*COMMANDS, *super().list_commands(ctx)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import json
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
@@ -78,6 +77,8 @@ class CommandOutput:
     def result(self, document: Mapping[str, Any]) -> None:
         """Write the command's machine-readable result, in JSON mode only."""
         if self.json_output:
+            import json  # only a --json run writes JSON: a human one does not pay the import
+
             sys.stdout.write(json.dumps(jsonable(document), indent=2, sort_keys=False) + "\n")
             sys.stdout.flush()
 

@@ -30,7 +30,6 @@ from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from rich.table import Table
 
 from maif.cli.exit_codes import ExitCode
 from maif.cli.keyfiles import load_trusted_keys, load_x25519_private_key
@@ -235,6 +234,8 @@ def _render(output: CommandOutput, document: dict[str, Any]) -> None:
     if document["ok"]:
         output.human("[bold green]verified[/bold green]: every check passed under a trusted key")
         return
+    from rich.table import Table  # only a failure draws one: a verified file does not pay its import
+
     table = Table(title=f"{len(document['problems'])} problem(s)", title_justify="left")
     table.add_column("block", justify="right")
     table.add_column("kind")

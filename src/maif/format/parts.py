@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import compress
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import blake3
@@ -40,6 +41,10 @@ _LAST_PART_KEYS: Final = _REQUIRED_KEYS | {"blake3"}
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
 # A part's metadata map is encoded with sorted keys, so this fixstr key is in the bytes of every part.
 _PART_KEY_ENCODED: Final = b"\xa4part"
+_FIELD_FLAGS_AT: Final = 5
+"""Offset of a block header's field_flags byte (after the fourcc and storage_flags, codec.FIXED_HEADER)."""
+_HAS_METADATA: Final = bytes(1 if flags & codec.FIELD_METADATA else 0 for flags in range(256))
+"""A field_flags byte translated to 1 when the header announces metadata, else 0."""
 _PARALLEL_HASH_BYTES_MIN: Final = 1 << 20
 
 
@@ -355,17 +360,21 @@ def _judge(problems: list[Problem], index: int | None, check: Callable[..., None
 def _candidates(reader: ContainerReader, skip: set[int]) -> list[int]:
     """Blocks that may be parts, in index order: a header with the METADATA flag, plus every block in
     ``skip`` or refused by the layout check (their flag bytes cannot be trusted)."""
-    import numpy as np
-
-    if not len(reader) or reader._mapping is None:
+    mapping, offsets = reader._mapping, reader._offsets
+    if not len(reader) or mapping is None:
         return sorted(skip | set(reader.bad_entries))
-    mapping = np.frombuffer(reader._mapping, dtype=np.uint8)
-    offsets = reader._offsets
-    inside = (offsets >= 0) & (offsets + 6 <= len(mapping))
-    field_flags = np.zeros(len(offsets), dtype=np.uint8)
-    field_flags[inside] = mapping[offsets[inside] + 5]
-    del mapping  # no buffer export may outlive this call (the reader closes its mapping)
-    found = set(np.flatnonzero((field_flags & codec.FIELD_METADATA) | ~inside).tolist())
+    if max(offsets) + _FIELD_FLAGS_AT < len(mapping):
+        # Every header's flags byte, gathered and tested in C loops (map, translate, compress): a
+        # container of a million blocks is not walked in Python.
+        flags = bytes(map(mapping.__getitem__, map(_FIELD_FLAGS_AT.__add__, offsets)))
+        found = set(compress(range(len(offsets)), flags.translate(_HAS_METADATA)))
+    else:  # an offset beyond the file (a damaged index): such a block is a candidate
+        size = len(mapping)
+        found = {
+            index
+            for index, offset in enumerate(offsets)
+            if offset + _FIELD_FLAGS_AT >= size or mapping[offset + _FIELD_FLAGS_AT] & codec.FIELD_METADATA
+        }
     return sorted(found | skip | set(reader.bad_entries))
 
 
@@ -376,7 +385,7 @@ def _check_one(
         sequence.abandon()
         return
     record = reader.record(index)
-    if not record[5] & codec.FIELD_METADATA:  # the header is in the clear, encrypted or not
+    if not record[_FIELD_FLAGS_AT] & codec.FIELD_METADATA:  # the header is in the clear, encrypted or not
         sequence.begin(index, None, 0)
         return
     encrypted = record[4] & codec.STORAGE_ENCRYPTED

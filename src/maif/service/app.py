@@ -47,7 +47,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from maif import limits
-from maif.errors import AttestationError, ConfigError, FormatError, LimitExceededError, MAIFError
+from maif.errors import (
+    AttestationError,
+    AuthenticationError,
+    ConfigError,
+    FormatError,
+    LimitExceededError,
+    MAIFError,
+    TokenError,
+)
 from maif.format.block import MAIFBlock
 from maif.security.attestation import HardwareAttestation
 from maif.security.audit import AuditEntry, SignedCheckpoint
@@ -755,6 +763,15 @@ def _require_attestation(state: ServiceState) -> None:
         )
 
 
+def _refused_evidence(state: ServiceState, error: AuthenticationError) -> ServiceProblem:
+    """The answer to an authenticated caller whose trust evidence (TPM quote, key proof, approvals) was
+    refused: who is asking is known (the Caller dependency verified the token), what it may become is
+    not granted, so 403 rather than 401 (ADR 0080). A server without attestation answers 404."""
+    if isinstance(error, AttestationError):
+        _require_attestation(state)
+    return ServiceProblem(403, "attestation-refused", error.message)
+
+
 async def _attested_call(state: ServiceState, call: Any, *arguments: Any, **options: Any) -> Any:
     """``call`` in a worker thread; the gate decides first (403, audited), then a server without
     attestation answers 404 rather than the manager's AttestationError (401)."""
@@ -784,16 +801,34 @@ def _trust_routes(router: APIRouter) -> None:
             nonce_base64=_b64encode(nonce), agent_id=context.agent_id
         )
 
-    @router.post("/v1/trust/bootstrap", response_model=schemas.SessionOut, responses=_REFUSALS)
+    @router.post(
+        "/v1/trust/bootstrap",
+        response_model=schemas.SessionOut,
+        responses={
+            **_ATTESTATION_REFUSALS,
+            403: {
+                "description": "The token verified but the evidence (quote, key proof, approvals) was "
+                "refused (urn:maif:problem:attestation-refused)",
+                **_PROBLEM,
+            },
+        },
+    )
     async def bootstrap(
         request: Request, _: Caller, evidence: schemas.BootstrapRequest
     ) -> schemas.SessionOut:
         """Bootstrap trust from the bearer token plus optional TPM quote, key proof and approvals; the
-        session id, sent as MAIF-Session with the same token, selects the resulting context."""
+        session id, sent as MAIF-Session with the same token, selects the resulting context. The caller
+        is authenticated before its evidence is looked at: refused evidence is a 403
+        (attestation-refused), a token that does not verify a 401."""
         state = _state(request)
-        session_id, context = await state.authenticator.open_session(
-            request.headers.get("authorization"), **_evidence(evidence)
-        )
+        try:
+            session_id, context = await state.authenticator.open_session(
+                request.headers.get("authorization"), **_evidence(evidence)
+            )
+        except TokenError:
+            raise
+        except AuthenticationError as error:
+            raise _refused_evidence(state, error) from error
         await state.blocks.authorize_own(context, f"agent:{context.agent_id}", "trust-session")
         return schemas.SessionOut(
             session_id=session_id,
