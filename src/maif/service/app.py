@@ -773,13 +773,16 @@ def _refused_evidence(state: ServiceState, error: AuthenticationError) -> Servic
 
 
 async def _attested_call(state: ServiceState, call: Any, *arguments: Any, **options: Any) -> Any:
-    """``call`` in a worker thread; the gate decides first (403, audited), then a server without
-    attestation answers 404 rather than the manager's AttestationError (401)."""
+    """``call`` (a manager method acting on the caller's identity) in a worker thread. The gate decides
+    first (403, audited); evidence the manager refuses (an untrusted EK, a wrong activated secret, a key
+    registration not signed by the key) is a 403 attestation-refused, since the caller is authenticated;
+    a server without attestation answers 404 (:func:`_refused_evidence`)."""
     try:
         return await asyncio.to_thread(call, *arguments, **options)
-    except AttestationError:
-        _require_attestation(state)
+    except TokenError:
         raise
+    except AuthenticationError as error:
+        raise _refused_evidence(state, error) from error
 
 
 def _trust_routes(router: APIRouter) -> None:
@@ -903,7 +906,8 @@ def _trust_routes(router: APIRouter) -> None:
             public_key = bytes.fromhex(given.public_key_hex)
         except ValueError as error:
             raise FormatError("public_key_hex is not hex") from error
-        info = await asyncio.to_thread(
+        info = await _attested_call(
+            state,
             state.manager.register_agent_key,
             context,
             given.agent_id or context.agent_id,
