@@ -31,6 +31,7 @@ from maif import limits
 from maif.errors import ConfigError
 from maif.format.block import MAIFBlock
 from maif.format.codec import encode_block
+from maif.storage import natslog
 from maif.storage.engine import MAIFStorage, create_maif_storage
 from maif.storage.natslog import NATS, partition_of, subject_of
 from maif.storage.sharedlog import log_key
@@ -73,15 +74,28 @@ def config_of(tmp_path: Path, services_env: dict[str, str], fresh_postgres_url: 
     asyncio.run(_delete_stream(services_env["MAIF_STORAGE_NATS_URL"], stream))
 
 
-async def publish_raw(config: dict[str, Any], messages: list[tuple[str, bytes]]) -> None:
-    """Publish to the log's stream behind the store's back: (subject, payload) pairs, each acknowledged."""
+async def publish_raw(config: dict[str, Any], messages: list[tuple[str, bytes]],
+                      headers: dict[str, str] | None = None) -> None:
+    """Publish to the log's stream behind the store's back: (subject, payload) pairs, each acknowledged,
+    each with ``headers``."""
     import nats
 
     client = await nats.connect(config["nats_url"])
     try:
         jetstream = client.jetstream(timeout=5)
         for subject, payload in messages:
-            await jetstream.publish(subject, payload)
+            await jetstream.publish(subject, payload, headers=headers)
+    finally:
+        await client.close()
+
+
+async def stream_messages(config: dict[str, Any]) -> int:
+    import nats
+
+    client = await nats.connect(config["nats_url"])
+    try:
+        info = await client.jetstream(timeout=5).stream_info(config["nats_log_stream"])
+        return int(info.state.messages)
     finally:
         await client.close()
 
@@ -141,25 +155,41 @@ def test_acknowledged_blocks_survive_the_total_loss_of_the_writing_node(
 def test_messages_that_are_not_maif_log_records_are_skipped_and_counted(
         config_of: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "kafka_record_bytes_max", 64 * 1024)  # an "oversized" record is cheap
+    monkeypatch.setattr(natslog, "_PURGE_INTERVAL_S", 0.0)  # applied records leave the stream at once
     config = config_of("node-a")
     good = MAIFBlock(id="after-the-garbage", data=b"still applied", agent_id="agent-x")
+    packed_good = MAIFBlock(id="packed-with-garbage", data=b"applied too", agent_id="agent-x")
     subject = subject_for(config, good)
+    garbage = b"\x00garbage that is no MAIF record"
 
     async def main() -> None:
         storage = await create_maif_storage(config)
         try:
             await publish_raw(config, [(subject, value) for value in (
-                b"\x00garbage that is no MAIF record", b"", os.urandom(65 * 1024), encode_block(good))])
-            await wait_readable(storage, {good.id: good.data})
+                garbage, b"", os.urandom(65 * 1024), encode_block(good))])
+            # messages that say they pack several records: not MessagePack; a count that lies; one good
+            # record packed with garbage (only the garbage is skipped)
+            await publish_raw(config, [(subject, garbage)], {natslog.RECORDS_HEADER: "2"})
+            await publish_raw(config, [(subject, natslog.pack_records([garbage, garbage, garbage])[0])],
+                              {natslog.RECORDS_HEADER: "2"})
+            data, headers = natslog.pack_records([garbage, encode_block(packed_good)])
+            await publish_raw(config, [(subject, data)], headers)
+            await wait_readable(storage, {good.id: good.data, packed_good.id: packed_good.data})
             stats = await storage.get_stats()
-            assert stats["nats_records_skipped_total"] == 3, stats["nats_skipped_reasons"]
+            assert stats["nats_records_skipped_total"] == 6, stats["nats_skipped_reasons"]
             reasons = " | ".join(stats["nats_skipped_reasons"])
             assert "not a MAIF log record" in reasons and "an empty record" in reasons
-            assert "above kafka_record_bytes_max" in reasons
+            assert "above kafka_record_bytes_max" in reasons and "does not decode" in reasons
+            assert "its header says '2'" in reasons and "record 0: not a MAIF log record" in reasons
             assert stats["nats_applier_failure"] is None and stats["health"]["status"] == "ok"
             await storage.write_block(MAIFBlock(id="later", data=b"the partition goes on",
                                                 agent_id="agent-x"))
-            assert [s.block_id for s in await storage.list_blocks(limit=10)] == ["after-the-garbage", "later"]
+            assert [s.block_id for s in await storage.list_blocks(limit=10)] == [
+                "after-the-garbage", "packed-with-garbage", "later"]
+            deadline = time.monotonic() + WAIT_S  # the skipped and the applied alike: purged once applied
+            while await stream_messages(config) > 0:
+                assert time.monotonic() < deadline, "applied records were never purged from the stream"
+                await asyncio.sleep(0.2)
         finally:
             await storage.close()
 

@@ -12,7 +12,7 @@ of ``data_dir/wal``, so an acknowledged write survives the total loss of the nod
                   locks (its fair share of the live nodes'), reads them with one ephemeral pull
                   consumer from their applied positions -> decoded (a record that is not a MAIF log
                   record is skipped, counted and logged) -> applied, flushed -> the partition's
-                  position in PostgreSQL
+                  position in PostgreSQL -> (every 10 s) the records below it purged from the stream
 
 A record's partition is a hash of the same key the Kafka log uses (the agent id, else the block id; a
 deletion like the block it deletes), so one agent's records keep their order in one partition. The
@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import blake3
+import msgspec
 
 from maif import limits
 from maif.config import StorageConfig
-from maif.errors import ConfigError, MAIFError
+from maif.errors import ConfigError, FormatError, LimitExceededError, MAIFError
 from maif.storage import sharedlog
 from maif.storage.applier import Applier, LogItem
 from maif.storage.health import Health
@@ -52,6 +53,7 @@ _REQUEST_TIMEOUT_S = 5.0
 _LEASE_INTERVAL_S = 1.0  # how often a node re-counts the live nodes and takes or gives partitions
 _FETCH_TIMEOUT_S = 0.2
 _APPLY_LINGER_S = 0.05  # as the Kafka log's appliers (ADR 0073): each apply is an S3 PUT + statements
+_PURGE_INTERVAL_S = 10.0  # how often a node drops the records it applied from the stream
 _CONSUMER_INACTIVE_S = 30.0  # the server deletes a reader's consumer this long after its node is gone
 _PUBLISH_HEADROOM_BYTES = 4096  # a message's subject and headers beside its payload, under max_payload
 _MEMBER_LOCK = 2**31 - 1  # the shared advisory lock every live node of one stream holds
@@ -100,21 +102,80 @@ class NatsCommitter(SharedLogCommitter):
         import nats.errors
 
         deadline = time.monotonic() + self._write_timeout_s
-        partitions = [partition_of(sharedlog.log_key(item), self._partitions) for item in items]
+        messages = self._messages([partition_of(sharedlog.log_key(item), self._partitions) for item in items],
+                                  payloads)
         futures: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout(self._write_timeout_s):
-                for partition, payload in zip(partitions, payloads, strict=True):
+                for partition, indexes in messages:
+                    data, headers = pack_records([payloads[index] for index in indexes])
                     futures.append(await self._jetstream.publish_async(
-                        subject_of(self._stream, partition), payload, stream=self._stream,
+                        subject_of(self._stream, partition), data, stream=self._stream, headers=headers,
                         wait_stall=max(0.001, deadline - time.monotonic())))
         except (nats.errors.Error, OSError, TimeoutError) as error:
             for future in futures:
                 future.add_done_callback(sharedlog.retrieve)
                 future.cancel()
             raise self.unavailable("publishing records", error) from error
-        return await self._acknowledged(
-            futures, deadline, lambda index, ack: (partitions[index], int(ack.seq)), cancel_late=True)
+        acknowledged = await self._acknowledged(
+            futures, deadline, lambda index, ack: (messages[index][0], int(ack.seq)), cancel_late=True)
+        positions: list[tuple[int, int]] = [(0, 0)] * len(items)
+        for (_, indexes), position in zip(messages, acknowledged, strict=True):
+            for index in indexes:
+                positions[index] = position
+        return positions
+
+    def _messages(self, partitions: list[int], payloads: list[bytes]) -> list[tuple[int, list[int]]]:
+        """The group's records as messages: per partition, consecutive records packed into as few
+        messages as fit the record bound (each a list of indexes into ``payloads``, in order). The
+        server syncs each message (``sync_interval: always``): a message per record would cost an fsync
+        per record, a message per partition costs one per partition a group touches."""
+        bytes_max = limits.kafka_record_bytes_max
+        if self._record_bytes_max is not None:
+            bytes_max = min(bytes_max, self._record_bytes_max)
+        open_messages: dict[int, tuple[list[int], int]] = {}  # partition -> (indexes, packed bytes)
+        messages: list[tuple[int, list[int]]] = []
+        for index, (partition, payload) in enumerate(zip(partitions, payloads, strict=True)):
+            cost = len(payload) + _PACKED_RECORD_OVERHEAD_BYTES
+            indexes, size = open_messages.get(partition, ([], _PACKED_RECORD_OVERHEAD_BYTES))
+            if indexes and size + cost > bytes_max:
+                indexes, size = [], _PACKED_RECORD_OVERHEAD_BYTES
+            if not indexes:
+                messages.append((partition, indexes))
+            indexes.append(index)
+            open_messages[partition] = (indexes, size + cost)
+        return messages
+
+
+_PACKED = msgspec.msgpack.Encoder()
+_UNPACK = msgspec.msgpack.Decoder(list[bytes])
+_PACKED_RECORD_OVERHEAD_BYTES = 5  # msgpack's header of a bin (or of the list), at most
+RECORDS_HEADER = "Maif-Records"  # on a message that packs several records: how many
+RECORD_BITS = 20  # a record's LSN: its message's stream sequence << RECORD_BITS | its index in it
+
+
+def pack_records(payloads: list[bytes]) -> tuple[bytes, dict[str, str] | None]:
+    """A message's data and headers: one record as it is (the local log's payload), several as a
+    MessagePack list of them, with their count in the ``Maif-Records`` header."""
+    if len(payloads) == 1:
+        return payloads[0], None
+    return _PACKED.encode(payloads), {RECORDS_HEADER: str(len(payloads))}
+
+
+def unpack_records(data: bytes, count: str) -> list[bytes]:
+    """The records of a message that packs several (``count`` from its header); MAIFError when the
+    message is not what its header says: larger than the bound (checked before decoding), not a
+    MessagePack list of byte strings, or not ``count`` of them."""
+    if len(data) > limits.kafka_record_bytes_max:
+        raise LimitExceededError("a packed NATS log message (bytes)", len(data),
+                                 limits.kafka_record_bytes_max)
+    try:
+        records = _UNPACK.decode(data)
+    except msgspec.DecodeError as error:
+        raise FormatError(f"a packed message that does not decode ({error})") from None
+    if str(len(records)) != count or len(records) >= 1 << RECORD_BITS:
+        raise FormatError(f"a packed message of {len(records)} record(s); its header says {count[:20]!r}")
+    return records
 
 
 # ---- which node applies which partition --------------------------------------------------------------
@@ -205,6 +266,8 @@ class PartitionOwner:
         self._consumer_name: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._leased_at = 0.0
+        self._purged_at = time.monotonic()
+        self._purged: dict[int, int] = {}  # partition -> the position the stream was purged up to
 
     @property
     def owned(self) -> list[int]:
@@ -247,11 +310,28 @@ class PartitionOwner:
         """Rebalance the leases; read again from the positions when the held partitions changed, or
         when the consumer is gone."""
         self._leased_at = time.monotonic()
+        if self._leased_at - self._purged_at >= _PURGE_INTERVAL_S:
+            await self._purge_applied()
         changed = await self.leases.rebalance()
         if changed or (self._subscription is not None and not await self._consumer_alive()):
             await self._drop_consumer()
         if self._subscription is None and self.leases.owned:
             await self._make_consumer()
+
+    async def _purge_applied(self) -> None:
+        """Drop from the stream what this node applied (each held partition's records below its
+        position, durable in PostgreSQL): the stream keeps the backlog not yet applied, as the local log
+        recycles its segments after a checkpoint. A failure is left for the next round."""
+        self._purged_at = time.monotonic()
+        for partition, position in list(self._positions.items()):
+            if partition in self.leases.owned and position > self._purged.get(partition, 1):
+                try:
+                    await self._jetstream.purge_stream(self._stream, seq=position,
+                                                       subject=subject_of(self._stream, partition))
+                except Exception as error:  # noqa: BLE001 - the records stay: retried next round
+                    _log.debug("NATS log: purging applied records failed: %r", error)
+                    return
+                self._purged[partition] = position
 
     async def _consumer_alive(self) -> bool:
         from nats.js.errors import NotFoundError
@@ -312,8 +392,7 @@ class PartitionOwner:
             sequence = int(message.metadata.sequence.stream)
             if partition not in self._positions or sequence < self._positions[partition]:
                 continue  # applied already (the consumer starts at the lowest position it reads)
-            batches.setdefault(partition, []).append(self.applier.decode(
-                message.data, f"subject {message.subject} sequence {sequence}", sequence))
+            batches.setdefault(partition, []).extend(self._records_of(message, sequence))
             last[partition] = sequence
         for partition, decoded in batches.items():
             items = [item for item in decoded if item is not None]
@@ -321,6 +400,20 @@ class PartitionOwner:
                 return False
             self._positions[partition] = last[partition] + 1
         return True
+
+
+    def _records_of(self, message: Any, sequence: int) -> list[LogItem | None]:
+        """The log items a message holds (None for each record skipped: counted and logged)."""
+        where = f"subject {message.subject} sequence {sequence}"
+        count = (message.headers or {}).get(RECORDS_HEADER)
+        if count is None:
+            return [self.applier.decode(message.data, where, sequence << RECORD_BITS)]
+        try:
+            records = unpack_records(message.data, count)
+        except MAIFError as error:
+            return [self.applier.skip(where, error.message)]
+        return [self.applier.decode(record, f"{where} record {index}", (sequence << RECORD_BITS) | index)
+                for index, record in enumerate(records)]
 
 
 # ---- the whole log -----------------------------------------------------------------------------------

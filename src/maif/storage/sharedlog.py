@@ -281,26 +281,26 @@ class PartitionApplier:
         from maif.storage.engine import log_item
 
         if not value:
-            return self._skip(where, "an empty record")
+            return self.skip(where, "an empty record")
         if len(value) > limits.kafka_record_bytes_max:
-            return self._skip(where, f"{len(value)} bytes, above kafka_record_bytes_max "
+            return self.skip(where, f"{len(value)} bytes, above kafka_record_bytes_max "
                                      f"({limits.kafka_record_bytes_max})")
         try:
             item = log_item(bytes(value), sequence)
         except Exception as error:  # noqa: BLE001 - hostile bytes: whatever fails, skip the record
-            return self._skip(where, "not a MAIF log record: "
+            return self.skip(where, "not a MAIF log record: "
                                      + (error.message if isinstance(error, MAIFError) else repr(error)))
         if item.vector is not None:
             dimensions = int(item.vector.shape[0])
             if self._dimensions is None:
                 self._dimensions = dimensions
             elif dimensions != self._dimensions:
-                return self._skip(where, f"an embedding of {dimensions} dimensions; the store's vectors "
+                return self.skip(where, f"an embedding of {dimensions} dimensions; the store's vectors "
                                          f"have {self._dimensions}")
         return item
 
-    def _skip(self, where: str, reason: str) -> LogItem | None:
-        """Count and log a record that is not applied; None, for ``decode`` to return."""
+    def skip(self, where: str, reason: str) -> LogItem | None:
+        """Count and log a record that is not applied; None, for ``decode`` (and callers) to return."""
         self.records_skipped_total += 1
         line = f"{where}: {reason[:300]}"
         self.skipped_reasons.append(line)
