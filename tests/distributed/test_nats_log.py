@@ -115,6 +115,13 @@ def test_one_node_writes_through_the_nats_log_and_applies_it(config_of: Callable
     assert stats["nats_records_applied_total"] == 51 and stats["nats_records_skipped_total"] == 0
     assert stats["nats_pending_records"] == 0 and stats["nats_publish_groups_total"] >= 1
     assert stats["nats_partitions_owned"] == list(range(PARTITIONS))
+    from maif.service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    metrics.observe_storage(stats)
+    exposition = metrics.render().decode()
+    assert "maif_storage_nats_records_applied_total 51.0" in exposition
+    assert "maif_storage_nats_pending_records 0.0" in exposition
 
 
 def test_the_nats_log_is_chosen_explicitly_and_needs_the_shared_backends_and_a_server(
