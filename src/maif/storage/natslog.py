@@ -264,6 +264,7 @@ class PartitionOwner:
         self._positions: dict[int, int] = {}  # owned partition -> next stream sequence to apply
         self._subscription: Any = None
         self._consumer_name: str | None = None
+        self._delivered = 0
         self._task: asyncio.Task[None] | None = None
         self._leased_at = 0.0
         self._purged_at = time.monotonic()
@@ -293,7 +294,7 @@ class PartitionOwner:
                 if self._subscription is None:
                     await self.applier.sleep(_LEASE_INTERVAL_S)
                     continue
-                messages = await self._fetch()
+                messages, broken = self._in_order(await self._fetch())
                 attempts = 0
             except Exception as error:  # noqa: BLE001 - the server or the network: read again, later
                 attempts += 1
@@ -303,8 +304,25 @@ class PartitionOwner:
                 continue
             if not await self._apply(messages):
                 break
+            if broken:  # read again from the positions: nothing skipped, nothing applied out of order
+                await self._drop_consumer()
         if self.applier.failure is not None:
             await self.leases.close()  # the others take the partitions this node cannot apply
+
+    def _in_order(self, messages: list[Any]) -> tuple[list[Any], bool]:
+        """The leading run of ``messages`` whose consumer sequences follow on from the last one taken,
+        and whether the run was cut. Without acknowledgements the consumer never redelivers, so a
+        message lost in transit (delivered while the connection was down) shows as a gap, and a
+        consumer that came back from a server restart with older state as a step back; either way the
+        reader must start again from the applied positions."""
+        for index, message in enumerate(messages):
+            sequence = int(message.metadata.sequence.consumer)
+            if sequence != self._delivered + 1:
+                _log.warning("NATS log: consumer sequence %d after %d; reading again from the positions",
+                          sequence, self._delivered)
+                return messages[:index], True
+            self._delivered = sequence
+        return messages, False
 
     async def _keep_leases(self) -> None:
         """Rebalance the leases; read again from the positions when the held partitions changed, or
@@ -334,13 +352,16 @@ class PartitionOwner:
                 self._purged[partition] = position
 
     async def _consumer_alive(self) -> bool:
+        """False when the consumer is gone, or delivered messages this reader never received (nothing
+        waits in the subscription: they were lost in transit, and no later message shows the gap)."""
         from nats.js.errors import NotFoundError
 
         try:
-            await self._subscription.consumer_info()
+            info = await self._subscription.consumer_info()
         except NotFoundError:
             return False
-        return True
+        delivered = int(getattr(info.delivered, "consumer_seq", 0) or 0)
+        return delivered <= self._delivered or self._subscription.pending_msgs > 0
 
     async def _make_consumer(self) -> None:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -356,6 +377,7 @@ class PartitionOwner:
             **({"filter_subject": subjects[0]} if len(subjects) == 1 else {"filter_subjects": subjects}))
         info = await self._jetstream.add_consumer(self._stream, config=config)
         self._consumer_name = info.name
+        self._delivered = 0  # the consumer sequence of the last message taken from it
         self._subscription = await self._jetstream.pull_subscribe_bind(
             consumer=info.name, stream=self._stream, pending_bytes_limit=2 * limits.wal_group_bytes_max)
 
