@@ -236,6 +236,15 @@ async def reapplied_once(config: dict[str, Any], log: str, prefix: str, blocks: 
         await storage.close()
 
 
+def assert_skipped(stats: dict[str, Any], prefix: str, count: int, *reasons: str) -> None:
+    """A store's stats (``prefix``: "kafka" or "nats") say it skipped ``count`` records, for reasons that
+    include each of ``reasons``, and still applies its log."""
+    assert stats[f"{prefix}_records_skipped_total"] == count, stats[f"{prefix}_skipped_reasons"]
+    text = " | ".join(stats[f"{prefix}_skipped_reasons"])
+    for reason in reasons:
+        assert reason in text, f"{reason!r} not among the reasons: {text}"
+    assert stats[f"{prefix}_applier_failure"] is None and stats["health"]["status"] == "ok"
+
 async def write_through_a_broker_outage(config: dict[str, Any], servers: Any, broker: str,
                                         component: str) -> None:
     """Writers keep writing while ``broker`` (a server of ``servers``) is SIGKILLed and started again:

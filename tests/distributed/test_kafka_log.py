@@ -114,12 +114,8 @@ def test_records_that_are_not_maif_log_records_are_skipped_and_counted(
             finally:
                 await producer.stop()
             await wait_readable(storage, {good.id: good.data, embedding.id: embedding.data})
-            stats = await storage.get_stats()
-            assert stats["kafka_records_skipped_total"] == 4, stats["kafka_skipped_reasons"]
-            reasons = " | ".join(stats["kafka_skipped_reasons"])
-            assert "not a MAIF log record" in reasons and "an empty record" in reasons
-            assert "above kafka_record_bytes_max" in reasons and "5 dimensions" in reasons
-            assert stats["kafka_applier_failure"] is None and stats["health"]["status"] == "ok"
+            kafka_node.assert_skipped(await storage.get_stats(), "kafka", 4, "not a MAIF log record",
+                                      "an empty record", "above kafka_record_bytes_max", "5 dimensions")
             await storage.write_block(MAIFBlock(id="later", data=b"the partition goes on",
                                                 agent_id="agent-x"))
             assert [s.block_id for s in await storage.list_blocks(limit=10)] == [

@@ -182,13 +182,9 @@ def test_messages_that_are_not_maif_log_records_are_skipped_and_counted(
             data, headers = natslog.pack_records([garbage, encode_block(packed_good)])
             await publish_raw(config, [(subject, data)], headers)
             await wait_readable(storage, {good.id: good.data, packed_good.id: packed_good.data})
-            stats = await storage.get_stats()
-            assert stats["nats_records_skipped_total"] == 6, stats["nats_skipped_reasons"]
-            reasons = " | ".join(stats["nats_skipped_reasons"])
-            assert "not a MAIF log record" in reasons and "an empty record" in reasons
-            assert "above kafka_record_bytes_max" in reasons and "does not decode" in reasons
-            assert "its header says '2'" in reasons and "record 0: not a MAIF log record" in reasons
-            assert stats["nats_applier_failure"] is None and stats["health"]["status"] == "ok"
+            kafka_node.assert_skipped(await storage.get_stats(), "nats", 6, "not a MAIF log record",
+                                      "an empty record", "above kafka_record_bytes_max", "does not decode",
+                                      "its header says '2'", "record 0: not a MAIF log record")
             await storage.write_block(MAIFBlock(id="later", data=b"the partition goes on",
                                                 agent_id="agent-x"))
             assert [s.block_id for s in await storage.list_blocks(limit=10)] == [
