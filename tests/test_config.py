@@ -58,6 +58,33 @@ def test_bad_kafka_settings_are_refused_by_name(settings: dict[str, object], nam
         load_section(StorageConfig, settings, environ={})
 
 
+def test_the_log_defaults_to_kafka_with_brokers_else_local_and_nats_is_chosen_explicitly() -> None:
+    assert load_section(StorageConfig, None, environ={}).log == "local"
+    assert load_section(StorageConfig, {"kafka_brokers": "127.0.0.1:9092"}, environ={}).log == "kafka"
+    nats_url_only = load_section(StorageConfig, {"nats_url": "nats://127.0.0.1:4222"}, environ={})
+    assert nats_url_only.log == "local"  # nats_url alone serves the agent task queue
+    chosen = load_section(StorageConfig, None, environ={"MAIF_STORAGE_LOG_BACKEND": "nats",
+                                                       "MAIF_STORAGE_NATS_URL": "nats://127.0.0.1:4222"})
+    assert (chosen.log, chosen.log_name, chosen.nats_log_partitions) == ("nats", "MAIF_WAL", 8)
+    assert chosen.log_write_timeout_s == chosen.nats_write_timeout_s
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"log_backend": "nats"}, "nats_url"),
+    ({"log_backend": "kafka"}, "kafka_brokers"),
+    ({"log_backend": "local", "kafka_brokers": "127.0.0.1:9092"}, "kafka_brokers"),
+    ({"log_backend": "nats", "nats_url": "nats://127.0.0.1:4222", "kafka_brokers": "127.0.0.1:9092"},
+     "kafka_brokers"),
+    ({"log_backend": "zookeeper"}, "log_backend"),
+    ({"nats_log_stream": "has.dot"}, "nats_log_stream"),
+    ({"nats_log_partitions": 0}, "nats_log_partitions"),
+    ({"nats_write_timeout_s": 0}, "nats_write_timeout_s"),
+])
+def test_bad_log_settings_are_refused_by_name(settings: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_section(StorageConfig, settings, environ={})
+
+
 def test_seed_security_keys() -> None:
     security = load_section(
         SecurityConfig,

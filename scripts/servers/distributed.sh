@@ -465,9 +465,11 @@ nats_spawn() {
 server_name: maif-nats
 listen: 127.0.0.1:${CFG[MAIF_NATS_PORT]}
 http: 127.0.0.1:${CFG[MAIF_NATS_MONITOR_PORT]}
-max_payload: 8MB
+max_payload: 9MB  # an 8 MiB log record (limits.kafka_record_bytes_max) and its headers
 jetstream {
   store_dir: "$d/jetstream"
+  # a PubAck means fsynced (the MAIF log on NATS relies on it; the default syncs every 2 minutes)
+  sync_interval: always
 }
 authorization {
   user: ${CFG[MAIF_NATS_USER]}

@@ -112,6 +112,7 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
 
 
 _KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_NATS_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")  # no "." (subjects are <stream>.<partition>)
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -136,10 +137,18 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``kafka_write_timeout_s`` (default 5) bounds how long a write waits for the broker's
     acknowledgement (then BackendUnavailableError) and for room while the appliers lag.
 
+    ``log_backend`` chooses the write-ahead log: "local" (``data_dir/wal``), "kafka" (the topic above)
+    or "nats" (docs/adr/0084-nats-log.md); by default "kafka" when ``kafka_brokers`` is set, else
+    "local". "nats" puts the log in the JetStream stream ``nats_log_stream`` (default "MAIF_WAL";
+    [A-Za-z0-9_-]) on ``nats_url``, records on the subjects ``<stream>.<partition>`` for
+    ``nats_log_partitions`` partitions (default 8; fixed once the stream exists); it needs the shared
+    backends like "kafka", and ``nats_write_timeout_s`` (default 5) means for it what
+    ``kafka_write_timeout_s`` means for Kafka.
+
     ``nats_url`` (``nats://[user:password@]host:port`` or ``tls://...``) is the NATS JetStream server of
     the agent task queue: `maif worker` pulls from it and ``maif_agent_cluster(..., nats_url=...)``
     submits into it (docs/adr/0074-distributed-agents.md; the queue's own settings are in the agent
-    section). The store itself does not use it.
+    section), and of the log when ``log_backend`` is "nats".
     """
 
     data_dir: str = "./maif-data"
@@ -157,7 +166,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     kafka_partitions: int = 8
     kafka_group: str | None = None
     kafka_write_timeout_s: float = 5.0
+    log_backend: Literal["local", "kafka", "nats"] | None = None
     nats_url: str | None = None
+    nats_log_stream: str = "MAIF_WAL"
+    nats_log_partitions: int = 8
+    nats_write_timeout_s: float = 5.0
     qdrant_url: str | None = None
     s3_endpoint: str | None = None
     s3_bucket: str | None = None
@@ -187,6 +200,43 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                                   hint='e.g. "127.0.0.1:9092", or a list of them')
         if self.nats_url is not None:
             check_nats_url(self.nats_url)
+        self._check_log_backend()
+
+    def _check_log_backend(self) -> None:
+        _require_range("nats_log_partitions", self.nats_log_partitions, 1, limits.kafka_partitions_max)
+        _require_range("nats_write_timeout_s", self.nats_write_timeout_s, 0.1, 300)
+        if not _NATS_STREAM_NAME.fullmatch(self.nats_log_stream):
+            raise ConfigError(f"nats_log_stream {self.nats_log_stream[:80]!r} must be 1-200 characters of "
+                              "[A-Za-z0-9_-]", hint='e.g. "MAIF_WAL"')
+        if self.log_backend == "kafka" and self.kafka_brokers is None:
+            raise ConfigError('log_backend "kafka" needs kafka_brokers',
+                              hint='set kafka_brokers, e.g. "127.0.0.1:9092", or choose log_backend "local"')
+        if self.log_backend == "nats" and self.nats_url is None:
+            raise ConfigError('log_backend "nats" needs nats_url',
+                              hint='set nats_url, e.g. "nats://127.0.0.1:4222", or choose log_backend '
+                                   '"local"')
+        if self.log_backend in ("local", "nats") and self.kafka_brokers is not None:
+            raise ConfigError(f'log_backend "{self.log_backend}" with kafka_brokers set: which log is meant?',
+                              hint='remove kafka_brokers, or set log_backend "kafka"')
+
+    @property
+    def log(self) -> Literal["local", "kafka", "nats"]:
+        """The write-ahead log in use: ``log_backend``, or by default "kafka" when ``kafka_brokers`` is
+        set, else "local" (so configurations written before ``log_backend`` keep their log)."""
+        if self.log_backend is not None:
+            return self.log_backend
+        return "kafka" if self.kafka_brokers is not None else "local"
+
+    @property
+    def log_write_timeout_s(self) -> float:
+        """How long a write waits for the shared log's acknowledgement (and for room while its appliers
+        lag): ``nats_write_timeout_s`` or ``kafka_write_timeout_s``, whichever log is in use."""
+        return self.nats_write_timeout_s if self.log == "nats" else self.kafka_write_timeout_s
+
+    @property
+    def log_name(self) -> str:
+        """The shared log's name, under which its applied positions are kept: the topic or the stream."""
+        return self.nats_log_stream if self.log == "nats" else self.kafka_topic
 
     @property
     def kafka_broker_list(self) -> list[str]:

@@ -12,31 +12,24 @@ group share the partitions, and the writing node's queries see the writes the ot
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import blake3
+import kafka_node
 import pytest
-from kafka_node import block_of, ids_of
+from kafka_node import WAIT_S, block_of, ids_of, read_lines_until, sigkill, start_node, wait_readable
 
 from maif import limits
-from maif.errors import BackendUnavailableError, ConfigError, LimitExceededError
+from maif.errors import ConfigError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import encode_block
 from maif.storage.engine import MAIFStorage, create_maif_storage
-
-HERE = Path(__file__).resolve().parent
-NODE_SCRIPT = HERE / "kafka_node.py"
-WAIT_S = 60.0  # generous bounds for a loaded 2-core machine; the tests finish as soon as they can
+from maif.storage.kafkalog import KAFKA
 
 
 def kafka_config(tmp_path: Path, name: str, env: dict[str, str], postgres: str, bucket: str,
@@ -60,49 +53,14 @@ def config_of(tmp_path: Path, services_env: dict[str, str], fresh_postgres_url: 
     return make
 
 
-async def wait_readable(storage: MAIFStorage, expected: dict[str, bytes]) -> None:
-    """Until every block of ``expected`` (id -> payload) reads back from the shared index bit-exact."""
-    deadline = time.monotonic() + WAIT_S
-    missing = dict(expected)
-    while missing:
-        for block_id in list(missing):
-            record = await storage._backends.index.get(block_id)
-            if record is not None:
-                block = await storage.read_block(block_id)
-                assert block.data == missing.pop(block_id), f"{block_id}: wrong bytes"
-                assert record.digest == blake3.blake3(encode_block(block)).digest()
-        assert time.monotonic() < deadline, f"not applied within {WAIT_S} s: {sorted(missing)[:5]}"
-        await asyncio.sleep(0.1)
-
-
 # ---- one node -----------------------------------------------------------------------------------------
 
 def test_one_node_writes_through_the_kafka_log_and_applies_it(config_of: Callable[..., dict[str, Any]]
                                                               ) -> None:
-    async def main() -> None:
-        storage = await create_maif_storage(config_of("node-a"))
-        try:
-            blocks = [MAIFBlock(id=f"k{number:03d}", data=os.urandom(512 + number),
-                                agent_id=f"agent-{number % 5}") for number in range(50)]
-            receipts = await asyncio.gather(*(storage.write_block(block) for block in blocks))
-            assert [receipt.block_id for receipt in receipts] == [block.id for block in blocks]
-            assert (await storage.read_block("k007")).data == blocks[7].data  # read-your-writes at once
-            listed = await storage.list_blocks(limit=1000)  # waits for this node's writes to be applied
-            assert [summary.block_id for summary in listed] == sorted(block.id for block in blocks)
-            block, tier = await storage.read_block_with_tier("k011")
-            assert tier != "log" and block.data == blocks[11].data  # served from the shared backends now
-            await storage.delete_block("k000")
-            assert len(await storage.list_blocks(limit=1000)) == 49
-            with pytest.raises(LimitExceededError):  # refused before the broker sees it
-                await storage.write_block(MAIFBlock(data=bytes(limits.kafka_record_bytes_max + 1)))
-            stats = await storage.get_stats()
-            assert stats["kafka_records_applied_total"] == 51 and stats["kafka_records_skipped_total"] == 0
-            assert stats["kafka_pending_records"] == 0 and stats["health"]["status"] == "ok"
-            assert sorted(stats["kafka_partitions_assigned"]) == [0, 1, 2, 3]
-        finally:
-            await storage.close()
-
-    asyncio.run(main())
+    stats = asyncio.run(kafka_node.write_read_and_delete_on_one_node(config_of("node-a")))
+    assert stats["kafka_records_applied_total"] == 51 and stats["kafka_records_skipped_total"] == 0
+    assert stats["kafka_pending_records"] == 0
+    assert sorted(stats["kafka_partitions_assigned"]) == [0, 1, 2, 3]
 
 
 def test_the_kafka_log_needs_the_shared_backends_and_a_reachable_broker(tmp_path: Path) -> None:
@@ -123,55 +81,9 @@ def test_an_unreachable_broker_at_start_is_one_line_naming_kafka(
 
 # ---- the point of the log: the writing node lost entirely -------------------------------------------
 
-def start_node(config: dict[str, Any], *arguments: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(NODE_SCRIPT), json.dumps(config), *arguments],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-
-
-def read_lines_until(node: subprocess.Popen[str], done: Callable[[list[str]], bool]) -> list[str]:
-    lines: list[str] = []
-    assert node.stdout is not None
-    deadline = time.monotonic() + WAIT_S
-    while not done(lines):
-        line = node.stdout.readline()
-        if not line:
-            raise AssertionError(f"node exited ({node.wait()}): {node.stderr.read() if node.stderr else ''}")
-        lines.append(line.strip())
-        assert time.monotonic() < deadline, "the node took too long"
-    return lines
-
-
-def sigkill(node: subprocess.Popen[str]) -> None:
-    node.send_signal(signal.SIGKILL)
-    node.wait(timeout=30)
-
-
 def test_acknowledged_blocks_survive_the_loss_of_the_node_that_took_them(
         config_of: Callable[..., dict[str, Any]]) -> None:
-    writer_config = config_of("node-a")
-    node = start_node(writer_config, "write", "0", "20", "2048")
-    try:
-        lines = read_lines_until(node, lambda lines: sum(line.startswith("acked") for line in lines) >= 6)
-    finally:
-        sigkill(node)  # right after its acks: most of its writes were applied by nobody yet
-    shutil.rmtree(writer_config["data_dir"])  # the node is gone, disk and all
-    acked = [block_id for line in lines if line.startswith("acked") for block_id in line.split()[1:]]
-    assert len(acked) >= 120
-
-    async def main() -> None:
-        storage = await create_maif_storage(config_of("node-b"))
-        try:
-            await wait_readable(storage, {block_id: block_of(block_id, 2048).data for block_id in acked})
-            listed = await storage.list_blocks(limit=1000)
-            ids = [summary.block_id for summary in listed]
-            assert len(ids) == len(set(ids))
-            # the only ids besides the acknowledged ones: the batch A was writing when killed
-            assert set(ids) - set(acked) <= set(ids_of(len(acked) // 20, 20))
-        finally:
-            await storage.close()
-
-    asyncio.run(main())
+    kafka_node.lose_the_writing_node(config_of)
 
 
 # ---- hostile or damaged records on the topic --------------------------------------------------------
@@ -202,12 +114,8 @@ def test_records_that_are_not_maif_log_records_are_skipped_and_counted(
             finally:
                 await producer.stop()
             await wait_readable(storage, {good.id: good.data, embedding.id: embedding.data})
-            stats = await storage.get_stats()
-            assert stats["kafka_records_skipped_total"] == 4, stats["kafka_skipped_reasons"]
-            reasons = " | ".join(stats["kafka_skipped_reasons"])
-            assert "not a MAIF log record" in reasons and "an empty record" in reasons
-            assert "above kafka_record_bytes_max" in reasons and "5 dimensions" in reasons
-            assert stats["kafka_applier_failure"] is None and stats["health"]["status"] == "ok"
+            kafka_node.assert_skipped(await storage.get_stats(), "kafka", 4, "not a MAIF log record",
+                                      "an empty record", "above kafka_record_bytes_max", "5 dimensions")
             await storage.write_block(MAIFBlock(id="later", data=b"the partition goes on",
                                                 agent_id="agent-x"))
             assert [s.block_id for s in await storage.list_blocks(limit=10)] == [
@@ -255,26 +163,9 @@ def test_a_crash_between_the_apply_and_its_position_reapplies_harmlessly(
         if node.poll() is None:
             sigkill(node)
 
-    async def main() -> None:
-        # another group: it owns every partition at once instead of waiting out the dead member's session
-        storage = await create_maif_storage(config_of("node-d", kafka_group="second-group"))
-        try:
-            index: Any = storage._backends.index
-            assert await index.log_positions(config["kafka_topic"]) == {}  # the crash came before them
-            await wait_readable(storage, {block.id: block.data for block in blocks})
-            deadline = time.monotonic() + WAIT_S
-            while sum((await index.log_positions(config["kafka_topic"])).values()) < len(blocks):
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
-            stats = await storage.get_stats()
-            assert stats["kafka_records_applied_total"] == len(blocks)  # every record once more
-            assert stats["conflicts_total"] == 0
-            listed = await storage.list_blocks(limit=100)
-            assert [summary.block_id for summary in listed] == [block.id for block in blocks]
-        finally:
-            await storage.close()
-
-    asyncio.run(main())
+    # another group: it owns every partition at once instead of waiting out the dead member's session
+    asyncio.run(kafka_node.reapplied_once(config_of("node-d", kafka_group="second-group"),
+                                          config["kafka_topic"], "kafka", blocks))
 
 
 # ---- the broker killed and restarted mid-run -----------------------------------------------------------
@@ -287,55 +178,7 @@ def test_the_broker_killed_and_restarted_mid_run_loses_no_acknowledged_block(
         monkeypatch.setenv(key, env[key])
     config = kafka_config(tmp_path, "node-a", env, env["MAIF_STORAGE_POSTGRES_URL"],
                           env["MAIF_STORAGE_S3_BUCKET"], "maif-wal", kafka_write_timeout_s=2.0)
-    acked: list[str] = []
-    refusals: list[tuple[BaseException, float]] = []
-
-    async def main() -> None:
-        storage = await create_maif_storage(config)
-        stop = asyncio.Event()
-
-        async def write() -> None:
-            batch = 0
-            while not stop.is_set():
-                ids = ids_of(batch, 8)
-                started = time.monotonic()
-                outcomes = await asyncio.gather(*(storage.write_block(block_of(block_id, 1024))
-                                                  for block_id in ids), return_exceptions=True)
-                for block_id, outcome in zip(ids, outcomes, strict=True):
-                    if isinstance(outcome, BaseException):
-                        refusals.append((outcome, time.monotonic() - started))
-                    else:
-                        acked.append(block_id)
-                batch += 1
-                await asyncio.sleep(0.02)
-
-        async def acked_after(count: int) -> None:
-            target = len(acked) + count
-            while len(acked) < target:
-                await asyncio.sleep(0.05)
-
-        try:
-            writer = asyncio.create_task(write())
-            await asyncio.wait_for(acked_after(24), WAIT_S)
-            await asyncio.to_thread(servers.kill, "tansu")
-            refused_before = len(refusals)
-            while len(refusals) == refused_before:  # writers learn it within the bound
-                await asyncio.sleep(0.05)
-            assert storage.health()["degraded"].get("Kafka") is not None
-            await asyncio.to_thread(servers.start, "tansu")
-            await asyncio.wait_for(acked_after(24), WAIT_S)  # writes go on once the broker is back
-            stop.set()
-            await writer
-            await wait_readable(storage, {block_id: block_of(block_id, 1024).data for block_id in acked})
-            assert "Kafka" not in storage.health()["degraded"]
-        finally:
-            await storage.close()
-
-    asyncio.run(main())
-    assert refusals, "no write was refused while the broker was down"
-    for error, waited_s in refusals:
-        assert isinstance(error, BackendUnavailableError) and error.component == "Kafka", repr(error)
-        assert waited_s < 2.0 * 2 + 5, f"a writer waited {waited_s:.1f} s"  # bounded: no hang
+    asyncio.run(kafka_node.write_through_a_broker_outage(config, servers, "tansu", KAFKA))
 
 
 # ---- two members of one group -------------------------------------------------------------------------

@@ -76,6 +76,14 @@ _STORAGE_COUNTERS = {
     ),
     "packs_moved_cold_total": ("maif_storage_packs_moved_cold", "Packs moved to the cold tier."),
 }
+for _log, _shown in (("kafka", "Kafka"), ("nats", "NATS")):  # a shared log (ADR 0073, 0084), if any
+    _STORAGE_GAUGES[f"{_log}_pending_records"] = (
+        f"maif_storage_{_log}_pending_records",
+        f"This node's acknowledged writes in the {_shown} log not yet in the shared index.")
+    _STORAGE_COUNTERS[f"{_log}_records_applied_total"] = (
+        f"maif_storage_{_log}_records_applied", f"{_shown} log records this node applied.")
+    _STORAGE_COUNTERS[f"{_log}_records_skipped_total"] = (
+        f"maif_storage_{_log}_records_skipped", f"{_shown} log records skipped: not MAIF log records.")
 # TaskRunner.figures() key -> (metric name, help, counter?), summed over the service's task agents.
 _AGENT_FIGURES = {
     "agents": ("maif_agents", "Task agents running in the service.", False),

@@ -129,11 +129,12 @@ async def open_backends(config: StorageConfig, cache_bytes: int) -> Any:
 
 
 def _writer_of(config: StorageConfig, node: str) -> str:
-    """Who the index rows name as their writer (ADR 0070's cross-node conflicts). With a Kafka-protocol
-    log the log itself is the one writer: it orders every write of a key (ADR 0073), and whichever node
-    applies a record must be able to replace the rows an earlier record of the same log wrote."""
-    if config.kafka_brokers is not None:
-        return f"log.{config.kafka_topic}"
+    """Who the index rows name as their writer (ADR 0070's cross-node conflicts). With a shared log
+    (Kafka, ADR 0073; NATS, ADR 0084) the log itself is the one writer: it orders every write of a key,
+    and whichever node applies a record must be able to replace the rows an earlier record of the same
+    log wrote."""
+    if config.log != "local":
+        return f"log.{config.log_name}"
     return node
 
 

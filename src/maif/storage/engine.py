@@ -68,7 +68,8 @@ from maif.validation import require_instance
 
 if TYPE_CHECKING:
     from maif.storage.compaction import CompactionReport
-    from maif.storage.kafkalog import KafkaCommitter, KafkaLog
+    from maif.storage.sharedlog import SharedLog
+    from maif.storage.wal import Committer
 
 _CHECKPOINT_RECORDS = 200_000  # applied records between checkpoints (bounds replay time after a crash)
 _CHECKPOINT_INTERVAL_S = 5.0
@@ -170,8 +171,8 @@ async def create_maif_storage(config: ConfigSource | StorageConfig = None, *,
     store_lock: StoreLock | None = None
     try:
         section = config if isinstance(config, StorageConfig) else load_section(StorageConfig, config)
-        if section.kafka_brokers is not None:
-            from maif.storage.kafkalog import check_config
+        if section.log != "local":
+            from maif.storage.sharedlog import check_config
 
             check_config(section)
         store_lock = await asyncio.to_thread(acquire_store_lock, section.data_dir)
@@ -226,10 +227,11 @@ class MAIFStorage:
         self._applier = Applier(backends.chunks, backends.index, backends.vectors)
         self._file_ops = wal_file_ops
         self._wal: WriteAheadLog | None = None
-        # The log: the local write-ahead log's group committer, or the Kafka-protocol log's (ADR 0073);
+        # The log: the local write-ahead log's group committer, or a shared log's (Kafka, ADR 0073;
+        # NATS JetStream, ADR 0084);
         # both queue records and resolve once they are durable, then call _on_commit.
-        self._committer: GroupCommitter | KafkaCommitter | None = None
-        self._kafka: KafkaLog | None = None
+        self._committer: Committer | None = None
+        self._shared_log: SharedLog | None = None  # a shared log (Kafka or NATS), None with the local log
         self._notify_tasks: set[asyncio.Task[None]] = set()
         self._unapplied: dict[str, LogItem] = {}
         self._apply_queue: deque[LogItem] = deque()
@@ -277,8 +279,8 @@ class MAIFStorage:
     async def _open(self) -> None:
         data_dir = Path(self.config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.kafka_brokers is not None:
-            await self._open_kafka()
+        if self.config.log != "local":
+            await self._open_shared_log()
             return
         self._checkpoint_lsn = await self._backends.index.applied_lsn()
         from maif.storage import rebuild
@@ -309,24 +311,29 @@ class MAIFStorage:
         if self.recovery.corruption is not None:
             await self._finish_wal_repair()
 
-    async def _open_kafka(self) -> None:
-        """The log is a Kafka topic (ADR 0073): nothing to replay here; this node's consumer applies its
-        share of the topic from the positions recorded in PostgreSQL, whoever wrote the records."""
-        from maif.storage.kafkalog import KafkaLog
+    async def _open_shared_log(self) -> None:
+        """The log is shared: a Kafka topic (ADR 0073) or a NATS JetStream stream (ADR 0084). Nothing to
+        replay here; this node applies its share of the log from the positions recorded in PostgreSQL,
+        whoever wrote the records."""
+        log_class: Any
+        if self.config.log == "nats":
+            from maif.storage.natslog import NatsLog as log_class
+        else:
+            from maif.storage.kafkalog import KafkaLog as log_class
 
         self._vector_dimensions = self._backends.vectors.dimensions
-        self._kafka = await KafkaLog.open(self.config, self._backends, self._applier, self._maintenance,
-                                          on_commit=self._on_commit)
-        self._committer = self._kafka.committer
-        self._kafka.start(on_visible=self._on_log_visible)
+        self._shared_log = await log_class.open(self.config, self._backends, self._applier,
+                                                self._maintenance, on_commit=self._on_commit)
+        self._committer = self._shared_log.committer
+        self._shared_log.start(on_visible=self._on_log_visible)
         self._space_ready.set()
 
     def _on_log_visible(self, items: list[LogItem]) -> None:
         """This node's writes that the shared index now holds (applied by any node): stop serving them
         from memory; queries wait for the oldest still pending."""
-        kafka = self._kafka
-        assert kafka is not None
-        oldest = kafka.pending.oldest_sequence()
+        shared = self._shared_log
+        assert shared is not None
+        oldest = shared.pending.oldest_sequence()
         applied_lsn = self._committed_lsn if oldest is None else oldest - 1
         self._finish_applied(items, max(self._applied_lsn, applied_lsn))
         task = asyncio.get_running_loop().create_task(self._notify_applied())
@@ -387,7 +394,7 @@ class MAIFStorage:
         open's own error is the one that propagates (a failure here is logged)."""
         steps: list[Any] = [self._committer.close if self._committer is not None else None,
                             self._wal.close if self._wal is not None else None,
-                            self._kafka.close if self._kafka is not None else None,
+                            self._shared_log.close if self._shared_log is not None else None,
                             self._backends.close]
         for task in (self._tier_task, self._applier_task):
             if task is not None:
@@ -424,8 +431,8 @@ class MAIFStorage:
             if not self._tier_task.cancelled():
                 self._tier_task.exception()
         try:
-            if self._kafka is not None:
-                await self._close_kafka()
+            if self._shared_log is not None:
+                await self._close_shared_log()
                 return
             assert self._committer is not None and self._wal is not None
             await self._committer.close()
@@ -444,24 +451,24 @@ class MAIFStorage:
             finally:
                 self._release_store_lock()  # last: no other opener may start while the backends flush
 
-    async def _close_kafka(self) -> None:
-        """Produce what is queued, give the appliers a bounded time to apply this node's writes (they
+    async def _close_shared_log(self) -> None:
+        """Send what is queued, give the appliers a bounded time to apply this node's writes (they
         are durable in the log either way: any node applies them), then stop the log."""
-        kafka = self._kafka
-        assert kafka is not None
+        shared = self._shared_log
+        assert shared is not None
         try:
-            await kafka.committer.close()
+            await shared.committer.close()
             deadline = time.monotonic() + _CLOSE_UNAVAILABLE_WAIT_S
             async with self._applied:
-                while kafka.pending.count and time.monotonic() < deadline:
+                while shared.pending.count and time.monotonic() < deadline:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._applied.wait(), deadline - time.monotonic())
-            if kafka.pending.count:
+            if shared.pending.count:
                 _log.warning("store %s closes with %d acknowledged write(s) not yet applied: they are in "
-                             "the Kafka log; the store's other nodes (or this one, reopened) apply them",
-                             self.config.data_dir, kafka.pending.count)
+                             "the %s log; the store's other nodes (or this one, reopened) apply them",
+                             self.config.data_dir, shared.pending.count, shared.component)
         finally:
-            await kafka.close()
+            await shared.close()
 
     async def __aenter__(self) -> MAIFStorage:
         return self
@@ -538,10 +545,10 @@ class MAIFStorage:
             if self._blocked is not None:
                 raise self._degraded_refusal()
             self._space_ready.clear()
-            if self._kafka is None:
+            if self._shared_log is None:
                 await self._space_ready.wait()
             else:  # whoever applies this node's writes may be out: wait bounded, then refuse
-                remaining = self.config.kafka_write_timeout_s - (time.monotonic() - waited_since)
+                remaining = self.config.log_write_timeout_s - (time.monotonic() - waited_since)
                 if remaining <= 0:
                     raise self._log_backlog_refusal()
                 with contextlib.suppress(TimeoutError):
@@ -575,29 +582,31 @@ class MAIFStorage:
                  "server answers again")
 
     def _log_backlog_refusal(self) -> StoreDegradedError:
-        """A write refused because this node's writes in the Kafka log wait for their apply past the
-        unapplied-bytes bound for longer than ``kafka_write_timeout_s``."""
+        """A write refused because this node's writes in the shared log wait for their apply past the
+        unapplied-bytes bound for longer than the log's write timeout."""
         waiting = self._log_waiting_for()
+        log = self._shared_log.component if self._shared_log is not None else "shared"
         return StoreDegradedError(
-            f"{self._inflight_bytes / 2**20:.1f} MiB of this node's acknowledged writes are in the Kafka "
+            f"{self._inflight_bytes / 2**20:.1f} MiB of this node's acknowledged writes are in the {log} "
             f"log but not applied yet (bound {self._inflight_bytes_max / 2**20:.1f} MiB) and none was "
-            f"applied for {self.config.kafka_write_timeout_s:g} s: write refused, nothing written "
+            f"applied for {self.config.log_write_timeout_s:g} s: write refused, nothing written "
             f"({waiting.message})", component=waiting.component, retry_after_s=waiting.retry_after_s,
-            hint="retry later; every acknowledged write is in the Kafka log and is applied once the "
+            hint=f"retry later; every acknowledged write is in the {log} log and is applied once the "
                  "appliers can reach the backends")
 
     def _log_waiting_for(self) -> BackendUnavailableError:
-        """What applying this node's writes in the Kafka log waits for, as an error to raise."""
+        """What applying this node's writes in the shared log waits for, as an error to raise."""
         down = self._backends.health.down()
-        consumer = self._kafka.consumer if self._kafka is not None else None
-        if consumer is not None and consumer.waiting_for is not None:
-            return consumer.waiting_for
+        shared = self._shared_log
+        if shared is not None and shared.waiting_for is not None:
+            return shared.waiting_for
         if down:
             name, outage = sorted(down.items())[0]
             return BackendUnavailableError(f"{name} is unavailable: {outage.reason}", component=name)
+        log = shared.component if shared is not None else "shared"
         return BackendUnavailableError(
-            "the store's appliers (the members of the Kafka consumer group) have not applied this "
-            "node's writes yet", component="Kafka appliers", retry_after_s=1.0)
+            f"the store's appliers (the nodes applying the {log} log's partitions) have not applied this "
+            "node's writes yet", component=f"{log} appliers", retry_after_s=1.0)
 
     def _check_vector_dimensions(self, items: Sequence[LogItem]) -> None:
         """Refuse, before the log, an embedding the vector index could not hold.
@@ -625,8 +634,8 @@ class MAIFStorage:
             raise DurabilityError(self._wal.failure, hint="reads still work; reopen the store to recover")
         if self._applier_failure is not None:
             raise BackendError(self._applier_failure, hint="reads still work; reopen the store to recover")
-        if self._kafka is not None and self._kafka.consumer.failure is not None:
-            raise BackendError(self._kafka.consumer.failure,
+        if self._shared_log is not None and self._shared_log.failure is not None:
+            raise BackendError(self._shared_log.failure,
                                hint="reads still work; reopen the store to recover")
 
     def _on_commit(self, first_lsn: int, last_lsn: int, items: list[LogItem]) -> None:
@@ -635,9 +644,9 @@ class MAIFStorage:
             item.lsn = first_lsn + offset
             self._unapplied[item.block.id] = item
             self._backends.cache.discard(item.block.id)
-            if self._kafka is not None:
-                self._kafka.track(item)  # applied by whichever node owns its partition
-        if self._kafka is None:
+            if self._shared_log is not None:
+                self._shared_log.track(item)  # applied by whichever node owns its partition
+        if self._shared_log is None:
             self._apply_queue.extend(items)
         self._committed_lsn = last_lsn
         self._work_ready.set()
@@ -768,17 +777,17 @@ class MAIFStorage:
         """Queries see every acknowledged write: wait until the applier has caught up."""
         target = self._committed_lsn
         progress = self._applied_lsn
-        deadline = time.monotonic() + (_QUERY_UNAVAILABLE_WAIT_S if self._kafka is None
-                                       else self.config.kafka_write_timeout_s)
+        deadline = time.monotonic() + (_QUERY_UNAVAILABLE_WAIT_S if self._shared_log is None
+                                       else self.config.log_write_timeout_s)
         async with self._applied:
             while self._applied_lsn < target and self._applier_failure is None:
                 blocked = self._blocked
-                if self._kafka is not None:
+                if self._shared_log is not None:
                     # Another node may be the one applying, so the wait is always bounded: by
-                    # kafka_write_timeout_s without progress.
+                    # the log's write timeout without progress.
                     if self._applied_lsn > progress:
                         progress = self._applied_lsn
-                        deadline = time.monotonic() + self.config.kafka_write_timeout_s
+                        deadline = time.monotonic() + self.config.log_write_timeout_s
                     blocked = self._log_waiting_for()
                 if blocked is not None and time.monotonic() >= deadline:
                     raise BackendUnavailableError(
@@ -938,7 +947,7 @@ class MAIFStorage:
         now = time.monotonic()
         health = self._backends.health
         failure = ((self._wal.failure if self._wal is not None else None) or self._applier_failure
-                   or (self._kafka.consumer.failure if self._kafka is not None else None))
+                   or (self._shared_log.failure if self._shared_log is not None else None))
         down = health.down()
         return {
             "status": "failed" if failure else "degraded" if down else "ok",

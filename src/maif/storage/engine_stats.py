@@ -17,7 +17,9 @@ With a Kafka-protocol log (ADR 0073) also: kafka_topic, kafka_group, kafka_parti
 node's share), kafka_records_applied_total / kafka_records_skipped_total (by this node's consumer),
 kafka_skipped_reasons (the latest, bounded), kafka_pending_records (this node's writes not yet in the
 shared index), kafka_produce_groups_total, kafka_applier_failure; the wal_* keys then count this node's
-sequence numbers (wal_depth: its writes not yet applied).
+sequence numbers (wal_depth: its writes not yet applied). With a NATS JetStream log (ADR 0084) the
+same under nats_* (nats_stream, nats_partitions_owned instead of the topic, group and assignment,
+nats_publish_groups_total).
 """
 
 from __future__ import annotations
@@ -109,8 +111,8 @@ async def collect_stats(storage: MAIFStorage) -> dict[str, Any]:
         "tier_failure": storage._tier_failure,
         "chunks": chunk_stats,
     }
-    if storage._kafka is not None:
-        stats.update(storage._kafka.stats())
+    if storage._shared_log is not None:
+        stats.update(storage._shared_log.stats())
     stats["health"] = storage.health()
     if not storage._closed:  # from the servers, when they answer (stats serve /metrics while degraded)
         for key, counting in (("blocks", backends.index.count), ("vectors", backends.vectors.count)):

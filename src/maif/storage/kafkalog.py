@@ -25,27 +25,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from maif import limits
 from maif.config import StorageConfig
-from maif.errors import BackendUnavailableError, ConfigError, LimitExceededError, MAIFError
+from maif.errors import ConfigError, MAIFError
 from maif.storage.applier import Applier, LogItem
-from maif.storage.backends.wrappers import RetryPolicy
 from maif.storage.health import Health
-from maif.storage.wal import Committer
+from maif.storage.sharedlog import (
+    PartitionApplier,
+    PendingPositions,
+    SharedLog,
+    SharedLogCommitter,
+    check_config,
+    log_key,
+)
 
 if TYPE_CHECKING:
     from maif.storage.engine import Backends
 
 KAFKA = "Kafka"  # the component named in errors, health() and metrics
 _log = logging.getLogger(__name__)
-_SKIPPED_REASONS_KEPT = 16  # the latest reasons for skipped records, for stats
 _CONSUMER_POLL_MS = 200
 _SESSION_TIMEOUT_MS = 6_000  # a member that dies loses its partitions to the others after this
 _PRODUCE_BATCH_BYTES = 1 << 20
@@ -53,88 +56,30 @@ _OFFSET_COMMIT_INTERVAL_S = 1.0
 _APPLY_LINGER_S = 0.05  # a trickle is applied in batches: each apply is an S3 PUT + PostgreSQL statements
 
 
-def check_config(config: StorageConfig) -> None:
-    """The Kafka-protocol log needs the shared backends: the records it carries are applied by any node,
-    so what they are applied into must be shared too."""
-    if config.postgres_url is None or config.s3_endpoint is None or config.s3_bucket is None:
-        raise ConfigError(
-            "kafka_brokers needs the shared backends (postgres_url, s3_endpoint and s3_bucket): any node "
-            "applies the records of the shared log, so the index and the chunks must be shared too",
-            hint="set postgres_url, s3_endpoint and s3_bucket, or remove kafka_brokers to keep a local log")
-
-
 def group_of(config: StorageConfig) -> str:
     return config.kafka_group or f"maif-{config.kafka_topic}"
 
 
-def log_key(item: LogItem) -> bytes:
-    """The record's key: its agent id (one agent's records stay in order in one partition), else the
-    block id. A deletion's item carries the agent id of the block it deletes."""
-    block = item.block
-    return (block.agent_id or block.id).encode("utf-8")
-
-
-def _unavailable(action: str, error: BaseException, brokers: Sequence[str]) -> BackendUnavailableError:
-    reason = str(error) or type(error).__name__
-    return BackendUnavailableError(f"Kafka ({', '.join(brokers)}) did not acknowledge: {action}: {reason}",
-                                   component=KAFKA, retry_after_s=1.0,
-                                   hint="nothing was acknowledged; retry once the broker answers")
-
-
 # ---- writing -----------------------------------------------------------------------------------------
 
-class KafkaCommitter(Committer):
-    """The Kafka path's committer (:class:`maif.storage.wal.Committer`, like the local log's): writers
-    queued while a produce round is in flight form the next round, and ``append`` resolves once the
-    broker acknowledged every record of it (acks=all); ``on_commit(first, last, items)`` runs before the
-    writers wake, with each item's ``position`` (partition, offset) set. A round the broker does not
-    acknowledge within ``write_timeout_s`` fails its writers and every queued one with
-    BackendUnavailableError (component "Kafka"); its records may still reach the log later (then they
-    are applied like any other), but none was acknowledged.
-
-    The numbers it hands out (the receipts' ``lsn``) are this node's, not durable: they order the node's
-    acknowledged writes for queries that must see them; the log's own order is (partition, offset).
-    """
+class KafkaCommitter(SharedLogCommitter):
+    """The Kafka path's committer (:class:`~maif.storage.sharedlog.SharedLogCommitter`): one produce
+    round per group (``send`` for every record), then the broker's acknowledgement (acks=all) of each."""
 
     task_name = "maif-kafka-committer"
+    component = KAFKA
+    timeout_key = "kafka_write_timeout_s"
 
     def __init__(self, producer: Any, topic: str, brokers: Sequence[str], *, batch_size: int,
                  batch_timeout_ms: float, write_timeout_s: float, health: Health,
                  on_commit: Callable[[int, int, Any], None]) -> None:
-        super().__init__(first_lsn=1, batch_size=batch_size, batch_timeout_ms=batch_timeout_ms,
+        super().__init__(f"Kafka ({', '.join(brokers)})", batch_size=batch_size,
+                         batch_timeout_ms=batch_timeout_ms, write_timeout_s=write_timeout_s, health=health,
                          on_commit=on_commit)
         self._producer = producer
         self._topic = topic
-        self._brokers = list(brokers)
-        self._write_timeout_s = write_timeout_s
-        self._health = health
 
-    def append(self, payloads: Sequence[bytes], context: Any) -> asyncio.Future[int]:
-        """Queue records (refused at once when one is larger than a log record may be)."""
-        for payload in payloads:
-            if len(payload) > limits.kafka_record_bytes_max:
-                raise LimitExceededError("an encoded block for the Kafka log (bytes)", len(payload),
-                                         limits.kafka_record_bytes_max,
-                                         hint="store larger payloads in a store with a local log, or "
-                                              "split them")
-        return super().append(payloads, context)
-
-    async def _write(self, group: list[Any]) -> None:
-        items: list[LogItem] = [item for pending in group for item in pending.context]
-        payloads = [payload for pending in group for payload in pending.framed]
-        positions = await self._produce(items, payloads)
-        self._health.succeeded(KAFKA)
-        for item, position in zip(items, positions, strict=True):
-            item.position = position
-
-    def _failure_of(self, error: BaseException) -> BaseException:
-        if not isinstance(error, BackendUnavailableError):
-            error = _unavailable("producing records", error, self._brokers)
-        self._health.failed(KAFKA, error.message)
-        return error
-
-    async def _produce(self, items: list[LogItem], payloads: list[bytes]) -> list[tuple[int, int]]:
-        """Send every record, then wait (bounded) for the broker's acknowledgement of each."""
+    async def _send(self, items: list[LogItem], payloads: list[bytes]) -> list[tuple[int, int]]:
         from aiokafka.errors import KafkaError
 
         deadline = time.monotonic() + self._write_timeout_s
@@ -143,64 +88,12 @@ class KafkaCommitter(Committer):
                 futures = [await self._producer.send(self._topic, payload, key=log_key(item))
                            for item, payload in zip(items, payloads, strict=True)]
         except (KafkaError, TimeoutError) as error:
-            raise _unavailable("sending records", error, self._brokers) from error
-        # Waited for without cancelling: a record the producer still holds may reach the log later, and
-        # must then be applied like any other (acknowledged or not, it is a valid write). Whatever
-        # becomes of the ones not waited for is retrieved, so it is never reported as unhandled.
-        for future in futures:
-            future.add_done_callback(_retrieve)
-        _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        if pending:
-            raise _unavailable(f"{len(pending)} of {len(futures)} record(s) not acknowledged within "
-                               f"{self._write_timeout_s:g} s (kafka_write_timeout_s)",
-                               TimeoutError("timed out"), self._brokers)
-        positions = []
-        for future in futures:
-            failure = future.exception()
-            if failure is not None:
-                raise _unavailable("producing records", failure, self._brokers) from failure
-            metadata = future.result()
-            positions.append((int(metadata.partition), int(metadata.offset)))
-        return positions
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
-# ---- read-your-writes until the shared index holds a write ------------------------------------------
-
-class PendingPositions:
-    """This node's acknowledged writes not yet in the shared index, by log position: per partition a
-    heap by offset. Bounded by the engine's unapplied-bytes bound (each item is charged there)."""
-
-    def __init__(self) -> None:
-        self._by_partition: dict[int, list[tuple[int, int, LogItem]]] = {}
-        self._sequences: dict[int, None] = {}  # insertion-ordered: the oldest outstanding first
-        self.count = 0
-
-    def add(self, item: LogItem) -> None:
-        assert item.position is not None
-        partition, offset = item.position
-        heapq.heappush(self._by_partition.setdefault(partition, []), (offset, item.lsn, item))
-        self._sequences[item.lsn] = None
-        self.count += 1
-
-    def applied(self, positions: dict[int, int]) -> list[LogItem]:
-        """Remove and return the items below each partition's applied position (next offset)."""
-        done: list[LogItem] = []
-        for partition, position in positions.items():
-            heap = self._by_partition.get(partition)
-            while heap and heap[0][0] < position:
-                done.append(heapq.heappop(heap)[2])
-        for item in done:
-            del self._sequences[item.lsn]
-        self.count -= len(done)
-        return done
-
-    def oldest_sequence(self) -> int | None:
-        return next(iter(self._sequences), None)
+            raise self.unavailable("sending records", error) from error
+        # Not cancelled when late: a record the producer still holds may reach the log later, and must
+        # then be applied like any other (acknowledged or not, it is a valid write).
+        return await self._acknowledged(
+            futures, deadline, lambda _, metadata: (int(metadata.partition), int(metadata.offset)),
+            cancel_late=False)
 
 
 # ---- applying ----------------------------------------------------------------------------------------
@@ -209,35 +102,22 @@ class LogConsumer:
     """One member of the store's consumer group: applies the records of the partitions it is assigned.
 
     On assignment each partition is sought to its position in PostgreSQL (Kafka's committed offset,
-    which is never ahead of it, when PostgreSQL cannot be read then). A batch is applied, flushed, and
-    only then its position moved (same order as the local log's checkpoint); the Kafka offset commit
-    after it is advisory. While a server is unavailable the same batch is retried with backoff (ADR
-    0072); any other failure of the backends stops this consumer (``failure``), as it stops the local
-    applier. ``on_applied(partition, next_offset)`` reports each applied batch to the engine.
+    which is never ahead of it, when PostgreSQL cannot be read then). Each partition's batch goes
+    through ``applier`` (:class:`~maif.storage.sharedlog.PartitionApplier`: applied, flushed, then its
+    position moved); the Kafka offset commit after it is advisory.
     """
 
-    def __init__(self, config: StorageConfig, backends: Backends, applier: Applier,
-                 maintenance: asyncio.Lock, on_applied: Callable[[int, int], None]) -> None:
+    def __init__(self, config: StorageConfig, backends: Backends, applier: PartitionApplier) -> None:
         self._config = config
         self._brokers = config.kafka_broker_list
         self._topic = config.kafka_topic
         self._backends = backends
-        self._applier = applier
-        self._maintenance = maintenance
-        self._on_applied = on_applied
+        self.applier = applier
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._backoff = RetryPolicy(base_delay_s=0.1, delay_s_max=5.0)
-        self._dimensions: int | None = backends.vectors.dimensions
-        self.failure: str | None = None
-        self.waiting_for: BackendUnavailableError | None = None
         self.assigned: list[int] = []
         self._uncommitted: dict[Any, int] = {}  # partition -> next offset, applied but not committed
         self._committed_at = 0.0
-        self.records_applied_total = 0
-        self.records_skipped_total = 0
-        self.skipped_reasons: deque[str] = deque(maxlen=_SKIPPED_REASONS_KEPT)
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -258,7 +138,7 @@ class LogConsumer:
 
     async def stop(self) -> None:
         """Finish the batch being applied (or give up waiting for a server), leave the group."""
-        self._stopping.set()
+        self.applier.stopping.set()
         if self._task is not None:
             await self._task
         if self._consumer is not None:
@@ -281,18 +161,18 @@ class LogConsumer:
 
     async def _run(self) -> None:
         attempts = 0
-        while not self._stopping.is_set():
+        while not self.applier.stopping.is_set():
             try:
                 batches = await self._fetch()
                 attempts = 0
             except Exception as error:  # noqa: BLE001 - the broker or the network: wait, fetch again
                 attempts += 1
                 _log.warning("Kafka log: fetching records failed (%r); retrying", error)
-                await self._sleep(self._backoff.delay_s(min(attempts, 32)))
+                await self.applier.sleep(self.applier.backoff_s(attempts))
                 continue
             for partition, records in batches.items():
                 if not await self._apply_partition(partition, records):
-                    if self.failure is not None:
+                    if self.applier.failure is not None:
                         # Leave the group, so the partitions go to members that can apply them.
                         with contextlib.suppress(Exception):
                             await self._consumer.stop()
@@ -314,42 +194,15 @@ class LogConsumer:
                 batches.setdefault(partition, []).extend(records)
         return batches
 
-    async def _sleep(self, delay_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay_s)
-
     async def _apply_partition(self, partition: Any, records: Sequence[Any]) -> bool:
         """Apply one partition's batch and move its position; False when this consumer must stop."""
-        items = [item for item in (self._decode(record) for record in records) if item is not None]
+        decode = self.applier.decode
+        items = [item for item in (decode(record.value, f"partition {record.partition} offset "
+                                                        f"{record.offset}", record.offset + 1)
+                                   for record in records) if item is not None]
         next_offset = records[-1].offset + 1
-        attempts = 0
-        while True:
-            try:
-                async with self._maintenance:
-                    if items:
-                        await self._applier.apply(items)
-                        await self._applier.flush()
-                    await self._backends.index.set_log_positions(  # type: ignore[attr-defined]
-                        self._topic, {partition.partition: next_offset})
-                break
-            except BackendUnavailableError as error:  # wait for the server; the same batch again
-                attempts += 1
-                self._note_waiting(error)
-                if self._stopping.is_set():
-                    return False  # not applied, position not moved: the next member re-applies it
-                await self._sleep(self._backoff.delay_s(min(attempts, 32)))
-            except Exception as error:  # noqa: BLE001 - a local failure stops applying; reads go on
-                reason = error.message if isinstance(error, MAIFError) else repr(error)
-                self.failure = f"applying the Kafka log to the backends failed ({reason})"
-                _log.error("Kafka log: %s; this node stops applying", self.failure)
-                return False
-        if self.waiting_for is not None:
-            self._backends.health.succeeded(self.waiting_for.component)
-            self.waiting_for = None
-        if any(item.vector is not None for item in items):
-            self._dimensions = self._backends.vectors.dimensions
-        self.records_applied_total += len(items)
-        self._on_applied(partition.partition, next_offset)
+        if not await self.applier.apply(partition.partition, items, next_offset):
+            return False
         self._uncommitted[partition] = next_offset
         if time.monotonic() - self._committed_at >= _OFFSET_COMMIT_INTERVAL_S:
             await self._commit_offsets()
@@ -363,47 +216,6 @@ class LogConsumer:
         if offsets:
             with contextlib.suppress(Exception):  # e.g. a partition revoked meanwhile: harmless
                 await self._consumer.commit(offsets)
-
-    def _note_waiting(self, error: BackendUnavailableError) -> None:
-        if self.waiting_for is None:
-            _log.warning("Kafka log: applying waits for %s (%s)", error.component, error.message)
-        self.waiting_for = error
-        self._backends.health.failed(error.component, error.message)
-
-    def _decode(self, record: Any) -> LogItem | None:
-        """The log item a record holds, or None (skipped, counted, logged) when it is not one this store
-        can apply: empty, larger than the bound, not a block or deletion record, or an embedding of
-        another dimension than the store's vectors."""
-        from maif.storage.engine import log_item
-
-        value = record.value
-        where = f"partition {record.partition} offset {record.offset}"
-        if not value:
-            return self._skip(where, "an empty record")
-        if len(value) > limits.kafka_record_bytes_max:
-            return self._skip(where, f"{len(value)} bytes, above kafka_record_bytes_max "
-                                     f"({limits.kafka_record_bytes_max})")
-        try:
-            item = log_item(bytes(value), record.offset + 1)
-        except Exception as error:  # noqa: BLE001 - hostile bytes: whatever fails, skip the record
-            return self._skip(where, "not a MAIF log record: "
-                                     + (error.message if isinstance(error, MAIFError) else repr(error)))
-        if item.vector is not None:
-            dimensions = int(item.vector.shape[0])
-            if self._dimensions is None:
-                self._dimensions = dimensions
-            elif dimensions != self._dimensions:
-                return self._skip(where, f"an embedding of {dimensions} dimensions; the store's vectors "
-                                         f"have {self._dimensions}")
-        return item
-
-    def _skip(self, where: str, reason: str) -> LogItem | None:
-        """Count and log a record that is not applied; None, for ``_decode`` to return."""
-        self.records_skipped_total += 1
-        line = f"{where}: {reason[:300]}"
-        self.skipped_reasons.append(line)
-        _log.warning("Kafka log topic %r: record skipped (%s)", self._topic, line)
-        return None
 
 
 def _rebalance_listener(consumer: LogConsumer) -> Any:
@@ -422,20 +234,16 @@ def _rebalance_listener(consumer: LogConsumer) -> Any:
 
 # ---- the whole log -----------------------------------------------------------------------------------
 
-class KafkaLog:
+class KafkaLog(SharedLog):
     """The producer, the committer, this node's consumer and the watch over this node's pending writes."""
+
+    component = KAFKA
 
     def __init__(self, config: StorageConfig, backends: Backends, producer: Any,
                  committer: KafkaCommitter, consumer: LogConsumer) -> None:
-        self._config = config
-        self._backends = backends
+        super().__init__(config, backends, committer, consumer.applier)
         self.producer = producer
-        self.committer = committer
         self.consumer = consumer
-        self.pending = PendingPositions()
-        self._pending_added = asyncio.Event()
-        self._on_visible: Callable[[list[LogItem]], Any] | None = None
-        self._watch_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, config: StorageConfig, backends: Backends, applier: Applier,
@@ -454,9 +262,10 @@ class KafkaLog:
                                        write_timeout_s=config.kafka_write_timeout_s,
                                        health=backends.health, on_commit=on_commit)
             log: KafkaLog
-            consumer = LogConsumer(config, backends, applier, maintenance,
-                                   on_applied=lambda partition, position: log.positions_applied(
-                                       {partition: position}))
+            partition_applier = PartitionApplier(
+                KAFKA, config, backends, applier, maintenance,
+                on_applied=lambda partition, position: log.positions_applied({partition: position}))
+            consumer = LogConsumer(config, backends, partition_applier)
             log = cls(config, backends, producer, committer, consumer)
             await consumer.start()
         except BaseException:
@@ -465,69 +274,16 @@ class KafkaLog:
             raise
         return log
 
-    def start(self, on_visible: Callable[[list[LogItem]], Any]) -> None:
-        """Start the committer and the watch; ``on_visible(items)`` gets this node's writes once the
-        shared index holds them (applied here or by another node)."""
-        self._on_visible = on_visible
-        self.committer.start()
-        self._watch_task = asyncio.get_running_loop().create_task(self._watch(), name="maif-kafka-watch")
-
-    def track(self, item: LogItem) -> None:
-        self.pending.add(item)
-        self._pending_added.set()
-
-    def positions_applied(self, positions: dict[int, int]) -> None:
-        done = self.pending.applied(positions)
-        if done and self._on_visible is not None:
-            self._on_visible(done)
-
-    async def _watch(self) -> None:
-        """While this node has writes not yet applied, poll the shared positions: another node may be
-        the one applying their partitions."""
-        index: Any = self._backends.index
-        while True:
-            if not self.pending.count:
-                self._pending_added.clear()
-                await self._pending_added.wait()
-                continue
-            try:
-                self.positions_applied(await index.log_positions(self._config.kafka_topic))
-            except MAIFError as error:  # the consumer notes the outage; keep trying
-                _log.debug("Kafka log: reading the applied positions failed: %s", error.message)
-            await asyncio.sleep(limits.kafka_pending_positions_poll_s)
-
-    async def close(self) -> None:
-        """Stop taking writes (queued ones are produced first), stop the consumer, the watch, the
-        producer; each even when an earlier step fails, the first failure propagates."""
-        errors: list[BaseException] = []
-        steps: list[Callable[[], Any]] = [self.committer.close, self.consumer.stop, self._stop_watch,
-                                          self.producer.stop]
-        for step in steps:
-            try:
-                await step()
-            except Exception as error:  # noqa: BLE001 - release the rest, then re-raise
-                errors.append(error)
-        if errors:
-            raise errors[0]
-
-    async def _stop_watch(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+    def _stop_steps(self) -> list[Callable[[], Any]]:
+        return [self.consumer.stop, self.producer.stop]
 
     def stats(self) -> dict[str, Any]:
-        consumer = self.consumer
         return {
             "kafka_topic": self._config.kafka_topic,
             "kafka_group": group_of(self._config),
-            "kafka_partitions_assigned": list(consumer.assigned),
-            "kafka_records_applied_total": consumer.records_applied_total,
-            "kafka_records_skipped_total": consumer.records_skipped_total,
-            "kafka_skipped_reasons": list(consumer.skipped_reasons),
-            "kafka_pending_records": self.pending.count,
+            "kafka_partitions_assigned": list(self.consumer.assigned),
+            **self.applier_stats("kafka"),
             "kafka_produce_groups_total": self.committer.groups_total,
-            "kafka_applier_failure": consumer.failure,
         }
 
 

@@ -851,9 +851,9 @@ async def gather_companions(queued_records: Callable[[], int], batch_size: int, 
 
 
 class Committer:
-    """Many writers, one durable write per group, acks only after it: the grouping both logs share (the
-    local :class:`GroupCommitter`, and the Kafka-protocol log's
-    :class:`~maif.storage.kafkalog.KafkaCommitter`); a subclass says how a group is made durable.
+    """Many writers, one durable write per group, acks only after it: the grouping every log shares (the
+    local :class:`GroupCommitter`, and the shared logs' :class:`~maif.storage.sharedlog.SharedLogCommitter`:
+    Kafka's and NATS JetStream's); a subclass says how a group is made durable.
 
     The committer task takes everything queued (up to ``batch_size`` records). When fewer are queued it
     yields to the event loop so writers that are ready can join, for at most ``batch_timeout_ms`` and

@@ -1057,6 +1057,12 @@ class PostgresMetadataIndex(_OnDatabase, MetadataIndex):
         return {int(row[0].removeprefix("partition:")): int(row[1]) for row in rows
                 if row[0].startswith("partition:")}
 
+    async def session_connection(self) -> Any:
+        """A connection of its own, outside the pool, for state that must end with its session (the
+        NATS log's partition leases are advisory locks: a node that dies loses them). The caller closes
+        it; a failure to connect is the usual MAIF error."""
+        return await self._db._connect(server_settings={"application_name": self._db._application_name()})
+
     async def set_log_positions(self, log: str, positions: Mapping[int, int]) -> None:
         """Record that every record of ``log`` before ``positions[partition]`` is applied and durable;
         a position never moves back (two nodes applying one partition during a rebalance)."""

@@ -210,7 +210,7 @@ class RetryingMetadataIndex(MetadataIndex):
         await self.policy.run("set_applied_lsn", lambda: self.inner.set_applied_lsn(lsn))
 
     async def log_positions(self, log: str) -> dict[int, int]:
-        """A shared index's positions in the shared log (:mod:`maif.storage.kafkalog`), retried."""
+        """A shared index's positions in a shared log (:mod:`maif.storage.sharedlog`), retried."""
         inner: Any = self.inner
         return dict(await self.policy.run("log_positions", lambda: inner.log_positions(log)))
 
