@@ -4,6 +4,8 @@ SIGKILLed mid-task has its task delivered again and the result stored exactly on
 and restarted mid-run loses no accepted task and doubles no result; SIGTERM hands back what has not
 started and exits 0; a message that is not a valid task, a task that always fails and a task that kills
 every worker that runs it all end in the dead-letter stream with their reason, and the worker goes on.
+Every stored result and dead-letter record is signed by the key of the worker that stored it and
+verifies on another node with that public key, and with no other (docs/adr/0085).
 
 "Stored exactly once" is read from PostgreSQL, which every node sees: the result block's row exists and
 no conflicting version of it was ever applied (``maif.conflicts``, ADR 0070). The NATS server is a private
@@ -27,6 +29,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from worker_nodes import REPO, WorkerCluster, work_tasks
 
 from maif import limits
@@ -34,6 +37,7 @@ from maif.agents.queue import TaskQueue
 from maif.agents.tasks import AgentTask
 from maif.config import AgentConfig
 from maif.errors import QueueFullError
+from maif.format.signing import key_id
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def cluster(tmp_path: Path, fresh_postgres_url: str, fresh_s3_bucket: str, s3_se
     servers = private_servers("nats")
     made = WorkerCluster(tmp_path, fresh_postgres_url, s3_settings.endpoint, fresh_s3_bucket,
                          servers.env()["MAIF_STORAGE_NATS_URL"],
-                         agent={"max_retries": 1, "task_ack_wait_s": 2})
+                         agent={"max_retries": 1, "task_ack_wait_s": 2, "task_sweep_interval_s": 0.5})
     made.servers = servers  # type: ignore[attr-defined]
     try:
         yield made
@@ -58,8 +62,10 @@ def assert_exactly_once(cluster: WorkerCluster, tasks: list[AgentTask]) -> None:
 
 
 def test_workers_share_the_queue_and_store_each_result_once(cluster: WorkerCluster) -> None:
-    workers = [cluster.start(f"w{index}", agents=2, args=("--metrics-port", "0") if index == 0 else ())
-               for index in range(3)]
+    workers = [cluster.start(f"w{index}", agents=2, args=("--metrics-port", "0") if index == 0 else (),
+                             wait=False) for index in range(3)]
+    for worker in workers:
+        worker.wait_ready()
     tasks = work_tasks(90, seconds=0.05)
     assert cluster.publish(tasks) == 90
     assert cluster.publish(tasks[:5]) == 0  # the same task ids again: stored once by the broker
@@ -70,6 +76,12 @@ def test_workers_share_the_queue_and_store_each_result_once(cluster: WorkerClust
     done_by = {beat["worker_id"]: beat["completed"] for beat in stats["per_worker"]}
     assert sum(done_by.values()) == 90 and all(count > 0 for count in done_by.values()), done_by
     assert_exactly_once(cluster, tasks)
+    keys = [cluster.public_key(f"w{index}") for index in range(3)]
+    signers = cluster.verify([cluster.result_id(task.task_id) for task in tasks], keys)
+    assert Counter(signers.values()).keys() == {key_id(key).hex() for key in keys}, signers
+    stranger = Ed25519PrivateKey.generate().public_key()
+    refused = cluster.verify([cluster.result_id(tasks[0].task_id)], [stranger])
+    assert next(iter(refused.values())).startswith("refused: SignatureError"), refused
     port = re.search(r"metrics on http://127.0.0.1:(\d+)/metrics", workers[0].output())
     assert port, workers[0].output()
     def scraped() -> str:
@@ -93,6 +105,9 @@ def test_a_worker_killed_mid_task_has_its_task_redelivered_and_stored_once(clust
     assert_exactly_once(cluster, tasks)
     rerun = {task_id for task_id, pid in cluster.started() if pid == survivor.popen.pid}
     assert killed_tasks & rerun, "the killed worker's task was not delivered again"
+    signers = cluster.verify([cluster.result_id(task_id) for task_id in killed_tasks],
+                             [cluster.public_key("survivor"), cluster.public_key("victim")])
+    assert set(signers.values()) == {key_id(cluster.public_key("survivor")).hex()}, signers
     assert cluster.stats()["dead_letters"] == 0
     assert survivor.terminate() == 0
 
@@ -146,7 +161,10 @@ def test_poison_messages_are_dead_lettered_with_their_reason(cluster: WorkerClus
     expected = ["not a task message", "missing required field", "unknown task type 'format_disk'", "exceeds",
                 "always fails"]
     assert all(any(fragment in reason for reason in reasons) for fragment in expected), reasons
-    assert f"{cluster.stream}:always-fails:0:dead-letter" in cluster.stored_results()
+    record = f"{cluster.stream}:always-fails:0:dead-letter"
+    assert record in cluster.stored_results()
+    assert cluster.verify([record], [cluster.public_key("guard")]) == {
+        record: key_id(cluster.public_key("guard")).hex()}
     cluster.wait_for_results(["fine"], 20)
     assert worker.alive
 

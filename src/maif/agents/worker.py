@@ -14,8 +14,12 @@ Per delivered message, in order:
    Failure: nak with backoff (the next attempt may run on any worker) or, on the last attempt, store
    the dead-letter record, publish the dead letter, ack.
 
+Every block a worker stores (results and dead-letter records) is signed by the worker's Ed25519 key
+(``worker_key_file``; docs/adr/0085-signed-worker-results.md), its signature block written in the same
+``write_blocks`` call; :func:`maif.agents.provenance.verify_worker_result` checks it on any node.
+
 A task whose last delivery went unanswered (its worker was killed or hung) is found by the sweep every
-worker runs every ``SWEEP_INTERVAL_S`` (:meth:`TaskQueue.sweep_exhausted`) and dead-lettered.
+worker runs every ``task_sweep_interval_s`` (:meth:`TaskQueue.sweep_exhausted`) and dead-lettered.
 
 Pulling is the load balancing: a worker fetches only as many tasks as its agents have free slots
 (``agents x batch_size`` tasks running at once), so a slow worker takes fewer. A finished task frees its
@@ -37,6 +41,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -44,20 +49,46 @@ import msgspec
 from maif import limits
 from maif.agents.agent import MAIFAgent
 from maif.agents.handlers.registry import HandlerRegistry
-from maif.agents.provenance import block_id_for, dead_letter_block_id
+from maif.agents.provenance import WorkerSigner, block_id_for, dead_letter_block_id
 from maif.agents.queue import HEARTBEAT_INTERVAL_S, TaskQueue, decode_task
 from maif.agents.tasks import AgentTask
-from maif.config import AgentConfig
-from maif.errors import AgentError, BackendUnavailableError, MAIFError, TaskFailedError, TaskMessageError
+from maif.config import AgentConfig, user_config_dir
+from maif.errors import (
+    AgentError,
+    BackendUnavailableError,
+    ConfigError,
+    MAIFError,
+    TaskFailedError,
+    TaskMessageError,
+)
 from maif.format.block import MAIFBlock, MAIFBlockType
+from maif.format.signing import load_or_create_seed_key
 
 log = logging.getLogger("maif.agents.worker")
 _BACKOFF_BASE_S = 0.05
-SWEEP_INTERVAL_S = 5.0
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def worker_key_file(config: AgentConfig) -> Path:
+    """Where the worker's signing key is read (and created on first run)."""
+    if config.worker_key_file is not None:
+        return Path(config.worker_key_file).expanduser()
+    return user_config_dir() / "worker.key"
+
+
+def worker_signer(config: AgentConfig, data_dir: str | os.PathLike[str] | None) -> WorkerSigner:
+    """The worker's signer, from ``worker_key_file``; a key file inside the store's ``data_dir`` is
+    refused: a copy of the store (a backup, a stolen disk image) would carry the key that signs it."""
+    path = worker_key_file(config)
+    if data_dir is not None and Path(os.path.realpath(path)).is_relative_to(os.path.realpath(data_dir)):
+        raise ConfigError(
+            f"the worker key file {path} is inside the store's data_dir {data_dir}",
+            hint=f"set agent.worker_key_file to a path outside it (default {user_config_dir()}/worker.key)",
+        )
+    return WorkerSigner(load_or_create_seed_key(path, "worker key"))
 
 
 class Worker:
@@ -72,7 +103,10 @@ class Worker:
         agents: int = 1,
         worker_id: str | None = None,
         registry: HandlerRegistry | None = None,
+        signer: WorkerSigner | None = None,
     ) -> None:
+        """``signer`` defaults to :func:`worker_signer` of ``config`` (the key file, created if
+        missing)."""
         if not 1 <= agents <= 100_000:
             raise AgentError("a worker runs between 1 and 100000 agents")
         self.storage = storage
@@ -83,6 +117,8 @@ class Worker:
         self.capacity = min(agents * config.batch_size, limits.worker_in_flight_max)
         self.held_max = min(max(self.capacity, config.task_queue_size), limits.worker_in_flight_max)
         self._registry = registry or HandlerRegistry.with_builtins()
+        store_directory = getattr(getattr(storage, "config", None), "data_dir", None)
+        self.signer = signer or worker_signer(config, store_directory)
         self._executor = ThreadPoolExecutor(config.processing_threads, thread_name_prefix="maif-worker")
         one_attempt = msgspec.structs.replace(config, max_retries=0, task_queue_size=self.held_max)
         # Every agent of every worker of this queue is the one producer ``<task_stream>``, and results
@@ -99,6 +135,7 @@ class Worker:
                 block_namespace=self.namespace,
                 store_dead_letters=False,
                 reproducible_results=True,
+                block_signer=self.signer,
             )
             for _ in range(agents)
         ]
@@ -137,7 +174,8 @@ class Worker:
                                 name="maif-worker-progress"),
             asyncio.create_task(every(HEARTBEAT_INTERVAL_S, self._put_heartbeat),
                                 name="maif-worker-heartbeat"),
-            asyncio.create_task(every(SWEEP_INTERVAL_S, self._sweep), name="maif-worker-sweep"),
+            asyncio.create_task(every(self.config.task_sweep_interval_s, self._sweep),
+                                name="maif-worker-sweep"),
         ]
         try:
             await self._pull_loop()
@@ -237,7 +275,8 @@ class Worker:
 
     async def _give_up(self, message: Any, task: AgentTask, reason: str, deliveries: int) -> None:
         """Store the dead-letter record, publish the dead letter, then ack (in that order: a crash in
-        between delivers the task again, and both steps are idempotent)."""
+        between delivers the task again, and both steps are idempotent). The record is signed and dated
+        by the task's submission time, like a result."""
         record = MAIFBlock(
             id=dead_letter_block_id(self.namespace, task.task_id),
             block_type=MAIFBlockType.METADATA,
@@ -245,8 +284,9 @@ class Worker:
             metadata={"dead_letter": {"task_id": task.task_id, "task_type": task.task_type,
                                       "reason": reason[: limits.queue_dead_letter_reason_chars_max],
                                       "attempts": min(deliveries, self.config.max_retries + 1)}},
+            timestamp=time.time() if task.submitted_at is None else task.submitted_at,
         )
-        await self.storage.write_block(record)
+        await self.storage.write_blocks([record, self.signer.signature_block(record)])
         await self._wait_applied()
         await self._dead_letter(message, task.task_id, reason, deliveries)
 
@@ -352,4 +392,4 @@ async def _first(*awaitables: Any) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["Worker", "default_worker_id", "every"]
+__all__ = ["Worker", "default_worker_id", "every", "worker_key_file", "worker_signer"]
