@@ -313,6 +313,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``max_retries + 1`` times; dead letters go to the stream ``<task_stream>_DEAD``, which keeps the
     newest ``dead_letter_messages_max``. ``task_queue_size`` also caps the tasks one `maif worker`
     holds at once. Every worker looks for tasks the broker gave up on every ``task_sweep_interval_s``.
+    A broker that does not answer within ``task_queue_connect_timeout_s`` at start is an error.
 
     A worker signs every block it stores with the Ed25519 key in ``worker_key_file`` (docs/adr/0085;
     default ``$XDG_CONFIG_HOME/maif/worker.key``, created owner-only on first run; refused inside the
@@ -330,6 +331,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     task_stream_bytes_max: int = 1 << 30
     dead_letter_messages_max: int = 100_000
     task_sweep_interval_s: float = 5.0
+    task_queue_connect_timeout_s: float = 5.0
     worker_key_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -343,6 +345,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("task_stream_bytes_max", self.task_stream_bytes_max, 1 << 20, 1 << 50)
         _require_range("dead_letter_messages_max", self.dead_letter_messages_max, 1, 1 << 40)
         _require_range("task_sweep_interval_s", self.task_sweep_interval_s, 0.1, 3600)
+        _require_range("task_queue_connect_timeout_s", self.task_queue_connect_timeout_s, 0.1, 300)
         if self.worker_key_file is not None and not self.worker_key_file.strip():
             raise ConfigError("worker_key_file must not be empty", hint="leave it unset for the default")
         name = self.task_stream

@@ -63,6 +63,9 @@ class WorkerProcess:
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         self.popen.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float = 60.0) -> int:
         try:
             return self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -73,6 +76,14 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+
+def terminate_all(processes: Iterable[WorkerProcess]) -> list[int]:
+    """SIGTERM to every process at once, then their exit codes (they drain in parallel)."""
+    processes = list(processes)
+    for process in processes:
+        process.popen.send_signal(signal.SIGTERM)
+    return [process.wait_exit() for process in processes]
 
 
 @dataclass
@@ -98,7 +109,7 @@ class WorkerCluster:
         node.mkdir(parents=True, exist_ok=True)
         config = node / "worker.json"
         config.write_text(json.dumps({
-            "storage": {"data_dir": str(node / "data"), "node_id": name, "tier_interval_s": 0},
+            "storage": {"data_dir": str(node / "data"), "node_id": self.node_id(name), "tier_interval_s": 0},
             "agent": {"task_stream": self.stream, "worker_key_file": str(self.key_file(name)), **self.agent},
         }))
         environment = {
@@ -188,6 +199,25 @@ class WorkerCluster:
 
         return asyncio.run(run())
 
+    def node_id(self, name: str) -> str:
+        """Unique to this cluster: clusters of one module share a store, and a node's log sequence
+        numbers are counted per node id."""
+        return f"{name}-{self.stream}"
+
+    def delete_streams(self) -> None:
+        """Remove this cluster's streams and heartbeat bucket from the broker (a shared one keeps
+        nothing of a test)."""
+        async def run() -> None:
+            queue = await self.queue()
+            try:
+                for stream in (queue.stream, queue.dead_stream, queue.exhausted_stream,
+                               f"KV_{queue.stream}_WORKERS"):
+                    await queue._js.delete_stream(stream)
+            finally:
+                await queue.close()
+
+        asyncio.run(run())
+
     def key_file(self, name: str) -> Path:
         return self.directory / name / "worker.key"
 
@@ -202,20 +232,21 @@ class WorkerCluster:
 
         async def run() -> dict[str, str]:
             storage = await create_maif_storage({
-                "data_dir": str(self.directory / "verifier"), "node_id": "verifier", "tier_interval_s": 0,
+                "data_dir": str(self.directory / "verifier"), "node_id": self.node_id("verifier"),
+                "tier_interval_s": 0,
                 "postgres_url": self.postgres_url, "s3_endpoint": self.s3_endpoint,
                 "s3_bucket": self.s3_bucket})
-            answers: dict[str, str] = {}
+            async def answer(block_id: str) -> str:
+                try:
+                    return (await verify_worker_result(storage, block_id, trusted)).signer_key_id
+                except MAIFError as error:
+                    return f"refused: {type(error).__name__}: {error.message}"
+
             try:
-                for block_id in block_ids:
-                    try:
-                        check = await verify_worker_result(storage, block_id, trusted)
-                        answers[block_id] = check.signer_key_id
-                    except MAIFError as error:
-                        answers[block_id] = f"refused: {type(error).__name__}: {error.message}"
+                ids = list(block_ids)
+                return dict(zip(ids, await asyncio.gather(*map(answer, ids)), strict=True))
             finally:
                 await storage.close()
-            return answers
 
         return asyncio.run(run())
 
