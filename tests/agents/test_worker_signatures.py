@@ -3,6 +3,8 @@ public keys the verifier trusts (docs/adr/0085-signed-worker-results.md). The ag
 worker's do (the task stream as block namespace, reproducible results, the worker's signer) on a real
 embedded store; the attacks rewrite stored blocks through the store's own API and must be refused.
 The same checks against real worker processes, PostgreSQL and S3: tests/distributed/test_workers.py.
+Last, the worker's shared wait for the apply (the ack that follows it must never come before the apply of
+the write it acknowledges).
 """
 
 from __future__ import annotations
@@ -195,3 +197,42 @@ def test_the_worker_key_file_is_made_owner_only_once_and_kept_off_the_store(tmp_
         worker_signer(AgentConfig(worker_key_file=str(garbage)), tmp_path / "store")
     with pytest.raises(ConfigError):
         AgentConfig(worker_key_file=" ")
+
+
+def test_apply_waits_are_shared_but_none_begins_before_the_write_it_covers() -> None:
+    """A worker acks a task only after a wait for the apply that began after the task's write: tasks
+    that finish together share one wait, and a task that finishes while a wait runs gets the next."""
+    import asyncio
+
+    from maif.agents.worker import Worker
+
+    class Store:
+        def __init__(self) -> None:
+            self.waits: list[asyncio.Future[None]] = []
+
+        async def wait_applied(self) -> None:
+            self.waits.append(asyncio.get_running_loop().create_future())
+            await self.waits[-1]
+
+    async def scenario() -> None:
+        store = Store()
+        worker = Worker(store, None, AgentConfig(), signer=WorkerSigner(Ed25519PrivateKey.generate()))  # type: ignore[arg-type]
+        first, second = (asyncio.create_task(worker._wait_applied()) for _ in range(2))
+        await asyncio.sleep(0.01)
+        assert len(store.waits) == 1  # one wait for both
+        late = asyncio.create_task(worker._wait_applied())  # its write came after that wait began
+        await asyncio.sleep(0.01)
+        store.waits[0].set_result(None)
+        await asyncio.gather(first, second)
+        await asyncio.sleep(0.01)
+        assert not late.done() and len(store.waits) == 2
+        store.waits[1].set_result(None)
+        await late
+        failing = asyncio.create_task(worker._wait_applied())
+        await asyncio.sleep(0.01)
+        store.waits[2].set_exception(ConnectionError("index away"))
+        with pytest.raises(ConnectionError):
+            await failing
+        worker._executor.shutdown()
+
+    asyncio.run(scenario())

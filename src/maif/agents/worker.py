@@ -6,11 +6,13 @@ Per delivered message, in order:
 
 1. decode it (:func:`maif.agents.queue.decode_task`); not a valid task: dead letter with the reason, ack;
 2. the task's first result block (``<task_stream>:<task>:0``) or its dead-letter record already stored
-   (a previous delivery finished but its ack was lost): ack without running;
+   (a previous delivery finished but its ack was lost): ack without running (checked for all the
+   messages of one fetch together);
 3. run it in the least-loaded agent (one attempt per delivery); while it runs, the worker tells the
    broker it is in progress every third of ``task_ack_wait_s``, so only a dead or hung worker's task is
    delivered again;
-4. success: wait until the result is applied to the shared store (visible to every node), then ack.
+4. success: wait until the result is applied to the shared store (visible to every node), then ack;
+   the tasks that finish while one such wait runs share the next one (:meth:`Worker._wait_applied`).
    Failure: nak with backoff (the next attempt may run on any worker) or, on the last attempt, store
    the dead-letter record, publish the dead letter, ack.
 
@@ -140,6 +142,8 @@ class Worker:
             for _ in range(agents)
         ]
         self._held: dict[int, Any] = {}  # stream sequence -> message pulled and not yet answered
+        self._apply_round: asyncio.Future[None] | None = None  # the next wait for the apply, not begun
+        self._apply_rounds: asyncio.Task[None] | None = None
         self._running = 0  # of those, the ones an agent holds (submitted, no result yet)
         self._handlers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
@@ -206,11 +210,13 @@ class Worker:
                     log.warning("worker %s: %s; retrying", self.worker_id, error.message)
                 await _first(asyncio.sleep(min(2.0, 0.1 * failures)), self._stopping.wait())
                 continue
+            if not messages:
+                continue
             for message in messages:
                 self._held[message.metadata.sequence.stream] = message
-                handler = asyncio.create_task(self._handle(message))
-                self._handlers.add(handler)
-                handler.add_done_callback(self._handlers.discard)
+            handler = asyncio.create_task(self._handle_fetch(messages))
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
 
     async def _drain(self) -> None:
         """Hand back what has not started, let what runs finish (each handler acks its own)."""
@@ -220,28 +226,60 @@ class Worker:
         if self._handlers:
             await asyncio.wait(set(self._handlers))
 
+    # ---- the messages of one fetch -----------------------------------------------------------------
+    async def _handle_fetch(self, messages: list[Any]) -> None:
+        """Decode the messages, ask the store once which of their tasks are done, then handle each."""
+        decoded: list[AgentTask | TaskMessageError] = []
+        for message in messages:
+            try:
+                decoded.append(decode_task(message.data, self._registry))
+            except TaskMessageError as error:
+                decoded.append(error)
+        try:
+            done: set[str] | None = await self._stored_tasks([
+                (task, int(message.metadata.num_delivered))
+                for message, task in zip(messages, decoded, strict=True) if isinstance(task, AgentTask)
+            ])
+        except MAIFError as error:  # the store is away: each message asks again when it is handled
+            log.warning("worker %s: checking %d tasks failed: %s", self.worker_id, len(messages),
+                        error.message)
+            done = None
+        await asyncio.gather(*(
+            self._handle(message, task,
+                         None if done is None else isinstance(task, AgentTask) and task.task_id in done)
+            for message, task in zip(messages, decoded, strict=True)
+        ))
+
+    async def _stored_tasks(self, tasks: list[tuple[AgentTask, int]]) -> set[str]:
+        """The ids of ``tasks`` (with their delivery counts) whose result, or dead-letter record on a
+        redelivery, is stored: one concurrent round of existence checks for a whole fetch."""
+        ids = [(task.task_id, block_id_for(self.namespace, task.task_id, 0)) for task, _ in tasks]
+        ids += [(task.task_id, dead_letter_block_id(self.namespace, task.task_id))
+                for task, deliveries in tasks if deliveries > 1]
+        answers = await asyncio.gather(*(self._stored(block_id) for _, block_id in ids))
+        return {task_id for (task_id, _), stored in zip(ids, answers, strict=True) if stored}
+
     # ---- one message -------------------------------------------------------------------------------
-    async def _handle(self, message: Any) -> None:
+    async def _handle(self, message: Any, task: AgentTask | TaskMessageError, done: bool | None) -> None:
         sequence = message.metadata.sequence.stream
         try:
-            await self._process(message)
+            await self._process(message, task, done)
         except Exception:  # a bug must not kill the worker: the message is delivered again later
             log.exception("worker %s: message %d failed unexpectedly", self.worker_id, sequence)
         finally:
             self._held.pop(sequence, None)
             self._slot_freed.set()
 
-    async def _process(self, message: Any) -> None:
+    async def _process(self, message: Any, task: AgentTask | TaskMessageError, done: bool | None) -> None:
+        """``done``: whether the task's result is already stored (None: not known yet, ask the store)."""
         deliveries = int(message.metadata.num_delivered)
         if deliveries > 1:
             self.counters["redeliveries"] += 1
-        try:
-            task = decode_task(message.data, self._registry)
-        except TaskMessageError as error:
+        if isinstance(task, TaskMessageError):
             self.counters["invalid"] += 1
-            await self._dead_letter(message, "", error.message, deliveries)
+            await self._dead_letter(message, "", task.message, deliveries)
             return
-        if await self._already_stored(task, deliveries):
+        if done if done is not None else await self._already_stored(task, deliveries):
             self.counters["already_done"] += 1
             await _acked(message)
             return
@@ -312,8 +350,29 @@ class Worker:
         return bool(await self.storage.exists(block_id))
 
     async def _wait_applied(self) -> None:
-        """Results are acknowledged to the queue only once other nodes see them (ADR 0074)."""
-        await self.storage.wait_applied()
+        """Results are acknowledged to the queue only once other nodes see them (ADR 0074).
+
+        Callers whose writes are acknowledged join the next round, which begins (one
+        ``storage.wait_applied()``) only after they joined, so it covers their writes; one waiter per
+        round instead of one per task (each waiter is woken at every apply cycle)."""
+        if self._apply_round is None:
+            self._apply_round = asyncio.get_running_loop().create_future()
+            if self._apply_rounds is None or self._apply_rounds.done():
+                self._apply_rounds = asyncio.create_task(self._run_apply_rounds(), name="maif-worker-apply")
+        await asyncio.shield(self._apply_round)
+
+    async def _run_apply_rounds(self) -> None:
+        while self._apply_round is not None:
+            round_, self._apply_round = self._apply_round, None
+            try:
+                await self.storage.wait_applied()
+            except asyncio.CancelledError:
+                round_.cancel()
+                raise
+            except Exception as error:  # noqa: BLE001 - every waiter of the round gets it
+                round_.set_exception(error)
+            else:
+                round_.set_result(None)
 
     def _least_loaded(self) -> MAIFAgent:
         from maif.agents.cluster import least_loaded  # cluster imports this module when distributed
