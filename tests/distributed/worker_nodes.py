@@ -236,11 +236,14 @@ class WorkerCluster:
                 "tier_interval_s": 0,
                 "postgres_url": self.postgres_url, "s3_endpoint": self.s3_endpoint,
                 "s3_bucket": self.s3_bucket})
+            concurrent = asyncio.Semaphore(32)
+
             async def answer(block_id: str) -> str:
-                try:
-                    return (await verify_worker_result(storage, block_id, trusted)).signer_key_id
-                except MAIFError as error:
-                    return f"refused: {type(error).__name__}: {error.message}"
+                async with concurrent:
+                    try:
+                        return (await verify_worker_result(storage, block_id, trusted)).signer_key_id
+                    except MAIFError as error:
+                        return f"refused: {type(error).__name__}: {error.message}"
 
             try:
                 ids = list(block_ids)
