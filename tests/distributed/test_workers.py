@@ -217,7 +217,7 @@ def test_poison_messages_are_dead_lettered_with_their_reason(cluster: WorkerClus
 def test_a_slow_worker_takes_fewer_tasks(cluster: WorkerCluster) -> None:
     cluster.agent["batch_size"] = 1  # one slot each: a worker pulls only when it is free
     fast = cluster.start("fast", agents=1, env={"MAIF_TEST_WORK_DELAY_S": "0.02"}, wait=False)
-    slow = cluster.start("slow", agents=1, env={"MAIF_TEST_WORK_DELAY_S": "2.0"}, wait=False)
+    slow = cluster.start("slow", agents=1, env={"MAIF_TEST_WORK_DELAY_S": "1.0"}, wait=False)
     fast.wait_ready()
     slow.wait_ready()
     tasks = work_tasks(24, prefix="s")

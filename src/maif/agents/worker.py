@@ -144,7 +144,10 @@ class Worker:
         self._held: dict[int, Any] = {}  # stream sequence -> message pulled and not yet answered
         self._apply_round: asyncio.Future[None] | None = None  # the next wait for the apply, not begun
         self._apply_rounds: asyncio.Task[None] | None = None
-        self._running = 0  # of those, the ones an agent holds (submitted, no result yet)
+        # Of those, the ones that hold a slot: from the fetch (so a fetch in flight while the last one is
+        # checked cannot take more than the free slots) until their agent has a result, or until they
+        # are answered without running.
+        self._slotted: set[int] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -195,7 +198,7 @@ class Worker:
     async def _pull_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            free = min(self.capacity - self._running, self.held_max - len(self._held))
+            free = min(self.capacity - len(self._slotted), self.held_max - len(self._held))
             if free <= 0:
                 self._slot_freed.clear()
                 await _first(self._slot_freed.wait(), self._stopping.wait())
@@ -214,6 +217,7 @@ class Worker:
                 continue
             for message in messages:
                 self._held[message.metadata.sequence.stream] = message
+                self._slotted.add(message.metadata.sequence.stream)
             handler = asyncio.create_task(self._handle_fetch(messages))
             self._handlers.add(handler)
             handler.add_done_callback(self._handlers.discard)
@@ -268,7 +272,11 @@ class Worker:
             log.exception("worker %s: message %d failed unexpectedly", self.worker_id, sequence)
         finally:
             self._held.pop(sequence, None)
-            self._slot_freed.set()
+            self._free_slot(sequence)
+
+    def _free_slot(self, sequence: int) -> None:
+        self._slotted.discard(sequence)
+        self._slot_freed.set()
 
     async def _process(self, message: Any, task: AgentTask | TaskMessageError, done: bool | None) -> None:
         """``done``: whether the task's result is already stored (None: not known yet, ask the store)."""
@@ -284,14 +292,12 @@ class Worker:
             await _acked(message)
             return
         agent = self._least_loaded()
-        self._running += 1
         try:
             try:
                 await agent.submit_task(task)
                 await agent.result(task.task_id)
             finally:
-                self._running -= 1
-                self._slot_freed.set()
+                self._free_slot(message.metadata.sequence.stream)
         except TaskFailedError as error:
             await self._failed_attempt(message, task, error.message, deliveries)
         except AgentError:  # withdrawn by a draining worker: back to the queue at once
