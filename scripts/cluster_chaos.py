@@ -16,8 +16,10 @@ Schedule (from ``--seed``): every 0.3-1.2 s, kill a random ready worker (SIGKILL
 any); every ``kills / broker_restarts`` kills, SIGKILL NATS and start it again. When both counts are
 reached, publishing stops, the workers drain the queue, and the campaign checks, from PostgreSQL (what
 every node sees): ``lost`` = accepted tasks without a result block, ``duplicated`` = conflicting second
-versions of a result ever applied (``maif.conflicts``, ADR 0070), ``dead_lettered`` = dead letters. All three
-must be 0. Re-executions (a task started more than once: redelivered after a kill) are counted, not errors.
+versions of a result ever applied (``maif.conflicts``, ADR 0070; signature blocks included),
+``dead_lettered`` = dead letters. All three must be 0. Every stored result must verify, read through a store
+node of its own, with the public keys of the campaign's workers (``unsigned`` = those that do not; ADR
+0085). Re-executions (a task started more than once: redelivered after a kill) are counted, not errors.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from distributed_servers import (  # noqa: E402
     services_state_dir,
 )
 from worker_nodes import WorkerCluster, work_tasks  # noqa: E402
+
+from maif.agents.provenance import WORKER_SIGNATURE_INFIX  # noqa: E402
 
 SUMMARY = ROOT / "benchmarks" / "results" / "cluster_chaos.json"
 AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -125,6 +129,10 @@ def campaign(cluster: WorkerCluster, nats: object, options: argparse.Namespace) 
     for task_id, _ in cluster.started():
         runs[task_id] = runs.get(task_id, 0) + 1
     stats = cluster.stats()
+    keys = [cluster.public_key(name) for name in workers]
+    signers = cluster.verify([cluster.result_id(task_id) for task_id in accepted if cluster.result_id(task_id)
+                              in stored], keys)
+    unsigned = {block_id: answer for block_id, answer in signers.items() if answer.startswith("refused")}
     summary: dict[str, object] = {
         "campaign": "cluster_chaos",
         "seed": options.seed,
@@ -140,14 +148,27 @@ def campaign(cluster: WorkerCluster, nats: object, options: argparse.Namespace) 
         "lost": len(lost),
         "duplicated": cluster.conflicts(),
         "dead_lettered": stats["dead_letters"],
+        "unsigned": len(unsigned),
+        "results_signed_by_two_workers": sum(1 for n in signatures_per_block(stored).values() if n > 1),
         "tasks_run_more_than_once": sum(1 for count in runs.values() if count > 1),
         "chaos_seconds": round(chaos_s, 1),
         "total_seconds": round(time.monotonic() - started_at, 1),
         "lost_sample": lost[:20],
+        "unsigned_sample": dict(list(unsigned.items())[:5]),
     }
-    summary["passed"] = (summary["lost"] == summary["duplicated"] == summary["dead_lettered"] == 0
-                         and unexpected_exits == 0)
+    summary["passed"] = (summary["lost"] == summary["duplicated"] == summary["dead_lettered"]
+                         == summary["unsigned"] == 0 and unexpected_exits == 0)
     return summary
+
+
+def signatures_per_block(stored: dict[str, int]) -> dict[str, int]:
+    """Block id -> its worker signature blocks among the stored ids (one per signing key)."""
+    counts: dict[str, int] = {}
+    for stored_id in stored:
+        signed, infix, _ = stored_id.rpartition(WORKER_SIGNATURE_INFIX)
+        if infix:
+            counts[signed] = counts.get(signed, 0) + 1
+    return counts
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import types
 import typing
 import urllib.parse
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -361,7 +362,12 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     delivery or of its last progress signal, else it is delivered again; each task is attempted at most
     ``max_retries + 1`` times; dead letters go to the stream ``<task_stream>_DEAD``, which keeps the
     newest ``dead_letter_messages_max``. ``task_queue_size`` also caps the tasks one `maif worker`
-    holds at once.
+    holds at once. Every worker looks for tasks the broker gave up on every ``task_sweep_interval_s``.
+    A broker that does not answer within ``task_queue_connect_timeout_s`` at start is an error.
+
+    A worker signs every block it stores with the Ed25519 key in ``worker_key_file`` (docs/adr/0085;
+    default ``$XDG_CONFIG_HOME/maif/worker.key``, created owner-only on first run; refused inside the
+    store's ``data_dir``, which a copy of the store would carry along).
     """
 
     task_queue_size: int = 1000
@@ -374,6 +380,9 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     task_stream_messages_max: int = 1_000_000
     task_stream_bytes_max: int = 1 << 30
     dead_letter_messages_max: int = 100_000
+    task_sweep_interval_s: float = 5.0
+    task_queue_connect_timeout_s: float = 5.0
+    worker_key_file: str | None = None
 
     def __post_init__(self) -> None:
         _require_range("task_queue_size", self.task_queue_size, 1, 10_000_000)
@@ -385,6 +394,10 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         _require_range("task_stream_messages_max", self.task_stream_messages_max, 1, 1 << 40)
         _require_range("task_stream_bytes_max", self.task_stream_bytes_max, 1 << 20, 1 << 50)
         _require_range("dead_letter_messages_max", self.dead_letter_messages_max, 1, 1 << 40)
+        _require_range("task_sweep_interval_s", self.task_sweep_interval_s, 0.1, 3600)
+        _require_range("task_queue_connect_timeout_s", self.task_queue_connect_timeout_s, 0.1, 300)
+        if self.worker_key_file is not None and not self.worker_key_file.strip():
+            raise ConfigError("worker_key_file must not be empty", hint="leave it unset for the default")
         name = self.task_stream
         if not 0 < len(name) <= 32 or not all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
             raise ConfigError(
@@ -555,6 +568,16 @@ def _close(section: type[msgspec.Struct], key: str) -> str | None:
     return f"did you mean {matches[0]!r}?" if matches else None
 
 
+def user_config_dir() -> Path:
+    """``$XDG_CONFIG_HOME/maif`` (``~/.config/maif``): where keys that must not travel with a store live
+    by default (docs/adr/0081). A relative XDG_CONFIG_HOME is ignored, as the XDG Base Directory
+    specification says."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".config")
+    return Path(base) / "maif"
+
+
 def _require_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
@@ -571,4 +594,5 @@ __all__ = [
     "check_issuer_namespaces",
     "check_nats_url",
     "load_section",
+    "user_config_dir",
 ]

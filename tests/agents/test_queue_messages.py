@@ -75,7 +75,8 @@ def test_nats_url_is_checked_and_never_echoed() -> None:
 def test_queue_settings_are_range_checked() -> None:
     assert load_section(AgentConfig, {}, environ={}).task_stream == "MAIF_TASKS"
     for bad in ({"task_stream": "a.b"}, {"task_stream": ""}, {"task_stream": "x" * 33},
-                {"task_ack_wait_s": 0}, {"task_stream_bytes_max": 10}, {"dead_letter_messages_max": 0}):
+                {"task_ack_wait_s": 0}, {"task_stream_bytes_max": 10}, {"dead_letter_messages_max": 0},
+                {"task_sweep_interval_s": 0}, {"task_queue_connect_timeout_s": 0}, {"worker_key_file": ""}):
         with pytest.raises(ConfigError):
             load_section(AgentConfig, bad, environ={})
 

@@ -2,10 +2,11 @@
 test_workers.py and scripts/cluster_chaos.py.
 
 A :class:`WorkerCluster` names a fresh stream on the broker and writes each worker its own config
-(data_dir, node id); :meth:`WorkerCluster.start` runs ``python -m maif worker`` with the test handlers
-(worker_handlers.py) and waits for its ready line. The queue and the store are read with the library:
-:meth:`publish`, :meth:`stats`, :meth:`dead_letters`, and :func:`stored_results` / :func:`conflicts`
-straight from PostgreSQL (what every node sees).
+(data_dir, node id, signing key file beside its data_dir); :meth:`WorkerCluster.start` runs
+``python -m maif worker`` with the test handlers (worker_handlers.py) and waits for its ready line. The
+queue and the store are read with the library: :meth:`publish`, :meth:`stats`, :meth:`dead_letters`,
+:meth:`verify` (the worker signatures, read through a store node of our own), and
+:func:`stored_results` / :func:`conflicts` straight from PostgreSQL (what every node sees).
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from maif.agents.provenance import verify_worker_result
 from maif.agents.queue import TaskQueue, cluster_stats
 from maif.agents.tasks import AgentTask
 from maif.config import AgentConfig
+from maif.errors import MAIFError
+from maif.format.signing import load_or_create_seed_key
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -58,6 +63,9 @@ class WorkerProcess:
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         self.popen.send_signal(signal.SIGTERM)
+        return self.wait_exit(timeout_s)
+
+    def wait_exit(self, timeout_s: float = 60.0) -> int:
         try:
             return self.popen.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -68,6 +76,14 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+
+def terminate_all(processes: Iterable[WorkerProcess]) -> list[int]:
+    """SIGTERM to every process at once, then their exit codes (they drain in parallel)."""
+    processes = list(processes)
+    for process in processes:
+        process.popen.send_signal(signal.SIGTERM)
+    return [process.wait_exit() for process in processes]
 
 
 @dataclass
@@ -93,8 +109,8 @@ class WorkerCluster:
         node.mkdir(parents=True, exist_ok=True)
         config = node / "worker.json"
         config.write_text(json.dumps({
-            "storage": {"data_dir": str(node / "data"), "node_id": name, "tier_interval_s": 0},
-            "agent": {"task_stream": self.stream, **self.agent},
+            "storage": {"data_dir": str(node / "data"), "node_id": self.node_id(name), "tier_interval_s": 0},
+            "agent": {"task_stream": self.stream, "worker_key_file": str(self.key_file(name)), **self.agent},
         }))
         environment = {
             **os.environ,
@@ -180,6 +196,60 @@ class WorkerCluster:
                 return await queue.dead_letters(1000)
             finally:
                 await queue.close()
+
+        return asyncio.run(run())
+
+    def node_id(self, name: str) -> str:
+        """Unique to this cluster: clusters of one module share a store, and a node's log sequence
+        numbers are counted per node id."""
+        return f"{name}-{self.stream}"
+
+    def delete_streams(self) -> None:
+        """Remove this cluster's streams and heartbeat bucket from the broker (a shared one keeps
+        nothing of a test)."""
+        async def run() -> None:
+            queue = await self.queue()
+            try:
+                for stream in (queue.stream, queue.dead_stream, queue.exhausted_stream,
+                               f"KV_{queue.stream}_WORKERS"):
+                    await queue._js.delete_stream(stream)
+            finally:
+                await queue.close()
+
+        asyncio.run(run())
+
+    def key_file(self, name: str) -> Path:
+        return self.directory / name / "worker.key"
+
+    def public_key(self, name: str) -> Ed25519PublicKey:
+        """The public key of worker ``name`` (its key file exists once it has started)."""
+        return load_or_create_seed_key(self.key_file(name), "worker key").public_key()
+
+    def verify(self, block_ids: Iterable[str], trusted: list[Ed25519PublicKey]) -> dict[str, str]:
+        """Block id -> the signer's key id, or ``"refused: <reason>"``, read through a store node of
+        our own (another node than any worker) with :func:`verify_worker_result`."""
+        from maif.storage.engine import create_maif_storage
+
+        async def run() -> dict[str, str]:
+            storage = await create_maif_storage({
+                "data_dir": str(self.directory / "verifier"), "node_id": self.node_id("verifier"),
+                "tier_interval_s": 0,
+                "postgres_url": self.postgres_url, "s3_endpoint": self.s3_endpoint,
+                "s3_bucket": self.s3_bucket})
+            concurrent = asyncio.Semaphore(32)
+
+            async def answer(block_id: str) -> str:
+                async with concurrent:
+                    try:
+                        return (await verify_worker_result(storage, block_id, trusted)).signer_key_id
+                    except MAIFError as error:
+                        return f"refused: {type(error).__name__}: {error.message}"
+
+            try:
+                ids = list(block_ids)
+                return dict(zip(ids, await asyncio.gather(*map(answer, ids)), strict=True))
+            finally:
+                await storage.close()
 
         return asyncio.run(run())
 

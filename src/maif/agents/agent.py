@@ -40,7 +40,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -77,15 +77,20 @@ class MAIFAgent:
         block_namespace: str | None = None,
         store_dead_letters: bool = True,
         reproducible_results: bool = False,
+        block_signer: Callable[[Sequence[MAIFBlock]], list[MAIFBlock]] | None = None,
     ) -> None:
         """``block_namespace`` (default: the agent id) begins the ids of the blocks a task produces
         (``<namespace>:<task>:<n>``): the agents of `maif worker` share one, so a task gets the same ids
         whichever agent runs it. ``store_dead_letters=False`` leaves storing a dead-letter record to
         the caller (a worker records one only after the task's last delivery). ``reproducible_results``
         leaves the attempt out of the provenance and dates results by the task's ``submitted_at``, so
-        two runs of one task by a deterministic handler store the same bytes (ADR 0074)."""
+        two runs of one task by a deterministic handler store the same bytes (ADR 0074).
+        ``block_signer`` (a worker's :class:`~maif.agents.provenance.WorkerSigner`, ADR 0085) returns the
+        signature blocks of the blocks it is given; it signs instead of a security manager."""
         if not isinstance(agent_id, str) or not 0 < len(agent_id.encode("utf-8", "replace")) <= 200:
             raise AgentError("agent_id must be a non-empty string of at most 200 bytes")
+        if block_signer is not None and security_manager is not None:
+            raise AgentError("give a block signer or a security manager, not both")
         if (security_manager is None) != (security_context is None):
             raise AgentError("give both a security manager and a security context, or neither")
         if security_context is not None and getattr(security_context, "agent_id", None) != agent_id:
@@ -96,6 +101,7 @@ class MAIFAgent:
         self.block_namespace = agent_id if block_namespace is None else block_namespace
         self._store_dead_letters = store_dead_letters
         self._reproducible = reproducible_results
+        self._block_signer = block_signer
         self.storage = storage
         self.config = config if isinstance(config, AgentConfig) else load_section(AgentConfig, config)
         self.registry = registry or HandlerRegistry.with_builtins()
@@ -565,11 +571,14 @@ class MAIFAgent:
 
     async def _persist(self, produced: list[tuple[AgentTask, list[MAIFBlock], int]]) -> None:
         blocks = [block for _, task_blocks, _ in produced for block in task_blocks]
-        if blocks and self.security_manager is not None:
+        if blocks and (self.security_manager is not None or self._block_signer is not None):
             try:
-                blocks += await asyncio.to_thread(
-                    signature_blocks, self.security_manager, self.security_context, blocks
-                )
+                if self._block_signer is not None:  # a key in memory: 50 us a block, no thread hop
+                    blocks += self._block_signer(blocks)
+                else:  # the manager's gate appends to its audit log durably
+                    blocks += await asyncio.to_thread(
+                        signature_blocks, self.security_manager, self.security_context, blocks
+                    )
             except MAIFError as error:  # an expired context or a revoked key: never store unsigned
                 for task, _, attempts in produced:
                     await self._dead_letter(task, f"signing failed: {_reason(error)}", attempts)

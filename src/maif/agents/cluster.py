@@ -150,7 +150,11 @@ async def _distributed_cluster(
     if num_agents and storage is None:
         raise AgentError("agents in this process need a storage; pass num_agents=0 to only submit")
     queue = await TaskQueue.connect(nats_url, section)
-    worker = Worker(storage, queue, section, agents=num_agents, registry=registry) if num_agents else None
+    try:  # the worker's key file may be refused
+        worker = Worker(storage, queue, section, agents=num_agents, registry=registry) if num_agents else None
+    except BaseException:
+        await queue.close()
+        raise
     cluster = DistributedAgentCluster(queue, worker)
     try:
         if worker is not None:

@@ -9,6 +9,12 @@ When the agent has a security manager and context, each block is signed with the
 (``manager.sign_maif_block``) and the envelope is stored as a SECURITY block ``<block id>:sig`` whose only
 parent is the signed block (docs/adr/0050-agent-provenance-signatures.md says why not in metadata: a
 signature cannot be inside the bytes it signs).
+
+The blocks `maif worker` stores (results and dead-letter records) are signed by the worker's own Ed25519
+key (:class:`WorkerSigner`, docs/adr/0085-signed-worker-results.md): the envelope is the same
+``BlockSignature``, dated by the signed block's own timestamp (the task's submission time), stored as
+``<block id>:sig:<key id>``; :func:`verify_worker_result` checks it with nothing but the public keys the
+caller trusts.
 """
 
 from __future__ import annotations
@@ -19,14 +25,19 @@ from typing import Any
 
 import blake3
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from maif.agents.handlers.registry import Handler
 from maif.agents.tasks import AgentTask, BlockDraft
 from maif.errors import BlockNotFoundError, SignatureError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import block_digest
+from maif.format.signing import key_id
+from maif.security.block_signatures import decode_block_signature, sign_digest, verify_envelope
 
 SIGNATURE_SUFFIX = ":sig"
+WORKER_SIGNATURE_INFIX = ":sig:"
+_ENVELOPE_NAME = "maif.security.BlockSignature"
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 
 
@@ -107,10 +118,79 @@ def signature_blocks(manager: Any, context: Any, blocks: Sequence[MAIFBlock]) ->
                 data=envelope,
                 agent_id=block.agent_id,
                 parents=(block.id,),
-                metadata={"signs": block.id, "envelope": "maif.security.BlockSignature"},
+                metadata={"signs": block.id, "envelope": _ENVELOPE_NAME},
             )
         )
     return signed
+
+
+def worker_signature_block_id(block_id: str, signer_key_id: str) -> str:
+    """``<block id>:sig:<key id hex>``: one signature block per signing key, so two workers that both ran
+    a task (a redelivery) store two signatures, not two versions of one."""
+    return block_id + WORKER_SIGNATURE_INFIX + signer_key_id
+
+
+class WorkerSigner:
+    """Signs blocks with one worker's Ed25519 key, reproducibly: the envelope is dated by the block's own
+    timestamp and Ed25519 is deterministic, so signing the same block again gives the same bytes (the
+    shared store takes a second delivery's write as the same write, ADR 0074)."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self.private_key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+        self.key_id_hex = self.key_id.hex()
+
+    def __call__(self, blocks: Sequence[MAIFBlock]) -> list[MAIFBlock]:
+        return [self.signature_block(block) for block in blocks]
+
+    def signature_block(self, block: MAIFBlock) -> MAIFBlock:
+        envelope = sign_digest(self.private_key, self.key_id, block.agent_id, block_digest(block),
+                               signed_at=block.timestamp, trust_level=0)
+        return MAIFBlock(
+            id=worker_signature_block_id(block.id, self.key_id_hex),
+            block_type=MAIFBlockType.SECURITY,
+            data=envelope,
+            agent_id=block.agent_id,
+            parents=(block.id,),
+            metadata={"signs": block.id, "envelope": _ENVELOPE_NAME, "key_id": self.key_id_hex},
+            timestamp=block.timestamp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSignatureCheck:
+    block_id: str
+    signer_key_id: str
+    signed_at: float
+    provenance: dict[str, Any]
+
+
+async def verify_worker_result(
+    storage: Any, block_id: str, trusted_keys: Sequence[Ed25519PublicKey]
+) -> WorkerSignatureCheck:
+    """Check that a key in ``trusted_keys`` signed the stored block ``block_id`` as it is now; the first
+    trusted signer found is returned. Raises SignatureError when no trusted key signed it, or when a
+    signature stored under a trusted key's id does not verify (the block or the signature was changed,
+    or a signature was moved here from another block). The keys come from the caller, never the store."""
+    block = await storage.read_block(block_id)
+    for public_key in trusted_keys:
+        signer = key_id(public_key)
+        try:
+            signature = await storage.read_block(worker_signature_block_id(block_id, signer.hex()))
+        except BlockNotFoundError:
+            continue
+        if signature.parents != (block_id,) or signature.metadata.get("signs") != block_id:
+            raise SignatureError(f"the signature of {block_id!r} by key {signer.hex()} points elsewhere")
+        envelope = decode_block_signature(signature.data)
+        if envelope.key_id != signer or envelope.agent_id != block.agent_id:
+            raise SignatureError(f"the signature of {block_id!r} names another key or agent")
+        if envelope.digest != block_digest(block):
+            raise SignatureError(f"block {block_id!r} does not match the digest key {signer.hex()} signed")
+        verify_envelope(envelope, public_key)
+        return WorkerSignatureCheck(block_id, signer.hex(), envelope.signed_at,
+                                    dict(block.metadata.get("provenance", {})))
+    raise SignatureError(f"block {block_id!r} has no signature by any of {len(trusted_keys)} trusted keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +222,16 @@ async def verify_block(storage: Any, manager: Any, block_id: str) -> ProvenanceC
 
 __all__ = [
     "SIGNATURE_SUFFIX",
+    "WORKER_SIGNATURE_INFIX",
     "ProvenanceCheck",
+    "WorkerSignatureCheck",
+    "WorkerSigner",
     "block_id_for",
     "dead_letter_block_id",
     "input_digest",
     "signature_blocks",
     "stamp",
     "verify_block",
+    "verify_worker_result",
+    "worker_signature_block_id",
 ]

@@ -146,18 +146,19 @@ class TaskQueue:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     @classmethod
-    async def connect(cls, nats_url: str | None, config: AgentConfig, *, timeout_s: float = 5.0) -> TaskQueue:
+    async def connect(cls, nats_url: str | None, config: AgentConfig) -> TaskQueue:
         """Connect and make sure the streams, consumer and heartbeat bucket exist (idempotent).
 
         BackendUnavailableError (component "nats", naming the storage key ``nats_url``) when the broker
-        does not answer within ``timeout_s``; CredentialsError when it refuses the credentials. After the
-        first connection the client reconnects on its own, for ever.
+        does not answer within ``config.task_queue_connect_timeout_s``; CredentialsError when it refuses
+        the credentials. After the first connection the client reconnects on its own, for ever.
         """
         import nats
         import nats.aio.client
 
         if not nats_url:
             raise AgentError("the distributed task queue needs the storage setting nats_url")
+        timeout_s = config.task_queue_connect_timeout_s
         client = nats.aio.client.Client()
 
         async def quiet(error: Exception) -> None:  # reconnection attempts are expected, not news
@@ -424,6 +425,8 @@ class TaskQueue:
                         "worker": headers.get(WORKER_HEADER, ""),
                         "bytes": len(message.data),
                     })
+                if not batch or batch[-1].metadata.num_pending == 0:
+                    break  # the last one kept: no need to wait for the fetch to time out
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

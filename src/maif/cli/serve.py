@@ -109,24 +109,9 @@ def _check_connection_bounds(section: ServiceConfig) -> None:
 
 def load_export_key(path: Path) -> Ed25519PrivateKey:
     """The export signing key from ``path`` (hex seed), created owner-only when missing."""
-    if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+    from maif.format.signing import load_or_create_seed_key
 
-        seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(descriptor, seed.hex().encode() + b"\n")
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        return key
-    if path.stat().st_size > 256:
-        raise ConfigError(f"export key file {path} is too large to be a key")
-    try:
-        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
-    except ValueError as error:
-        raise ConfigError(f"export key file {path} does not hold a 32-byte hex Ed25519 seed") from error
+    return load_or_create_seed_key(path, "export key")
 
 
 async def run_service(host: str, port: int, config: Path | None) -> None:

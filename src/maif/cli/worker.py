@@ -8,7 +8,9 @@ not yet started back to the queue, lets the running ones finish and be acknowled
 (exit 0). ``--handlers MODULE`` (repeatable) imports a module whose ``register(registry)`` adds task
 handlers to the built-in ones (every worker of a cluster needs the same). ``--metrics-port`` serves the
 cluster's Prometheus metrics on 127.0.0.1 (0 picks a free port, printed). A broker or store that cannot
-be reached at start: one line naming it and its setting, exit 9.
+be reached at start: one line naming it and its setting, exit 9. Every block the worker stores is signed
+with the key in ``agent.worker_key_file`` (docs/adr/0085); it prints the key's id and its public key
+(64 hex digits), which verifiers trust.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ async def run_worker(config: Path, agents: int, worker_id: str | None, metrics_p
                      handler_modules: list[str] | None = None) -> None:
     from maif.agents.queue import TaskQueue
     from maif.agents.worker import Worker
+    from maif.format.signing import raw_public_bytes
     from maif.storage.allocator import bound_allocator_retention
     from maif.storage.engine import create_maif_storage
 
@@ -60,6 +63,9 @@ async def run_worker(config: Path, agents: int, worker_id: str | None, metrics_p
             exporter = _serve_metrics(queue, metrics_port) if metrics_port is not None else None
             typer.echo(f"maif worker {worker.worker_id}: {agents} agent{'s' if agents != 1 else ''}, "
                        f"{worker.capacity} slots, pulling from {queue.stream}")
+            public_key = raw_public_bytes(worker.signer.public_key).hex()
+            typer.echo(f"maif worker {worker.worker_id}: signing with key {worker.signer.key_id_hex}, "
+                       f"public key {public_key}")
             try:
                 await worker.run()
             finally:

@@ -119,10 +119,58 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return key
 
 
+_SEED_FILE_BYTES_MAX: Final = 256
+
+
+def load_or_create_seed_key(path: Path, what: str) -> Ed25519PrivateKey:
+    """The Ed25519 key whose 32-byte seed ``path`` holds in hex; created owner-only (0600, in a directory
+    made 0700) when the file is missing, never over an existing file. ``what`` names the key in errors."""
+    try:
+        return _read_seed_key(path, what)
+    except FileNotFoundError:
+        pass
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return _read_seed_key(path, what)
+    except OSError as error:
+        raise CryptoError(f"cannot create {what} file {os.fspath(path)!r}: {error.strerror}") from error
+    try:
+        os.write(descriptor, seed.hex().encode("ascii") + b"\n")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return key
+
+
+def _read_seed_key(path: Path, what: str) -> Ed25519PrivateKey:
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(_SEED_FILE_BYTES_MAX + 1)
+    except FileNotFoundError:
+        raise  # the caller creates it
+    except OSError as error:
+        raise CryptoError(f"cannot read {what} file {os.fspath(path)!r}: {error.strerror}") from error
+    if len(text) > _SEED_FILE_BYTES_MAX:
+        raise CryptoError(f"{what} file {os.fspath(path)!r} is too large to be a key")
+    try:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text.decode("ascii").strip()))
+    except ValueError as error:  # UnicodeDecodeError is a ValueError
+        raise CryptoError(
+            f"{what} file {os.fspath(path)!r} does not hold a 32-byte hex Ed25519 seed"
+        ) from error
+
+
 __all__ = [
     "KEY_ID_BYTES",
     "generate_signing_key",
     "key_id",
+    "load_or_create_seed_key",
     "load_private_key",
     "load_public_key",
     "save_private_key",

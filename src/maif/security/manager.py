@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from maif import limits
-from maif.config import RESERVED_AGENT_PREFIX, ConfigSource, SecurityConfig, load_section
+from maif.config import RESERVED_AGENT_PREFIX, ConfigSource, SecurityConfig, load_section, user_config_dir
 from maif.errors import (
     AttestationError,
     AuthenticationError,
@@ -61,6 +61,11 @@ from maif.security.attestation import (
 )
 from maif.security.audit import AuditEntry, AuditLog
 from maif.security.audit_chain import SegmentedAuditLog
+from maif.security.block_signatures import (
+    BlockSignature,
+    block_signature_payload,
+    decode_block_signature,
+)
 from maif.security.credentials import BasicIdentity, CredentialStore
 from maif.security.enrollments import EnrollmentFile
 from maif.security.gate import Gate, Grant, audit_event
@@ -80,27 +85,9 @@ from maif.security.trust import (
 
 _T = TypeVar("_T")
 AUDIT_SIGNER_AGENT_ID = "maif:security-manager"
-_BLOCK_SIGNATURE_DOMAIN = b"MAIF block signature v1\0"
 _SEALED_DOMAIN = b"MAIF sealed data v1\0"
 _ENVELOPE_VERSION = 1
 _BASIC_AUTH_LIFETIME_S = 3600.0
-
-
-class BlockSignature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The self-describing envelope :meth:`SecurityManager.sign_maif_block` returns (MessagePack)."""
-
-    version: int
-    agent_id: str
-    key_id: bytes
-    signed_at: float
-    trust_level: int
-    digest: bytes  # BLAKE3 of the block (maif.format.codec.block_digest) or of the raw bytes
-    signature: bytes  # Ed25519 over signed_payload()
-
-    def signed_payload(self) -> bytes:
-        return block_signature_payload(
-            self.agent_id, self.key_id, self.signed_at, self.trust_level, self.digest
-        )
 
 
 class SealedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -117,23 +104,7 @@ class SealedData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _ENCODER = msgspec.msgpack.Encoder()
-_SIGNATURE_DECODER = msgspec.msgpack.Decoder(BlockSignature)
 _SEALED_DECODER = msgspec.msgpack.Decoder(SealedData)
-
-
-def block_signature_payload(
-    agent_id: str, key_id: bytes, signed_at: float, trust_level: int, digest: bytes
-) -> bytes:
-    """The exact bytes a block signature covers: domain, agent, key, time, level and digest."""
-    agent = agent_id.encode("utf-8")
-    return (
-        _BLOCK_SIGNATURE_DOMAIN
-        + struct.pack("<I", len(agent))
-        + agent
-        + key_id
-        + struct.pack("<dB", signed_at, trust_level)
-        + digest
-    )
 
 
 def digest_of(block_data: bytes | MAIFBlock) -> bytes:
@@ -481,19 +452,9 @@ class SecurityManager:
     def _checked_signature(
         self, block_data: bytes | MAIFBlock, signature_data: bytes, expected_agent_id: str
     ) -> BlockSignature:
-        if (
-            not isinstance(signature_data, bytes)
-            or len(signature_data) > limits.block_signature_envelope_bytes_max
-        ):
-            raise SignatureError("signature envelope is not bytes of bounded size")
-        try:
-            envelope = _SIGNATURE_DECODER.decode(signature_data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            raise SignatureError("signature envelope is malformed") from error
-        if envelope.version != _ENVELOPE_VERSION or envelope.agent_id != expected_agent_id:
-            raise SignatureError("signature envelope is of another version or names another agent")
-        if envelope.trust_level not in TrustLevel.__members__.values() or len(envelope.digest) != 32:
-            raise SignatureError("signature envelope has an invalid trust level or digest")
+        envelope = decode_block_signature(signature_data)
+        if envelope.agent_id != expected_agent_id:
+            raise SignatureError("signature envelope names another agent")
         if envelope.digest != digest_of(block_data):
             raise SignatureError("block does not match the signed digest")
         self.keystore.verify(
@@ -763,12 +724,8 @@ _LEGACY_MASTER_KEY_FILE = "master.key"
 
 
 def default_master_key_file() -> Path:
-    """``$XDG_CONFIG_HOME/maif/master.key`` (``~/.config/maif/master.key``): the user's, not the store's.
-    A relative XDG_CONFIG_HOME is ignored, as the XDG Base Directory specification says."""
-    base = os.environ.get("XDG_CONFIG_HOME", "")
-    if not os.path.isabs(base):
-        base = str(Path.home() / ".config")
-    return Path(base) / "maif" / "master.key"
+    """``$XDG_CONFIG_HOME/maif/master.key`` (``~/.config/maif/master.key``): the user's, not the store's."""
+    return user_config_dir() / "master.key"
 
 
 def master_key_file_of(security: SecurityConfig, directory: Path) -> Path:
