@@ -132,6 +132,9 @@ engine_latency_samples_max: Final = 65_536
 engine_search_limit_max: Final = 10_000
 """Most hits one semantic search may ask for."""
 
+index_get_many_max: Final = 1_000
+"""Most block ids one metadata-index lookup (``get_many``, ``MAIFStorage.exists_many``) takes."""
+
 engine_list_limit_max: Final = 100_000
 """Most summaries one list_blocks call may return."""
 

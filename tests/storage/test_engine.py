@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from maif import limits
 from maif.config import StorageConfig
 from maif.errors import (
     ArgumentValueError,
@@ -19,6 +20,7 @@ from maif.errors import (
     ConfigError,
     FormatError,
     IntegrityError,
+    LimitExceededError,
     StoreClosedError,
 )
 from maif.format.block import MAIFBlock, MAIFBlockType
@@ -418,6 +420,27 @@ def test_exists_and_wait_applied_are_public(tmp_path: Path) -> None:
         assert not await storage.exists("a")
         with pytest.raises(ArgumentValueError):
             await storage.exists("")
+
+    with_store(tmp_path / "d", body)
+
+
+def test_exists_many_answers_like_exists_for_a_batch(tmp_path: Path) -> None:
+    """One lookup for a whole fetch of tasks (ADR 0074): acknowledged, applied, deleted and absent ids."""
+
+    async def body(storage: MAIFStorage) -> None:
+        await storage.write_blocks([MAIFBlock(id=f"b{n}", data=b"x") for n in range(5)])
+        await storage.wait_applied()
+        await storage.delete_block("b1")
+        await storage.write_block(MAIFBlock(id="late", data=b"y"))  # acknowledged, perhaps unapplied
+        asked = ["b0", "b1", "b2", "absent", "late", "b0"]
+        assert await storage.exists_many(asked) == {"b0", "b2", "late"}
+        assert await storage.exists_many(asked) == {block_id for block_id in asked
+                                                    if await storage.exists(block_id)}
+        assert await storage.exists_many([]) == set()
+        with pytest.raises(LimitExceededError):
+            await storage.exists_many([f"b{n}" for n in range(limits.index_get_many_max + 1)])
+        with pytest.raises(ArgumentValueError):
+            await storage.exists_many(["b0", ""])
 
     with_store(tmp_path / "d", body)
 

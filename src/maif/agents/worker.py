@@ -256,12 +256,16 @@ class Worker:
 
     async def _stored_tasks(self, tasks: list[tuple[AgentTask, int]]) -> set[str]:
         """The ids of ``tasks`` (with their delivery counts) whose result, or dead-letter record on a
-        redelivery, is stored: one concurrent round of existence checks for a whole fetch."""
+        redelivery, is stored: one existence lookup for a whole fetch (``MAIFStorage.exists_many``: the
+        log's map, then one index query)."""
         ids = [(task.task_id, block_id_for(self.namespace, task.task_id, 0)) for task, _ in tasks]
         ids += [(task.task_id, dead_letter_block_id(self.namespace, task.task_id))
                 for task, deliveries in tasks if deliveries > 1]
-        answers = await asyncio.gather(*(self._stored(block_id) for _, block_id in ids))
-        return {task_id for (task_id, _), stored in zip(ids, answers, strict=True) if stored}
+        stored: set[str] = set()
+        step = limits.index_get_many_max
+        for start in range(0, len(ids), step):
+            stored |= await self.storage.exists_many([block_id for _, block_id in ids[start : start + step]])
+        return {task_id for task_id, block_id in ids if block_id in stored}
 
     # ---- one message -------------------------------------------------------------------------------
     async def _handle(self, message: Any, task: AgentTask | TaskMessageError, done: bool | None) -> None:

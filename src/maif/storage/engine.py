@@ -41,6 +41,7 @@ from maif.errors import (
     DurabilityError,
     FormatError,
     IntegrityError,
+    LimitExceededError,
     MAIFError,
     StorageError,
     StoreClosedError,
@@ -519,6 +520,28 @@ class MAIFStorage:
         """Whether ``block_id`` names a block: stored, or acknowledged and not yet applied, and not
         deleted. Reads no payload (the log's map, then the index)."""
         return await self._agent_of(arguments.block_id(block_id)) is not None
+
+    async def exists_many(self, block_ids: Sequence[str]) -> set[str]:
+        """Those of ``block_ids`` that name a block (as :meth:`exists`), at most
+        ``limits.index_get_many_max`` per call: the log's map first, then ONE index lookup for the rest
+        (one round trip to a shared index instead of one per id)."""
+        self._check_open()
+        wanted = [arguments.block_id(block_id) for block_id in block_ids]
+        if len(wanted) > limits.index_get_many_max:
+            raise LimitExceededError("block ids per lookup", len(wanted), limits.index_get_many_max)
+        found: set[str] = set()
+        rest: list[str] = []
+        for block_id in dict.fromkeys(wanted):
+            item = self._unapplied.get(block_id)
+            if item is None:
+                rest.append(block_id)
+            elif not item.deleted:
+                found.add(block_id)
+        if rest and self._index_get_nowait is not None:
+            found.update(block_id for block_id in rest if self._index_get_nowait(block_id) is not None)
+        elif rest:
+            found.update(await self._backends.index.get_many(rest))
+        return found
 
     async def wait_applied(self) -> None:
         """Return once every write this node has acknowledged is applied, so every node (and every

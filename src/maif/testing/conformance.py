@@ -350,6 +350,20 @@ class MetadataIndexTests:
 
         self._with_index(tmp_path, body)
 
+    def test_get_many_returns_the_records_that_exist(self, tmp_path: Path) -> None:
+        records = [make_record(n) for n in range(5)]
+
+        async def body(index: MetadataIndex) -> None:
+            await index.put(records)
+            await index.put([make_record(3, deleted=True, lsn=10)])  # a tombstone: no record
+            asked = ["block-0000", "absent", "block-0003", "block-0004", "block-0000"]
+            assert await index.get_many(asked) == {"block-0000": records[0], "block-0004": records[4]}
+            assert await index.get_many([]) == {}
+            with pytest.raises(LimitExceededError):
+                await index.get_many([f"id-{n}" for n in range(limits.index_get_many_max + 1)])
+
+        self._with_index(tmp_path, body)
+
     def test_put_is_an_idempotent_upsert(self, tmp_path: Path) -> None:
         async def body(index: MetadataIndex) -> None:
             await index.put([make_record(1)])

@@ -101,6 +101,11 @@ class ChunkStore(ABC):
         """Flush and release resources; later calls raise StoreClosedError. Safe to call twice."""
 
 
+def check_get_many(block_ids: Sequence[str]) -> None:
+    if len(block_ids) > limits.index_get_many_max:
+        raise LimitExceededError("block ids per lookup", len(block_ids), limits.index_get_many_max)
+
+
 class MetadataIndex(ABC):
     """One :class:`BlockRecord` per block id, with the log position applied so far."""
 
@@ -120,6 +125,18 @@ class MetadataIndex(ABC):
     @abstractmethod
     async def get(self, block_id: str) -> BlockRecord | None:
         """The record of ``block_id``, or None."""
+
+    async def get_many(self, block_ids: Sequence[str]) -> dict[str, BlockRecord]:
+        """The records of those of ``block_ids`` that have one (at most ``limits.index_get_many_max``
+        ids per call). This default asks :meth:`get` once per id; a server-backed index answers in one
+        round trip."""
+        check_get_many(block_ids)
+        found: dict[str, BlockRecord] = {}
+        for block_id in dict.fromkeys(block_ids):
+            record = await self.get(block_id)
+            if record is not None:
+                found[block_id] = record
+        return found
 
     @abstractmethod
     async def query(

@@ -103,7 +103,7 @@ from maif.errors import (
     StoreClosedError,
     UnsupportedVersionError,
 )
-from maif.storage.backends.base import Capabilities, MetadataIndex, VectorIndex
+from maif.storage.backends.base import Capabilities, MetadataIndex, VectorIndex, check_get_many
 from maif.storage.backends.objectpacks import LocationIndex, ObjectLocation
 from maif.storage.health import Health
 from maif.storage.index import check_query_limit
@@ -995,6 +995,16 @@ class PostgresMetadataIndex(_OnDatabase, MetadataIndex):
         row = await self._run("read a block record", lambda connection: connection.fetchrow(
             self._select + " WHERE block_id = $1", _escape(block_id)))
         return None if row is None else _record_of(row)
+
+    async def get_many(self, block_ids: Sequence[str]) -> dict[str, BlockRecord]:
+        """One query for all of them (``block_id = ANY($1)``, the primary key's index)."""
+        check_get_many(block_ids)
+        if not block_ids:
+            return {}
+        escaped = [_escape(block_id) for block_id in dict.fromkeys(block_ids)]
+        rows = await self._run("read block records", lambda connection: connection.fetch(
+            self._select + " WHERE block_id = ANY($1::text[])", escaped))
+        return {record.block_id: record for record in map(_record_of, rows)}
 
     async def query(
         self,

@@ -196,6 +196,11 @@ class RetryingMetadataIndex(MetadataIndex):
         record: BlockRecord | None = await self.policy.run("get", lambda: self.inner.get(block_id))
         return record
 
+    async def get_many(self, block_ids: Sequence[str]) -> dict[str, BlockRecord]:
+        records: dict[str, BlockRecord] = await self.policy.run(
+            "get_many", lambda: self.inner.get_many(block_ids))
+        return records
+
     async def query(self, *, agent_id: str | None = None, block_type: str | None = None,
                     since: float | None = None, until: float | None = None, parent: str | None = None,
                     limit: int = 100, after: str | None = None) -> list[BlockRecord]:
