@@ -2,7 +2,9 @@
 
 Data: clustered 384-dimensional float32 vectors (numpy, fixed seed) whose noise is large enough that
 nearest neighbours are not trivial; queries are drawn the same way but are not in the data. Ground
-truth: exact cosine top-10 by numpy matmul. Latency: one query per call, single thread, p50 and p99.
+truth: exact cosine top-10 by numpy matmul. Latency: one query per call, single thread, p50 and p99, both
+wall clock and the calling thread's CPU time (``cpu_us_*``: what the search costs without waiting for a
+core, i.e. its latency on a quiet machine; every search measured runs on the calling thread).
 
 Every figure of one stage comes from the same run on the same data and queries:
   - ``maif``: MAIF's ``UsearchVectorIndex`` as the engine uses it (int8 HNSW walk, float32 re-ranking
@@ -52,7 +54,7 @@ NOISE = 2.0  # per-dimension noise around unit-variance centres: neighbours are 
 TOP_K = 10
 BUILD_CONFIGS = [(16, 128), (24, 128)]  # (connectivity, expansion_add) of MAIF's int8 index
 OLD_F32_CONFIG = (24, 128)  # the float32 graph of ADR 0032 before quantisation
-SEARCH_EXPANSIONS = [16, 24, 32, 48, 64, 96]
+SEARCH_EXPANSIONS = [16, 24, 32, 40, 48, 64, 96]
 FAISS_HNSW_M = 32
 FAISS_IVF_LISTS = 1024
 FAISS_IVF_PROBES = [1, 2, 4, 8, 16]
@@ -88,37 +90,45 @@ def exact_top_k(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return result
 
 
-def summarise(latencies_us: list[float], found: list[list[int]], truth: np.ndarray) -> dict[str, float]:
+def summarise(latencies_us: list[float], found: list[list[int]], truth: np.ndarray,
+              cpu_us: list[float]) -> dict[str, float]:
+    """Recall, wall-clock latency, and the CPU time of the calling thread per query: on a loaded machine
+    the wall clock includes waiting for a core, the CPU time does not (it is what a quiet machine's
+    latency would be for a search that runs on the calling thread, as every one measured here does)."""
     hits = sum(len(set(ids) & set(truth[number].tolist())) for number, ids in enumerate(found))
     return {
         "recall_at_10": hits / (len(truth) * TOP_K),
         "latency_us_p50": float(np.median(latencies_us)),
         "latency_us_p99": float(np.percentile(latencies_us, 99)),
+        "cpu_us_p50": float(np.median(cpu_us)),
+        "cpu_us_p99": float(np.percentile(cpu_us, 99)),
     }
 
 
 def measure(search: Callable[[np.ndarray], Any], queries: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """One call per query; ``search`` returns the found vector numbers."""
-    latencies_us, found = [], []
+    latencies_us, cpu_us, found = [], [], []
     for query in queries:
-        started = time.perf_counter_ns()
+        started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
         ids = search(query)
+        cpu_us.append((time.thread_time_ns() - started_cpu) / 1000)
         latencies_us.append((time.perf_counter_ns() - started) / 1000)
         found.append(np.asarray(ids).tolist())
-    return summarise(latencies_us, found, truth)
+    return summarise(latencies_us, found, truth, cpu_us)
 
 
 async def measure_maif(
     index: UsearchVectorIndex, queries: np.ndarray, truth: np.ndarray, filters: dict[str, str] | None = None
 ) -> dict[str, float]:
     """``await index.search`` per query on a running event loop, as the engine calls it."""
-    latencies_us, found = [], []
+    latencies_us, cpu_us, found = [], [], []
     for query in queries:
-        started = time.perf_counter_ns()
+        started, started_cpu = time.perf_counter_ns(), time.thread_time_ns()
         hits = await index.search(query, TOP_K, filters=filters)
+        cpu_us.append((time.thread_time_ns() - started_cpu) / 1000)
         latencies_us.append((time.perf_counter_ns() - started) / 1000)
         found.append([int(block_id[1:]) for block_id, _ in hits])
-    return summarise(latencies_us, found, truth)
+    return summarise(latencies_us, found, truth, cpu_us)
 
 
 async def build_maif(directory: Path, data: np.ndarray, connectivity: int, expansion_add: int,
@@ -194,10 +204,11 @@ def faiss_ivf(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[
 
 
 def choose(rows: list[dict]) -> dict:
-    """Fastest row meeting the recall target (latency target too when possible); else the best recall."""
+    """Fastest row (by the search thread's CPU time, which the machine's load does not inflate) meeting
+    the recall target; else the best recall."""
     meeting_recall = [r for r in rows if r["recall_at_10"] >= TARGET_RECALL]
     if meeting_recall:
-        return min(meeting_recall, key=lambda row: row["latency_us_p50"])
+        return min(meeting_recall, key=lambda row: row["cpu_us_p50"])
     return max(rows, key=lambda row: row["recall_at_10"])
 
 
@@ -258,8 +269,11 @@ async def full(
     save()
     del index, reopened
     gc.collect()
-    report["full"]["target_met"] = (report["full"]["chosen"]["recall_at_10"] >= TARGET_RECALL
-                                    and report["full"]["chosen"]["latency_us_p50"] <= TARGET_LATENCY_US_P50)
+    chosen_row = report["full"]["chosen"]
+    report["full"]["target_met"] = (chosen_row["recall_at_10"] >= TARGET_RECALL
+                                    and chosen_row["latency_us_p50"] <= TARGET_LATENCY_US_P50)
+    report["full"]["target_met_cpu"] = (chosen_row["recall_at_10"] >= TARGET_RECALL
+                                        and chosen_row["cpu_us_p50"] <= TARGET_LATENCY_US_P50)
     if not peers:
         return
     report["full"]["faiss_hnsw"] = faiss_hnsw(data, queries, truth)
