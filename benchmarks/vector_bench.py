@@ -4,7 +4,7 @@ Data: clustered 384-dimensional float32 vectors (numpy, fixed seed) whose noise 
 nearest neighbours are not trivial; queries are drawn the same way but are not in the data. Ground
 truth: exact cosine top-10 by numpy matmul. Latency: one query per call, single thread, p50 and p99, both
 wall clock and the calling thread's CPU time (``cpu_us_*``: what the search costs without waiting for a
-core, i.e. its latency on a quiet machine; every search measured runs on the calling thread).
+core; every search measured runs on the calling thread).
 
 Every figure of one stage comes from the same run on the same data and queries:
   - ``maif``: MAIF's ``UsearchVectorIndex`` as the engine uses it (int8 HNSW walk, float32 re-ranking
@@ -93,8 +93,9 @@ def exact_top_k(data: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def summarise(latencies_us: list[float], found: list[list[int]], truth: np.ndarray,
               cpu_us: list[float]) -> dict[str, float]:
     """Recall, wall-clock latency, and the CPU time of the calling thread per query: on a loaded machine
-    the wall clock includes waiting for a core, the CPU time does not (it is what a quiet machine's
-    latency would be for a search that runs on the calling thread, as every one measured here does)."""
+    the wall clock includes waiting for a core, the CPU time does not. It still includes what other work
+    costs a search through shared caches, memory bandwidth and a shared physical core, so on a loaded
+    machine it is an upper bound of a quiet machine's latency, not that latency."""
     hits = sum(len(set(ids) & set(truth[number].tolist())) for number, ids in enumerate(found))
     return {
         "recall_at_10": hits / (len(truth) * TOP_K),
