@@ -78,7 +78,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import AuditDurabilityMiddleware, BodyDeadlines, ObservabilityMiddleware
+from maif.service.middleware import BodyDeadlines, ServiceMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -214,9 +214,8 @@ def create_app(
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
-    app.add_middleware(AuditDurabilityMiddleware)  # innermost: every response, problems included, waits
-    app.add_middleware(
-        ObservabilityMiddleware,
+    app.add_middleware(  # every response, problems included, waits for its audit sync
+        ServiceMiddleware,
         metrics=metrics,
         tracer=tracer,
         body_deadlines=BodyDeadlines(body_read_timeout_s, body_total_timeout_s, body_bytes_per_s_min),
