@@ -253,6 +253,16 @@ def test_many_headers_over_the_bound_are_refused_and_a_head_under_it_is_served(g
     assert received.startswith(b"HTTP/1.1 200 "), received[:100]
 
 
+def test_pipelined_requests_are_all_answered(guarded: Server) -> None:
+    # Three requests in one send: the head guard must count each head, never the one before it.
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(request * 2 + last)
+        closed, received = _closed_within(connection, 5)
+    assert closed and received.count(b"HTTP/1.1 200 ") == 3, received[:300]
+
+
 def test_a_stalled_body_is_cut_off_within_the_timeout(guarded: Server, tokens: dict[str, str]) -> None:
     for content_type in (b"application/octet-stream", b"application/json"):
         with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
