@@ -27,6 +27,9 @@ class HTTPConnection:
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         self.writer.write(head.encode() + body)
         status_line = await self.reader.readline()
+        if not status_line:  # the server closed the connection: counted as a failed request
+            self.close()
+            raise ConnectionResetError("the server closed the connection before answering")
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")

@@ -56,7 +56,7 @@ from http_client import HTTPConnection
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
-SMALL_LOADS_PER_S = (100, 300, 600, 1000)
+SMALL_LOADS_PER_S = (100, 300, 600, 1000, 2000, 3000)  # the last ones find saturation (goal: >= 3000/s)
 LARGE_LOADS_PER_S = (5, 20, 50)
 
 
@@ -69,19 +69,25 @@ def _load(name: str, path: Path) -> Any:
     return module
 
 
-def fsync_peer(directory: Path, seconds: float = 3.0) -> float:
+def fsync_peer(directory: Path, seconds: float = 3.0) -> dict[str, float]:
+    """Syncs per second and the p99 of one 4 KiB append + fdatasync (the goal's yardstick, issue 13)."""
     path = directory / "fsync-probe"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    count, block, deadline = 0, os.urandom(4096), time.perf_counter() + seconds
+    block, deadline = os.urandom(4096), time.perf_counter() + seconds
+    latencies_ms: list[float] = []
     try:
-        while time.perf_counter() < deadline:
+        while (started := time.perf_counter()) < deadline:
             os.write(descriptor, block)
             os.fdatasync(descriptor)
-            count += 1
+            latencies_ms.append((time.perf_counter() - started) * 1000)
     finally:
         os.close(descriptor)
         path.unlink()
-    return count / seconds
+    latencies_ms.sort()
+    return {
+        "fsync_peer_syncs_per_s": round(len(latencies_ms) / seconds, 1),
+        "fsync_peer_ms_p99": round(_percentile(latencies_ms, 0.99) or 0.0, 3),
+    }
 
 
 # ---- the load generator (runs in its own process) ---------------------------------------------------
@@ -454,21 +460,40 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "phase_s": arguments.phase_s,
+        "load_average_1m_start": os.getloadavg()[0],
     }
     try:
         token = issuer.token("agent-1", "maif:read maif:write")
         with tempfile.TemporaryDirectory(dir=REPO / ".work") as scratch:
             directory = Path(scratch)
-            results["fsync_peer_syncs_per_s"] = round(fsync_peer(directory), 1)
+            results.update(fsync_peer(directory))
             if arguments.audit_compare:
                 results["audit_compare"] = _audit_compare(fixtures, issuer, token, directory, arguments)
             else:
                 _run_phases(results, arguments, fixtures, issuer, token, directory)
     finally:
         fixtures.security_fixtures.stop_issuer(issuer)
+    results["load_average_1m_end"] = os.getloadavg()[0]
+    if "writes_small" in results:
+        results["goals"] = _goals(results)
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
+
+
+def _goals(results: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's service goals against this run: 1000 writes/s at p99 <= max(5 ms, 2x the fdatasync
+    p99 of the same run), and saturation (the most writes/s achieved at any offered load) >= 3000/s."""
+    bound_ms = max(5.0, 2 * results["fsync_peer_ms_p99"])
+    at_1000 = next(phase for phase in results["writes_small"] if phase["offered_per_s"] == 1000)
+    saturation = max(phase["achieved_writes_per_s"] for phase in results["writes_small"])
+    return {
+        "p99_bound_ms": bound_ms,
+        "p99_ms_at_1000_per_s": at_1000["latency_ms_p99"],
+        "p99_at_1000_met": at_1000["latency_ms_p99"] is not None and at_1000["latency_ms_p99"] <= bound_ms,
+        "saturation_writes_per_s": saturation,
+        "saturation_met": saturation >= 3000,
+    }
 
 
 def _run_phases(
@@ -593,9 +618,16 @@ def _audit_compare(
     )
     summary["audit_cost_fraction_of_throughput"] = 1 - summary["throughput_ratio_at_highest_load"]
     if "audited_baseline" in summary:
+        baseline = summary["audited_baseline"]
         summary["baseline_throughput_ratio_at_highest_load"] = (
-            summary["audited_baseline"][-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
+            baseline[-1]["achieved_writes_per_s"] / unaudited[-1]["achieved_writes_per_s"]
         )
+        summary["audited_over_baseline_throughput_at_highest_load"] = (
+            audited[-1]["achieved_writes_per_s"] / baseline[-1]["achieved_writes_per_s"]
+        )
+        summary["audited_over_baseline_p99_per_load"] = [
+            a["latency_ms_p99"] / b["latency_ms_p99"] for a, b in zip(audited, baseline, strict=True)
+        ]
     summary["p99_ratio_per_load"] = [
         a["latency_ms_p99"] / u["latency_ms_p99"] for a, u in zip(audited, unaudited, strict=True)
     ]

@@ -1,6 +1,7 @@
 """A py-spy flame graph of the real HTTP service under a small-write load (the audited path).
 
     PYTHONPATH=src .venv/bin/python benchmarks/service_profile.py OUT.svg [--rate 3000] [--seconds 15]
+        [--format raw]
 
 Starts an issuer and a server on 127.0.0.1 exactly as benchmarks/service_bench.py does, drives 256-byte
 JSON writes at ``--rate`` per second from a separate process, and records the server with py-spy
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("output", type=Path)
     parser.add_argument("--rate", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--format", default="flamegraph", help="py-spy's format (raw: collapsed stacks)")
     arguments = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests" / "service"))
     conftest = REPO / "tests" / "service" / "conftest.py"
@@ -38,7 +40,8 @@ def main() -> None:
                 service_bench._write_phases(server.url, token, 2.0, 256, False, (300,), server.process.pid)
                 spy = subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(arguments.output),
-                     "-r", "200", "-d", str(int(arguments.seconds)), "-p", str(server.process.pid)]
+                     "-r", "200", "--format", arguments.format, "-d", str(int(arguments.seconds)),
+                     "-p", str(server.process.pid)]
                 )
                 job = {"kind": "writes", "url": server.url, "token": token, "rate": arguments.rate,
                        "seconds": arguments.seconds, "bytes": 256, "raw": False}

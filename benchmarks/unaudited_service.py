@@ -18,11 +18,11 @@ from maif.cli.serve import serve_command
 from maif.security.gate import Gate
 
 
-def _unrecorded(self: Gate, event: dict[str, Any]) -> None:
+def _unrecorded(self: Gate, event: dict[str, Any], **options: Any) -> None:
     return None
 
 
-async def _unrecorded_async(self: Gate, event: dict[str, Any]) -> None:
+async def _unrecorded_async(self: Gate, event: dict[str, Any], **options: Any) -> None:
     return None
 
 

@@ -442,8 +442,8 @@ service_task_agents_max: Final = 64
 """Most callers (agent ids) with a running task agent in one service process (POST /v1/tasks)."""
 
 service_request_head_bytes_max: Final = token_bytes_max + 2 * service_header_metadata_bytes_max + 16 * KiB
-"""Largest request head (request line and headers) the HTTP parser buffers (uvicorn's
-``h11_max_incomplete_event_size``): room for a bearer token, X-MAIF-Metadata and X-MAIF-Parents at their
+"""Largest request head (request line and headers) the service takes (``service.request_head_bytes_max``,
+kept by maif.service.connections): room for a bearer token, X-MAIF-Metadata and X-MAIF-Parents at their
 limits, and the rest; a larger head is refused with 431 before anything reads it."""
 
 service_connections_per_client_max: Final = 128

@@ -28,7 +28,9 @@ from maif.security.gate import Gate
 from maif.security.keys import MemorySigner
 from maif.security.policy import Action, Resource, default_policy, permissions_for
 from maif.security.trust import ContextSealer, TrustLevel
-from maif.service.middleware import AuditDurabilityMiddleware
+from maif.service.metrics import ServiceMetrics
+from maif.service.middleware import BodyDeadlines, ServiceMiddleware
+from maif.service.tracing import DisabledTracer
 
 WAIT_S = 0.3  # how long a held sync must keep its waiters waiting before we call them held
 
@@ -196,7 +198,8 @@ def _audited_transport(log: AuditLog) -> httpx.ASGITransport:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"done"})
 
-    return httpx.ASGITransport(app=AuditDurabilityMiddleware(route))
+    middleware = ServiceMiddleware(route, ServiceMetrics(), DisabledTracer(), BodyDeadlines(30.0, 60.0, 8192))
+    return httpx.ASGITransport(app=middleware)
 
 
 def test_the_service_sends_no_response_byte_before_the_audit_sync(

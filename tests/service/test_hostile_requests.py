@@ -17,6 +17,8 @@ import httpx
 import pytest
 from server_process import Server, start_server
 
+from maif import limits
+
 HEADER_TIMEOUT_S = 1.0
 BODY_READ_TIMEOUT_S = 1.0
 BODY_TOTAL_TIMEOUT_S = 3.0
@@ -214,6 +216,51 @@ def test_headers_sent_byte_by_byte_are_cut_off(guarded: Server) -> None:
         connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
         closed, _ = _closed_within(connection, HEADER_TIMEOUT_S + 5)
         assert closed
+
+
+HEAD_BYTES_MAX = limits.service_request_head_bytes_max  # the guarded server's default
+
+
+@pytest.mark.parametrize("piece_bytes", [HEAD_BYTES_MAX + 1024, 4096], ids=["one-send", "pieces"])
+def test_an_oversized_request_head_is_refused_431(guarded: Server, piece_bytes: int) -> None:
+    # One header value larger than the bound, sent at once or in pieces that never end the header line:
+    # the parser would buffer it whole, so the guard counts what arrives.
+    value = b"a" * (HEAD_BYTES_MAX + 1024)
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: ")
+        try:
+            for offset in range(0, len(value), piece_bytes):
+                connection.sendall(value[offset : offset + piece_bytes])
+                time.sleep(0.001)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while still sending: the answer was sent before
+        closed, received = _closed_within(connection, HEADER_TIMEOUT_S / 2)
+    assert closed and received.startswith(b"HTTP/1.1 431 "), received[:100]
+
+
+def test_many_headers_over_the_bound_are_refused_and_a_head_under_it_is_served(guarded: Server) -> None:
+    lines = range(HEAD_BYTES_MAX // 1000 + 2)
+    many = b"".join(b"X-Filler-%d: %s\r\n" % (index, b"b" * 1000) for index in lines)
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        closed, received = _closed_within(connection, HEADER_TIMEOUT_S / 2)
+    assert closed and received.startswith(b"HTTP/1.1 431 "), received[:100]
+    under = many[: len(many) // 2]
+    under = under[: under.rindex(b"\r\n") + 2]
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + under + b"\r\n")
+        _, received = _closed_within(connection, 5)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:100]
+
+
+def test_pipelined_requests_are_all_answered(guarded: Server) -> None:
+    # Three requests in one send: the head guard must count each head, never the one before it.
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as connection:
+        connection.sendall(request * 2 + last)
+        closed, received = _closed_within(connection, 5)
+    assert closed and received.count(b"HTTP/1.1 200 ") == 3, received[:300]
 
 
 def test_a_stalled_body_is_cut_off_within_the_timeout(guarded: Server, tokens: dict[str, str]) -> None:

@@ -151,3 +151,33 @@ def test_a_forged_token_reusing_a_cached_tokens_jti_is_still_refused(server: Any
     claims = jwt.decode(valid, options={"verify_signature": False})
     forged = jwt.encode(claims, attacker, algorithm="RS256", headers={"kid": "rsa-1", "typ": "at+jwt"})
     _assert_problem(_request(server, "GET", "/v1/stats", None, {}, forged), 401, forged)
+
+
+# The write route skips FastAPI's dependency solving (docs/adr/0087): its header bounds, taken from the
+# endpoint's signature, must refuse exactly what FastAPI's validation refused, with the same problem.
+_HEADER_REFUSALS = [
+    ({"X-MAIF-Block-Type": "ab"}, "header.x-maif-block-type: String should have at least 4 characters"),
+    ({"X-MAIF-Block-Type": "TEXTS"}, "header.x-maif-block-type: String should have at most 4 characters"),
+    ({"Idempotency-Key": "k" * 256}, "header.idempotency-key: String should have at most 255 characters"),
+    (
+        {"Content-Digest": "d" * 1025, "X-MAIF-Block-Type": "a"},
+        "header.x-maif-block-type: String should have at least 4 characters; "
+        "header.content-digest: String should have at most 1024 characters",
+    ),
+]
+
+
+@pytest.mark.parametrize(("headers", "detail"), _HEADER_REFUSALS)
+def test_write_headers_out_of_bounds_are_refused_as_fastapi_would(
+    server: Any, tokens: dict[str, str], headers: dict[str, str], detail: str
+) -> None:
+    for body, content_headers in ((b'{"payload_base64": "aGk="}', _JSON), (b"raw", _RAW)):
+        all_headers = {**content_headers, **headers}
+        response = _request(server, "POST", "/v1/blocks", body, all_headers, tokens["agent-1"])
+        _assert_problem(response, 422, None)
+        assert response.json()["detail"] == detail
+
+
+def test_a_write_without_a_token_is_refused_before_its_headers_are_checked(server: Any) -> None:
+    response = _request(server, "POST", "/v1/blocks", b"raw", {**_RAW, "X-MAIF-Block-Type": "ab"}, None)
+    _assert_problem(response, 401, None)

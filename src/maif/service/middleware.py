@@ -40,7 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from maif import limits
 from maif.errors import MAIFError
-from maif.security.audit import audit_barrier
+from maif.security.audit import AuditBarrier, audit_barrier
 from maif.service.metrics import ServiceMetrics
 from maif.service.problems import PROBLEM_MEDIA_TYPE
 from maif.service.tracing import DisabledTracer
@@ -81,8 +81,21 @@ class BodyDeadlines:
         assert self.read_s > 0 and self.total_s > 0 and self.bytes_per_s_min > 0
 
 
-class ObservabilityMiddleware:
-    """Assigns a request id, caps JSON bodies, and records metrics and one JSON log line per request."""
+class ServiceMiddleware:
+    """The service's one ASGI layer: assigns a request id, caps JSON bodies, keeps the body deadlines,
+    records metrics, the SERVER span and one JSON log line per request, and holds each response's first
+    byte until the audit entries of the request's decisions are durable.
+
+    The audit part: the gate writes each decision's audit frame before it answers, but inside this
+    middleware's :func:`~maif.security.audit.audit_barrier` it does not wait for the sync: the sync
+    (shared with every other request's entries) runs while the request does its own work, and is awaited
+    here, before the response starts. If the audit log cannot make them durable the response is replaced
+    by a 503: no caller ever learns an outcome whose audit record might be lost (ADR 0023). Problems this
+    layer answers itself (413, 408) wait for the sync too.
+
+    One layer rather than two (observability, then audit durability): every layer is another coroutine
+    frame and another ``send`` closure per message on the service's one loop thread (docs/adr/0087).
+    """
 
     def __init__(
         self, app: ASGIApp, metrics: ServiceMetrics, tracer: trace.Tracer, body_deadlines: BodyDeadlines
@@ -105,6 +118,7 @@ class ObservabilityMiddleware:
             "bytes_out": 0,
             "started": False,
             "body_timeout": None,  # the detail of a body deadline that passed
+            "replaced": False,  # the app's answer is dropped: a 503 or a 408 went instead
         }
         body_cap = (
             None
@@ -124,7 +138,7 @@ class ObservabilityMiddleware:
             },
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
+        ) as span, audit_barrier() as barrier:
             try:
                 if body_cap is not None and _declared_length(scope) > body_cap:
                     await _send_too_large(send, request_id, body_cap, state)
@@ -132,14 +146,20 @@ class ObservabilityMiddleware:
                 await self.app(
                     scope,
                     _counting_receive(receive, state, body_cap, self.body_deadlines),
-                    _tracking_send(send, state, request_id),
+                    _tracking_send(send, state, request_id, barrier),
                 )
+                await barrier.wait()  # decisions made after the response started (none today)
             except BodyTooLarge:
+                await _settle(barrier)
                 if not state["started"]:
                     await _send_too_large(send, request_id, body_cap or 0, state)
             except BodyTimeout as timeout:
+                await _settle(barrier)
                 if not state["started"]:
                     await _send_body_timeout(send, request_id, timeout.detail, state)
+            except BaseException:
+                await _settle(barrier)  # whoever answers the failure, answer it after the sync
+                raise
             finally:
                 self.metrics.in_flight.dec()
                 _finish_span(span, scope, state)
@@ -262,21 +282,41 @@ def _counting_receive(
     return counted
 
 
-def _tracking_send(send: Send, state: dict[str, Any], request_id: str) -> Send:
+async def _settle(barrier: AuditBarrier) -> None:
+    with contextlib.suppress(MAIFError):  # the failure being answered is the one reported
+        await barrier.wait()
+
+
+def _tracking_send(send: Send, state: dict[str, Any], request_id: str, barrier: AuditBarrier) -> Send:
+    """The app's ``send``: the response starts only once the request's audit entries are durable (else a
+    503 goes instead), a 408 replaces the app's answer once a body deadline passed (FastAPI makes a 400 of
+    it for JSON bodies), and the status, the bytes and the request id header are recorded."""
+
     async def tracked(message: Message) -> None:
-        if state["body_timeout"] is not None:
-            # The app answered after a body deadline passed (FastAPI makes a 400 of it for JSON bodies):
-            # the client gets the 408 instead, and none of the app's answer.
-            if message["type"] == "http.response.start" and not state["started"]:
-                await _send_body_timeout(send, request_id, state["body_timeout"], state)
-            return
         if message["type"] == "http.response.start":
+            if state["started"]:  # a 503 or a 408 went instead of the app's answer
+                return
+            if barrier.pending:
+                try:
+                    await barrier.wait()
+                except MAIFError as error:
+                    state["replaced"] = True
+                    detail = f"the audit log could not record this request's decisions: {error.message}"
+                    title = "Service Unavailable"
+                    await _send_problem(send, request_id, 503, "unavailable", title, detail, state)
+                    return
+            if state["body_timeout"] is not None:
+                state["replaced"] = True
+                await _send_body_timeout(send, request_id, state["body_timeout"], state)
+                return
             state["status"] = message["status"]
             state["started"] = True
             headers = list(message.get("headers", []))
             headers.append((b"x-request-id", request_id.encode("ascii")))
             message["headers"] = headers
         elif message["type"] == "http.response.body":
+            if state["replaced"]:
+                return
             state["bytes_out"] += len(message.get("body", b""))
         await send(message)
 
@@ -322,49 +362,6 @@ async def _send_problem(
     state["bytes_out"] += len(body)
 
 
-class AuditDurabilityMiddleware:
-    """Holds each response's first byte until the audit entries of the request's decisions are durable.
-
-    The gate writes each decision's audit frame before it answers, but inside this middleware's
-    :func:`~maif.security.audit.audit_barrier` it does not wait for the sync: the sync (shared with every
-    other request's entries) runs while the request does its own work, and is awaited here, before the
-    response starts. If the audit log cannot make them durable the response is replaced by a 503: no
-    caller ever learns an outcome whose audit record might be lost (ADR 0023).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        refused = False
-
-        async def send_when_audited(message: Message) -> None:
-            nonlocal refused
-            if message["type"] == "http.response.start" and barrier.pending:
-                try:
-                    await barrier.wait()
-                except MAIFError as error:
-                    refused = True
-                    detail = f"the audit log could not record this request's decisions: {error.message}"
-                    request_id = str(scope.get("maif.request_id", "unknown"))
-                    title, state = "Service Unavailable", {"bytes_out": 0}
-                    await _send_problem(send, request_id, 503, "unavailable", title, detail, state)
-            if not refused:
-                await send(message)
-
-        with audit_barrier() as barrier:
-            try:
-                await self.app(scope, receive, send_when_audited)
-                await barrier.wait()  # decisions made after the response started (none today)
-            except BaseException:
-                with contextlib.suppress(MAIFError):  # whoever answers the failure, answer it after the sync
-                    await barrier.wait()
-                raise
-
-
 def configure_json_logging(level: str = "INFO") -> None:
     """One JSON object per line on stderr for the service's loggers (access log and errors)."""
     handler = logging.StreamHandler()
@@ -398,8 +395,7 @@ class _JSONFormatter(logging.Formatter):
 
 __all__ = [
     "STREAMING_ENDPOINTS",
-    "AuditDurabilityMiddleware",
     "BodyDeadlines",
-    "ObservabilityMiddleware",
+    "ServiceMiddleware",
     "configure_json_logging",
 ]
