@@ -8,6 +8,7 @@ trusts; a key id found in a file is a lookup hint, never a trust anchor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -124,7 +125,12 @@ _SEED_FILE_BYTES_MAX: Final = 256
 
 def load_or_create_seed_key(path: Path, what: str) -> Ed25519PrivateKey:
     """The Ed25519 key whose 32-byte seed ``path`` holds in hex; created owner-only (0600, in a directory
-    made 0700) when the file is missing, never over an existing file. ``what`` names the key in errors."""
+    made 0700) when the file is missing, never over an existing file. ``what`` names the key in errors.
+
+    A new key is written whole to a temporary file beside ``path``, fsynced, then hard-linked to ``path``
+    (which fails if another process linked its key first: then that key is used). So ``path`` only ever
+    names a complete key: a full disk or a crash during creation leaves nothing under it, and processes
+    starting together all end up with the one key."""
     try:
         return _read_seed_key(path, what)
     except FileNotFoundError:
@@ -133,18 +139,29 @@ def load_or_create_seed_key(path: Path, what: str) -> Ed25519PrivateKey:
     seed = key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.new")
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return _read_seed_key(path, what)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(descriptor, seed.hex().encode("ascii") + b"\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process made it first: use theirs
+            return _read_seed_key(path, what)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     except OSError as error:
         raise CryptoError(f"cannot create {what} file {os.fspath(path)!r}: {error.strerror}") from error
-    try:
-        os.write(descriptor, seed.hex().encode("ascii") + b"\n")
-        os.fsync(descriptor)
     finally:
-        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            temporary.unlink()
     return key
 
 
