@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from maif.errors import BackendError, BackendUnavailableError, StoreDegradedError
+from maif.errors import BackendError, BackendUnavailableError, CredentialsError, StoreDegradedError
 from maif.format.block import MAIFBlock
 from maif.service.problems import on_maif_error
 from maif.storage.backends.memory import MemoryChunkStore, MemoryMetadataIndex, MemoryVectorIndex
@@ -177,5 +177,53 @@ def test_unavailable_and_degraded_errors_are_503_with_retry_after() -> None:
         unavailable = await on_maif_error(None, BackendUnavailableError("gone", component="s3"))  # type: ignore[arg-type]
         assert unavailable.status_code == 503 and unavailable.headers["retry-after"] == "1"
         assert b"backend-unavailable" in unavailable.body
+
+    asyncio.run(main())
+
+
+class FlakyBatchIndex(MemoryMetadataIndex):
+    """A memory index whose batch lookup fails ``failures`` times first, with ``error``."""
+
+    def __init__(self, error: BaseException, failures: int) -> None:
+        super().__init__()
+        self.error = error
+        self.failures = failures
+        self.calls = 0
+
+    async def get_many(self, block_ids: Sequence[str]) -> dict[str, BlockRecord]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return await super().get_many(block_ids)
+
+
+def index_record(block_id: str, lsn: int) -> BlockRecord:
+    return BlockRecord(block_id=block_id, block_type="TEXT", agent_id="a", timestamp=1.0, version="",
+                       parents=(), metadata=b"", chunks=(), payload_length=0, digest=bytes(32), lsn=lsn)
+
+
+def test_batch_lookup_is_retried_through_an_outage_and_answers_like_the_index() -> None:
+    async def main() -> None:
+        inner = FlakyBatchIndex(BackendUnavailableError("index restarting", component="testdb"), failures=2)
+        await inner.put([index_record("x", 1), index_record("y", 2)], applied_lsn=2)
+        policy = RetryPolicy(attempts_max=3, sleep=no_sleep)
+        found = await RetryingMetadataIndex(inner, policy).get_many(["x", "missing", "y"])
+        assert found == await MemoryMetadataIndex.get_many(inner, ["x", "missing", "y"])
+        assert set(found) == {"x", "y"} and found["y"].lsn == 2
+        assert inner.calls == 3 and policy.retries == 2
+
+    asyncio.run(main())
+
+
+def test_batch_lookup_gives_up_after_its_attempts_and_never_retries_a_permanent_error() -> None:
+    async def main() -> None:
+        down = FlakyBatchIndex(BackendUnavailableError("index down", component="testdb"), failures=10)
+        with pytest.raises(BackendUnavailableError):
+            await RetryingMetadataIndex(down, RetryPolicy(attempts_max=3, sleep=no_sleep)).get_many(["x"])
+        assert down.calls == 3
+        refused = FlakyBatchIndex(CredentialsError("password authentication failed"), failures=10)
+        with pytest.raises(CredentialsError):
+            await RetryingMetadataIndex(refused, RetryPolicy(attempts_max=3, sleep=no_sleep)).get_many(["x"])
+        assert refused.calls == 1  # refused credentials will be refused again: never retried
 
     asyncio.run(main())
