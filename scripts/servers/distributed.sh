@@ -22,7 +22,8 @@
 # maif, MAIF_PG_USER maif, MAIF_REDIS_USER maif, MAIF_S3_BUCKET maif, MAIF_TANSU_BUCKET tansu, MAIF_NATS_USER
 # maif) and credentials (MAIF_PG_PASSWORD, MAIF_REDIS_PASSWORD, MAIF_S3_ACCESS_KEY, MAIF_S3_SECRET_KEY,
 # MAIF_NATS_PASSWORD: random at the
-# first start) are read from the environment at start and kept in config.env for the next commands.
+# first start) are read from the environment at start and kept in config.env for the next commands. A port
+# neither set nor kept whose default is in use (another checkout's servers) is replaced by a free one.
 # MAIF_SERVICES_TIMEOUT (s, default 60) bounds each wait for readiness; MAIF_WEED_STOP_GRACE (s, default 3).
 set -euo pipefail
 
@@ -103,9 +104,14 @@ resolve_config() { # for start: environment, else config.env, else default or a 
   declare -A old=()
   local key value server
   for key in "${!CFG[@]}"; do old[$key]=${CFG[$key]}; done
+  declare -A taken=()
   for key in "${CONFIG_KEYS[@]}"; do
     value=${!key:-${CFG[$key]:-${DEFAULTS[$key]:-}}}
     [[ -n $value ]] || value=$(random_secret)
+    if [[ $key == *_PORT && -z ${!key:-} && -z ${CFG[$key]:-} ]] && ! port_usable "$key" "$value" taken; then
+      value=$(free_port "$key" taken)  # another checkout's servers hold the default: this state dir gets its own
+    fi
+    [[ $key != *_PORT ]] || taken[$value]=1
     valid "$key" "$value" || die "invalid $key: '$value'"
     CFG[$key]=$value
   done
@@ -148,6 +154,21 @@ running_pid() { # running_pid SERVER: the recorded PID, if it is alive and runs 
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+port_usable() { # port_usable KEY PORT TAKEN_ARRAY: nobody listens there (nor on +10000 for SeaweedFS's gRPC)
+  local key=$1 port=$2; local -n used=$3
+  [[ -z ${used[$port]:-} ]] && ! port_open "$port" || return 1
+  [[ $key != MAIF_WEED_* && $key != MAIF_S3_PORT ]] || ! port_open $(( port + 10000 ))
+}
+
+free_port() { # free_port KEY TAKEN_ARRAY: a port in 22700-32699 that port_usable accepts
+  local key=$1 port attempt
+  for attempt in $(seq 1 200); do
+    port=$(( 22700 + RANDOM % 10000 ))  # above the private test sets (20000-22699), below the ephemeral range
+    if port_usable "$key" "$port" "$2"; then echo "$port"; return 0; fi
+  done
+  die "no free port found for $key; set it with $key=..."
+}
 
 require_free_ports() { # require_free_ports SERVER PORT_KEY...: fail fast instead of a confusing bind error
   local server=$1 key; shift

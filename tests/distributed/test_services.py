@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -13,7 +16,14 @@ from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from distributed_servers import S3Settings, ServerSet, fresh_bucket, fresh_database, fresh_key_prefix
+from distributed_servers import (
+    S3Settings,
+    ServerSet,
+    fresh_bucket,
+    fresh_database,
+    fresh_key_prefix,
+    services_state_dir,
+)
 from pgvector.asyncpg import register_vector
 
 
@@ -300,3 +310,28 @@ def test_private_redis_can_be_killed_and_restarted(private_servers: Callable[...
     assert servers.start("redis")["redis"][0] == "started"
     assert servers.pid("redis") not in (None, first)
     assert asyncio.run(command("PING"))
+
+
+def test_a_busy_default_port_is_replaced_by_a_free_one_that_is_kept(tmp_path: Path) -> None:
+    """Two checkouts' test servers must not collide: with another process on the default Redis port, a
+    new state directory gets a free port, and its next start keeps it."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 17379))
+        holder.listen()
+    except OSError:
+        pass  # already held (e.g. by another checkout's Redis): the case under test
+    servers = ServerSet(tmp_path / "state", servers=("redis",), pkgs_dir=services_state_dir() / "pkgs")
+    saved = os.environ.pop("MAIF_REDIS_PORT", None)
+    try:
+        servers.start()
+        port = int(urlsplit(servers.env()["MAIF_STORAGE_REDIS_URL"]).port or 0)
+        assert port != 17379 and 22700 <= port < 32700
+        servers.stop()
+        servers.start()
+        assert urlsplit(servers.env()["MAIF_STORAGE_REDIS_URL"]).port == port
+    finally:
+        servers.stop()
+        holder.close()
+        if saved is not None:
+            os.environ["MAIF_REDIS_PORT"] = saved
