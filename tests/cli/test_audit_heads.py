@@ -149,3 +149,19 @@ def test_no_remember_neither_reads_nor_writes_state(tmp_path: Path, state_home: 
     )
     document = json.loads(result.stdout)
     assert document["freshness_checked"] is True and document["remembered_head"]["tree_size"] == 4
+
+
+def test_a_verify_finishing_late_never_moves_the_head_back(tmp_path: Path) -> None:
+    """Two verifies race: the one of an older copy checked the old head and writes last."""
+    signer, path = MemorySigner(), tmp_path / "audit.log"
+    with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
+        _append(log, 0, 3)
+        older = log.checkpoint()
+        _append(log, 3, 3)
+        newer = log.checkpoint()
+        log_id = log.log_id
+    heads = audit_heads.heads_directory()
+    audit_heads.remember(heads, log_id, None, newer)
+    audit_heads.remember(heads, log_id, None, older)
+    remembered = audit_heads.recall(heads, log_id)
+    assert remembered is not None and remembered.checkpoint == newer

@@ -17,6 +17,7 @@ trusted keys each time, so a forged file is refused, never trusted.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -82,29 +83,45 @@ def recall(directory: Path, identity: bytes) -> RememberedHead | None:
 
 
 def remember(directory: Path, identity: bytes, segment: int | None, checkpoint: SignedCheckpoint) -> Path:
-    """Write the head for ``identity`` (owner-only, atomically: a crash leaves the old or the new)."""
+    """Write the head for ``identity`` (owner-only, atomically: a crash leaves the old or the new), unless
+    the head remembered now is further along: two verifies racing never move it back."""
     file = head_file(directory, identity)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = recall(directory, identity)
+            if current is not None and _position(current.segment, current.checkpoint) > _position(
+                segment, checkpoint
+            ):
+                return file
+            _replace(file, identity, segment, checkpoint)
+    except OSError as error:
+        raise StorageError(f"cannot remember the audit head in {file}: {error.strerror}") from error
+    return file
+
+
+def _position(segment: int | None, checkpoint: SignedCheckpoint) -> tuple[int, int]:
+    return (segment or 0, checkpoint.tree_size)
+
+
+def _replace(file: Path, identity: bytes, segment: int | None, checkpoint: SignedCheckpoint) -> None:
     document = {
         "format": _FORMAT,
         "identity": identity.hex(),
         "segment": segment,
         "checkpoint": encode_checkpoint(checkpoint).hex(),
     }
+    descriptor, temporary = tempfile.mkstemp(dir=file.parent, prefix=".head-", suffix=".tmp")
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".head-", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, file)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    except OSError as error:
-        raise StorageError(f"cannot remember the audit head in {file}: {error.strerror}") from error
-    return file
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(document, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, file)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def check_still_held(
