@@ -165,3 +165,39 @@ def test_a_verify_finishing_late_never_moves_the_head_back(tmp_path: Path) -> No
     audit_heads.remember(heads, log_id, None, older)
     remembered = audit_heads.recall(heads, log_id)
     assert remembered is not None and remembered.checkpoint == newer
+
+
+def test_a_signed_head_served_as_json_is_a_witness(tmp_path: Path) -> None:
+    """GET /v1/audit serves a segment's signed head as JSON (hex fields): saved as it comes, the page or
+    its ``checkpoint`` object is a --witness, so a remote auditor has a head from the first verify on."""
+    signer, path = MemorySigner(), tmp_path / "audit.log"
+    with AuditLog.open(path, signer, checkpoint_every_entries=3) as log:
+        _append(log, 0, 6)
+        head = log.checkpoint()
+    served = {
+        "log_id": head.log_id.hex(),
+        "tree_size": head.tree_size,
+        "root": head.root.hex(),
+        "timestamp": head.timestamp,
+        "key_id": head.key_id.hex(),
+        "signature": head.signature.hex(),
+    }
+    page, alone = tmp_path / "page.json", tmp_path / "head.json"
+    page.write_text(json.dumps({"tree_size": 6, "entries": [], "checkpoint": served}))
+    alone.write_text(json.dumps(served))
+    older = tmp_path / "replacement.log"
+    with AuditLog.open(older, signer, checkpoint_every_entries=3) as log:
+        _append(log, 0, 6)
+    for witness in (page, alone):
+        code, text = _verify(path, signer, "--no-remember", "--witness", str(witness))
+        assert code == ExitCode.OK and "at least as new as the witness" in text, text
+    # Another log with the same entries and key (a replacement) is not the witnessed log.
+    code, text = _verify(older, signer, "--no-remember", "--witness", str(alone))
+    assert code == ExitCode.INTEGRITY_FAILURE and "replaced" in text, text
+    forged = {**served, "tree_size": 5}
+    alone.write_text(json.dumps(forged))
+    assert _verify(path, signer, "--no-remember", "--witness", str(alone))[0] == ExitCode.SIGNATURE_UNTRUSTED
+    for damaged in ('{"checkpoint": null}', '{"log_id": "zz"}', "[1]", '{"checkpoint": {"tree_size": "6"}}'):
+        alone.write_text(damaged)
+        code, text = _verify(path, signer, "--no-remember", "--witness", str(alone))
+        assert code == ExitCode.MALFORMED_FILE and "not a signed audit checkpoint" in text, (damaged, text)

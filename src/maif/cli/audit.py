@@ -17,7 +17,8 @@ records of every segment (entry indices count within their segment), `checkpoint
 the raw key. `verify` checks every frame digest, every chain link, the Merkle root at every checkpoint
 and every checkpoint signature, and names the first bad entry. `show` lists entries and checkpoints
 after the same structural checks, without signatures (so it needs no keys). `checkpoint` copies the log's
-latest signed checkpoint to a file; an auditor keeps it and later passes it to `verify --witness`, which
+latest signed checkpoint to a file (`--witness` also takes the JSON signed head GET /v1/audit serves);
+an auditor keeps it and later passes it to `verify --witness`, which
 then also refuses a log that was cut back or replaced since, or an older genuine copy (the file alone
 cannot reveal that: a log cut right after a checkpoint is fully signed). A passing `verify` prints what it
 proved ("N entries, signed head at entry K (time T, key id ...)") and what freshness it established: it
@@ -102,7 +103,10 @@ def verify_command(
     ],
     witness: Annotated[
         Path | None,
-        typer.Option("--witness", help="A checkpoint file saved earlier with `maif audit checkpoint`."),
+        typer.Option(
+            "--witness",
+            help="A signed head saved earlier: `maif audit checkpoint` output, or GET /v1/audit's JSON.",
+        ),
     ] = None,
     allow_unsigned_tail: Annotated[
         bool,
@@ -546,15 +550,50 @@ def checkpoint_command(
 
 
 def _read_checkpoint_file(path: Path) -> Any:
+    """A --witness file: what `maif audit checkpoint` writes (MessagePack), or a signed head as JSON as
+    the service serves it: the ``checkpoint`` object of a GET /v1/audit page, or the whole page."""
     from maif import limits
     from maif.errors import LimitExceededError
     from maif.security.audit import decode_checkpoint
 
+    bound = limits.service_audit_page_entries_max * limits.audit_record_bytes_max * 2  # a page, as JSON
     with path.open("rb") as handle:
-        data = handle.read(limits.audit_record_bytes_max + 1)
+        data = handle.read(bound + 1)
+    if data.lstrip()[:1] == b"{":
+        if len(data) > bound:
+            raise LimitExceededError("witness checkpoint JSON file", len(data), bound)
+        return _checkpoint_from_json(path, data)
     if len(data) > limits.audit_record_bytes_max:
         raise LimitExceededError("witness checkpoint file", len(data), limits.audit_record_bytes_max)
     return decode_checkpoint(data)
+
+
+def _checkpoint_from_json(path: Path, data: bytes) -> Any:
+    import json
+
+    import msgspec
+
+    from maif.errors import FormatError
+    from maif.security.audit import SignedCheckpoint
+
+    try:
+        document = json.loads(data)
+        head = document.get("checkpoint", document) if isinstance(document, dict) else None
+        if not isinstance(head, dict):
+            raise ValueError("no signed checkpoint in it (an audit page of a segment without one?)")
+        fields = {name: head[name] for name in ("log_id", "root", "key_id", "signature")}
+        if type(head["tree_size"]) is not int or not isinstance(head["timestamp"], int | float):
+            raise ValueError("tree_size and timestamp must be numbers")
+        return msgspec.convert(
+            {
+                **{name: bytes.fromhex(value) for name, value in fields.items()},
+                "tree_size": head["tree_size"],
+                "timestamp": float(head["timestamp"]),
+            },
+            SignedCheckpoint,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, msgspec.ValidationError) as error:
+        raise FormatError(f"witness {path} is not a signed audit checkpoint: {error}") from None
 
 
 def _entry_row(entry: Any) -> dict[str, Any]:
