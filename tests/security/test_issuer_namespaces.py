@@ -9,12 +9,15 @@ blocks or act with its trust level.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -231,3 +234,33 @@ def test_default_tenants_belong_to_one_issuer(oidc_issuer: Any, issuer_b: Second
     assert verifier.verify(issuer_b.mint(tenant="tenant-b")).tenant == "tenant-b"
     with pytest.raises(TokenError, match="tenant"):
         verifier.verify(issuer_b.mint(tenant=PREFIX_B))
+
+
+def test_over_http_another_issuers_agent_cannot_read_a_public_block_written_without_a_tenant(
+    manager: SecurityManager, oidc_issuer: Any, issuer_b: SecondIssuer, tmp_path: Path
+) -> None:
+    """The same attack end to end: the service over a real store, real tokens of both issuers."""
+    from maif.service.app import create_app
+    from maif.storage import create_maif_storage
+
+    async def attack() -> None:
+        async with await create_maif_storage({"data_dir": str(tmp_path / "data")}) as storage:
+            app = create_app(storage, manager, spool_dir=tmp_path / "spool")
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://maif.test", timeout=60
+            ) as http:
+                a_headers = {"Authorization": f"Bearer {oidc_issuer.mint()}"}
+                a_other = {"Authorization": f"Bearer {oidc_issuer.mint({'sub': 'agent-2'})}"}
+                written = await http.post(
+                    "/v1/blocks",
+                    json={"id": "a-public", "payload_base64": base64.b64encode(b"A's public note").decode()},
+                    headers=a_headers,
+                )
+                assert written.status_code == 201, written.text
+                assert (await http.get("/v1/blocks/a-public", headers=a_other)).status_code == 200
+                for claims in ({}, {"tenant": ""}):
+                    b_headers = {"Authorization": f"Bearer {issuer_b.mint(**claims)}"}
+                    read = await http.get("/v1/blocks/a-public", headers=b_headers)
+                    assert read.status_code == 403 and b"A's public note" not in read.content, read.text
+
+    asyncio.run(attack())
