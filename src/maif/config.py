@@ -60,8 +60,10 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
 
     Issuers never share agents or tenants (issue 14): a caller's agent id is ``agent_prefix + sub``, and
     :func:`check_issuer_namespaces` refuses providers whose prefixes could name the same agent. A
-    ``tenant`` claim must be one of ``tenants``; left unset, any tenant is accepted when this is the only
-    provider and none when there are several (a token without ``tenant`` is in the default tenant "").
+    ``tenant`` claim must be one of ``tenants`` or ``default_tenant``; left unset, any tenant is accepted
+    when this is the only provider and none when there are several. A token without a ``tenant`` claim
+    (or an empty one) is in ``default_tenant`` (unset: ``agent_prefix``, so "" for an unprefixed
+    provider), which no other provider may list or default to (ADR 0027).
     """
 
     client_id: str
@@ -74,6 +76,7 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
     leeway_s: float = 30.0
     agent_prefix: str = ""
     tenants: tuple[str, ...] | None = None
+    default_tenant: str | None = None
 
     def __post_init__(self) -> None:
         _require_range("leeway_s", self.leeway_s, 0, limits.token_leeway_s_max)
@@ -87,7 +90,7 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
         if self.tenants is not None and not all(self.tenants):
             raise ConfigError(
                 "tenants must not contain an empty tenant",
-                hint='a token without a tenant claim is always in the default tenant ""',
+                hint="a token without a tenant claim is in the provider's default_tenant",
             )
         if not self.client_id:
             raise ConfigError("an OAuth provider's client_id must not be empty")
@@ -105,6 +108,11 @@ class OAuthProviderConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tru
             )
         if not all(self.authorized_parties):
             raise ConfigError("authorized_parties must not contain an empty client id")
+
+    @property
+    def tenant_without_claim(self) -> str:
+        """The tenant of this provider's tokens that carry no (or an empty) ``tenant`` claim."""
+        return self.agent_prefix if self.default_tenant is None else self.default_tenant
 
     @property
     def audiences(self) -> tuple[str, ...] | None:
@@ -434,8 +442,9 @@ def check_issuer_namespaces(providers: Mapping[str, OAuthProviderConfig]) -> Non
     One provider keeps the seed's meaning (agent id = ``sub``). With several, at most one may have the
     empty ``agent_prefix`` and no other prefix may begin another (``"a/"`` and ``"a/b/"`` could both
     produce ``"a/b/x"``); the verifier refuses a token of the unprefixed issuer whose ``sub`` begins with
-    another issuer's prefix. So no two issuers can produce the same agent id. A tenant is listed by one
-    provider only.
+    another issuer's prefix. So no two issuers can produce the same agent id. A tenant is listed by (or
+    is the default tenant of) one provider only, so tokens without a tenant claim from two issuers never
+    share a tenant.
     """
     if len(providers) < 2:
         return
@@ -456,12 +465,14 @@ def check_issuer_namespaces(providers: Mapping[str, OAuthProviderConfig]) -> Non
             )
     owner_by_tenant: dict[str, str] = {}
     for issuer, provider in providers.items():
-        for tenant in provider.tenants or ():
+        for tenant in {*(provider.tenants or ()), provider.tenant_without_claim}:
             other = owner_by_tenant.setdefault(tenant, issuer)
             if other != issuer:
                 raise ConfigError(
-                    f"tenant {tenant!r} is listed by issuers {other} and {issuer}; a tenant belongs to one",
-                    hint="list each tenant under the one provider that vouches for it",
+                    f"tenant {tenant!r} is listed by (or the default_tenant of) issuers {other} and "
+                    f"{issuer}; a tenant belongs to one",
+                    hint="list each tenant under the one provider that vouches for it; a provider's "
+                    "default_tenant (unset: its agent_prefix) is its own",
                 )
 
 

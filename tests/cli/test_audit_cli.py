@@ -140,12 +140,15 @@ def test_saved_checkpoint_catches_a_log_cut_back_later(
         checkpoints_seen += data[offset + 40 : offset + 40 + length].find(b"checkpoint") >= 0
         offset += 40 + length
     log_path.write_bytes(data[:offset])
-    assert runner.invoke(audit_app, ["verify", str(log_path), *trust]).exit_code == ExitCode.OK
-    result = runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)])
+    # The log alone cannot tell; the head remembered by the verify above can (ADR 0088).
+    assert runner.invoke(audit_app, ["verify", str(log_path), *trust, "--no-remember"]).exit_code == 0
+    assert runner.invoke(audit_app, ["verify", str(log_path), *trust]).exit_code == ExitCode.INTEGRITY_FAILURE
+    witnessed = ["verify", str(log_path), *trust, "--no-remember", "--witness", str(saved)]
+    result = runner.invoke(audit_app, witnessed)
     assert result.exit_code == ExitCode.INTEGRITY_FAILURE
     assert "truncated" in result.stderr
     saved.write_bytes(b"\x00junk")
-    result = runner.invoke(audit_app, ["verify", str(log_path), *trust, "--witness", str(saved)])
+    result = runner.invoke(audit_app, witnessed)
     assert result.exit_code == ExitCode.MALFORMED_FILE
 
 
@@ -193,14 +196,16 @@ def test_allow_unsigned_tail_never_accepts_a_log_with_no_signed_checkpoint(
 def test_verify_states_what_was_proven_and_that_freshness_was_not_checked(
     tmp_path: Path, log_path: Path, signer: MemorySigner
 ) -> None:
-    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer)])
+    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--no-remember"])
     assert result.exit_code == ExitCode.OK, result.output
     text = " ".join(result.stdout.split())
     assert "7 entries, signed head at entry 6 (time " in text
     assert f"key id {signer.key_id.hex()}" in text
     assert "freshness not checked: pass --witness <exported signed head>" in text
     assert "to detect a truncated or older copy" in text
-    result = runner.invoke(audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json"])
+    result = runner.invoke(
+        audit_app, ["verify", str(log_path), "--trust", _hex_key(signer), "--json", "--no-remember"]
+    )
     document = json.loads(result.stdout)
     assert document["signed_head"]["tree_size"] == 7 and document["freshness_checked"] is False
     saved = tmp_path / "head.ckpt"
@@ -270,7 +275,9 @@ def test_archive_moves_old_segments_and_what_remains_and_the_archive_both_verify
         audit_app, ["verify", str(directory), "--trust", key, "--from-segment", "4", "--json"]
     )
     assert json.loads(document.output)["archived"]["segments"] == [0, 3]
-    assert runner.invoke(audit_app, ["verify", str(archive), "--trust", key]).exit_code == 0
+    # The archive is an older part of the log whose newer head was remembered above: say so to verify it.
+    assert runner.invoke(audit_app, ["verify", str(archive), "--trust", key]).exit_code == 1
+    assert runner.invoke(audit_app, ["verify", str(archive), "--trust", key, "--no-remember"]).exit_code == 0
     # The newest segment (the one a writer appends to) never moves.
     refused = runner.invoke(audit_app, ["archive", str(directory), "--before-segment", str(newest + 1)])
     assert refused.exit_code != 0 and list_segments(directory)

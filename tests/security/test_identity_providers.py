@@ -486,7 +486,28 @@ FORGERIES: dict[str, Callable[[Forge], str]] = {
     "signature stripped": lambda f: f.profile.token().rsplit(".", 1)[0] + ".",
     "signature of another token": _signature_of_another_token,
     "oversized": lambda f: f.genuine(f.header, f.claims(padding="A" * 9000)),
+    # Malformed compact serialisations (test_jwt_attacks.py has more, against the default profile only).
+    "a fourth segment": lambda f: f.profile.token() + ".x",
+    "standard base64 signature": lambda f: _edit_signature(f, lambda sig: "+" + sig[1:]),
+    "payload not base64url": lambda f: _edit_payload(f, "%%%%"),
+    "payload a JSON array, genuinely signed": lambda f: _raw_signed(f, b'["maif:admin"]'),
 }
+
+
+def _edit_signature(forge: Forge, edit: Callable[[str], str]) -> str:
+    header, payload, signature = forge.profile.token().split(".")
+    return f"{header}.{payload}.{edit(signature)}"
+
+
+def _edit_payload(forge: Forge, payload: str) -> str:
+    header, _, signature = forge.profile.token().split(".")
+    return f"{header}.{payload}.{signature}"
+
+
+def _raw_signed(forge: Forge, payload: bytes) -> str:
+    message = f"{b64(json.dumps(forge.header).encode())}.{b64(payload)}"
+    signature = get_default_algorithms()["RS256"].sign(message.encode(), forge.profile.private_key)
+    return f"{message}.{b64(signature)}"
 
 
 @pytest.mark.parametrize("forgery", list(FORGERIES))

@@ -9,12 +9,15 @@ blocks or act with its trust level.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -97,7 +100,7 @@ def test_a_token_from_another_issuer_is_not_the_first_issuers_agent(
         bootstrap(manager, "agent-1", issuer_b.mint())
     impostor = bootstrap(manager, PREFIX_B + "agent-1", issuer_b.mint())
     assert impostor.agent_id == PREFIX_B + "agent-1" != genuine.agent_id
-    assert impostor.tenant == ""
+    assert impostor.tenant == PREFIX_B  # B's own default tenant, not the "" of A's tokens
     verified = manager.token_verifier.verify(issuer_b.mint())
     assert (verified.issuer, verified.subject, verified.agent_id) == (
         issuer_b.url, "agent-1", PREFIX_B + "agent-1"
@@ -183,6 +186,81 @@ def test_the_service_names_the_caller_by_issuer_and_subject(
     genuine = asyncio.run(authenticator.context_for(f"Bearer {oidc_issuer.mint({'tenant': TENANT_A})}"))
     impostor = asyncio.run(authenticator.context_for(f"Bearer {issuer_b.mint()}"))
     assert (genuine.agent_id, genuine.tenant) == ("agent-1", TENANT_A)
-    assert (impostor.agent_id, impostor.tenant) == (PREFIX_B + "agent-1", "")
+    assert (impostor.agent_id, impostor.tenant) == (PREFIX_B + "agent-1", PREFIX_B)
     with pytest.raises(TokenError, match="tenant"):
         asyncio.run(authenticator.context_for(f"Bearer {issuer_b.mint(tenant=TENANT_A)}"))
+
+
+def test_tokens_without_a_tenant_from_two_issuers_share_no_tenant(
+    manager: SecurityManager, oidc_issuer: Any, issuer_b: SecondIssuer
+) -> None:
+    """A public block A's agent wrote with no tenant claim is not readable by B's agents (ADR 0027)."""
+    owner = bootstrap(manager, "agent-1", oidc_issuer.mint())
+    assert owner.tenant == ""
+    public_block = Resource("a-public-block", owner="agent-1", tenant=owner.tenant)
+    manager.authorize(owner, Action.READ, public_block)
+    other_agent_of_a = bootstrap(manager, "agent-2", oidc_issuer.mint({"sub": "agent-2"}))
+    manager.authorize(other_agent_of_a, Action.READ, public_block)  # same issuer, same tenant: readable
+
+    # B's agents, with no tenant claim or an empty one, land in B's own default tenant (its prefix).
+    for claims in ({}, {"tenant": ""}):
+        reader = bootstrap(manager, PREFIX_B + "reader", issuer_b.mint(sub="reader", **claims))
+        assert reader.tenant == PREFIX_B
+        with pytest.raises(AuthorizationError, match="another tenant"):
+            manager.authorize(reader, Action.READ, public_block)
+        shared = Resource("a-shared-block", owner="agent-1", tenant="", shared=True)
+        with pytest.raises(AuthorizationError):
+            manager.authorize(reader, Action.WRITE, shared)
+    # And through the service's authenticator (what every HTTP request goes through).
+    context = asyncio.run(Authenticator(manager).context_for(f"Bearer {issuer_b.mint(sub='reader')}"))
+    assert context.tenant == PREFIX_B
+    with pytest.raises(AuthorizationError, match="another tenant"):
+        manager.authorize(context, Action.READ, public_block)
+
+
+def test_default_tenants_belong_to_one_issuer(oidc_issuer: Any, issuer_b: SecondIssuer) -> None:
+    # B may not default into A's tenant, nor into the unprefixed issuer's default tenant "".
+    for b_settings in ({"default_tenant": TENANT_A}, {"default_tenant": ""}):
+        with pytest.raises(ConfigError, match="tenant"):
+            load_section(
+                SecurityConfig, two_providers(oidc_issuer, issuer_b, agent_prefix=PREFIX_B, **b_settings)
+            )
+    config = load_section(
+        SecurityConfig,
+        two_providers(oidc_issuer, issuer_b, agent_prefix=PREFIX_B, default_tenant="tenant-b"),
+    )
+    verifier = TokenVerifier(config.oauth_providers, audience=AUDIENCE)
+    assert verifier.verify(issuer_b.mint()).tenant == "tenant-b"
+    assert verifier.verify(issuer_b.mint(tenant="tenant-b")).tenant == "tenant-b"
+    with pytest.raises(TokenError, match="tenant"):
+        verifier.verify(issuer_b.mint(tenant=PREFIX_B))
+
+
+def test_over_http_another_issuers_agent_cannot_read_a_public_block_written_without_a_tenant(
+    manager: SecurityManager, oidc_issuer: Any, issuer_b: SecondIssuer, tmp_path: Path
+) -> None:
+    """The same attack end to end: the service over a real store, real tokens of both issuers."""
+    from maif.service.app import create_app
+    from maif.storage import create_maif_storage
+
+    async def attack() -> None:
+        async with await create_maif_storage({"data_dir": str(tmp_path / "data")}) as storage:
+            app = create_app(storage, manager, spool_dir=tmp_path / "spool")
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://maif.test", timeout=60
+            ) as http:
+                a_headers = {"Authorization": f"Bearer {oidc_issuer.mint()}"}
+                a_other = {"Authorization": f"Bearer {oidc_issuer.mint({'sub': 'agent-2'})}"}
+                written = await http.post(
+                    "/v1/blocks",
+                    json={"id": "a-public", "payload_base64": base64.b64encode(b"A's public note").decode()},
+                    headers=a_headers,
+                )
+                assert written.status_code == 201, written.text
+                assert (await http.get("/v1/blocks/a-public", headers=a_other)).status_code == 200
+                for claims in ({}, {"tenant": ""}):
+                    b_headers = {"Authorization": f"Bearer {issuer_b.mint(**claims)}"}
+                    read = await http.get("/v1/blocks/a-public", headers=b_headers)
+                    assert read.status_code == 403 and b"A's public note" not in read.content, read.text
+
+    asyncio.run(attack())

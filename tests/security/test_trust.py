@@ -337,6 +337,32 @@ def test_basic_auth_earns_level_1_only(manager: SecurityManager) -> None:
     assert "a long and careful password" not in audit_text and api_key not in audit_text
 
 
+def test_a_password_login_named_like_an_issuers_agent_gets_nothing_of_it(
+    manager: SecurityManager, oidc_issuer: Any
+) -> None:
+    """Password and API-key logins use bare names, which can equal an OAuth agent id (ADR 0027): a login
+    "agent-1" with every scope must still pass nothing on the issuer's agent-1's resources, because
+    BASIC_AUTH (level 1) is below every operation's floor and bootstrap needs the issuer's token."""
+    manager.credentials = CredentialStore(hasher=FAST_HASHER)
+    manager.credentials.set_password(
+        "agent-1", "a long and careful password", scopes=["maif:full", "maif:admin"]
+    )
+    genuine = asyncio.run(manager.bootstrap_trust("agent-1", oidc_issuer.token("agent-1")))
+    collided = manager.authenticate_password("agent-1", "a long and careful password")
+    assert collided.agent_id == genuine.agent_id and collided.tenant == genuine.tenant
+    resources = [
+        Resource("b-1", owner="agent-1"),
+        Resource("b-2", owner="agent-1", sensitivity=Sensitivity.SENSITIVE),
+        Resource("b-3", owner="agent-1", shared=True),
+        Resource("agent:agent-1", owner="agent-1", kind="agent-key"),
+    ]
+    manager.authorize(genuine, Action.READ, resources[0])  # the issuer's agent-1 reads its public block
+    for resource in resources:
+        for action in Action:
+            with pytest.raises(AuthorizationError, match="needs trust level"):
+                manager.authorize(collided, action, resource)
+
+
 def test_concurrent_bootstraps_each_get_their_own_context(manager: SecurityManager, oidc_issuer: Any) -> None:
     tokens = [
         oidc_issuer.token("agent-1"),

@@ -1,7 +1,7 @@
 """`maif audit`: check and read a tamper-evident audit log offline, with only the trusted public keys.
 
     maif audit verify PATH --trust KEY [--trust KEY ...] [--witness FILE] [--require-witness]
-                      [--allow-unsigned-tail] [--from-segment N] [--fetch-archived] [--json]
+                      [--allow-unsigned-tail] [--from-segment N] [--fetch-archived] [--no-remember] [--json]
     maif audit show PATH [--start N] [--limit N] [--json]
     maif audit archive DIR --before-segment N [--to PATH | --to s3://BUCKET/PREFIX] [--json]
     maif audit checkpoint PATH --output FILE [--json]
@@ -17,18 +17,25 @@ records of every segment (entry indices count within their segment), `checkpoint
 the raw key. `verify` checks every frame digest, every chain link, the Merkle root at every checkpoint
 and every checkpoint signature, and names the first bad entry. `show` lists entries and checkpoints
 after the same structural checks, without signatures (so it needs no keys). `checkpoint` copies the log's
-latest signed checkpoint to a file; an auditor keeps it and later passes it to `verify --witness`, which
+latest signed checkpoint to a file (`--witness` also takes the JSON signed head GET /v1/audit serves);
+an auditor keeps it and later passes it to `verify --witness`, which
 then also refuses a log that was cut back or replaced since, or an older genuine copy (the file alone
 cannot reveal that: a log cut right after a checkpoint is fully signed). A passing `verify` prints what it
-proved ("N entries, signed head at entry K (time T, key id ...)") and, without --witness, that freshness
-was not checked; --require-witness makes a missing --witness a usage error.
+proved ("N entries, signed head at entry K (time T, key id ...)") and what freshness it established: it
+remembers the newest signed head it verified on this machine (maif.cli.audit_heads, docs/adr/0088) and a
+later verify of the same log, at any path, refuses a copy that no longer holds it; the first verification
+of a log on a machine says it checked no freshness, unless --witness is given. --no-remember neither reads
+nor writes that state (to verify an archive of older segments on its own); --require-witness makes a
+missing --witness a usage error.
 
 Exit codes (maif.cli.exit_codes.ExitCode, shared by every `maif` command):
 
     0  OK                   every check passed and every entry is covered by a trusted signed checkpoint
                             (with --allow-unsigned-tail: at least one entry is, and the rest follow it)
     1  INTEGRITY_FAILURE    a frame digest, chain link, entry order or Merkle root failed (the message
-                            names the first bad entry); the log was altered or damaged
+                            names the first bad entry); the log was altered or damaged; or it no longer
+                            holds the --witness head or the head remembered on this machine (cut back,
+                            older copy, segments dropped)
     2  USAGE_ERROR          bad arguments
     3  SIGNATURE_UNTRUSTED  a checkpoint is not validly signed by a --trust key, no entry at all is
                             covered by a verified signed checkpoint (always refused: a log cut to its
@@ -96,7 +103,10 @@ def verify_command(
     ],
     witness: Annotated[
         Path | None,
-        typer.Option("--witness", help="A checkpoint file saved earlier with `maif audit checkpoint`."),
+        typer.Option(
+            "--witness",
+            help="A signed head saved earlier: `maif audit checkpoint` output, or GET /v1/audit's JSON.",
+        ),
     ] = None,
     allow_unsigned_tail: Annotated[
         bool,
@@ -124,6 +134,13 @@ def verify_command(
         str | None,
         typer.Option("--s3-endpoint", help="S3 endpoint URL for --fetch-archived (default: the manifest's)."),
     ] = None,
+    no_remember: Annotated[
+        bool,
+        typer.Option(
+            "--no-remember",
+            help="Neither check against nor remember the signed head verified on this machine before.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Check every frame, chain link, Merkle root and checkpoint signature of an audit log."""
@@ -138,9 +155,10 @@ def verify_command(
             )
         trusted = [load_trust_argument(value) for value in trust]
         witness_checkpoint = None if witness is None else _read_checkpoint_file(witness)
+        freshness = _Freshness(trusted, witness_checkpoint, remember=not no_remember)
         if path.is_dir():
             options = _DirectoryOptions(allow_unsigned_tail, from_segment, fetch_archived, s3_endpoint)
-            _verify_directory(output, path, trusted, witness_checkpoint, options)
+            _verify_directory(output, path, trusted, freshness, options)
             return
         if fetch_archived:
             raise ConfigError(f"--fetch-archived needs a segmented audit log directory; {path} is a file")
@@ -152,6 +170,7 @@ def verify_command(
             )
         except StorageError as error:
             raise _unreadable_as_malformed(output, error) from None
+        fresh_line = freshness.check(path, report.log_id, None, 0, report.last_checkpoint)
         document: dict[str, Any] = {
             "ok": True,
             "path": str(path),
@@ -163,7 +182,7 @@ def verify_command(
             "root": report.root,
             "signing_key_ids": report.signing_key_ids,
             "torn_tail_bytes": report.torn_tail_bytes,
-            **_proof_fields(report.last_checkpoint, witness_checkpoint),
+            **freshness.fields(report.last_checkpoint),
         }
         if report.torn_tail_bytes:
             output.warn(
@@ -175,7 +194,7 @@ def verify_command(
             + _proven(report.entries, report.signed_entries - 1, report.last_checkpoint)
             + f" ({report.checkpoints} signed checkpoints)"
         )
-        output.human(_freshness(witness_checkpoint))
+        output.human(fresh_line)
 
 
 class _DirectoryOptions(NamedTuple):
@@ -189,12 +208,13 @@ def _verify_directory(
     output: CommandOutput,
     path: Path,
     trusted: list[Ed25519PublicKey],
-    witness: Any,
+    freshness: _Freshness,
     options: _DirectoryOptions,
 ) -> None:
     from maif.security.audit_archive import check_manifest_anchor, read_manifest, split_archived
     from maif.security.audit_chain import verify_audit_chain
 
+    witness = freshness.witness
     manifest = read_manifest(path)
     from_segment = options.from_segment
     if options.fetch_archived:
@@ -219,6 +239,9 @@ def _verify_directory(
             raise _unreadable_as_malformed(output, error) from None
         if manifest is not None:
             check_manifest_anchor(path, manifest, report)
+    fresh_line = freshness.check(
+        path, report.chain_id, report.last_segment, report.first_segment, report.last_checkpoint
+    )
     document: dict[str, Any] = {
         "ok": True,
         "path": str(path),
@@ -233,7 +256,7 @@ def _verify_directory(
         "anchored_on": None if report.anchor is None else _checkpoint_row(report.anchor),
         "signing_key_ids": report.signing_key_ids,
         "torn_tail_bytes": report.torn_tail_bytes,
-        **_proof_fields(report.last_checkpoint, witness),
+        **freshness.fields(report.last_checkpoint),
     }
     if report.torn_tail_bytes:
         output.warn(f"{report.torn_tail_bytes} bytes of an incomplete record at the end (a crash mid-append)")
@@ -260,7 +283,8 @@ def _verify_directory(
         document["archived"] = {"segments": [0, report.first_segment - 1], "entries": report.first_index}
         output.human(
             f"segments 0..{report.first_segment - 1} (entries 0..{report.first_index - 1}) are not in {path} "
-            "(archived): not checked here; verify the archive on its own, its last checkpoint is the anchor"
+            "(archived): not checked here; verify the archive on its own (--no-remember), its last "
+            "checkpoint is the anchor"
         )
     last_signed = report.first_index + report.entries - report.unsigned_tail_entries - 1
     output.human(
@@ -268,7 +292,7 @@ def _verify_directory(
         f"from entry {report.first_index}: {_proven(report.entries, last_signed, report.last_checkpoint)} "
         f"({report.checkpoints} signed checkpoints{anchored})"
     )
-    output.human(_freshness(witness))
+    output.human(fresh_line)
     output.result(document)
 
 
@@ -318,24 +342,70 @@ def _proven(entries: int, last_signed: int, head: Any) -> str:
     return f"{entries} entries, signed head at entry {last_signed}{signer}; {tail}"
 
 
-def _freshness(witness: Any) -> str:
-    if witness is None:
-        return (
-            "freshness not checked: pass --witness <exported signed head> to detect a truncated or older "
-            "copy (export one with `maif audit checkpoint`)"
-        )
-    return (
-        f"fresh: at least as new as the witness signed head over {witness.tree_size} entries "
-        f"(time {_utc(witness.timestamp)}), which it still holds unchanged"
-    )
+class _Freshness:
+    """What makes a passing verify fresh: the --witness head, and the head this machine remembered the
+    last time it verified the log (maif.cli.audit_heads, ADR 0088), which is checked, then advanced."""
 
+    def __init__(self, trusted: list[Ed25519PublicKey], witness: Any, *, remember: bool) -> None:
+        self.trusted, self.witness, self.remember = trusted, witness, remember
+        self.remembered: Any = None
+        self.remembered_file: Path | None = None
 
-def _proof_fields(head: Any, witness: Any) -> dict[str, Any]:
-    return {
-        "signed_head": None if head is None else _checkpoint_row(head),
-        "freshness_checked": witness is not None,
-        "witness": None if witness is None else _checkpoint_row(witness),
-    }
+    def check(self, path: Path, identity: bytes, segment: int | None, first_segment: int, head: Any) -> str:
+        """Refuse a log older than the remembered head (IntegrityError); remember ``head``; the line
+        that says what freshness was established."""
+        if not self.remember:
+            return self._line()
+        from maif.cli import audit_heads
+
+        directory = audit_heads.heads_directory()
+        self.remembered = audit_heads.recall(directory, identity)
+        if self.remembered is not None:
+            audit_heads.check_still_held(path, self.remembered, self.trusted, first_segment=first_segment)
+        if head is not None and (self.remembered is None or self.remembered.checkpoint != head):
+            self.remembered_file = audit_heads.remember(directory, identity, segment, head)
+        return self._line()
+
+    def _line(self) -> str:
+        witness, remembered = self.witness, self.remembered
+        lines = []
+        if witness is not None:
+            lines.append(
+                f"fresh: at least as new as the witness signed head over {witness.tree_size} entries "
+                f"(time {_utc(witness.timestamp)}), which it still holds unchanged"
+            )
+        if remembered is not None:
+            head = remembered.checkpoint
+            lines.append(
+                f"fresh: at least as new as the signed head over {head.tree_size} entries (time "
+                f"{_utc(head.timestamp)}) verified on this machine before, which it still holds unchanged "
+                f"(remembered in {remembered.file})"
+            )
+        elif self.remembered_file is not None and witness is None:
+            lines.append(
+                "first verification of this log on this machine: freshness not checked (a log cut back "
+                "or an older copy passes once); its signed head is now remembered in "
+                f"{self.remembered_file}, so every later verify refuses an older copy. Pass --witness "
+                "<exported signed head> (`maif audit checkpoint`) to check freshness the first time too"
+            )
+        if not lines:
+            lines.append(
+                "freshness not checked: pass --witness <exported signed head> to detect a truncated or "
+                "older copy (export one with `maif audit checkpoint`)"
+            )
+        return "\n".join(lines)
+
+    def fields(self, head: Any) -> dict[str, Any]:
+        witness, remembered = self.witness, self.remembered
+        return {
+            "signed_head": None if head is None else _checkpoint_row(head),
+            "freshness_checked": witness is not None or remembered is not None,
+            "witness": None if witness is None else _checkpoint_row(witness),
+            "remembered_head": None
+            if remembered is None
+            else {**_checkpoint_row(remembered.checkpoint), "file": str(remembered.file)},
+            "remembered_in": None if self.remembered_file is None else str(self.remembered_file),
+        }
 
 
 @audit_app.command("show")
@@ -408,7 +478,8 @@ def archive_command(
         output.human(
             f"moved {len(moved)} segment(s) ({moved[0].name} .. {moved[-1].name}) to {destination}; verify "
             f"what remains with `maif audit verify {path} --from-segment {before_segment} --trust KEY`, the "
-            f"archive with `maif audit verify {destination} --trust KEY`"
+            f"archive with `maif audit verify {destination} --trust KEY --no-remember` (older than the head "
+            "remembered for the log)"
         )
 
 
@@ -479,15 +550,50 @@ def checkpoint_command(
 
 
 def _read_checkpoint_file(path: Path) -> Any:
+    """A --witness file: what `maif audit checkpoint` writes (MessagePack), or a signed head as JSON as
+    the service serves it: the ``checkpoint`` object of a GET /v1/audit page, or the whole page."""
     from maif import limits
     from maif.errors import LimitExceededError
     from maif.security.audit import decode_checkpoint
 
+    bound = limits.service_audit_page_entries_max * limits.audit_record_bytes_max * 2  # a page, as JSON
     with path.open("rb") as handle:
-        data = handle.read(limits.audit_record_bytes_max + 1)
+        data = handle.read(bound + 1)
+    if data.lstrip()[:1] == b"{":
+        if len(data) > bound:
+            raise LimitExceededError("witness checkpoint JSON file", len(data), bound)
+        return _checkpoint_from_json(path, data)
     if len(data) > limits.audit_record_bytes_max:
         raise LimitExceededError("witness checkpoint file", len(data), limits.audit_record_bytes_max)
     return decode_checkpoint(data)
+
+
+def _checkpoint_from_json(path: Path, data: bytes) -> Any:
+    import json
+
+    import msgspec
+
+    from maif.errors import FormatError
+    from maif.security.audit import SignedCheckpoint
+
+    try:
+        document = json.loads(data)
+        head = document.get("checkpoint", document) if isinstance(document, dict) else None
+        if not isinstance(head, dict):
+            raise ValueError("no signed checkpoint in it (an audit page of a segment without one?)")
+        fields = {name: head[name] for name in ("log_id", "root", "key_id", "signature")}
+        if type(head["tree_size"]) is not int or not isinstance(head["timestamp"], int | float):
+            raise ValueError("tree_size and timestamp must be numbers")
+        return msgspec.convert(
+            {
+                **{name: bytes.fromhex(value) for name, value in fields.items()},
+                "tree_size": head["tree_size"],
+                "timestamp": float(head["timestamp"]),
+            },
+            SignedCheckpoint,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, msgspec.ValidationError) as error:
+        raise FormatError(f"witness {path} is not a signed audit checkpoint: {error}") from None
 
 
 def _entry_row(entry: Any) -> dict[str, Any]:

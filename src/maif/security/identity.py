@@ -21,8 +21,9 @@ practices); every rule below is attacked in ``tests/security/test_jwt_attacks.py
   most);
 * issuers share no agents and no tenants (issue 14): the caller's agent id is the issuer's
   ``agent_prefix`` followed by ``sub`` (an unprefixed issuer's ``sub`` may not begin another issuer's
-  prefix), and a ``tenant`` claim must be one the issuer's ``tenants`` lists (unset: any tenant when it
-  is the only issuer, none when there are several);
+  prefix), a ``tenant`` claim must be one the issuer's ``tenants`` lists (unset: any tenant when it
+  is the only issuer, none when there are several), and a token without one is in the issuer's own
+  ``default_tenant`` (unset: its ``agent_prefix``), never in a tenant another issuer's tokens reach;
 * revoked token ids (``jti``) are refused: revocation keys on ``jti``, never on the token string,
   because the compact serialisation is malleable.
 
@@ -301,6 +302,7 @@ class IssuerRules:
     agent_prefix: str
     foreign_agent_prefixes: tuple[str, ...]  # other issuers' prefixes: this issuer's agent ids avoid them
     tenants: frozenset[str] | None  # None: any tenant (the only issuer, no tenants listed)
+    default_tenant: str  # of a token without a tenant claim; no other issuer's (ADR 0027)
 
     @classmethod
     def of(
@@ -331,13 +333,14 @@ class IssuerRules:
                 if name != issuer and other.agent_prefix
             ),
             tenants=_allowed_tenants(provider, sole=len(providers) == 1),
+            default_tenant=provider.tenant_without_claim,
         )
 
 
 def _allowed_tenants(provider: OAuthProviderConfig, *, sole: bool) -> frozenset[str] | None:
     if provider.tenants is not None:
-        return frozenset(provider.tenants)
-    return None if sole else frozenset()
+        return frozenset((*provider.tenants, provider.tenant_without_claim))
+    return None if sole else frozenset((provider.tenant_without_claim,))
 
 
 class TokenVerifier:
@@ -496,7 +499,8 @@ def _verified_token(claims: Mapping[str, Any], issuer: str, rules: IssuerRules) 
         raise TokenError("token claims jti, client_id, cid and azp must be strings")
     if not isinstance(tenant, str):
         raise TokenError("token claim tenant must be a string")
-    if tenant and rules.tenants is not None and tenant not in rules.tenants:
+    tenant = tenant or rules.default_tenant  # an empty claim is no claim: never another issuer's ""
+    if rules.tenants is not None and tenant not in rules.tenants:
         raise TokenError(
             f"issuer {issuer} may not vouch for tenant {tenant!r}",
             hint="list the tenant in this provider's tenants; each tenant belongs to one issuer",
