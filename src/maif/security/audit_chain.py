@@ -44,6 +44,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from maif import limits
+from maif.durable import fsync_directory
 from maif.errors import (
     CryptoError,
     DurabilityError,
@@ -454,17 +455,9 @@ class SegmentedAuditLog:
         self.close()
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _rename_durably(source: Path, target: Path) -> None:
     os.rename(source, target)
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def _move_durably(source: Path, target: Path) -> None:
@@ -473,8 +466,8 @@ def _move_durably(source: Path, target: Path) -> None:
         raise StorageError(f"cannot move {source} to {target}: the target exists")
     try:
         shutil.move(source, target)
-        _fsync_directory(target.parent)
-        _fsync_directory(source.parent)
+        fsync_directory(target.parent)
+        fsync_directory(source.parent)
     except OSError as error:
         raise StorageError(f"cannot move {source} to {target}: {error.strerror}") from error
 
