@@ -35,7 +35,7 @@ def test_concurrent_writers_of_one_path_each_land_whole(tmp_path: Path) -> None:
         try:
             for _ in range(25):
                 durable.write_atomically(target, payload)
-        except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as error:  # collected for the assertion below
             errors.append(error)
 
     threads = [threading.Thread(target=write, args=(payload,)) for payload in payloads]
@@ -66,7 +66,9 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(
     assert _leftovers(tmp_path, "file") == []
 
 
-def test_the_rename_is_made_durable_and_the_mode_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_rename_is_made_durable_and_the_mode_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     synced: list[Path] = []
     monkeypatch.setattr(durable, "fsync_directory", lambda directory: synced.append(Path(directory)))
     durable.write_atomically(tmp_path / "secret", b"x", mode=0o600)
@@ -106,7 +108,7 @@ def test_concurrent_credential_saves_never_fail_or_mix(tmp_path: Path) -> None:
         try:
             for _ in range(50):
                 store.save(target)
-        except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as error:  # collected for the assertion below
             errors.append(error)
 
     threads = [threading.Thread(target=save, args=(store,)) for store in stores]
