@@ -317,3 +317,34 @@ def test_heads_without_a_body_to_follow_are_not_held() -> None:
     assert continued[0] == b"HTTP/1.1 100 Continue\r\n\r\n"  # written when asked for, not held
     assert len(continued) == 2 and continued[1].endswith(b"\r\n\r\nanswer body")
 
+
+
+def test_only_caller_chosen_ids_are_looked_up_before_a_write(
+    tmp_path: Path, manager: SecurityManager, oidc_issuer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id the service makes up (UUIDv7, 74 random bits) cannot exist yet: no store read for it; an id
+    the caller chose is looked up, and a taken one refused 409."""
+    bearer = {"Authorization": f"Bearer {oidc_issuer.token('agent-1', 'maif:read maif:write')}"}
+    looked_up: list[str] = []
+
+    async def scenario(direct: httpx.AsyncClient, framework: httpx.AsyncClient, storage: Any) -> None:
+        service = direct._transport.app.state.service  # type: ignore[attr-defined]
+        exists = service.blocks.exists
+
+        async def counted(block_id: str) -> bool:
+            looked_up.append(block_id)
+            return bool(await exists(block_id))
+
+        monkeypatch.setattr(service.blocks, "exists", counted)
+        unnamed = b'{"payload_base64": "aGk="}'
+        fresh = [await direct.post("/v1/blocks", content=unnamed, headers={**_JSON, **bearer}) for _ in range(3)]
+        assert [answer.status_code for answer in fresh] == [201, 201, 201]
+        assert len({answer.json()["block_id"] for answer in fresh}) == 3 and looked_up == []
+        chosen = b'{"id": "chosen", "payload_base64": "aGk="}'
+        first = await direct.post("/v1/blocks", content=chosen, headers={**_JSON, **bearer})
+        again = await direct.post("/v1/blocks", content=chosen, headers={**_JSON, **bearer})
+        assert (first.status_code, again.status_code) == (201, 409) and looked_up == ["chosen", "chosen"]
+        raw = await direct.post("/v1/blocks", content=b"hi", headers={**_RAW, **bearer})
+        assert raw.status_code == 201 and looked_up == ["chosen", "chosen"]
+
+    _served(tmp_path, manager, scenario)
