@@ -336,8 +336,8 @@ def test_only_caller_chosen_ids_are_looked_up_before_a_write(
             return bool(await exists(block_id))
 
         monkeypatch.setattr(service.blocks, "exists", counted)
-        unnamed = b'{"payload_base64": "aGk="}'
-        fresh = [await direct.post("/v1/blocks", content=unnamed, headers={**_JSON, **bearer}) for _ in range(3)]
+        unnamed, headers = b'{"payload_base64": "aGk="}', {**_JSON, **bearer}
+        fresh = [await direct.post("/v1/blocks", content=unnamed, headers=headers) for _ in range(3)]
         assert [answer.status_code for answer in fresh] == [201, 201, 201]
         assert len({answer.json()["block_id"] for answer in fresh}) == 3 and looked_up == []
         chosen = b'{"id": "chosen", "payload_base64": "aGk="}'
