@@ -1030,17 +1030,26 @@ def current_audit_barrier() -> AuditBarrier | None:
     return _BARRIER.get()
 
 
-@contextlib.contextmanager
-def audit_barrier() -> Iterator[AuditBarrier]:
+def audit_barrier() -> _BarrierScope:
     """Within this block, asynchronous gate decisions do not wait for their audit entries' sync: they
     add them to the barrier, and the caller MUST ``await barrier.wait()`` before it tells anyone the
     outcome (the HTTP service does so before sending a response's first byte)."""
-    barrier = AuditBarrier()
-    token = _BARRIER.set(barrier)
-    try:
-        yield barrier
-    finally:
-        _BARRIER.reset(token)
+    return _BarrierScope()
+
+
+class _BarrierScope:
+    """:func:`audit_barrier`'s context manager (a class: it runs once per HTTP request, and a generator
+    context manager costs several times as much, docs/adr/0089)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> AuditBarrier:
+        barrier = AuditBarrier()
+        self._token = _BARRIER.set(barrier)
+        return barrier
+
+    def __exit__(self, *exc_info: object) -> None:
+        _BARRIER.reset(self._token)
 
 
 class _LeafList(Sequence[bytes]):
