@@ -401,7 +401,10 @@ class SegmentedAuditLog:
             return segment, entry, target, checkpoint_error
 
     def _segment_full(self, segment: AuditLog) -> bool:
-        return segment.size >= self._segment_entries_max or segment._written_offset >= self._segment_bytes_max
+        # The entry count without the segment's own lock: every write to it happens under this chain's
+        # lock, which the caller holds (the lock round trip was ~2 % of the service's loop thread).
+        entries = len(segment._entry_offsets)
+        return entries >= self._segment_entries_max or segment._written_offset >= self._segment_bytes_max
 
     def _roll_over(self) -> None:
         """Seal the current segment and start the next with its link entry (caller holds ``self._lock``).
