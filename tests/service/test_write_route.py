@@ -136,6 +136,36 @@ def test_a_write_without_a_token_is_refused_401_before_its_headers_are_looked_at
     _served(tmp_path, manager, scenario)
 
 
+def test_a_middleware_an_embedder_adds_sees_the_write_route_too(
+    tmp_path: Path, manager: SecurityManager
+) -> None:
+    """The shortcut skips only the app's own layers: a middleware added after create_app (CORS, an
+    embedder's own auth or logging) must not be bypassed by POST /v1/blocks."""
+
+    async def run() -> None:
+        async with await create_maif_storage({"data_dir": str(tmp_path / "data")}) as storage:
+            app = create_app(storage, manager, spool_dir=tmp_path / "spool")
+            seen: list[str] = []
+
+            class Recorder:
+                def __init__(self, inner: Any) -> None:
+                    self.inner = inner
+
+                async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                    if scope["type"] == "http":
+                        seen.append(f"{scope['method']} {scope['path']}")
+                    await self.inner(scope, receive, send)
+
+            app.add_middleware(Recorder)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://maif.test") as client:
+                answer = await client.post("/v1/blocks", content=b"raw", headers=_RAW)
+            assert answer.status_code == 401
+            assert seen == ["POST /v1/blocks"]
+
+    asyncio.run(run())
+
+
 def test_receipts_of_both_paths_have_the_same_shape_and_the_block_is_stored(
     tmp_path: Path, manager: SecurityManager, oidc_issuer: Any
 ) -> None:

@@ -544,6 +544,7 @@ class _ServiceApp(FastAPI):
             and scope["path"] == "/v1/blocks"
             and scope["method"] == "POST"
             and not self.root_path
+            and len(self.user_middleware) == 1  # a middleware added since (an embedder's) sees every request
         ):
             scope["app"] = self
             await self.write_route(scope, receive, send)
@@ -553,6 +554,7 @@ class _ServiceApp(FastAPI):
     def install_write_route(
         self, metrics: ServiceMetrics, tracer: trace.Tracer, deadlines: BodyDeadlines
     ) -> None:
+        assert [entry.cls for entry in self.user_middleware] == [ServiceMiddleware]  # type: ignore[comparison-overlap]
         routes = [route for route in _all_routes(self.routes) if isinstance(route, _DirectRoute)]
         assert len(routes) == 1 and routes[0].path == "/v1/blocks" and routes[0].methods == {"POST"}
         handlers = {
