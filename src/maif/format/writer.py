@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -24,7 +25,7 @@ from maif.errors import (
     LimitExceededError,
     SignatureError,
 )
-from maif.format import aead, codec, layout, merkle, signing
+from maif.format import aead, codec, layout, merkle, native, signing
 from maif.format.block import MAIFBlock
 from maif.format.compression import compress_if_pays
 from maif.format.reader import ContainerReader, VersionInfo, chained_digest, io_error
@@ -37,6 +38,8 @@ except ImportError:  # not POSIX: no advisory lock
 _WRITE_BUFFER_BYTES: Final = 1 << 20
 _SMALL_RECORD_BYTES_MAX: Final = 64 << 10
 _INDEX_ENTRY_PACK: Final = layout.INDEX_ENTRY.pack
+_ADD_MANY_BATCH_BLOCKS: Final = 4096
+_ADD_MANY_BATCH_BYTES: Final = 1 << 20
 _blake3: Final = blake3.blake3
 
 if TYPE_CHECKING:
@@ -195,6 +198,49 @@ class ContainerWriter:
         self._previous_digest = digest
         return index
 
+    def add_many(self, blocks: Iterable[MAIFBlock], *, encrypt: bool = False) -> range:
+        """Write every block of ``blocks`` in order, as :meth:`add` would, and return their indexes.
+
+        Byte for byte what the same :meth:`add` calls write; with the compiled core (ADR 0090) the plain
+        small blocks are encoded and hashed in C, written a batch at a time. Blocks are taken from the
+        iterable a batch at a time, so memory stays bounded whatever its length.
+        """
+        self._require_open()
+        first_index = self._block_count
+        core = native.core()
+        iterator = iter(blocks)
+        while batch := list(itertools.islice(iterator, _ADD_MANY_BATCH_BLOCKS)):
+            if core is None or encrypt:
+                for block in batch:
+                    self.add(block, encrypt=encrypt)
+                continue
+            position = 0
+            while position < len(batch):
+                count, records, entries, digest = core.encode_records(
+                    batch,
+                    position,
+                    MAIFBlock,
+                    codec.KNOWN_FOURCCS,
+                    self._previous_digest,
+                    self._position,
+                    self._compression_threshold,
+                    _SMALL_RECORD_BYTES_MAX,
+                    limits.container_blocks_max - self._block_count,
+                    _ADD_MANY_BATCH_BYTES,
+                    _blake3,
+                )
+                if count:
+                    self._write_one(records)
+                    self._index += entries
+                    self._block_count += count
+                    self._position += len(records)
+                    self._previous_digest = digest
+                    position += count
+                elif position < len(batch):  # a block the core leaves to the reference path
+                    self.add(batch[position])
+                    position += 1
+        return range(first_index, self._block_count)
+
     def _record_parts(self, block: MAIFBlock, index: int, encrypt: bool) -> tuple[bytes, ...]:
         metadata = codec.encode_metadata(block.metadata) if block.metadata else b""
         stored, flags = block.data, 0
@@ -223,9 +269,7 @@ class ContainerWriter:
         # Leaves are hashed here in bulk rather than per add(): whole subtrees, level by level. The
         # writer's own frontier only advances once the version is on disk.
         frontier = self._frontier.copy()
-        frontier.extend(
-            merkle.leaf_hashes_of([index_bytes[at + 8 : at + 40] for at in range(0, len(index_bytes), 40)])
-        )
+        frontier.extend(merkle.leaf_hashes_of_entries(index_bytes, layout.INDEX_ENTRY.size, 8))
         assert frontier.size == self._block_count
         committed_at_ns = self._clock_ns()
         merkle_root = frontier.root()
