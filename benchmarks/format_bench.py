@@ -5,7 +5,8 @@ Measured in the same run, on the same disk:
 * references: raw BLAKE3 throughput (all cores, one large buffer), page-cache read speed (reading a
   cached file into a reused buffer), durable write speed (write + fdatasync of the same volume);
 * small blocks: N blocks of 1 KiB (default 100k): blocks/s written with ``add_many`` (CPU only, and
-  durable with the commit's fdatasync; also with one ``add`` per block), blocks/s verified in full and quick mode, per-block overhead in bytes;
+  durable with the commit's fdatasync; also with one ``add`` per block), blocks/s verified in full and
+  quick mode, per-block overhead in bytes;
 * large blocks: a >= 1 GiB file of 16 MiB incompressible blocks: durable write GB/s, and verified
   sequential read GB/s from the page cache (every payload's chained BLAKE3 digest checked), each also as
   a ratio to its physical reference;
@@ -13,8 +14,8 @@ Measured in the same run, on the same disk:
 * ``python -c "import maif"`` wall time, next to ``python -c pass``.
 
 Each figure is the median of ``--repeats`` runs. ``MAIF_PURE_PYTHON=1`` measures the pure-Python
-reference instead of the compiled core (ADR 0090); ``--output`` writes elsewhere than the default. The 2-core machine is shared with other work, so the
-1-minute load average is recorded with the results.
+reference instead of the compiled core (ADR 0090); ``--output`` writes elsewhere than the default.
+The 2-core machine is shared with other work, so the 1-minute load average is recorded with the results.
 
     .venv/bin/python benchmarks/format_bench.py [--small-blocks 100000] [--large-mib 1024] [--repeats 3]
         [--big]

@@ -98,8 +98,14 @@ def seal(path: Path, records: Sequence[bytes], *, offsets: dict[int, int] | None
         offset += len(stored)
     root = merkle.root(merkle.leaf_hashes_of(digests))
     body = layout.encode_manifest_body(
-        0, len(records), layout.FILE_HEADER.size, root, blake3.blake3(bytes(index)).digest(), bytes(32),
-        COMMITTED_AT_NS, (),
+        0,
+        len(records),
+        layout.FILE_HEADER.size,
+        root,
+        blake3.blake3(bytes(index)).digest(),
+        bytes(32),
+        COMMITTED_AT_NS,
+        (),
     )
     from maif.format import signing
 
@@ -107,8 +113,11 @@ def seal(path: Path, records: Sequence[bytes], *, offsets: dict[int, int] | None
     message = signing.signed_message(
         header, len(records), root, key_id, COMMITTED_AT_NS, blake3.blake3(body).digest()
     )
-    manifest = body + layout.encode_signatures((layout.Signature(key_id, COMMITTED_AT_NS, KEY.sign(message)),))
-    trailer = layout.Trailer(offset, offset + len(index), len(manifest), 0, len(records), layout.FILE_HEADER.size)
+    signature = layout.Signature(key_id, COMMITTED_AT_NS, KEY.sign(message))
+    manifest = body + layout.encode_signatures((signature,))
+    trailer = layout.Trailer(
+        offset, offset + len(index), len(manifest), 0, len(records), layout.FILE_HEADER.size
+    )
     path.write_bytes(
         header + b"".join(records) + bytes(index) + manifest + layout.encode_trailer(trailer, manifest)
     )
@@ -130,7 +139,8 @@ def test_nothing_is_proven_before_the_limits_are_set(tmp_path: Path) -> None:
         assert list(reader.unproven_blocks(0, 1)) == ([] if not native.pure_python() else [0])
         core.set_limits(0, 0, 0, 0, 0)
         try:
-            assert core.unproven_records(reader._mapping, reader._offsets, reader._ends, 0, 1, 1 << 20) == [0]
+            unproven = core.unproven_records(reader._mapping, reader._offsets, reader._ends, 0, 1, 1 << 20)
+            assert unproven == [0]
         finally:
             compiled_core()
 
@@ -142,7 +152,9 @@ utf8_texts = st.text(max_size=40).map(lambda text: text.encode("utf-8", "surroga
 texts = st.one_of(
     utf8_texts,
     st.binary(max_size=40),  # often not UTF-8
-    st.sampled_from([b"", b"1.0", b"0195f6a0-0000-7000-8000-000000000001", b"0195F6A0-0000-7000-8000-00000000000Z"]),
+    st.sampled_from(
+        [b"", b"1.0", b"0195f6a0-0000-7000-8000-000000000001", b"0195F6A0-0000-7000-8000-00000000000Z"]
+    ),
     st.integers(0, 300).map(lambda size: b"a" * size),  # around the 256-byte limits
 )
 
@@ -209,7 +221,8 @@ def test_hostile_records_get_the_same_report_from_the_compiled_core_and_the_refe
     path = seal(tmp_path_factory.mktemp("h") / "h.maif", stored)
     if data.draw(st.booleans()):  # damage one record's bytes after signing: a digest mismatch
         raw = bytearray(path.read_bytes())
-        raw[data.draw(st.integers(layout.FILE_HEADER.size, layout.FILE_HEADER.size + sum(map(len, stored)) - 1))] ^= 0x40
+        records_end = layout.FILE_HEADER.size + sum(map(len, stored))
+        raw[data.draw(st.integers(layout.FILE_HEADER.size, records_end - 1))] ^= 0x40
         path.write_bytes(bytes(raw))
     compiled, reference = both(lambda: report_of(path))
     assert compiled == reference
@@ -229,7 +242,9 @@ def test_a_record_the_core_proves_is_one_the_reference_accepts(
 
 
 @pytest.mark.parametrize("violation", SECTION_4_VIOLATIONS, ids=lambda violation: violation.name)
-def test_every_section_4_violation_gets_the_same_problem_on_both_paths(tmp_path: Path, violation: Any) -> None:
+def test_every_section_4_violation_gets_the_same_problem_on_both_paths(
+    tmp_path: Path, violation: Any
+) -> None:
     honest = record(b"honest", fields=text_id("honest"))
     path = signed_container(tmp_path / "v.maif", [honest, violation.record, honest], KEY)
     compiled, reference = both(lambda: report_of(path))
@@ -345,7 +360,9 @@ def blocks(draw: st.DrawFn) -> MAIFBlock:
 
 def written(path: Path, batch: list[MAIFBlock], *, many: bool, threshold: int = 4096) -> bytes:
     path.unlink(missing_ok=True)
-    writer = ContainerWriter.create(path, file_id=FILE_ID, compression_threshold=threshold, _clock_ns=lambda: 7)
+    writer = ContainerWriter.create(
+        path, file_id=FILE_ID, compression_threshold=threshold, _clock_ns=lambda: 7
+    )
     with writer:
         if many:
             assert writer.add_many(iter(batch)) == range(len(batch))
@@ -383,7 +400,9 @@ def test_add_many_across_batches_with_blocks_the_core_leaves_to_python(tmp_path:
     assert verify_container(tmp_path / "big.maif", [KEY.public_key()]).ok
 
 
-def test_add_many_stops_at_the_block_count_limit_like_add(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_many_stops_at_the_block_count_limit_like_add(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(limits, "container_blocks_max", 3)
 
     def attempt() -> tuple[int, str]:
@@ -417,3 +436,55 @@ def test_merkle_roots_leaves_and_frontiers_agree_on_both_paths(digests: list[byt
     assert compiled == reference
     assert compiled[0] == compiled[1]
     assert compiled[2] == compiled[3]
+
+
+# ---- the commit's early sync -------------------------------------------------------------------------
+
+
+def test_a_failed_early_sync_fails_the_commit_and_the_writer_for_good(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records' fdatasync that starts in a thread during commit is a sync like the last one: when it
+    fails, nothing is acknowledged and the writer takes nothing more (never retried: fsyncgate)."""
+    from maif.errors import BackendError
+    from maif.format import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_EARLY_SYNC_BYTES_MIN", 1)
+    calls: list[int] = []
+
+    def failing_fdatasync(descriptor: int) -> None:
+        calls.append(descriptor)
+        raise OSError(5, "Input/output error")
+
+    path = tmp_path / "eio.maif"
+    writer = ContainerWriter.create(path)
+    writer.add_many(MAIFBlock(id=f"e{n}", data=b"x" * 100) for n in range(3))
+    monkeypatch.setattr(writer_module.os, "fdatasync", failing_fdatasync)
+    with pytest.raises(BackendError, match="cannot sync"):
+        writer.commit([KEY])
+    assert len(calls) == 1  # the early sync only: the trailer was never written
+    with pytest.raises(BackendError, match="earlier write or sync failed"):
+        writer.add(MAIFBlock(id="after"))
+    with pytest.raises(BackendError):
+        writer.commit([KEY])
+    monkeypatch.undo()
+    writer.close()
+    assert path.stat().st_size == layout.FILE_HEADER.size  # cut back to the last complete version (none)
+
+
+def test_an_early_synced_commit_reads_back_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maif.format import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_EARLY_SYNC_BYTES_MIN", 1)
+    path = tmp_path / "early.maif"
+    blocks = [MAIFBlock(id=f"s{n}", data=bytes([n]) * 50) for n in range(5)]
+    with ContainerWriter.create(path) as writer:
+        writer.add_many(blocks[:3])
+        writer.commit([KEY])
+        writer.add_many(blocks[3:])
+        writer.commit([KEY])
+    assert verify_container(path, [KEY.public_key()]).ok
+    with ContainerReader.open(path) as reader:
+        assert [reader.block(n) for n in range(5)] == blocks

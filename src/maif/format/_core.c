@@ -501,33 +501,6 @@ merkle_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- writing small blocks ---------------------------------------------------------------------- */
 
-/* A growable byte buffer. */
-typedef struct {
-    unsigned char *data;
-    Py_ssize_t size, capacity;
-} Growable;
-
-static unsigned char *
-grow(Growable *buffer, Py_ssize_t extra)
-{
-    if (buffer->size + extra > buffer->capacity) {
-        Py_ssize_t capacity = buffer->capacity ? buffer->capacity : 1 << 16;
-        while (capacity < buffer->size + extra) {
-            capacity *= 2;
-        }
-        unsigned char *data = PyMem_Realloc(buffer->data, (size_t)capacity);
-        if (data == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        buffer->data = data;
-        buffer->capacity = capacity;
-    }
-    unsigned char *at = buffer->data + buffer->size;
-    buffer->size += extra;
-    return at;
-}
-
 static int
 hex_value(Py_UCS1 character)
 {
@@ -586,11 +559,11 @@ static PyObject *attribute_names[8];
 static const char *attribute_spellings[8] = {"id",       "block_type", "data",    "metadata",
                                              "timestamp", "agent_id",   "version", "parents"};
 
-/* Encode one plain small block's record (header || payload) at the end of `records`: 1 if encoded, 0 if
- * the block needs the Python writer, -1 on an exception. */
+/* Encode one plain small block's record (header || payload) at `out`, which has room for
+ * record_bytes_max bytes: its size if encoded, 0 if the block needs the Python writer. */
 static int
 encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_threshold,
-              Py_ssize_t record_bytes_max, Growable *records)
+              Py_ssize_t record_bytes_max, unsigned char *out)
 {
     PyObject *values[8] = {NULL};
     int result = 0;
@@ -640,11 +613,6 @@ encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_t
     if (header_size + payload_size >= record_bytes_max || (uint64_t)payload_size > 0xffffffffu) {
         goto done;
     }
-    unsigned char *out = grow(records, header_size + payload_size);
-    if (out == NULL) {
-        result = -1;
-        goto done;
-    }
     memcpy(out, fourcc_bytes, 4);
     out[4] = 0; /* storage flags: plain */
     out[5] = (unsigned char)((is_uuid ? FIELD_ID_UUID : 0) | (agent_size ? FIELD_AGENT : 0));
@@ -669,7 +637,7 @@ encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_t
         field += 2 + agent_size;
     }
     memcpy(field, PyBytes_AS_STRING(data), (size_t)payload_size);
-    result = 1;
+    result = (int)(header_size + payload_size);
 done:
     for (int which = 0; which < 8; which++) {
         Py_XDECREF(values[which]);
@@ -679,23 +647,25 @@ done:
 
 PyDoc_STRVAR(encode_records_doc,
 "encode_records(blocks, first, block_class, known_fourccs, previous_digest, position,\n"
-"               compression_threshold, record_bytes_max, blocks_max, batch_bytes, hasher)\n"
-"    -> (count, records, index_entries, last_digest)\n\n"
+"               compression_threshold, record_bytes_max, blocks_max, batch_bytes, hasher,\n"
+"               records, index) -> (count, records_size, last_digest)\n\n"
 "Encodes blocks[first:] while each is a plain small block of exactly `block_class` (no metadata, no\n"
-"parents, default version, payload under the compression threshold, record under record_bytes_max)\n"
-"and fewer than blocks_max are done and the records stay under batch_bytes: their records as one\n"
-"bytes, their 40-byte index entries (offset from `position`, chained BLAKE3 digest) and the last\n"
-"digest. The caller writes the first block not taken with the Python writer.");
+"parents, default version, payload under the compression threshold, record under record_bytes_max),\n"
+"fewer than blocks_max are done and the records stay under batch_bytes. The records go to the start\n"
+"of the bytearray `records` (grown to batch_bytes + record_bytes_max once, never shrunk; the first\n"
+"records_size bytes are theirs), their 40-byte index entries (offset from `position`, chained BLAKE3\n"
+"digest) are appended to the bytearray `index`. The caller writes the first block not taken with\n"
+"the Python writer.");
 
 static PyObject *
 encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11) {
-        PyErr_SetString(PyExc_TypeError, "encode_records takes 11 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "encode_records takes 13 arguments");
         return NULL;
     }
     PyObject *blocks = args[0], *block_class = args[2], *known_fourccs = args[3], *previous = args[4];
-    PyObject *hasher = args[10];
+    PyObject *hasher = args[10], *records = args[11], *index = args[12];
     Py_ssize_t first = PyLong_AsSsize_t(args[1]);
     unsigned long long position = PyLong_AsUnsignedLongLong(args[5]);
     Py_ssize_t threshold = PyLong_AsSsize_t(args[6]), record_bytes_max = PyLong_AsSsize_t(args[7]);
@@ -704,54 +674,58 @@ encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (!PyList_CheckExact(blocks) || !PyDict_CheckExact(known_fourccs) || !PyBytes_CheckExact(previous)
-        || PyBytes_GET_SIZE(previous) != DIGEST_BYTES || first < 0) {
+        || PyBytes_GET_SIZE(previous) != DIGEST_BYTES || first < 0 || !PyByteArray_CheckExact(records)
+        || !PyByteArray_CheckExact(index) || record_bytes_max <= 0 || batch_bytes <= 0
+        || batch_bytes > PY_SSIZE_T_MAX / 2 - record_bytes_max) {
         PyErr_SetString(PyExc_ValueError, "encode_records: bad arguments");
         return NULL;
     }
-    Growable records = {NULL, 0, 0}, index = {NULL, 0, 0};
-    Py_ssize_t count = 0;
+    if (PyByteArray_GET_SIZE(records) < batch_bytes + record_bytes_max
+        && PyByteArray_Resize(records, batch_bytes + record_bytes_max) < 0) {
+        return NULL; /* also refused while a view of `records` is held */
+    }
+    Py_ssize_t index_size = PyByteArray_GET_SIZE(index), used = 0, count = 0;
     PyObject *last = previous;
     Py_INCREF(last);
-    for (Py_ssize_t at = first; at < PyList_GET_SIZE(blocks) && count < blocks_max; at++) {
-        if (records.size >= batch_bytes) {
-            break;
-        }
+    for (Py_ssize_t at = first; at < PyList_GET_SIZE(blocks) && count < blocks_max && used < batch_bytes;
+         at++) {
         PyObject *block = PyList_GET_ITEM(blocks, at);
         if ((PyObject *)Py_TYPE(block) != block_class) {
             break;
         }
-        Py_ssize_t start = records.size;
-        int encoded = encode_record(block, known_fourccs, threshold, record_bytes_max, &records);
-        if (encoded <= 0) {
-            if (encoded < 0) {
-                goto failed;
-            }
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(records) + used;
+        int size = encode_record(block, known_fourccs, threshold, record_bytes_max, out);
+        if (size == 0) {
             break;
         }
-        PyObject *digest = hash_joined(hasher, -1, PyBytes_AS_STRING(last), DIGEST_BYTES,
-                                       records.data + start, records.size - start);
+        PyObject *digest = hash_joined(hasher, -1, PyBytes_AS_STRING(last), DIGEST_BYTES, out, size);
         if (digest == NULL) {
             goto failed;
         }
         Py_SETREF(last, digest);
-        unsigned char *entry = grow(&index, INDEX_ENTRY_BYTES);
-        if (entry == NULL) {
+        if (PyByteArray_Resize(index, index_size + (count + 1) * INDEX_ENTRY_BYTES) < 0) {
             goto failed;
         }
-        write_le(entry, position + (unsigned long long)start, 8);
+        unsigned char *entry = (unsigned char *)PyByteArray_AS_STRING(index) + index_size
+                               + count * INDEX_ENTRY_BYTES;
+        write_le(entry, position + (unsigned long long)used, 8);
         memcpy(entry + INDEX_DIGEST_AT, PyBytes_AS_STRING(last), DIGEST_BYTES);
+        used += size;
         count++;
     }
-    PyObject *result = Py_BuildValue("(ny#y#O)", count, (const char *)records.data, records.size,
-                                     (const char *)index.data, index.size, last);
-    PyMem_Free(records.data);
-    PyMem_Free(index.data);
-    Py_DECREF(last);
+    PyObject *result = Py_BuildValue("(nnN)", count, used, last);
     return result;
 failed:
-    PyMem_Free(records.data);
-    PyMem_Free(index.data);
     Py_DECREF(last);
+    /* Nothing of this batch is kept: the caller's index must match what it writes. */
+    if (PyByteArray_GET_SIZE(index) > index_size) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyByteArray_Resize(index, index_size) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
     return NULL;
 }
 

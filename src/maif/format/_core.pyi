@@ -2,9 +2,16 @@
 from typing import Any
 
 def set_limits(
-    payload_bytes_max: int, id_bytes_max: int, agent_id_bytes_max: int, version_bytes_max: int, parents_max: int, /
+    payload_bytes_max: int,
+    id_bytes_max: int,
+    agent_id_bytes_max: int,
+    version_bytes_max: int,
+    parents_max: int,
+    /,
 ) -> None: ...
-def unproven_records(file: Any, offsets: Any, ends: Any, first: int, stop: int, large_min: int, /) -> list[int]: ...
+def unproven_records(
+    file: Any, offsets: Any, ends: Any, first: int, stop: int, large_min: int, /
+) -> list[int]: ...
 def chain_mismatches(
     file: Any,
     offsets: Any,
@@ -33,5 +40,7 @@ def encode_records(
     blocks_max: int,
     batch_bytes: int,
     hasher: Any,
+    records: bytearray,
+    index: bytearray,
     /,
-) -> tuple[int, bytes, bytes, bytes]: ...
+) -> tuple[int, int, bytes]: ...

@@ -318,7 +318,7 @@ class ContainerReader:
         if native.core() is not None:
             return self._digest_mismatches_native(on_bytes)
         offsets, ends, entries = self._offsets.tolist(), self._ends.tolist(), self._entries
-        mapping, bad, hasher = self._mapping, self.bad_entries, blake3.blake3
+        bad = self.bad_entries
         previous = layout.chain_genesis(self.file_id)
         mismatches = []
         pending = 0
@@ -387,9 +387,10 @@ class ContainerReader:
         core = native.core()
         if core is None or self._mapping is None:
             return range(first, stop)
-        return core.unproven_records(
+        unproven: list[int] = core.unproven_records(
             self._mapping, self._offsets, self._ends, first, stop, PARALLEL_HASH_BYTES_MIN
         )
+        return unproven
 
     # ---- blocks ----------------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ writes the index, the signed manifest and the trailer, then fdatasyncs (docs/for
 
 from __future__ import annotations
 
-import os
-import time
 import itertools
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -39,6 +40,7 @@ _WRITE_BUFFER_BYTES: Final = 1 << 20
 _SMALL_RECORD_BYTES_MAX: Final = 64 << 10
 _INDEX_ENTRY_PACK: Final = layout.INDEX_ENTRY.pack
 _ADD_MANY_BATCH_BLOCKS: Final = 4096
+_EARLY_SYNC_BYTES_MIN: Final = 8 << 20
 _ADD_MANY_BATCH_BYTES: Final = 1 << 20
 _blake3: Final = blake3.blake3
 
@@ -208,6 +210,7 @@ class ContainerWriter:
         self._require_open()
         first_index = self._block_count
         core = native.core()
+        records = bytearray()  # the core's output, reused batch after batch
         iterator = iter(blocks)
         while batch := list(itertools.islice(iterator, _ADD_MANY_BATCH_BLOCKS)):
             if core is None or encrypt:
@@ -216,7 +219,7 @@ class ContainerWriter:
                 continue
             position = 0
             while position < len(batch):
-                count, records, entries, digest = core.encode_records(
+                count, used, digest = core.encode_records(
                     batch,
                     position,
                     MAIFBlock,
@@ -228,12 +231,14 @@ class ContainerWriter:
                     limits.container_blocks_max - self._block_count,
                     _ADD_MANY_BATCH_BYTES,
                     _blake3,
+                    records,
+                    self._index,  # the core appends one entry per block it encodes
                 )
                 if count:
-                    self._write_one(records)
-                    self._index += entries
+                    with memoryview(records) as view, view[:used] as encoded:
+                        self._write_one(encoded)
                     self._block_count += count
-                    self._position += len(records)
+                    self._position += used
                     self._previous_digest = digest
                     position += count
                 elif position < len(batch):  # a block the core leaves to the reference path
@@ -266,14 +271,22 @@ class ContainerWriter:
         self._require_open()
         signer_ids = _check_signing_keys(signing_keys)
         index_bytes = bytes(self._index)
-        # Leaves are hashed here in bulk rather than per add(): whole subtrees, level by level. The
-        # writer's own frontier only advances once the version is on disk.
-        frontier = self._frontier.copy()
-        frontier.extend(merkle.leaf_hashes_of_entries(index_bytes, layout.INDEX_ENTRY.size, 8))
-        assert frontier.size == self._block_count
-        committed_at_ns = self._clock_ns()
-        merkle_root = frontier.root()
-        manifest = self._signed_manifest(index_bytes, merkle_root, committed_at_ns, signing_keys, signer_ids)
+        # Many record bytes: their fdatasync starts now, in a thread, while the Merkle tree is hashed;
+        # the sync after the trailer still covers every byte before the version is acknowledged.
+        early_sync = self._start_early_sync()
+        try:
+            # Leaves are hashed here in bulk rather than per add(): whole subtrees, level by level. The
+            # writer's own frontier only advances once the version is on disk.
+            frontier = self._frontier.copy()
+            frontier.extend(merkle.leaf_hashes_of_entries(index_bytes, layout.INDEX_ENTRY.size, 8))
+            assert frontier.size == self._block_count
+            committed_at_ns = self._clock_ns()
+            merkle_root = frontier.root()
+            manifest = self._signed_manifest(
+                index_bytes, merkle_root, committed_at_ns, signing_keys, signer_ids
+            )
+        finally:
+            self._finish_early_sync(early_sync)
         index_offset = self._position
         manifest_offset = index_offset + len(index_bytes)
         trailer = layout.Trailer(
@@ -344,7 +357,7 @@ class ContainerWriter:
         for part in parts:
             self._write_one(part)
 
-    def _write_one(self, part: bytes) -> None:
+    def _write_one(self, part: bytes | memoryview) -> None:
         try:
             self._handle.write(part)
         except OSError as error:
@@ -358,6 +371,22 @@ class ContainerWriter:
         except OSError as error:
             # Never retry a failed sync on the same file (fsyncgate): the written pages may be lost.
             self._failed = True
+            raise io_error("sync", self._path, error) from error
+
+    def _start_early_sync(self) -> _EarlySync | None:
+        if self._position - self._segment_start < _EARLY_SYNC_BYTES_MIN:
+            return None  # a thread costs more than the overlap saves
+        try:
+            self._handle.flush()
+        except OSError as error:
+            self._failed = True
+            raise io_error("write", self._path, error) from error
+        return _EarlySync(self._handle.fileno())
+
+    def _finish_early_sync(self, early_sync: _EarlySync | None) -> None:
+        error = None if early_sync is None else early_sync.wait()
+        if error is not None:
+            self._failed = True  # never retried on the same file (fsyncgate), as in _sync
             raise io_error("sync", self._path, error) from error
 
     def _require_open(self) -> None:
@@ -388,6 +417,27 @@ class ContainerWriter:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+class _EarlySync:
+    """``os.fdatasync`` of a file in a thread (it releases the GIL), started before the commit's own."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._error: OSError | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(descriptor,), name="maif-early-sync", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, descriptor: int) -> None:
+        try:
+            os.fdatasync(descriptor)
+        except OSError as error:
+            self._error = error
+
+    def wait(self) -> OSError | None:
+        self._thread.join()
+        return self._error
 
 
 def _lock(handle: Any, path: str | os.PathLike[str]) -> None:
