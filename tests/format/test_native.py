@@ -488,3 +488,26 @@ def test_an_early_synced_commit_reads_back_and_verifies(
     assert verify_container(path, [KEY.public_key()]).ok
     with ContainerReader.open(path) as reader:
         assert [reader.block(n) for n in range(5)] == blocks
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "environment, prelude, expected",
+    [
+        ({"MAIF_PURE_PYTHON": "1"}, "", "True"),
+        ({"MAIF_PURE_PYTHON": "0"}, "", "False"),
+        ({}, "import sys; sys.modules['maif.format._core'] = None; ", "True"),  # the extension is absent
+    ],
+)
+def test_the_path_is_chosen_at_import_and_a_missing_extension_is_silent(
+    environment: dict[str, str], prelude: str, expected: str
+) -> None:
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "MAIF_PURE_PYTHON"} | environment
+    code = prelude + "from maif.format import native; print(native.pure_python())"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert (result.stdout.strip(), result.stderr) == (expected, "")
