@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ def build(root: Path) -> Path:
     if not (include / "Python.h").is_file():
         raise RuntimeError(MISSING.format(reason=f"no Python.h in {include}"))
     target = root / SOURCE.with_name("_core" + sysconfig.get_config_var("EXT_SUFFIX"))
-    command = [*compiler(), *FLAGS, f"-I{include}", str(root / SOURCE), "-o", str(target)]
+    # macOS links an extension's Python symbols when the interpreter loads it
+    platform_flags = ["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else []
+    command = [*compiler(), *FLAGS, *platform_flags, f"-I{include}", str(root / SOURCE), "-o", str(target)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(
