@@ -56,6 +56,7 @@ def compiled_core() -> ModuleType:
         limits.agent_id_bytes_max,
         limits.block_version_bytes_max,
         limits.block_parents_max,
+        limits.block_metadata_bytes_max,
     )
     return _core
 
@@ -137,7 +138,7 @@ def test_nothing_is_proven_before_the_limits_are_set(tmp_path: Path) -> None:
     path = signed_container(tmp_path / "a.maif", [record(fields=text_id("a"))], KEY)
     with ContainerReader.open(path) as reader:
         assert list(reader.unproven_blocks(0, 1)) == ([] if not native.pure_python() else [0])
-        core.set_limits(0, 0, 0, 0, 0)
+        core.set_limits(0, 0, 0, 0, 0, 0)
         try:
             unproven = core.unproven_records(reader._mapping, reader._offsets, reader._ends, 0, 1, 1 << 20)
             assert unproven == [0]
@@ -272,6 +273,23 @@ def test_every_section_4_violation_gets_the_same_problem_on_both_paths(
         ("too many parents", record(field_flags=0x08, fields=text_id("a") + struct.pack("<H", 257))),
         ("header cut inside the id", FIXED_HEADER.pack(b"TEXT", 0, 0, 1.0, 0) + b"\x05\x00ab"),
         ("header cut inside the fixed part", b"TEXT\x00\x00\x00"),
+        ("metadata flag with a zero length", record(field_flags=0x10, fields=text_id("a") + bytes(4))),
+        (
+            "metadata length over its limit",
+            record(
+                b"\x81\xa1a" + bytes(limits.block_metadata_bytes_max),
+                field_flags=0x10,
+                fields=text_id("a") + struct.pack("<I", limits.block_metadata_bytes_max + 1),
+                payload_length=2,
+            ),
+        ),
+        (
+            "metadata longer than the body",
+            record(b"", field_flags=0x10, fields=text_id("a") + struct.pack("<I", 10), payload_length=0),
+        ),
+        ("metadata not canonical", record(metadata=b"\x82\xa1b\x01\xa1a\x02")),
+        ("metadata an empty map", record(metadata=b"\x80")),
+        ("metadata cut short", record(metadata=b"\x81\xa1a")),
     ],
 )
 def test_plain_records_breaking_a_header_rule_are_deferred_and_reported_alike(
@@ -284,6 +302,25 @@ def test_plain_records_breaking_a_header_rule_are_deferred_and_reported_alike(
     assert [problem.block_index for problem in compiled[1]] == [1], name
     with path_of(compiled_core()), ContainerReader.open(path) as reader:
         assert list(reader.unproven_blocks(0, 2)) == [1]
+
+
+def test_records_with_metadata_are_proven_but_for_their_metadata_which_python_decodes(tmp_path: Path) -> None:
+    stored = [
+        record(bytes([n]) * 20, fields=text_id(f"m{n}"), metadata=b"\x81\xa1n" + bytes([n])) for n in range(4)
+    ]
+    path = signed_container(tmp_path / "m.maif", stored, KEY)
+    core = compiled_core()
+    with path_of(core), ContainerReader.open(path) as reader:
+        items = core.unproven_records(reader._mapping, reader._offsets, reader._ends, 0, 4, 1 << 20)
+        assert [item[0] for item in items] == [0, 1, 2, 3]  # type: ignore[index]
+        assert [reader._view[item[1] : item[2]].tobytes() for item in items] == [  # type: ignore[index]
+            b"\x81\xa1n" + bytes([n]) for n in range(4)
+        ]
+        assert list(reader.unproven_blocks(0, 4)) == []
+        assert list(reader.unproven_blocks(0, 4, skip={2})) == [2]
+    compiled, reference = both(lambda: report_of(path))
+    assert compiled == reference
+    assert compiled[0]
 
 
 def test_entries_that_break_the_layout_are_reported_alike(tmp_path: Path) -> None:

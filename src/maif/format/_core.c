@@ -41,6 +41,7 @@ static struct {
     uint64_t agent_id_bytes_max;
     uint64_t version_bytes_max;
     uint64_t parents_max;
+    uint64_t metadata_bytes_max;
     int set;
 } limits;
 
@@ -152,10 +153,15 @@ hash_joined(PyObject *hasher, int prefix, const void *first, Py_ssize_t first_si
 
 /* ---- verification ------------------------------------------------------------------------------ */
 
-/* 1 if the stored record is a valid plain block by every SPEC section 4 rule (no storage flags, no
- * metadata, the payload exactly `payload length` bytes); 0 means "not proven": Python decides. */
+#define PROVEN 1
+#define PROVEN_BUT_METADATA 2 /* all but the metadata's own bytes: Python decodes those */
+
+/* PROVEN if the stored record is a valid plain block by every SPEC section 4 rule (no storage flags, the
+ * body exactly metadata length + payload length bytes); PROVEN_BUT_METADATA if that holds and metadata is
+ * present, which starts at *metadata_at (relative to the record); 0 means "not proven": Python decides. */
 static int
-prove_plain_record(const unsigned char *record, Py_ssize_t size)
+prove_plain_record(const unsigned char *record, Py_ssize_t size, Py_ssize_t *metadata_at,
+                   uint64_t *metadata_length)
 {
     if (!limits.set || size < FIXED_HEADER_BYTES) {
         return 0;
@@ -166,7 +172,7 @@ prove_plain_record(const unsigned char *record, Py_ssize_t size)
         }
     }
     unsigned storage_flags = record[4], field_flags = record[5];
-    if (storage_flags != 0 || (field_flags & ~FIELD_KNOWN) || (field_flags & FIELD_METADATA)) {
+    if (storage_flags != 0 || (field_flags & ~FIELD_KNOWN)) {
         return 0;
     }
     uint64_t timestamp_bits = read_le(record + 6, 8);
@@ -218,7 +224,23 @@ prove_plain_record(const unsigned char *record, Py_ssize_t size)
             }
         }
     }
-    return (uint64_t)(size - position) == payload_length;
+    *metadata_length = 0;
+    if (field_flags & FIELD_METADATA) {
+        if (size - position < 4) {
+            return 0;
+        }
+        *metadata_length = read_le(record + position, 4);
+        position += 4;
+        if (*metadata_length == 0 || *metadata_length > limits.metadata_bytes_max) {
+            return 0;
+        }
+    }
+    /* both are below 2^32, so the sum cannot wrap */
+    if ((uint64_t)(size - position) != *metadata_length + payload_length) {
+        return 0;
+    }
+    *metadata_at = position;
+    return *metadata_length ? PROVEN_BUT_METADATA : PROVEN;
 }
 
 /* The buffers one verification call reads, acquired together and released together. */
@@ -286,9 +308,11 @@ record_at(Buffers *buffers, Py_ssize_t index, Py_ssize_t *size)
 }
 
 PyDoc_STRVAR(unproven_records_doc,
-"unproven_records(file, offsets, ends, first, stop, large_min) -> list[int]\n\n"
-"Indices in [first, stop) whose record C could not prove valid by SPEC section 4 (plain records\n"
-"only, each smaller than large_min bytes): the caller checks those with the Python reference.");
+"unproven_records(file, offsets, ends, first, stop, large_min) -> list[int | tuple[int, int, int]]\n\n"
+"The records in [first, stop) C could not prove valid by SPEC section 4 (it proves plain records\n"
+"smaller than large_min bytes), in order: an index for a record the caller checks with the Python\n"
+"reference, (index, start, end) for one proven but for its metadata, file[start:end], which the\n"
+"caller decodes.");
 
 static PyObject *
 unproven_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -312,16 +336,27 @@ unproven_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *unproven = PyList_New(0);
     for (Py_ssize_t index = first; unproven != NULL && index < stop; index++) {
-        Py_ssize_t size = 0;
+        Py_ssize_t size = 0, metadata_at = 0;
+        uint64_t metadata_length = 0;
         const unsigned char *record = record_at(&buffers, index, &size);
-        if (record != NULL && size < large_min && prove_plain_record(record, size)) {
+        int proof = record != NULL && size < large_min
+                    ? prove_plain_record(record, size, &metadata_at, &metadata_length)
+                    : 0;
+        if (proof == PROVEN) {
             continue;
         }
-        PyObject *number = PyLong_FromSsize_t(index);
-        if (number == NULL || PyList_Append(unproven, number) < 0) {
+        PyObject *item;
+        if (proof == PROVEN_BUT_METADATA) {
+            Py_ssize_t start = (Py_ssize_t)(record - (const unsigned char *)buffers.file.buf) + metadata_at;
+            item = Py_BuildValue("(nnn)", index, start, start + (Py_ssize_t)metadata_length);
+        }
+        else {
+            item = PyLong_FromSsize_t(index);
+        }
+        if (item == NULL || PyList_Append(unproven, item) < 0) {
             Py_CLEAR(unproven);
         }
-        Py_XDECREF(number);
+        Py_XDECREF(item);
     }
     release_buffers(&buffers);
     return unproven;
@@ -732,14 +767,15 @@ failed:
 /* ---- module ------------------------------------------------------------------------------------ */
 
 PyDoc_STRVAR(set_limits_doc,
-"set_limits(payload_bytes_max, id_bytes_max, agent_id_bytes_max, version_bytes_max, parents_max)\n\n"
+"set_limits(payload_bytes_max, id_bytes_max, agent_id_bytes_max, version_bytes_max, parents_max,\n"
+"           metadata_bytes_max)\n\n"
 "The maif.limits bounds the record rules use; nothing is proven before they are set.");
 
 static PyObject *
 set_limits(PyObject *module, PyObject *args)
 {
-    unsigned long long payload, id, agent, version, parents;
-    if (!PyArg_ParseTuple(args, "KKKKK", &payload, &id, &agent, &version, &parents)) {
+    unsigned long long payload, id, agent, version, parents, metadata;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &payload, &id, &agent, &version, &parents, &metadata)) {
         return NULL;
     }
     limits.payload_bytes_max = payload;
@@ -747,6 +783,7 @@ set_limits(PyObject *module, PyObject *args)
     limits.agent_id_bytes_max = agent;
     limits.version_bytes_max = version;
     limits.parents_max = parents;
+    limits.metadata_bytes_max = metadata;
     limits.set = 1;
     Py_RETURN_NONE;
 }

@@ -7,11 +7,12 @@ def set_limits(
     agent_id_bytes_max: int,
     version_bytes_max: int,
     parents_max: int,
+    metadata_bytes_max: int,
     /,
 ) -> None: ...
 def unproven_records(
     file: Any, offsets: Any, ends: Any, first: int, stop: int, large_min: int, /
-) -> list[int]: ...
+) -> list[int | tuple[int, int, int]]: ...
 def chain_mismatches(
     file: Any,
     offsets: Any,

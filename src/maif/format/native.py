@@ -27,6 +27,7 @@ def _load() -> ModuleType | None:
         limits.agent_id_bytes_max,
         limits.block_version_bytes_max,
         limits.block_parents_max,
+        limits.block_metadata_bytes_max,
     )
     return _core
 

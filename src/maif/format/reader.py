@@ -16,7 +16,7 @@ import mmap
 import operator
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -380,17 +380,30 @@ class ContainerReader:
             on_bytes(pending)
         return mismatches
 
-    def unproven_blocks(self, first: int, stop: int) -> Iterable[int]:
+    def unproven_blocks(self, first: int, stop: int, skip: Container[int] = ()) -> Iterator[int]:
         """The blocks in ``range(first, stop)`` that :meth:`check_block` must look at: all of them on
-        the pure-Python path; with the compiled core, only those it could not prove valid (it proves
-        plain small records and leaves everything else, errors included, to check_block)."""
+        the pure-Python path. With the compiled core, only those it could not prove valid: it proves
+        plain small records, but for their metadata, which is decoded here (a block whose metadata
+        fails, or is in ``skip``, is left to check_block, which reports it exactly)."""
         core = native.core()
         if core is None or self._mapping is None:
-            return range(first, stop)
-        unproven: list[int] = core.unproven_records(
-            self._mapping, self._offsets, self._ends, first, stop, PARALLEL_HASH_BYTES_MIN
-        )
-        return unproven
+            yield from range(first, stop)
+            return
+        mapping = self._mapping
+        for item in core.unproven_records(
+            mapping, self._offsets, self._ends, first, stop, PARALLEL_HASH_BYTES_MIN
+        ):
+            if isinstance(item, int):
+                yield item
+                continue
+            index, start, end = item
+            if index in skip:
+                yield index
+                continue
+            try:
+                codec.decode_metadata(mapping[start:end])
+            except MAIFError:
+                yield index
 
     # ---- blocks ----------------------------------------------------------------------------------
 

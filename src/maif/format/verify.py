@@ -196,7 +196,7 @@ def _check_blocks(
     for first in range(0, len(reader), CHECK_BATCH_BLOCKS):
         stop = min(first + CHECK_BATCH_BLOCKS, len(reader))
         # With the compiled core, the blocks it proved valid are not checked again (ADR 0090).
-        for index in reader.unproven_blocks(first, stop):
+        for index in reader.unproven_blocks(first, stop, skip):
             if covered is not None:
                 covered(index)
             if index in skip:
