@@ -387,7 +387,11 @@ def blocks(draw: st.DrawFn) -> MAIFBlock:
         id=draw(block_ids),
         block_type=draw(st.one_of(st.sampled_from(list(MAIFBlockType)), st.sampled_from(["TEXT", "x!~z"]))),
         data=draw(st.one_of(st.binary(max_size=64), st.just(b"z" * 6000), st.just(os.urandom(5000)))),
-        metadata=draw(st.sampled_from([{}, {"k": 1}])),
+        metadata=draw(
+            st.sampled_from(
+                [{}, {"k": 1}, {"path": "é/ü", "n": -5, "f": 1.5, "nested": {"b": [1, 2], "a": None}}]
+            )
+        ),
         timestamp=draw(st.floats(allow_nan=False, allow_infinity=False)),
         agent_id=draw(st.one_of(st.just(""), st.text(max_size=12))),
         version=draw(st.sampled_from(["1.0", "2", ""])),
@@ -418,6 +422,23 @@ def test_add_many_writes_the_bytes_add_writes_on_both_paths(
     path = tmp_path_factory.mktemp("w") / "w.maif"
     compiled, reference = both(lambda: written(path, batch, many=True, threshold=threshold))
     assert compiled == reference == written(path, batch, many=False, threshold=threshold)
+
+
+def test_add_many_refuses_metadata_it_cannot_encode_as_add_does(tmp_path: Path) -> None:
+    blocks = [MAIFBlock(id="ok", data=b"fine"), MAIFBlock(id="bad", metadata={"a": {1: 2}})]
+
+    def attempt() -> tuple[int, str, str]:
+        (tmp_path / "bad.maif").unlink(missing_ok=True)
+        with ContainerWriter.create(tmp_path / "bad.maif") as writer:
+            try:
+                writer.add_many(blocks)
+            except MAIFError as error:
+                return writer._block_count, type(error).__name__, str(error)
+        return -1, "", ""
+
+    compiled, reference = both(attempt)
+    assert compiled == reference
+    assert compiled[:2] == (1, "FormatError")
 
 
 def test_add_many_across_batches_with_blocks_the_core_leaves_to_python(tmp_path: Path) -> None:

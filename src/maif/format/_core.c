@@ -594,13 +594,15 @@ static PyObject *attribute_names[8];
 static const char *attribute_spellings[8] = {"id",       "block_type", "data",    "metadata",
                                              "timestamp", "agent_id",   "version", "parents"};
 
-/* Encode one plain small block's record (header || payload) at `out`, which has room for
- * record_bytes_max bytes: its size if encoded, 0 if the block needs the Python writer. */
+/* Encode one plain small block's record (header || metadata || payload) at `out`, which has room for
+ * record_bytes_max bytes: its size if encoded, 0 if the block needs the Python writer. Metadata is
+ * encoded by the Python reference (`encode_metadata`); if that raises, the Python writer raises it. */
 static int
-encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_threshold,
-              Py_ssize_t record_bytes_max, unsigned char *out)
+encode_record(PyObject *block, PyObject *known_fourccs, PyObject *encode_metadata,
+              Py_ssize_t compression_threshold, Py_ssize_t record_bytes_max, unsigned char *out)
 {
     PyObject *values[8] = {NULL};
+    PyObject *encoded_metadata = NULL;
     int result = 0;
     for (int which = 0; which < 8; which++) {
         values[which] = PyObject_GetAttr(block, attribute_names[which]);
@@ -611,7 +613,7 @@ encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_t
     }
     PyObject *id = values[0], *block_type = values[1], *data = values[2], *metadata = values[3];
     PyObject *timestamp = values[4], *agent_id = values[5], *version = values[6], *parents = values[7];
-    if (!PyBytes_CheckExact(data) || !PyDict_CheckExact(metadata) || PyDict_GET_SIZE(metadata) != 0
+    if (!PyBytes_CheckExact(data) || !PyDict_CheckExact(metadata)
         || !PyFloat_CheckExact(timestamp) || !PyTuple_CheckExact(parents) || PyTuple_GET_SIZE(parents) != 0
         || !PyUnicode_CheckExact(version) || PyUnicode_CompareWithASCIIString(version, "1.0") != 0) {
         goto done;
@@ -643,14 +645,25 @@ encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_t
     if (!utf8_of(agent_id, &agent_text, &agent_size)) {
         goto done;
     }
+    Py_ssize_t metadata_size = 0;
+    if (PyDict_GET_SIZE(metadata) != 0) {
+        encoded_metadata = PyObject_CallOneArg(encode_metadata, metadata);
+        if (encoded_metadata == NULL || !PyBytes_CheckExact(encoded_metadata)) {
+            PyErr_Clear();
+            goto done;
+        }
+        metadata_size = PyBytes_GET_SIZE(encoded_metadata);
+    }
     Py_ssize_t header_size = FIXED_HEADER_BYTES + (is_uuid ? UUID_BYTES : 2 + id_size)
-                             + (agent_size ? 2 + agent_size : 0);
-    if (header_size + payload_size >= record_bytes_max || (uint64_t)payload_size > 0xffffffffu) {
+                             + (agent_size ? 2 + agent_size : 0) + (metadata_size ? 4 : 0);
+    if (metadata_size >= record_bytes_max || payload_size >= record_bytes_max
+        || header_size + metadata_size + payload_size >= record_bytes_max) {
         goto done;
     }
     memcpy(out, fourcc_bytes, 4);
     out[4] = 0; /* storage flags: plain */
-    out[5] = (unsigned char)((is_uuid ? FIELD_ID_UUID : 0) | (agent_size ? FIELD_AGENT : 0));
+    out[5] = (unsigned char)((is_uuid ? FIELD_ID_UUID : 0) | (agent_size ? FIELD_AGENT : 0)
+                             | (metadata_size ? FIELD_METADATA : 0));
     double seconds = PyFloat_AS_DOUBLE(timestamp);
     uint64_t seconds_bits;
     memcpy(&seconds_bits, &seconds, sizeof seconds_bits);
@@ -671,21 +684,28 @@ encode_record(PyObject *block, PyObject *known_fourccs, Py_ssize_t compression_t
         memcpy(field + 2, agent_text, (size_t)agent_size);
         field += 2 + agent_size;
     }
+    if (metadata_size) {
+        write_le(field, (uint64_t)metadata_size, 4);
+        memcpy(field + 4, PyBytes_AS_STRING(encoded_metadata), (size_t)metadata_size);
+        field += 4 + metadata_size;
+    }
     memcpy(field, PyBytes_AS_STRING(data), (size_t)payload_size);
-    result = (int)(header_size + payload_size);
+    result = (int)(header_size + metadata_size + payload_size);
 done:
     for (int which = 0; which < 8; which++) {
         Py_XDECREF(values[which]);
     }
+    Py_XDECREF(encoded_metadata);
     return result;
 }
 
 PyDoc_STRVAR(encode_records_doc,
 "encode_records(blocks, first, block_class, known_fourccs, previous_digest, position,\n"
 "               compression_threshold, record_bytes_max, blocks_max, batch_bytes, hasher,\n"
-"               records, index) -> (count, records_size, last_digest)\n\n"
-"Encodes blocks[first:] while each is a plain small block of exactly `block_class` (no metadata, no\n"
-"parents, default version, payload under the compression threshold, record under record_bytes_max),\n"
+"               records, index, encode_metadata) -> (count, records_size, last_digest)\n\n"
+"Encodes blocks[first:] while each is a plain small block of exactly `block_class` (no parents,\n"
+"default version, payload under the compression threshold, record under record_bytes_max; metadata\n"
+"encoded by calling encode_metadata, the block left to the caller if that raises),\n"
 "fewer than blocks_max are done and the records stay under batch_bytes. The records go to the start\n"
 "of the bytearray `records` (grown to batch_bytes + record_bytes_max once, never shrunk; the first\n"
 "records_size bytes are theirs), their 40-byte index entries (offset from `position`, chained BLAKE3\n"
@@ -695,12 +715,12 @@ PyDoc_STRVAR(encode_records_doc,
 static PyObject *
 encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "encode_records takes 13 arguments");
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "encode_records takes 14 arguments");
         return NULL;
     }
     PyObject *blocks = args[0], *block_class = args[2], *known_fourccs = args[3], *previous = args[4];
-    PyObject *hasher = args[10], *records = args[11], *index = args[12];
+    PyObject *hasher = args[10], *records = args[11], *index = args[12], *encode_metadata = args[13];
     Py_ssize_t first = PyLong_AsSsize_t(args[1]);
     unsigned long long position = PyLong_AsUnsignedLongLong(args[5]);
     Py_ssize_t threshold = PyLong_AsSsize_t(args[6]), record_bytes_max = PyLong_AsSsize_t(args[7]);
@@ -729,7 +749,7 @@ encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(records) + used;
-        int size = encode_record(block, known_fourccs, threshold, record_bytes_max, out);
+        int size = encode_record(block, known_fourccs, encode_metadata, threshold, record_bytes_max, out);
         if (size == 0) {
             break;
         }

@@ -43,5 +43,6 @@ def encode_records(
     hasher: Any,
     records: bytearray,
     index: bytearray,
+    encode_metadata: Any,
     /,
 ) -> tuple[int, int, bytes]: ...

@@ -204,7 +204,8 @@ class ContainerWriter:
         """Write every block of ``blocks`` in order, as :meth:`add` would, and return their indexes.
 
         Byte for byte what the same :meth:`add` calls write; with the compiled core (ADR 0090) the plain
-        small blocks are encoded and hashed in C, written a batch at a time. Blocks are taken from the
+        small blocks are encoded and hashed in C (their metadata by ``codec.encode_metadata``), written a
+        batch at a time. Blocks are taken from the
         iterable a batch at a time, so memory stays bounded whatever its length.
         """
         self._require_open()
@@ -233,6 +234,7 @@ class ContainerWriter:
                     _blake3,
                     records,
                     self._index,  # the core appends one entry per block it encodes
+                    codec.encode_metadata,
                 )
                 if count:
                     with memoryview(records) as view, view[:used] as encoded:
