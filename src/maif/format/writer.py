@@ -85,6 +85,7 @@ class ContainerWriter:
         self._random = random
         self._clock_ns = clock_ns
         self._failed = False
+        self._encoded_records = bytearray()
         self._closed = False
 
     @classmethod
@@ -211,7 +212,7 @@ class ContainerWriter:
         self._require_open()
         first_index = self._block_count
         core = native.core()
-        records = bytearray()  # the core's output, reused batch after batch
+        records = self._encoded_records
         iterator = iter(blocks)
         while batch := list(itertools.islice(iterator, _ADD_MANY_BATCH_BLOCKS)):
             if core is None or encrypt:
@@ -232,7 +233,7 @@ class ContainerWriter:
                     limits.container_blocks_max - self._block_count,
                     _ADD_MANY_BATCH_BYTES,
                     _blake3,
-                    records,
+                    records,  # the core writes each batch's records here (grown once, then reused)
                     self._index,  # the core appends one entry per block it encodes
                     codec.encode_metadata,
                 )
