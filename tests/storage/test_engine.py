@@ -387,7 +387,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 
 def test_memory_stays_bounded_while_ingesting_many_small_blocks(tmp_path: Path) -> None:
-    """200k small blocks in bulk mode: peak RSS within max_memory_mb + 180 MB (the million: benchmarks)."""
+    """200k small blocks in bulk mode: peak RSS within max_memory_mb + 240 MB (the million: benchmarks)."""
     import subprocess
     import sys
 
@@ -401,10 +401,13 @@ def test_memory_stays_bounded_while_ingesting_many_small_blocks(tmp_path: Path) 
     peak_rss_mb, peak_unapplied, bound, blocks = ingest(tmp_path / "d")
     assert blocks == count
     assert peak_unapplied <= bound
-    # Measured on this machine after block records joined the packs: 179, 191, 219 and 223 MB in four
-    # runs (the spread is allocator and apply-batch timing). 180 MB over the budget still catches a
-    # leak (which grows with the block count) while not failing on that spread.
-    assert peak_rss_mb <= 64 + 180, f"peak RSS {peak_rss_mb} MB"
+    # Measured: 179-223 MB when block records joined the packs; 254-258 MB in ten runs on 2026-12-04 (at
+    # 0d68a0d too, so not a change of that day; it passed under load and failed on a quieter machine).
+    # Most of it is the pack store's per-chunk index (ADR 0030; ~170 B of Python objects per chunk)
+    # interleaved with each batch's short-lived objects: CPython's allocator then holds 124 arenas
+    # (130 MB) for 55 MB of live objects, and malloc_trim returns nothing. 240 MB over the budget keeps
+    # a margin over that spread and still catches a leak of a few hundred bytes per block.
+    assert peak_rss_mb <= 64 + 240, f"peak RSS {peak_rss_mb} MB"
 
 
 def test_exists_and_wait_applied_are_public(tmp_path: Path) -> None:
