@@ -108,7 +108,7 @@ THRESHOLDS = [-0.5, 0.0, 0.5, 0.9]
 # Exact search: the faiss index scans exactly while it holds at most EXACT_ROWS_MAX rows (tombstones of
 # overwritten and removed vectors included): a run of 30 steps writes at most 6 blocks a step (and a
 # repair or rebuild starts from an empty index), so it never holds more than 180 rows.
-assert 30 * 6 <= faiss_vectors.EXACT_ROWS_MAX
+assert faiss_vectors.EXACT_ROWS_MAX >= 30 * 6
 
 
 def _vector_pools() -> tuple[list[np.ndarray], list[np.ndarray]]:

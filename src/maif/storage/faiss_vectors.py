@@ -61,7 +61,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 40
 QUANTIZER = "fp16"  # how the graph stores vectors (needs no training, unlike 8-bit codes)
-_QUANTIZERS = {"fp16": faiss.ScalarQuantizer.QT_fp16}
+_QUANTIZERS: dict[str, Any] = {"fp16": faiss.ScalarQuantizer.QT_fp16}
 EXACT_ROWS_MAX = 2048  # an index of at most this many rows is scanned exactly: cheaper than a walk
 _RERANK_FACTOR = 2  # the walk returns limit x this candidates, ranked on float32
 _FILTER_GRAPH_FRACTION = 50  # a filter matching under 1/50 of the rows is scanned exactly
@@ -72,6 +72,7 @@ _MAP_MAGIC = b"MAIFFMAP"
 _MAP_VERSION = 1
 _MAP_HEADER = struct.Struct("<8sH6s32s")  # magic, version, reserved, BLAKE3 of the msgpack body
 _CPUS = os.cpu_count() or 1
+_FAISS: Any = faiss  # faiss' own type stubs lack SearchParametersHNSW
 
 _log = logging.getLogger(__name__)
 
@@ -135,9 +136,13 @@ def _verified_bytes(path: Path, size: int, digest: bytes) -> bytes:
     if actual != size:
         raise _Damaged(f"{path.name} is {actual} bytes, its map says {size}")
     raw = path.read_bytes()
-    if len(raw) != size or blake3.blake3(raw, max_threads=blake3.blake3.AUTO).digest() != digest:
+    if len(raw) != size or _digest(raw) != digest:
         raise _Damaged(f"{path.name} fails its BLAKE3 check")
     return raw
+
+
+def _digest(data: bytes) -> bytes:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
 
 
 def _grown(array: np.ndarray, length: int) -> np.ndarray:
@@ -298,10 +303,11 @@ class FaissVectorIndex(VectorIndex):
         index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))  # owned, already downcast
         if not isinstance(index, faiss.IndexHNSWSQ):
             raise _Damaged(f"index.faiss holds a {type(index).__name__}, not an IndexHNSWSQ")
-        if (index.d, index.ntotal, index.metric_type) != (mapping.ndim, mapping.rows, faiss.METRIC_INNER_PRODUCT):
+        shape = (index.d, index.ntotal, index.metric_type)
+        if shape != (mapping.ndim, mapping.rows, faiss.METRIC_INNER_PRODUCT):
             raise _Damaged(f"index.faiss holds {index.ntotal} {index.d}-dimensional rows, its map says "
                            f"{mapping.rows} of {mapping.ndim}")
-        storage = faiss.downcast_index(index.storage)
+        storage: Any = faiss.downcast_index(index.storage)  # an IndexScalarQuantizer
         if storage.sq.qtype != _QUANTIZERS[mapping.quantizer]:
             raise _Damaged(f"index.faiss is not quantised as its map says ({mapping.quantizer})")
         self._ndim, self._index, self._rows = mapping.ndim, index, mapping.rows
@@ -364,7 +370,8 @@ class FaissVectorIndex(VectorIndex):
         target = self.directory / f"gen-{generation}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir()
-        index_path, exact_path, map_path = target / "index.faiss", target / "vectors.f32", target / "map.msgpack"
+        index_path, exact_path, map_path = (target / name for name in (
+            "index.faiss", "vectors.f32", "map.msgpack"))
         graph = faiss.serialize_index(self._index).tobytes()
         exact = self._matrix[: self._rows].astype("<f4").tobytes()
         index_path.write_bytes(graph)
@@ -372,8 +379,8 @@ class FaissVectorIndex(VectorIndex):
         items = [(block_id, row, self._attributes[row]) for block_id, row in self._row_of.items()]
         mapping = _FaissMap(
             self._ndim, self._rows, *self.parameters, quantizer=self.quantizer, items=items,
-            index_bytes=len(graph), index_digest=blake3.blake3(graph, max_threads=blake3.blake3.AUTO).digest(),
-            exact_bytes=len(exact), exact_digest=blake3.blake3(exact, max_threads=blake3.blake3.AUTO).digest(),
+            index_bytes=len(graph), index_digest=_digest(graph),
+            exact_bytes=len(exact), exact_digest=_digest(exact),
         )
         map_path.write_bytes(_encode_map(mapping))
         for path in (index_path, exact_path, map_path, target):
@@ -487,7 +494,8 @@ class FaissVectorIndex(VectorIndex):
                 return result
             finally:
                 self._lock.release()
-        return await asyncio.to_thread(self._locked, self._search_locked, vector, limit, score_threshold, wanted)
+        return await asyncio.to_thread(
+            self._locked, self._search_locked, vector, limit, score_threshold, wanted)
 
     def _search_locked(
         self, vector: np.ndarray, limit: int, score_threshold: float | None, wanted: dict[str, str]
@@ -532,7 +540,8 @@ class FaissVectorIndex(VectorIndex):
                 else:
                     mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
                 selector = self._selectors[key] = _Selector(mask)
-            parameters = faiss.SearchParametersHNSW(sel=selector.selector, efSearch=self._index.hnsw.efSearch)
+            parameters = _FAISS.SearchParametersHNSW(
+                sel=selector.selector, efSearch=self._index.hnsw.efSearch)
         distances = np.empty((1, fetch), dtype=np.float32)
         labels = np.empty((1, fetch), dtype=np.int64)
         self._index.search_c(1, faiss.swig_ptr(vector), fetch, faiss.swig_ptr(distances),

@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 from maif import limits
 from maif.errors import BackendError, BlockNotFoundError, StoreClosedError
 from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore, check_object_key
+from maif.storage.faiss_vectors import FaissVectorIndex
 from maif.storage.index import SqliteMetadataIndex
 from maif.storage.packs import ChunkLocation, CompactionResult, PackStore
-from maif.storage.faiss_vectors import FaissVectorIndex
 
 ResultT = TypeVar("ResultT")
 
