@@ -8,7 +8,7 @@ core; every search measured runs on the calling thread).
 
 Every figure of one stage comes from the same run on the same data and queries:
   - ``maif``: MAIF's ``FaissVectorIndex`` as the engine uses it (faiss HNSW over float16 codes, float32
-    re-ranking of 2 x limit candidates, block-id mapping; ``await index.search(query, 10)`` on an event
+    scores of the limit candidates, block-id mapping; ``await index.search(query, 10)`` on an event
     loop);
   - ``raw``: the same faiss graph searched directly (no re-ranking, no wrapper): what the walk alone
     costs and finds;

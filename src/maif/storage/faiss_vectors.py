@@ -2,8 +2,8 @@
 
 :class:`FaissVectorIndex` keeps a faiss ``IndexHNSWSQ`` (inner product on unit vectors, so cosine) whose
 row numbers map to block ids. The graph walk compares quantised vectors (:data:`QUANTIZER`: float16 by
-default, a half of float32's memory traffic); the top ``2 x limit`` candidates it returns are re-ranked on
-the float32 unit vectors kept beside it, so the order and the scores are exact. Parameters (M 32,
+default, a half of float32's memory traffic); the top ``limit`` candidates it returns are scored and
+ranked again on the float32 unit vectors kept beside it, so the scores and their order are exact. Parameters (M 32,
 efConstruction 128, efSearch 40) come from ``benchmarks/vector_bench.py``.
 
 faiss cannot take a vector out of an HNSW graph, so a removed or overwritten vector becomes a tombstone:
@@ -63,7 +63,10 @@ HNSW_EF_SEARCH = 40
 QUANTIZER = "fp16"  # how the graph stores vectors (needs no training, unlike 8-bit codes)
 _QUANTIZERS: dict[str, Any] = {"fp16": faiss.ScalarQuantizer.QT_fp16}
 EXACT_ROWS_MAX = 2048  # an index of at most this many rows is scanned exactly: cheaper than a walk
-_RERANK_FACTOR = 2  # the walk returns limit x this candidates, ranked on float32
+# The walk returns limit x this candidates, scored and ranked on float32. float16 codes rank almost
+# exactly: at 300k x 384, efSearch 40, fetching 20 instead of 10 raised recall@10 by 0.0002 (0.9685 to
+# 0.9687) and cost 15 us a query, so only the top ``limit`` are fetched; their scores are still exact.
+_RERANK_FACTOR = 1
 _FILTER_GRAPH_FRACTION = 50  # a filter matching under 1/50 of the rows is scanned exactly
 _FILTER_EF_FACTOR_MAX = 8  # a filtered walk's efSearch grows with rows / matching rows, up to this factor
 _PARALLEL_ADD_MIN = 8192  # smaller batches are inserted on one thread: the same graph for the same inserts
