@@ -12,8 +12,9 @@ Every figure of one stage comes from the same run on the same data and queries:
     loop);
   - ``raw``: the same faiss graph searched directly (no re-ranking, no wrapper): what the walk alone
     costs and finds;
-  - ``usearch`` (tuning stage only): the index MAIF used before (ADR 0033: usearch int8 HNSW 16/128/96
-    with float32 re-ranking), through its class, as the "before" of the same run;
+  - ``usearch_before`` (tuning stage, and full scale with ``--before``): the index MAIF used before
+    (ADR 0033: usearch int8 HNSW 16/128/96 with float32 re-ranking), through its class, as the "before"
+    of the same run;
   - ``faiss_hnsw``: the peer, faiss ``IndexHNSWFlat`` (float32, M 32, efConstruction 128);
   - ``faiss_ivf``: faiss ``IndexIVFFlat`` (1024 lists, trained on 50k vectors), nprobe swept.
 
@@ -27,6 +28,7 @@ The benchmark runs in two stages:
      1 vector in 10, walked with a bitmap selector; a rare one, 1 in 1000, scanned exactly).
 
     .venv/bin/python benchmarks/vector_bench.py [--vectors 300000] [--tune-vectors 50000] [--build 32,128]
+                                                [--before]
 
 Writes benchmarks/results/vector_bench.json (after each stage), with the load average at start and
 end. Never part of the test run.
@@ -259,9 +261,10 @@ async def tune(subset: np.ndarray, queries: np.ndarray, report: dict[str, Any]) 
 
 async def full(
     data: np.ndarray, queries: np.ndarray, chosen: dict, report: dict[str, Any], save: Callable[[], None],
-    *, peers: bool = True,
+    *, peers: bool = True, before: bool = False,
 ) -> None:
-    """Stage 2: the chosen configuration through MAIF and the faiss peers on all vectors."""
+    """Stage 2: the chosen configuration through MAIF and the faiss peers (and with ``before``, the
+    usearch index MAIF used before) on all vectors."""
     started = time.perf_counter()
     truth = exact_top_k(data, queries)
     report["full"] = {"exact_ground_truth_s": time.perf_counter() - started}
@@ -313,6 +316,10 @@ async def full(
     peer = report["full"]["faiss_hnsw"]["best"]
     report["full"]["ratio_latency_p50_maif_to_faiss_hnsw"] = (
         report["full"]["chosen"]["latency_us_p50"] / peer["latency_us_p50"])
+    if before:
+        save()
+        with tempfile.TemporaryDirectory() as directory:
+            report["full"]["usearch_before"] = await usearch_before(Path(directory), data, queries, truth)
 
 
 def main() -> None:
@@ -325,6 +332,8 @@ def main() -> None:
     )
     parser.add_argument("--build", help="skip tuning: M,EF_CONSTRUCTION to build at full scale")
     parser.add_argument("--no-peers", action="store_true", help="skip faiss at full scale (a second graph)")
+    parser.add_argument("--before", action="store_true",
+                        help="also measure the usearch index of ADR 0033 at full scale (a long build)")
     arguments = parser.parse_args()
     data, queries = make_data(arguments.vectors, arguments.queries)
     report: dict[str, Any] = {
@@ -356,7 +365,8 @@ def main() -> None:
     else:
         chosen = asyncio.run(tune(data[: arguments.tune_vectors], queries, report))
         save()
-    asyncio.run(full(data, queries, chosen, report, save, peers=not arguments.no_peers))
+    asyncio.run(full(data, queries, chosen, report, save, peers=not arguments.no_peers,
+                     before=arguments.before))
     save()
     summary = {key: report["full"][key] for key in ("chosen", "maif_index")}
     print(json.dumps(summary), f"wrote {arguments.output}", flush=True)
