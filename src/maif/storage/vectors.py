@@ -1,4 +1,8 @@
-"""Embeddings: decode them from EMBEDDING blocks, and index them for cosine search with usearch HNSW.
+"""Embeddings: decode them from EMBEDDING blocks; and the usearch HNSW index MAIF used until ADR 0091.
+
+The embedded default index is now :class:`maif.storage.faiss_vectors.FaissVectorIndex`; it reads the
+generations :class:`UsearchVectorIndex` wrote through this class (which checks them as described below)
+and converts them at open. The class stays usable on its own.
 
 :func:`embedding_of` accepts the two payload forms MAIF has seen: little-endian float32 (optionally
 described by metadata ``{"dtype": "float32", "dim": N}``) and the seed's JSON ``{"vector": [...]}``.
