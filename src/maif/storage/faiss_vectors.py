@@ -489,9 +489,10 @@ class FaissVectorIndex(VectorIndex):
             raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
-        if self._lock.acquire(blocking=False):
-            # A search of the in-memory graph takes a few hundred microseconds, less than the hop to a
-            # worker thread and back: it runs on the event loop unless a flush or an add holds the index.
+        if not wanted and self._lock.acquire(blocking=False):
+            # An unfiltered search of the in-memory graph takes a few hundred microseconds, less than the
+            # hop to a worker thread and back: it runs on the event loop unless a flush or an add holds
+            # the index. A filtered one may build a selector or scan thousands of rows: a worker thread.
             try:
                 result: list[tuple[str, float]] = self._guarded(
                     self._search_locked, vector, limit, score_threshold, wanted)
