@@ -3,8 +3,9 @@
 :class:`FaissVectorIndex` keeps a faiss ``IndexHNSWSQ`` (inner product on unit vectors, so cosine) whose
 row numbers map to block ids. The graph walk compares quantised vectors (:data:`QUANTIZER`: float16 by
 default, a half of float32's memory traffic); the top ``limit`` candidates it returns are scored and
-ranked again on the float32 unit vectors kept beside it, so the scores and their order are exact. Parameters (M 32,
-efConstruction 128, efSearch 40) come from ``benchmarks/vector_bench.py``.
+ranked again on the float32 unit vectors kept beside it, so the scores and their order are exact.
+Parameters (M 32, efConstruction 128, efSearch 40) come from ``benchmarks/vector_bench.py``. faiss itself
+is imported when the first index is built or loaded.
 
 faiss cannot take a vector out of an HNSW graph, so a removed or overwritten vector becomes a tombstone:
 its row stays in the graph for the walk but a selector keeps it out of every result, and a flush that
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import faiss
 import msgspec
 import numpy as np
 
@@ -61,7 +61,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
 HNSW_EF_SEARCH = 40
 QUANTIZER = "fp16"  # how the graph stores vectors (needs no training, unlike 8-bit codes)
-_QUANTIZERS: dict[str, Any] = {"fp16": faiss.ScalarQuantizer.QT_fp16}
+_QUANTIZERS = {"fp16": "QT_fp16"}  # name -> faiss.ScalarQuantizer attribute
 EXACT_ROWS_MAX = 2048  # an index of at most this many rows is scanned exactly: cheaper than a walk
 # The walk returns limit x this candidates, scored and ranked on float32. float16 codes rank almost
 # exactly: at 300k x 384, efSearch 40, fetching 20 instead of 10 raised recall@10 by 0.0002 (0.9685 to
@@ -76,9 +76,21 @@ _MAP_MAGIC = b"MAIFFMAP"
 _MAP_VERSION = 1
 _MAP_HEADER = struct.Struct("<8sH6s32s")  # magic, version, reserved, BLAKE3 of the msgpack body
 _CPUS = os.cpu_count() or 1
-_FAISS: Any = faiss  # faiss' own type stubs lack SearchParametersHNSW
 
 _log = logging.getLogger(__name__)
+
+
+def _faiss() -> Any:
+    """faiss, imported when an index is first built or loaded: the library adds about 20 MB of RSS,
+    which a store without embeddings never needs. Typed Any: faiss' own stubs lack some of the API
+    used here (SearchParametersHNSW)."""
+    import faiss
+
+    return faiss
+
+
+def _quantizer_type(name: str) -> Any:
+    return getattr(_faiss().ScalarQuantizer, _QUANTIZERS[name])
 
 
 class _FaissMap(msgspec.Struct):
@@ -171,6 +183,7 @@ class _Selector:
 
     def __init__(self, mask: np.ndarray) -> None:
         self.bitmap = np.packbits(mask, bitorder="little")
+        faiss = _faiss()
         self.selector = faiss.IDSelectorBitmap(len(self.bitmap), faiss.swig_ptr(self.bitmap))
 
 
@@ -217,7 +230,7 @@ class FaissVectorIndex(VectorIndex):
             raise BackendError(f"cannot open vector index {self.directory}: {error.strerror}") from error
 
     def _reset(self) -> None:
-        self._index: Any = None  # faiss.IndexHNSWSQ once the dimension is known
+        self._index: Any = None  # a faiss.IndexHNSWSQ once the dimension is known
         self._ndim: int | None = None
         self._matrix = np.zeros((0, 0), dtype=np.float32)  # float32 unit vector of each row
         self._live = np.zeros(0, dtype=bool)
@@ -304,6 +317,7 @@ class FaissVectorIndex(VectorIndex):
             raise _Damaged(f"map.msgpack records {mapping.exact_bytes} bytes of float32 rows, not {expected}")
         exact = _verified_bytes(generation / "vectors.f32", mapping.exact_bytes, mapping.exact_digest)
         raw = _verified_bytes(generation / "index.faiss", mapping.index_bytes, mapping.index_digest)
+        faiss = _faiss()
         index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))  # owned, already downcast
         if not isinstance(index, faiss.IndexHNSWSQ):
             raise _Damaged(f"index.faiss holds a {type(index).__name__}, not an IndexHNSWSQ")
@@ -312,7 +326,7 @@ class FaissVectorIndex(VectorIndex):
             raise _Damaged(f"index.faiss holds {index.ntotal} {index.d}-dimensional rows, its map says "
                            f"{mapping.rows} of {mapping.ndim}")
         storage: Any = faiss.downcast_index(index.storage)  # an IndexScalarQuantizer
-        if storage.sq.qtype != _QUANTIZERS[mapping.quantizer]:
+        if storage.sq.qtype != _quantizer_type(mapping.quantizer):
             raise _Damaged(f"index.faiss is not quantised as its map says ({mapping.quantizer})")
         self._ndim, self._index, self._rows = mapping.ndim, index, mapping.rows
         self._matrix = _grown(np.frombuffer(exact, dtype="<f4").astype(np.float32).reshape(
@@ -353,7 +367,8 @@ class FaissVectorIndex(VectorIndex):
 
     def _new_index(self, ndim: int) -> Any:
         m, ef_construction, ef_search = self.parameters
-        index = faiss.IndexHNSWSQ(ndim, _QUANTIZERS[self.quantizer], m, faiss.METRIC_INNER_PRODUCT)
+        faiss = _faiss()
+        index = faiss.IndexHNSWSQ(ndim, _quantizer_type(self.quantizer), m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
         return index
@@ -376,7 +391,7 @@ class FaissVectorIndex(VectorIndex):
         target.mkdir()
         index_path, exact_path, map_path = (target / name for name in (
             "index.faiss", "vectors.f32", "map.msgpack"))
-        graph = faiss.serialize_index(self._index).tobytes()
+        graph = _faiss().serialize_index(self._index).tobytes()
         exact = self._matrix[: self._rows].astype("<f4").tobytes()
         index_path.write_bytes(graph)
         exact_path.write_bytes(exact)
@@ -432,8 +447,8 @@ class FaissVectorIndex(VectorIndex):
             self._live = np.zeros(_ROWS_MIN, dtype=bool)
         for _, vector, _ in items:
             check_vector(vector, self._ndim)
-        latest = {block_id: (vector, attributes) for block_id, (vector, attributes) in
-                  ((block_id, (vector, attributes)) for block_id, vector, attributes in items)}
+        # The last vector of a block id wins, also within one call: each id gets one new row.
+        latest = {block_id: (vector, attributes) for block_id, vector, attributes in items}
         for block_id in latest:
             self._forget(block_id)
         vectors = np.stack([vector for vector, _ in latest.values()])
@@ -442,7 +457,7 @@ class FaissVectorIndex(VectorIndex):
         self._live = _grown(self._live, first + len(vectors))
         self._matrix[first : first + len(vectors)] = vectors
         # OpenMP's thread count is per calling thread: this only sets the worker thread's.
-        faiss.omp_set_num_threads(_CPUS if len(vectors) >= _PARALLEL_ADD_MIN else 1)
+        _faiss().omp_set_num_threads(_CPUS if len(vectors) >= _PARALLEL_ADD_MIN else 1)
         self._index.add(vectors)
         self._rows = first + len(vectors)
         self._block_of.extend([None] * len(vectors))
@@ -534,6 +549,7 @@ class FaissVectorIndex(VectorIndex):
 
     def _walk(self, vector: np.ndarray, limit: int, key: Any, rows: set[int] | None) -> np.ndarray:
         """The graph's candidates (rows, tombstones and non-matching rows excluded) for re-ranking."""
+        faiss = _faiss()
         fetch = min(limit * _RERANK_FACTOR, self._rows)
         parameters = None
         if key is not None:
@@ -548,7 +564,7 @@ class FaissVectorIndex(VectorIndex):
             # A walk that may keep only 1 node in n fills its result list n times slower: widen it (up
             # to _FILTER_EF_FACTOR_MAX times) so a filtered search finds about what an unfiltered one does.
             widening = min(_FILTER_EF_FACTOR_MAX, self._rows // max(1, len(rows))) if rows is not None else 1
-            parameters = _FAISS.SearchParametersHNSW(
+            parameters = faiss.SearchParametersHNSW(
                 sel=selector.selector, efSearch=self._index.hnsw.efSearch * max(1, widening))
         distances = np.empty((1, fetch), dtype=np.float32)
         labels = np.empty((1, fetch), dtype=np.int64)

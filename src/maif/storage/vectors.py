@@ -40,17 +40,19 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgspec
 import numpy as np
-from usearch.index import Index
 
 from maif import limits
 from maif.errors import ArgumentValueError, BackendError, FormatError, LimitExceededError, StoreClosedError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.storage.backends.base import Capabilities, VectorIndex
+
+if TYPE_CHECKING:  # usearch is imported when a usearch index is made: it costs 16 MB of RSS otherwise
+    from usearch.index import Index
 
 HNSW_CONNECTIVITY = 16  # ADR 0033 (stores written before keep the parameters in their maps)
 HNSW_EXPANSION_ADD = 128
@@ -482,6 +484,8 @@ class UsearchVectorIndex(VectorIndex):
 
     def _new_index(self, ndim: int, parameters: tuple[int, int, int] | None = None,
                    dtype: str | None = None) -> Index:
+        from usearch.index import Index
+
         connectivity, expansion_add, expansion_search = parameters or self.parameters
         return Index(
             ndim=ndim,
