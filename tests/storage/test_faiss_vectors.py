@@ -176,6 +176,30 @@ def test_removed_and_overwritten_vectors_never_come_back(tmp_path: Path) -> None
     run(scenario())
 
 
+def test_the_live_row_bitmap_follows_removals_and_growth(tmp_path: Path) -> None:
+    """The walk's live-row selector reads a bitmap updated in place; when the index grows past its
+    capacity the bitmap moves and the selector must follow (a stale one would read freed memory)."""
+    vectors = clustered_vectors(6000, 16, seed=71)
+
+    async def scenario() -> None:
+        exact, index = await both(tmp_path, [(f"v{n}", vectors[n], {}) for n in range(1000)],
+                                  exact_rows_max=0)
+        for target in (exact, index):
+            await target.remove([f"v{n}" for n in range(0, 1000, 2)])
+        assert ids(await index.search(vectors[10], 1)) != ["v10"]  # the live-row selector is made
+        for target in (exact, index):
+            await target.add([(f"v{n}", vectors[n], {}) for n in range(1000, 6000)])  # the bitmap moves
+            await target.remove([f"v{n}" for n in range(1000, 6000, 2)])
+        for number in (11, 12, 1001, 1002, 5999):
+            found = ids(await index.search(vectors[number], 10))
+            assert not any(int(block_id[1:]) % 2 == 0 for block_id in found)
+            assert (found[0] == f"v{number}") == (number % 2 == 1)
+            assert len(set(found) & set(ids(await exact.search(vectors[number], 10)))) >= 8
+        await index.close()
+
+    run(scenario())
+
+
 def test_a_search_waits_for_a_flush_without_blocking_the_event_loop(tmp_path: Path) -> None:
     vectors = clustered_vectors(200, 8, seed=51)
 

@@ -179,10 +179,11 @@ def _fsync_path(path: Path) -> None:
 
 
 class _Selector:
-    """A faiss bitmap selector over some rows; it holds the bitmap faiss reads through a raw pointer."""
+    """A faiss bitmap selector (bit ``row % 8`` of byte ``row // 8``); it holds the array faiss reads
+    through a raw pointer, so faiss sees changes made to it in place."""
 
-    def __init__(self, mask: np.ndarray) -> None:
-        self.bitmap = np.packbits(mask, bitorder="little")
+    def __init__(self, bitmap: np.ndarray) -> None:
+        self.bitmap = bitmap
         faiss = _faiss()
         self.selector = faiss.IDSelectorBitmap(len(self.bitmap), faiss.swig_ptr(self.bitmap))
 
@@ -234,12 +235,14 @@ class FaissVectorIndex(VectorIndex):
         self._ndim: int | None = None
         self._matrix = np.zeros((0, 0), dtype=np.float32)  # float32 unit vector of each row
         self._live = np.zeros(0, dtype=bool)
+        self._live_bits = np.zeros(0, dtype=np.uint8)  # _live packed, for the walk's selector
+        self._live_selector: _Selector | None = None  # over _live_bits; made again when they move
         self._rows = 0  # rows in the graph, tombstones included
         self._row_of: dict[str, int] = {}
         self._block_of: list[str | None] = []  # None: a tombstone
         self._attributes: list[dict[str, str]] = []
         self._postings: dict[tuple[str, str], set[int]] = {}
-        self._selectors: dict[Any, _Selector] = {}  # cached per filter (None: every live row)
+        self._selectors: dict[Any, _Selector] = {}  # cached per filter until the rows change
 
     # ---- persistence ---------------------------------------------------------------------------
 
@@ -331,7 +334,7 @@ class FaissVectorIndex(VectorIndex):
         self._ndim, self._index, self._rows = mapping.ndim, index, mapping.rows
         self._matrix = _grown(np.frombuffer(exact, dtype="<f4").astype(np.float32).reshape(
             mapping.rows, mapping.ndim), max(mapping.rows, _ROWS_MIN))
-        self._live = np.zeros(len(self._matrix), dtype=bool)
+        self._reserve(len(self._matrix))
         self._block_of = [None] * mapping.rows
         self._attributes = [{}] * mapping.rows
         for block_id, row, attributes in mapping.items:
@@ -427,7 +430,7 @@ class FaissVectorIndex(VectorIndex):
         else:
             assert ndim is not None
             self._index, self._matrix = self._new_index(ndim), np.zeros((_ROWS_MIN, ndim), dtype=np.float32)
-            self._live = np.zeros(_ROWS_MIN, dtype=bool)
+            self._reserve(_ROWS_MIN)
 
     # ---- the VectorIndex API -------------------------------------------------------------------
 
@@ -444,7 +447,7 @@ class FaissVectorIndex(VectorIndex):
             self._ndim = self._ndim or items[0][1].shape[0]
             self._index = self._new_index(self._ndim)
             self._matrix = np.zeros((_ROWS_MIN, self._ndim), dtype=np.float32)
-            self._live = np.zeros(_ROWS_MIN, dtype=bool)
+            self._reserve(_ROWS_MIN)
         for _, vector, _ in items:
             check_vector(vector, self._ndim)
         # The last vector of a block id wins, also within one call: each id gets one new row.
@@ -453,8 +456,7 @@ class FaissVectorIndex(VectorIndex):
             self._forget(block_id)
         vectors = np.stack([vector for vector, _ in latest.values()])
         first = self._rows
-        self._matrix = _grown(self._matrix, first + len(vectors))
-        self._live = _grown(self._live, first + len(vectors))
+        self._reserve(first + len(vectors))
         self._matrix[first : first + len(vectors)] = vectors
         # OpenMP's thread count is per calling thread: this only sets the worker thread's.
         _faiss().omp_set_num_threads(_CPUS if len(vectors) >= _PARALLEL_ADD_MIN else 1)
@@ -466,9 +468,18 @@ class FaissVectorIndex(VectorIndex):
             self._place(block_id, row, attributes)
         self._dirty = True
 
+    def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in the float32 matrix and the live-row masks (new rows: not live)."""
+        self._matrix = _grown(self._matrix, rows)
+        self._live = _grown(self._live, len(self._matrix))
+        if len(self._live_bits) * 8 < len(self._live):
+            self._live_bits = _grown(self._live_bits, (len(self._live) + 7) // 8)
+            self._live_selector = None  # faiss would read the old array
+
     def _place(self, block_id: str, row: int, attributes: dict[str, str]) -> None:
         self._row_of[block_id], self._block_of[row], self._attributes[row] = row, block_id, attributes
         self._live[row] = True
+        self._live_bits[row >> 3] |= 1 << (row & 7)
         for field in attributes.items():
             self._postings.setdefault(field, set()).add(row)
         self._selectors.clear()
@@ -480,6 +491,7 @@ class FaissVectorIndex(VectorIndex):
             return False
         self._block_of[row] = None
         self._live[row] = False
+        self._live_bits[row >> 3] &= 0xFF ^ (1 << (row & 7))
         for field in self._attributes[row].items():
             rows = self._postings[field]
             rows.discard(row)
@@ -551,21 +563,23 @@ class FaissVectorIndex(VectorIndex):
         """The graph's candidates (rows, tombstones and non-matching rows excluded) for re-ranking."""
         faiss = _faiss()
         fetch = min(limit * _RERANK_FACTOR, self._rows)
-        parameters = None
-        if key is not None:
+        parameters, selector, widening = None, None, 1
+        if key == ():  # every live row: the bitmap kept up to date by _place and _forget
+            if self._live_selector is None:
+                self._live_selector = _Selector(self._live_bits)
+            selector = self._live_selector
+        elif key is not None and rows is not None:
             selector = self._selectors.get(key)
             if selector is None:
                 mask = np.zeros(self._rows, dtype=bool)
-                if rows is None:
-                    mask[:] = self._live[: self._rows]
-                else:
-                    mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
-                selector = self._selectors[key] = _Selector(mask)
+                mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
+                selector = self._selectors[key] = _Selector(np.packbits(mask, bitorder="little"))
             # A walk that may keep only 1 node in n fills its result list n times slower: widen it (up
             # to _FILTER_EF_FACTOR_MAX times) so a filtered search finds about what an unfiltered one does.
-            widening = min(_FILTER_EF_FACTOR_MAX, self._rows // max(1, len(rows))) if rows is not None else 1
+            widening = max(1, min(_FILTER_EF_FACTOR_MAX, self._rows // len(rows)))
+        if selector is not None:
             parameters = faiss.SearchParametersHNSW(
-                sel=selector.selector, efSearch=self._index.hnsw.efSearch * max(1, widening))
+                sel=selector.selector, efSearch=self._index.hnsw.efSearch * widening)
         distances = np.empty((1, fetch), dtype=np.float32)
         labels = np.empty((1, fetch), dtype=np.int64)
         self._index.search_c(1, faiss.swig_ptr(vector), fetch, faiss.swig_ptr(distances),
