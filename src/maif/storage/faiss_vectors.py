@@ -161,6 +161,12 @@ def _digest(data: bytes) -> bytes:
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
 
 
+def _file_digest(path: Path) -> bytes:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(path)
+    return hasher.digest()
+
+
 def _grown(array: np.ndarray, length: int) -> np.ndarray:
     """``array`` with at least ``length`` rows, doubling (amortised O(1) per row); new rows zero."""
     if length <= len(array):
@@ -394,15 +400,15 @@ class FaissVectorIndex(VectorIndex):
         target.mkdir()
         index_path, exact_path, map_path = (target / name for name in (
             "index.faiss", "vectors.f32", "map.msgpack"))
-        graph = _faiss().serialize_index(self._index).tobytes()
-        exact = self._matrix[: self._rows].astype("<f4").tobytes()
-        index_path.write_bytes(graph)
-        exact_path.write_bytes(exact)
+        # Written straight from memory (no copies of a graph and rows that run to hundreds of MB), then
+        # digested from the files.
+        _faiss().write_index(self._index, str(index_path))
+        np.ascontiguousarray(self._matrix[: self._rows], dtype="<f4").tofile(exact_path)
         items = [(block_id, row, self._attributes[row]) for block_id, row in self._row_of.items()]
         mapping = _FaissMap(
             self._ndim, self._rows, *self.parameters, quantizer=self.quantizer, items=items,
-            index_bytes=len(graph), index_digest=_digest(graph),
-            exact_bytes=len(exact), exact_digest=_digest(exact),
+            index_bytes=index_path.stat().st_size, index_digest=_file_digest(index_path),
+            exact_bytes=exact_path.stat().st_size, exact_digest=_file_digest(exact_path),
         )
         map_path.write_bytes(_encode_map(mapping))
         for path in (index_path, exact_path, map_path, target):
