@@ -4,16 +4,18 @@ Measured in the same run, on the same disk:
 
 * references: raw BLAKE3 throughput (all cores, one large buffer), page-cache read speed (reading a
   cached file into a reused buffer), durable write speed (write + fdatasync of the same volume);
-* small blocks: N blocks of 1 KiB (default 100k): blocks/s written (CPU only, and durable with the
-  commit's fdatasync), blocks/s verified in full and quick mode, per-block overhead in bytes;
+* small blocks: N blocks of 1 KiB (default 100k): blocks/s written with ``add_many`` (CPU only, and
+  durable with the commit's fdatasync; also with one ``add`` per block), blocks/s verified in full and
+  quick mode, per-block overhead in bytes;
 * large blocks: a >= 1 GiB file of 16 MiB incompressible blocks: durable write GB/s, and verified
   sequential read GB/s from the page cache (every payload's chained BLAKE3 digest checked), each also as
   a ratio to its physical reference;
 * peak RSS of a child process that writes, then verifies and reads, a 4 GiB file (``--big``);
 * ``python -c "import maif"`` wall time, next to ``python -c pass``.
 
-Each figure is the median of ``--repeats`` runs. The 2-core machine is shared with other work, so the
-1-minute load average is recorded with the results.
+Each figure is the median of ``--repeats`` runs. ``MAIF_PURE_PYTHON=1`` measures the pure-Python
+reference instead of the compiled core (ADR 0090); ``--output`` writes elsewhere than the default.
+The 2-core machine is shared with other work, so the 1-minute load average is recorded with the results.
 
     .venv/bin/python benchmarks/format_bench.py [--small-blocks 100000] [--large-mib 1024] [--repeats 3]
         [--big]
@@ -40,6 +42,7 @@ from typing import Any
 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from maif.format import native
 from maif.format.block import MAIFBlock
 from maif.format.container import ContainerReader, ContainerWriter
 from maif.format.verify import verify_container
@@ -100,20 +103,32 @@ def page_cache_read_bytes_per_s(path: Path) -> float:
 
 
 def small_blocks(directory: Path, count: int, repeats: int) -> dict[str, Any]:
-    """Wall-clock rates, plus rates per CPU-second of this process (less distorted by a busy machine)."""
+    """Wall-clock rates, plus rates per CPU-second of this process (less distorted by a busy machine).
+
+    Blocks are written with ``add_many`` (the batch API), and, for comparison, one ``add`` call each."""
     blocks = [MAIFBlock(data=os.urandom(1024), agent_id="agent-1") for _ in range(count)]
     path = directory / "small.maif"
-    cpu_process, durable_wall = [], []
-    for _ in range(repeats):
+    cpu_process, durable_wall, one_by_one_wall = [], [], []
+
+    def write(batch: bool) -> tuple[float, float]:
         path.unlink(missing_ok=True)
         writer = ContainerWriter.create(path)
         start, start_cpu = time.perf_counter(), time.process_time()
-        for block in blocks:
-            writer.add(block)
+        if batch:
+            writer.add_many(blocks)
+        else:
+            for block in blocks:
+                writer.add(block)
         writer.commit([KEY])
-        durable_wall.append(time.perf_counter() - start)
-        cpu_process.append(time.process_time() - start_cpu)
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         writer.close()
+        return wall, cpu
+
+    for _ in range(repeats):
+        one_by_one_wall.append(write(batch=False)[0])
+        wall, cpu = write(batch=True)
+        durable_wall.append(wall)
+        cpu_process.append(cpu)
     public = [KEY.public_key()]
     verify_rates = {}
     for mode, full in (("full", True), ("quick", False)):
@@ -130,6 +145,7 @@ def small_blocks(directory: Path, count: int, repeats: int) -> dict[str, Any]:
         "payload_bytes": 1024,
         "write_durable_blocks_per_s": count / statistics.median(durable_wall),
         "write_durable_blocks_per_cpu_s": count / statistics.median(cpu_process),
+        "write_durable_one_add_per_block_blocks_per_s": count / statistics.median(one_by_one_wall),
         **verify_rates,
         "overhead_bytes_per_block": (path.stat().st_size - count * 1024) / count,
         "targets": {
@@ -203,6 +219,7 @@ def large_blocks(directory: Path, total_mib: int, repeats: int) -> dict[str, Any
 _RSS_CHILD = """
 import os, sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from maif.format import native
 from maif.format.block import MAIFBlock
 from maif.format.container import ContainerReader, ContainerWriter
 from maif.format.verify import verify_container
@@ -268,11 +285,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big", action="store_true", help="also measure peak RSS on a 4 GiB file")
     parser.add_argument("--big-mib", type=int, default=4096)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     arguments = parser.parse_args()
     results: dict[str, Any] = {
         "machine": {
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "compiled_core": not native.pure_python(),  # MAIF_PURE_PYTHON=1 measures the reference
             "load_average_1min_at_start": os.getloadavg()[0],
         },
     }
@@ -297,8 +316,8 @@ def main() -> None:
     results["import"] = import_seconds(arguments.repeats)
     results["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     results["machine"]["bench_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    arguments.output.parent.mkdir(parents=True, exist_ok=True)
+    arguments.output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

@@ -397,9 +397,16 @@ class RssSampler:
         ]
 
 
+def _process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_job(job: dict[str, Any], pid: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
+    cpu_s_before = _process_cpu_s(pid)
     with RssSampler(pid) as sampler:
         started = time.perf_counter()
         process = context.Process(target=load_process, args=(job, queue))
@@ -407,6 +414,10 @@ def run_job(job: dict[str, Any], pid: int) -> dict[str, Any]:
         outcome = queue.get(timeout=3600)
         process.join()
     outcome.update(sampler.summary())
+    outcome["server_cpu_s"] = round(_process_cpu_s(pid) - cpu_s_before, 3)
+    outcome["load_average_1m"] = os.getloadavg()[0]
+    if job["kind"] == "writes" and outcome.get("ok"):
+        outcome["server_cpu_ms_per_write"] = round(1000 * outcome["server_cpu_s"] / outcome["ok"], 3)
     if job["kind"] == "soak":
         outcome["rss_trend_mib_per_min_second_half"] = sampler.trend_mib_per_min()
         outcome["rss_mib_first_sample"] = round(sampler.samples[0] / MiB, 1)
@@ -608,6 +619,7 @@ def _audit_compare(
                 "offered_per_s": load,
                 "achieved_writes_per_s": _median(runs, index, "achieved_writes_per_s"),
                 "latency_ms_p99": _median(runs, index, "latency_ms_p99"),
+                "server_cpu_ms_per_write": _median(runs, index, "server_cpu_ms_per_write"),
                 "errors": sum(run[index]["errors"] for run in runs),
             }
             for index, load in enumerate(loads)

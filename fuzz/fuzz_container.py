@@ -1,7 +1,9 @@
 """Coverage-guided fuzz target for the .maif reader, verifier and repair (atheris; not part of the tests).
 
 Run:  .venv/bin/python fuzz/fuzz_container.py -max_total_time=600 [corpus_dir]
-Any exception that is not a MAIFError is a finding. Seeds: a small signed file, plain and encrypted.
+Any exception that is not a MAIFError is a finding, and so is a verification report that differs between
+the compiled core and the pure-Python reference (ADR 0090). Seeds: a small signed file, plain and
+encrypted.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ with atheris.instrument_imports():
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from maif.errors import MAIFError
+    from maif.format import native
     from maif.format.block import MAIFBlock
     from maif.format.codec import decode_block
     from maif.format.container import ContainerReader, ContainerWriter
@@ -57,7 +60,16 @@ def test_one_input(data: bytes) -> None:
         decode_block(data)
     path = WORK / "input.maif"
     path.write_bytes(data)
-    verify_container(path, [SIGNING_KEY.public_key()], decryption_key=RECIPIENT_KEY)
+    report = verify_container(path, [SIGNING_KEY.public_key()], decryption_key=RECIPIENT_KEY)
+    core = native._core
+    if core is not None:
+        native._core = None  # the same input through the pure-Python reference
+        try:
+            reference = verify_container(path, [SIGNING_KEY.public_key()], decryption_key=RECIPIENT_KEY)
+        finally:
+            native._core = core
+        if (report.ok, report.problems) != (reference.ok, reference.problems):
+            raise AssertionError(f"compiled core {report.problems} != reference {reference.problems}")
     try:
         with ContainerReader.open(path, decryption_key=RECIPIENT_KEY) as reader:
             for index in range(len(reader)):

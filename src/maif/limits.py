@@ -237,6 +237,9 @@ audit_event_text_bytes_max: Final = 4 * KiB
 audit_event_details_max: Final = 64
 """Most extra (detail) fields one audit event may carry."""
 
+audit_detail_names_cached_max: Final = 256
+"""Distinct audit detail field names whose redaction verdict is remembered (the gate uses a handful)."""
+
 audit_log_entries_max: Final = 1 << 24
 """Most entries one audit log holds (the writer keeps 32 bytes per entry in memory for proofs)."""
 

@@ -707,3 +707,30 @@ def test_check_repair_human_output_names_the_lost_lsns(tmp_path: Path) -> None:
     assert "write-ahead log repaired:" in human.stdout and "lost LSNs: " in human.stdout
     assert "lost LSNs: none" not in human.stdout and "damaged segment copied to:" in human.stdout
     assert "no problems found after the repair" in human.stdout
+
+
+def test_maif_serve_freezes_its_start_up_heap_while_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything built before serving is moved out of the collector's generations (gc.freeze, ADR 0089)
+    and given back once serving ends, so a process that serves again freezes its heap anew."""
+    import asyncio
+    import gc
+
+    import uvicorn
+
+    from maif.cli.serve import run_service
+
+    frozen_while_serving: list[int] = []
+
+    async def serve(self: uvicorn.Server, sockets: Any = None) -> None:
+        frozen_while_serving.append(gc.get_freeze_count())
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"storage": {"data_dir": str(tmp_path / "store")}}))
+    monkeypatch.setenv("MAIF_MASTER_KEY", "00" * 32)
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
+    gc.unfreeze()
+    asyncio.run(run_service("127.0.0.1", 0, config))
+    assert len(frozen_while_serving) == 1 and frozen_while_serving[0] > 10_000
+    assert gc.get_freeze_count() == 0

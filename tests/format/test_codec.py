@@ -220,3 +220,21 @@ def test_metadata_with_a_nested_non_string_key_is_a_format_error() -> None:
 
     with pytest.raises(FormatError):
         decode_metadata(msgspec.msgpack.encode({"a": {1: 2}}))
+
+
+def test_new_block_ids_are_canonical_uuidv7_strings() -> None:
+    """new_block_id formats the UUID itself (docs/adr/0089): the same text as str(uuid.UUID(...)),
+    version 7, RFC 9562 variant, time-ordered by the millisecond."""
+    import time
+    import uuid
+
+    from maif.format.block import new_block_id
+
+    before_ms = time.time_ns() // 1_000_000
+    identifiers = [new_block_id() for _ in range(200)]
+    after_ms = time.time_ns() // 1_000_000
+    assert len(set(identifiers)) == 200
+    for text in identifiers:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before_ms <= parsed.int >> 80 <= after_ms

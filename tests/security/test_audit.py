@@ -940,3 +940,26 @@ def test_a_log_with_nothing_signed_never_verifies(tmp_path: Path, signer: Memory
     for allow in (False, True):
         with pytest.raises(SignatureError, match="no entry is covered by a signed checkpoint"):
             verify_audit_log(path, [signer.public_key], allow_unsigned_tail=allow)
+
+
+def test_the_sanitisers_shortcuts_keep_its_verdicts() -> None:
+    """One combined secret pattern, no UTF-8 encoding of short texts, remembered detail-name verdicts
+    (docs/adr/0089): the same redactions and the same size refusals as before."""
+    from maif import limits
+    from maif.security.audit import sanitize_event
+
+    base = {"actor": "agent-1", "action": "write", "decision": "allow", "time": 1.0}
+    four_byte = "\U0001f600"
+    at_bound = four_byte * (limits.audit_event_text_bytes_max // 4)
+    assert sanitize_event({**base, "resource": at_bound})["resource"] == at_bound
+    with pytest.raises(LimitExceededError):
+        sanitize_event({**base, "resource": at_bound + "x"})
+    jwt = "eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"
+    pem = "-----BEGIN EC PRIVATE KEY-----"
+    for text in (jwt, pem, f"prefix {pem} suffix"):
+        assert sanitize_event({**base, "reason": text})["reason"] == "<redacted: token or key material>"
+    for _ in range(2):  # the second time from the remembered verdicts
+        details = sanitize_event({**base, "api_key": "k", "scope": "maif:write", "my_token": "t"})["details"]
+        assert details == {"api_key": "<redacted>", "scope": "maif:write", "my_token": "<redacted>"}
+        with pytest.raises(LimitExceededError):
+            sanitize_event({**base, "n" * (limits.audit_event_text_bytes_max + 1): 1})

@@ -20,12 +20,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from maif import limits
+from maif.durable import write_atomically
 from maif.errors import FormatError, IntegrityError, LimitExceededError, SignatureError, StorageError
 from maif.security.audit import SignedCheckpoint, TrustedKey, decode_checkpoint, encode_checkpoint
 
@@ -112,16 +112,7 @@ def _replace(file: Path, identity: bytes, segment: int | None, checkpoint: Signe
         "segment": segment,
         "checkpoint": encode_checkpoint(checkpoint).hex(),
     }
-    descriptor, temporary = tempfile.mkstemp(dir=file.parent, prefix=".head-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(document, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, file)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(file, json.dumps(document).encode("utf-8"), mode=0o600)
 
 
 def check_still_held(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -173,10 +174,18 @@ async def run_service(host: str, port: int, config: Path | None) -> None:
                 proxy_headers=False,  # nothing reads the client address; no header may rewrite it
             )
         )
+        # Everything built so far (modules, the app, the store's and manager's objects) lives as long as
+        # the process: moved out of the collector's generations, a full collection no longer rescans it
+        # while requests are served (docs/adr/0089).
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, server.request_exit)
-        await server.serve()
+        try:
+            await server.serve()
+        finally:
+            gc.unfreeze()  # a process that serves again (tests do) freezes its heap anew
         await app.state.service.drain()
     finally:
         try:

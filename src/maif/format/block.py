@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import os
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -70,7 +69,8 @@ def new_block_id() -> str:
     value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 9562 variant
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # str(uuid.UUID(int=value)), without the object (one per service write)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class MAIFBlock(msgspec.Struct, frozen=True, kw_only=False):

@@ -53,7 +53,7 @@ _U8: Final = struct.Struct("<B")
 _U16: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("<I")
 
-_KNOWN_FOURCCS: Final[dict[object, bytes]] = {member: member.fourcc for member in MAIFBlockType}
+KNOWN_FOURCCS: Final[dict[object, bytes]] = {member: member.fourcc for member in MAIFBlockType}
 _KNOWN_TYPES: Final[dict[bytes, MAIFBlockType]] = {member.fourcc: member for member in MAIFBlockType}
 _metadata_encoder: Final = msgspec.msgpack.Encoder(order="deterministic")
 _metadata_decoder: Final = msgspec.msgpack.Decoder(dict[str, Any])
@@ -220,7 +220,7 @@ def encode_header(block: MAIFBlock, storage_flags: int, metadata_length: int) ->
     if metadata_length or block.parents or block.version != DEFAULT_BLOCK_VERSION:
         more_flags, more = _rare_fields(block, metadata_length)
         field_flags, tail = field_flags | more_flags, tail + more
-    fourcc = _KNOWN_FOURCCS.get(block.block_type) or fourcc_of(block.block_type)
+    fourcc = KNOWN_FOURCCS.get(block.block_type) or fourcc_of(block.block_type)
     raw_id = _uuid_bytes(block.id)
     if raw_id is not None:
         field_flags |= FIELD_ID_UUID

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import blake3
 
 from maif.errors import IntegrityError
+from maif.format import native
 
 HASH_SIZE = 32
 _LEAF_PREFIX = b"\x00"
@@ -52,6 +53,11 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
         return empty_root()
     level = list(leaf_hashes)
     hasher = blake3.blake3
+    core = native.core()
+    if core is not None:
+        native_root: bytes | None = core.merkle_root(level, hasher)
+        if native_root is not None:
+            return native_root
     while len(level) > 1:
         carry = [level[-1]] if len(level) & 1 else []
         level = [
@@ -61,9 +67,25 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
+def leaf_hashes_of_entries(entries: bytes, entry_bytes: int, digest_at: int) -> list[bytes]:
+    """RFC 9162 leaf hashes of the 32-byte digests at ``digest_at`` in each ``entry_bytes``-byte entry
+    (a container index, as stored)."""
+    core = native.core()
+    if core is not None:
+        hashes: list[bytes] = core.leaf_hashes(entries, entry_bytes, digest_at, blake3.blake3)
+        return hashes
+    return leaf_hashes_of(
+        [entries[at : at + HASH_SIZE] for at in range(digest_at, len(entries), entry_bytes)]
+    )
+
+
 def leaf_hashes_of(digests: Sequence[bytes]) -> list[bytes]:
     """RFC 9162 leaf hashes of many leaves at once."""
     hasher = blake3.blake3
+    core = native.core()
+    if core is not None and all(type(digest) is bytes and len(digest) == HASH_SIZE for digest in digests):
+        hashes: list[bytes] = core.leaf_hashes(b"".join(digests), HASH_SIZE, 0, hasher)
+        return hashes
     return [hasher(_LEAF_PREFIX + digest).digest() for digest in digests]
 
 

@@ -16,7 +16,7 @@ import mmap
 import operator
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -33,7 +33,7 @@ from maif.errors import (
     LimitExceededError,
     MAIFError,
 )
-from maif.format import aead, codec, layout, merkle
+from maif.format import aead, codec, layout, merkle, native
 from maif.format.block import MAIFBlock
 from maif.format.compression import decompress_exact, iter_decompressed
 
@@ -282,7 +282,7 @@ class ContainerReader:
 
     def leaf_hashes(self) -> list[bytes]:
         if self._leaf_hashes is None:
-            self._leaf_hashes = merkle.leaf_hashes_of(self.digests())
+            self._leaf_hashes = merkle.leaf_hashes_of_entries(self._entries, _ENTRY_BYTES, _DIGEST_AT)
         return self._leaf_hashes
 
     def entry(self, index: int) -> BlockEntry:
@@ -315,23 +315,18 @@ class ContainerReader:
         """
         if self._mapping is None or not len(self):
             return []
+        if native.core() is not None:
+            return self._digest_mismatches_native(on_bytes)
         offsets, ends, entries = self._offsets.tolist(), self._ends.tolist(), self._entries
-        mapping, bad, hasher = self._mapping, self.bad_entries, blake3.blake3
+        bad = self.bad_entries
         previous = layout.chain_genesis(self.file_id)
         mismatches = []
         pending = 0
         digest_ats = range(_DIGEST_AT, len(entries), _ENTRY_BYTES)
         for index, (start, end, at) in enumerate(zip(offsets, ends, digest_ats, strict=True)):
             expected = entries[at : at + 32]
-            if index in bad:
-                pass
-            elif end - start < PARALLEL_HASH_BYTES_MIN:
-                if hasher(previous + mapping[start:end]).digest() != expected:
-                    mismatches.append(index)
-            else:
-                if chained_digest(previous, (self._view[start:end],)) != expected:
-                    mismatches.append(index)
-                self.release(index)
+            if index not in bad and self._digest_differs(index, start, end, previous, expected):
+                mismatches.append(index)
             previous = expected
             if on_bytes is not None:
                 pending += end - start
@@ -341,6 +336,74 @@ class ContainerReader:
         if on_bytes is not None and pending:
             on_bytes(pending)
         return mismatches
+
+    def _digest_differs(self, index: int, start: int, end: int, previous: bytes, expected: bytes) -> bool:
+        """Whether record ``index`` does not reproduce its indexed digest (a large one is then released)."""
+        assert self._mapping is not None
+        if end - start < PARALLEL_HASH_BYTES_MIN:
+            return bool(blake3.blake3(previous + self._mapping[start:end]).digest() != expected)
+        differs = chained_digest(previous, (self._view[start:end],)) != expected
+        self.release(index)
+        return differs
+
+    def _digest_mismatches_native(self, on_bytes: Callable[[int], None] | None) -> list[int]:
+        """:meth:`digest_mismatches` with the small records hashed by the compiled core, between the
+        entries the layout check refused; large records (and any the core leaves) are hashed here."""
+        core = native.core()
+        assert core is not None and self._mapping is not None
+        entries, genesis, count = self._entries, layout.chain_genesis(self.file_id), len(self)
+        budget = _PROGRESS_BATCH_BYTES if on_bytes is not None else 1 << 62
+        mismatches: list[int] = []
+        bad = sorted(self.bad_entries)
+        pending, index = 0, 0
+        for stop in [*bad, count]:
+            while index < stop:
+                index, covered = core.chain_mismatches(
+                    self._mapping, self._offsets, self._ends, entries, genesis, index, stop,
+                    budget - pending, PARALLEL_HASH_BYTES_MIN, blake3.blake3, mismatches,
+                )
+                pending += covered
+                if index < stop and pending < budget:  # the core stopped before a record it leaves
+                    start, end = int(self._offsets[index]), int(self._ends[index])
+                    expected = self.digest(index)
+                    if self._digest_differs(index, start, end, self.previous_digest(index), expected):
+                        mismatches.append(index)
+                    pending += end - start
+                    index += 1
+                if on_bytes is not None and pending >= budget:
+                    on_bytes(pending)
+                    pending = 0
+            if on_bytes is not None and index < count:  # a refused entry: its bytes count as covered
+                pending += int(self._ends[index]) - int(self._offsets[index])
+            index = stop + 1
+        if on_bytes is not None and pending:
+            on_bytes(pending)
+        return mismatches
+
+    def unproven_blocks(self, first: int, stop: int, skip: Container[int] = ()) -> Iterator[int]:
+        """The blocks in ``range(first, stop)`` that :meth:`check_block` must look at: all of them on
+        the pure-Python path. With the compiled core, only those it could not prove valid: it proves
+        plain small records, but for their metadata, which is decoded here (a block whose metadata
+        fails, or is in ``skip``, is left to check_block, which reports it exactly)."""
+        core = native.core()
+        if core is None or self._mapping is None:
+            yield from range(first, stop)
+            return
+        mapping = self._mapping
+        for item in core.unproven_records(
+            mapping, self._offsets, self._ends, first, stop, PARALLEL_HASH_BYTES_MIN
+        ):
+            if isinstance(item, int):
+                yield item
+                continue
+            index, start, end = item
+            if index in skip:
+                yield index
+                continue
+            try:
+                codec.decode_metadata(mapping[start:end])
+            except MAIFError:
+                yield index
 
     # ---- blocks ----------------------------------------------------------------------------------
 

@@ -7,9 +7,11 @@ writes the index, the signed manifest and the trailer, then fdatasyncs (docs/for
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -24,7 +26,7 @@ from maif.errors import (
     LimitExceededError,
     SignatureError,
 )
-from maif.format import aead, codec, layout, merkle, signing
+from maif.format import aead, codec, layout, merkle, native, signing
 from maif.format.block import MAIFBlock
 from maif.format.compression import compress_if_pays
 from maif.format.reader import ContainerReader, VersionInfo, chained_digest, io_error
@@ -37,6 +39,9 @@ except ImportError:  # not POSIX: no advisory lock
 _WRITE_BUFFER_BYTES: Final = 1 << 20
 _SMALL_RECORD_BYTES_MAX: Final = 64 << 10
 _INDEX_ENTRY_PACK: Final = layout.INDEX_ENTRY.pack
+_ADD_MANY_BATCH_BLOCKS: Final = 4096
+_EARLY_SYNC_BYTES_MIN: Final = 8 << 20
+_ADD_MANY_BATCH_BYTES: Final = 1 << 20
 _blake3: Final = blake3.blake3
 
 if TYPE_CHECKING:
@@ -80,6 +85,7 @@ class ContainerWriter:
         self._random = random
         self._clock_ns = clock_ns
         self._failed = False
+        self._encoded_records = bytearray()
         self._closed = False
 
     @classmethod
@@ -195,6 +201,54 @@ class ContainerWriter:
         self._previous_digest = digest
         return index
 
+    def add_many(self, blocks: Iterable[MAIFBlock], *, encrypt: bool = False) -> range:
+        """Write every block of ``blocks`` in order, as :meth:`add` would, and return their indexes.
+
+        Byte for byte what the same :meth:`add` calls write; with the compiled core (ADR 0090) the plain
+        small blocks are encoded and hashed in C (their metadata by ``codec.encode_metadata``), written a
+        batch at a time. Blocks are taken from the
+        iterable a batch at a time, so memory stays bounded whatever its length.
+        """
+        self._require_open()
+        first_index = self._block_count
+        core = native.core()
+        records = self._encoded_records
+        iterator = iter(blocks)
+        while batch := list(itertools.islice(iterator, _ADD_MANY_BATCH_BLOCKS)):
+            if core is None or encrypt:
+                for block in batch:
+                    self.add(block, encrypt=encrypt)
+                continue
+            position = 0
+            while position < len(batch):
+                count, used, digest = core.encode_records(
+                    batch,
+                    position,
+                    MAIFBlock,
+                    codec.KNOWN_FOURCCS,
+                    self._previous_digest,
+                    self._position,
+                    self._compression_threshold,
+                    _SMALL_RECORD_BYTES_MAX,
+                    limits.container_blocks_max - self._block_count,
+                    _ADD_MANY_BATCH_BYTES,
+                    _blake3,
+                    records,  # the core writes each batch's records here (grown once, then reused)
+                    self._index,  # the core appends one entry per block it encodes
+                    codec.encode_metadata,
+                )
+                if count:
+                    with memoryview(records) as view, view[:used] as encoded:
+                        self._write_one(encoded)
+                    self._block_count += count
+                    self._position += used
+                    self._previous_digest = digest
+                    position += count
+                elif position < len(batch):  # a block the core leaves to the reference path
+                    self.add(batch[position])
+                    position += 1
+        return range(first_index, self._block_count)
+
     def _record_parts(self, block: MAIFBlock, index: int, encrypt: bool) -> tuple[bytes, ...]:
         metadata = codec.encode_metadata(block.metadata) if block.metadata else b""
         stored, flags = block.data, 0
@@ -220,16 +274,22 @@ class ContainerWriter:
         self._require_open()
         signer_ids = _check_signing_keys(signing_keys)
         index_bytes = bytes(self._index)
-        # Leaves are hashed here in bulk rather than per add(): whole subtrees, level by level. The
-        # writer's own frontier only advances once the version is on disk.
-        frontier = self._frontier.copy()
-        frontier.extend(
-            merkle.leaf_hashes_of([index_bytes[at + 8 : at + 40] for at in range(0, len(index_bytes), 40)])
-        )
-        assert frontier.size == self._block_count
-        committed_at_ns = self._clock_ns()
-        merkle_root = frontier.root()
-        manifest = self._signed_manifest(index_bytes, merkle_root, committed_at_ns, signing_keys, signer_ids)
+        # Many record bytes: their fdatasync starts now, in a thread, while the Merkle tree is hashed;
+        # the sync after the trailer still covers every byte before the version is acknowledged.
+        early_sync = self._start_early_sync()
+        try:
+            # Leaves are hashed here in bulk rather than per add(): whole subtrees, level by level. The
+            # writer's own frontier only advances once the version is on disk.
+            frontier = self._frontier.copy()
+            frontier.extend(merkle.leaf_hashes_of_entries(index_bytes, layout.INDEX_ENTRY.size, 8))
+            assert frontier.size == self._block_count
+            committed_at_ns = self._clock_ns()
+            merkle_root = frontier.root()
+            manifest = self._signed_manifest(
+                index_bytes, merkle_root, committed_at_ns, signing_keys, signer_ids
+            )
+        finally:
+            self._finish_early_sync(early_sync)
         index_offset = self._position
         manifest_offset = index_offset + len(index_bytes)
         trailer = layout.Trailer(
@@ -300,7 +360,7 @@ class ContainerWriter:
         for part in parts:
             self._write_one(part)
 
-    def _write_one(self, part: bytes) -> None:
+    def _write_one(self, part: bytes | memoryview) -> None:
         try:
             self._handle.write(part)
         except OSError as error:
@@ -314,6 +374,22 @@ class ContainerWriter:
         except OSError as error:
             # Never retry a failed sync on the same file (fsyncgate): the written pages may be lost.
             self._failed = True
+            raise io_error("sync", self._path, error) from error
+
+    def _start_early_sync(self) -> _EarlySync | None:
+        if self._position - self._segment_start < _EARLY_SYNC_BYTES_MIN:
+            return None  # a thread costs more than the overlap saves
+        try:
+            self._handle.flush()
+        except OSError as error:
+            self._failed = True
+            raise io_error("write", self._path, error) from error
+        return _EarlySync(self._handle.fileno())
+
+    def _finish_early_sync(self, early_sync: _EarlySync | None) -> None:
+        error = None if early_sync is None else early_sync.wait()
+        if error is not None:
+            self._failed = True  # never retried on the same file (fsyncgate), as in _sync
             raise io_error("sync", self._path, error) from error
 
     def _require_open(self) -> None:
@@ -344,6 +420,27 @@ class ContainerWriter:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+class _EarlySync:
+    """``os.fdatasync`` of a file in a thread (it releases the GIL), started before the commit's own."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._error: OSError | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(descriptor,), name="maif-early-sync", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, descriptor: int) -> None:
+        try:
+            os.fdatasync(descriptor)
+        except OSError as error:
+            self._error = error
+
+    def wait(self) -> OSError | None:
+        self._thread.join()
+        return self._error
 
 
 def _lock(handle: Any, path: str | os.PathLike[str]) -> None:

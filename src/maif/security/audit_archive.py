@@ -32,6 +32,7 @@ import blake3
 import msgspec
 
 from maif import limits
+from maif.durable import fsync_directory
 from maif.errors import (
     BlockNotFoundError,
     FormatError,
@@ -43,7 +44,6 @@ from maif.errors import (
 from maif.security.audit import SignedCheckpoint, TrustedKey, read_audit_log
 from maif.security.audit_chain import (
     AuditChainReport,
-    _fsync_directory,
     _link_error,
     list_segments,
     numbered_link,
@@ -122,7 +122,7 @@ def _write_manifest(directory: Path, manifest: ArchiveManifest) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-        _fsync_directory(directory)
+        fsync_directory(directory)
     except OSError as error:
         raise StorageError(f"cannot write audit archive manifest {path}: {error.strerror}") from error
 
@@ -174,7 +174,7 @@ async def stored_digest(store: ObjectStore, key: str, size: int) -> str | None:
 def _remove_durably(path: Path) -> None:
     try:
         path.unlink()
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as error:
         raise StorageError(f"cannot remove archived audit segment {path}: {error.strerror}") from error
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import os
 import secrets
 import threading
 from collections.abc import Iterable
@@ -29,7 +28,8 @@ import argon2
 import blake3
 
 from maif import limits
-from maif.errors import AuthenticationError, ConfigError
+from maif.durable import write_atomically
+from maif.errors import AuthenticationError, ConfigError, StorageError
 
 _API_KEY_PREFIX = "maif_"
 _API_KEY_ID_BYTES = 8
@@ -157,14 +157,10 @@ class CredentialStore:
                 for key_id, record in self._api_keys.items()
             },
         }
-        target = Path(path)
-        temporary = target.with_name(target.name + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(document, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+        try:
+            write_atomically(path, json.dumps(document).encode("utf-8"), mode=0o600)
+        except OSError as error:
+            raise StorageError(f"cannot save credentials to {path}: {error.strerror}") from error
 
     @classmethod
     def load(cls, path: str | Path, *, hasher: argon2.PasswordHasher | None = None) -> CredentialStore:

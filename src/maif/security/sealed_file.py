@@ -21,7 +21,6 @@ import fcntl
 import math
 import os
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from maif.durable import write_atomically
 from maif.errors import CryptoError, DecryptionError, FormatError, LimitExceededError
 
 HEADER = struct.Struct("<8sHH16s12s")
@@ -150,26 +150,10 @@ class SealedFile:
 
 
 def _write_atomically(path: Path, data: bytes, what: str) -> None:
-    """Temporary file, fsync, rename over ``path``, fsync the directory: old or new, never half."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    """Replace ``path`` durably (maif.durable): old or new, never half; a failure is a CryptoError."""
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(path, data, mode=0o600)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         raise CryptoError(f"{what} {path} could not be written: {error.strerror}") from error
 
 

@@ -44,6 +44,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from opentelemetry import trace
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -79,7 +80,7 @@ from maif.service.blocks import (
     streamed_info,
 )
 from maif.service.metrics import ServiceMetrics
-from maif.service.middleware import BodyDeadlines, ServiceMiddleware
+from maif.service.middleware import ASGIApp, BodyDeadlines, Receive, Scope, Send, ServiceMiddleware
 from maif.service.problems import (
     PROBLEM_MEDIA_TYPE,
     ServiceProblem,
@@ -215,17 +216,16 @@ def create_app(
     metrics.ready.set(1)
     app = _build_app()
     app.state.service = state
+    body_deadlines = BodyDeadlines(body_read_timeout_s, body_total_timeout_s, body_bytes_per_s_min)
     app.add_middleware(  # every response, problems included, waits for its audit sync
-        ServiceMiddleware,
-        metrics=metrics,
-        tracer=tracer,
-        body_deadlines=BodyDeadlines(body_read_timeout_s, body_total_timeout_s, body_bytes_per_s_min),
+        ServiceMiddleware, metrics=metrics, tracer=tracer, body_deadlines=body_deadlines
     )
+    app.install_write_route(metrics, tracer, body_deadlines)
     return app
 
 
-def _build_app() -> FastAPI:
-    app = FastAPI(
+def _build_app() -> _ServiceApp:
+    app = _ServiceApp(
         title="MAIF",
         version=API_VERSION,
         summary="Authenticated block store for what AI agents produce.",
@@ -450,35 +450,121 @@ class _DirectRoute(APIRoute):
     ``solve_dependencies`` than in its own work (docs/adr/0087). The caller comes from the same
     :func:`_caller` the ``Caller`` dependency runs, first, as FastAPI would; each header is checked
     against the bounds the endpoint's signature declares, which are also what the OpenAPI document
-    shows, and a violation is the same 422 FastAPI's validation gives."""
+    shows, and a violation is the same 422 FastAPI's validation gives. The service reaches it below
+    Starlette's stack too (:class:`_DirectEndpoint`, docs/adr/0089)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.endpoint
-        headers = [_HeaderRule.of(field) for field in self.dependant.header_params]
+        self._rules = tuple(_HeaderRule.of(field) for field in self.dependant.header_params)
+        self._rule_of = {rule.header.encode("latin-1"): index for index, rule in enumerate(self._rules)}
         assert [dependency.call for dependency in self.dependant.dependencies] == [_caller], (
             "a direct route's only dependency is the caller"
         )
         assert not self.dependant.query_params and not self.dependant.path_params and self.body_field is None
+        return self.respond
 
-        async def handle(request: Request) -> Response:
-            context = await _caller(request)
-            values: dict[str, str] = {}
-            errors: list[dict[str, Any]] = []
-            for rule in headers:
-                value = request.headers.get(rule.header)
-                if value is not None:
-                    error = rule.error(value)
-                    if error is None:
-                        values[rule.parameter] = value
-                    else:
-                        errors.append(error)
-            if errors:
-                raise RequestValidationError(errors)
-            response = await endpoint(request, context, **values)
-            assert isinstance(response, Response)
-            return response
+    async def respond(self, request: Request) -> Response:
+        context = await _caller(request)
+        # One pass over the raw header list; the first field of a name counts, as Starlette's `get`.
+        found: list[bytes | None] = [None] * len(self._rules)
+        for name, value in request.scope["headers"]:
+            index = self._rule_of.get(name)
+            if index is not None and found[index] is None:
+                found[index] = value
+        values: dict[str, str] = {}
+        errors: list[dict[str, Any]] = []
+        for rule, raw in zip(self._rules, found, strict=True):
+            if raw is not None:
+                value = raw.decode("latin-1")
+                error = rule.error(value)
+                if error is None:
+                    values[rule.parameter] = value
+                else:
+                    errors.append(error)
+        if errors:
+            raise RequestValidationError(errors)
+        response = await self.endpoint(request, context, **values)
+        assert isinstance(response, Response)
+        return response
 
-        return handle
+
+class _DirectEndpoint:
+    """The ASGI application of a :class:`_DirectRoute` below Starlette's middleware, router and
+    ``request_response`` layers: the service's write path (docs/adr/0089). What those layers do for this
+    route is done here, the same way: the route is recorded in the scope (metrics and spans name it),
+    and an exception is answered by the app's own handler for it, looked up along the exception's MRO
+    as Starlette's ExceptionMiddleware does; an exception without one propagates (to the same
+    ServerErrorMiddleware and the same 500 handler the FastAPI stack has)."""
+
+    def __init__(self, route: _DirectRoute, handlers: dict[Any, Callable[..., Any]]) -> None:
+        self.route = route
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route
+        request = Request(scope, receive, send)
+        try:
+            response = await self.route.respond(request)
+        except Exception as error:
+            handler = self._handler_of(error)
+            if handler is None:
+                raise
+            response = await handler(request, error)
+        await response(scope, receive, send)
+
+    def _handler_of(self, error: Exception) -> Callable[..., Any] | None:
+        for kind in type(error).__mro__:
+            handler = self.handlers.get(kind)
+            if handler is not None:
+                return handler
+        return None
+
+
+def _all_routes(routes: list[Any]) -> list[Any]:
+    """The routes of an app, those of included routers (FastAPI keeps them as the router's) included."""
+    found: list[Any] = []
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        found.extend(_all_routes(included.routes) if included is not None else [route])
+    return found
+
+
+class _ServiceApp(FastAPI):
+    """FastAPI, except that POST /v1/blocks goes straight to its :class:`_DirectEndpoint` (wrapped in the
+    service's middleware and Starlette's error middleware, as in the app's own stack): the framework's
+    layers above it (telemetry, body limit, exception middleware, exit stack, routing among every route,
+    ``request_response``) cost more of the one loop thread than the write's own work (docs/adr/0089).
+    Every other request, and the OpenAPI document, is FastAPI's."""
+
+    write_route: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.write_route is not None
+            and scope["type"] == "http"
+            and scope["path"] == "/v1/blocks"
+            and scope["method"] == "POST"
+            and not self.root_path
+            and len(self.user_middleware) == 1  # a middleware added since (an embedder's) sees every request
+        ):
+            scope["app"] = self
+            await self.write_route(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def install_write_route(
+        self, metrics: ServiceMetrics, tracer: trace.Tracer, deadlines: BodyDeadlines
+    ) -> None:
+        assert [entry.cls for entry in self.user_middleware] == [ServiceMiddleware]  # type: ignore[comparison-overlap]
+        routes = [route for route in _all_routes(self.routes) if isinstance(route, _DirectRoute)]
+        assert len(routes) == 1 and routes[0].path == "/v1/blocks" and routes[0].methods == {"POST"}
+        handlers = {
+            key: value for key, value in self.exception_handlers.items() if key not in (500, Exception)
+        }
+        self.write_route = ServerErrorMiddleware(
+            ServiceMiddleware(_DirectEndpoint(routes[0], handlers), metrics, tracer, deadlines),
+            handler=self.exception_handlers.get(Exception),
+            debug=self.debug,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,18 +601,30 @@ class _HeaderRule:
         }
 
 
+class _Receipt(msgspec.Struct):
+    """The wire form of ``schemas.WriteReceiptOut`` (same fields, same order; a test holds them equal),
+    encoded by msgspec rather than through pydantic and ``json`` (docs/adr/0089)."""
+
+    block_id: str
+    digest: str
+    lsn: int
+    payload_length: int
+    parts: int
+
+
+_encode_receipt = msgspec.json.Encoder().encode
+
+
 def _receipt_response(written: Written) -> Response:
-    body = schemas.WriteReceiptOut(
-        block_id=written.block_id,
-        digest=written.digest.hex(),
-        lsn=written.lsn,
-        payload_length=written.payload_length,
-        parts=written.parts,
+    digest = written.digest.hex()
+    body = _encode_receipt(
+        _Receipt(written.block_id, digest, written.lsn, written.payload_length, written.parts)
     )
-    return JSONResponse(
-        body.model_dump(),
+    return Response(
+        body,
         status_code=201,
-        headers={"Location": location_of(written.block_id), "ETag": f'"{written.digest.hex()}"'},
+        headers={"Location": location_of(written.block_id), "ETag": f'"{digest}"'},
+        media_type="application/json",
     )
 
 

@@ -73,6 +73,7 @@ class WriteRequest:
     version: str
     parents: tuple[str, ...]
     timestamp: float
+    id_fresh: bool = False  # the service made the id up (a new UUIDv7): no block can have it yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,7 @@ class BlockService:
         timestamp: float | None,
     ) -> WriteRequest:
         check_caller_metadata(metadata)
+        id_fresh = not block_id
         block_id = check_id("block id", block_id or new_block_id())
         owner = check_id("agent id", agent_id or context.agent_id)
         parents = [check_id("parent id", parent) if isinstance(parent, str) else parent for parent in parents]
@@ -261,6 +263,7 @@ class BlockService:
             version,
             tuple(parents),
             time.time() if timestamp is None else timestamp,
+            id_fresh,
         )
         MAIFBlock(
             id=request.block_id,
@@ -290,7 +293,7 @@ class BlockService:
 
     # ---- writing ------------------------------------------------------------------------------------
     async def write_whole(self, request: WriteRequest, payload: bytes) -> Written:
-        async with self._claim(request.block_id):
+        async with self._claim(request):
             receipt = await self._write(self._block(request, payload), "whole")
             return Written(receipt.block_id, receipt.digest, receipt.lsn, len(payload), 0)
 
@@ -312,7 +315,7 @@ class BlockService:
             and normalize_block_type(request.block_type) is MAIFBlockType.EMBEDDING
         ):
             raise LimitExceededError("embedding payload size", declared_length, part_bytes)
-        async with self._claim(request.block_id), contextlib.AsyncExitStack() as stack:
+        async with self._claim(request), contextlib.AsyncExitStack() as stack:
             with self.tracer.start_as_current_span("maif.upload.receive") as span:
                 received = await self.spool.receive(
                     body, cap=limits.service_upload_bytes_max, keep_in_memory_bytes=part_bytes, stack=stack
@@ -429,8 +432,8 @@ class BlockService:
         self.metrics.block_bytes_written.inc(len(block.data))
         return receipt
 
-    def _claim(self, block_id: str) -> _Claim:
-        return _Claim(self, block_id)
+    def _claim(self, request: WriteRequest) -> _Claim:
+        return _Claim(self, request.block_id, look_up=not request.id_fresh)
 
     async def wait_writes_drained(self) -> None:
         await self._writes_idle.wait()
@@ -521,11 +524,15 @@ class BlockService:
 
 class _Claim:
     """One write of a block id at a time; an id that exists already is refused (blocks are immutable
-    through the service: the engine would replace it, and the old owner's data with it)."""
+    through the service: the engine would replace it, and the old owner's data with it). An id the
+    service made up itself (a UUIDv7 with 74 random bits) is not looked up in the store: no caller can
+    have written it before, and the look-up was a metadata-index read per write on the loop thread
+    (docs/adr/0089). Two writes of it at once are still refused by the in-flight set."""
 
-    def __init__(self, service: BlockService, block_id: str) -> None:
+    def __init__(self, service: BlockService, block_id: str, *, look_up: bool) -> None:
         self._service = service
         self._block_id = block_id
+        self._look_up = look_up
 
     async def __aenter__(self) -> None:
         service = self._service
@@ -536,7 +543,7 @@ class _Claim:
         service.metrics.writes_in_flight.inc()
         service._writes_idle.clear()
         try:
-            if await service.exists(self._block_id):
+            if self._look_up and await service.exists(self._block_id):
                 raise ServiceProblem(409, "conflict", "a block with this id exists already")
         except BaseException:
             self._release()

@@ -16,6 +16,9 @@ llhttp parser in C; docs/adr/0087 says why not h11 any more):
   of open connections. Behind a reverse proxy every connection comes from the proxy: raise the bound to
   ``max_concurrent_requests`` there (and let the proxy bound its own clients).
 
+The protocol also writes a response's head together with its body (:class:`_HeadWithBody`): one
+``send`` system call and one TCP segment per small response instead of two (docs/adr/0089).
+
 The request BODY's deadline is the ASGI middleware's (:mod:`maif.service.middleware`), where the service
 reads bodies.
 """
@@ -33,6 +36,48 @@ _HEAD_TOO_LARGE = b"request head too large"
 
 class _HeadTooLarge(Exception):
     """Raised from a parser callback: httptools stops parsing and uvicorn answers (see send_400_response)."""
+
+
+class _HeadWithBody:
+    """A request cycle's transport that holds the response head (status line and headers, one write by
+    uvicorn) until the first body write, then writes both in one call. Only a head that declares a
+    non-zero Content-Length, for a method other than HEAD, is held: a body write must follow (a plain
+    response sends it in the next message). A chunked stream's head, an interim 100 Continue (written
+    before the response starts) and every other write pass straight through; closing writes a held head
+    first (an app that fails after starting its response)."""
+
+    __slots__ = ("cycle", "head", "transport")
+
+    def __init__(self, cycle: Any, transport: asyncio.Transport) -> None:
+        self.cycle = cycle
+        self.transport = transport
+        self.head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        cycle = self.cycle
+        if self.head is not None:
+            head, self.head = self.head, None
+            cycle.transport = self.transport  # one response per cycle: nothing more to hold
+            self.transport.write(head + data)
+        elif (
+            cycle.response_started
+            and not cycle.response_complete
+            and cycle.chunked_encoding is False
+            and cycle.expected_content_length > 0  # a body write must follow
+            and cycle.scope["method"] != "HEAD"  # uvicorn writes no body for HEAD
+        ):
+            self.head = data
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            self.transport.write(head)
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 def guarded_protocol(
@@ -104,6 +149,9 @@ def guarded_protocol(
             self._head_received_bytes = 0
             self._cancel_head_deadline()
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and not self._head_too_large:
+                cycle.transport = _HeadWithBody(cycle, self.transport)  # type: ignore[assignment]
 
         def on_message_complete(self) -> None:
             super().on_message_complete()

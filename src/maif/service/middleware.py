@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -57,6 +59,12 @@ _REQUEST_ID = re.compile(rf"^[A-Za-z0-9._-]{{1,{limits.service_request_id_bytes_
 # (method, path) pairs whose handlers stream the body and enforce their own caps.
 STREAMING_ENDPOINTS = frozenset({("POST", "/v1/blocks"), ("POST", "/v1/verify")})
 _PROPAGATION_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+_METRIC_CHILDREN_CACHED_MAX = 1024
+# A request id the caller did not give: 64 random bits per process, then a 64-bit count (32 hex digits,
+# unique per process and, with overwhelming odds, across processes), without a random read per request.
+_REQUEST_ID_PREFIX = os.urandom(8).hex()
+_REQUEST_NUMBERS = itertools.count()
+_encode_json = msgspec.json.Encoder().encode
 
 
 class BodyTooLarge(Exception):
@@ -105,6 +113,9 @@ class ServiceMiddleware:
         self.metrics = metrics
         self.tracer = tracer
         self.tracing = not isinstance(tracer, DisabledTracer)
+        # The labelled metric children of each (method, route, status) seen, so a request does not look
+        # its labels up four times (docs/adr/0089); bounded, and routes are the app's own or "unmatched".
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,12 +181,15 @@ class ServiceMiddleware:
     ) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.requests.labels(method, route, str(state["status"])).inc()
-        self.metrics.request_duration.labels(method, route).observe(elapsed_s)
-        self.metrics.request_bytes.labels(route).inc(state["bytes_in"])
-        self.metrics.response_bytes.labels(route).inc(state["bytes_out"])
+        requests, duration, bytes_in, bytes_out = self._children_of(method, route, state["status"])
+        requests.inc()
+        duration.observe(elapsed_s)
+        bytes_in.inc(state["bytes_in"])
+        bytes_out.inc(state["bytes_out"])
+        if not _LOG.isEnabledFor(logging.INFO):
+            return
         _LOG.info(
-            json.dumps(
+            _encode_json(
                 {
                     "event": "request",
                     "time": time.time(),
@@ -188,10 +202,23 @@ class ServiceMiddleware:
                     "bytes_out": state["bytes_out"],
                     "agent_id": scope.get("maif.agent_id"),
                     **_trace_ids(span),
-                },
-                separators=(",", ":"),
-            )
+                }
+            ).decode()
         )
+
+    def _children_of(self, method: str, route: str, status: int) -> tuple[Any, Any, Any, Any]:
+        children = self._children.get((method, route, status))
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.requests.labels(method, route, str(status)),
+                metrics.request_duration.labels(method, route),
+                metrics.request_bytes.labels(route),
+                metrics.response_bytes.labels(route),
+            )
+            if len(self._children) < _METRIC_CHILDREN_CACHED_MAX:
+                self._children[(method, route, status)] = children
+        return children
 
 
 def _propagation_carrier(scope: Scope) -> dict[str, str]:
@@ -232,7 +259,7 @@ def _request_id_of(scope: Scope) -> str:
             text = bytes(value).decode("latin-1")
             if _REQUEST_ID.match(text):
                 return text
-    return uuid.uuid4().hex
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_NUMBERS):016x}"
 
 
 def _declared_length(scope: Scope) -> int:
@@ -261,7 +288,8 @@ def _counting_receive(
         try:
             if wait_s <= 0:
                 raise TimeoutError
-            message = await asyncio.wait_for(receive(), wait_s)
+            async with asyncio.timeout(wait_s):  # a timer, not wait_for's extra task per read
+                message = await receive()
         except TimeoutError:
             state["body_timeout"] = (
                 f"no request body data for {deadlines.read_s:g} s"

@@ -40,6 +40,7 @@ import msgspec
 import zstandard
 
 from maif import limits
+from maif.durable import fsync_directory, write_atomically
 from maif.errors import (
     BackendError,
     BlockNotFoundError,
@@ -60,6 +61,7 @@ FLAG_ZSTD: Final = 0x01
 FLAG_RECORD: Final = 0x02
 KNOWN_FLAGS: Final = FLAG_ZSTD | FLAG_RECORD
 RECORD_DIGEST_CONTEXT: Final = "MAIF 2026-12 pack block record v1"
+_FILE_MODE: Final = 0o666  # the index files are created like the packs (open(): 0o666 less the umask)
 
 _PACK_HEADER = struct.Struct("<8sHHI")  # magic, version, reserved, pack id
 _FRAME_HEADER = struct.Struct("<32sB3sII4s")  # digest, flags, reserved, raw len, stored len, check
@@ -401,7 +403,7 @@ class PackStore:
         _check_version(index_version, "pack index")
         if index_version != FORMAT_VERSION:  # upgraded in place, once: the entries are the same
             raw = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + raw[_INDEX_HEADER.size :]
-            _atomic_write(path, raw)
+            write_atomically(path, raw, mode=_FILE_MODE)
         entry_count = (len(raw) - _INDEX_HEADER.size) // _INDEX_ENTRY.size
         if entry_count > limits.pack_index_entries_max:
             raise LimitExceededError("pack index entries", entry_count, limits.pack_index_entries_max)
@@ -443,7 +445,7 @@ class PackStore:
         header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
         entries = b"".join(_encode_entry(digest, location)
                            for digest, location in [*self._locations.items(), *records])
-        _atomic_write(self.directory / "index.log", header + entries)
+        write_atomically(self.directory / "index.log", header + entries, mode=_FILE_MODE)
 
     def _recover_pack(self, pack_id: int) -> None:
         """Seal state and size of one pack; for an unsealed pack, index valid frames and cut the torn tail."""
@@ -590,7 +592,7 @@ class PackStore:
         else:
             pack_id = last_id + 1
             self._write_pack_header(pack_id, self.directory / pack_file_name(pack_id))
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         for other in list(self._pack_sizes):
             if other != pack_id and other not in self._sealed and other not in self._remote:
                 self._seal(other)  # an older unsealed (or version 1) pack is sealed now
@@ -825,7 +827,7 @@ class PackStore:
             entries = b"".join(_encode_entry(digest, location)
                                for digest, location in [*self._locations.items(), *kept_records]
                                if location.pack_id not in chosen)
-            _atomic_write(self.directory / "index.log", header + entries)
+            write_atomically(self.directory / "index.log", header + entries, mode=_FILE_MODE)
             self._records_indexed = len(kept_records)
             step("indexed")
             for pack_id in chosen:
@@ -834,7 +836,7 @@ class PackStore:
                 self._sealed.discard(pack_id)
                 self._pack_sizes.pop(pack_id, None)
                 self._last_access.pop(pack_id, None)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
             step("deleted")
             result.packs_rewritten = len(chosen)
             return result
@@ -882,7 +884,7 @@ class PackStore:
             handle.flush()
             os.fdatasync(handle.fileno())
         if is_new:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def _fail(self, reason: str) -> None:
         self._failure = reason
@@ -995,7 +997,7 @@ class PackStore:
         with self._lock:
             assert pack_id in self._sealed, "only sealed packs move to the cold tier"
             remote = [(member, self._pack_sizes[member]) for member in sorted(self._remote | {pack_id})]
-            _atomic_write(self.directory / "remote.list", msgspec.msgpack.encode(remote))
+            write_atomically(self.directory / "remote.list", msgspec.msgpack.encode(remote), mode=_FILE_MODE)
             self._remote.add(pack_id)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.pack_path(pack_id))
@@ -1011,7 +1013,8 @@ class PackStore:
                 self._pack_sizes[pack_id] = len(data)
                 self._sealed.add(pack_id)
                 remote = [(member, self._pack_sizes[member]) for member in sorted(self._remote | {pack_id})]
-                _atomic_write(self.directory / "remote.list", msgspec.msgpack.encode(remote))
+                encoded = msgspec.msgpack.encode(remote)
+                write_atomically(self.directory / "remote.list", encoded, mode=_FILE_MODE)
                 self._remote.add(pack_id)
                 self._missing.discard(pack_id)
                 self._open_problems = [problem for problem in self._open_problems
@@ -1225,25 +1228,6 @@ def _check_version(version: int, what: str) -> None:
 def _read_head(path: Path, length: int) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(length)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write a whole file atomically: temporary file, fsync, rename, fsync the directory."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 __all__ = [

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from maif import limits
+from maif.durable import write_atomically
 from maif.errors import BackendError, BlockNotFoundError, StoreClosedError
 from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore, check_object_key
 from maif.storage.faiss_vectors import FaissVectorIndex
@@ -190,24 +190,7 @@ def _read_range(path: Path, offset: int, length: int) -> bytes:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # "~" never appears in a valid key. One temporary name per writer: two puts of one key sharing one
-    # would truncate each other's file (even after it was renamed into place) and fail the second rename.
-    temporary = path.with_name(f"{path.name}~partial-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomically(path, data, mode=0o666)
 
 
 __all__ = ["LocalChunkStore", "LocalMetadataIndex", "LocalObjectStore", "LocalVectorIndex"]

@@ -1,0 +1,843 @@
+/* The compiled core of the .maif container: the per-record hot loops of full verification and of
+ * writing small blocks (ADR 0090).
+ *
+ * The rule every function here follows: C only PROVES a record valid, or DEFERS to the Python
+ * reference. Whenever anything is unusual (compressed, encrypted, metadata, a text id that might be a
+ * UUID, a limit reached, a byte out of place) the record is handed back to Python, which runs exactly
+ * the code it runs without this module and raises or reports exactly the same typed error. So C never
+ * words an error, and can never accept what Python refuses.
+ *
+ * Hashing is BLAKE3 through the `blake3` package's Python object (the caller passes its type): no
+ * hash code lives here. The limits come from maif.limits through set_limits(); until it is called
+ * every record is deferred.
+ *
+ * Byte layout: docs/format/SPEC.md sections 4 and 5. Every multi-byte field is little-endian and read
+ * byte by byte, so the host's byte order does not matter.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define FIXED_HEADER_BYTES 18
+#define UUID_BYTES 16
+#define DIGEST_BYTES 32
+#define INDEX_ENTRY_BYTES 40
+#define INDEX_DIGEST_AT 8
+
+#define FIELD_ID_UUID 0x01
+#define FIELD_AGENT 0x02
+#define FIELD_VERSION 0x04
+#define FIELD_PARENTS 0x08
+#define FIELD_METADATA 0x10
+#define FIELD_KNOWN 0x1f
+
+/* The limits of maif.limits the record rules use; zero (nothing proven) until set_limits(). */
+static struct {
+    uint64_t payload_bytes_max;
+    uint64_t id_bytes_max;
+    uint64_t agent_id_bytes_max;
+    uint64_t version_bytes_max;
+    uint64_t parents_max;
+    uint64_t metadata_bytes_max;
+    int set;
+} limits;
+
+static PyObject *digest_name; /* interned "digest" */
+
+/* ---- small helpers ----------------------------------------------------------------------------- */
+
+static uint64_t
+read_le(const unsigned char *at, int size)
+{
+    uint64_t value = 0;
+    for (int shift = 0; shift < size; shift++) {
+        value |= (uint64_t)at[shift] << (8 * shift);
+    }
+    return value;
+}
+
+static void
+write_le(unsigned char *at, uint64_t value, int size)
+{
+    for (int shift = 0; shift < size; shift++) {
+        at[shift] = (unsigned char)(value >> (8 * shift));
+    }
+}
+
+/* Whether `size` bytes are valid UTF-8 by Python's own strict decoder (surrogates, overlong forms and
+ * code points past U+10FFFF refused); ASCII, the common case, needs no decoder. */
+static int
+is_utf8(const unsigned char *text, Py_ssize_t size)
+{
+    Py_ssize_t at = 0;
+    while (at < size && text[at] < 0x80) {
+        at++;
+    }
+    if (at == size) {
+        return 1;
+    }
+    PyObject *decoded = PyUnicode_DecodeUTF8((const char *)text, size, "strict");
+    if (decoded == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(decoded);
+    return 1;
+}
+
+/* A length-prefixed text field at *position: proven only if the prefix, the bounds, the limit and
+ * UTF-8 all hold. `length_out` receives the text's length in bytes. */
+static int
+prove_text(const unsigned char *record, Py_ssize_t size, Py_ssize_t *position, int prefix_bytes,
+           uint64_t length_min, uint64_t length_max, uint64_t *length_out)
+{
+    if (size - *position < prefix_bytes) {
+        return 0;
+    }
+    uint64_t length = read_le(record + *position, prefix_bytes);
+    *position += prefix_bytes;
+    if (length < length_min || length > length_max || (uint64_t)(size - *position) < length) {
+        return 0;
+    }
+    if (!is_utf8(record + *position, (Py_ssize_t)length)) {
+        return 0;
+    }
+    *position += (Py_ssize_t)length;
+    *length_out = length;
+    return 1;
+}
+
+/* BLAKE3(data) through the blake3 package: a new 32-byte bytes object, or NULL with an exception. */
+static PyObject *
+hash_bytes(PyObject *hasher, PyObject *data)
+{
+    PyObject *state = PyObject_CallOneArg(hasher, data);
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *digest = PyObject_CallMethodNoArgs(state, digest_name);
+    Py_DECREF(state);
+    if (digest != NULL && (!PyBytes_CheckExact(digest) || PyBytes_GET_SIZE(digest) != DIGEST_BYTES)) {
+        Py_DECREF(digest);
+        PyErr_SetString(PyExc_TypeError, "the hasher's digest() must return 32 bytes");
+        return NULL;
+    }
+    return digest;
+}
+
+/* BLAKE3(prefix || first || second) for short inputs (leaf and node hashes, chained record digests). */
+static PyObject *
+hash_joined(PyObject *hasher, int prefix, const void *first, Py_ssize_t first_size, const void *second,
+            Py_ssize_t second_size)
+{
+    Py_ssize_t prefix_size = prefix >= 0 ? 1 : 0;
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, prefix_size + first_size + second_size);
+    if (joined == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(joined);
+    if (prefix >= 0) {
+        out[0] = (char)prefix;
+    }
+    memcpy(out + prefix_size, first, (size_t)first_size);
+    if (second_size) {
+        memcpy(out + prefix_size + first_size, second, (size_t)second_size);
+    }
+    PyObject *digest = hash_bytes(hasher, joined);
+    Py_DECREF(joined);
+    return digest;
+}
+
+/* ---- verification ------------------------------------------------------------------------------ */
+
+#define PROVEN 1
+#define PROVEN_BUT_METADATA 2 /* all but the metadata's own bytes: Python decodes those */
+
+/* PROVEN if the stored record is a valid plain block by every SPEC section 4 rule (no storage flags, the
+ * body exactly metadata length + payload length bytes); PROVEN_BUT_METADATA if that holds and metadata is
+ * present, which starts at *metadata_at (relative to the record); 0 means "not proven": Python decides. */
+static int
+prove_plain_record(const unsigned char *record, Py_ssize_t size, Py_ssize_t *metadata_at,
+                   uint64_t *metadata_length)
+{
+    if (!limits.set || size < FIXED_HEADER_BYTES) {
+        return 0;
+    }
+    for (int at = 0; at < 4; at++) {
+        if (record[at] < 0x21 || record[at] > 0x7e) {
+            return 0;
+        }
+    }
+    unsigned storage_flags = record[4], field_flags = record[5];
+    if (storage_flags != 0 || (field_flags & ~FIELD_KNOWN)) {
+        return 0;
+    }
+    uint64_t timestamp_bits = read_le(record + 6, 8);
+    double timestamp;
+    memcpy(&timestamp, &timestamp_bits, sizeof timestamp);
+    if (!isfinite(timestamp)) {
+        return 0;
+    }
+    uint64_t payload_length = read_le(record + 14, 4);
+    if (payload_length > limits.payload_bytes_max) {
+        return 0;
+    }
+    Py_ssize_t position = FIXED_HEADER_BYTES;
+    uint64_t length;
+    if (field_flags & FIELD_ID_UUID) {
+        if (size - position < UUID_BYTES) {
+            return 0;
+        }
+        position += UUID_BYTES;
+    }
+    else if (!prove_text(record, size, &position, 2, 1, limits.id_bytes_max, &length) || length == 36) {
+        return 0; /* a 36-byte text id might be a UUID stored as text: Python tells */
+    }
+    if ((field_flags & FIELD_AGENT)
+        && !prove_text(record, size, &position, 2, 1, limits.agent_id_bytes_max, &length)) {
+        return 0;
+    }
+    if (field_flags & FIELD_VERSION) {
+        Py_ssize_t text_at = position + 1;
+        if (!prove_text(record, size, &position, 1, 0, limits.version_bytes_max, &length)) {
+            return 0;
+        }
+        if (length == 3 && memcmp(record + text_at, "1.0", 3) == 0) {
+            return 0;
+        }
+    }
+    if (field_flags & FIELD_PARENTS) {
+        if (size - position < 2) {
+            return 0;
+        }
+        uint64_t count = read_le(record + position, 2);
+        position += 2;
+        if (count == 0 || count > limits.parents_max) {
+            return 0;
+        }
+        for (uint64_t parent = 0; parent < count; parent++) {
+            if (!prove_text(record, size, &position, 2, 1, limits.id_bytes_max, &length)) {
+                return 0;
+            }
+        }
+    }
+    *metadata_length = 0;
+    if (field_flags & FIELD_METADATA) {
+        if (size - position < 4) {
+            return 0;
+        }
+        *metadata_length = read_le(record + position, 4);
+        position += 4;
+        if (*metadata_length == 0 || *metadata_length > limits.metadata_bytes_max) {
+            return 0;
+        }
+    }
+    /* both are below 2^32, so the sum cannot wrap */
+    if ((uint64_t)(size - position) != *metadata_length + payload_length) {
+        return 0;
+    }
+    *metadata_at = position;
+    return *metadata_length ? PROVEN_BUT_METADATA : PROVEN;
+}
+
+/* The buffers one verification call reads, acquired together and released together. */
+typedef struct {
+    Py_buffer file, offsets, ends;
+    int held;
+} Buffers;
+
+static void
+release_buffers(Buffers *buffers)
+{
+    if (buffers->held >= 3) {
+        PyBuffer_Release(&buffers->ends);
+    }
+    if (buffers->held >= 2) {
+        PyBuffer_Release(&buffers->offsets);
+    }
+    if (buffers->held >= 1) {
+        PyBuffer_Release(&buffers->file);
+    }
+    buffers->held = 0;
+}
+
+static int
+acquire_buffers(Buffers *buffers, PyObject *file, PyObject *offsets, PyObject *ends, Py_ssize_t stop)
+{
+    buffers->held = 0;
+    if (PyObject_GetBuffer(file, &buffers->file, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    buffers->held = 1;
+    if (PyObject_GetBuffer(offsets, &buffers->offsets, PyBUF_FORMAT) < 0) {
+        release_buffers(buffers);
+        return -1;
+    }
+    buffers->held = 2;
+    if (PyObject_GetBuffer(ends, &buffers->ends, PyBUF_FORMAT) < 0) {
+        release_buffers(buffers);
+        return -1;
+    }
+    buffers->held = 3;
+    Py_buffer *words[2] = {&buffers->offsets, &buffers->ends};
+    for (int which = 0; which < 2; which++) {
+        if (words[which]->itemsize != 8 || words[which]->format == NULL
+            || strcmp(words[which]->format, "Q") != 0 || words[which]->len / 8 < stop) {
+            release_buffers(buffers);
+            PyErr_SetString(PyExc_ValueError, "offsets and ends must be arrays of 'Q' covering the range");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The record [offsets[index], ends[index]) if it lies inside the file, else NULL. */
+static const unsigned char *
+record_at(Buffers *buffers, Py_ssize_t index, Py_ssize_t *size)
+{
+    uint64_t start = ((const uint64_t *)buffers->offsets.buf)[index];
+    uint64_t end = ((const uint64_t *)buffers->ends.buf)[index];
+    if (end < start || end > (uint64_t)buffers->file.len) {
+        return NULL;
+    }
+    *size = (Py_ssize_t)(end - start);
+    return (const unsigned char *)buffers->file.buf + start;
+}
+
+PyDoc_STRVAR(unproven_records_doc,
+"unproven_records(file, offsets, ends, first, stop, large_min) -> list[int | tuple[int, int, int]]\n\n"
+"The records in [first, stop) C could not prove valid by SPEC section 4 (it proves plain records\n"
+"smaller than large_min bytes), in order: an index for a record the caller checks with the Python\n"
+"reference, (index, start, end) for one proven but for its metadata, file[start:end], which the\n"
+"caller decodes.");
+
+static PyObject *
+unproven_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "unproven_records takes 6 arguments");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[3]), stop = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t large_min = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (first < 0 || stop < first) {
+        PyErr_SetString(PyExc_ValueError, "bad range");
+        return NULL;
+    }
+    Buffers buffers;
+    if (acquire_buffers(&buffers, args[0], args[1], args[2], stop) < 0) {
+        return NULL;
+    }
+    PyObject *unproven = PyList_New(0);
+    for (Py_ssize_t index = first; unproven != NULL && index < stop; index++) {
+        Py_ssize_t size = 0, metadata_at = 0;
+        uint64_t metadata_length = 0;
+        const unsigned char *record = record_at(&buffers, index, &size);
+        int proof = record != NULL && size < large_min
+                    ? prove_plain_record(record, size, &metadata_at, &metadata_length)
+                    : 0;
+        if (proof == PROVEN) {
+            continue;
+        }
+        PyObject *item;
+        if (proof == PROVEN_BUT_METADATA) {
+            Py_ssize_t start = (Py_ssize_t)(record - (const unsigned char *)buffers.file.buf) + metadata_at;
+            item = Py_BuildValue("(nnn)", index, start, start + (Py_ssize_t)metadata_length);
+        }
+        else {
+            item = PyLong_FromSsize_t(index);
+        }
+        if (item == NULL || PyList_Append(unproven, item) < 0) {
+            Py_CLEAR(unproven);
+        }
+        Py_XDECREF(item);
+    }
+    release_buffers(&buffers);
+    return unproven;
+}
+
+PyDoc_STRVAR(chain_mismatches_doc,
+"chain_mismatches(file, offsets, ends, entries, genesis, first, stop, bytes_budget, large_min,\n"
+"                 hasher, mismatches) -> (next_index, bytes_covered)\n\n"
+"Checks BLAKE3(previous indexed digest || record) against each indexed digest from `first` on,\n"
+"appending the indices that differ to `mismatches`. Stops before `stop`, before a record of at\n"
+"least large_min bytes or one outside the file (the caller hashes those), or once bytes_budget\n"
+"record bytes are covered.");
+
+static PyObject *
+chain_mismatches(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "chain_mismatches takes 11 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[3], *genesis = args[4], *hasher = args[9], *mismatches = args[10];
+    Py_ssize_t first = PyLong_AsSsize_t(args[5]), stop = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t budget = PyLong_AsSsize_t(args[7]), large_min = PyLong_AsSsize_t(args[8]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(entries) || !PyBytes_CheckExact(genesis) || !PyList_CheckExact(mismatches)
+        || PyBytes_GET_SIZE(genesis) != DIGEST_BYTES || first < 0 || stop < first
+        || PyBytes_GET_SIZE(entries) / INDEX_ENTRY_BYTES < stop) {
+        PyErr_SetString(PyExc_ValueError, "chain_mismatches: bad arguments");
+        return NULL;
+    }
+    Buffers buffers;
+    if (acquire_buffers(&buffers, args[0], args[1], args[2], stop) < 0) {
+        return NULL;
+    }
+    const char *indexed = PyBytes_AS_STRING(entries);
+    Py_ssize_t index = first, covered = 0;
+    int failed = 0;
+    while (index < stop && covered < budget) {
+        Py_ssize_t size = 0;
+        const unsigned char *record = record_at(&buffers, index, &size);
+        if (record == NULL || size >= large_min) {
+            break;
+        }
+        const char *previous = index ? indexed + (index - 1) * INDEX_ENTRY_BYTES + INDEX_DIGEST_AT
+                                     : PyBytes_AS_STRING(genesis);
+        PyObject *digest = hash_joined(hasher, -1, previous, DIGEST_BYTES, record, size);
+        if (digest == NULL) {
+            failed = 1;
+            break;
+        }
+        const char *expected = indexed + index * INDEX_ENTRY_BYTES + INDEX_DIGEST_AT;
+        int differs = memcmp(PyBytes_AS_STRING(digest), expected, DIGEST_BYTES) != 0;
+        Py_DECREF(digest);
+        if (differs) {
+            PyObject *number = PyLong_FromSsize_t(index);
+            int appended = number != NULL && PyList_Append(mismatches, number) == 0;
+            Py_XDECREF(number);
+            if (!appended) {
+                failed = 1;
+                break;
+            }
+        }
+        covered += size;
+        index++;
+    }
+    release_buffers(&buffers);
+    if (failed) {
+        return NULL;
+    }
+    return Py_BuildValue("(nn)", index, covered);
+}
+
+/* ---- Merkle hashing (RFC 9162 over BLAKE3) ----------------------------------------------------- */
+
+PyDoc_STRVAR(leaf_hashes_doc,
+"leaf_hashes(entries, stride, digest_at, hasher) -> list[bytes]\n\n"
+"BLAKE3(0x00 || digest) of each 32-byte digest found at `digest_at` in every `stride`-byte entry.");
+
+static PyObject *
+leaf_hashes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "leaf_hashes takes 4 arguments");
+        return NULL;
+    }
+    Py_ssize_t stride = PyLong_AsSsize_t(args[1]), digest_at = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (stride <= 0 || digest_at < 0 || digest_at + DIGEST_BYTES > stride) {
+        PyErr_SetString(PyExc_ValueError, "leaf_hashes: bad stride or digest position");
+        return NULL;
+    }
+    Py_buffer entries;
+    if (PyObject_GetBuffer(args[0], &entries, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (entries.len % stride) {
+        PyBuffer_Release(&entries);
+        PyErr_SetString(PyExc_ValueError, "leaf_hashes: entries are not a whole number of strides");
+        return NULL;
+    }
+    Py_ssize_t count = entries.len / stride;
+    PyObject *hashes = PyList_New(count);
+    for (Py_ssize_t index = 0; hashes != NULL && index < count; index++) {
+        const char *digest = (const char *)entries.buf + index * stride + digest_at;
+        PyObject *leaf = hash_joined(args[3], 0x00, digest, DIGEST_BYTES, NULL, 0);
+        if (leaf == NULL) {
+            Py_CLEAR(hashes);
+            break;
+        }
+        PyList_SET_ITEM(hashes, index, leaf);
+    }
+    PyBuffer_Release(&entries);
+    return hashes;
+}
+
+PyDoc_STRVAR(merkle_root_doc,
+"merkle_root(leaf_hashes, hasher) -> bytes | None\n\n"
+"The RFC 9162 root of a non-empty list of bytes leaf hashes (adjacent nodes paired level by level,\n"
+"an odd last node carried up); None if the list is empty or holds anything but bytes.");
+
+static PyObject *
+merkle_root(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "merkle_root takes 2 arguments");
+        return NULL;
+    }
+    PyObject *leaves = args[0], *hasher = args[1];
+    if (!PyList_CheckExact(leaves) || PyList_GET_SIZE(leaves) == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(leaves);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        if (!PyBytes_CheckExact(PyList_GET_ITEM(leaves, index))) {
+            Py_RETURN_NONE;
+        }
+    }
+    /* One level at a time in a list of our own; each level overwrites the front of the previous one. */
+    PyObject *level = PyList_GetSlice(leaves, 0, count);
+    if (level == NULL) {
+        return NULL;
+    }
+    while (count > 1) {
+        Py_ssize_t pairs = count / 2;
+        for (Py_ssize_t pair = 0; pair < pairs; pair++) {
+            PyObject *left = PyList_GET_ITEM(level, 2 * pair), *right = PyList_GET_ITEM(level, 2 * pair + 1);
+            PyObject *node = hash_joined(hasher, 0x01, PyBytes_AS_STRING(left), PyBytes_GET_SIZE(left),
+                                         PyBytes_AS_STRING(right), PyBytes_GET_SIZE(right));
+            if (node == NULL) {
+                Py_DECREF(level);
+                return NULL;
+            }
+            if (PyList_SetItem(level, pair, node) < 0) { /* steals node, drops the old item */
+                Py_DECREF(level);
+                return NULL;
+            }
+        }
+        if (count & 1) {
+            PyObject *carried = PyList_GET_ITEM(level, count - 1);
+            Py_INCREF(carried);
+            if (PyList_SetItem(level, pairs, carried) < 0) {
+                Py_DECREF(level);
+                return NULL;
+            }
+        }
+        count = pairs + (count & 1);
+    }
+    PyObject *root = PyList_GET_ITEM(level, 0);
+    Py_INCREF(root);
+    Py_DECREF(level);
+    return root;
+}
+
+/* ---- writing small blocks ---------------------------------------------------------------------- */
+
+static int
+hex_value(Py_UCS1 character)
+{
+    if (character >= '0' && character <= '9') {
+        return character - '0';
+    }
+    if (character >= 'a' && character <= 'f') {
+        return character - 'a' + 10;
+    }
+    return -1; /* upper case is not the canonical spelling: such an id is stored as text */
+}
+
+/* The 16 raw bytes of a canonical (lowercase, hyphenated) UUID string into `raw`; 0 if it is not one. */
+static int
+uuid_bytes(PyObject *text, unsigned char *raw)
+{
+    if (!PyUnicode_IS_ASCII(text) || PyUnicode_GET_LENGTH(text) != 36) {
+        return 0;
+    }
+    const Py_UCS1 *characters = PyUnicode_1BYTE_DATA(text);
+    int written = 0;
+    for (int at = 0; at < 36;) {
+        if (at == 8 || at == 13 || at == 18 || at == 23) {
+            if (characters[at] != '-') {
+                return 0;
+            }
+            at++;
+            continue;
+        }
+        int high = hex_value(characters[at]), low = hex_value(characters[at + 1]);
+        if (high < 0 || low < 0) {
+            return 0;
+        }
+        raw[written++] = (unsigned char)(high << 4 | low);
+        at += 2;
+    }
+    return written == UUID_BYTES;
+}
+
+/* UTF-8 of a str into *text (borrowed, cached by the str); 0 if it cannot be encoded or is too long. */
+static int
+utf8_of(PyObject *value, const char **text, Py_ssize_t *size)
+{
+    if (!PyUnicode_CheckExact(value)) {
+        return 0;
+    }
+    *text = PyUnicode_AsUTF8AndSize(value, size);
+    if (*text == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return *size <= 0xffff;
+}
+
+static PyObject *attribute_names[8];
+static const char *attribute_spellings[8] = {"id",       "block_type", "data",    "metadata",
+                                             "timestamp", "agent_id",   "version", "parents"};
+
+/* Encode one plain small block's record (header || metadata || payload) at `out`, which has room for
+ * record_bytes_max bytes: its size if encoded, 0 if the block needs the Python writer. Metadata is
+ * encoded by the Python reference (`encode_metadata`); if that raises, the Python writer raises it. */
+static int
+encode_record(PyObject *block, PyObject *known_fourccs, PyObject *encode_metadata,
+              Py_ssize_t compression_threshold, Py_ssize_t record_bytes_max, unsigned char *out)
+{
+    PyObject *values[8] = {NULL};
+    PyObject *encoded_metadata = NULL;
+    int result = 0;
+    for (int which = 0; which < 8; which++) {
+        values[which] = PyObject_GetAttr(block, attribute_names[which]);
+        if (values[which] == NULL) {
+            PyErr_Clear();
+            goto done;
+        }
+    }
+    PyObject *id = values[0], *block_type = values[1], *data = values[2], *metadata = values[3];
+    PyObject *timestamp = values[4], *agent_id = values[5], *version = values[6], *parents = values[7];
+    if (!PyBytes_CheckExact(data) || !PyDict_CheckExact(metadata)
+        || !PyFloat_CheckExact(timestamp) || !PyTuple_CheckExact(parents) || PyTuple_GET_SIZE(parents) != 0
+        || !PyUnicode_CheckExact(version) || PyUnicode_CompareWithASCIIString(version, "1.0") != 0) {
+        goto done;
+    }
+    Py_ssize_t payload_size = PyBytes_GET_SIZE(data);
+    if (payload_size > 0 && payload_size >= compression_threshold) {
+        goto done; /* compression might pay: the Python writer decides */
+    }
+    PyObject *fourcc = PyDict_GetItemWithError(known_fourccs, block_type);
+    const char *fourcc_bytes;
+    if (fourcc != NULL && PyBytes_CheckExact(fourcc) && PyBytes_GET_SIZE(fourcc) == 4) {
+        fourcc_bytes = PyBytes_AS_STRING(fourcc);
+    }
+    else if (fourcc == NULL && !PyErr_Occurred() && PyUnicode_CheckExact(block_type)
+             && PyUnicode_IS_ASCII(block_type) && PyUnicode_GET_LENGTH(block_type) == 4) {
+        fourcc_bytes = (const char *)PyUnicode_1BYTE_DATA(block_type);
+    }
+    else {
+        PyErr_Clear();
+        goto done;
+    }
+    unsigned char raw_id[UUID_BYTES];
+    const char *id_text = NULL, *agent_text = NULL;
+    Py_ssize_t id_size = 0, agent_size = 0;
+    int is_uuid = PyUnicode_CheckExact(id) && uuid_bytes(id, raw_id);
+    if (!is_uuid && !utf8_of(id, &id_text, &id_size)) {
+        goto done;
+    }
+    if (!utf8_of(agent_id, &agent_text, &agent_size)) {
+        goto done;
+    }
+    Py_ssize_t metadata_size = 0;
+    if (PyDict_GET_SIZE(metadata) != 0) {
+        encoded_metadata = PyObject_CallOneArg(encode_metadata, metadata);
+        if (encoded_metadata == NULL || !PyBytes_CheckExact(encoded_metadata)) {
+            PyErr_Clear();
+            goto done;
+        }
+        metadata_size = PyBytes_GET_SIZE(encoded_metadata);
+    }
+    Py_ssize_t header_size = FIXED_HEADER_BYTES + (is_uuid ? UUID_BYTES : 2 + id_size)
+                             + (agent_size ? 2 + agent_size : 0) + (metadata_size ? 4 : 0);
+    if (metadata_size >= record_bytes_max || payload_size >= record_bytes_max
+        || header_size + metadata_size + payload_size >= record_bytes_max) {
+        goto done;
+    }
+    memcpy(out, fourcc_bytes, 4);
+    out[4] = 0; /* storage flags: plain */
+    out[5] = (unsigned char)((is_uuid ? FIELD_ID_UUID : 0) | (agent_size ? FIELD_AGENT : 0)
+                             | (metadata_size ? FIELD_METADATA : 0));
+    double seconds = PyFloat_AS_DOUBLE(timestamp);
+    uint64_t seconds_bits;
+    memcpy(&seconds_bits, &seconds, sizeof seconds_bits);
+    write_le(out + 6, seconds_bits, 8);
+    write_le(out + 14, (uint64_t)payload_size, 4);
+    unsigned char *field = out + FIXED_HEADER_BYTES;
+    if (is_uuid) {
+        memcpy(field, raw_id, UUID_BYTES);
+        field += UUID_BYTES;
+    }
+    else {
+        write_le(field, (uint64_t)id_size, 2);
+        memcpy(field + 2, id_text, (size_t)id_size);
+        field += 2 + id_size;
+    }
+    if (agent_size) {
+        write_le(field, (uint64_t)agent_size, 2);
+        memcpy(field + 2, agent_text, (size_t)agent_size);
+        field += 2 + agent_size;
+    }
+    if (metadata_size) {
+        write_le(field, (uint64_t)metadata_size, 4);
+        memcpy(field + 4, PyBytes_AS_STRING(encoded_metadata), (size_t)metadata_size);
+        field += 4 + metadata_size;
+    }
+    memcpy(field, PyBytes_AS_STRING(data), (size_t)payload_size);
+    result = (int)(header_size + metadata_size + payload_size);
+done:
+    for (int which = 0; which < 8; which++) {
+        Py_XDECREF(values[which]);
+    }
+    Py_XDECREF(encoded_metadata);
+    return result;
+}
+
+PyDoc_STRVAR(encode_records_doc,
+"encode_records(blocks, first, block_class, known_fourccs, previous_digest, position,\n"
+"               compression_threshold, record_bytes_max, blocks_max, batch_bytes, hasher,\n"
+"               records, index, encode_metadata) -> (count, records_size, last_digest)\n\n"
+"Encodes blocks[first:] while each is a plain small block of exactly `block_class` (no parents,\n"
+"default version, payload under the compression threshold, record under record_bytes_max; metadata\n"
+"encoded by calling encode_metadata, the block left to the caller if that raises),\n"
+"fewer than blocks_max are done and the records stay under batch_bytes. The records go to the start\n"
+"of the bytearray `records` (grown to batch_bytes + record_bytes_max once, never shrunk; the first\n"
+"records_size bytes are theirs), their 40-byte index entries (offset from `position`, chained BLAKE3\n"
+"digest) are appended to the bytearray `index`. The caller writes the first block not taken with\n"
+"the Python writer.");
+
+static PyObject *
+encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "encode_records takes 14 arguments");
+        return NULL;
+    }
+    PyObject *blocks = args[0], *block_class = args[2], *known_fourccs = args[3], *previous = args[4];
+    PyObject *hasher = args[10], *records = args[11], *index = args[12], *encode_metadata = args[13];
+    Py_ssize_t first = PyLong_AsSsize_t(args[1]);
+    unsigned long long position = PyLong_AsUnsignedLongLong(args[5]);
+    Py_ssize_t threshold = PyLong_AsSsize_t(args[6]), record_bytes_max = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t blocks_max = PyLong_AsSsize_t(args[8]), batch_bytes = PyLong_AsSsize_t(args[9]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(blocks) || !PyDict_CheckExact(known_fourccs) || !PyBytes_CheckExact(previous)
+        || PyBytes_GET_SIZE(previous) != DIGEST_BYTES || first < 0 || !PyByteArray_CheckExact(records)
+        || !PyByteArray_CheckExact(index) || record_bytes_max <= 0 || batch_bytes <= 0
+        || batch_bytes > PY_SSIZE_T_MAX / 2 - record_bytes_max) {
+        PyErr_SetString(PyExc_ValueError, "encode_records: bad arguments");
+        return NULL;
+    }
+    if (PyByteArray_GET_SIZE(records) < batch_bytes + record_bytes_max
+        && PyByteArray_Resize(records, batch_bytes + record_bytes_max) < 0) {
+        return NULL; /* also refused while a view of `records` is held */
+    }
+    Py_ssize_t index_size = PyByteArray_GET_SIZE(index), used = 0, count = 0;
+    PyObject *last = previous;
+    Py_INCREF(last);
+    for (Py_ssize_t at = first; at < PyList_GET_SIZE(blocks) && count < blocks_max && used < batch_bytes;
+         at++) {
+        PyObject *block = PyList_GET_ITEM(blocks, at);
+        if ((PyObject *)Py_TYPE(block) != block_class) {
+            break;
+        }
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(records) + used;
+        int size = encode_record(block, known_fourccs, encode_metadata, threshold, record_bytes_max, out);
+        if (size == 0) {
+            break;
+        }
+        PyObject *digest = hash_joined(hasher, -1, PyBytes_AS_STRING(last), DIGEST_BYTES, out, size);
+        if (digest == NULL) {
+            goto failed;
+        }
+        Py_SETREF(last, digest);
+        if (PyByteArray_Resize(index, index_size + (count + 1) * INDEX_ENTRY_BYTES) < 0) {
+            goto failed;
+        }
+        unsigned char *entry = (unsigned char *)PyByteArray_AS_STRING(index) + index_size
+                               + count * INDEX_ENTRY_BYTES;
+        write_le(entry, position + (unsigned long long)used, 8);
+        memcpy(entry + INDEX_DIGEST_AT, PyBytes_AS_STRING(last), DIGEST_BYTES);
+        used += size;
+        count++;
+    }
+    PyObject *result = Py_BuildValue("(nnN)", count, used, last);
+    return result;
+failed:
+    Py_DECREF(last);
+    /* Nothing of this batch is kept: the caller's index must match what it writes. */
+    if (PyByteArray_GET_SIZE(index) > index_size) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyByteArray_Resize(index, index_size) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
+    return NULL;
+}
+
+/* ---- module ------------------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(set_limits_doc,
+"set_limits(payload_bytes_max, id_bytes_max, agent_id_bytes_max, version_bytes_max, parents_max,\n"
+"           metadata_bytes_max)\n\n"
+"The maif.limits bounds the record rules use; nothing is proven before they are set.");
+
+static PyObject *
+set_limits(PyObject *module, PyObject *args)
+{
+    unsigned long long payload, id, agent, version, parents, metadata;
+    if (!PyArg_ParseTuple(args, "KKKKKK", &payload, &id, &agent, &version, &parents, &metadata)) {
+        return NULL;
+    }
+    limits.payload_bytes_max = payload;
+    limits.id_bytes_max = id;
+    limits.agent_id_bytes_max = agent;
+    limits.version_bytes_max = version;
+    limits.parents_max = parents;
+    limits.metadata_bytes_max = metadata;
+    limits.set = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef core_methods[] = {
+    {"set_limits", set_limits, METH_VARARGS, set_limits_doc},
+    {"unproven_records", (PyCFunction)(void (*)(void))unproven_records, METH_FASTCALL, unproven_records_doc},
+    {"chain_mismatches", (PyCFunction)(void (*)(void))chain_mismatches, METH_FASTCALL, chain_mismatches_doc},
+    {"leaf_hashes", (PyCFunction)(void (*)(void))leaf_hashes, METH_FASTCALL, leaf_hashes_doc},
+    {"merkle_root", (PyCFunction)(void (*)(void))merkle_root, METH_FASTCALL, merkle_root_doc},
+    {"encode_records", (PyCFunction)(void (*)(void))encode_records, METH_FASTCALL, encode_records_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "maif.format._core",
+    .m_doc = "The compiled core of the .maif container: proves records valid or defers to Python (ADR 0090).",
+    .m_size = -1,
+    .m_methods = core_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    digest_name = PyUnicode_InternFromString("digest");
+    if (digest_name == NULL) {
+        return NULL;
+    }
+    for (int which = 0; which < 8; which++) {
+        attribute_names[which] = PyUnicode_InternFromString(attribute_spellings[which]);
+        if (attribute_names[which] == NULL) {
+            return NULL;
+        }
+    }
+    return PyModule_Create(&core_module);
+}
