@@ -1,4 +1,4 @@
-"""Vector index benchmark: recall@10 and search latency of MAIF's index, raw usearch and faiss (peer).
+"""Vector index benchmark: recall@10 and search latency of MAIF's index, its raw graph and faiss peers.
 
 Data: clustered 384-dimensional float32 vectors (numpy, fixed seed) whose noise is large enough that
 nearest neighbours are not trivial; queries are drawn the same way but are not in the data. Ground
@@ -7,26 +7,31 @@ wall clock and the calling thread's CPU time (``cpu_us_*``: what the search cost
 core; every search measured runs on the calling thread).
 
 Every figure of one stage comes from the same run on the same data and queries:
-  - ``maif``: MAIF's ``UsearchVectorIndex`` as the engine uses it (int8 HNSW walk, float32 re-ranking
-    of 2 x limit candidates, block-id mapping; ``await index.search(query, 10)`` on an event loop);
-  - ``raw``: the same usearch graph searched directly with the quantised query (no re-ranking, no
-    wrapper): what the graph walk alone costs and finds;
-  - ``f32`` (tuning stage only): the float32 usearch graph MAIF used before quantisation;
+  - ``maif``: MAIF's ``FaissVectorIndex`` as the engine uses it (faiss HNSW over float16 codes, float32
+    scores of the limit candidates, block-id mapping; ``await index.search(query, 10)`` on an event
+    loop);
+  - ``raw``: the same faiss graph searched directly (no re-ranking, no wrapper): what the walk alone
+    costs and finds;
+  - ``usearch_before`` (tuning stage, and full scale with ``--before``): the index MAIF used before
+    (ADR 0033: usearch int8 HNSW 16/128/96 with float32 re-ranking), through its class, as the "before"
+    of the same run;
   - ``faiss_hnsw``: the peer, faiss ``IndexHNSWFlat`` (float32, M 32, efConstruction 128);
   - ``faiss_ivf``: faiss ``IndexIVFFlat`` (1024 lists, trained on 50k vectors), nprobe swept.
 
-A 300k build takes many minutes on this 2-core machine, so the benchmark runs in two stages:
-  1. tuning (skipped with ``--build``): on the first ``--tune-vectors`` vectors, each (connectivity,
-     expansion_add) of BUILD_CONFIGS through MAIF, the old float32 graph and faiss HNSW, expansion_search
-     swept on each;
+The benchmark runs in two stages:
+  1. tuning (skipped with ``--build``): on the first ``--tune-vectors`` vectors, each (M,
+     efConstruction) of BUILD_CONFIGS through MAIF, the usearch index MAIF used before and faiss HNSW,
+     efSearch swept;
   2. full scale: the chosen configuration through MAIF and both faiss peers on all ``--vectors``
      vectors. ``full.chosen`` is the configuration MAIF uses (fastest row through MAIF's index meeting
-     the recall target); ``full.maif_index`` adds the load time and the filtered search.
+     the recall target); ``full.maif_index`` adds the load time and filtered searches (a common value,
+     1 vector in 10, walked with a bitmap selector; a rare one, 1 in 1000, scanned exactly).
 
-    .venv/bin/python benchmarks/vector_bench.py [--vectors 300000] [--tune-vectors 50000] [--build 16,128]
+    .venv/bin/python benchmarks/vector_bench.py [--vectors 300000] [--tune-vectors 50000] [--build 32,128]
+                                                [--before]
 
 Writes benchmarks/results/vector_bench.json (after each stage), with the load average at start and
-end. Needs faiss-cpu (the ``bench`` extra). Never part of the test run.
+end. Never part of the test run.
 """
 
 from __future__ import annotations
@@ -44,17 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from usearch.index import Index
 
-from maif.storage.vectors import UsearchVectorIndex, quantise, unit_vector
+from maif.storage.faiss_vectors import FaissVectorIndex
+from maif.storage.vectors import UsearchVectorIndex, unit_vector
 
 DIMENSIONS = 384
 CLUSTERS = 1000
 NOISE = 2.0  # per-dimension noise around unit-variance centres: neighbours are close but not trivial
 TOP_K = 10
-BUILD_CONFIGS = [(16, 128), (24, 128)]  # (connectivity, expansion_add) of MAIF's int8 index
-OLD_F32_CONFIG = (24, 128)  # the float32 graph of ADR 0032 before quantisation
-SEARCH_EXPANSIONS = [16, 24, 32, 40, 48, 64, 96]
+BUILD_CONFIGS = [(16, 128), (32, 128)]  # (M, efConstruction) of MAIF's faiss index
+SEARCH_EXPANSIONS = [24, 32, 40, 48, 64, 96]
 FAISS_HNSW_M = 32
 FAISS_IVF_LISTS = 1024
 FAISS_IVF_PROBES = [1, 2, 4, 8, 16]
@@ -119,7 +123,8 @@ def measure(search: Callable[[np.ndarray], Any], queries: np.ndarray, truth: np.
 
 
 async def measure_maif(
-    index: UsearchVectorIndex, queries: np.ndarray, truth: np.ndarray, filters: dict[str, str] | None = None
+    index: FaissVectorIndex | UsearchVectorIndex, queries: np.ndarray, truth: np.ndarray,
+    filters: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """``await index.search`` per query on a running event loop, as the engine calls it."""
     latencies_us, cpu_us, found = [], [], []
@@ -132,33 +137,54 @@ async def measure_maif(
     return summarise(latencies_us, found, truth, cpu_us)
 
 
-async def build_maif(directory: Path, data: np.ndarray, connectivity: int, expansion_add: int,
-                     dtype: str = "i8") -> tuple[UsearchVectorIndex, float]:
-    """Vector n is block "v<n>" with attribute agent_id a<n % 10>, added in batches as the applier does."""
-    index = UsearchVectorIndex(directory, connectivity=connectivity, expansion_add=expansion_add, dtype=dtype)
+def attributes_of(number: int) -> dict[str, str]:
+    """agent_id: 1 vector in 10 shares a value; shard: 1 in 1000."""
+    return {"agent_id": f"a{number % 10}", "shard": f"s{number % 1000}"}
+
+
+async def build_maif(directory: Path, data: np.ndarray, m: int,
+                     ef_construction: int) -> tuple[FaissVectorIndex, float]:
+    """Vector n is block "v<n>" (row n) with attributes_of(n), added in batches as the applier does."""
+    index = FaissVectorIndex(directory, m=m, ef_construction=ef_construction)
     started = time.perf_counter()
     for start in range(0, len(data), ADD_BATCH):
-        await index.add([(f"v{n}", data[n], {"agent_id": f"a{n % 10}"})
+        await index.add([(f"v{n}", data[n], attributes_of(n))
                          for n in range(start, min(start + ADD_BATCH, len(data)))])
     return index, time.perf_counter() - started
 
 
-async def sweep_maif(index: UsearchVectorIndex, build_s: float, queries: np.ndarray, truth: np.ndarray,
+async def sweep_maif(index: FaissVectorIndex, build_s: float, queries: np.ndarray, truth: np.ndarray,
                      **fields: Any) -> list[dict]:
-    """Through MAIF and raw (the same usearch graph, quantised query, no re-ranking) for each expansion."""
-    graph: Index = index._index  # the benchmark looks inside on purpose: the raw walk, same graph
+    """Through MAIF and raw (the same faiss graph, no re-ranking) for each efSearch."""
+    graph = index._index  # the benchmark looks inside on purpose: the raw walk, same graph
     rows = []
     for expansion_search in SEARCH_EXPANSIONS:
         index.set_expansion_search(expansion_search)
-        row = {**fields, "dtype": index.dtype, "expansion_search": expansion_search, "build_s": build_s}
+        row = {**fields, "quantizer": index.quantizer, "expansion_search": expansion_search,
+               "build_s": build_s}
         row.update(await measure_maif(index, queries, truth))
-        # usearch keys: vector n was added as key n + 1 (build_maif adds in order; keys start at 1)
-        raw = measure(lambda query: graph.search(quantise(unit_vector(query), index.dtype), TOP_K,
-                                                 threads=1).keys, queries, truth + 1)
-        row["raw"] = raw
+        # faiss rows: vector n is row n (build_maif adds in order)
+        row["raw"] = measure(lambda query: graph.search(unit_vector(query)[None], TOP_K)[1][0],
+                             queries, truth)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+async def usearch_before(directory: Path, data: np.ndarray, queries: np.ndarray,
+                         truth: np.ndarray) -> dict[str, Any]:
+    """The index MAIF used before ADR 0091, with its defaults, through its class."""
+    index = UsearchVectorIndex(directory)
+    started = time.perf_counter()
+    for start in range(0, len(data), ADD_BATCH):
+        await index.add([(f"v{n}", data[n], attributes_of(n))
+                         for n in range(start, min(start + ADD_BATCH, len(data)))])
+    row: dict[str, Any] = {"parameters": index.parameters, "dtype": index.dtype,
+                           "build_s": time.perf_counter() - started}
+    row.update(await measure_maif(index, queries, truth))
+    print("usearch", json.dumps(row), flush=True)
+    await index.close()
+    return row
 
 
 def faiss_hnsw(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -214,37 +240,39 @@ def choose(rows: list[dict]) -> dict:
 
 
 async def tune(subset: np.ndarray, queries: np.ndarray, report: dict[str, Any]) -> dict:
-    """Stage 1: each int8 build configuration through MAIF, the old float32 graph, faiss HNSW."""
+    """Stage 1: each build configuration through MAIF, the usearch index of before, faiss HNSW."""
     truth = exact_top_k(subset, queries)
     rows: list[dict] = []
-    configurations = [*((*config, "i8") for config in BUILD_CONFIGS), (*OLD_F32_CONFIG, "f32")]
-    for connectivity, expansion_add, dtype in configurations:
+    for m, ef_construction in BUILD_CONFIGS:
         with tempfile.TemporaryDirectory() as directory:
-            index, build_s = await build_maif(Path(directory), subset, connectivity, expansion_add, dtype)
-            rows += await sweep_maif(index, build_s, queries, truth, connectivity=connectivity,
-                                     expansion_add=expansion_add)
+            index, build_s = await build_maif(Path(directory), subset, m, ef_construction)
+            rows += await sweep_maif(index, build_s, queries, truth, m=m, ef_construction=ef_construction)
             await index.close()
             del index
             gc.collect()
-    chosen = choose([row for row in rows if row["dtype"] == "i8"])
-    report["tuning"] = {"rows": rows, "chosen": chosen, "faiss_hnsw": faiss_hnsw(subset, queries, truth)}
+    chosen = choose(rows)
+    with tempfile.TemporaryDirectory() as directory:
+        before = await usearch_before(Path(directory), subset, queries, truth)
+    gc.collect()
+    report["tuning"] = {"rows": rows, "chosen": chosen, "usearch_before": before,
+                        "faiss_hnsw": faiss_hnsw(subset, queries, truth)}
     return chosen
 
 
 async def full(
     data: np.ndarray, queries: np.ndarray, chosen: dict, report: dict[str, Any], save: Callable[[], None],
-    *, peers: bool = True,
+    *, peers: bool = True, before: bool = False,
 ) -> None:
-    """Stage 2: the chosen configuration through MAIF and the faiss peers on all vectors."""
+    """Stage 2: the chosen configuration through MAIF and the faiss peers (and with ``before``, the
+    usearch index MAIF used before) on all vectors."""
     started = time.perf_counter()
     truth = exact_top_k(data, queries)
     report["full"] = {"exact_ground_truth_s": time.perf_counter() - started}
     with tempfile.TemporaryDirectory() as directory:
-        index, build_s = await build_maif(
-            Path(directory), data, chosen["connectivity"], chosen["expansion_add"])
+        index, build_s = await build_maif(Path(directory), data, chosen["m"], chosen["ef_construction"])
         print(f"full build: {build_s:.0f} s", flush=True)
-        rows = await sweep_maif(index, build_s, queries, truth, connectivity=chosen["connectivity"],
-                                expansion_add=chosen["expansion_add"])
+        rows = await sweep_maif(index, build_s, queries, truth, m=chosen["m"],
+                                ef_construction=chosen["ef_construction"])
         final = choose(rows)
         report["full"].update({"build_s": build_s, "rows": rows, "chosen": final})
         save()
@@ -254,18 +282,23 @@ async def full(
         flush_s = time.perf_counter() - started
         await index.close()
         started = time.perf_counter()
-        reopened = UsearchVectorIndex(directory)
+        reopened = FaissVectorIndex(directory)
         load_s = time.perf_counter() - started
         maif_index = await measure_maif(reopened, queries, truth)
-        agent_truth = exact_top_k(data[3::10], queries[:200]) * 10 + 3  # vectors n with n % 10 == 3
-        filtered = await measure_maif(reopened, queries[:200], agent_truth, filters={"agent_id": "a3"})
+        common_truth = exact_top_k(data[3::10], queries[:200]) * 10 + 3  # vectors n with n % 10 == 3
+        common = await measure_maif(reopened, queries[:200], common_truth, filters={"agent_id": "a3"})
+        rare_truth = exact_top_k(data[7::1000], queries[:200]) * 1000 + 7  # vectors n with n % 1000 == 7
+        rare = await measure_maif(reopened, queries[:200], rare_truth, filters={"shard": "s7"})
         await reopened.close()
     report["full"]["maif_index"] = {
         **maif_index, "flush_s": flush_s, "load_s": load_s,
-        "filtered_recall_at_10": filtered["recall_at_10"],
-        "filtered_latency_us_p50": filtered["latency_us_p50"],
+        "filtered_recall_at_10": common["recall_at_10"],
+        "filtered_latency_us_p50": common["latency_us_p50"],
+        "rare_filter_recall_at_10": rare["recall_at_10"],
+        "rare_filter_latency_us_p50": rare["latency_us_p50"],
         "note": "reopened from its flushed generation; await search(query, 10) on the event loop; "
-                "filtered = agent_id matching 1 vector in 10 (over-fetch x4)",
+                "filtered = agent_id matching 1 vector in 10 (graph walk with a bitmap selector), "
+                "rare = shard matching 1 in 1000 (exact scan of its rows)",
     }
     save()
     del index, reopened
@@ -283,18 +316,24 @@ async def full(
     peer = report["full"]["faiss_hnsw"]["best"]
     report["full"]["ratio_latency_p50_maif_to_faiss_hnsw"] = (
         report["full"]["chosen"]["latency_us_p50"] / peer["latency_us_p50"])
+    if before:
+        save()
+        with tempfile.TemporaryDirectory() as directory:
+            report["full"]["usearch_before"] = await usearch_before(Path(directory), data, queries, truth)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="MAIF's vector index, raw usearch, faiss: recall, latency")
+    parser = argparse.ArgumentParser(description="MAIF's vector index, its raw graph, faiss: recall, latency")
     parser.add_argument("--vectors", type=int, default=300_000)
     parser.add_argument("--tune-vectors", type=int, default=50_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument(
         "--output", type=Path, default=Path(__file__).parent / "results" / "vector_bench.json"
     )
-    parser.add_argument("--build", help="skip tuning: CONNECTIVITY,EXPANSION_ADD to build at full scale")
+    parser.add_argument("--build", help="skip tuning: M,EF_CONSTRUCTION to build at full scale")
     parser.add_argument("--no-peers", action="store_true", help="skip faiss at full scale (a second graph)")
+    parser.add_argument("--before", action="store_true",
+                        help="also measure the usearch index of ADR 0033 at full scale (a long build)")
     arguments = parser.parse_args()
     data, queries = make_data(arguments.vectors, arguments.queries)
     report: dict[str, Any] = {
@@ -321,12 +360,13 @@ def main() -> None:
         arguments.output.write_text(json.dumps(report, indent=2) + "\n")
 
     if arguments.build:
-        connectivity, expansion_add = (int(part) for part in arguments.build.split(","))
-        chosen: dict = {"connectivity": connectivity, "expansion_add": expansion_add}
+        m, ef_construction = (int(part) for part in arguments.build.split(","))
+        chosen: dict = {"m": m, "ef_construction": ef_construction}
     else:
         chosen = asyncio.run(tune(data[: arguments.tune_vectors], queries, report))
         save()
-    asyncio.run(full(data, queries, chosen, report, save, peers=not arguments.no_peers))
+    asyncio.run(full(data, queries, chosen, report, save, peers=not arguments.no_peers,
+                     before=arguments.before))
     save()
     summary = {key: report["full"][key] for key in ("chosen", "maif_index")}
     print(json.dumps(summary), f"wrote {arguments.output}", flush=True)

@@ -11,9 +11,9 @@ id, plus the LSN of each id's last write. Every operation must give the model's 
 - listings with every filter (agent, type, since/until, parent), a ``limit`` and keyset paging with
   ``after`` (a cursor naming no block: BlockNotFoundError), compared summary field by field;
 - semantic search: the model computes exact cosine top-k over its current EMBEDDING blocks (filters,
-  score threshold). With at most ``_OVERFETCH_MIN`` (32) vectors the usearch index searches exactly
-  (``UsearchVectorIndex._search_locked`` passes ``exact=True`` once it fetches the whole index; the
-  store never holds more than ``len(BLOCK_IDS)`` vectors here), so the comparison is exact, tie-aware:
+  score threshold). An index of at most ``EXACT_ROWS_MAX`` (2048) rows is scanned exactly by the faiss
+  index (``FaissVectorIndex._search_locked``; the store never holds more than a few rows per block id
+  here, tombstones included, before a compacting flush), so the comparison is exact, tie-aware:
   the hits are the model's top-k scores (within 1e-4) and every hit's score is the model's cosine for
   that id, which is also a current embedding id passing the filters (no deleted or overwritten-away id
   can appear). The vector pool is chosen so that distinct cosines differ by more than 2e-3 and none
@@ -81,7 +81,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from maif.errors import BlockNotFoundError, DurabilityError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import block_digest
-from maif.storage import vectors as vectors_module
+from maif.storage import faiss_vectors
 from maif.storage.applier import type_name
 from maif.storage.backends.local import (
     LocalChunkStore,
@@ -105,9 +105,10 @@ WAL_SEGMENT_BYTES = 16 * 1024
 SCORE_TOLERANCE = 1e-4
 THRESHOLDS = [-0.5, 0.0, 0.5, 0.9]
 
-# Exact search: the usearch index searches exactly once it fetches every vector it holds, which it does
-# while it holds at most _OVERFETCH_MIN of them; this store never holds more than one per block id.
-assert len(BLOCK_IDS) <= vectors_module._OVERFETCH_MIN
+# Exact search: the faiss index scans exactly while it holds at most EXACT_ROWS_MAX rows (tombstones of
+# overwritten and removed vectors included): a run of 30 steps writes at most 6 blocks a step (and a
+# repair or rebuild starts from an empty index), so it never holds more than 180 rows.
+assert faiss_vectors.EXACT_ROWS_MAX >= 30 * 6
 
 
 def _vector_pools() -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -659,7 +660,7 @@ TestEngineMemory.settings = _SETTINGS
 
 def test_vector_pool_has_no_near_ties() -> None:
     """The search comparison is exact only if distinct cosines are far apart (more than the tolerance
-    usearch's float32 arithmetic needs) and none sits on a score threshold."""
+    float32 arithmetic needs) and none sits on a score threshold."""
     for query in QUERY_VECTORS:
         scores = sorted({round(cosine(query, vector), 6) for vector in STORED_VECTORS})
         assert all(b - a > 2e-3 for a, b in itertools.pairwise(scores)), scores

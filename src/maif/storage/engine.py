@@ -122,9 +122,9 @@ def _cache_bytes(config: StorageConfig) -> int:
 
 
 def default_backends(config: StorageConfig) -> Backends:
-    """The embedded defaults: packs (warm) migrating to a local cold directory, SQLite metadata, usearch
-    vectors, an LRU cache."""
-    from maif.storage.backends import local  # imported here: SQLite/usearch only when used
+    """The embedded defaults: packs (warm) migrating to a local cold directory, SQLite metadata, faiss
+    HNSW vectors (float16 walk, float32 ranking; ADR 0091), an LRU cache."""
+    from maif.storage.backends import local  # imported here: SQLite/faiss only when used
     from maif.storage.cache import LRUHotCache
 
     data_dir = Path(config.data_dir)

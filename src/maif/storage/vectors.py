@@ -1,4 +1,8 @@
-"""Embeddings: decode them from EMBEDDING blocks, and index them for cosine search with usearch HNSW.
+"""Embeddings: decode them from EMBEDDING blocks; and the usearch HNSW index MAIF used until ADR 0091.
+
+The embedded default index is now :class:`maif.storage.faiss_vectors.FaissVectorIndex`; it reads the
+generations :class:`UsearchVectorIndex` wrote through this class (which checks them as described below)
+and converts them at open. The class stays usable on its own.
 
 :func:`embedding_of` accepts the two payload forms MAIF has seen: little-endian float32 (optionally
 described by metadata ``{"dtype": "float32", "dim": N}``) and the seed's JSON ``{"vector": [...]}``.
@@ -36,17 +40,19 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
 import msgspec
 import numpy as np
-from usearch.index import Index
 
 from maif import limits
 from maif.errors import ArgumentValueError, BackendError, FormatError, LimitExceededError, StoreClosedError
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.storage.backends.base import Capabilities, VectorIndex
+
+if TYPE_CHECKING:  # usearch is imported when a usearch index is made: it costs 16 MB of RSS otherwise
+    from usearch.index import Index
 
 HNSW_CONNECTIVITY = 16  # ADR 0033 (stores written before keep the parameters in their maps)
 HNSW_EXPANSION_ADD = 128
@@ -478,6 +484,8 @@ class UsearchVectorIndex(VectorIndex):
 
     def _new_index(self, ndim: int, parameters: tuple[int, int, int] | None = None,
                    dtype: str | None = None) -> Index:
+        from usearch.index import Index
+
         connectivity, expansion_add, expansion_search = parameters or self.parameters
         return Index(
             ndim=ndim,

@@ -2,7 +2,8 @@
 
     data_dir/packs/          LocalChunkStore: append-only pack files + pack index (maif.storage.packs)
     data_dir/index.sqlite    LocalMetadataIndex: SQLite in WAL mode (maif.storage.index)
-    data_dir/vectors/        LocalVectorIndex: usearch HNSW, persisted on flush (maif.storage.vectors)
+    data_dir/vectors/        LocalVectorIndex: faiss HNSW (float16 walk, float32 ranking), persisted on flush
+                             (maif.storage.faiss_vectors; usearch generations are converted at open)
     any directory            LocalObjectStore: the cold tier as files, written atomically
 
 Blocking file work runs in worker threads (``asyncio.to_thread``) so the event loop keeps serving.
@@ -22,14 +23,14 @@ from maif import limits
 from maif.durable import write_atomically
 from maif.errors import BackendError, BlockNotFoundError, StoreClosedError
 from maif.storage.backends.base import Capabilities, ChunkStore, ObjectStore, check_object_key
+from maif.storage.faiss_vectors import FaissVectorIndex
 from maif.storage.index import SqliteMetadataIndex
 from maif.storage.packs import ChunkLocation, CompactionResult, PackStore
-from maif.storage.vectors import UsearchVectorIndex
 
 ResultT = TypeVar("ResultT")
 
 LocalMetadataIndex = SqliteMetadataIndex
-LocalVectorIndex = UsearchVectorIndex
+LocalVectorIndex = FaissVectorIndex
 
 
 class LocalChunkStore(ChunkStore):
