@@ -259,6 +259,10 @@ audit_segments_max: Final = 1 << 24
 audit_sync_waiters_max: Final = 1 << 16
 """Most asynchronous appends waiting at once for one audit log's sync (one per request in flight)."""
 
+audit_write_buffer_bytes_max: Final = 1 * MiB
+"""Most bytes of audit frames held in memory before they are written (the flusher writes them, with
+its sync, in one system call; an appender past this bound writes them itself)."""
+
 # security: TPM 2.0 attestation (maif.security.tpm, maif.security.attestation)
 tpm_public_bytes_max: Final = 1024
 """Largest TPMT_PUBLIC accepted (an RSA-4096 key with a SHA-512 policy is about 600 bytes)."""
@@ -484,6 +488,7 @@ assert audit_event_text_bytes_max * 8 <= audit_record_bytes_max and audit_record
 # A segment is an ordinary audit log, so its rotation bounds sit inside that log's bounds.
 assert 2 <= audit_segment_entries_max <= audit_log_entries_max
 assert audit_segment_bytes_max >= 64 * audit_record_bytes_max
+assert audit_write_buffer_bytes_max >= 2 * audit_record_bytes_max
 assert block_metadata_bytes_max < block_payload_bytes_max
 assert block_parents_max * 16 < block_metadata_bytes_max * 4
 assert manifest_signatures_max <= 255 and recipients_max <= 255

@@ -1,5 +1,6 @@
-"""Deferred audit durability (ADR 0023): a decision's frame is written at once, its sync overlaps the
-caller's work, and nothing that depends on it is answered before it is on disk.
+"""Deferred audit durability (ADR 0023): a decision's frame is appended at once (buffered; the flusher
+writes it with its sync, many frames per system call), the write and sync overlap the caller's work, and
+nothing that depends on it is answered before it is on disk.
 
 The disk is real; ``fdatasync`` is wrapped only to hold it (a slow disk) or to fail it (EIO), so the tests
 can see what is and is not answered while the sync has not happened.
@@ -130,6 +131,73 @@ def test_a_failed_sync_fails_every_deferred_waiter_and_the_log(tmp_path: Path, h
             asyncio.run(wait_async())
         with pytest.raises(DurabilityError):
             log.append_deferred(event(3))  # never acknowledged, never retried on the same file
+
+
+class FailingWrites:
+    """``os.write`` that fails with ENOSPC on one descriptor once ``failing`` is set; counts its calls."""
+
+    def __init__(self) -> None:
+        self.descriptor = -1
+        self.failing = False
+        self.calls = 0
+        self._real = os.write
+
+    def __call__(self, descriptor: int, data: Any) -> int:
+        if descriptor != self.descriptor:
+            return self._real(descriptor, data)
+        self.calls += 1
+        if self.failing:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._real(descriptor, data)
+
+
+def test_a_failed_write_fails_every_deferred_waiter_and_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frames are written by the flusher now: a full disk there must reach every waiter, refuse
+    later appends, and leave the durable entries as they were."""
+    writes = FailingWrites()
+    monkeypatch.setattr(audit_module.os, "write", writes)
+    signer = MemorySigner()
+    path = tmp_path / "a.log"
+    with AuditLog.open(path, signer) as log:
+        writes.descriptor = log._descriptor
+        durable = log.append(event(0))
+        writes.failing = True
+        first, second = log.append_deferred(event(1)), log.append_deferred(event(2))
+
+        async def wait_async() -> None:
+            await second.wait_async()
+
+        with pytest.raises(DurabilityError):
+            first.wait()
+        with pytest.raises(DurabilityError):
+            asyncio.run(wait_async())
+        assert not first.durable and not second.durable
+        with pytest.raises(DurabilityError):
+            log.append_deferred(event(3))
+        with pytest.raises(DurabilityError):
+            log.append(event(4))
+    writes.failing = False
+    with AuditLog.open(path, signer) as log:
+        assert [entry.resource for entry in log.entries()] == [durable.resource]
+
+
+def test_buffered_frames_are_read_back_before_their_sync_and_written_many_per_call(
+    tmp_path: Path, held_disk: HeldDisk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = FailingWrites()
+    monkeypatch.setattr(audit_module.os, "write", writes)
+    with AuditLog.open(tmp_path / "a.log", MemorySigner(), checkpoint_every_entries=10_000) as log:
+        writes.descriptor = log._descriptor
+        tickets = [log.append_deferred(event(number)) for number in range(300)]
+        # The disk holds every sync: the entries are still read back (a reader writes the buffer first).
+        assert [entry.resource for entry in log.entries()] == [f"block/{n}" for n in range(300)]
+        assert not any(ticket.durable for ticket in tickets)
+        held_disk.release.set()
+        for ticket in tickets:
+            ticket.wait()
+    assert writes.calls <= 300 / 10, f"{writes.calls} writes for 300 buffered frames"
 
 
 def _gate_and_context(log: AuditLog) -> tuple[Gate, Any]:

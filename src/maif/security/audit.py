@@ -545,6 +545,9 @@ class AuditLog:
         self._last_checkpoint: SignedCheckpoint | None = None
         self._last_checkpoint_clock = clock()
         self._written_offset = 0
+        """End of the last frame appended (in the file, or still in ``_unwritten``)."""
+        self._unwritten = bytearray()
+        """Frames appended and not yet written: the flusher writes them with its sync (ADR 0023)."""
         self._synced_offset = 0
         self.recovered_tail_bytes = 0
         """Bytes of a torn tail (a crash mid-append) cut off when the log was opened."""
@@ -650,9 +653,10 @@ class AuditLog:
         return AuditTicket(self, entry, target, checkpoint_error).wait()
 
     def append_deferred(self, event: Mapping[str, Any]) -> AuditTicket:
-        """Write ``event``'s frame now and return at once; the ticket's wait returns once it is on disk.
+        """Append ``event``'s frame now and return at once; the ticket's wait returns once it is on disk.
 
-        The flusher thread starts a sync right away (sharing it with every frame written meanwhile), so
+        The frame is buffered; the flusher thread writes it with every frame appended meanwhile in one
+        system call and starts a sync right away (sharing it with all of them), so
         a caller that has other work to do before it needs the guarantee does that work while the disk
         syncs. Until the ticket is waited for, nothing may be acknowledged on the strength of the entry.
         """
@@ -661,10 +665,10 @@ class AuditLog:
         return AuditTicket(self, entry, target, checkpoint_error)
 
     async def append_async(self, event: Mapping[str, Any]) -> AuditEntry:
-        """:meth:`append` for an event loop: the frame is written on the calling thread (a page-cache
-        write of a few hundred bytes) and the wait for durability is a future the flusher thread
-        resolves, so callers never hold a thread while a sync is in progress. Concurrent callers share
-        syncs (group commit) exactly as with :meth:`append`."""
+        """:meth:`append` for an event loop: the frame is appended to a buffer on the calling thread (no
+        system call) and the wait for durability is a future the flusher thread resolves once it has
+        written and synced it, so callers never hold a thread while a write or sync is in progress.
+        Concurrent callers share syncs (group commit) exactly as with :meth:`append`."""
         return await self.append_deferred(event).wait_async()
 
     def _write_entry(self, event: Mapping[str, Any]) -> tuple[AuditEntry, int, MAIFError | None]:
@@ -715,8 +719,13 @@ class AuditLog:
             if self._closed:
                 return
         try:
-            if self._failure is None and self._unsigned_entries() > 0:
-                self.checkpoint()
+            if self._failure is None:
+                if self._unsigned_entries() > 0:
+                    self.checkpoint()
+                else:  # a checkpoint that fell due with the last append may still be buffered
+                    with self._lock:
+                        target = self._written_offset
+                    self._sync_to(target)
         finally:
             with self._sync_condition:
                 self._stopping = True
@@ -773,17 +782,32 @@ class AuditLog:
         return checkpoint
 
     def _write_frame(self, record: bytes) -> int:
-        """Append one frame (caller holds ``self._lock``); returns its offset. Not yet synced."""
+        """Append one frame (caller holds ``self._lock``); returns its offset. Not yet written: the next
+        sync writes it (with every frame appended before it, in one system call) before it syncs."""
         offset = self._written_offset
-        view = memoryview(_frame(record))
+        self._unwritten += _frame(record)
+        self._written_offset = offset + FRAME_HEAD_BYTES + len(record)
+        if len(self._unwritten) >= limits.audit_write_buffer_bytes_max:
+            self._write_unwritten()
+        return offset
+
+    def _write_unwritten(self) -> None:
+        """Write the buffered frames to the file (caller holds ``self._lock``). A failed write fails the
+        log for good, as a failed sync does: nothing buffered can become durable any more."""
+        if not self._unwritten:
+            return
+        if self._failure is not None:
+            raise self._failure
+        data, self._unwritten = self._unwritten, bytearray()
+        view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self._descriptor, view) :]
         except OSError as error:
-            self._failure = DurabilityError(f"write failed: {error.strerror}")
+            self._failure = DurabilityError(f"write failed: {error.strerror}; the log stops taking writes")
             raise self._failure from error
-        self._written_offset = offset + FRAME_HEAD_BYTES + len(record)
-        return offset
+        finally:
+            view.release()
 
     def _sync_to(self, target: int) -> None:
         """Group commit: one appender syncs for everyone whose frames were written before it began."""
@@ -798,9 +822,11 @@ class AuditLog:
                     self._syncing = True
                     break
                 self._sync_condition.wait()
-        with self._lock:
-            covered = self._written_offset
+        covered = self._synced_offset
         try:
+            with self._lock:
+                self._write_unwritten()
+                covered = self._written_offset
             os.fdatasync(self._descriptor)
         except OSError as error:
             self._failure = DurabilityError(
@@ -890,7 +916,9 @@ class AuditLog:
                 return iter(())
             offsets = self._entry_offsets[start:stop]
             leaves = bytes(self._leaves[start * 32 : stop * 32])
-            end = self._written_offset
+            if self._failure is None:
+                self._write_unwritten()  # read back from the file: what is only buffered is not there
+            end = self._written_offset - len(self._unwritten)
         return self._read_entries(offsets, leaves, end)
 
     def _read_entries(self, offsets: array[int], leaves: bytes, end: int) -> Iterator[AuditEntry]:
