@@ -608,22 +608,39 @@ class PackStore:
 
     def put_chunks(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
         """Append new chunks to the active pack; returns the stored bytes added (0 for duplicates)."""
+        for digest, data in chunks:
+            check_chunk_input(digest, data)
         with self._lock:
-            self._refuse_if_failed()
-            staged = _StagedFrames()
-            locations = self._locations
-            counters = self.counters
-            fresh: list[tuple[bytes, bytes | memoryview]] = []
-            for digest, data in chunks:
-                check_chunk_input(digest, data)
-                counters["offered_bytes"] += len(data)
-                existing = locations.get(digest)
-                if digest in staged.digests or (existing is not None and self._is_present(existing)):
-                    counters["dedup_hits"] += 1
-                    continue
-                staged.digests.add(digest)
-                fresh.append((digest, data))
-            return self._stage_frames(staged, fresh, 0)
+            return self._put_checked(chunks)
+
+    def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
+        """Store each chunk under the BLAKE3 digest computed here (hashed once, not given and checked);
+        returns the digests in order and the stored bytes added."""
+        chunk_bytes_max = limits.chunk_bytes_max
+        hasher = blake3.blake3
+        for data in pieces:
+            if len(data) > chunk_bytes_max:
+                raise LimitExceededError("chunk size", len(data), chunk_bytes_max)
+        pairs = [(hasher(data).digest(), data) for data in pieces]
+        with self._lock:
+            return [digest for digest, _ in pairs], self._put_checked(pairs)
+
+    def _put_checked(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
+        """Stage and write the chunks not stored yet (digests already checked); under the lock."""
+        self._refuse_if_failed()
+        staged = _StagedFrames()
+        locations = self._locations
+        counters = self.counters
+        fresh: list[tuple[bytes, bytes | memoryview]] = []
+        for digest, data in chunks:
+            counters["offered_bytes"] += len(data)
+            existing = locations.get(digest)
+            if digest in staged.digests or (existing is not None and self._is_present(existing)):
+                counters["dedup_hits"] += 1
+                continue
+            staged.digests.add(digest)
+            fresh.append((digest, data))
+        return self._stage_frames(staged, fresh, 0)
 
     def put_records(self, records: Sequence[bytes]) -> int:
         """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
