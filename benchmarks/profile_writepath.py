@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ingest_bench import blocks, in_fresh_directory, maif_batch
-from maif.format.codec import encode_block
+from maif.format.codec import encode_blocks
 from maif.storage import engine
 from maif.storage.applier import LogItem, record_of
 from maif.storage.index import SqliteMetadataIndex, _put
 from maif.storage.packs import PackStore
 from maif.storage.records import BlockRecord, encode_record
-from maif.storage.wal import frame_record
+from maif.storage.wal import frame_records
 
 BATCH_BLOCKS = 1000
 RESULTS = Path(__file__).parent / "results" / "writepath_stages.json"
@@ -69,8 +69,9 @@ def stages(batches: int) -> dict[str, float]:
             group = blocks(BATCH_BLOCKS, f"s{batch}-")
 
             def ack(group: list = group) -> list[LogItem]:
-                items = [engine._item_of(block, encode_block(block), 0) for block in group]
-                b"".join(frame_record(1 + offset, item.encoded) for offset, item in enumerate(items))
+                items = [engine._item_of(block, encoded, 0, digest)
+                         for block, (encoded, digest) in zip(group, encode_blocks(group), strict=True)]
+                frame_records(1, [item.encoded for item in items])
                 return items
 
             items = timed("ack_encode_and_frame_us_per_block", ack)
