@@ -71,7 +71,7 @@ def stages(batches: int) -> dict[str, float]:
             def ack(group: list = group) -> list[LogItem]:
                 items = [engine._item_of(block, encoded, 0, digest)
                          for block, (encoded, digest) in zip(group, encode_blocks(group), strict=True)]
-                frame_records(1, [item.encoded for item in items])
+                b"".join(frame_records(1, [item.encoded for item in items]))
                 return items
 
             items = timed("ack_encode_and_frame_us_per_block", ack)

@@ -171,9 +171,9 @@ def test_oversized_record_is_refused_before_framing() -> None:
 
 def test_frame_records_is_frame_record_of_each_joined() -> None:
     payloads = [b"", b"a", b"block" * 300, bytes(range(256)) * 9]
-    assert frame_records(41, payloads) == b"".join(frame_record(41 + offset, payload)
-                                                   for offset, payload in enumerate(payloads))
-    assert frame_records(7, []) == b""
+    assert b"".join(frame_records(41, payloads)) == b"".join(frame_record(41 + offset, payload)
+                                                             for offset, payload in enumerate(payloads))
+    assert frame_records(7, []) == []
 
 
 def test_frame_records_refuses_an_oversized_record_anywhere_in_the_group() -> None:

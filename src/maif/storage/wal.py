@@ -100,9 +100,10 @@ def frame_record(lsn: int, payload: bytes) -> bytes:
     return _RECORD_HEADER.pack(RECORD_MAGIC, len(payload), lsn, record_checksum(lsn, payload)) + payload
 
 
-def frame_records(first_lsn: int, payloads: Sequence[bytes]) -> bytes:
-    """The framed records of ``payloads`` (LSNs from ``first_lsn``), joined: :func:`frame_record`'s
-    bytes in one buffer, without a bytes object per record (the group commit's hot loop)."""
+def frame_records(first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
+    """The framed records of ``payloads`` (LSNs from ``first_lsn``) as parts to join: each record's
+    header, then its payload (the payload object itself: joined once by the group write, never
+    concatenated per record). Any oversized record is refused before anything is framed."""
     record_bytes_max = limits.wal_record_bytes_max
     for payload in payloads:
         if len(payload) > record_bytes_max:
@@ -110,12 +111,13 @@ def frame_records(first_lsn: int, payloads: Sequence[bytes]) -> bytes:
     header = _RECORD_HEADER.pack
     length_and_lsn = _LENGTH_AND_LSN.pack
     crc32 = zlib.crc32
-    framed = bytearray()
+    parts: list[bytes] = []
+    append = parts.append
     for lsn, payload in enumerate(payloads, first_lsn):
         length = len(payload)
-        framed += header(RECORD_MAGIC, length, lsn, crc32(payload, crc32(length_and_lsn(length, lsn))))
-        framed += payload
-    return bytes(framed)
+        append(header(RECORD_MAGIC, length, lsn, crc32(payload, crc32(length_and_lsn(length, lsn)))))
+        append(payload)
+    return parts
 
 
 def encode_segment_header(first_lsn: int) -> bytes:
@@ -1019,7 +1021,7 @@ class GroupCommitter(Committer):
         return super().append(payloads, context)
 
     def _frame(self, first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
-        return [frame_records(first_lsn, payloads)]
+        return frame_records(first_lsn, payloads)
 
     async def _write(self, group: list[_Pending]) -> None:
         data = b"".join(chunk for pending in group for chunk in pending.framed)
