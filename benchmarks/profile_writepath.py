@@ -11,7 +11,7 @@ temporary directory; prints acknowledged and applied blocks/s.
 blocks of 1 KiB, timed in *thread CPU time* (time.thread_time), the minimum over ``--batches``: other work
 on a shared machine stretches wall time but hardly the CPU time of the stage itself. Stages: the event
 loop's part of the ack (encode, log item, framing), then the applier's (chunking and records, the pack
-writes of chunks and records, the SQLite index put, the pack flush). Writes
+writes of chunks (hashing them: ``put_chunk_data``) and records, the SQLite index put, the pack flush). Writes
 benchmarks/results/writepath_stages.json. Compare with another commit's code in the same session:
 
     git archive 837ad2d src | tar -x -C /tmp/base
@@ -36,14 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ingest_bench import blocks, in_fresh_directory, maif_batch
-from maif.format.codec import encode_block
+from maif.format.codec import encode_blocks
 from maif.storage import engine
 from maif.storage.applier import LogItem, record_of
-from maif.storage.chunking import split_payload
 from maif.storage.index import SqliteMetadataIndex, _put
 from maif.storage.packs import PackStore
 from maif.storage.records import BlockRecord, encode_record
-from maif.storage.wal import frame_record
+from maif.storage.wal import frame_records
 
 BATCH_BLOCKS = 1000
 RESULTS = Path(__file__).parent / "results" / "writepath_stages.json"
@@ -70,24 +69,26 @@ def stages(batches: int) -> dict[str, float]:
             group = blocks(BATCH_BLOCKS, f"s{batch}-")
 
             def ack(group: list = group) -> list[LogItem]:
-                items = [engine._item_of(block, encode_block(block), 0) for block in group]
-                b"".join(frame_record(1 + offset, item.encoded) for offset, item in enumerate(items))
+                items = [engine._item_of(block, encoded, 0, digest)
+                         for block, (encoded, digest) in zip(group, encode_blocks(group), strict=True)]
+                b"".join(frame_records(1, [item.encoded for item in items]))
                 return items
 
             items = timed("ack_encode_and_frame_us_per_block", ack)
             for item in items:
                 item.lsn = next(lsns)
 
-            def prepare(items: list[LogItem] = items) -> tuple[list[tuple[bytes, bytes]], list[BlockRecord]]:
-                pairs, records = [], []
-                for item in items:
-                    pieces = split_payload(item.block.data)
-                    pairs.append((pieces[0][0], item.block.data))
-                    records.append(record_of(item, tuple(digest for digest, _ in pieces)))
-                return pairs, records
+            def pieces_of(items: list[LogItem] = items) -> list[bytes]:
+                return [item.block.data for item in items]  # 1 KiB: one chunk each (Applier.apply)
 
-            pairs, records = timed("apply_chunking_and_records_us_per_block", prepare)
-            timed("apply_pack_chunks_us_per_block", lambda pairs=pairs: packs.put_chunks(pairs))
+            pieces = timed("apply_chunking_us_per_block", pieces_of)
+            digests, _ = timed("apply_pack_chunks_us_per_block",
+                               lambda pieces=pieces: packs.put_chunk_data(pieces))
+
+            def records_of(items: list[LogItem] = items, digests: list[bytes] = digests) -> list[BlockRecord]:
+                return [record_of(item, (digest,)) for item, digest in zip(items, digests, strict=True)]
+
+            records = timed("apply_records_us_per_block", records_of)
             timed("apply_pack_records_us_per_block",
                   lambda records=records: packs.put_records([encode_record(record) for record in records]))
             timed("apply_index_put_us_per_block", lambda records=records: _put(connection, records, None))

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from maif import limits
 from maif.errors import MAIFError
-from maif.format import layout, merkle, native
+from maif.format import codec, layout, merkle, native
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.container import ContainerReader, ContainerWriter
 from maif.format.reader import PARALLEL_HASH_BYTES_MIN
@@ -422,6 +422,45 @@ def test_add_many_writes_the_bytes_add_writes_on_both_paths(
     path = tmp_path_factory.mktemp("w") / "w.maif"
     compiled, reference = both(lambda: written(path, batch, many=True, threshold=threshold))
     assert compiled == reference == written(path, batch, many=False, threshold=threshold)
+
+
+@EXAMPLES
+@given(st.lists(blocks(), max_size=12))
+def test_encode_blocks_is_encode_block_and_its_digest_on_both_paths(batch: list[MAIFBlock]) -> None:
+    """The store's log encodes blocks with ``codec.encode_blocks``: the core must give the reference's
+    bytes and BLAKE3 digest for every block (large payloads, metadata, parents, versions included)."""
+    expected = [(codec.encode_block(block), codec.block_digest(block)) for block in batch]
+    compiled, reference = both(lambda: codec.encode_blocks(batch))
+    assert compiled == reference == expected
+
+
+def test_encode_blocks_proves_plain_blocks_in_c_and_defers_the_rest() -> None:
+    """The fast path is taken for the store's common block, and left for what only Python encodes."""
+    plain = MAIFBlock(id="b1", data=b"p" * 1024, agent_id="bench", timestamp=1.0)
+    with_uuid = MAIFBlock(id="0195f6a0-0000-7000-8000-000000000001", data=b"", metadata={"k": 1})
+    deferred = [MAIFBlock(id="c", parents=("b1",)), MAIFBlock(id="v", version="2"),
+                MAIFBlock(id="big", data=b"x" * (70 * 1024))]
+    core = compiled_core()
+    proven = core.encode_blocks([plain, with_uuid, *deferred], MAIFBlock, codec.KNOWN_FOURCCS,
+                                codec.encode_metadata, codec.CODEC_VERSION, 64 * 1024, blake3.blake3)
+    assert proven[0] == (codec.encode_block(plain), codec.block_digest(plain))
+    assert proven[1] == (codec.encode_block(with_uuid), codec.block_digest(with_uuid))
+    assert proven[2:] == [None] * len(deferred)
+
+
+def test_encode_blocks_raises_what_encode_block_raises_on_both_paths() -> None:
+    batch = [MAIFBlock(id="ok", data=b"fine"), MAIFBlock(id="bad", metadata={"a": {1: 2}})]
+
+    def attempt() -> tuple[str, str]:
+        try:
+            codec.encode_blocks(batch)
+        except MAIFError as error:
+            return type(error).__name__, str(error)
+        return "", ""
+
+    compiled, reference = both(attempt)
+    assert compiled == reference
+    assert compiled[0] == "FormatError"
 
 
 def test_add_many_refuses_metadata_it_cannot_encode_as_add_does(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from maif.errors import (
     MAIFError,
     UnsupportedVersionError,
 )
-from maif.storage.packs import PackStore, pack_file_name
+from maif.storage.packs import RECORD_DIGEST_CONTEXT, PackStore, pack_file_name, record_digest
 from maif.testing.conformance import chunk, flip_byte, random_bytes
 
 FRAME_HEADER_BYTES = 48
@@ -364,3 +364,15 @@ def test_a_batch_written_with_one_write_stores_a_repeated_chunk_once_and_reads_b
     assert reopened.scrub(1.0) == []
     assert reopened.stats()["packs"] >= 2  # the batch crossed pack boundaries
     reopened.close()
+
+
+def test_record_digest_is_blake3_derive_key_mode_from_any_thread() -> None:
+    """The record address is BLAKE3 in derive-key mode (SPEC of packs), computed from a hasher keyed
+    once and copied per record: the copies must never share state, also across threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads = [os.urandom(size) for size in (0, 1, 64, 1024, 5000, 300_000)] * 20
+    expected = [blake3.blake3(raw, derive_key_context=RECORD_DIGEST_CONTEXT).digest() for raw in payloads]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(record_digest, payloads)) == expected
+    assert record_digest(memoryview(payloads[3])) == expected[3] != blake3.blake3(payloads[3]).digest()

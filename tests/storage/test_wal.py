@@ -20,6 +20,7 @@ from maif.storage.wal import (
     GroupCommitter,
     WriteAheadLog,
     frame_record,
+    frame_records,
     segment_name,
 )
 
@@ -166,6 +167,22 @@ def test_oversized_record_is_refused_before_framing() -> None:
 
     with pytest.raises(LimitExceededError):
         frame_record(1, Huge(b""))
+
+
+def test_frame_records_is_frame_record_of_each_joined() -> None:
+    payloads = [b"", b"a", b"block" * 300, bytes(range(256)) * 9]
+    assert b"".join(frame_records(41, payloads)) == b"".join(frame_record(41 + offset, payload)
+                                                             for offset, payload in enumerate(payloads))
+    assert frame_records(7, []) == []
+
+
+def test_frame_records_refuses_an_oversized_record_anywhere_in_the_group() -> None:
+    class Huge(bytes):
+        def __len__(self) -> int:
+            return limits.wal_record_bytes_max + 1
+
+    with pytest.raises(LimitExceededError):
+        frame_records(1, [b"fine", Huge(b""), b"fine"])
 
 
 class FailingOps(FileOps):

@@ -784,6 +784,73 @@ failed:
     return NULL;
 }
 
+PyDoc_STRVAR(encode_blocks_doc,
+"encode_blocks(blocks, block_class, known_fourccs, encode_metadata, codec_version, record_bytes_max,\n"
+"              hasher) -> list\n\n"
+"codec.encode_block for the plain blocks of the list `blocks`: for each, (encoding, BLAKE3 digest of\n"
+"it) when it is exactly `block_class` with no parents, the default version, a float timestamp and an\n"
+"encoding (the byte codec_version, then the record) under record_bytes_max bytes; None when the\n"
+"Python reference must encode it. Never compresses (a logical encoding has no storage flags).");
+
+static PyObject *
+encode_blocks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "encode_blocks takes 7 arguments");
+        return NULL;
+    }
+    PyObject *blocks = args[0], *block_class = args[1], *known_fourccs = args[2];
+    PyObject *encode_metadata = args[3], *hasher = args[6];
+    long codec_version = PyLong_AsLong(args[4]);
+    Py_ssize_t record_bytes_max = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(blocks) || !PyDict_CheckExact(known_fourccs) || codec_version < 0
+        || codec_version > 255 || record_bytes_max <= 1 || record_bytes_max > PY_SSIZE_T_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "encode_blocks: bad arguments");
+        return NULL;
+    }
+    unsigned char *scratch = PyMem_Malloc((size_t)record_bytes_max);
+    if (scratch == NULL) {
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = PyList_GET_SIZE(blocks);
+    PyObject *result = PyList_New(count);
+    if (result == NULL) {
+        PyMem_Free(scratch);
+        return NULL;
+    }
+    scratch[0] = (unsigned char)codec_version;
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *block = PyList_GET_ITEM(blocks, at);
+        int size = 0;
+        if ((PyObject *)Py_TYPE(block) == block_class) {
+            /* No compression threshold: encode_record defers only what the reference must encode. */
+            size = encode_record(block, known_fourccs, encode_metadata, PY_SSIZE_T_MAX, record_bytes_max - 1,
+                                 scratch + 1);
+        }
+        if (size == 0) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(result, at, Py_None);
+            continue;
+        }
+        PyObject *encoded = PyBytes_FromStringAndSize((const char *)scratch, (Py_ssize_t)size + 1);
+        PyObject *digest = encoded == NULL ? NULL : hash_bytes(hasher, encoded);
+        PyObject *pair = digest == NULL ? NULL : PyTuple_Pack(2, encoded, digest);
+        Py_XDECREF(encoded);
+        Py_XDECREF(digest);
+        if (pair == NULL) {
+            Py_DECREF(result);
+            PyMem_Free(scratch);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, at, pair);
+    }
+    PyMem_Free(scratch);
+    return result;
+}
+
 /* ---- module ------------------------------------------------------------------------------------ */
 
 PyDoc_STRVAR(set_limits_doc,
@@ -815,6 +882,7 @@ static PyMethodDef core_methods[] = {
     {"leaf_hashes", (PyCFunction)(void (*)(void))leaf_hashes, METH_FASTCALL, leaf_hashes_doc},
     {"merkle_root", (PyCFunction)(void (*)(void))merkle_root, METH_FASTCALL, merkle_root_doc},
     {"encode_records", (PyCFunction)(void (*)(void))encode_records, METH_FASTCALL, encode_records_doc},
+    {"encode_blocks", (PyCFunction)(void (*)(void))encode_blocks, METH_FASTCALL, encode_blocks_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,8 +1,8 @@
 """Applying committed log records to the backends, off the acknowledgement path.
 
 A write is acknowledged once its log record is durable; everything else happens here, later, in batches:
-split the payload into content-defined chunks -> ``ChunkStore.put_chunks`` -> the block's record,
-the authoritative copy, beside them (``ChunkStore.put_records``) -> ``MetadataIndex.put``
+split the payload into content-defined chunks -> ``ChunkStore.put_chunk_data`` (which hashes them) ->
+the block's record, the authoritative copy, beside them (``ChunkStore.put_records``) -> ``MetadataIndex.put``
 (derived: rebuildable from those records, see :mod:`maif.storage.rebuild`) -> ``VectorIndex.add``
 for embeddings (``remove`` when a block id that held one is overwritten by another type).
 A *checkpoint* then makes the applied state durable in the order
@@ -21,7 +21,7 @@ import numpy as np
 from maif.format.block import MAIFBlock, MAIFBlockType
 from maif.format.codec import encode_metadata
 from maif.storage.backends.base import ChunkStore, MetadataIndex, VectorIndex
-from maif.storage.chunking import split_payload
+from maif.storage.chunking import chunk_min_bytes, split_views
 from maif.storage.records import BlockRecord, encode_record, tombstone_record
 
 # Fixed bookkeeping cost charged per block in memory accounting, on top of its encoded size.
@@ -78,24 +78,39 @@ class Applier:
         """Apply ``items`` (in LSN order); idempotent, so replaying a batch twice is harmless."""
         lsns = [item.lsn for item in items]
         assert lsns == sorted(set(lsns)), "items out of order"  # strictly increasing, checked in C
-        chunk_pairs: list[tuple[bytes, bytes]] = []
-        records: list[BlockRecord] = []
+        pieces: list[bytes | memoryview] = []
+        piece_counts: list[int] = []
         last_of: dict[str, LogItem] = {}  # the last write of each block id in this batch decides its vector
+        small_max = 2 * chunk_min_bytes  # below it a payload is one chunk (split_views, without a call)
         for item in items:
             last_of[item.block.id] = item
             if item.deleted:
-                records.append(tombstone_record(item.block.id, item.lsn))
                 continue
             data = item.block.data
-            pieces = split_payload(data)
-            if len(pieces) == 1:
-                chunk_pairs.append((pieces[0][0], data))
+            if 0 < len(data) < small_max:
+                pieces.append(data)
+                piece_counts.append(1)
             else:
-                chunk_pairs.extend((digest, bytes(view)) for digest, view in pieces)
-            records.append(record_of(item, tuple(digest for digest, _ in pieces)))
+                views = split_views(data)
+                pieces.extend(bytes(view) for view in views)
+                piece_counts.append(len(views))
             self.raw_payload_bytes_total += len(data)
-        if chunk_pairs:
-            self.new_chunk_bytes_total += await self.chunks.put_chunks(chunk_pairs)
+        digests: list[bytes] = []
+        if pieces:
+            # The store addresses each chunk by the BLAKE3 digest it computes: hashed once here.
+            digests, added = await self.chunks.put_chunk_data(pieces)
+            assert len(digests) == len(pieces), "one digest per chunk"
+            self.new_chunk_bytes_total += added
+        records: list[BlockRecord] = []
+        counts = iter(piece_counts)
+        position = 0
+        for item in items:
+            if item.deleted:
+                records.append(tombstone_record(item.block.id, item.lsn))
+                continue
+            count = next(counts)
+            records.append(record_of(item, tuple(digests[position:position + count])))
+            position += count
         # The authoritative copy of each record goes beside the chunks (durable with them at the
         # checkpoint, before the log forgets the records): the index below is derived from it.
         await self.chunks.put_records([encode_record(record) for record in records])

@@ -43,18 +43,22 @@ def split_payload(data: bytes, *, min_chunk_bytes: int | None = None) -> list[tu
     keeping the documented ratios. The views share ``data``'s buffer: no payload bytes are copied.
     An empty payload yields no chunks.
     """
+    return [(chunk_digest(piece), piece) for piece in split_views(data, min_chunk_bytes=min_chunk_bytes)]
+
+
+def split_views(data: bytes, *, min_chunk_bytes: int | None = None) -> list[memoryview]:
+    """The chunks of :func:`split_payload` without their digests (for a store that computes them:
+    ``ChunkStore.put_chunk_data``)."""
     min_size = chunk_min_bytes if min_chunk_bytes is None else min_chunk_bytes
     avg_size, max_size = _scaled_sizes(min_size)
     view = memoryview(data)
     if len(view) == 0:
         return []
     if len(view) < 2 * min_size:
-        return [(chunk_digest(view), view)]
-    chunks: list[tuple[bytes, memoryview]] = []
-    for chunk in fastcdc(data, min_size=min_size, avg_size=avg_size, max_size=max_size, fat=False):
-        piece = view[chunk.offset : chunk.offset + chunk.length]
-        chunks.append((chunk_digest(piece), piece))
-    assert sum(len(piece) for _, piece in chunks) == len(view), "FastCDC chunks must tile the payload"
+        return [view]
+    chunks = [view[chunk.offset : chunk.offset + chunk.length]
+              for chunk in fastcdc(data, min_size=min_size, avg_size=avg_size, max_size=max_size, fat=False)]
+    assert sum(len(piece) for piece in chunks) == len(view), "FastCDC chunks must tile the payload"
     return chunks
 
 
@@ -71,4 +75,5 @@ def _scaled_sizes(min_size: int) -> tuple[int, int]:
     return min_size * 4, max_size
 
 
-__all__ = ["chunk_avg_bytes", "chunk_digest", "chunk_max_bytes", "chunk_min_bytes", "split_payload"]
+__all__ = ["chunk_avg_bytes", "chunk_digest", "chunk_max_bytes", "chunk_min_bytes", "split_payload",
+           "split_views"]

@@ -48,7 +48,7 @@ from maif.errors import (
     StoreDegradedError,
 )
 from maif.format.block import MAIFBlock, MAIFBlockType
-from maif.format.codec import CODEC_VERSION, decode_block, decode_metadata, encode_block
+from maif.format.codec import CODEC_VERSION, decode_block, decode_metadata, encode_block, encode_blocks
 from maif.storage import arguments
 from maif.storage.applier import Applier, LogItem, type_name
 from maif.storage.backends.base import ChunkStore, HotCache, MetadataIndex, SharedCache, VectorIndex
@@ -488,7 +488,8 @@ class MAIFStorage:
         blocks = arguments.blocks(blocks)
         started_ns = time.perf_counter_ns()
         self._check_writable()
-        items = [_item_of(block, encode_block(block), 0) for block in blocks]
+        items = [_item_of(block, encoded, 0, digest)
+                 for block, (encoded, digest) in zip(blocks, encode_blocks(blocks), strict=True)]
         if not items:
             return []
         self._check_vector_dimensions(items)
@@ -1140,13 +1141,16 @@ def log_item(payload: bytes, lsn: int) -> LogItem:
 _EMBEDDING = MAIFBlockType.EMBEDDING  # looked up once: an enum member lookup costs per block
 
 
-def _item_of(block: MAIFBlock, encoded: bytes, lsn: int) -> LogItem:
+def _item_of(block: MAIFBlock, encoded: bytes, lsn: int, digest: bytes | None = None) -> LogItem:
+    """The log item of ``block`` encoded as ``encoded`` (``digest``: its BLAKE3 when already known)."""
     vector = None
     if block.block_type is _EMBEDDING:
         from maif.storage.vectors import embedding_of
 
         vector = embedding_of(block)
-    return LogItem(block, encoded, blake3.blake3(encoded).digest(), vector, lsn)
+    if digest is None:
+        digest = blake3.blake3(encoded).digest()
+    return LogItem(block, encoded, digest, vector, lsn)
 
 
 __all__ = ["Backends", "MAIFStorage", "StorageError", "create_maif_storage", "default_backends"]

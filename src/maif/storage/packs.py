@@ -30,7 +30,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -72,7 +72,10 @@ _PACK_NAME = re.compile(r"^pack-([0-9a-f]{8})\.pack$")
 _ZSTD_LEVEL: Final = 3
 _COMPRESSION_MIN_SAVING: Final = 0.9  # store compressed only when it is at most 90 % of the raw size
 
+_FRAME_HEADER_BODY = struct.Struct("<32sB3sII")  # the frame header without its 4-byte check
 assert _FRAME_HEADER.size == 48 and _INDEX_ENTRY.size == 64 and _SEAL_TRAILER.size == 48
+_INDEX_ENTRY_BODY = struct.Struct("<32sIB3sQII")  # an index entry without its 8-byte check
+assert _FRAME_HEADER_BODY.size == _FRAME_HEADER.size - 4 and _INDEX_ENTRY_BODY.size == _INDEX_ENTRY.size - 8
 FRAME_HEADER_BYTES: Final = _FRAME_HEADER.size
 
 
@@ -108,24 +111,24 @@ _STAGED_BYTES_MAX: Final = 1 << 16  # one write per 64 KiB of frames (put_chunks
 class _StagedFrames:
     """Frames encoded but not yet written: appended to the active pack with one write."""
 
-    __slots__ = ("digests", "entries", "frames", "size_bytes")
+    __slots__ = ("digests", "entries", "frames")
 
     def __init__(self) -> None:
-        self.frames: list[bytes] = []
+        # One buffer rather than a bytes object per frame: short-lived small objects interleaved with
+        # the pack index's long-lived ones fragment CPython's allocator (test_memory_stays_bounded...).
+        self.frames = bytearray()
         self.entries: list[tuple[bytes, int, int, int]] = []  # digest, flags, raw length, stored length
         self.digests: set[bytes] = set()
-        self.size_bytes = 0
 
     def add(self, digest: bytes, frame: bytes, flags: int, raw_length: int, stored_length: int) -> None:
-        self.frames.append(frame)
+        self.frames += frame
         self.entries.append((digest, flags, raw_length, stored_length))
         self.digests.add(digest)
-        self.size_bytes += len(frame)
 
     def clear(self) -> None:
-        self.frames.clear()
+        del self.frames[:]
         self.entries.clear()
-        self.size_bytes = 0  # digests stay: a digest staged earlier in the same call is deduplicated
+        # digests stay: a digest staged earlier in the same call is deduplicated
 
 
 def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[int, bytes]:
@@ -138,13 +141,18 @@ def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[
     return 0, raw
 
 
+_RECORD_HASHER: Final = blake3.blake3(derive_key_context=RECORD_DIGEST_CONTEXT)  # never updated: copied
+
+
 def record_digest(raw: bytes | memoryview) -> bytes:
     """The address of a block-record frame: BLAKE3 in derive-key mode with :data:`RECORD_DIGEST_CONTEXT`.
 
     Domain-separated from payload chunks (plain BLAKE3), so no payload a caller stores can ever share
     an address with a block record: a record frame can neither be forged by writing its bytes as a
     payload nor be deduplicated away by an earlier payload with the same bytes."""
-    return blake3.blake3(raw, derive_key_context=RECORD_DIGEST_CONTEXT).digest()
+    hasher = _RECORD_HASHER.copy()  # the key derived once (copy: 0.45 us against 0.61 us per record)
+    hasher.update(raw)
+    return hasher.digest()
 
 
 def content_digest(flags: int, raw: bytes | memoryview) -> bytes:
@@ -222,17 +230,21 @@ def parse_frame_header(raw: bytes, where: str) -> tuple[bytes, int, int, int]:
 
 
 def _encode_entry(digest: bytes, location: ChunkLocation) -> bytes:
-    body = _INDEX_ENTRY.pack(
-        digest,
-        location.pack_id,
-        location.flags,
-        b"\0\0\0",
-        location.offset,
-        location.raw_length,
-        location.stored_length,
-        b"\0" * 8,
-    )[:-8]
-    return body + _check8(body)
+    return _encode_entries(((digest, location),))
+
+
+def _encode_entries(entries: Iterable[tuple[bytes, ChunkLocation]]) -> bytes:
+    """Index entries, each with its check (the first 8 bytes of BLAKE3 of its body: blake3's digest(8)
+    is that prefix). One loop with its lookups bound to locals: it runs per frame at every flush."""
+    body_of = _INDEX_ENTRY_BODY.pack
+    hasher = blake3.blake3
+    output = bytearray()
+    for digest, location in entries:
+        body = body_of(digest, location.pack_id, location.flags, b"\0\0\0", location.offset,
+                       location.raw_length, location.stored_length)
+        output += body
+        output += hasher(body).digest(8)
+    return bytes(output)
 
 
 def _decode_entry(raw: bytes) -> tuple[bytes, ChunkLocation] | None:
@@ -601,20 +613,39 @@ class PackStore:
 
     def put_chunks(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
         """Append new chunks to the active pack; returns the stored bytes added (0 for duplicates)."""
+        for digest, data in chunks:
+            check_chunk_input(digest, data)
         with self._lock:
-            self._refuse_if_failed()
-            new_bytes = 0
-            staged = _StagedFrames()
-            for digest, data in chunks:
-                check_chunk_input(digest, data)
-                self.counters["offered_bytes"] += len(data)
-                existing = self._locations.get(digest)
-                if digest in staged.digests or (existing is not None and self._is_present(existing)):
-                    self.counters["dedup_hits"] += 1
-                    continue
-                new_bytes += self._stage_frame(staged, digest, data)
-            self._write_staged(staged)
-            return new_bytes
+            return self._put_checked(chunks)
+
+    def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
+        """Store each chunk under the BLAKE3 digest computed here (hashed once, not given and checked);
+        returns the digests in order and the stored bytes added."""
+        chunk_bytes_max = limits.chunk_bytes_max
+        hasher = blake3.blake3
+        for data in pieces:
+            if len(data) > chunk_bytes_max:
+                raise LimitExceededError("chunk size", len(data), chunk_bytes_max)
+        pairs = [(hasher(data).digest(), data) for data in pieces]
+        with self._lock:
+            return [digest for digest, _ in pairs], self._put_checked(pairs)
+
+    def _put_checked(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
+        """Stage and write the chunks not stored yet (digests already checked); under the lock."""
+        self._refuse_if_failed()
+        staged = _StagedFrames()
+        locations = self._locations
+        counters = self.counters
+        fresh: list[tuple[bytes, bytes | memoryview]] = []
+        for digest, data in chunks:
+            counters["offered_bytes"] += len(data)
+            existing = locations.get(digest)
+            if digest in staged.digests or (existing is not None and self._is_present(existing)):
+                counters["dedup_hits"] += 1
+                continue
+            staged.digests.add(digest)
+            fresh.append((digest, data))
+        return self._stage_frames(staged, fresh, 0)
 
     def put_records(self, records: Sequence[bytes]) -> int:
         """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
@@ -623,13 +654,8 @@ class PackStore:
         memory): a replayed batch stores its records again, which compaction drops."""
         with self._lock:
             self._refuse_if_failed()
-            new_bytes = 0
-            staged = _StagedFrames()
-            for raw in records:
-                digest = check_record_input(raw)
-                new_bytes += self._stage_frame(staged, digest, raw, FLAG_RECORD)
-            self._write_staged(staged)
-            return new_bytes
+            pairs = [(check_record_input(raw), raw) for raw in records]
+            return self._stage_frames(_StagedFrames(), pairs, FLAG_RECORD)
 
     def record_count(self) -> int:
         """How many block-record entries the pack index holds (0 in a store written before them;
@@ -662,18 +688,40 @@ class PackStore:
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
         return records_of_pack(data, pack_id, known, f"pack {pack_id}")
 
-    def _stage_frame(self, staged: _StagedFrames, digest: bytes, data: bytes | memoryview,
-                     extra_flags: int = 0) -> int:
-        """Encode one chunk's frame into ``staged``; written (one system call for many small frames)
-        when the staged bytes reach their bound, when the active pack would be full, and at the end."""
-        flags, stored = encode_chunk(data, self.compression_threshold)
-        flags |= extra_flags
-        frame = frame_header(digest, flags, len(data), len(stored)) + stored
-        staged.add(digest, frame, flags, len(data), len(stored))
-        if (staged.size_bytes >= _STAGED_BYTES_MAX
-                or self._pack_sizes[self._active_id] + staged.size_bytes >= self.pack_bytes_max):
-            self._write_staged(staged)
-        return len(stored)
+    def _stage_frames(self, staged: _StagedFrames, pairs: Sequence[tuple[bytes, bytes | memoryview]],
+                      extra_flags: int) -> int:
+        """Encode the frames of ``pairs`` (digests already checked) into ``staged`` and write them: one
+        system call per ``_STAGED_BYTES_MAX`` of frames, before the active pack would be full, and at
+        the end. Returns the stored bytes. One loop with its lookups bound to locals: it runs per
+        chunk and per block record on the applier's thread, which shares the GIL with the acks."""
+        threshold = self.compression_threshold
+        pack_bytes_max = self.pack_bytes_max
+        pack_bytes = self._pack_sizes[self._active_id]
+        header_body = _FRAME_HEADER_BODY.pack
+        hasher = blake3.blake3
+        frames = staged.frames
+        entries = staged.entries
+        new_bytes = 0
+        for digest, data in pairs:
+            raw_length = len(data)
+            stored: bytes | memoryview
+            if raw_length >= threshold and raw_length > 0:
+                flags, stored = encode_chunk(data, threshold)
+            else:
+                flags, stored = 0, data
+            flags |= extra_flags
+            stored_length = len(stored)
+            body = header_body(digest, flags, b"\0\0\0", raw_length, stored_length)
+            frames += body
+            frames += hasher(body).digest(4)  # the first 4 bytes of BLAKE3(body): blake3 XOF prefix
+            frames += stored
+            entries.append((digest, flags, raw_length, stored_length))
+            new_bytes += stored_length
+            if len(frames) >= _STAGED_BYTES_MAX or pack_bytes + len(frames) >= pack_bytes_max:
+                self._write_staged(staged)
+                pack_bytes = self._pack_sizes[self._active_id]
+        self._write_staged(staged)
+        return new_bytes
 
     def _write_frame(self, digest: bytes, frame: bytes, flags: int, raw_length: int,
                      stored_length: int) -> None:
@@ -688,7 +736,7 @@ class PackStore:
         False: the caller rolls). A failed or short write fails the store, as for any pack write."""
         if not staged.frames:
             return
-        data = staged.frames[0] if len(staged.frames) == 1 else b"".join(staged.frames)
+        data = staged.frames
         offset = self._pack_sizes[self._active_id]
         try:
             written = os.write(self._active_fd, data)
@@ -876,7 +924,7 @@ class PackStore:
     def _append_index(self, entries: list[tuple[bytes, ChunkLocation]]) -> None:
         path = self.directory / "index.log"
         is_new = not path.exists()
-        payload = b"".join(_encode_entry(digest, location) for digest, location in entries)
+        payload = _encode_entries(entries)
         with open(path, "ab") as handle:
             if is_new or handle.tell() == 0:
                 payload = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + payload

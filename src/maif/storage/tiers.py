@@ -98,6 +98,9 @@ class TieredChunkStore(ChunkStore):
     async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> int:
         return await self.warm.put_chunks(chunks)
 
+    async def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
+        return await self.warm.put_chunk_data(pieces)
+
     async def get_chunk(self, digest: bytes) -> bytes:
         location = self.warm.packs.locate(digest)
         if location is None or not self.warm.packs.is_remote(location.pack_id):

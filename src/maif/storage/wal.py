@@ -100,6 +100,26 @@ def frame_record(lsn: int, payload: bytes) -> bytes:
     return _RECORD_HEADER.pack(RECORD_MAGIC, len(payload), lsn, record_checksum(lsn, payload)) + payload
 
 
+def frame_records(first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
+    """The framed records of ``payloads`` (LSNs from ``first_lsn``) as parts to join: each record's
+    header, then its payload (the payload object itself: joined once by the group write, never
+    concatenated per record). Any oversized record is refused before anything is framed."""
+    record_bytes_max = limits.wal_record_bytes_max
+    for payload in payloads:
+        if len(payload) > record_bytes_max:
+            raise LimitExceededError("write-ahead log record size", len(payload), record_bytes_max)
+    header = _RECORD_HEADER.pack
+    length_and_lsn = _LENGTH_AND_LSN.pack
+    crc32 = zlib.crc32
+    parts: list[bytes] = []
+    append = parts.append
+    for lsn, payload in enumerate(payloads, first_lsn):
+        length = len(payload)
+        append(header(RECORD_MAGIC, length, lsn, crc32(payload, crc32(length_and_lsn(length, lsn)))))
+        append(payload)
+    return parts
+
+
 def encode_segment_header(first_lsn: int) -> bytes:
     head = _SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_FORMAT_VERSION, 0, first_lsn)
     return head + struct.pack("<II", zlib.crc32(head), 0)
@@ -1001,8 +1021,7 @@ class GroupCommitter(Committer):
         return super().append(payloads, context)
 
     def _frame(self, first_lsn: int, payloads: Sequence[bytes]) -> list[bytes]:
-        frame = frame_record
-        return [frame(first_lsn + offset, payload) for offset, payload in enumerate(payloads)]
+        return frame_records(first_lsn, payloads)
 
     async def _write(self, group: list[_Pending]) -> None:
         data = b"".join(chunk for pending in group for chunk in pending.framed)
@@ -1029,6 +1048,7 @@ __all__ = [
     "SegmentInfo",
     "WriteAheadLog",
     "frame_record",
+    "frame_records",
     "lsn_ranges_text",
     "record_checksum",
     "segment_name",

@@ -154,6 +154,33 @@ class ChunkStoreTests:
 
         self._with_store(tmp_path, body)
 
+    def test_put_chunk_data_addresses_each_chunk_by_its_blake3_digest(self, tmp_path: Path) -> None:
+        pieces = [random_bytes(10_000, 11), b"small", random_bytes(10_000, 11), b"text " * 5000]
+
+        async def body(store: ChunkStore) -> None:
+            assert (await store.put_chunks([chunk(b"small")])) == len(b"small")
+            digests, added = await store.put_chunk_data(
+                [pieces[0], memoryview(pieces[1]), pieces[2], pieces[3]])
+            assert digests == [blake3.blake3(piece).digest() for piece in pieces]
+            # "small" was stored before and the second 10 KB piece repeats the first: neither is new
+            assert added == self.raw_stored_length(store, digests[0]) + self.raw_stored_length(
+                store, digests[3])
+            for digest, piece in zip(digests, pieces, strict=True):
+                assert await store.get_chunk(digest) == piece
+            assert await store.put_chunk_data(pieces) == (digests, 0)
+            assert (await store.stats())["chunks"] == 3
+
+        self._with_store(tmp_path, body)
+
+    def test_put_chunk_data_refuses_an_oversized_chunk_and_stores_nothing(self, tmp_path: Path) -> None:
+        async def body(store: ChunkStore) -> None:
+            oversized = b"\0" * (limits.chunk_bytes_max + 1)
+            with pytest.raises(LimitExceededError):
+                await store.put_chunk_data([b"before", oversized])
+            assert await store.has_chunks([blake3.blake3(b"before").digest()]) == set()
+
+        self._with_store(tmp_path, body)
+
     def test_missing_chunk_is_not_found(self, tmp_path: Path) -> None:
         async def body(store: ChunkStore) -> None:
             with pytest.raises(BlockNotFoundError):

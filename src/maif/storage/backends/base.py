@@ -24,6 +24,7 @@ import numpy as np
 
 from maif import limits
 from maif.errors import FormatError, LimitExceededError
+from maif.storage.chunking import chunk_digest
 from maif.storage.records import BlockRecord
 
 
@@ -53,6 +54,20 @@ class ChunkStore(ABC):
         Idempotent and deduplicating by digest; compresses with zstd when it pays. Returns the number
         of NEW stored bytes (after compression). Durable only after :meth:`flush`.
         """
+
+    async def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
+        """Store each of ``pieces`` as a chunk addressed by its BLAKE3 digest, computed by this call;
+        returns ``(digests in order, NEW stored bytes)``. The applier's path: it hashes each chunk once
+        where :meth:`put_chunks` hashes it again to check the digest it was given. This default does
+        exactly that (so a wrapper around ``put_chunks`` sees the call); a store may hash only once.
+        A chunk over ``limits.chunk_bytes_max`` is refused (LimitExceededError) before any is stored."""
+        for data in pieces:
+            if len(data) > limits.chunk_bytes_max:
+                raise LimitExceededError("chunk size", len(data), limits.chunk_bytes_max)
+        digests = [chunk_digest(data) for data in pieces]
+        added = await self.put_chunks([(digest, bytes(data)) for digest, data in zip(digests, pieces,
+                                                                                      strict=True)])
+        return digests, added
 
     @abstractmethod
     async def get_chunk(self, digest: bytes) -> bytes:

@@ -62,6 +62,9 @@ class LocalChunkStore(ChunkStore):
     async def put_chunks(self, chunks: Sequence[tuple[bytes, bytes]]) -> int:
         return await self._run(self.packs.put_chunks, chunks)
 
+    async def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
+        return await self._run(self.packs.put_chunk_data, pieces)
+
     async def get_chunk(self, digest: bytes) -> bytes:
         return await self._run(self.packs.get_chunk, digest)
 
