@@ -590,15 +590,26 @@ def test_an_early_synced_commit_reads_back_and_verifies(
 # ---- loading ------------------------------------------------------------------------------------------
 
 
+_STALE_CORE = (
+    "import sys, types; stale = types.ModuleType('maif.format._core'); {abi}"
+    "stale.set_limits = lambda *limits: (_ for _ in ()).throw(TypeError('set_limits takes 5 arguments')); "
+    "sys.modules['maif.format._core'] = stale; "
+)
+
+
 @pytest.mark.parametrize(
     "environment, prelude, expected",
     [
         ({"MAIF_PURE_PYTHON": "1"}, "", "True"),
         ({"MAIF_PURE_PYTHON": "0"}, "", "False"),
         ({}, "import sys; sys.modules['maif.format._core'] = None; ", "True"),  # the extension is absent
+        # A stale build (an older _core.c left compiled in the tree): before ABI, or of another ABI. Its
+        # set_limits took other arguments, so using it failed every import of maif.format.
+        ({}, _STALE_CORE.format(abi=""), "True"),
+        ({}, _STALE_CORE.format(abi="stale.ABI = 1; "), "True"),
     ],
 )
-def test_the_path_is_chosen_at_import_and_a_missing_extension_is_silent(
+def test_the_path_is_chosen_at_import_and_a_missing_or_stale_extension_is_silent(
     environment: dict[str, str], prelude: str, expected: str
 ) -> None:
     import subprocess

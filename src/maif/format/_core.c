@@ -17,6 +17,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#define MAIF_CORE_ABI 2
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -907,5 +909,15 @@ PyInit__core(void)
             return NULL;
         }
     }
-    return PyModule_Create(&core_module);
+    PyObject *module = PyModule_Create(&core_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    /* The interface version native.py requires: bump both whenever a function is added, renamed, or
+       changes its arguments or meaning, so a stale build left in a source tree is never used. */
+    if (PyModule_AddIntConstant(module, "ABI", MAIF_CORE_ABI) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -3,15 +3,25 @@
 The core runs the per-record hot loops of full verification and of writing small blocks. It only ever
 proves a record valid or hands it back: anything unusual runs the pure-Python code, which stays the
 reference and produces every error. ``MAIF_PURE_PYTHON=1`` in the environment (read at import) forces
-the pure-Python path; so does a missing extension, silently (command-line output must not change).
+the pure-Python path; so does a missing extension or a stale one (built from an older ``_core.c``, whose
+``ABI`` is not :data:`ABI`), silently (command-line output must not change).
 """
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import Final
 
 from maif import limits
+
+ABI: Final = 2
+"""The interface version of ``_core.c`` this code calls (its ``MAIF_CORE_ABI``; bump both together)."""
+
+
+def usable(module: object) -> bool:
+    """Whether ``module`` is a build of the ``_core.c`` this code was written against."""
+    return getattr(module, "ABI", None) == ABI
 
 
 def _load() -> ModuleType | None:
@@ -20,6 +30,8 @@ def _load() -> ModuleType | None:
     try:
         from maif.format import _core
     except ImportError:
+        return None
+    if not usable(_core):
         return None
     _core.set_limits(
         limits.block_payload_bytes_max,
