@@ -364,3 +364,49 @@ def test_a_batch_written_with_one_write_stores_a_repeated_chunk_once_and_reads_b
     assert reopened.scrub(1.0) == []
     assert reopened.stats()["packs"] >= 2  # the batch crossed pack boundaries
     reopened.close()
+
+
+def _compacted_store_whose_first_index_entry_ends_a_sealed_pack(directory: Path) -> list[tuple[bytes, bytes]]:
+    """Pack 1 = [A, garbage x4] sealed; pack 2 = [B, C, D, E] active; compaction copies A to the end of
+    pack 2, which fills it and seals it, and rewrites the index. A was located first, so in dict order its
+    entry comes first: the first entry names the LAST frame of pack 2 (the fault campaign's template)."""
+    first, *garbage = chunks_of(5, size=10_000, seed=7)
+    kept = chunks_of(4, size=10_000, seed=8)
+    store = PackStore(directory, pack_bytes_max=50_000)
+    store.put_chunks([first, *garbage])
+    store.put_chunks(kept)
+    assert store.locate(first[0]).pack_id == 1 and store.locate(kept[0][0]).pack_id == 2  # type: ignore[union-attr]
+    dead = {digest for digest, _ in garbage}
+    result = store.compact(lambda digest, location, body: digest not in dead, 0.05)
+    assert result.packs_rewritten == 1
+    copied = store.locate(first[0])
+    assert copied is not None and copied.pack_id == 2 and 2 in store._sealed
+    assert copied.end == store._pack_sizes[2] - 48  # the copy is the last frame of the sealed pack 2
+    store.close()
+    return [first, *kept]
+
+
+def test_a_truncated_index_whose_entry_names_a_late_frame_loses_no_chunk_of_that_pack(tmp_path: Path) -> None:
+    """Found by the fault campaign (pack_index truncate_inside_entry, "acknowledged_lost: 1 chunk(s)
+    missing"): the index kept one entry, naming the last frame of a sealed pack, and open took the pack
+    for fully indexed, so its other chunks were never indexed again."""
+    live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)  # inside the second entry
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert sorted(reopened.has([digest for digest, _ in live])) == sorted(digest for digest, _ in live)
+    assert all(reopened.get_chunk(digest) == data for digest, data in live)
+    assert reopened.scrub(1.0) == []
+    reopened.close()
+
+
+def test_a_truncated_index_whose_entry_names_a_late_frame_of_a_cold_pack_reindexes_it(tmp_path: Path) -> None:
+    """The same for a pack in the cold tier: the tier layer fetches and re-indexes the packs the index
+    names only part of (``remote_underindexed``); a late frame must not pass for the whole pack."""
+    _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    store = PackStore(tmp_path, pack_bytes_max=50_000)
+    store.mark_remote(2)
+    store.close()
+    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert 2 in reopened.remote_underindexed
+    reopened.close()
