@@ -410,3 +410,26 @@ def test_a_truncated_index_whose_entry_names_a_late_frame_of_a_cold_pack_reindex
     reopened = PackStore(tmp_path, pack_bytes_max=50_000)
     assert 2 in reopened.remote_underindexed
     reopened.close()
+
+
+def test_an_index_written_out_of_pack_order_is_checked_and_rewritten_in_order_at_open(tmp_path: Path) -> None:
+    """A store whose compaction wrote the index in the order of the chunk map (before it was sorted):
+    the first open re-checks the packs whose entries go backwards and rewrites the index in pack order,
+    so a later cut of the index loses nothing either."""
+    live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    index = tmp_path / "index.log"
+    raw = index.read_bytes()
+    entries = [raw[start : start + INDEX_ENTRY_BYTES] for start in range(INDEX_HEADER_BYTES, len(raw), INDEX_ENTRY_BYTES)]
+    last = max(entries, key=lambda entry: struct.unpack_from("<I", entry, 32)[0] << 32
+               | struct.unpack_from("<Q", entry, 40)[0])
+    index.write_bytes(raw[:INDEX_HEADER_BYTES] + last + b"".join(entry for entry in entries if entry != last))
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    reopened.close()
+    rewritten = index.read_bytes()
+    assert sorted(rewritten[INDEX_HEADER_BYTES:]) == sorted(raw[INDEX_HEADER_BYTES:])  # same entries
+    assert rewritten[INDEX_HEADER_BYTES : INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES] != last  # now in pack order
+    os.truncate(index, INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)
+    again = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert all(again.get_chunk(digest) == data for digest, data in live)
+    assert again.scrub(1.0) == []
+    again.close()
