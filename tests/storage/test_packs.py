@@ -391,7 +391,7 @@ def test_a_truncated_index_whose_entry_names_a_late_frame_loses_no_chunk_of_that
     missing"): the index kept one entry, naming the last frame of a sealed pack, and open took the pack
     for fully indexed, so its other chunks were never indexed again."""
     live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
-    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)  # inside the second entry
+    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)  # in the second entry
     reopened = PackStore(tmp_path, pack_bytes_max=50_000)
     assert sorted(reopened.has([digest for digest, _ in live])) == sorted(digest for digest, _ in live)
     assert all(reopened.get_chunk(digest) == data for digest, data in live)
@@ -419,9 +419,10 @@ def test_an_index_written_out_of_pack_order_is_checked_and_rewritten_in_order_at
     live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
     index = tmp_path / "index.log"
     raw = index.read_bytes()
-    entries = [raw[start : start + INDEX_ENTRY_BYTES] for start in range(INDEX_HEADER_BYTES, len(raw), INDEX_ENTRY_BYTES)]
-    last = max(entries, key=lambda entry: struct.unpack_from("<I", entry, 32)[0] << 32
-               | struct.unpack_from("<Q", entry, 40)[0])
+    entries = [raw[start : start + INDEX_ENTRY_BYTES]
+               for start in range(INDEX_HEADER_BYTES, len(raw), INDEX_ENTRY_BYTES)]
+    last = max(entries, key=lambda entry: (struct.unpack_from("<I", entry, 32)[0],  # pack, offset
+                                           struct.unpack_from("<Q", entry, 40)[0]))
     index.write_bytes(raw[:INDEX_HEADER_BYTES] + last + b"".join(entry for entry in entries if entry != last))
     reopened = PackStore(tmp_path, pack_bytes_max=50_000)
     reopened.close()
