@@ -434,3 +434,30 @@ def test_an_index_written_out_of_pack_order_is_checked_and_rewritten_in_order_at
     assert all(again.get_chunk(digest) == data for digest, data in live)
     assert again.scrub(1.0) == []
     again.close()
+
+
+def test_re_indexing_a_cold_pack_twice_adds_no_entry_the_second_time(tmp_path: Path) -> None:
+    """A cold pack the index names only part of is re-indexed from the cold copy; doing it again (or at
+    the next open) must find nothing: a block record it already named is not appended again, else its
+    entries would repeat and the pack would look out of order, and be fetched again, at every open."""
+    store = PackStore(tmp_path, pack_bytes_max=50_000)
+    for number in range(6):
+        store.put_chunks(chunks_of(1, size=10_000, seed=20 + number))
+        store.put_records([f"record {number}".encode()])
+    store.flush()
+    assert 1 in store._sealed
+    cold_copy = (tmp_path / pack_file_name(1)).read_bytes()
+    store.mark_remote(1)
+    store.close()
+    index = tmp_path / "index.log"
+    os.truncate(index, INDEX_HEADER_BYTES + 3 * INDEX_ENTRY_BYTES)  # names the first three frames of pack 1
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert reopened.remote_underindexed == {1}
+    assert reopened.reindex_remote_pack(1, cold_copy) > 0
+    size = index.stat().st_size
+    assert reopened.reindex_remote_pack(1, cold_copy) == 0
+    reopened.close()
+    assert index.stat().st_size == size
+    again = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert again.remote_underindexed == set() and not again._entries_unordered
+    again.close()

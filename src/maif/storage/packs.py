@@ -857,7 +857,8 @@ class PackStore:
         entry would pass for one naming the whole pack (``_load_index``)."""
         entries = sorted([*chunks, *records], key=lambda entry: (entry[1].pack_id, entry[1].offset))
         header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-        payload = b"".join(_encode_entry(digest, location) for digest, location in entries)
+        payload = b"".join(_encode_entry(digest, location) for number, (digest, location) in enumerate(entries)
+                           if number == 0 or entries[number - 1][1] != location)  # one entry per frame
         write_atomically(self.directory / "index.log", header + payload, mode=_FILE_MODE)
         self._entries_unordered.clear()
 
@@ -1055,6 +1056,8 @@ class PackStore:
                 continue
             start = location.offset
             digest = data[start : start + DIGEST_BYTES]
+            if location.flags & FLAG_RECORD and location.end <= self._indexed_end.get(pack_id, 0):
+                continue  # a record the index names (the index names a prefix of each pack)
             current = self._locations.get(digest)
             if current is not None and self._is_present(current):
                 continue
