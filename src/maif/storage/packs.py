@@ -857,8 +857,9 @@ class PackStore:
         entry would pass for one naming the whole pack (``_load_index``)."""
         entries = sorted([*chunks, *records], key=lambda entry: (entry[1].pack_id, entry[1].offset))
         header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-        payload = b"".join(_encode_entry(digest, location) for number, (digest, location) in enumerate(entries)
-                           if number == 0 or entries[number - 1][1] != location)  # one entry per frame
+        payload = b"".join(_encode_entry(digest, location)  # one entry per frame: repeats dropped
+                           for number, (digest, location) in enumerate(entries)
+                           if number == 0 or entries[number - 1][1] != location)
         write_atomically(self.directory / "index.log", header + payload, mode=_FILE_MODE)
         self._entries_unordered.clear()
 
