@@ -376,3 +376,100 @@ def test_record_digest_is_blake3_derive_key_mode_from_any_thread() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert list(pool.map(record_digest, payloads)) == expected
     assert record_digest(memoryview(payloads[3])) == expected[3] != blake3.blake3(payloads[3]).digest()
+
+
+def _compacted_store_whose_first_index_entry_ends_a_sealed_pack(directory: Path) -> list[tuple[bytes, bytes]]:
+    """Pack 1 = [A, garbage x4] sealed; pack 2 = [B, C, D, E] active; compaction copies A to the end of
+    pack 2, which fills it and seals it, and rewrites the index. A was located first, so in dict order its
+    entry comes first: the first entry names the LAST frame of pack 2 (the fault campaign's template)."""
+    first, *garbage = chunks_of(5, size=10_000, seed=7)
+    kept = chunks_of(4, size=10_000, seed=8)
+    store = PackStore(directory, pack_bytes_max=50_000)
+    store.put_chunks([first, *garbage])
+    store.put_chunks(kept)
+    assert store.locate(first[0]).pack_id == 1 and store.locate(kept[0][0]).pack_id == 2  # type: ignore[union-attr]
+    dead = {digest for digest, _ in garbage}
+    result = store.compact(lambda digest, location, body: digest not in dead, 0.05)
+    assert result.packs_rewritten == 1
+    copied = store.locate(first[0])
+    assert copied is not None and copied.pack_id == 2 and 2 in store._sealed
+    assert copied.end == store._pack_sizes[2] - 48  # the copy is the last frame of the sealed pack 2
+    store.close()
+    return [first, *kept]
+
+
+def test_a_truncated_index_whose_entry_names_a_late_frame_loses_no_chunk_of_that_pack(tmp_path: Path) -> None:
+    """Found by the fault campaign (pack_index truncate_inside_entry, "acknowledged_lost: 1 chunk(s)
+    missing"): the index kept one entry, naming the last frame of a sealed pack, and open took the pack
+    for fully indexed, so its other chunks were never indexed again."""
+    live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)  # in the second entry
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert sorted(reopened.has([digest for digest, _ in live])) == sorted(digest for digest, _ in live)
+    assert all(reopened.get_chunk(digest) == data for digest, data in live)
+    assert reopened.scrub(1.0) == []
+    reopened.close()
+
+
+def test_a_truncated_index_whose_entry_names_a_late_frame_of_a_cold_pack_reindexes_it(tmp_path: Path) -> None:
+    """The same for a pack in the cold tier: the tier layer fetches and re-indexes the packs the index
+    names only part of (``remote_underindexed``); a late frame must not pass for the whole pack."""
+    _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    store = PackStore(tmp_path, pack_bytes_max=50_000)
+    store.mark_remote(2)
+    store.close()
+    os.truncate(tmp_path / "index.log", INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert 2 in reopened.remote_underindexed
+    reopened.close()
+
+
+def test_an_index_written_out_of_pack_order_is_checked_and_rewritten_in_order_at_open(tmp_path: Path) -> None:
+    """A store whose compaction wrote the index in the order of the chunk map (before it was sorted):
+    the first open re-checks the packs whose entries go backwards and rewrites the index in pack order,
+    so a later cut of the index loses nothing either."""
+    live = _compacted_store_whose_first_index_entry_ends_a_sealed_pack(tmp_path)
+    index = tmp_path / "index.log"
+    raw = index.read_bytes()
+    entries = [raw[start : start + INDEX_ENTRY_BYTES]
+               for start in range(INDEX_HEADER_BYTES, len(raw), INDEX_ENTRY_BYTES)]
+    last = max(entries, key=lambda entry: (struct.unpack_from("<I", entry, 32)[0],  # pack, offset
+                                           struct.unpack_from("<Q", entry, 40)[0]))
+    index.write_bytes(raw[:INDEX_HEADER_BYTES] + last + b"".join(entry for entry in entries if entry != last))
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    reopened.close()
+    rewritten = index.read_bytes()
+    assert sorted(rewritten[INDEX_HEADER_BYTES:]) == sorted(raw[INDEX_HEADER_BYTES:])  # same entries
+    assert rewritten[INDEX_HEADER_BYTES : INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES] != last  # now in pack order
+    os.truncate(index, INDEX_HEADER_BYTES + INDEX_ENTRY_BYTES + 30)
+    again = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert all(again.get_chunk(digest) == data for digest, data in live)
+    assert again.scrub(1.0) == []
+    again.close()
+
+
+def test_re_indexing_a_cold_pack_twice_adds_no_entry_the_second_time(tmp_path: Path) -> None:
+    """A cold pack the index names only part of is re-indexed from the cold copy; doing it again (or at
+    the next open) must find nothing: a block record it already named is not appended again, else its
+    entries would repeat and the pack would look out of order, and be fetched again, at every open."""
+    store = PackStore(tmp_path, pack_bytes_max=50_000)
+    for number in range(6):
+        store.put_chunks(chunks_of(1, size=10_000, seed=20 + number))
+        store.put_records([f"record {number}".encode()])
+    store.flush()
+    assert 1 in store._sealed
+    cold_copy = (tmp_path / pack_file_name(1)).read_bytes()
+    store.mark_remote(1)
+    store.close()
+    index = tmp_path / "index.log"
+    os.truncate(index, INDEX_HEADER_BYTES + 3 * INDEX_ENTRY_BYTES)  # names the first three frames of pack 1
+    reopened = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert reopened.remote_underindexed == {1}
+    assert reopened.reindex_remote_pack(1, cold_copy) > 0
+    size = index.stat().st_size
+    assert reopened.reindex_remote_pack(1, cold_copy) == 0
+    reopened.close()
+    assert index.stat().st_size == size
+    again = PackStore(tmp_path, pack_bytes_max=50_000)
+    assert again.remote_underindexed == set() and not again._entries_unordered
+    again.close()

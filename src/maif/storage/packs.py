@@ -304,6 +304,10 @@ class PackStore:
         self._remote: set[int] = set()
         self._missing: set[int] = set()  # named by the index, absent from the disk (found at open)
         self._indexed_end: dict[int, int] = {}  # per pack: the end of the last frame the index names
+        # Packs whose index entries go backwards (an index rewritten in the order of the chunk map, as
+        # compaction did before it sorted): the last entry does not prove the frames before it are
+        # indexed, so open re-checks these packs and rewrites the index in pack order.
+        self._entries_unordered: set[int] = set()
         self._seal_verified: set[int] = set()  # local packs whose seal trailer is well-formed (at open)
         self.remote_underindexed: set[int] = set()  # cold packs the index names only part of
         self._records_indexed = 0  # block-record entries in the pack index (not kept in _locations)
@@ -340,6 +344,8 @@ class PackStore:
             if self._unindexed:  # frames recovered from pack tails are indexed before any pack is sealed
                 self._append_index(self._unindexed)
                 self._unindexed = []
+            if self._entries_unordered:  # once: from now on a cut index leaves each pack a named prefix
+                self._write_index(self._locations.items(), self._record_entries())
             referenced = set(self._indexed_end)  # every pack an entry names (chunks and records)
             self._note_missing_packs(referenced - set(pack_ids) - self._remote)
             self._start_active_pack(max([*pack_ids, *self._remote, *referenced, 0]))
@@ -371,7 +377,7 @@ class PackStore:
         for pack_id in sorted(self._seal_verified - self._remote):
             body_end = self._pack_sizes[pack_id] - _SEAL_TRAILER.size
             indexed_end = self._indexed_end.get(pack_id, _PACK_HEADER.size)
-            if indexed_end >= body_end:
+            if indexed_end >= body_end and pack_id not in self._entries_unordered:
                 continue
             found = 0
             for digest, location in self._scan_frames(pack_id, verify_data=True):
@@ -388,7 +394,8 @@ class PackStore:
         for pack_id in sorted(self._remote):
             size = self._pack_sizes.get(pack_id)
             indexed_end = self._indexed_end.get(pack_id, _PACK_HEADER.size)
-            if size is not None and indexed_end < size - _SEAL_TRAILER.size:
+            if size is not None and (indexed_end < size - _SEAL_TRAILER.size
+                                     or pack_id in self._entries_unordered):
                 self.remote_underindexed.add(pack_id)
 
     def _list_pack_ids(self) -> list[int]:
@@ -398,7 +405,12 @@ class PackStore:
         return sorted(ids)
 
     def _load_index(self) -> bool:
-        """Load index.log; truncate a torn tail. False when damage in the middle demands a rebuild."""
+        """Load index.log; truncate a torn tail. False when damage in the middle demands a rebuild.
+
+        The index is kept in pack order (appends follow the writes; rewrites are sorted), so an index cut
+        anywhere still names a prefix of each pack's frames, and the end of the last frame it names says
+        how much of a sealed pack is indexed (``_index_sealed_gaps``). A pack whose entries go backwards
+        is noted in ``_entries_unordered``: for it that end proves nothing."""
         path = self.directory / "index.log"
         if not path.exists():
             pack_ids = self._list_pack_ids()
@@ -427,7 +439,10 @@ class PackStore:
             if decoded is None:
                 damaged.append(number)
                 continue
-            self._add_location(decoded[0], decoded[1])  # the last entry wins: a re-stored chunk
+            location = decoded[1]
+            if location.offset < self._indexed_end.get(location.pack_id, 0):
+                self._entries_unordered.add(location.pack_id)
+            self._add_location(decoded[0], location)  # the last entry wins: a re-stored chunk
             good_end = start + _INDEX_ENTRY.size
         if any(number < entry_count - 1 for number in damaged):  # not just a torn last entry
             self.repairs.append(
@@ -454,10 +469,7 @@ class PackStore:
                     self._add_location(digest, location)
                 elif current is None or current.pack_id not in self._remote:
                     self._add_location(digest, location)
-        header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-        entries = b"".join(_encode_entry(digest, location)
-                           for digest, location in [*self._locations.items(), *records])
-        write_atomically(self.directory / "index.log", header + entries, mode=_FILE_MODE)
+        self._write_index(self._locations.items(), records)
 
     def _recover_pack(self, pack_id: int) -> None:
         """Seal state and size of one pack; for an unsealed pack, index valid frames and cut the torn tail."""
@@ -869,13 +881,10 @@ class PackStore:
                     del self._locations[digest]
                     self.counters["raw_bytes"] -= location.raw_length
                     self.counters["stored_bytes"] -= location.stored_length
-            header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
-            kept_records = [(digest, location) for digest, location in self._index_entries()
-                            if location.flags & FLAG_RECORD and location.pack_id not in chosen]
-            entries = b"".join(_encode_entry(digest, location)
-                               for digest, location in [*self._locations.items(), *kept_records]
-                               if location.pack_id not in chosen)
-            write_atomically(self.directory / "index.log", header + entries, mode=_FILE_MODE)
+            kept_records = [(digest, location) for digest, location in self._record_entries()
+                            if location.pack_id not in chosen]
+            self._write_index(((digest, location) for digest, location in self._locations.items()
+                               if location.pack_id not in chosen), kept_records)
             self._records_indexed = len(kept_records)
             step("indexed")
             for pack_id in chosen:
@@ -888,6 +897,24 @@ class PackStore:
             step("deleted")
             result.packs_rewritten = len(chosen)
             return result
+
+    def _write_index(self, chunks: Iterable[tuple[bytes, ChunkLocation]],
+                     records: Iterable[tuple[bytes, ChunkLocation]]) -> None:
+        """Replace index.log with these entries in pack order (pack id, then offset), never in the order
+        of the chunk map: a chunk located first may sit at the end of a pack, and an index cut after its
+        entry would pass for one naming the whole pack (``_load_index``)."""
+        entries = sorted([*chunks, *records], key=lambda entry: (entry[1].pack_id, entry[1].offset))
+        header = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6)
+        payload = b"".join(_encode_entry(digest, location)  # one entry per frame: repeats dropped
+                           for number, (digest, location) in enumerate(entries)
+                           if number == 0 or entries[number - 1][1] != location)
+        write_atomically(self.directory / "index.log", header + payload, mode=_FILE_MODE)
+        self._entries_unordered.clear()
+
+    def _record_entries(self) -> list[tuple[bytes, ChunkLocation]]:
+        """The block-record entries of index.log (not kept in memory), read from the disk."""
+        return [(digest, location) for digest, location in self._index_entries()
+                if location.flags & FLAG_RECORD]
 
     def _index_entries(self) -> Iterator[tuple[bytes, ChunkLocation]]:
         """The entries of index.log as they are on disk (a compaction keeps the record entries it does
@@ -1078,6 +1105,8 @@ class PackStore:
                 continue
             start = location.offset
             digest = data[start : start + DIGEST_BYTES]
+            if location.flags & FLAG_RECORD and location.end <= self._indexed_end.get(pack_id, 0):
+                continue  # a record the index names (the index names a prefix of each pack)
             current = self._locations.get(digest)
             if current is not None and self._is_present(current):
                 continue
