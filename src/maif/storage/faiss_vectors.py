@@ -46,13 +46,15 @@ import msgspec
 import numpy as np
 
 from maif import limits
-from maif.errors import ArgumentValueError, BackendError, FormatError, LimitExceededError, StoreClosedError
+from maif.durable import write_atomically
+from maif.errors import ArgumentValueError, BackendError, StoreClosedError
 from maif.storage.backends.base import Capabilities, VectorIndex
 from maif.storage.vectors import (
     QUARANTINE_KEEP,
     UsearchVectorIndex,
     check_attributes,
     check_dimensions,
+    check_search_limit,
     check_vector,
     unit_vector,
 )
@@ -413,11 +415,7 @@ class FaissVectorIndex(VectorIndex):
         map_path.write_bytes(_encode_map(mapping))
         for path in (index_path, exact_path, map_path, target):
             _fsync_path(path)
-        temporary = self.directory / "CURRENT.tmp"
-        temporary.write_text(f"gen-{generation}\n")
-        _fsync_path(temporary)
-        os.replace(temporary, self.directory / "CURRENT")
-        _fsync_path(self.directory)
+        write_atomically(self.directory / "CURRENT", f"gen-{generation}\n".encode(), mode=0o666)
         for old in self.directory.glob("gen-*"):
             if old.name != target.name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -516,10 +514,7 @@ class FaissVectorIndex(VectorIndex):
         score_threshold: float | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> list[tuple[str, float]]:
-        if not isinstance(limit, int) or limit < 0:
-            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
-        if limit > limits.engine_search_limit_max:
-            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        check_search_limit(limit)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
         if not wanted and self._lock.acquire(blocking=False):

@@ -164,6 +164,15 @@ def check_vector(vector: np.ndarray, ndim: int | None = None) -> np.ndarray:
     return array
 
 
+def check_search_limit(limit: object) -> int:
+    """A search's ``limit``: a non-negative integer (not a bool) within ``limits.engine_search_limit_max``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
+    if limit > limits.engine_search_limit_max:
+        raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+    return limit
+
+
 def check_dimensions(vector: np.ndarray, ndim: int | None) -> None:
     if vector.shape[0] != ndim:
         raise FormatError(
@@ -587,10 +596,7 @@ class UsearchVectorIndex(VectorIndex):
         score_threshold: float | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> list[tuple[str, float]]:
-        if not isinstance(limit, int) or limit < 0:
-            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
-        if limit > limits.engine_search_limit_max:
-            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        check_search_limit(limit)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
         if not wanted and self._lock.acquire(blocking=False):
@@ -750,6 +756,6 @@ def _fsync_path(path: Path) -> None:
 
 
 __all__ = [
-    "UsearchVectorIndex", "check_attributes", "check_vector", "embedding_of", "matches", "quantise",
-    "unit_vector",
+    "UsearchVectorIndex", "check_attributes", "check_search_limit", "check_vector", "embedding_of", "matches",
+    "quantise", "unit_vector",
 ]

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import blake3
 import numpy as np
 
-from maif import limits
-from maif.errors import BlockNotFoundError, FormatError, IntegrityError, LimitExceededError, StoreClosedError
+from maif.errors import BlockNotFoundError, FormatError, IntegrityError, StoreClosedError
 from maif.storage.backends.base import (
     Capabilities,
     ChunkStore,
@@ -27,7 +26,7 @@ from maif.storage.cache import LRUHotCache
 from maif.storage.index import check_query_limit
 from maif.storage.packs import FLAG_RECORD, check_chunk_input, check_record_input, decode_chunk, encode_chunk
 from maif.storage.records import BlockRecord
-from maif.storage.vectors import check_attributes, check_vector, matches, unit_vector
+from maif.storage.vectors import check_attributes, check_search_limit, check_vector, matches, unit_vector
 
 _VOLATILE = Capabilities(durable=False, shared_between_processes=False)
 
@@ -260,10 +259,7 @@ class MemoryVectorIndex(_Closable, VectorIndex):
         filters: Mapping[str, str] | None = None,
     ) -> list[tuple[str, float]]:
         self._check_open()
-        if not isinstance(limit, int) or limit < 0:
-            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
-        if limit > limits.engine_search_limit_max:
-            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        check_search_limit(limit)
         wanted = check_attributes(filters, "search filters")
         vector = check_vector(query, self._ndim)
         candidates = [

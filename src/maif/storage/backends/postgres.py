@@ -89,7 +89,6 @@ import blake3
 import msgspec
 import numpy as np
 
-from maif import limits
 from maif.errors import (
     BackendError,
     BackendUnavailableError,
@@ -109,7 +108,7 @@ from maif.storage.health import Health
 from maif.storage.index import check_query_limit
 from maif.storage.packs import FLAG_RECORD
 from maif.storage.records import BlockRecord, encode_record
-from maif.storage.vectors import check_attributes, check_vector, unit_vector
+from maif.storage.vectors import check_attributes, check_search_limit, check_vector, unit_vector
 
 try:
     import asyncpg
@@ -1381,10 +1380,7 @@ class PgVectorIndex(_OnDatabase, VectorIndex):
         score_threshold: float | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> list[tuple[str, float]]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
-        if limit > limits.engine_search_limit_max:
-            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        check_search_limit(limit)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
         await self._pool()

@@ -40,19 +40,17 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from maif import limits
 from maif.errors import (
     BackendError,
     BackendUnavailableError,
     ConfigError,
     ForeignStoreError,
     FormatError,
-    LimitExceededError,
     StorageError,
     StoreClosedError,
 )
 from maif.storage.backends.base import Capabilities, VectorIndex
-from maif.storage.vectors import check_attributes, check_vector, unit_vector
+from maif.storage.vectors import check_attributes, check_search_limit, check_vector, unit_vector
 
 BLOCK_ID_NAMESPACE = uuid.UUID("ec0ebfaf-1c94-4a3f-b285-cc134ad3db8d")
 """The UUID5 namespace of point ids. Fixed forever: changing it would orphan every stored point."""
@@ -297,10 +295,7 @@ class QdrantVectorIndex(VectorIndex):
         score_threshold: float | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> list[tuple[str, float]]:
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-            raise FormatError(f"search limit must be a non-negative integer, got {limit!r}")
-        if limit > limits.engine_search_limit_max:
-            raise LimitExceededError("search limit", limit, limits.engine_search_limit_max)
+        check_search_limit(limit)
         wanted = check_attributes(filters, "search filters")
         vector = unit_vector(check_vector(query))
         client = await self._connected()
