@@ -273,8 +273,18 @@ class WorkerCluster:
 
     def wait_for_results(self, task_ids: Iterable[str], timeout_s: float) -> None:
         wanted = {self.result_id(task_id) for task_id in task_ids}
-        self.wait_until(lambda: wanted <= set(self.stored_results()), timeout_s,
-                        f"{len(wanted)} results stored")
+        missing: set[str] = set()
+
+        def all_stored() -> bool:
+            nonlocal missing
+            missing = wanted - set(self.stored_results())
+            return not missing
+
+        try:
+            self.wait_until(all_stored, timeout_s, f"{len(wanted)} results stored")
+        except AssertionError as error:  # say which are missing and what the queue holds (diagnosis)
+            raise AssertionError(f"{error}\nmissing: {sorted(missing)}\nqueue: {self.stats()}\n"
+                                 f"started: {self.started()}") from None
 
 
 async def _query_counts(url: str, pattern: str) -> dict[str, int]:
