@@ -318,6 +318,14 @@ def render(results: dict[str, dict[str, Any]], manifest: dict[str, Any], picture
     if floor is not None:
         lines += ["", f"fdatasync p99 of the disk (ingest.json, same run as the ingest figures): "
                   f"{floor:.2f} ms; the latency goals take max(5 ms, factor x that)."]
+    left = results.get("writepath", {}).get("left")
+    if isinstance(left, list) and left:
+        lines += ["", "### What is left for the missed library goals", "",
+                  "From `benchmarks/writepath_bench.py` (writepath.json, load average "
+                  f"{load_average('writepath', results['writepath'], manifest)}): the same write path "
+                  "with its applier switched off, LMDB's CPU per put and the CPU of each stage, in one run.",
+                  ""]
+        lines += [f"- {line}" for line in left if isinstance(line, str)]
     for name, caption in pictures:
         lines += ["", f"![{caption}]({plots_dir}/{name})", "", f"*{caption}*"]
     lines += ["", "## Every result", ""]
