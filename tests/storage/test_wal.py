@@ -264,6 +264,25 @@ async def group_commit_shares_syncs(tmp_path: Path) -> None:
     assert len(replayed(tmp_path)) == 200
 
 
+def test_a_refused_oversized_append_takes_no_lsn(tmp_path: Path) -> None:
+    asyncio.run(refused_append_takes_no_lsn(tmp_path))
+
+
+async def refused_append_takes_no_lsn(tmp_path: Path) -> None:
+    """A group the log refuses to frame (a record over limits.wal_record_bytes_max) leaves no hole in the
+    LSNs: the next append gets the LSN the refused one would have had, and the log replays gap-free."""
+    wal, _ = WriteAheadLog.open(tmp_path)
+    committer = GroupCommitter(wal, batch_size=1000, batch_timeout_ms=0, on_commit=lambda *_: None)
+    committer.start()
+    assert await committer.append([b"first"], None) == 1
+    with pytest.raises(LimitExceededError):
+        committer.append([b"fine", b"x" * (limits.wal_record_bytes_max + 1)], None)
+    assert await committer.append([b"second"], None) == 2
+    await committer.close()
+    wal.close()
+    assert replayed(tmp_path) == [(1, b"first"), (2, b"second")]
+
+
 def test_group_commit_failure_fails_every_waiting_writer(tmp_path: Path) -> None:
     asyncio.run(group_commit_failure_fails_waiters(tmp_path))
 

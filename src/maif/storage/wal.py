@@ -922,9 +922,10 @@ class Committer:
             raise StoreClosedError("the store is closing; no new writes")
         first = self._next_lsn
         last = first + len(payloads) - 1
+        framed = self._frame(first, payloads)  # may refuse (LimitExceededError): then no LSN is taken
         self._next_lsn = last + 1
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(self._frame(first, payloads), first, last, context, future))
+        self._queue.append(_Pending(framed, first, last, context, future))
         self._queued_records += len(payloads)
         self._wakeup.set()
         return future
