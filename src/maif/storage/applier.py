@@ -13,7 +13,6 @@ replaying from it is always enough (every step is idempotent).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,22 +64,8 @@ def record_of(item: LogItem, chunk_digests: tuple[bytes, ...]) -> BlockRecord:
                        payload_length=len(block.data), digest=item.digest, lsn=item.lsn)
 
 
-def _note_rejected(rejected: set[str], block_ids: Sequence[str], part_rejected: frozenset[str]) -> None:
-    """After the put of a part: its rejected ids are rejected, the others it wrote no longer are (the
-    last write of an id decides its vector)."""
-    for block_id in block_ids:
-        if block_id in part_rejected:
-            rejected.add(block_id)
-        else:
-            rejected.discard(block_id)
-
-
 class Applier:
     """Applies batches of log items to a chunk store, a metadata index and a vector index."""
-
-    # Records per pipelined part of a batch (see apply): smaller parts overlap more of a batch, and
-    # each costs a commit and three thread crossings.
-    part_records_max = 256
 
     def __init__(self, chunks: ChunkStore, index: MetadataIndex, vectors: VectorIndex) -> None:
         self.chunks = chunks
@@ -90,55 +75,15 @@ class Applier:
         self.new_chunk_bytes_total = 0
 
     async def apply(self, items: Sequence[LogItem]) -> None:
-        """Apply ``items`` (in LSN order); idempotent, so replaying a batch twice is harmless.
-
-        A large batch goes in parts of at most ``part_records_max``, pipelined: the index put of one
-        part (SQLite steps outside the GIL; PostgreSQL waits on the network) runs while the chunks and
-        records of the next are written. Each part is indexed after its own chunks and records, the
-        parts' puts go one after another in order (as separate puts of a batch each would), and this
-        returns only once every part is indexed, or raises the first failure once nothing of the call
-        still runs: to the caller, one batch as before."""
+        """Apply ``items`` (in LSN order); idempotent, so replaying a batch twice is harmless."""
         lsns = [item.lsn for item in items]
         assert lsns == sorted(set(lsns)), "items out of order"  # strictly increasing, checked in C
-        last_of: dict[str, LogItem] = {item.block.id: item for item in items}  # decides each id's vector
-        rejected: set[str] = set()
-        parts = max(1, -(-len(items) // self.part_records_max))
-        step = max(1, -(-len(items) // parts))  # parts of equal size
-        indexing: asyncio.Task[frozenset[str]] | None = None
-        indexing_ids: Sequence[str] = ()
-        try:
-            for start in range(0, len(items), step):
-                part = items[start:start + step]
-                records = await self._store(part)
-                if indexing is not None:
-                    _note_rejected(rejected, indexing_ids, await indexing)
-                indexing = asyncio.create_task(self._index(records))
-                indexing_ids = [record.block_id for record in records]
-            if indexing is not None:
-                _note_rejected(rejected, indexing_ids, await indexing)
-        finally:
-            if indexing is not None and not indexing.done():  # a part's write failed (or we were
-                await asyncio.wait({indexing})  # cancelled): the put in flight ends before we do
-                if not indexing.cancelled():
-                    indexing.exception()  # retrieved: the failure raised is the write's
-        # A shared index may keep another node's version of a block id (a conflict, ADR 0070): then
-        # that version's vector stays too.
-        embeddings = [(block_id, item.vector, vector_attributes(item.block))
-                      for block_id, item in last_of.items() if item.vector is not None
-                      and block_id not in rejected]
-        replaced = [block_id for block_id, item in last_of.items() if item.vector is None
-                    and block_id not in rejected]
-        if replaced:  # a block id that held an embedding and now holds another type loses its vector
-            await self.vectors.remove(replaced)
-        if embeddings:
-            await self.vectors.add(embeddings)
-
-    async def _store(self, items: Sequence[LogItem]) -> list[BlockRecord]:
-        """Write the chunks of ``items`` and their block records to the chunk store; the records."""
         pieces: list[bytes | memoryview] = []
         piece_counts: list[int] = []
+        last_of: dict[str, LogItem] = {}  # the last write of each block id in this batch decides its vector
         small_max = 2 * chunk_min_bytes  # below it a payload is one chunk (split_views, without a call)
         for item in items:
+            last_of[item.block.id] = item
             if item.deleted:
                 continue
             data = item.block.data
@@ -167,14 +112,21 @@ class Applier:
             records.append(record_of(item, tuple(digests[position:position + count])))
             position += count
         # The authoritative copy of each record goes beside the chunks (durable with them at the
-        # checkpoint, before the log forgets the records): the index is derived from it.
+        # checkpoint, before the log forgets the records): the index below is derived from it.
         await self.chunks.put_records([encode_record(record) for record in records])
-        return records
-
-    async def _index(self, records: list[BlockRecord]) -> frozenset[str]:
-        """Index ``records``; the ids a shared index kept another node's version of."""
         await self.index.put(records)
-        return getattr(self.index, "last_put_rejected", frozenset())
+        # A shared index may keep another node's version of a block id (a conflict, ADR 0070): then
+        # that version's vector stays too.
+        rejected: frozenset[str] = getattr(self.index, "last_put_rejected", frozenset())
+        embeddings = [(block_id, item.vector, vector_attributes(item.block))
+                      for block_id, item in last_of.items() if item.vector is not None
+                      and block_id not in rejected]
+        replaced = [block_id for block_id, item in last_of.items() if item.vector is None
+                    and block_id not in rejected]
+        if replaced:  # a block id that held an embedding and now holds another type loses its vector
+            await self.vectors.remove(replaced)
+        if embeddings:
+            await self.vectors.add(embeddings)
 
     async def flush(self) -> None:
         """Make the chunks and vectors applied so far durable (the index follows in :meth:`checkpoint`;
