@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -172,8 +173,8 @@ WRITES_AND_DELETIONS = st.lists(
 def test_one_batched_put_indexes_as_one_put_per_record(
     tmp_path_factory: pytest.TempPathFactory, steps: list, queries: list
 ) -> None:
-    """The SQLite index writes a batch run by run (executemany); it must still answer as if each record
-    were put alone, in order: a later write of an id wins, with its own parents, and a deletion in the
+    """The SQLite index writes a batch run by run (multi-row statements); it must still answer as if each
+    record were put alone, in order: a later write of an id wins, with its own parents, and a deletion in the
     middle of a batch removes only what came before it."""
     batch: list[BlockRecord] = []
     for kind, value in steps:
@@ -192,6 +193,40 @@ def test_one_batched_put_indexes_as_one_put_per_record(
             for number in range(61):  # every parent link, each rebuilt from the last write of its child
                 parent = f"block-{number:04d}"
                 assert await sqlite.query(parent=parent) == await model.query(parent=parent), parent
+        finally:
+            await sqlite.close()
+
+    run(scenario())
+
+
+def test_a_batch_wider_than_one_statement_indexes_as_one_put_per_record(tmp_path: Path) -> None:
+    """The SQLite index binds up to 256 rows per statement: a batch of 1300 records, every id written
+    several times (with other parents each time) across statement boundaries and a deletion in
+    between and one at the end, answers every count, query and parent link as the model fed one
+    record at a time."""
+    numbers = [(step * 7) % 311 for step in range(1300)]
+    writes = [make_record(number, agent_id=f"a{position % 3}", timestamp=float(position % 50),
+                          parents=tuple(f"block-{(number + offset) % 311:04d}"
+                                        for offset in range(position % 4)))
+              for position, number in enumerate(numbers)]
+    batch = [*writes[:600], tombstone_record("block-0021", 0), *writes[600:],
+             tombstone_record("block-0100", 0)]
+    batch = [msgspec.structs.replace(record, lsn=position + 1) for position, record in enumerate(batch)]
+
+    async def scenario() -> None:
+        sqlite = LocalMetadataIndex(tmp_path / "index.sqlite")
+        model = MemoryMetadataIndex()
+        try:
+            await sqlite.put(batch)
+            for record in batch:
+                await model.put([record])
+            assert await sqlite.count() == await model.count() == 311 - 1
+            for agent in ("a0", "a1", "a2"):
+                query = {"agent_id": agent, "limit": 400}
+                assert await sqlite.query(**query) == await model.query(**query)
+            for number in range(311):
+                query = {"parent": f"block-{number:04d}", "limit": 400}
+                assert await sqlite.query(**query) == await model.query(**query)
         finally:
             await sqlite.close()
 

@@ -46,9 +46,11 @@ class LogItem:
 
 
 def type_name(block: MAIFBlock) -> str:
-    """The block's FourCC as text (``MAIFBlock.type_name`` without its enum round trip: hot path)."""
+    """The block's FourCC as text (``MAIFBlock.type_name`` without its enum round trip: hot path).
+    ``_value_`` is the member's value as a plain attribute: ``.value`` goes through a Python-level
+    descriptor, 0.1 us per block of the applier's time on the event loop."""
     kind = block.block_type
-    return kind.value if isinstance(kind, MAIFBlockType) else kind
+    return kind._value_ if isinstance(kind, MAIFBlockType) else kind
 
 
 def vector_attributes(block: MAIFBlock) -> dict[str, str]:
