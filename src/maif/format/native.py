@@ -15,7 +15,7 @@ from typing import Final
 
 from maif import limits
 
-ABI: Final = 2
+ABI: Final = 3
 """The interface version of ``_core.c`` this code calls (its ``MAIF_CORE_ABI``; bump both together)."""
 
 

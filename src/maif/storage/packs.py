@@ -50,6 +50,7 @@ from maif.errors import (
     LimitExceededError,
     UnsupportedVersionError,
 )
+from maif.format import native
 
 PACK_MAGIC: Final = b"MAIFPACK"
 SEAL_MAGIC: Final = b"MAIFSEAL"
@@ -235,7 +236,13 @@ def _encode_entry(digest: bytes, location: ChunkLocation) -> bytes:
 
 def _encode_entries(entries: Iterable[tuple[bytes, ChunkLocation]]) -> bytes:
     """Index entries, each with its check (the first 8 bytes of BLAKE3 of its body: blake3's digest(8)
-    is that prefix). One loop with its lookups bound to locals: it runs per frame at every flush."""
+    is that prefix). It runs per frame at every flush: the compiled core encodes a list of them
+    (ADR 0092), or hands it back to this loop, the reference, with its lookups bound to locals."""
+    core = native.core()
+    if core is not None and type(entries) is list:
+        encoded: bytes | None = core.pack_encode_entries(entries, blake3.blake3)
+        if encoded is not None:
+            return encoded
     body_of = _INDEX_ENTRY_BODY.pack
     hasher = blake3.blake3
     output = bytearray()
@@ -628,36 +635,45 @@ class PackStore:
         for digest, data in chunks:
             check_chunk_input(digest, data)
         with self._lock:
-            return self._put_checked(chunks)
+            return self._put_checked([digest for digest, _ in chunks], [data for _, data in chunks])
 
     def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
         """Store each chunk under the BLAKE3 digest computed here (hashed once, not given and checked);
         returns the digests in order and the stored bytes added."""
         chunk_bytes_max = limits.chunk_bytes_max
         hasher = blake3.blake3
+        core = native.core()
+        digests: list[bytes] | None = (
+            None if core is None else core.pack_chunk_digests(pieces, hasher, chunk_bytes_max))
+        if digests is not None:  # all exact bytes within the limit (else this code refuses or hashes)
+            with self._lock:
+                return digests, self._put_checked(digests, pieces)
         for data in pieces:
             if len(data) > chunk_bytes_max:
                 raise LimitExceededError("chunk size", len(data), chunk_bytes_max)
-        pairs = [(hasher(data).digest(), data) for data in pieces]
+        digests = [hasher(data).digest() for data in pieces]
         with self._lock:
-            return [digest for digest, _ in pairs], self._put_checked(pairs)
+            return digests, self._put_checked(digests, pieces)
 
-    def _put_checked(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
-        """Stage and write the chunks not stored yet (digests already checked); under the lock."""
+    def _put_checked(self, digests: Sequence[bytes], pieces: Sequence[bytes | memoryview]) -> int:
+        """Stage and write the chunks not stored yet (``digests[i]`` of ``pieces[i]``, already checked);
+        under the lock."""
         self._refuse_if_failed()
         staged = _StagedFrames()
         locations = self._locations
         counters = self.counters
-        fresh: list[tuple[bytes, bytes | memoryview]] = []
-        for digest, data in chunks:
+        fresh_digests: list[bytes] = []
+        fresh_pieces: list[bytes | memoryview] = []
+        for digest, data in zip(digests, pieces, strict=True):
             counters["offered_bytes"] += len(data)
             existing = locations.get(digest)
             if digest in staged.digests or (existing is not None and self._is_present(existing)):
                 counters["dedup_hits"] += 1
                 continue
             staged.digests.add(digest)
-            fresh.append((digest, data))
-        return self._stage_frames(staged, fresh, 0)
+            fresh_digests.append(digest)
+            fresh_pieces.append(data)
+        return self._stage_frames(staged, fresh_digests, fresh_pieces, 0)
 
     def put_records(self, records: Sequence[bytes]) -> int:
         """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
@@ -666,8 +682,13 @@ class PackStore:
         memory): a replayed batch stores its records again, which compaction drops."""
         with self._lock:
             self._refuse_if_failed()
-            pairs = [(check_record_input(raw), raw) for raw in records]
-            return self._stage_frames(_StagedFrames(), pairs, FLAG_RECORD)
+            core = native.core()
+            digests: list[bytes] | None = (
+                None if core is None
+                else core.pack_record_digests(records, _RECORD_HASHER, limits.chunk_bytes_max))
+            if digests is None:  # not all exact bytes within the limit: this code refuses or hashes
+                digests = [check_record_input(raw) for raw in records]
+            return self._stage_frames(_StagedFrames(), digests, records, FLAG_RECORD)
 
     def record_count(self) -> int:
         """How many block-record entries the pack index holds (0 in a store written before them;
@@ -700,12 +721,14 @@ class PackStore:
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
         return records_of_pack(data, pack_id, known, f"pack {pack_id}")
 
-    def _stage_frames(self, staged: _StagedFrames, pairs: Sequence[tuple[bytes, bytes | memoryview]],
-                      extra_flags: int) -> int:
-        """Encode the frames of ``pairs`` (digests already checked) into ``staged`` and write them: one
-        system call per ``_STAGED_BYTES_MAX`` of frames, before the active pack would be full, and at
-        the end. Returns the stored bytes. One loop with its lookups bound to locals: it runs per
-        chunk and per block record on the applier's thread, which shares the GIL with the acks."""
+    def _stage_frames(self, staged: _StagedFrames, digests: Sequence[bytes],
+                      pieces: Sequence[bytes | memoryview], extra_flags: int) -> int:
+        """Encode the frames of ``pieces`` (under ``digests``, already checked) into ``staged`` and write
+        them: one system call per ``_STAGED_BYTES_MAX`` of frames, before the active pack would be full,
+        and at the end. Returns the stored bytes. It runs per chunk and per block record on the
+        applier's thread, which shares the GIL with the acks: the compiled core stages the frames that
+        need no compression (ADR 0092) and hands back the others, which this loop, the reference,
+        stages with its lookups bound to locals."""
         threshold = self.compression_threshold
         pack_bytes_max = self.pack_bytes_max
         pack_bytes = self._pack_sizes[self._active_id]
@@ -714,7 +737,24 @@ class PackStore:
         frames = staged.frames
         entries = staged.entries
         new_bytes = 0
-        for digest, data in pairs:
+        core = native.core()
+        position = 0
+        count = len(pieces)
+        while position < count:
+            if core is not None:
+                position, added = core.pack_stage_frames(
+                    digests, pieces, position, frames, entries, extra_flags, threshold, _STAGED_BYTES_MAX,
+                    pack_bytes_max - pack_bytes, hasher)
+                new_bytes += added
+                if len(frames) >= _STAGED_BYTES_MAX or pack_bytes + len(frames) >= pack_bytes_max:
+                    self._write_staged(staged)  # the core stopped after a frame that filled the buffer
+                    pack_bytes = self._pack_sizes[self._active_id]
+                    continue
+                if position == count:
+                    break
+            digest = digests[position]
+            data = pieces[position]
+            position += 1
             raw_length = len(data)
             stored: bytes | memoryview
             if raw_length >= threshold and raw_length > 0:
@@ -759,6 +799,27 @@ class PackStore:
             self._fail("short write to a pack")
             raise DurabilityError(f"short write to pack {self._active_id} (disk full?)")
         pack_id = self._active_id
+        core = native.core()
+        located = None if core is None else core.pack_locate(
+            staged.entries, pack_id, offset, ChunkLocation, self._unindexed, self._locations, FLAG_RECORD)
+        if located is not None:  # the loop below, compiled (ADR 0092)
+            offset, records, raw_change, stored_change = located
+            self.counters["raw_bytes"] += raw_change
+            self.counters["stored_bytes"] += stored_change
+        else:
+            offset, records = self._locate_staged(staged, pack_id, offset)
+        self._records_indexed += records
+        self._indexed_end[pack_id] = max(self._indexed_end.get(pack_id, 0), offset)
+        self._pack_sizes[pack_id] = offset
+        self._active_dirty = True
+        staged.clear()
+        if roll and offset >= self.pack_bytes_max:
+            self._roll_active_pack()
+
+    def _locate_staged(self, staged: _StagedFrames, pack_id: int, offset: int) -> tuple[int, int]:
+        """Locate the frames of ``staged`` just written at ``offset`` of ``pack_id`` (the reference of
+        the core's ``pack_locate``): their index entries wait for the flush; returns the end of the last
+        frame and the number of block records."""
         records = 0
         for digest, flags, raw_length, stored_length in staged.entries:  # _add_location, per batch
             location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
@@ -768,13 +829,7 @@ class PackStore:
                 records += 1
             else:
                 self._locate_chunk(digest, location)
-        self._records_indexed += records
-        self._indexed_end[pack_id] = max(self._indexed_end.get(pack_id, 0), offset)
-        self._pack_sizes[pack_id] = offset
-        self._active_dirty = True
-        staged.clear()
-        if roll and offset >= self.pack_bytes_max:
-            self._roll_active_pack()
+        return offset, records
 
     def _is_present(self, location: ChunkLocation) -> bool:
         """Whether the indexed frame can exist: its pack is remote, or local and long enough.
