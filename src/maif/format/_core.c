@@ -946,19 +946,40 @@ write_check(Hasher *hasher, PyObject *scratch, unsigned char *out, size_t size)
     return 0;
 }
 
-/* The items of a list or tuple (borrowed), or NULL (no exception) for anything else. */
-static PyObject **
-items_of(PyObject *sequence, Py_ssize_t *count)
+/* The items of a list or tuple, held as a tuple (a list is copied: another thread may change it while
+ * a hasher releases the GIL). */
+typedef struct {
+    PyObject *held, **items;
+    Py_ssize_t count;
+} Items;
+
+/* 1 with the items held; 0 (no exception) when `sequence` is not an exact list or tuple; -1 failed. */
+static int
+items_take(Items *items, PyObject *sequence)
 {
+    items->held = NULL;
     if (PyList_CheckExact(sequence)) {
-        *count = PyList_GET_SIZE(sequence);
-        return ((PyListObject *)sequence)->ob_item;
+        items->held = PyList_AsTuple(sequence);
     }
-    if (PyTuple_CheckExact(sequence)) {
-        *count = PyTuple_GET_SIZE(sequence);
-        return ((PyTupleObject *)sequence)->ob_item;
+    else if (PyTuple_CheckExact(sequence)) {
+        Py_INCREF(sequence);
+        items->held = sequence;
     }
-    return NULL;
+    else {
+        return 0;
+    }
+    if (items->held == NULL) {
+        return -1;
+    }
+    items->items = ((PyTupleObject *)items->held)->ob_item;
+    items->count = PyTuple_GET_SIZE(items->held);
+    return 1;
+}
+
+static void
+items_release(Items *items)
+{
+    Py_CLEAR(items->held);
 }
 
 /* The digests of every item of `pieces` by one private hasher: a list, or None (and no exception) to
@@ -966,21 +987,24 @@ items_of(PyObject *sequence, Py_ssize_t *count)
 static PyObject *
 digests_of(PyObject *pieces, PyObject *state, Py_ssize_t bytes_max)
 {
-    Py_ssize_t count = 0;
-    PyObject **items = items_of(pieces, &count);
-    if (items == NULL || state == NULL) {
+    Items pieces_held;
+    if (state == NULL || items_take(&pieces_held, pieces) != 1) {
         Py_XDECREF(state);
         PyErr_Clear();
         Py_RETURN_NONE;
     }
+    PyObject **items = pieces_held.items;
+    Py_ssize_t count = pieces_held.count;
     for (Py_ssize_t at = 0; at < count; at++) {
         if (!PyBytes_CheckExact(items[at]) || PyBytes_GET_SIZE(items[at]) > bytes_max) {
             Py_DECREF(state);
+            items_release(&pieces_held);
             Py_RETURN_NONE;
         }
     }
     Hasher hasher;
     if (hasher_open(&hasher, state) < 0) {
+        items_release(&pieces_held);
         PyErr_Clear();
         Py_RETURN_NONE;
     }
@@ -994,6 +1018,7 @@ digests_of(PyObject *pieces, PyObject *state, Py_ssize_t bytes_max)
         PyList_SET_ITEM(digests, at, digest);
     }
     hasher_close(&hasher);
+    items_release(&pieces_held);
     if (digests == NULL) {
         PyErr_Clear();
         Py_RETURN_NONE;
@@ -1088,21 +1113,30 @@ pack_stage_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) {
         return NULL;
     }
-    Py_ssize_t count = 0, digest_count = 0;
-    PyObject **pieces = items_of(args[1], &count), **digests = items_of(args[0], &digest_count);
-    if (pieces == NULL || digests == NULL || digest_count != count || first < 0
+    Items pieces_held = {NULL, NULL, 0}, digests_held = {NULL, NULL, 0};
+    int taken = items_take(&pieces_held, args[1]);
+    if (taken == 1) {
+        taken = items_take(&digests_held, args[0]);
+    }
+    if (taken != 1 || digests_held.count != pieces_held.count || first < 0
         || !PyByteArray_CheckExact(frames) || !PyList_CheckExact(entries) || extra_flags < 0
         || extra_flags > 0xff) {
-        PyErr_SetString(PyExc_ValueError, "pack_stage_frames: bad arguments");
+        items_release(&pieces_held);
+        items_release(&digests_held);
+        if (taken >= 0) {
+            PyErr_SetString(PyExc_ValueError, "pack_stage_frames: bad arguments");
+        }
         return NULL;
     }
+    PyObject **pieces = pieces_held.items, **digests = digests_held.items;
+    Py_ssize_t count = pieces_held.count;
     Hasher hasher;
-    if (hasher_open(&hasher, PyObject_CallNoArgs(args[9])) < 0) {
-        return NULL;
-    }
-    PyObject *scratch = PyByteArray_FromStringAndSize(NULL, FRAME_BODY_BYTES);
-    if (scratch == NULL) {
+    PyObject *scratch = NULL;
+    if (hasher_open(&hasher, PyObject_CallNoArgs(args[9])) < 0
+        || (scratch = PyByteArray_FromStringAndSize(NULL, FRAME_BODY_BYTES)) == NULL) {
         hasher_close(&hasher);
+        items_release(&pieces_held);
+        items_release(&digests_held);
         return NULL;
     }
     unsigned char *body = (unsigned char *)PyByteArray_AS_STRING(scratch);
@@ -1157,6 +1191,8 @@ pack_stage_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_DECREF(scratch);
     hasher_close(&hasher);
+    items_release(&pieces_held);
+    items_release(&digests_held);
     if (failed) {
         return NULL;
     }
@@ -1176,6 +1212,158 @@ attribute_within(PyObject *object, PyObject *name, unsigned long long maximum, u
     Py_XDECREF(number);
     PyErr_Clear();
     return ok;
+}
+
+/* Whether a located frame can exist (packs.py's _is_present): its pack is remote, or local and at least
+ * as long as the frame's end. 1 or 0; -1 when the location is not exactly what packs.py builds. */
+static int
+is_present(PyObject *location, PyObject *remote, PyObject *pack_sizes)
+{
+    unsigned long long offset, stored;
+    PyObject *pack_id = PyObject_GetAttr(location, location_names[0]);
+    if (pack_id == NULL || !PyLong_CheckExact(pack_id)
+        || !attribute_within(location, location_names[1], UINT64_MAX / 4, &offset)
+        || !attribute_within(location, location_names[4], U32_MAX, &stored)) {
+        Py_XDECREF(pack_id);
+        PyErr_Clear();
+        return -1;
+    }
+    int present = PySet_Contains(remote, pack_id);
+    if (present == 0) {
+        PyObject *size = PyDict_GetItemWithError(pack_sizes, pack_id);
+        unsigned long long bytes = 0;
+        if (size == NULL) {
+            present = PyErr_Occurred() ? -1 : 0;
+        }
+        else if (!PyLong_CheckExact(size)) {
+            present = -1;
+        }
+        else {
+            bytes = PyLong_AsUnsignedLongLong(size);
+            present = PyErr_Occurred() ? -1 : offset + FRAME_HEADER_BYTES + stored <= bytes;
+        }
+    }
+    Py_DECREF(pack_id);
+    PyErr_Clear();
+    return present;
+}
+
+PyDoc_STRVAR(pack_fresh_chunks_doc,
+"pack_fresh_chunks(digests, pieces, locations, staged_digests, remote, pack_sizes)\n"
+"    -> (fresh_digests, fresh_pieces, offered_bytes, dedup_hits) | None\n\n"
+"packs.py's _put_checked loop: the pieces (exact bytes, under digests[i], 32-byte exact bytes) that\n"
+"are neither staged already (the set staged_digests, to which each fresh digest is added) nor located\n"
+"(the dict `locations`) in a frame that can exist (its pack in the set `remote`, or local in\n"
+"`pack_sizes` and long enough), with the bytes offered and the duplicates met. None, before anything\n"
+"is done, when an argument or item is not exactly that: the caller's Python code runs.");
+
+static PyObject *
+pack_fresh_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "pack_fresh_chunks takes 6 arguments");
+        return NULL;
+    }
+    PyObject *locations = args[2], *staged = args[3], *remote = args[4], *pack_sizes = args[5];
+    Items pieces_held = {NULL, NULL, 0}, digests_held = {NULL, NULL, 0};
+    int taken = items_take(&pieces_held, args[1]);
+    if (taken == 1) {
+        taken = items_take(&digests_held, args[0]);
+    }
+    int usable = taken == 1 && digests_held.count == pieces_held.count && PyDict_CheckExact(locations)
+                 && PySet_CheckExact(staged) && PySet_CheckExact(remote) && PyDict_CheckExact(pack_sizes);
+    PyObject **pieces = pieces_held.items, **digests = digests_held.items;
+    Py_ssize_t count = pieces_held.count;
+    for (Py_ssize_t at = 0; usable && at < count; at++) {
+        usable = PyBytes_CheckExact(pieces[at]) && PyBytes_CheckExact(digests[at])
+                 && PyBytes_GET_SIZE(digests[at]) == DIGEST_BYTES;
+    }
+    /* Decide every piece first, then change `staged`: a deferral leaves nothing half done. */
+    char *fresh = usable ? PyMem_Malloc(count ? (size_t)count : 1) : NULL;
+    if (fresh == NULL) {
+        items_release(&pieces_held);
+        items_release(&digests_held);
+        if (taken < 0 || usable) {
+            return usable ? PyErr_NoMemory() : NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *seen = PySet_New(NULL);
+    Py_ssize_t offered = 0, hits = 0, fresh_count = 0;
+    int outcome = seen == NULL ? -1 : 1; /* 1 decided, 0 deferred, -1 failed */
+    for (Py_ssize_t at = 0; outcome == 1 && at < count; at++) {
+        PyObject *digest = digests[at];
+        offered += PyBytes_GET_SIZE(pieces[at]);
+        int duplicate = PySet_Contains(staged, digest);
+        if (duplicate == 0) {
+            duplicate = PySet_Contains(seen, digest);
+        }
+        if (duplicate == 0) {
+            PyObject *existing = PyDict_GetItemWithError(locations, digest);
+            if (existing != NULL) {
+                Py_INCREF(existing);
+                duplicate = is_present(existing, remote, pack_sizes);
+                Py_DECREF(existing);
+                if (duplicate < 0) {
+                    outcome = 0;
+                    break;
+                }
+            }
+            else if (PyErr_Occurred()) {
+                duplicate = -1;
+            }
+        }
+        if (duplicate < 0) {
+            outcome = -1;
+            break;
+        }
+        fresh[at] = (char)!duplicate;
+        if (duplicate) {
+            hits++;
+        }
+        else if (PySet_Add(seen, digest) < 0) {
+            outcome = -1;
+        }
+        else {
+            fresh_count++;
+        }
+    }
+    Py_XDECREF(seen);
+    PyObject *fresh_digests = NULL, *fresh_pieces = NULL, *result = NULL;
+    if (outcome == 1) {
+        fresh_digests = PyList_New(fresh_count);
+        fresh_pieces = PyList_New(fresh_count);
+    }
+    if (fresh_digests != NULL && fresh_pieces != NULL) {
+        Py_ssize_t taken = 0;
+        for (Py_ssize_t at = 0; at < count; at++) {
+            if (!fresh[at]) {
+                continue;
+            }
+            Py_INCREF(digests[at]);
+            Py_INCREF(pieces[at]);
+            PyList_SET_ITEM(fresh_digests, taken, digests[at]);
+            PyList_SET_ITEM(fresh_pieces, taken, pieces[at]);
+            taken++;
+        }
+        int added = 0;
+        for (Py_ssize_t at = 0; added == 0 && at < fresh_count; at++) {
+            added = PySet_Add(staged, PyList_GET_ITEM(fresh_digests, at));
+        }
+        if (added == 0) {
+            result = Py_BuildValue("(OOnn)", fresh_digests, fresh_pieces, offered, hits);
+        }
+    }
+    PyMem_Free(fresh);
+    Py_XDECREF(fresh_digests);
+    Py_XDECREF(fresh_pieces);
+    items_release(&pieces_held);
+    items_release(&digests_held);
+    if (outcome == 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return result;
 }
 
 PyDoc_STRVAR(pack_encode_entries_doc,
@@ -1409,6 +1597,8 @@ static PyMethodDef core_methods[] = {
     {"pack_stage_frames", (PyCFunction)(void (*)(void))pack_stage_frames, METH_FASTCALL, pack_stage_frames_doc},
     {"pack_encode_entries", (PyCFunction)(void (*)(void))pack_encode_entries, METH_FASTCALL,
      pack_encode_entries_doc},
+    {"pack_fresh_chunks", (PyCFunction)(void (*)(void))pack_fresh_chunks, METH_FASTCALL,
+     pack_fresh_chunks_doc},
     {"pack_locate", (PyCFunction)(void (*)(void))pack_locate, METH_FASTCALL, pack_locate_doc},
     {NULL, NULL, 0, NULL},
 };

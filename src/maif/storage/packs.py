@@ -662,8 +662,16 @@ class PackStore:
         staged = _StagedFrames()
         locations = self._locations
         counters = self.counters
-        fresh_digests: list[bytes] = []
-        fresh_pieces: list[bytes | memoryview] = []
+        core = native.core()
+        fresh = None if core is None else core.pack_fresh_chunks(
+            digests, pieces, locations, staged.digests, self._remote, self._pack_sizes)
+        if fresh is not None:  # the loop below, compiled (ADR 0092)
+            fresh_digests, fresh_pieces, offered_bytes, dedup_hits = fresh
+            counters["offered_bytes"] += offered_bytes
+            counters["dedup_hits"] += dedup_hits
+            return self._stage_frames(staged, fresh_digests, fresh_pieces, 0)
+        fresh_digests = []
+        fresh_pieces = []
         for digest, data in zip(digests, pieces, strict=True):
             counters["offered_bytes"] += len(data)
             existing = locations.get(digest)
