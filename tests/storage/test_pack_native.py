@@ -97,17 +97,25 @@ def apply(store: PackStore, operation: Operation) -> Any:
 
 
 def run(directory: Path, core: ModuleType | None, operations: Sequence[Operation],
-        **options: Any) -> tuple[list[Any], list[dict[str, Any]], dict[str, bytes]]:
-    """The operations on a new store on one path: results, the state after each, and the files."""
-    directory.mkdir()
-    with path_of(core):
+        **options: Any) -> tuple[list[Any], list[dict[str, Any]], dict[str, bytes], list[int]]:
+    """The operations on a new store on one path: results, the state after each, the files, and the
+    size of every write of frames to a pack (one per ``_STAGED_BYTES_MAX``, ADR 0044)."""
+    directory.mkdir(parents=True)
+    writes: list[int] = []
+    real_write = packs.os.write
+
+    def write(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    with path_of(core), mock.patch.object(packs.os, "write", write):
         store = PackStore(directory, compression_threshold=THRESHOLD, **options)
         results, states = [], []
         for operation in operations:
             results.append(apply(store, operation))
             states.append(state_of(store))
         store.close()
-    return results, states, files_of(directory)
+    return results, states, files_of(directory), writes
 
 
 def same_on_both_paths(tmp_path: Path, operations: Sequence[Operation], **options: Any) -> None:
@@ -116,6 +124,15 @@ def same_on_both_paths(tmp_path: Path, operations: Sequence[Operation], **option
     assert compiled[0] == reference[0]  # values returned, errors raised
     assert compiled[1] == reference[1]  # in-memory state after every operation
     assert compiled[2] == reference[2]  # every pack and the pack index, byte for byte
+    assert compiled[3] == reference[3]  # the same writes
+
+
+def test_a_buffer_filled_exactly_is_written_on_both_paths(tmp_path: Path) -> None:
+    pieces = [bytes([number]) * 16 for number in range(10)]  # frames of 64 bytes
+    with mock.patch.object(packs, "_STAGED_BYTES_MAX", 128):
+        same_on_both_paths(tmp_path / "buffer", [("chunk_data", pieces), ("records", pieces)])
+    same_on_both_paths(tmp_path / "pack", [("chunk_data", pieces), ("records", pieces)],
+                       pack_bytes_max=16 + 3 * 64)
 
 
 # ---- inputs --------------------------------------------------------------------------------------
@@ -154,6 +171,17 @@ def test_stores_written_by_both_paths_are_identical(
     # Small packs roll and seal mid-batch; a small staging buffer is written many times per batch.
     with mock.patch.object(packs, "_STAGED_BYTES_MAX", staged_bytes_max):
         same_on_both_paths(tmp_path_factory.mktemp("stores"), operations, pack_bytes_max=pack_bytes_max)
+
+
+def test_batches_of_one_kibibyte_blocks_are_identical_on_both_paths(tmp_path: Path) -> None:
+    # The applier's shape: 1 KiB chunks (one per block) and their records, several 64 KiB writes per
+    # batch, then a flush; the second batch sits past 1 MiB into the pack.
+    def batch(number: int) -> list[Operation]:
+        pieces = [bytes([number, index % 256]) * 512 for index in range(600)]
+        records = [b"record of %d/%d" % (number, index) for index in range(600)]
+        return [("chunk_data", pieces), ("records", records), ("flush", None)]
+
+    same_on_both_paths(tmp_path, [*batch(1), *batch(2), *batch(1)], pack_bytes_max=1 << 20)
 
 
 def test_a_store_written_by_the_core_opens_and_reads_on_the_python_path(tmp_path: Path) -> None:
