@@ -352,12 +352,14 @@ def test_the_core_encodes_and_locates_ordinary_entries() -> None:
     assert core.pack_encode_entries([(bytes(32), location)], blake3.blake3) is not None
     assert core.pack_encode_entries([(bytes(31), location)], blake3.blake3) is None
     assert core.pack_encode_entries(iter([(bytes(32), location)]), blake3.blake3) is None
-    unindexed: list[tuple[bytes, ChunkLocation]] = []
+    unindexed = bytearray(b"before")
     locations = {bytes(32): ChunkLocation(1, 16, 0, 4, 4)}
     entries = [(bytes(32), 0, 10, 10), (b"r" * 32, FLAG_RECORD, 5, 5)]
-    assert core.pack_locate(entries, 3, 16, ChunkLocation, unindexed, locations, FLAG_RECORD) == (
-        16 + 48 + 10 + 48 + 5, 1, 10 - 4, 10 - 4)
-    assert unindexed == [(bytes(32), location), (b"r" * 32, ChunkLocation(3, 74, FLAG_RECORD, 5, 5))]
-    assert locations == {bytes(32): location}
-    assert core.pack_locate([(bytes(32), 0, 10)], 3, 16, ChunkLocation, [], {}, FLAG_RECORD) is None
-    assert core.pack_locate([(bytes(32), 0, 10, True)], 3, 16, ChunkLocation, [], {}, FLAG_RECORD) is None
+    assert core.pack_locate(entries, 3, 16, ChunkLocation, unindexed, locations, FLAG_RECORD,
+                            blake3.blake3) == (16 + 48 + 10 + 48 + 5, 1, 10 - 4, 10 - 4)
+    record_location = ChunkLocation(3, 74, FLAG_RECORD, 5, 5)
+    assert unindexed == b"before" + _encode_entries([(bytes(32), location), (b"r" * 32, record_location)])
+    assert locations == {bytes(32): location}  # a record is never kept in memory
+    for odd in ([(bytes(32), 0, 10)], [(bytes(32), 0, 10, True)], [(bytes(31), 0, 10, 10)],
+                [(bytes(32), 256, 10, 10)], [(bytes(32), 0, 2**32, 10)]):
+        assert core.pack_locate(odd, 3, 16, ChunkLocation, unindexed, {}, FLAG_RECORD, blake3.blake3) is None

@@ -1446,31 +1446,33 @@ pack_encode_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(pack_locate_doc,
-"pack_locate(entries, pack_id, offset, location_class, unindexed, locations, record_flag)\n"
+"pack_locate(entries, pack_id, offset, location_class, unindexed, locations, record_flag, hasher)\n"
 "    -> (end, records, raw_bytes_change, stored_bytes_change) | None\n\n"
-"packs.py's _write_staged loop over the staged entries (digest, flags, raw length, stored length)\n"
-"of frames written at `offset` of pack `pack_id`: appends (digest, location_class(pack_id, offset,\n"
-"flags, raw, stored)) to the list `unindexed` and, for a frame without record_flag, sets\n"
-"locations[digest] (the dict of chunk locations) to it. Returns the end of the last frame, the\n"
-"number of record frames and the changes of the raw and stored byte counters (a replaced location\n"
-"no longer counts). None, before anything is done, when an entry is not exactly such a 4-tuple.");
+"packs.py's _locate_staged over the staged entries (digest, flags, raw length, stored length) of\n"
+"frames written at `offset` of pack `pack_id`: appends each frame's 64-byte index entry (with its\n"
+"check) to the bytearray `unindexed` and, for a frame without record_flag, sets locations[digest]\n"
+"(the dict of chunk locations) to location_class(pack_id, offset, flags, raw, stored). Returns the\n"
+"end of the last frame, the number of record frames and the changes of the raw and stored byte\n"
+"counters (a replaced location no longer counts). None, before anything is done, when an entry is\n"
+"not exactly such a 4-tuple (a 32-byte exact bytes digest, exact ints within their widths).");
 
 static PyObject *
 pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "pack_locate takes 7 arguments");
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "pack_locate takes 8 arguments");
         return NULL;
     }
     PyObject *entries = args[0], *pack_id = args[1], *location_class = args[3];
     PyObject *unindexed = args[4], *locations = args[5];
     unsigned long long offset = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long pack_number = PyLong_AsUnsignedLongLong(pack_id);
     long record_flag = PyLong_AsLong(args[6]);
     if (PyErr_Occurred()) {
         return NULL;
     }
-    if (!PyList_CheckExact(entries) || !PyList_CheckExact(unindexed) || !PyDict_CheckExact(locations)
-        || !PyLong_CheckExact(pack_id)) {
+    if (!PyList_CheckExact(entries) || !PyByteArray_CheckExact(unindexed) || !PyDict_CheckExact(locations)
+        || !PyLong_CheckExact(pack_id) || pack_number > U32_MAX || offset > UINT64_MAX / 2) {
         PyErr_SetString(PyExc_ValueError, "pack_locate: bad arguments");
         return NULL;
     }
@@ -1479,30 +1481,60 @@ pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_ssize_t count = PyTuple_GET_SIZE(entries);
+    static const unsigned long long widths[4] = {0, 0xff, U32_MAX, U32_MAX};
     for (Py_ssize_t at = 0; at < count; at++) {
         PyObject *entry = PyTuple_GET_ITEM(entries, at);
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 4
-            || !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 0))) {
+        int usable = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 4
+                     && PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 0))
+                     && PyBytes_GET_SIZE(PyTuple_GET_ITEM(entry, 0)) == DIGEST_BYTES;
+        for (int field = 1; usable && field < 4; field++) {
+            PyObject *number = PyTuple_GET_ITEM(entry, field);
+            usable = PyLong_CheckExact(number) && PyLong_AsUnsignedLongLong(number) <= widths[field]
+                     && !PyErr_Occurred();
+        }
+        if (!usable) {
+            PyErr_Clear();
             Py_DECREF(entries);
             Py_RETURN_NONE;
         }
-        for (int field = 1; field < 4; field++) {
-            PyObject *number = PyTuple_GET_ITEM(entry, field);
-            unsigned long long value = PyLong_CheckExact(number) ? PyLong_AsUnsignedLongLong(number) : 0;
-            if (!PyLong_CheckExact(number) || PyErr_Occurred() || value > U32_MAX) {
-                PyErr_Clear();
-                Py_DECREF(entries);
-                Py_RETURN_NONE;
-            }
-        }
     }
+    Hasher hasher;
+    PyObject *scratch = NULL;
+    Py_ssize_t before = PyByteArray_GET_SIZE(unindexed), done = 0; /* done: entries a failure keeps */
+    if (count > (PY_SSIZE_T_MAX - before) / ENTRY_BYTES
+        || hasher_open(&hasher, PyObject_CallNoArgs(args[7])) < 0) {
+        Py_DECREF(entries);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    if ((scratch = PyByteArray_FromStringAndSize(NULL, ENTRY_BODY_BYTES)) == NULL
+        || PyByteArray_Resize(unindexed, before + count * ENTRY_BYTES) < 0) {
+        goto failed;
+    }
+    unsigned char *body = (unsigned char *)PyByteArray_AS_STRING(scratch);
     long long records = 0, raw_change = 0, stored_change = 0;
-    for (Py_ssize_t at = 0; at < count; at++) {
+    for (Py_ssize_t at = 0; at < count; at++, done = at) {
         PyObject *entry = PyTuple_GET_ITEM(entries, at);
         PyObject *digest = PyTuple_GET_ITEM(entry, 0);
         long flags = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
-        long long raw = (long long)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 2));
-        long long stored = (long long)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 3));
+        unsigned long long raw = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 2));
+        unsigned long long stored = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 3));
+        memcpy(body, PyBytes_AS_STRING(digest), DIGEST_BYTES);
+        write_le(body + 32, pack_number, 4);
+        body[36] = (unsigned char)flags;
+        body[37] = body[38] = body[39] = 0;
+        write_le(body + 40, offset, 8);
+        write_le(body + 48, raw, 4);
+        write_le(body + 52, stored, 4);
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(unindexed) + before + at * ENTRY_BYTES;
+        memcpy(out, body, ENTRY_BODY_BYTES);
+        if (write_check(&hasher, scratch, out + ENTRY_BODY_BYTES, ENTRY_CHECK_BYTES) < 0) {
+            goto failed;
+        }
+        if (flags & record_flag) { /* a block record is counted, never kept in memory */
+            records++;
+            offset += FRAME_HEADER_BYTES + stored;
+            continue;
+        }
         PyObject *offset_number = PyLong_FromUnsignedLongLong(offset);
         if (offset_number == NULL) {
             goto failed;
@@ -1511,19 +1543,10 @@ pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                              PyTuple_GET_ITEM(entry, 3)};
         PyObject *location = PyObject_Vectorcall(location_class, call, 5, NULL);
         Py_DECREF(offset_number);
-        PyObject *pair = location == NULL ? NULL : PyTuple_Pack(2, digest, location);
-        if (pair == NULL || PyList_Append(unindexed, pair) < 0) {
-            Py_XDECREF(pair);
-            Py_XDECREF(location);
+        if (location == NULL) {
             goto failed;
         }
-        Py_DECREF(pair);
-        offset += FRAME_HEADER_BYTES + (unsigned long long)stored;
-        if (flags & record_flag) {
-            records++;
-            Py_DECREF(location);
-            continue;
-        }
+        offset += FRAME_HEADER_BYTES + stored;
         PyObject *previous = PyDict_GetItemWithError(locations, digest);
         if (previous == NULL && PyErr_Occurred()) {
             Py_DECREF(location);
@@ -1548,12 +1571,24 @@ pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (set < 0) {
             goto failed;
         }
-        raw_change += raw;
-        stored_change += stored;
+        raw_change += (long long)raw;
+        stored_change += (long long)stored;
     }
+    Py_DECREF(scratch);
+    hasher_close(&hasher);
     Py_DECREF(entries);
     return Py_BuildValue("(KLLL)", offset, records, raw_change, stored_change);
 failed:
+    if (PyByteArray_GET_SIZE(unindexed) > before + done * ENTRY_BYTES) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyByteArray_Resize(unindexed, before + done * ENTRY_BYTES) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(scratch);
+    hasher_close(&hasher);
     Py_DECREF(entries);
     return NULL;
 }

@@ -305,7 +305,7 @@ class PackStore:
         self.remote_reader: Callable[[int, int, int], bytes] | None = None
         self._lock = threading.RLock()
         self._locations: dict[bytes, ChunkLocation] = {}
-        self._unindexed: list[tuple[bytes, ChunkLocation]] = []
+        self._unindexed = bytearray()  # the index entries of frames written since the last flush, encoded
         self._pack_sizes: dict[int, int] = {}
         self._sealed: set[int] = set()
         self._remote: set[int] = set()
@@ -349,8 +349,8 @@ class PackStore:
                 self._recover_pack(pack_id)
             self._index_sealed_gaps()
             if self._unindexed:  # frames recovered from pack tails are indexed before any pack is sealed
-                self._append_index(self._unindexed)
-                self._unindexed = []
+                self._append_encoded_entries(bytes(self._unindexed))
+                del self._unindexed[:]
             if self._entries_unordered:  # once: from now on a cut index leaves each pack a named prefix
                 self._write_index(self._locations.items(), self._record_entries())
             referenced = set(self._indexed_end)  # every pack an entry names (chunks and records)
@@ -393,7 +393,7 @@ class PackStore:
                              else current is None or not self._is_present(current))
                 if unindexed:
                     self._add_location(digest, location)
-                    self._unindexed.append((digest, location))
+                    self._unindexed += _encode_entry(digest, location)
                     found += 1
             if found:
                 self.repairs.append(f"sealed pack {pack_id}: {found} frame(s) the pack index had lost were "
@@ -506,7 +506,7 @@ class PackStore:
                          else digest not in self._locations)
             if unindexed:
                 self._add_location(digest, location)
-                self._unindexed.append((digest, location))
+                self._unindexed += _encode_entry(digest, location)
         if size < _PACK_HEADER.size:
             self._write_pack_header(pack_id, path)
         elif end < indexed_end:
@@ -809,7 +809,8 @@ class PackStore:
         pack_id = self._active_id
         core = native.core()
         located = None if core is None else core.pack_locate(
-            staged.entries, pack_id, offset, ChunkLocation, self._unindexed, self._locations, FLAG_RECORD)
+            staged.entries, pack_id, offset, ChunkLocation, self._unindexed, self._locations, FLAG_RECORD,
+            blake3.blake3)
         if located is not None:  # the loop below, compiled (ADR 0092)
             offset, records, raw_change, stored_change = located
             self.counters["raw_bytes"] += raw_change
@@ -826,17 +827,19 @@ class PackStore:
 
     def _locate_staged(self, staged: _StagedFrames, pack_id: int, offset: int) -> tuple[int, int]:
         """Locate the frames of ``staged`` just written at ``offset`` of ``pack_id`` (the reference of
-        the core's ``pack_locate``): their index entries wait for the flush; returns the end of the last
-        frame and the number of block records."""
+        the core's ``pack_locate``): their index entries, encoded, wait for the flush; returns the end of
+        the last frame and the number of block records."""
         records = 0
+        written: list[tuple[bytes, ChunkLocation]] = []
         for digest, flags, raw_length, stored_length in staged.entries:  # _add_location, per batch
             location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
             offset += _FRAME_HEADER.size + stored_length
-            self._unindexed.append((digest, location))
+            written.append((digest, location))
             if flags & FLAG_RECORD:
                 records += 1
             else:
                 self._locate_chunk(digest, location)
+        self._unindexed += _encode_entries(written)
         return offset, records
 
     def _is_present(self, location: ChunkLocation) -> bool:
@@ -1004,17 +1007,20 @@ class PackStore:
                     os.fdatasync(self._active_fd)
                     self._active_dirty = False
                 if self._unindexed:
-                    self._append_index(self._unindexed)
-                    self._unindexed = []
+                    self._append_encoded_entries(bytes(self._unindexed))
+                    del self._unindexed[:]
             except OSError as error:
                 # Never retry a failed sync on the same file (fsyncgate): refuse writes from now on.
                 self._fail(f"sync failed: {error.strerror}")
                 raise DurabilityError(f"cannot make packs durable: {error.strerror}") from error
 
     def _append_index(self, entries: list[tuple[bytes, ChunkLocation]]) -> None:
+        self._append_encoded_entries(_encode_entries(entries))
+
+    def _append_encoded_entries(self, payload: bytes) -> None:
+        """Append index entries (encoded) to index.log and sync it (with its header if it is new)."""
         path = self.directory / "index.log"
         is_new = not path.exists()
-        payload = _encode_entries(entries)
         with open(path, "ab") as handle:
             if is_new or handle.tell() == 0:
                 payload = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + payload
