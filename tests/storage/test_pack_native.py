@@ -10,8 +10,7 @@ entries waiting for the flush). Each test runs the same operations through both 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,19 +41,12 @@ THRESHOLD = 64  # small, so that both stored-as-is and compressed frames occur
 
 def compiled_core() -> ModuleType:
     """The extension itself, even when MAIF_PURE_PYTHON=1 keeps it out of ``native``."""
-    from maif.format import _core
+    core = native.extension()
+    assert core is not None, "the compiled core is not built (scripts/setup builds it)"
+    return core
 
-    return _core
 
-
-@contextmanager
-def path_of(core: ModuleType | None) -> Iterator[None]:
-    saved = native._core
-    native._core = core
-    try:
-        yield
-    finally:
-        native._core = saved
+path_of = native.switched_to
 
 
 def outcome(run: Callable[[], Any]) -> Any:
@@ -262,16 +254,18 @@ def test_pieces_of_other_types_take_the_python_path(tmp_path: Path, pieces: list
 @given(st.lists(st.binary(max_size=3000), max_size=20))
 def test_record_digests_are_the_record_addresses(records: list[bytes]) -> None:
     # One copy of the derive-key hasher, reset between records: the key must survive every reset.
-    digests = compiled_core().pack_record_digests(records, packs._RECORD_HASHER, limits.chunk_bytes_max)
+    digests = compiled_core().pack_digests(records, packs._RECORD_HASHER, limits.chunk_bytes_max)
     assert digests == [record_digest(raw) for raw in records]
-    chunk_digests = compiled_core().pack_chunk_digests(records, blake3.blake3, limits.chunk_bytes_max)
+    chunk_digests = compiled_core().pack_digests(records, packs._CHUNK_HASHER, limits.chunk_bytes_max)
     assert chunk_digests == [blake3.blake3(raw).digest() for raw in records]
 
 
-def test_the_hashers_are_never_changed(tmp_path: Path) -> None:
-    before = packs._RECORD_HASHER.copy().digest()
-    compiled_core().pack_record_digests([b"one", b"two"], packs._RECORD_HASHER, limits.chunk_bytes_max)
-    assert packs._RECORD_HASHER.copy().digest() == before
+def test_the_hashers_are_never_changed() -> None:
+    for hasher in (packs._RECORD_HASHER, packs._CHUNK_HASHER):
+        before = hasher.copy().digest()
+        compiled_core().pack_digests([b"one", b"two"], hasher, limits.chunk_bytes_max)
+        assert hasher.copy().digest() == before
+    assert packs._CHUNK_HASHER.digest() == blake3.blake3().digest()
 
 
 def test_the_core_takes_what_needs_no_compression_and_hands_back_the_rest() -> None:
@@ -291,8 +285,8 @@ def test_the_core_takes_what_needs_no_compression_and_hands_back_the_rest() -> N
     # a digest that is not 32 bytes is the Python path's (struct pads or cuts it)
     assert core.pack_stage_frames([b"short", *digests[1:]], pieces, 0, bytearray(), [], 0, 64, 1 << 16,
                                   1 << 20, blake3.blake3) == (0, 0)
-    assert core.pack_chunk_digests(pieces, blake3.blake3, 63) is None
-    assert core.pack_chunk_digests(iter(pieces), blake3.blake3, 100) is None
+    assert core.pack_digests(pieces, packs._CHUNK_HASHER, 63) is None
+    assert core.pack_digests(iter(pieces), packs._CHUNK_HASHER, 100) is None
 
 
 def frame_bytes(digest: bytes, flags: int, data: bytes) -> bytes:

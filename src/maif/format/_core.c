@@ -1026,36 +1026,17 @@ digests_of(PyObject *pieces, PyObject *state, Py_ssize_t bytes_max)
     return digests;
 }
 
-PyDoc_STRVAR(pack_chunk_digests_doc,
-"pack_chunk_digests(pieces, hasher, chunk_bytes_max) -> list[bytes] | None\n\n"
-"BLAKE3 of each piece (a list or tuple of exact bytes), hashed by one hasher() object reused for all;\n"
-"None when a piece is not exact bytes or is over chunk_bytes_max: the caller's Python code runs.");
+PyDoc_STRVAR(pack_digests_doc,
+"pack_digests(pieces, hasher, bytes_max) -> list[bytes] | None\n\n"
+"The digest of each piece (a list or tuple of exact bytes) by one copy of `hasher`, a blake3 object\n"
+"never updated (plain for chunk addresses, derive-key for record addresses), reset between pieces;\n"
+"None when a piece is not exact bytes or is over bytes_max: the caller's Python code runs.");
 
 static PyObject *
-pack_chunk_digests(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+pack_digests(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pack_chunk_digests takes 3 arguments");
-        return NULL;
-    }
-    Py_ssize_t bytes_max = PyLong_AsSsize_t(args[2]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    return digests_of(args[0], PyObject_CallNoArgs(args[1]), bytes_max);
-}
-
-PyDoc_STRVAR(pack_record_digests_doc,
-"pack_record_digests(records, record_hasher, chunk_bytes_max) -> list[bytes] | None\n\n"
-"The record address of each record (a list or tuple of exact bytes): BLAKE3 by one copy of\n"
-"record_hasher (a derive-key hasher never updated), reset between records; None when a record is\n"
-"not exact bytes or is over chunk_bytes_max: the caller's Python code runs.");
-
-static PyObject *
-pack_record_digests(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "pack_record_digests takes 3 arguments");
+        PyErr_SetString(PyExc_TypeError, "pack_digests takes 3 arguments");
         return NULL;
     }
     Py_ssize_t bytes_max = PyLong_AsSsize_t(args[2]);
@@ -1197,6 +1178,20 @@ pack_stage_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     return Py_BuildValue("(nn)", at, stored_bytes);
+}
+
+/* The 56-byte body of an index entry (each field already checked to fit its width). */
+static void
+entry_body(unsigned char *body, PyObject *digest, unsigned long long pack_id, unsigned long long offset,
+           unsigned long long flags, unsigned long long raw, unsigned long long stored)
+{
+    memcpy(body, PyBytes_AS_STRING(digest), DIGEST_BYTES);
+    write_le(body + 32, pack_id, 4);
+    body[36] = (unsigned char)flags;
+    body[37] = body[38] = body[39] = 0;
+    write_le(body + 40, offset, 8);
+    write_le(body + 48, raw, 4);
+    write_le(body + 52, stored, 4);
 }
 
 /* An exact int attribute of `object` within [0, maximum] into *value: 1, or 0 (no exception) if not. */
@@ -1419,13 +1414,7 @@ pack_encode_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (outcome != 1) {
             break;
         }
-        memcpy(body, PyBytes_AS_STRING(PyTuple_GET_ITEM(item, 0)), DIGEST_BYTES);
-        write_le(body + 32, fields[0], 4);
-        body[36] = (unsigned char)fields[2];
-        body[37] = body[38] = body[39] = 0;
-        write_le(body + 40, fields[1], 8);
-        write_le(body + 48, fields[3], 4);
-        write_le(body + 52, fields[4], 4);
+        entry_body(body, PyTuple_GET_ITEM(item, 0), fields[0], fields[1], fields[2], fields[3], fields[4]);
         unsigned char *out = (unsigned char *)PyBytes_AS_STRING(output) + at * ENTRY_BYTES;
         memcpy(out, body, ENTRY_BODY_BYTES);
         if (write_check(&hasher, scratch, out + ENTRY_BODY_BYTES, ENTRY_CHECK_BYTES) < 0) {
@@ -1518,13 +1507,7 @@ pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         long flags = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
         unsigned long long raw = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 2));
         unsigned long long stored = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 3));
-        memcpy(body, PyBytes_AS_STRING(digest), DIGEST_BYTES);
-        write_le(body + 32, pack_number, 4);
-        body[36] = (unsigned char)flags;
-        body[37] = body[38] = body[39] = 0;
-        write_le(body + 40, offset, 8);
-        write_le(body + 48, raw, 4);
-        write_le(body + 52, stored, 4);
+        entry_body(body, digest, pack_number, offset, (unsigned long long)flags, raw, stored);
         unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(unindexed) + before + at * ENTRY_BYTES;
         memcpy(out, body, ENTRY_BODY_BYTES);
         if (write_check(&hasher, scratch, out + ENTRY_BODY_BYTES, ENTRY_CHECK_BYTES) < 0) {
@@ -1625,10 +1608,7 @@ static PyMethodDef core_methods[] = {
     {"merkle_root", (PyCFunction)(void (*)(void))merkle_root, METH_FASTCALL, merkle_root_doc},
     {"encode_records", (PyCFunction)(void (*)(void))encode_records, METH_FASTCALL, encode_records_doc},
     {"encode_blocks", (PyCFunction)(void (*)(void))encode_blocks, METH_FASTCALL, encode_blocks_doc},
-    {"pack_chunk_digests", (PyCFunction)(void (*)(void))pack_chunk_digests, METH_FASTCALL,
-     pack_chunk_digests_doc},
-    {"pack_record_digests", (PyCFunction)(void (*)(void))pack_record_digests, METH_FASTCALL,
-     pack_record_digests_doc},
+    {"pack_digests", (PyCFunction)(void (*)(void))pack_digests, METH_FASTCALL, pack_digests_doc},
     {"pack_stage_frames", (PyCFunction)(void (*)(void))pack_stage_frames, METH_FASTCALL, pack_stage_frames_doc},
     {"pack_encode_entries", (PyCFunction)(void (*)(void))pack_encode_entries, METH_FASTCALL,
      pack_encode_entries_doc},

@@ -143,6 +143,7 @@ def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[
 
 
 _RECORD_HASHER: Final = blake3.blake3(derive_key_context=RECORD_DIGEST_CONTEXT)  # never updated: copied
+_CHUNK_HASHER: Final = blake3.blake3()  # never updated: the compiled core hashes chunks with a copy
 
 
 def record_digest(raw: bytes | memoryview) -> bytes:
@@ -644,7 +645,7 @@ class PackStore:
         hasher = blake3.blake3
         core = native.core()
         digests: list[bytes] | None = (
-            None if core is None else core.pack_chunk_digests(pieces, hasher, chunk_bytes_max))
+            None if core is None else core.pack_digests(pieces, _CHUNK_HASHER, chunk_bytes_max))
         if digests is not None:  # all exact bytes within the limit (else this code refuses or hashes)
             with self._lock:
                 return digests, self._put_checked(digests, pieces)
@@ -693,7 +694,7 @@ class PackStore:
             core = native.core()
             digests: list[bytes] | None = (
                 None if core is None
-                else core.pack_record_digests(records, _RECORD_HASHER, limits.chunk_bytes_max))
+                else core.pack_digests(records, _RECORD_HASHER, limits.chunk_bytes_max))
             if digests is None:  # not all exact bytes within the limit: this code refuses or hashes
                 digests = [check_record_input(raw) for raw in records]
             return self._stage_frames(_StagedFrames(), digests, records, FLAG_RECORD)
