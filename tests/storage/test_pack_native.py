@@ -10,6 +10,7 @@ entries waiting for the flush). Each test runs the same operations through both 
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -245,6 +246,32 @@ def test_over_limit_pieces_are_refused_alike_and_nothing_is_written(tmp_path: Pa
 @pytest.mark.parametrize("kind", ["chunk_data", "records"])
 def test_pieces_of_other_types_take_the_python_path(tmp_path: Path, pieces: list[Any], kind: str) -> None:
     same_on_both_paths(tmp_path, [(kind, pieces), ("flush", None)])
+
+
+def test_chunks_of_other_types_given_with_their_digests_take_the_python_path(tmp_path: Path) -> None:
+    data = [memoryview(b"a view"), bytearray(b"a bytearray"), b"bytes", memoryview(b"c" * 200)]
+    chunks = [(blake3.blake3(piece).digest(), piece) for piece in data]
+    same_on_both_paths(tmp_path, [("chunks", chunks), ("chunks", chunks[:2]), ("flush", None)])
+
+
+def test_threads_hashing_at_once_each_get_their_own_digests() -> None:
+    # A hasher's update may release the GIL on a large input: each call hashes with its own copy.
+    core = compiled_core()
+    pieces = [[bytes([thread, number]) * (1 << 18) for number in range(6)] for thread in range(4)]
+    results: dict[int, Any] = {}
+
+    def hash_all(thread: int) -> None:
+        results[thread] = [core.pack_digests(pieces[thread], packs._CHUNK_HASHER, limits.chunk_bytes_max)
+                           for _ in range(3)]
+
+    workers = [threading.Thread(target=hash_all, args=(thread,)) for thread in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for thread in range(4):
+        expected = [blake3.blake3(piece).digest() for piece in pieces[thread]]
+        assert results[thread] == [expected] * 3
 
 
 # ---- the functions, one by one ---------------------------------------------------------------------------
