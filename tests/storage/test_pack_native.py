@@ -248,6 +248,26 @@ def test_pieces_of_other_types_take_the_python_path(tmp_path: Path, pieces: list
     same_on_both_paths(tmp_path, [(kind, pieces), ("flush", None)])
 
 
+@pytest.mark.timeout(60)
+def test_a_pack_already_over_a_smaller_pack_size_rolls_alike(tmp_path: Path) -> None:
+    # A store reopened with a smaller pack_bytes_max continues an unsealed pack already past it: the
+    # first frame staged (by either path) is written and rolls the pack, whichever path stages it.
+    first = [bytes([number]) * 100 for number in range(40)]  # 40 frames of 148 bytes, under 8 KiB
+    for name in ("compiled", "reference"):
+        PackStore(tmp_path / name, compression_threshold=THRESHOLD).put_chunk_data(first)
+    then: list[Operation] = [("chunk_data", [b"z" * 500, b"y", b"x" * 10]), ("flush", None),
+                             ("records", [b"q" * 300, b"r"])]
+    results = []
+    for name, core in (("compiled", compiled_core()), ("reference", None)):
+        with path_of(core):
+            store = PackStore(tmp_path / name, compression_threshold=THRESHOLD, pack_bytes_max=1024)
+            results.append(([apply(store, operation) for operation in then], state_of(store)))
+            store.close()
+    assert results[0] == results[1]
+    assert files_of(tmp_path / "compiled") == files_of(tmp_path / "reference")
+    assert results[0][1]["sealed"] == {1}  # rolled at its first frame
+
+
 def test_chunks_of_other_types_given_with_their_digests_take_the_python_path(tmp_path: Path) -> None:
     data = [memoryview(b"a view"), bytearray(b"a bytearray"), b"bytes", memoryview(b"c" * 200)]
     chunks = [(blake3.blake3(piece).digest(), piece) for piece in data]

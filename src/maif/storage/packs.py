@@ -755,12 +755,17 @@ class PackStore:
                     digests, pieces, position, frames, entries, extra_flags, threshold, _STAGED_BYTES_MAX,
                     pack_bytes_max - pack_bytes, hasher)
                 new_bytes += added
-                if len(frames) >= _STAGED_BYTES_MAX or pack_bytes + len(frames) >= pack_bytes_max:
-                    self._write_staged(staged)  # the core stopped after a frame that filled the buffer
+                # The core stopped after a frame that filled the buffer or the pack (with nothing
+                # staged, a pack already full waits for the frame this loop stages, as before)...
+                staged_bytes = len(frames)
+                if staged_bytes and (staged_bytes >= _STAGED_BYTES_MAX
+                                     or pack_bytes + staged_bytes >= pack_bytes_max):
+                    self._write_staged(staged)
                     pack_bytes = self._pack_sizes[self._active_id]
                     continue
                 if position == count:
                     break
+            # ... or before a piece it leaves to this loop, the reference.
             digest = digests[position]
             data = pieces[position]
             position += 1
