@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,27 +47,12 @@ EXAMPLES = settings(
 
 def compiled_core() -> ModuleType:
     """The extension itself, even when MAIF_PURE_PYTHON=1 keeps it out of ``native``."""
-    from maif.format import _core
-
-    _core.set_limits(
-        limits.block_payload_bytes_max,
-        limits.block_id_bytes_max,
-        limits.agent_id_bytes_max,
-        limits.block_version_bytes_max,
-        limits.block_parents_max,
-        limits.block_metadata_bytes_max,
-    )
-    return _core
+    core = native.extension()
+    assert core is not None, "the compiled core is not built (scripts/setup builds it)"
+    return core
 
 
-@contextmanager
-def path_of(core: ModuleType | None) -> Iterator[None]:
-    saved = native._core
-    native._core = core
-    try:
-        yield
-    finally:
-        native._core = saved
+path_of = native.switched_to
 
 
 def both(run: Callable[[], Any]) -> tuple[Any, Any]:

@@ -17,7 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define MAIF_CORE_ABI 2
+#define MAIF_CORE_ABI 3
 
 #include <math.h>
 #include <stdint.h>
@@ -853,6 +853,729 @@ encode_blocks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* ---- the pack writer (src/maif/storage/packs.py, docs/format/PACKS.md, ADR 0092) ---------------- */
+
+/* The same rule as above: these functions only take inputs they can handle exactly as the Python
+ * reference does (exact bytes, lengths within limits, no compression) and hand anything else back
+ * (None, or the position of the first item not taken), so packs.py runs its own code on it and raises
+ * or writes exactly what it does without this module. Pack layout (little-endian):
+ *   frame header  digest(32) flags(1) reserved(3) raw length u32 stored length u32 | check(4)
+ *   index entry   digest(32) pack u32 flags(1) reserved(3) offset u64 raw u32 stored u32 | check(8)
+ * where a check is the first bytes of BLAKE3 of what precedes it. */
+
+#define FRAME_BODY_BYTES 44
+#define FRAME_CHECK_BYTES 4
+#define FRAME_HEADER_BYTES (FRAME_BODY_BYTES + FRAME_CHECK_BYTES)
+#define ENTRY_BODY_BYTES 56
+#define ENTRY_CHECK_BYTES 8
+#define ENTRY_BYTES (ENTRY_BODY_BYTES + ENTRY_CHECK_BYTES)
+#define U32_MAX 0xffffffffULL
+
+static PyObject *update_name, *reset_name, *copy_name; /* interned */
+static PyObject *location_names[5];                    /* pack_id, offset, flags, raw_length, stored_length */
+static const char *location_spellings[5] = {"pack_id", "offset", "flags", "raw_length", "stored_length"};
+
+/* One BLAKE3 hasher of the blake3 package, private to one call and reused for every input of it
+ * (update, digest, reset: cheaper than a new hasher per input). Private, so that a hasher update that
+ * releases the GIL on a large input can never interleave with another thread's. */
+typedef struct {
+    PyObject *update, *digest, *reset;
+} Hasher;
+
+static void
+hasher_close(Hasher *hasher)
+{
+    Py_CLEAR(hasher->update);
+    Py_CLEAR(hasher->digest);
+    Py_CLEAR(hasher->reset);
+}
+
+/* Takes a reference to `state` (a fresh blake3 object): 0, or -1 with an exception. */
+static int
+hasher_open(Hasher *hasher, PyObject *state)
+{
+    hasher->update = hasher->digest = hasher->reset = NULL;
+    if (state == NULL) {
+        return -1;
+    }
+    hasher->update = PyObject_GetAttr(state, update_name);
+    hasher->digest = PyObject_GetAttr(state, digest_name);
+    hasher->reset = PyObject_GetAttr(state, reset_name);
+    Py_DECREF(state);
+    if (hasher->update == NULL || hasher->digest == NULL || hasher->reset == NULL) {
+        hasher_close(hasher);
+        return -1;
+    }
+    return 0;
+}
+
+/* The 32-byte digest of `data` (any object the hasher's update takes), or NULL with an exception. */
+static PyObject *
+hasher_digest(Hasher *hasher, PyObject *data)
+{
+    PyObject *done = PyObject_CallOneArg(hasher->update, data);
+    if (done == NULL) {
+        return NULL;
+    }
+    Py_DECREF(done);
+    PyObject *digest = PyObject_CallNoArgs(hasher->digest);
+    if (digest != NULL && (!PyBytes_CheckExact(digest) || PyBytes_GET_SIZE(digest) != DIGEST_BYTES)) {
+        Py_CLEAR(digest);
+        PyErr_SetString(PyExc_TypeError, "the hasher's digest() must return 32 bytes");
+    }
+    if (digest != NULL) {
+        done = PyObject_CallNoArgs(hasher->reset);
+        if (done == NULL) {
+            Py_CLEAR(digest);
+        }
+        Py_XDECREF(done);
+    }
+    return digest;
+}
+
+/* The first `size` bytes of BLAKE3(scratch) written at `out`: 0, or -1 with an exception. */
+static int
+write_check(Hasher *hasher, PyObject *scratch, unsigned char *out, size_t size)
+{
+    PyObject *digest = hasher_digest(hasher, scratch);
+    if (digest == NULL) {
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(digest), size);
+    Py_DECREF(digest);
+    return 0;
+}
+
+/* The items of a list or tuple, held as a tuple (a list is copied: another thread may change it while
+ * a hasher releases the GIL). */
+typedef struct {
+    PyObject *held, **items;
+    Py_ssize_t count;
+} Items;
+
+/* 1 with the items held; 0 (no exception) when `sequence` is not an exact list or tuple; -1 failed. */
+static int
+items_take(Items *items, PyObject *sequence)
+{
+    items->held = NULL;
+    if (PyList_CheckExact(sequence)) {
+        items->held = PyList_AsTuple(sequence);
+    }
+    else if (PyTuple_CheckExact(sequence)) {
+        Py_INCREF(sequence);
+        items->held = sequence;
+    }
+    else {
+        return 0;
+    }
+    if (items->held == NULL) {
+        return -1;
+    }
+    items->items = ((PyTupleObject *)items->held)->ob_item;
+    items->count = PyTuple_GET_SIZE(items->held);
+    return 1;
+}
+
+static void
+items_release(Items *items)
+{
+    Py_CLEAR(items->held);
+}
+
+/* The digests of every item of `pieces` by one private hasher: a list, or None (and no exception) to
+ * leave it to the Python path when an item is not exact bytes, is over `bytes_max` or fails to hash. */
+static PyObject *
+digests_of(PyObject *pieces, PyObject *state, Py_ssize_t bytes_max)
+{
+    Items pieces_held;
+    if (state == NULL || items_take(&pieces_held, pieces) != 1) {
+        Py_XDECREF(state);
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject **items = pieces_held.items;
+    Py_ssize_t count = pieces_held.count;
+    for (Py_ssize_t at = 0; at < count; at++) {
+        if (!PyBytes_CheckExact(items[at]) || PyBytes_GET_SIZE(items[at]) > bytes_max) {
+            Py_DECREF(state);
+            items_release(&pieces_held);
+            Py_RETURN_NONE;
+        }
+    }
+    Hasher hasher;
+    if (hasher_open(&hasher, state) < 0) {
+        items_release(&pieces_held);
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *digests = PyList_New(count);
+    for (Py_ssize_t at = 0; digests != NULL && at < count; at++) {
+        PyObject *digest = hasher_digest(&hasher, items[at]);
+        if (digest == NULL) {
+            Py_CLEAR(digests);
+            break;
+        }
+        PyList_SET_ITEM(digests, at, digest);
+    }
+    hasher_close(&hasher);
+    items_release(&pieces_held);
+    if (digests == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return digests;
+}
+
+PyDoc_STRVAR(pack_digests_doc,
+"pack_digests(pieces, hasher, bytes_max) -> list[bytes] | None\n\n"
+"The digest of each piece (a list or tuple of exact bytes) by one copy of `hasher`, a blake3 object\n"
+"never updated (plain for chunk addresses, derive-key for record addresses), reset between pieces;\n"
+"None when a piece is not exact bytes or is over bytes_max: the caller's Python code runs.");
+
+static PyObject *
+pack_digests(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "pack_digests takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t bytes_max = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return digests_of(args[0], PyObject_CallMethodNoArgs(args[1], copy_name), bytes_max);
+}
+
+/* A 4-tuple (digest, flags, raw length, stored length) for the staged entries, or NULL. */
+static PyObject *
+staged_entry(PyObject *digest, unsigned flags, Py_ssize_t length)
+{
+    PyObject *entry = PyTuple_New(4);
+    PyObject *flags_number = PyLong_FromLong((long)flags);
+    PyObject *raw = PyLong_FromSsize_t(length);
+    if (entry == NULL || flags_number == NULL || raw == NULL) {
+        Py_XDECREF(entry);
+        Py_XDECREF(flags_number);
+        Py_XDECREF(raw);
+        return NULL;
+    }
+    Py_INCREF(digest);
+    Py_INCREF(raw);
+    PyTuple_SET_ITEM(entry, 0, digest);
+    PyTuple_SET_ITEM(entry, 1, flags_number);
+    PyTuple_SET_ITEM(entry, 2, raw);
+    PyTuple_SET_ITEM(entry, 3, raw); /* stored as is: stored length = raw length */
+    return entry;
+}
+
+PyDoc_STRVAR(pack_stage_frames_doc,
+"pack_stage_frames(digests, pieces, first, frames, entries, extra_flags, compression_threshold,\n"
+"                  staged_bytes_max, pack_room, hasher) -> (next, stored_bytes)\n\n"
+"Appends the frames of pieces[first:] (each under digests[i], stored as is, flags extra_flags) to\n"
+"the bytearray `frames` and (digest, flags, raw length, stored length) to the list `entries`, as\n"
+"packs.py's _stage_frames does, while each piece is exact bytes whose digest is 32 exact bytes and\n"
+"that needs no compression (shorter than compression_threshold, or empty). Returns the index of the\n"
+"first piece not staged and the bytes staged; stops after a frame once len(frames) reaches\n"
+"staged_bytes_max or pack_room (the caller writes them), or before a piece it does not take (the\n"
+"caller stages that one).");
+
+static PyObject *
+pack_stage_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "pack_stage_frames takes 10 arguments");
+        return NULL;
+    }
+    PyObject *frames = args[3], *entries = args[4];
+    Py_ssize_t first = PyLong_AsSsize_t(args[2]);
+    long extra_flags = PyLong_AsLong(args[5]);
+    Py_ssize_t threshold = PyLong_AsSsize_t(args[6]), staged_max = PyLong_AsSsize_t(args[7]);
+    Py_ssize_t pack_room = PyLong_AsSsize_t(args[8]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Items pieces_held = {NULL, NULL, 0}, digests_held = {NULL, NULL, 0};
+    int taken = items_take(&pieces_held, args[1]);
+    if (taken == 1) {
+        taken = items_take(&digests_held, args[0]);
+    }
+    if (taken != 1 || digests_held.count != pieces_held.count || first < 0
+        || !PyByteArray_CheckExact(frames) || !PyList_CheckExact(entries) || extra_flags < 0
+        || extra_flags > 0xff) {
+        items_release(&pieces_held);
+        items_release(&digests_held);
+        if (taken >= 0) {
+            PyErr_SetString(PyExc_ValueError, "pack_stage_frames: bad arguments");
+        }
+        return NULL;
+    }
+    PyObject **pieces = pieces_held.items, **digests = digests_held.items;
+    Py_ssize_t count = pieces_held.count;
+    Hasher hasher;
+    PyObject *scratch = NULL;
+    if (hasher_open(&hasher, PyObject_CallNoArgs(args[9])) < 0
+        || (scratch = PyByteArray_FromStringAndSize(NULL, FRAME_BODY_BYTES)) == NULL) {
+        hasher_close(&hasher);
+        items_release(&pieces_held);
+        items_release(&digests_held);
+        return NULL;
+    }
+    unsigned char *body = (unsigned char *)PyByteArray_AS_STRING(scratch);
+    Py_ssize_t at = first, stored_bytes = 0;
+    int failed = 0;
+    for (; at < count; at++) {
+        PyObject *digest = digests[at], *piece = pieces[at];
+        if (!PyBytes_CheckExact(piece) || !PyBytes_CheckExact(digest)
+            || PyBytes_GET_SIZE(digest) != DIGEST_BYTES) {
+            break;
+        }
+        Py_ssize_t length = PyBytes_GET_SIZE(piece);
+        if ((length >= threshold && length > 0) || (uint64_t)length > U32_MAX) {
+            break; /* compression might pay: the Python path decides */
+        }
+        memcpy(body, PyBytes_AS_STRING(digest), DIGEST_BYTES);
+        body[32] = (unsigned char)extra_flags;
+        body[33] = body[34] = body[35] = 0;
+        write_le(body + 36, (uint64_t)length, 4);
+        write_le(body + 40, (uint64_t)length, 4);
+        Py_ssize_t before = PyByteArray_GET_SIZE(frames);
+        if (length > PY_SSIZE_T_MAX - FRAME_HEADER_BYTES - before
+            || PyByteArray_Resize(frames, before + FRAME_HEADER_BYTES + length) < 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_NoMemory();
+            }
+            failed = 1;
+            break;
+        }
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(frames) + before;
+        PyObject *entry = NULL;
+        if (write_check(&hasher, scratch, out + FRAME_BODY_BYTES, FRAME_CHECK_BYTES) < 0
+            || (entry = staged_entry(digest, (unsigned)extra_flags, length)) == NULL
+            || PyList_Append(entries, entry) < 0) {
+            Py_XDECREF(entry);
+            if (PyByteArray_Resize(frames, before) < 0) { /* shrinking: cannot fail but for a view */
+                PyErr_Clear();
+            }
+            failed = 1;
+            break;
+        }
+        Py_DECREF(entry);
+        out = (unsigned char *)PyByteArray_AS_STRING(frames) + before;
+        memcpy(out, body, FRAME_BODY_BYTES);
+        memcpy(out + FRAME_HEADER_BYTES, PyBytes_AS_STRING(piece), (size_t)length);
+        stored_bytes += length;
+        Py_ssize_t staged = PyByteArray_GET_SIZE(frames);
+        if (staged >= staged_max || staged >= pack_room) {
+            at++;
+            break;
+        }
+    }
+    Py_DECREF(scratch);
+    hasher_close(&hasher);
+    items_release(&pieces_held);
+    items_release(&digests_held);
+    if (failed) {
+        return NULL;
+    }
+    return Py_BuildValue("(nn)", at, stored_bytes);
+}
+
+/* The 56-byte body of an index entry (each field already checked to fit its width). */
+static void
+entry_body(unsigned char *body, PyObject *digest, unsigned long long pack_id, unsigned long long offset,
+           unsigned long long flags, unsigned long long raw, unsigned long long stored)
+{
+    memcpy(body, PyBytes_AS_STRING(digest), DIGEST_BYTES);
+    write_le(body + 32, pack_id, 4);
+    body[36] = (unsigned char)flags;
+    body[37] = body[38] = body[39] = 0;
+    write_le(body + 40, offset, 8);
+    write_le(body + 48, raw, 4);
+    write_le(body + 52, stored, 4);
+}
+
+/* An exact int attribute of `object` within [0, maximum] into *value: 1, or 0 (no exception) if not. */
+static int
+attribute_within(PyObject *object, PyObject *name, unsigned long long maximum, unsigned long long *value)
+{
+    PyObject *number = PyObject_GetAttr(object, name);
+    int ok = number != NULL && PyLong_CheckExact(number);
+    if (ok) {
+        *value = PyLong_AsUnsignedLongLong(number);
+        ok = !PyErr_Occurred() && *value <= maximum;
+    }
+    Py_XDECREF(number);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Whether a located frame can exist (packs.py's _is_present): its pack is remote, or local and at least
+ * as long as the frame's end. 1 or 0; -1 when the location is not exactly what packs.py builds. */
+static int
+is_present(PyObject *location, PyObject *remote, PyObject *pack_sizes)
+{
+    unsigned long long offset, stored;
+    PyObject *pack_id = PyObject_GetAttr(location, location_names[0]);
+    if (pack_id == NULL || !PyLong_CheckExact(pack_id)
+        || !attribute_within(location, location_names[1], UINT64_MAX / 4, &offset)
+        || !attribute_within(location, location_names[4], U32_MAX, &stored)) {
+        Py_XDECREF(pack_id);
+        PyErr_Clear();
+        return -1;
+    }
+    int present = PySet_Contains(remote, pack_id);
+    if (present == 0) {
+        PyObject *size = PyDict_GetItemWithError(pack_sizes, pack_id);
+        unsigned long long bytes = 0;
+        if (size == NULL) {
+            present = PyErr_Occurred() ? -1 : 0;
+        }
+        else if (!PyLong_CheckExact(size)) {
+            present = -1;
+        }
+        else {
+            bytes = PyLong_AsUnsignedLongLong(size);
+            present = PyErr_Occurred() ? -1 : offset + FRAME_HEADER_BYTES + stored <= bytes;
+        }
+    }
+    Py_DECREF(pack_id);
+    PyErr_Clear();
+    return present;
+}
+
+PyDoc_STRVAR(pack_fresh_chunks_doc,
+"pack_fresh_chunks(digests, pieces, locations, staged_digests, remote, pack_sizes)\n"
+"    -> (fresh_digests, fresh_pieces, offered_bytes, dedup_hits) | None\n\n"
+"packs.py's _put_checked loop: the pieces (exact bytes, under digests[i], 32-byte exact bytes) that\n"
+"are neither staged already (the set staged_digests, to which each fresh digest is added) nor located\n"
+"(the dict `locations`) in a frame that can exist (its pack in the set `remote`, or local in\n"
+"`pack_sizes` and long enough), with the bytes offered and the duplicates met. None, before anything\n"
+"is done, when an argument or item is not exactly that: the caller's Python code runs.");
+
+static PyObject *
+pack_fresh_chunks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "pack_fresh_chunks takes 6 arguments");
+        return NULL;
+    }
+    PyObject *locations = args[2], *staged = args[3], *remote = args[4], *pack_sizes = args[5];
+    Items pieces_held = {NULL, NULL, 0}, digests_held = {NULL, NULL, 0};
+    int taken = items_take(&pieces_held, args[1]);
+    if (taken == 1) {
+        taken = items_take(&digests_held, args[0]);
+    }
+    int usable = taken == 1 && digests_held.count == pieces_held.count && PyDict_CheckExact(locations)
+                 && PySet_CheckExact(staged) && PySet_CheckExact(remote) && PyDict_CheckExact(pack_sizes);
+    PyObject **pieces = pieces_held.items, **digests = digests_held.items;
+    Py_ssize_t count = pieces_held.count;
+    for (Py_ssize_t at = 0; usable && at < count; at++) {
+        usable = PyBytes_CheckExact(pieces[at]) && PyBytes_CheckExact(digests[at])
+                 && PyBytes_GET_SIZE(digests[at]) == DIGEST_BYTES;
+    }
+    /* Decide every piece first, then change `staged`: a deferral leaves nothing half done. */
+    char *fresh = usable ? PyMem_Malloc(count ? (size_t)count : 1) : NULL;
+    if (fresh == NULL) {
+        items_release(&pieces_held);
+        items_release(&digests_held);
+        if (taken < 0 || usable) {
+            return usable ? PyErr_NoMemory() : NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *seen = PySet_New(NULL);
+    Py_ssize_t offered = 0, hits = 0, fresh_count = 0;
+    int outcome = seen == NULL ? -1 : 1; /* 1 decided, 0 deferred, -1 failed */
+    for (Py_ssize_t at = 0; outcome == 1 && at < count; at++) {
+        PyObject *digest = digests[at];
+        offered += PyBytes_GET_SIZE(pieces[at]);
+        int duplicate = PySet_Contains(staged, digest);
+        if (duplicate == 0) {
+            duplicate = PySet_Contains(seen, digest);
+        }
+        if (duplicate == 0) {
+            PyObject *existing = PyDict_GetItemWithError(locations, digest);
+            if (existing != NULL) {
+                Py_INCREF(existing);
+                duplicate = is_present(existing, remote, pack_sizes);
+                Py_DECREF(existing);
+                if (duplicate < 0) {
+                    outcome = 0;
+                    break;
+                }
+            }
+            else if (PyErr_Occurred()) {
+                duplicate = -1;
+            }
+        }
+        if (duplicate < 0) {
+            outcome = -1;
+            break;
+        }
+        fresh[at] = (char)!duplicate;
+        if (duplicate) {
+            hits++;
+        }
+        else if (PySet_Add(seen, digest) < 0) {
+            outcome = -1;
+        }
+        else {
+            fresh_count++;
+        }
+    }
+    Py_XDECREF(seen);
+    PyObject *fresh_digests = NULL, *fresh_pieces = NULL, *result = NULL;
+    if (outcome == 1) {
+        fresh_digests = PyList_New(fresh_count);
+        fresh_pieces = PyList_New(fresh_count);
+    }
+    if (fresh_digests != NULL && fresh_pieces != NULL) {
+        Py_ssize_t taken = 0;
+        for (Py_ssize_t at = 0; at < count; at++) {
+            if (!fresh[at]) {
+                continue;
+            }
+            Py_INCREF(digests[at]);
+            Py_INCREF(pieces[at]);
+            PyList_SET_ITEM(fresh_digests, taken, digests[at]);
+            PyList_SET_ITEM(fresh_pieces, taken, pieces[at]);
+            taken++;
+        }
+        int added = 0;
+        for (Py_ssize_t at = 0; added == 0 && at < fresh_count; at++) {
+            added = PySet_Add(staged, PyList_GET_ITEM(fresh_digests, at));
+        }
+        if (added == 0) {
+            result = Py_BuildValue("(OOnn)", fresh_digests, fresh_pieces, offered, hits);
+        }
+    }
+    PyMem_Free(fresh);
+    Py_XDECREF(fresh_digests);
+    Py_XDECREF(fresh_pieces);
+    items_release(&pieces_held);
+    items_release(&digests_held);
+    if (outcome == 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return result;
+}
+
+PyDoc_STRVAR(pack_encode_entries_doc,
+"pack_encode_entries(entries, hasher) -> bytes | None\n\n"
+"The 64-byte pack index entries of a list of (digest, ChunkLocation), each with its 8-byte check, as\n"
+"packs.py's _encode_entries writes them; None when an item is not exactly that (a 32-byte exact\n"
+"bytes digest, exact int fields within their widths): the caller's Python code runs.");
+
+static PyObject *
+pack_encode_entries(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pack_encode_entries takes 2 arguments");
+        return NULL;
+    }
+    if (!PyList_CheckExact(args[0])) {
+        Py_RETURN_NONE;
+    }
+    PyObject *entries = args[0];
+    Py_ssize_t count = PyList_GET_SIZE(entries);
+    if (count > PY_SSIZE_T_MAX / ENTRY_BYTES) {
+        Py_RETURN_NONE;
+    }
+    PyObject *output = PyBytes_FromStringAndSize(NULL, count * ENTRY_BYTES);
+    entries = PyList_AsTuple(entries); /* the items stay put whatever an attribute getter does */
+    PyObject *scratch = PyByteArray_FromStringAndSize(NULL, ENTRY_BODY_BYTES);
+    Hasher hasher = {NULL, NULL, NULL};
+    if (output == NULL || entries == NULL || scratch == NULL
+        || hasher_open(&hasher, PyObject_CallNoArgs(args[1])) < 0) {
+        Py_XDECREF(output);
+        Py_XDECREF(entries);
+        Py_XDECREF(scratch);
+        return NULL;
+    }
+    static const unsigned long long widths[5] = {U32_MAX, UINT64_MAX, 0xff, U32_MAX, U32_MAX};
+    unsigned char *body = (unsigned char *)PyByteArray_AS_STRING(scratch);
+    int outcome = 1; /* 1 encoded, 0 deferred, -1 failed */
+    for (Py_ssize_t at = 0; outcome == 1 && at < count; at++) {
+        PyObject *item = PyTuple_GET_ITEM(entries, at);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 0))
+            || PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 0)) != DIGEST_BYTES) {
+            outcome = 0;
+            break;
+        }
+        unsigned long long fields[5];
+        for (int which = 0; which < 5 && outcome == 1; which++) {
+            if (!attribute_within(PyTuple_GET_ITEM(item, 1), location_names[which], widths[which],
+                                  &fields[which])) {
+                outcome = 0;
+            }
+        }
+        if (outcome != 1) {
+            break;
+        }
+        entry_body(body, PyTuple_GET_ITEM(item, 0), fields[0], fields[1], fields[2], fields[3], fields[4]);
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(output) + at * ENTRY_BYTES;
+        memcpy(out, body, ENTRY_BODY_BYTES);
+        if (write_check(&hasher, scratch, out + ENTRY_BODY_BYTES, ENTRY_CHECK_BYTES) < 0) {
+            outcome = -1;
+        }
+    }
+    Py_DECREF(entries);
+    Py_DECREF(scratch);
+    hasher_close(&hasher);
+    if (outcome != 1) {
+        Py_DECREF(output);
+        if (outcome == 0) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    return output;
+}
+
+PyDoc_STRVAR(pack_locate_doc,
+"pack_locate(entries, pack_id, offset, location_class, unindexed, locations, record_flag, hasher)\n"
+"    -> (end, records, raw_bytes_change, stored_bytes_change) | None\n\n"
+"packs.py's _locate_staged over the staged entries (digest, flags, raw length, stored length) of\n"
+"frames written at `offset` of pack `pack_id`: appends each frame's 64-byte index entry (with its\n"
+"check) to the bytearray `unindexed` and, for a frame without record_flag, sets locations[digest]\n"
+"(the dict of chunk locations) to location_class(pack_id, offset, flags, raw, stored). Returns the\n"
+"end of the last frame, the number of record frames and the changes of the raw and stored byte\n"
+"counters (a replaced location no longer counts). None, before anything is done, when an entry is\n"
+"not exactly such a 4-tuple (a 32-byte exact bytes digest, exact ints within their widths).");
+
+static PyObject *
+pack_locate(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "pack_locate takes 8 arguments");
+        return NULL;
+    }
+    PyObject *entries = args[0], *pack_id = args[1], *location_class = args[3];
+    PyObject *unindexed = args[4], *locations = args[5];
+    unsigned long long offset = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long pack_number = PyLong_AsUnsignedLongLong(pack_id);
+    long record_flag = PyLong_AsLong(args[6]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(entries) || !PyByteArray_CheckExact(unindexed) || !PyDict_CheckExact(locations)
+        || !PyLong_CheckExact(pack_id) || pack_number > U32_MAX || offset > UINT64_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "pack_locate: bad arguments");
+        return NULL;
+    }
+    entries = PyList_AsTuple(entries); /* the entries stay put whatever location_class does */
+    if (entries == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(entries);
+    static const unsigned long long widths[4] = {0, 0xff, U32_MAX, U32_MAX};
+    for (Py_ssize_t at = 0; at < count; at++) {
+        PyObject *entry = PyTuple_GET_ITEM(entries, at);
+        int usable = PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 4
+                     && PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 0))
+                     && PyBytes_GET_SIZE(PyTuple_GET_ITEM(entry, 0)) == DIGEST_BYTES;
+        for (int field = 1; usable && field < 4; field++) {
+            PyObject *number = PyTuple_GET_ITEM(entry, field);
+            usable = PyLong_CheckExact(number) && PyLong_AsUnsignedLongLong(number) <= widths[field]
+                     && !PyErr_Occurred();
+        }
+        if (!usable) {
+            PyErr_Clear();
+            Py_DECREF(entries);
+            Py_RETURN_NONE;
+        }
+    }
+    Hasher hasher;
+    PyObject *scratch = NULL;
+    Py_ssize_t before = PyByteArray_GET_SIZE(unindexed), done = 0; /* done: entries a failure keeps */
+    if (count > (PY_SSIZE_T_MAX - before) / ENTRY_BYTES
+        || hasher_open(&hasher, PyObject_CallNoArgs(args[7])) < 0) {
+        Py_DECREF(entries);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    if ((scratch = PyByteArray_FromStringAndSize(NULL, ENTRY_BODY_BYTES)) == NULL
+        || PyByteArray_Resize(unindexed, before + count * ENTRY_BYTES) < 0) {
+        goto failed;
+    }
+    unsigned char *body = (unsigned char *)PyByteArray_AS_STRING(scratch);
+    long long records = 0, raw_change = 0, stored_change = 0;
+    for (Py_ssize_t at = 0; at < count; at++, done = at) {
+        PyObject *entry = PyTuple_GET_ITEM(entries, at);
+        PyObject *digest = PyTuple_GET_ITEM(entry, 0);
+        long flags = PyLong_AsLong(PyTuple_GET_ITEM(entry, 1));
+        unsigned long long raw = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 2));
+        unsigned long long stored = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(entry, 3));
+        entry_body(body, digest, pack_number, offset, (unsigned long long)flags, raw, stored);
+        unsigned char *out = (unsigned char *)PyByteArray_AS_STRING(unindexed) + before + at * ENTRY_BYTES;
+        memcpy(out, body, ENTRY_BODY_BYTES);
+        if (write_check(&hasher, scratch, out + ENTRY_BODY_BYTES, ENTRY_CHECK_BYTES) < 0) {
+            goto failed;
+        }
+        if (flags & record_flag) { /* a block record is counted, never kept in memory */
+            records++;
+            offset += FRAME_HEADER_BYTES + stored;
+            continue;
+        }
+        PyObject *offset_number = PyLong_FromUnsignedLongLong(offset);
+        if (offset_number == NULL) {
+            goto failed;
+        }
+        PyObject *call[5] = {pack_id, offset_number, PyTuple_GET_ITEM(entry, 1), PyTuple_GET_ITEM(entry, 2),
+                             PyTuple_GET_ITEM(entry, 3)};
+        PyObject *location = PyObject_Vectorcall(location_class, call, 5, NULL);
+        Py_DECREF(offset_number);
+        if (location == NULL) {
+            goto failed;
+        }
+        offset += FRAME_HEADER_BYTES + stored;
+        PyObject *previous = PyDict_GetItemWithError(locations, digest);
+        if (previous == NULL && PyErr_Occurred()) {
+            Py_DECREF(location);
+            goto failed;
+        }
+        if (previous != NULL) {
+            unsigned long long previous_raw, previous_stored;
+            Py_INCREF(previous);
+            int read = attribute_within(previous, location_names[3], UINT64_MAX / 4, &previous_raw)
+                       && attribute_within(previous, location_names[4], UINT64_MAX / 4, &previous_stored);
+            Py_DECREF(previous);
+            if (!read) {
+                PyErr_SetString(PyExc_TypeError, "pack_locate: a located chunk has no lengths");
+                Py_DECREF(location);
+                goto failed;
+            }
+            raw_change -= (long long)previous_raw;
+            stored_change -= (long long)previous_stored;
+        }
+        int set = PyDict_SetItem(locations, digest, location);
+        Py_DECREF(location);
+        if (set < 0) {
+            goto failed;
+        }
+        raw_change += (long long)raw;
+        stored_change += (long long)stored;
+    }
+    Py_DECREF(scratch);
+    hasher_close(&hasher);
+    Py_DECREF(entries);
+    return Py_BuildValue("(KLLL)", offset, records, raw_change, stored_change);
+failed:
+    if (PyByteArray_GET_SIZE(unindexed) > before + done * ENTRY_BYTES) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyByteArray_Resize(unindexed, before + done * ENTRY_BYTES) < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(scratch);
+    hasher_close(&hasher);
+    Py_DECREF(entries);
+    return NULL;
+}
+
 /* ---- module ------------------------------------------------------------------------------------ */
 
 PyDoc_STRVAR(set_limits_doc,
@@ -885,6 +1608,13 @@ static PyMethodDef core_methods[] = {
     {"merkle_root", (PyCFunction)(void (*)(void))merkle_root, METH_FASTCALL, merkle_root_doc},
     {"encode_records", (PyCFunction)(void (*)(void))encode_records, METH_FASTCALL, encode_records_doc},
     {"encode_blocks", (PyCFunction)(void (*)(void))encode_blocks, METH_FASTCALL, encode_blocks_doc},
+    {"pack_digests", (PyCFunction)(void (*)(void))pack_digests, METH_FASTCALL, pack_digests_doc},
+    {"pack_stage_frames", (PyCFunction)(void (*)(void))pack_stage_frames, METH_FASTCALL, pack_stage_frames_doc},
+    {"pack_encode_entries", (PyCFunction)(void (*)(void))pack_encode_entries, METH_FASTCALL,
+     pack_encode_entries_doc},
+    {"pack_fresh_chunks", (PyCFunction)(void (*)(void))pack_fresh_chunks, METH_FASTCALL,
+     pack_fresh_chunks_doc},
+    {"pack_locate", (PyCFunction)(void (*)(void))pack_locate, METH_FASTCALL, pack_locate_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -908,6 +1638,18 @@ PyInit__core(void)
         if (attribute_names[which] == NULL) {
             return NULL;
         }
+    }
+    for (int which = 0; which < 5; which++) {
+        location_names[which] = PyUnicode_InternFromString(location_spellings[which]);
+        if (location_names[which] == NULL) {
+            return NULL;
+        }
+    }
+    update_name = PyUnicode_InternFromString("update");
+    reset_name = PyUnicode_InternFromString("reset");
+    copy_name = PyUnicode_InternFromString("copy");
+    if (update_name == NULL || reset_name == NULL || copy_name == NULL) {
+        return NULL;
     }
     PyObject *module = PyModule_Create(&core_module);
     if (module == NULL) {

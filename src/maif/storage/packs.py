@@ -50,6 +50,7 @@ from maif.errors import (
     LimitExceededError,
     UnsupportedVersionError,
 )
+from maif.format import native
 
 PACK_MAGIC: Final = b"MAIFPACK"
 SEAL_MAGIC: Final = b"MAIFSEAL"
@@ -142,6 +143,7 @@ def encode_chunk(data: bytes | memoryview, compression_threshold: int) -> tuple[
 
 
 _RECORD_HASHER: Final = blake3.blake3(derive_key_context=RECORD_DIGEST_CONTEXT)  # never updated: copied
+_CHUNK_HASHER: Final = blake3.blake3()  # never updated: the compiled core hashes chunks with a copy
 
 
 def record_digest(raw: bytes | memoryview) -> bytes:
@@ -235,7 +237,13 @@ def _encode_entry(digest: bytes, location: ChunkLocation) -> bytes:
 
 def _encode_entries(entries: Iterable[tuple[bytes, ChunkLocation]]) -> bytes:
     """Index entries, each with its check (the first 8 bytes of BLAKE3 of its body: blake3's digest(8)
-    is that prefix). One loop with its lookups bound to locals: it runs per frame at every flush."""
+    is that prefix). It runs per frame at every flush: the compiled core encodes a list of them
+    (ADR 0092), or hands it back to this loop, the reference, with its lookups bound to locals."""
+    core = native.core()
+    if core is not None and type(entries) is list:
+        encoded: bytes | None = core.pack_encode_entries(entries, blake3.blake3)
+        if encoded is not None:
+            return encoded
     body_of = _INDEX_ENTRY_BODY.pack
     hasher = blake3.blake3
     output = bytearray()
@@ -298,7 +306,7 @@ class PackStore:
         self.remote_reader: Callable[[int, int, int], bytes] | None = None
         self._lock = threading.RLock()
         self._locations: dict[bytes, ChunkLocation] = {}
-        self._unindexed: list[tuple[bytes, ChunkLocation]] = []
+        self._unindexed = bytearray()  # the index entries of frames written since the last flush, encoded
         self._pack_sizes: dict[int, int] = {}
         self._sealed: set[int] = set()
         self._remote: set[int] = set()
@@ -342,8 +350,8 @@ class PackStore:
                 self._recover_pack(pack_id)
             self._index_sealed_gaps()
             if self._unindexed:  # frames recovered from pack tails are indexed before any pack is sealed
-                self._append_index(self._unindexed)
-                self._unindexed = []
+                self._append_encoded_entries(bytes(self._unindexed))
+                del self._unindexed[:]
             if self._entries_unordered:  # once: from now on a cut index leaves each pack a named prefix
                 self._write_index(self._locations.items(), self._record_entries())
             referenced = set(self._indexed_end)  # every pack an entry names (chunks and records)
@@ -386,7 +394,7 @@ class PackStore:
                              else current is None or not self._is_present(current))
                 if unindexed:
                     self._add_location(digest, location)
-                    self._unindexed.append((digest, location))
+                    self._unindexed += _encode_entry(digest, location)
                     found += 1
             if found:
                 self.repairs.append(f"sealed pack {pack_id}: {found} frame(s) the pack index had lost were "
@@ -499,7 +507,7 @@ class PackStore:
                          else digest not in self._locations)
             if unindexed:
                 self._add_location(digest, location)
-                self._unindexed.append((digest, location))
+                self._unindexed += _encode_entry(digest, location)
         if size < _PACK_HEADER.size:
             self._write_pack_header(pack_id, path)
         elif end < indexed_end:
@@ -628,36 +636,53 @@ class PackStore:
         for digest, data in chunks:
             check_chunk_input(digest, data)
         with self._lock:
-            return self._put_checked(chunks)
+            return self._put_checked([digest for digest, _ in chunks], [data for _, data in chunks])
 
     def put_chunk_data(self, pieces: Sequence[bytes | memoryview]) -> tuple[list[bytes], int]:
         """Store each chunk under the BLAKE3 digest computed here (hashed once, not given and checked);
         returns the digests in order and the stored bytes added."""
         chunk_bytes_max = limits.chunk_bytes_max
         hasher = blake3.blake3
+        core = native.core()
+        digests: list[bytes] | None = (
+            None if core is None else core.pack_digests(pieces, _CHUNK_HASHER, chunk_bytes_max))
+        if digests is not None:  # all exact bytes within the limit (else this code refuses or hashes)
+            with self._lock:
+                return digests, self._put_checked(digests, pieces)
         for data in pieces:
             if len(data) > chunk_bytes_max:
                 raise LimitExceededError("chunk size", len(data), chunk_bytes_max)
-        pairs = [(hasher(data).digest(), data) for data in pieces]
+        digests = [hasher(data).digest() for data in pieces]
         with self._lock:
-            return [digest for digest, _ in pairs], self._put_checked(pairs)
+            return digests, self._put_checked(digests, pieces)
 
-    def _put_checked(self, chunks: Sequence[tuple[bytes, bytes | memoryview]]) -> int:
-        """Stage and write the chunks not stored yet (digests already checked); under the lock."""
+    def _put_checked(self, digests: Sequence[bytes], pieces: Sequence[bytes | memoryview]) -> int:
+        """Stage and write the chunks not stored yet (``digests[i]`` of ``pieces[i]``, already checked);
+        under the lock."""
         self._refuse_if_failed()
         staged = _StagedFrames()
         locations = self._locations
         counters = self.counters
-        fresh: list[tuple[bytes, bytes | memoryview]] = []
-        for digest, data in chunks:
+        core = native.core()
+        fresh = None if core is None else core.pack_fresh_chunks(
+            digests, pieces, locations, staged.digests, self._remote, self._pack_sizes)
+        if fresh is not None:  # the loop below, compiled (ADR 0092)
+            fresh_digests, fresh_pieces, offered_bytes, dedup_hits = fresh
+            counters["offered_bytes"] += offered_bytes
+            counters["dedup_hits"] += dedup_hits
+            return self._stage_frames(staged, fresh_digests, fresh_pieces, 0)
+        fresh_digests = []
+        fresh_pieces = []
+        for digest, data in zip(digests, pieces, strict=True):
             counters["offered_bytes"] += len(data)
             existing = locations.get(digest)
             if digest in staged.digests or (existing is not None and self._is_present(existing)):
                 counters["dedup_hits"] += 1
                 continue
             staged.digests.add(digest)
-            fresh.append((digest, data))
-        return self._stage_frames(staged, fresh, 0)
+            fresh_digests.append(digest)
+            fresh_pieces.append(data)
+        return self._stage_frames(staged, fresh_digests, fresh_pieces, 0)
 
     def put_records(self, records: Sequence[bytes]) -> int:
         """Append block-record frames (FLAG_RECORD, addressed by :func:`record_digest`): the
@@ -666,8 +691,13 @@ class PackStore:
         memory): a replayed batch stores its records again, which compaction drops."""
         with self._lock:
             self._refuse_if_failed()
-            pairs = [(check_record_input(raw), raw) for raw in records]
-            return self._stage_frames(_StagedFrames(), pairs, FLAG_RECORD)
+            core = native.core()
+            digests: list[bytes] | None = (
+                None if core is None
+                else core.pack_digests(records, _RECORD_HASHER, limits.chunk_bytes_max))
+            if digests is None:  # not all exact bytes within the limit: this code refuses or hashes
+                digests = [check_record_input(raw) for raw in records]
+            return self._stage_frames(_StagedFrames(), digests, records, FLAG_RECORD)
 
     def record_count(self) -> int:
         """How many block-record entries the pack index holds (0 in a store written before them;
@@ -700,12 +730,14 @@ class PackStore:
         known = sorted(loc.offset for loc in self._locations.values() if loc.pack_id == pack_id)
         return records_of_pack(data, pack_id, known, f"pack {pack_id}")
 
-    def _stage_frames(self, staged: _StagedFrames, pairs: Sequence[tuple[bytes, bytes | memoryview]],
-                      extra_flags: int) -> int:
-        """Encode the frames of ``pairs`` (digests already checked) into ``staged`` and write them: one
-        system call per ``_STAGED_BYTES_MAX`` of frames, before the active pack would be full, and at
-        the end. Returns the stored bytes. One loop with its lookups bound to locals: it runs per
-        chunk and per block record on the applier's thread, which shares the GIL with the acks."""
+    def _stage_frames(self, staged: _StagedFrames, digests: Sequence[bytes],
+                      pieces: Sequence[bytes | memoryview], extra_flags: int) -> int:
+        """Encode the frames of ``pieces`` (under ``digests``, already checked) into ``staged`` and write
+        them: one system call per ``_STAGED_BYTES_MAX`` of frames, before the active pack would be full,
+        and at the end. Returns the stored bytes. It runs per chunk and per block record on the
+        applier's thread, which shares the GIL with the acks: the compiled core stages the frames that
+        need no compression (ADR 0092) and hands back the others, which this loop, the reference,
+        stages with its lookups bound to locals."""
         threshold = self.compression_threshold
         pack_bytes_max = self.pack_bytes_max
         pack_bytes = self._pack_sizes[self._active_id]
@@ -714,7 +746,29 @@ class PackStore:
         frames = staged.frames
         entries = staged.entries
         new_bytes = 0
-        for digest, data in pairs:
+        core = native.core()
+        position = 0
+        count = len(pieces)
+        while position < count:
+            if core is not None:
+                position, added = core.pack_stage_frames(
+                    digests, pieces, position, frames, entries, extra_flags, threshold, _STAGED_BYTES_MAX,
+                    pack_bytes_max - pack_bytes, hasher)
+                new_bytes += added
+                # The core stopped after a frame that filled the buffer or the pack (with nothing
+                # staged, a pack already full waits for the frame this loop stages, as before)...
+                staged_bytes = len(frames)
+                if staged_bytes and (staged_bytes >= _STAGED_BYTES_MAX
+                                     or pack_bytes + staged_bytes >= pack_bytes_max):
+                    self._write_staged(staged)
+                    pack_bytes = self._pack_sizes[self._active_id]
+                    continue
+                if position == count:
+                    break
+            # ... or before a piece it leaves to this loop, the reference.
+            digest = digests[position]
+            data = pieces[position]
+            position += 1
             raw_length = len(data)
             stored: bytes | memoryview
             if raw_length >= threshold and raw_length > 0:
@@ -759,15 +813,16 @@ class PackStore:
             self._fail("short write to a pack")
             raise DurabilityError(f"short write to pack {self._active_id} (disk full?)")
         pack_id = self._active_id
-        records = 0
-        for digest, flags, raw_length, stored_length in staged.entries:  # _add_location, per batch
-            location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
-            offset += _FRAME_HEADER.size + stored_length
-            self._unindexed.append((digest, location))
-            if flags & FLAG_RECORD:
-                records += 1
-            else:
-                self._locate_chunk(digest, location)
+        core = native.core()
+        located = None if core is None else core.pack_locate(
+            staged.entries, pack_id, offset, ChunkLocation, self._unindexed, self._locations, FLAG_RECORD,
+            blake3.blake3)
+        if located is not None:  # the loop below, compiled (ADR 0092)
+            offset, records, raw_change, stored_change = located
+            self.counters["raw_bytes"] += raw_change
+            self.counters["stored_bytes"] += stored_change
+        else:
+            offset, records = self._locate_staged(staged, pack_id, offset)
         self._records_indexed += records
         self._indexed_end[pack_id] = max(self._indexed_end.get(pack_id, 0), offset)
         self._pack_sizes[pack_id] = offset
@@ -775,6 +830,23 @@ class PackStore:
         staged.clear()
         if roll and offset >= self.pack_bytes_max:
             self._roll_active_pack()
+
+    def _locate_staged(self, staged: _StagedFrames, pack_id: int, offset: int) -> tuple[int, int]:
+        """Locate the frames of ``staged`` just written at ``offset`` of ``pack_id`` (the reference of
+        the core's ``pack_locate``): their index entries, encoded, wait for the flush; returns the end of
+        the last frame and the number of block records."""
+        records = 0
+        written: list[tuple[bytes, ChunkLocation]] = []
+        for digest, flags, raw_length, stored_length in staged.entries:  # _add_location, per batch
+            location = ChunkLocation(pack_id, offset, flags, raw_length, stored_length)
+            offset += _FRAME_HEADER.size + stored_length
+            written.append((digest, location))
+            if flags & FLAG_RECORD:
+                records += 1
+            else:
+                self._locate_chunk(digest, location)
+        self._unindexed += _encode_entries(written)
+        return offset, records
 
     def _is_present(self, location: ChunkLocation) -> bool:
         """Whether the indexed frame can exist: its pack is remote, or local and long enough.
@@ -941,17 +1013,20 @@ class PackStore:
                     os.fdatasync(self._active_fd)
                     self._active_dirty = False
                 if self._unindexed:
-                    self._append_index(self._unindexed)
-                    self._unindexed = []
+                    self._append_encoded_entries(bytes(self._unindexed))
+                    del self._unindexed[:]
             except OSError as error:
                 # Never retry a failed sync on the same file (fsyncgate): refuse writes from now on.
                 self._fail(f"sync failed: {error.strerror}")
                 raise DurabilityError(f"cannot make packs durable: {error.strerror}") from error
 
     def _append_index(self, entries: list[tuple[bytes, ChunkLocation]]) -> None:
+        self._append_encoded_entries(_encode_entries(entries))
+
+    def _append_encoded_entries(self, payload: bytes) -> None:
+        """Append index entries (encoded) to index.log and sync it (with its header if it is new)."""
         path = self.directory / "index.log"
         is_new = not path.exists()
-        payload = _encode_entries(entries)
         with open(path, "ab") as handle:
             if is_new or handle.tell() == 0:
                 payload = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, b"\0" * 6) + payload
