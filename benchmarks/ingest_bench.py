@@ -55,8 +55,10 @@ def payloads(count: int) -> list[bytes]:
     return [seed[:-8] + index.to_bytes(8, "little") for index in range(count)]
 
 
-def blocks(count: int, prefix: str) -> list[MAIFBlock]:
-    return [MAIFBlock(id=f"{prefix}{index}", data=data, agent_id="bench", timestamp=float(index))
+def blocks(count: int, prefix: str, first_timestamp: int = 0) -> list[MAIFBlock]:
+    """``count`` blocks of 1 KiB, timestamps increasing from ``first_timestamp`` (as a store sees them)."""
+    return [MAIFBlock(id=f"{prefix}{index}", data=data, agent_id="bench",
+                      timestamp=float(first_timestamp + index))
             for index, data in enumerate(payloads(count))]
 
 

@@ -66,7 +66,7 @@ def stages(batches: int) -> dict[str, float]:
 
     try:
         for batch in range(batches):
-            group = blocks(BATCH_BLOCKS, f"s{batch}-")
+            group = blocks(BATCH_BLOCKS, f"s{batch}-", batch * BATCH_BLOCKS)  # time-ordered, as written
 
             def ack(group: list = group) -> list[LogItem]:
                 items = [engine._item_of(block, encoded, 0, digest)
