@@ -50,10 +50,10 @@ def _result_times() -> dict[str, float]:
     return {path.stem: path.stat().st_mtime for path in RESULTS.glob("*.json") if path != MANIFEST}
 
 
-def run(names: list[str]) -> int:
+def run(names: list[str], mode: str = "full") -> int:
     runs: list[dict[str, object]] = []
     manifest = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "commit": _commit(), "cpus": os.cpu_count(), "mode": "full", "benchmarks": runs}
+                "commit": _commit(), "cpus": os.cpu_count(), "mode": mode, "benchmarks": runs}
     failures = 0
     for name in names:
         script = BENCHMARKS / f"{name}_bench.py"
@@ -93,7 +93,8 @@ def main() -> int:
         return 2
     skip = set(args.skip.split(","))
     selected = [name for name in names if (not only or name in only) and name not in skip]
-    status = 0 if args.report_only else run(selected)
+    mode = "full" if selected == names else "some: " + ",".join(selected)
+    status = 0 if args.report_only else run(selected, mode)
     report = subprocess.run([sys.executable, str(BENCHMARKS / "report.py")], cwd=REPO, check=False)
     return status or report.returncode
 
