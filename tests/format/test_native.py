@@ -30,7 +30,6 @@ from maif.format.container import ContainerReader, ContainerWriter
 from maif.format.reader import PARALLEL_HASH_BYTES_MIN
 from maif.format.verify import verify_container
 from maif.testing.hostile import (
-    COMMITTED_AT_NS,
     FILE_ID,
     FIXED_HEADER,
     SECTION_4_VIOLATIONS,
@@ -70,43 +69,8 @@ def report_of(path: Path, **options: Any) -> tuple[Any, ...]:
 
 
 def seal(path: Path, records: Sequence[bytes], *, offsets: dict[int, int] | None = None) -> Path:
-    """Like ``signed_container``, with chosen index offsets overridden (entries that break the layout)."""
-    if not offsets:
-        return signed_container(path, records, KEY)
-    header = layout.encode_file_header(FILE_ID)
-    previous = layout.chain_genesis(FILE_ID)
-    offset, index, digests = layout.FILE_HEADER.size, bytearray(), []
-    for position, stored in enumerate(records):
-        previous = blake3.blake3(previous + stored).digest()
-        digests.append(previous)
-        index += layout.INDEX_ENTRY.pack(offsets.get(position, offset), previous)
-        offset += len(stored)
-    root = merkle.root(merkle.leaf_hashes_of(digests))
-    body = layout.encode_manifest_body(
-        0,
-        len(records),
-        layout.FILE_HEADER.size,
-        root,
-        blake3.blake3(bytes(index)).digest(),
-        bytes(32),
-        COMMITTED_AT_NS,
-        (),
-    )
-    from maif.format import signing
-
-    key_id = signing.key_id(KEY.public_key())
-    message = signing.signed_message(
-        header, len(records), root, key_id, COMMITTED_AT_NS, blake3.blake3(body).digest()
-    )
-    signature = layout.Signature(key_id, COMMITTED_AT_NS, KEY.sign(message))
-    manifest = body + layout.encode_signatures((signature,))
-    trailer = layout.Trailer(
-        offset, offset + len(index), len(manifest), 0, len(records), layout.FILE_HEADER.size
-    )
-    path.write_bytes(
-        header + b"".join(records) + bytes(index) + manifest + layout.encode_trailer(trailer, manifest)
-    )
-    return path
+    """``signed_container`` by KEY, with chosen index offsets overridden (entries that break the layout)."""
+    return signed_container(path, records, KEY, offsets)
 
 
 # ---- the extension is there ------------------------------------------------------------------------

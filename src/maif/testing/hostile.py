@@ -16,7 +16,7 @@ import math
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,15 +137,18 @@ def run_measuring_peak_rss(
     return result, int(result.stderr.rsplit("peak_rss_mb=", 1)[1])
 
 
-def signed_container(path: Path, records: Sequence[bytes], key: Ed25519PrivateKey) -> Path:
-    """Write ``records`` as version 0 of a container signed by ``key``: all but the records is valid."""
+def signed_container(path: Path, records: Sequence[bytes], key: Ed25519PrivateKey,
+                     offsets: Mapping[int, int] | None = None) -> Path:
+    """Write ``records`` as version 0 of a container signed by ``key``: all but the records is valid,
+    unless ``offsets`` overrides the index offsets of chosen positions (entries that break the layout)."""
     header = layout.encode_file_header(FILE_ID)
     previous = layout.chain_genesis(FILE_ID)
     offset, index, digests = layout.FILE_HEADER.size, bytearray(), []
-    for stored in records:
+    chosen = offsets or {}
+    for position, stored in enumerate(records):
         previous = blake3.blake3(previous + stored).digest()
         digests.append(previous)
-        index += layout.INDEX_ENTRY.pack(offset, previous)
+        index += layout.INDEX_ENTRY.pack(chosen.get(position, offset), previous)
         offset += len(stored)
     root = merkle.root(merkle.leaf_hashes_of(digests))
     body = layout.encode_manifest_body(
