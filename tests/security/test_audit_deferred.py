@@ -116,19 +116,25 @@ def test_many_deferred_entries_share_syncs(tmp_path: Path, monkeypatch: pytest.M
     assert verify_audit_chain(tmp_path / "chain", [signer.public_key]).entries >= 400
 
 
+def assert_both_fail(first: Any, second: Any) -> None:
+    """The log failed: a thread waiting on ``first`` and a coroutine awaiting ``second`` both get
+    DurabilityError."""
+
+    async def wait_async() -> None:
+        await second.wait_async()
+
+    with pytest.raises(DurabilityError):
+        first.wait()
+    with pytest.raises(DurabilityError):
+        asyncio.run(wait_async())
+
+
 def test_a_failed_sync_fails_every_deferred_waiter_and_the_log(tmp_path: Path, held_disk: HeldDisk) -> None:
     with AuditLog.open(tmp_path / "a.log", MemorySigner()) as log:
         first, second = log.append_deferred(event(1)), log.append_deferred(event(2))
         held_disk.failing = True
         held_disk.release.set()
-
-        async def wait_async() -> None:
-            await second.wait_async()
-
-        with pytest.raises(DurabilityError):
-            first.wait()
-        with pytest.raises(DurabilityError):
-            asyncio.run(wait_async())
+        assert_both_fail(first, second)
         with pytest.raises(DurabilityError):
             log.append_deferred(event(3))  # never acknowledged, never retried on the same file
 
@@ -165,14 +171,7 @@ def test_a_failed_write_fails_every_deferred_waiter_and_the_log(
         durable = log.append(event(0))
         writes.failing = True
         first, second = log.append_deferred(event(1)), log.append_deferred(event(2))
-
-        async def wait_async() -> None:
-            await second.wait_async()
-
-        with pytest.raises(DurabilityError):
-            first.wait()
-        with pytest.raises(DurabilityError):
-            asyncio.run(wait_async())
+        assert_both_fail(first, second)
         assert not first.durable and not second.durable
         with pytest.raises(DurabilityError):
             log.append_deferred(event(3))
