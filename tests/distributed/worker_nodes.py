@@ -283,7 +283,11 @@ class WorkerCluster:
         try:
             self.wait_until(all_stored, timeout_s, f"{len(wanted)} results stored")
         except AssertionError as error:  # say which are missing and what the queue holds (diagnosis)
-            raise AssertionError(f"{error}\nmissing: {sorted(missing)}\nqueue: {self.stats()}\n"
+            try:
+                queue: Any = self.stats()
+            except Exception as stats_error:  # the broker may be the problem: keep the cause
+                queue = f"unavailable ({stats_error!r})"
+            raise AssertionError(f"{error}\nmissing: {sorted(missing)}\nqueue: {queue}\n"
                                  f"started: {self.started()}") from None
 
 
